@@ -1,0 +1,29 @@
+# edgeline: two commands do everything (see README).
+#   make demo   the main job on embedded defaults
+#   make test   the whole test suite (CPython + MicroPython)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeline demo
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+bench: $(STAMP)
+	$(PY) tools/bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -1,0 +1,880 @@
+"""The ring log: one bounded, crash-proof, append-only log per topic.
+
+Theory of operation
+-------------------
+A log is a directory of segment files named by the seq of their first record
+(docs/spec/log.md has the bytes). Records are framed — length, seq, ts, key, value,
+CRC32 — into one preallocated write buffer and reach the tail segment's file when the
+buffer fills or at a commit point. ``flush()`` is the commit point: it writes the buffer
+and syncs the file; only then is a record *durable* (``durable_seq``). The sync policy
+decides how often appends commit on their own: every append, every N records or T ms
+(group commit; the time comes from the caller), or never (the caller flushes).
+
+A full segment is synced and sealed, and the next append begins a new one. Sealed
+segments are immutable, so opening a log after a power cut reads only the tail segment:
+it keeps the longest prefix of valid frames and truncates the rest. Frames carry their
+seq, so a reader that meets a rotted frame in an old segment skips to the next valid
+frame, counts the loss and warns, and the rest of the log stays readable.
+
+The log is bounded by ``budget_bytes`` and, through a ``Store``, by a device-wide budget
+shared by priority. Space is reclaimed first from segments every consumer (outbox) has
+acknowledged; then the full policy decides: ``drop_oldest`` evicts the oldest segment,
+``reject`` raises LogFull, ``drop_newest`` refuses the new record. Records removed before
+a consumer acknowledged them surface as gaps in its outbox; every drop is counted.
+
+The append path allocates nothing per record on MicroPython after warm-up: the frame
+header is packed into a fixed bytearray, the CRC is computed over whole objects (a
+memoryview slice would allocate), and bytes are copied into the write buffer by slice
+assignment.
+"""
+import struct
+from binascii import crc32
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+from .errors import ConfigError, CorruptRecord, LogFull, StorageError
+from .storage import FileStorage
+
+SYNC_EVERY = "every"
+SYNC_GROUP = "group"
+SYNC_NONE = "none"
+DROP_OLDEST = "drop_oldest"
+REJECT = "reject"
+DROP_NEWEST = "drop_newest"
+
+_SYNC_POLICIES = (SYNC_EVERY, SYNC_GROUP, SYNC_NONE)
+_FULL_POLICIES = (DROP_OLDEST, REJECT, DROP_NEWEST)
+
+_MAGIC = b"ELOG"
+_VERSION = const(1)
+_SEG_HDR = const(32)
+_FRAME_HDR = const(22)
+_OVERHEAD = const(26)
+_NO_KEY = const(0xFFFF)
+_SEG_SUFFIX = ".seg"
+_NAME_DIGITS = const(20)
+
+import sys
+
+# On microcontrollers buffers stay small; the write buffer can be raised per log.
+_SMALL = sys.implementation.name in ("micropython", "circuitpython")
+
+# Segment table entry fields (a list per segment; lists keep MicroPython allocations low).
+_S_BASE = const(0)  # base seq
+_S_SIZE = const(1)  # bytes in the file (tail: written bytes; buffered bytes are extra)
+_S_TS = const(2)  # first_ts from the header
+_S_CAP = const(3)  # capacity from the header
+_S_BAD = const(4)  # header unreadable: the whole segment counts as corrupt
+
+
+def _warn(msg):
+    print("edgeline warning: " + msg)
+
+
+def segment_name(base_seq):
+    s = str(base_seq)
+    return "0" * (_NAME_DIGITS - len(s)) + s + _SEG_SUFFIX
+
+
+def _parse_segment_name(name):
+    if len(name) != _NAME_DIGITS + 4 or not name.endswith(_SEG_SUFFIX):
+        return 0
+    digits = name[:_NAME_DIGITS]
+    for c in digits:
+        if c < "0" or c > "9":
+            return 0
+    return int(digits)
+
+
+def pack_segment_header(base_seq, first_ts, capacity):
+    """The 32 header bytes of a segment (docs/spec/log.md, "Segment header")."""
+    hdr = bytearray(_SEG_HDR)
+    hdr[0:4] = _MAGIC
+    struct.pack_into("<BBHQQI", hdr, 4, _VERSION, 0, _SEG_HDR, base_seq, first_ts, capacity)
+    struct.pack_into("<I", hdr, 28, crc32(memoryview(hdr)[:28]))
+    return hdr
+
+
+def parse_segment_header(hdr, name=""):
+    """(base_seq, first_ts, capacity) of a 32-byte header, or None if it is not valid.
+
+    Raises CorruptRecord for a valid header of an unknown version or flags (I9).
+    """
+    if len(hdr) < _SEG_HDR or bytes(hdr[0:4]) != _MAGIC:
+        return None
+    if struct.unpack_from("<I", hdr, 28)[0] != crc32(memoryview(hdr)[:28]):
+        return None
+    version, flags, hlen, base, first_ts, cap = struct.unpack_from("<BBHQQI", hdr, 4)
+    if version != _VERSION or flags != 0 or hlen != _SEG_HDR:
+        raise CorruptRecord(
+            "segment %s: format version %d flags %d is not supported (this is version 1)"
+            % (name, version, flags)
+        )
+    return base, first_ts, cap
+
+
+def encode_frame(seq, ts, key, value):
+    """One frame as bytes (for tools and golden files; the log itself uses its buffer)."""
+    klen = 0 if key is None else len(key)
+    flen = _OVERHEAD + klen + len(value)
+    out = bytearray(flen)
+    struct.pack_into("<IQQH", out, 0, flen, seq, ts, _NO_KEY if key is None else klen)
+    if key is not None:
+        out[_FRAME_HDR:_FRAME_HDR + klen] = key
+    out[_FRAME_HDR + klen:flen - 4] = value
+    struct.pack_into("<I", out, flen - 4, crc32(memoryview(out)[:flen - 4]))
+    return bytes(out)
+
+
+class _Scanner:
+    """Reads the frames of one segment file through one reusable chunk buffer."""
+
+    def __init__(self, h, end, max_frame, chunk):
+        self.h = h
+        self.end = end
+        self.max_frame = max_frame
+        self.buf = bytearray(chunk)
+        self.mv = memoryview(self.buf)
+        self.start = 0  # file offset of buf[0]
+        self.have = 0  # valid bytes in buf
+
+    def _fill(self, off):
+        h = self.h
+        h.seek(off)
+        lim = self.end - off
+        if lim > len(self.buf):
+            lim = len(self.buf)
+        mv = self.mv
+        have = 0
+        while have < lim:
+            k = h.readinto(mv[have:lim])
+            if not k:
+                break
+            have += k
+        self.start = off
+        self.have = have
+
+    def frame(self, off):
+        """(rel, flen, seq) of a valid frame at file offset off, rel being its offset
+        in self.buf; None if the bytes there are not a complete valid frame."""
+        rel = off - self.start
+        if rel < 0 or rel + _OVERHEAD > self.have:
+            self._fill(off)
+            rel = 0
+        if self.have - rel >= 4:
+            flen = struct.unpack_from("<I", self.buf, rel)[0]
+            if _OVERHEAD <= flen <= self.max_frame and rel + flen > self.have and off + flen <= self.end:
+                if flen > len(self.buf):
+                    self.buf = bytearray(flen)
+                    self.mv = memoryview(self.buf)
+                self._fill(off)
+                rel = 0
+        f = _frame_at(self.mv, rel, self.have, self.max_frame)
+        if f is None:
+            return None
+        return rel, f[0], f[1]
+
+
+def _frame_at(mv, off, end, max_frame):
+    """Parse the frame at mv[off:]; (flen, seq) if it is complete and valid, else None."""
+    if end - off < _OVERHEAD:
+        return None
+    flen, seq = struct.unpack_from("<IQ", mv, off)
+    if flen < _OVERHEAD or flen > max_frame or off + flen > end:
+        return None
+    klen = struct.unpack_from("<H", mv, off + 20)[0]
+    if klen != _NO_KEY and _OVERHEAD + klen > flen:
+        return None
+    if struct.unpack_from("<I", mv, off + flen - 4)[0] != crc32(mv[off:off + flen - 4]):
+        return None
+    return flen, seq
+
+
+class Record:
+    """One record read back from a log: seq, ts, key (bytes or None), value (bytes)."""
+
+    def __init__(self, seq, ts, key, value):
+        self.seq = seq
+        self.ts = ts
+        self.key = key
+        self.value = value
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, Record)
+            and self.seq == other.seq
+            and self.ts == other.ts
+            and self.key == other.key
+            and self.value == other.value
+        )
+
+    def __repr__(self):
+        return "Record(seq=%d, ts=%d, key=%r, value=%r)" % (self.seq, self.ts, self.key, self.value)
+
+
+class RingLog:
+    """A bounded, crash-proof append-only log of one topic in one directory.
+
+    Opening recovers from any earlier crash (reads the tail segment only). Parameters:
+
+    * ``segment_bytes`` — capacity of each segment file, header included.
+    * ``budget_bytes`` — the most this log may occupy; at least 2 segments.
+    * ``full_policy`` — ``drop_oldest`` | ``reject`` | ``drop_newest``.
+    * ``sync`` — ``every`` (each append is durable when it returns), ``group`` (a commit
+      every ``group_records`` appends or when ``group_ms`` has passed by the ``now_ms``
+      the caller gives to ``append``/``tick``), ``none`` (durable only at ``flush()``).
+    * ``retention_ms`` — sealed segments older than this are removed by
+      ``apply_retention(now_ms)``; 0 keeps them until space is needed.
+    * ``priority`` — used by a ``Store`` to share a device budget (higher keeps data).
+    * ``buffer_bytes`` — size of the write buffer (default: 4 KB on MicroPython,
+      64 KB elsewhere; never more than a segment).
+    """
+
+    def __init__(
+        self,
+        path,
+        storage=None,
+        segment_bytes=65536,
+        budget_bytes=1048576,
+        full_policy=DROP_OLDEST,
+        sync=SYNC_GROUP,
+        group_records=1000,
+        group_ms=1000,
+        retention_ms=0,
+        priority=0,
+        buffer_bytes=None,
+        store=None,
+        warn=None,
+    ):
+        if full_policy not in _FULL_POLICIES:
+            raise ConfigError("full_policy must be one of drop_oldest, reject, drop_newest, not %r" % (full_policy,))
+        if sync not in _SYNC_POLICIES:
+            raise ConfigError("sync must be one of every, group, none, not %r" % (sync,))
+        if segment_bytes < _SEG_HDR + _OVERHEAD + 16:
+            raise ConfigError("segment_bytes must be at least %d, not %d" % (_SEG_HDR + _OVERHEAD + 16, segment_bytes))
+        if segment_bytes > 0x7FFFFFFF:
+            raise ConfigError("segment_bytes must be below 2 GiB")
+        if budget_bytes < 2 * segment_bytes:
+            raise ConfigError(
+                "budget_bytes (%d) must hold at least 2 segments of segment_bytes (%d)" % (budget_bytes, segment_bytes)
+            )
+        if group_records < 1 or group_ms < 0 or retention_ms < 0:
+            raise ConfigError("group_records must be >= 1, group_ms and retention_ms >= 0")
+        self.path = path
+        self.storage = storage if storage is not None else FileStorage()
+        self.segment_bytes = segment_bytes
+        self.budget_bytes = budget_bytes
+        self.full_policy = full_policy
+        self.sync = sync
+        self.group_records = group_records
+        self.group_ms = group_ms
+        self.retention_ms = retention_ms
+        self.priority = priority
+        self.store = store
+        self.warn = warn if warn is not None else _warn
+        if buffer_bytes is None:
+            buffer_bytes = 1024 if _SMALL else 65536
+        buffer_bytes = min(buffer_bytes, segment_bytes)
+        self._chunk = 512 if _SMALL else 16384
+        self._wbuf = bytearray(buffer_bytes)
+        self._wcap = buffer_bytes
+        self._wpos = 0
+        self._hdr = bytearray(_FRAME_HDR)
+        self._crcbuf = bytearray(4)
+        # Counters: every record that leaves other than by acknowledgement is counted.
+        self.evicted = 0  # removed by drop_oldest before being acknowledged by all consumers
+        self.expired = 0  # removed by retention before being acknowledged
+        self.reclaimed = 0  # removed after every consumer acknowledged them
+        self.dropped = 0  # refused by drop_newest (never given a seq)
+        self.corrupt = 0  # found rotted in a sealed segment and skipped
+        self._consumers = []
+        self._reported = {}  # (base, offset) of corruption already counted
+        self._tail = None  # append handle of the tail segment
+        self._tail_needs_header = False
+        self._pending = 0
+        self._commit_ms = None
+        self._failed = None
+        self._closed = False
+        self._cache_seq = 0  # read cache: seq expected at (_cache_seg, _cache_off)
+        self._cache_seg = -1
+        self._cache_off = 0
+        self._recover()
+
+    # ------------------------------------------------------------------ recovery
+
+    def _seg_path(self, base):
+        return self.path + "/" + segment_name(base)
+
+    def _read_exact(self, path, off, n):
+        h = self.storage.open_read(path)
+        try:
+            h.seek(off)
+            buf = bytearray(n)
+            got = 0
+            mv = memoryview(buf)
+            while got < n:
+                k = h.readinto(mv[got:])
+                if not k:
+                    break
+                got += k
+        finally:
+            h.close()
+        return buf if got == n else buf[:got]
+
+    def _recover(self):
+        st = self.storage
+        st.makedirs(self.path)
+        bases = []
+        for name in st.listdir(self.path):
+            base = _parse_segment_name(name)
+            if base:
+                bases.append(base)
+            elif name.endswith(".seg.tmp"):
+                st.remove(self.path + "/" + name)  # an interrupted truncate-by-copy
+        bases.sort()
+        segs = []
+        for base in bases:
+            p = self._seg_path(base)
+            size = st.size(p)
+            hdr = self._read_exact(p, 0, _SEG_HDR) if size >= _SEG_HDR else b""
+            parsed = parse_segment_header(hdr, segment_name(base)) if hdr else None
+            if parsed is not None and parsed[0] != base:
+                parsed = None
+            if parsed is None:
+                segs.append([base, size, 0, self.segment_bytes, True])
+            else:
+                segs.append([base, size, parsed[1], parsed[2], False])
+        self._segs = segs
+        self._next_seq = 1
+        self.last_ts = 0
+        if segs:
+            tail = segs[-1]
+            if tail[_S_BAD]:
+                # No valid header: nothing in this segment was ever durable (the header
+                # is written and synced with the first frame). Reset it to empty.
+                if tail[_S_SIZE]:
+                    st.truncate(self._seg_path(tail[_S_BASE]), 0)
+                tail[_S_SIZE] = 0
+                tail[_S_BAD] = False
+                tail[_S_CAP] = self.segment_bytes
+                self._tail_needs_header = True
+                self._next_seq = tail[_S_BASE]
+            else:
+                self._scan_tail(tail)
+            for s in segs:
+                if s[_S_TS] > self.last_ts:
+                    self.last_ts = s[_S_TS]
+        self._durable_seq = self._next_seq - 1
+        self._size = 0
+        for s in segs:
+            self._size += s[_S_SIZE]
+        for s in segs[:-1]:
+            if s[_S_BAD]:
+                self.warn("log %s: segment %s has a corrupt header; its records are skipped" % (self.path, segment_name(s[_S_BASE])))
+
+    def _scan_tail(self, tail):
+        base = tail[_S_BASE]
+        p = self._seg_path(base)
+        off = _SEG_HDR
+        expect = base
+        last_ts = tail[_S_TS]
+        h = self.storage.open_read(p)
+        try:
+            sc = _Scanner(h, tail[_S_SIZE], tail[_S_CAP] - _SEG_HDR, self._chunk)
+            while off < sc.end:
+                f = sc.frame(off)
+                if f is None or f[2] != expect:
+                    break
+                last_ts = struct.unpack_from("<Q", sc.buf, f[0] + 12)[0]
+                off += f[1]
+                expect += 1
+        finally:
+            h.close()
+        self._next_seq = expect
+        self.last_ts = last_ts
+        st = self.storage
+        if expect == base:
+            # No frame survived: the header was written with a frame that did not, so the
+            # segment is reset to empty and the header rewritten with the next first frame
+            # (its first_ts stays truthful).
+            if tail[_S_SIZE]:
+                st.truncate(p, 0)
+            tail[_S_SIZE] = 0
+            tail[_S_CAP] = self.segment_bytes
+            self._tail_needs_header = True
+        elif off < tail[_S_SIZE]:
+            st.truncate(p, off)  # I5: the torn or unsynced rest goes
+            tail[_S_SIZE] = off
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def first_seq(self):
+        """Seq of the oldest record still held (last_seq + 1 when the log is empty)."""
+        if not self._segs:
+            return self._next_seq
+        return self._segs[0][_S_BASE]
+
+    @property
+    def last_seq(self):
+        """Seq of the newest record appended (0 if none ever was)."""
+        return self._next_seq - 1
+
+    @property
+    def next_seq(self):
+        return self._next_seq
+
+    @property
+    def durable_seq(self):
+        """Highest seq known to be on stable storage."""
+        return self._durable_seq
+
+    @property
+    def size_bytes(self):
+        """Bytes the log occupies, buffered bytes included."""
+        return self._size
+
+    @property
+    def segment_count(self):
+        return len(self._segs)
+
+    def stats(self):
+        """A dict of the log's counters and positions."""
+        return {
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "durable_seq": self._durable_seq,
+            "size_bytes": self._size,
+            "budget_bytes": self.budget_bytes,
+            "segments": len(self._segs),
+            "evicted": self.evicted,
+            "expired": self.expired,
+            "reclaimed": self.reclaimed,
+            "dropped": self.dropped,
+            "corrupt": self.corrupt,
+        }
+
+    # ------------------------------------------------------------------ append
+
+    def append(self, value, ts=0, key=None, now_ms=None):
+        """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
+
+        ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
+        record's HLC timestamp. The record is durable when this returns under sync
+        ``every``; otherwise at the next commit (see the class doc).
+        """
+        vlen = len(value)
+        if key is None:
+            klen = 0
+            kfield = _NO_KEY
+        else:
+            klen = len(key)
+            kfield = klen
+            if klen >= _NO_KEY:
+                raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
+        flen = _OVERHEAD + klen + vlen
+        tail = self._segs[-1] if self._segs else None
+        if (
+            tail is None
+            or self._tail_needs_header
+            or tail[_S_SIZE] + self._wpos + flen > tail[_S_CAP]
+            or self._size + flen > self.budget_bytes
+            or (self.store is not None and self.store.size_bytes + flen > self.store.budget_bytes)
+        ):
+            if not self._prepare(flen, ts):
+                self.dropped += 1
+                return 0
+        seq = self._next_seq
+        hdr = self._hdr
+        try:
+            if ts < 0:
+                raise ValueError
+            struct.pack_into("<IQQH", hdr, 0, flen, seq, ts, kfield)
+        except (OverflowError, ValueError, TypeError):
+            raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+        crc = crc32(hdr)
+        if klen:
+            crc = crc32(key, crc)
+        crc = crc32(value, crc)
+        pos = self._wpos
+        if pos + flen > self._wcap:
+            self._write_out()
+            pos = 0
+            if flen > self._wcap:
+                self._write_direct(flen, key, value, crc)
+                pos = -1
+        if pos >= 0:
+            buf = self._wbuf
+            p = pos + _FRAME_HDR
+            buf[pos:p] = hdr
+            if klen:
+                buf[p:p + klen] = key
+                p += klen
+            buf[p:p + vlen] = value
+            p += vlen
+            struct.pack_into("<I", buf, p, crc)
+            self._wpos = p + 4
+        self._next_seq = seq + 1
+        self._size += flen
+        if self.store is not None:
+            self.store.size_bytes += flen
+        self.last_ts = ts
+        sync = self.sync
+        if sync == SYNC_EVERY:
+            self.flush()
+        elif sync == SYNC_GROUP:
+            self._pending += 1
+            if self._pending >= self.group_records:
+                self.flush(now_ms)
+            elif now_ms is not None:
+                if self._commit_ms is None:
+                    self._commit_ms = now_ms
+                elif now_ms - self._commit_ms >= self.group_ms:
+                    self.flush(now_ms)
+        return seq
+
+    def _write_direct(self, flen, key, value, crc):
+        # A frame larger than the write buffer goes to the file in pieces.
+        self._ensure_open()
+        h = self._tail
+        tail = self._segs[-1]
+        try:
+            h.write(self._hdr, _FRAME_HDR)
+            if key is not None and len(key):
+                h.write(key, len(key))
+            h.write(value, len(value))
+            struct.pack_into("<I", self._crcbuf, 0, crc)
+            h.write(self._crcbuf, 4)
+        except OSError as e:
+            self._fail(e)
+        tail[_S_SIZE] += flen
+
+    def _prepare(self, flen, ts):
+        """Slow path of append: check state, rotate, make room. False: drop the record."""
+        if self._failed is not None:
+            raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
+        if self._closed:
+            raise StorageError("log %s is closed" % self.path)
+        if not isinstance(ts, int) or ts < 0 or ts > 0xFFFFFFFFFFFFFFFF:
+            raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+        if flen > self.segment_bytes - _SEG_HDR:
+            raise ConfigError(
+                "record of %d bytes does not fit in a segment of %d bytes" % (flen, self.segment_bytes)
+            )
+        tail = self._segs[-1] if self._segs else None
+        rotate = (
+            tail is None
+            or (not self._tail_needs_header and tail[_S_SIZE] + self._wpos + flen > tail[_S_CAP])
+        )
+        need = flen + _SEG_HDR if (rotate or self._tail_needs_header) else flen
+        if not self._make_room(need):
+            return False
+        if rotate:
+            if tail is not None:
+                self._seal()
+            self._begin_segment(ts)
+        elif self._tail_needs_header:
+            self._write_header(ts)
+        return True
+
+    def _make_room(self, need):
+        store = self.store
+        while self._size + need > self.budget_bytes:
+            if not self._free_oldest(True):
+                return self._refuse()
+        if store is not None:
+            while store.size_bytes + need > store.budget_bytes:
+                if not store._reclaim_for(self):
+                    return self._refuse()
+        return True
+
+    def _refuse(self):
+        if self.full_policy == REJECT:
+            raise LogFull("log %s is full (%d of %d bytes) and its policy is reject" % (self.path, self._size, self.budget_bytes))
+        return False
+
+    def _min_acked(self):
+        if not self._consumers:
+            return 0
+        m = self._consumers[0].acked
+        for c in self._consumers:
+            if c.acked < m:
+                m = c.acked
+        return m
+
+    def _reclaimable(self):
+        """True if the oldest sealed segment is acknowledged by every consumer."""
+        segs = self._segs
+        if len(segs) < 2 or not self._consumers:
+            return False
+        return self._min_acked() >= segs[1][_S_BASE] - 1
+
+    def _free_oldest(self, by_policy):
+        """Remove the oldest sealed segment if allowed; True if one was removed."""
+        if len(self._segs) < 2:
+            return False
+        if self._reclaimable():
+            self._remove_oldest("reclaimed")
+            return True
+        if by_policy and self.full_policy == DROP_OLDEST:
+            self._remove_oldest("evicted")
+            return True
+        return False
+
+    def _remove_oldest(self, why):
+        seg = self._segs[0]
+        nxt = self._segs[1][_S_BASE]
+        count = nxt - seg[_S_BASE]
+        acked = self._min_acked()
+        if why == "reclaimed":
+            self.reclaimed += count
+        else:
+            unacked = count if acked < seg[_S_BASE] else nxt - 1 - acked
+            if unacked < 0:
+                unacked = 0
+            self.reclaimed += count - unacked
+            if why == "expired":
+                self.expired += unacked
+            else:
+                self.evicted += unacked
+        self.storage.remove(self._seg_path(seg[_S_BASE]))
+        self._segs.pop(0)
+        self._size -= seg[_S_SIZE]
+        if self.store is not None:
+            self.store.size_bytes -= seg[_S_SIZE]
+        if self._cache_seg == seg[_S_BASE]:
+            self._cache_seg = -1
+
+    def _seal(self):
+        # I4: everything of a segment is durable before the next one is begun.
+        self._write_out()
+        if self._tail is not None:
+            try:
+                self._tail.sync()
+                self._tail.close()
+            except OSError as e:
+                self._fail(e)
+            self._tail = None
+        self._durable_seq = self._next_seq - 1
+        self._pending = 0
+
+    def _begin_segment(self, ts):
+        base = self._next_seq
+        self._segs.append([base, 0, ts, self.segment_bytes, False])
+        self._tail_needs_header = True
+        self._write_header(ts)
+
+    def _write_header(self, ts):
+        tail = self._segs[-1]
+        tail[_S_TS] = ts
+        tail[_S_CAP] = self.segment_bytes
+        hdr = pack_segment_header(tail[_S_BASE], ts, self.segment_bytes)
+        self._wbuf[0:_SEG_HDR] = hdr
+        self._wpos = _SEG_HDR
+        self._tail_needs_header = False
+        self._size += _SEG_HDR
+        if self.store is not None:
+            self.store.size_bytes += _SEG_HDR
+
+    def _ensure_open(self):
+        if self._tail is None:
+            try:
+                self._tail = self.storage.open_append(self._seg_path(self._segs[-1][_S_BASE]))
+            except OSError as e:
+                self._fail(e)
+
+    def _write_out(self):
+        """Write the buffer to the tail file (no sync)."""
+        n = self._wpos
+        if not n:
+            return
+        self._ensure_open()
+        try:
+            self._tail.write(self._wbuf, n)
+        except OSError as e:
+            self._fail(e)
+        self._segs[-1][_S_SIZE] += n
+        self._wpos = 0
+
+    def _fail(self, e):
+        self._failed = "%s" % (e,)
+        h = self._tail
+        self._tail = None
+        if h is not None:
+            try:
+                h.close()
+            except OSError:
+                pass
+        raise StorageError("log %s: write failed (%s); records not yet flushed were not stored" % (self.path, e))
+
+    def flush(self, now_ms=None):
+        """Commit point: every record appended so far is durable when this returns."""
+        if self._failed is not None:
+            raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
+        self._pending = 0
+        if now_ms is not None:
+            self._commit_ms = now_ms
+        if self._durable_seq == self._next_seq - 1 and not self._wpos:
+            return
+        self._write_out()
+        if self._tail is not None:
+            try:
+                self._tail.sync()
+            except OSError as e:
+                self._fail(e)
+        self._durable_seq = self._next_seq - 1
+
+    def tick(self, now_ms):
+        """Group commit on time: flush if records are pending for ``group_ms`` or more."""
+        if self._commit_ms is None:
+            self._commit_ms = now_ms
+            return
+        if self._pending and now_ms - self._commit_ms >= self.group_ms:
+            self.flush(now_ms)
+
+    def apply_retention(self, now_ms):
+        """Remove sealed segments older than ``retention_ms``; return how many."""
+        if not self.retention_ms:
+            return 0
+        limit = now_ms - self.retention_ms
+        n = 0
+        while len(self._segs) >= 2 and (self._segs[1][_S_TS] >> 16) < limit:
+            self._remove_oldest("expired")
+            n += 1
+        return n
+
+    def close(self):
+        """Flush and release the tail file. The log object is unusable afterwards."""
+        if self._closed:
+            return
+        if self._failed is None:
+            self.flush()
+        if self._tail is not None:
+            self._tail.close()
+            self._tail = None
+        self._closed = True
+        if self.store is not None:
+            self.store._forget(self)
+
+    # ------------------------------------------------------------------ read
+
+    def _find_segment(self, seq):
+        segs = self._segs
+        lo = 0
+        hi = len(segs) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if segs[mid][_S_BASE] <= seq:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def read(self, from_seq, max_records=100, max_bytes=65536):
+        """Records with seq >= from_seq, in order, at most max_records of them and about
+        max_bytes of values (always at least one record if any is there).
+
+        Records evicted or rotted away are simply absent: the caller sees the jump in
+        seq (the outbox turns it into a gap).
+        """
+        out = []
+        if from_seq < 1:
+            from_seq = 1
+        if from_seq >= self._next_seq or not self._segs or max_records < 1:
+            return out
+        if from_seq < self.first_seq:
+            from_seq = self.first_seq
+        self._write_out()
+        i = self._find_segment(from_seq)
+        nbytes = 0
+        segs = self._segs
+        while i < len(segs) and len(out) < max_records and nbytes < max_bytes:
+            seg = segs[i]
+            nxt = segs[i + 1][_S_BASE] if i + 1 < len(segs) else self._next_seq
+            if seg[_S_BAD]:
+                self._report_corrupt(seg, 0, seg[_S_BASE], nxt - 1)
+            elif from_seq < nxt:
+                nbytes = self._read_segment(seg, nxt, from_seq, max_records, max_bytes, out, nbytes)
+            from_seq = nxt
+            i += 1
+        return out
+
+    def _read_segment(self, seg, nxt, from_seq, max_records, max_bytes, out, nbytes):
+        base = seg[_S_BASE]
+        if self._cache_seg == base and self._cache_seq <= from_seq:
+            off = self._cache_off
+            expect = self._cache_seq
+        else:
+            off = _SEG_HDR
+            expect = base
+        h = self.storage.open_read(self._seg_path(base))
+        try:
+            sc = _Scanner(h, seg[_S_SIZE], seg[_S_CAP] - _SEG_HDR, self._chunk)
+            while off < sc.end and len(out) < max_records and nbytes < max_bytes:
+                f = sc.frame(off)
+                if f is None or f[2] < expect or f[2] >= nxt:
+                    # I8: a rotted frame. Scan forward for the next valid one.
+                    found = self._resync(h, off, sc.end, expect, nxt, sc.max_frame)
+                    if found is None:
+                        self._report_corrupt(seg, off, expect, nxt - 1)
+                        off = sc.end
+                        expect = nxt
+                        break
+                    self._report_corrupt(seg, off, expect, found[1] - 1)
+                    off = found[0]
+                    expect = found[1]
+                    continue
+                rel, flen, seq = f
+                if seq >= from_seq:
+                    buf = sc.buf
+                    mv = sc.mv
+                    ts = struct.unpack_from("<Q", buf, rel + 12)[0]
+                    klen = struct.unpack_from("<H", buf, rel + 20)[0]
+                    p = rel + _FRAME_HDR
+                    if klen == _NO_KEY:
+                        key = None
+                    else:
+                        key = bytes(mv[p:p + klen])
+                        p += klen
+                    value = bytes(mv[p:rel + flen - 4])
+                    out.append(Record(seq, ts, key, value))
+                    nbytes += len(value)
+                off += flen
+                expect = seq + 1
+        finally:
+            h.close()
+        self._cache_seg = base
+        self._cache_off = off
+        self._cache_seq = expect
+        return nbytes
+
+    def _resync(self, h, off, end, expect, nxt, max_frame):
+        """Find (offset, seq) of the next valid frame after a bad one at off, or None.
+
+        Only runs when corruption was found, so it may be slow: it tries every offset.
+        """
+        sc = _Scanner(h, end, max_frame, self._chunk)
+        pos = off + 1
+        while pos + _OVERHEAD <= end:
+            f = sc.frame(pos)
+            if f is not None and expect < f[2] < nxt:
+                return pos, f[2]
+            pos += 1
+        return None
+
+    def _report_corrupt(self, seg, off, first, last):
+        k = (seg[_S_BASE], off)
+        if k in self._reported or last < first:
+            return
+        self._reported[k] = True
+        self.corrupt += last - first + 1
+        self.warn(
+            "log %s: corrupt data in segment %s at byte %d; records %d..%d are lost"
+            % (self.path, segment_name(seg[_S_BASE]), off, first, last)
+        )

@@ -1,0 +1,87 @@
+"""A device's logs under one root directory, sharing one storage budget by priority.
+
+Theory of operation
+-------------------
+Each topic has its own RingLog in ``<root>/<topic dir>``. The store keeps the sum of
+their sizes; a log asks the store for room before it grows (RingLog._make_room), and the
+store reclaims in the order docs/spec/log.md gives: fully acknowledged segments of any
+log (lowest priority first), then the oldest segment of a lower-priority ``drop_oldest``
+log, then the appending log's own policy.
+"""
+from .errors import ConfigError
+from .log import DROP_OLDEST, RingLog
+from .storage import FileStorage
+
+
+def topic_dirname(topic):
+    """A file-system-safe directory name for a topic name (reversible)."""
+    out = []
+    for c in topic:
+        if ("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c in "-_.":
+            out.append(c)
+        else:
+            for b in c.encode():
+                out.append("%%%02X" % b)
+    name = "".join(out)
+    if not name or name in (".", ".."):
+        raise ConfigError("topic name %r cannot be stored" % (topic,))
+    return name
+
+
+class Store:
+    """The logs of one device under one root directory, sharing one storage budget.
+
+    ``store.log(topic, **options)`` opens (and recovers) the topic's RingLog. When an
+    append would take the device past ``budget_bytes``, the store reclaims fully
+    acknowledged segments first (lowest priority log first), then evicts the oldest
+    segment of a ``drop_oldest`` log of lower priority than the appending one; failing
+    that, the appending log's own full policy decides.
+    """
+
+    def __init__(self, root, budget_bytes, storage=None):
+        self.root = root
+        self.budget_bytes = budget_bytes
+        self.storage = storage if storage is not None else FileStorage()
+        self.storage.makedirs(root)
+        self.size_bytes = 0
+        self.logs = {}
+
+    def log(self, topic, **options):
+        if topic in self.logs:
+            return self.logs[topic]
+        lg = RingLog(self.root + "/" + topic_dirname(topic), storage=self.storage, store=self, **options)
+        lg.topic = topic
+        self.logs[topic] = lg
+        self.size_bytes += lg.size_bytes
+        return lg
+
+    def _forget(self, lg):
+        for t in list(self.logs):
+            if self.logs[t] is lg:
+                del self.logs[t]
+                self.size_bytes -= lg.size_bytes
+
+    def _reclaim_for(self, appender):
+        by_prio = sorted(self.logs.values(), key=lambda lg: lg.priority)
+        for lg in by_prio:
+            if lg._reclaimable():
+                lg._remove_oldest("reclaimed")
+                return True
+        for lg in by_prio:
+            if lg.priority >= appender.priority:
+                break
+            if lg.full_policy == DROP_OLDEST and len(lg._segs) >= 2:
+                lg._remove_oldest("evicted")
+                return True
+        if appender.full_policy == DROP_OLDEST and len(appender._segs) >= 2:
+            appender._remove_oldest("evicted")
+            return True
+        return False
+
+    def flush(self):
+        for lg in self.logs.values():
+            lg.flush()
+
+    def close(self):
+        for lg in list(self.logs.values()):
+            lg.close()

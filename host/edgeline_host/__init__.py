@@ -1,0 +1,1 @@
+"""edgeline host side (CPython): CLI, agent, gateway, transports, firmware tooling."""

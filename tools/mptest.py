@@ -1,0 +1,87 @@
+# Tiny test runner for MicroPython (and CPython): runs the plain `test_*` functions of
+# the test files named on the command line, the same files pytest collects.
+#
+#   python tools/mpbuild.py build/mpy          # compile core + tests to .mpy
+#   micropython -X heapsize=64k tools/mptest.py --path build/mpy tests/core/test_log.py
+#
+# --path DIR puts DIR first on sys.path (the compiled tree); -kNAME runs only tests whose
+# name contains NAME.
+# Prints one line per failure and ends with "N passed, N failed"; exits 1 on failure.
+import sys
+
+try:
+    import gc
+except ImportError:
+    gc = None
+
+
+def _dirname(path):
+    i = path.rfind("/")
+    return path[:i] if i > 0 else "."
+
+
+def _modname(path):
+    name = path[path.rfind("/") + 1:]
+    return name[:-3] if name.endswith(".py") else name
+
+
+def main(argv):
+    here = _dirname(argv[0])
+    root = _dirname(here) if here != "." else ".."
+    for p in (root + "/core", root + "/tests/core", root):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    only = None
+    verbose = False
+    files = []
+    front = []
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-k"):
+            only = a[2:]
+        elif a == "-v":
+            verbose = True
+        elif a == "--path":
+            i += 1
+            front.append(args[i])
+        else:
+            files.append(a)
+        i += 1
+    for p in front:
+        sys.path.insert(0, p)
+    passed = 0
+    failed = 0
+    for path in files:
+        d = _dirname(path)
+        if d not in sys.path:
+            sys.path.append(d)
+        mod = __import__(_modname(path))
+        names = sorted(n for n in dir(mod) if n.startswith("test_"))
+        for n in names:
+            if only and only not in n:
+                continue
+            fn = getattr(mod, n)
+            if gc:
+                gc.collect()
+            try:
+                fn()
+                passed += 1
+                if verbose and gc:
+                    gc.collect()
+                    print("ok %s (free %d)" % (n, gc.mem_free()))
+            except Exception as e:  # noqa: BLE001 - a runner reports everything
+                failed += 1
+                print("FAILED %s::%s: %s: %s" % (path, n, type(e).__name__, e))
+                if hasattr(sys, "print_exception"):
+                    sys.print_exception(e)
+                else:
+                    import traceback
+                    traceback.print_exc()
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
