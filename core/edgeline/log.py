@@ -48,7 +48,7 @@ DROP_OLDEST = "drop_oldest"
 REJECT = "reject"
 DROP_NEWEST = "drop_newest"
 
-_SYNC_POLICIES = (SYNC_EVERY, SYNC_GROUP, SYNC_NONE)
+_SYNC_POLICIES = (SYNC_NONE, SYNC_GROUP, SYNC_EVERY)  # index = the policy's code
 _FULL_POLICIES = (DROP_OLDEST, REJECT, DROP_NEWEST)
 
 _MAGIC = b"ELOG"
@@ -71,6 +71,19 @@ _S_SIZE = const(1)  # bytes in the file (tail: written bytes; buffered bytes are
 _S_TS = const(2)  # first_ts from the header
 _S_CAP = const(3)  # capacity from the header
 _S_BAD = const(4)  # header unreadable: the whole segment counts as corrupt
+
+
+try:
+    # CPython: precompiled formats are measurably faster on the append path.
+    _pack_frame_hdr = struct.Struct("<IQQH").pack_into
+    _pack_u32 = struct.Struct("<I").pack_into
+except AttributeError:  # MicroPython has no struct.Struct
+
+    def _pack_frame_hdr(buf, off, flen, seq, ts, kfield):
+        struct.pack_into("<IQQH", buf, off, flen, seq, ts, kfield)
+
+    def _pack_u32(buf, off, v):
+        struct.pack_into("<I", buf, off, v)
 
 
 def _warn(msg):
@@ -272,6 +285,7 @@ class RingLog:
         self.budget_bytes = budget_bytes
         self.full_policy = full_policy
         self.sync = sync
+        self._sync_code = _SYNC_POLICIES.index(sync)
         self.group_records = group_records
         self.group_ms = group_ms
         self.retention_ms = retention_ms
@@ -283,6 +297,7 @@ class RingLog:
         buffer_bytes = min(buffer_bytes, segment_bytes)
         self._chunk = 512 if _SMALL else 16384
         self._wbuf = bytearray(buffer_bytes)
+        self._wmv = memoryview(self._wbuf)
         self._wcap = buffer_bytes
         self._wpos = 0
         self._hdr = bytearray(_FRAME_HDR)
@@ -297,7 +312,8 @@ class RingLog:
         self._reported = {}  # (base, offset) of corruption already counted
         self._tail = None  # append handle of the tail segment
         self._tail_needs_header = False
-        self._pending = 0
+        self._allowed_end = 0  # buffer position frames may reach unchecked (_set_room)
+        self._wlimit = 0
         self._commit_ms = None
         self._failed = None
         self._closed = False
@@ -371,7 +387,8 @@ class RingLog:
                 if s[_S_TS] > self.last_ts:
                     self.last_ts = s[_S_TS]
         self._durable_seq = self._next_seq - 1
-        self._size = 0
+        self._renew_commit()
+        self._size = 0  # bytes in segment files; buffered bytes (_wpos) come on top
         for s in segs:
             self._size += s[_S_SIZE]
         for s in segs[:-1]:
@@ -438,7 +455,7 @@ class RingLog:
     @property
     def size_bytes(self):
         """Bytes the log occupies, buffered bytes included."""
-        return self._size
+        return self._size + self._wpos
 
     @property
     def segment_count(self):
@@ -450,7 +467,7 @@ class RingLog:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "durable_seq": self._durable_seq,
-            "size_bytes": self._size,
+            "size_bytes": self._size + self._wpos,
             "budget_bytes": self.budget_bytes,
             "segments": len(self._segs),
             "evicted": self.evicted,
@@ -462,14 +479,15 @@ class RingLog:
 
     # ------------------------------------------------------------------ append
 
-    def append(self, value, ts=0, key=None, now_ms=None):
-        """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
+    # The two append paths below share their shape on purpose: each is the hot path of
+    # its runtime, and a shared helper call would cost more than the code it saves.
+    # Both rely on _wlimit: frames may be placed in the write buffer up to it without
+    # any check (see _prepare).
 
-        ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
-        record's HLC timestamp. The record is durable when this returns under sync
-        ``every``; otherwise at the next commit (see the class doc).
-        """
-        vlen = len(value)
+    def _append_small(self, value, ts=0, key=None, now_ms=None):
+        # Allocation-free (MicroPython; also CPython's frames bigger than the buffer):
+        # the header is packed apart and the CRC runs over whole objects, because a
+        # memoryview slice would allocate.
         if key is None:
             klen = 0
             kfield = _NO_KEY
@@ -478,38 +496,31 @@ class RingLog:
             kfield = klen
             if klen >= _NO_KEY:
                 raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
+        vlen = len(value)
         flen = _OVERHEAD + klen + vlen
-        tail = self._segs[-1] if self._segs else None
-        if (
-            tail is None
-            or self._tail_needs_header
-            or tail[_S_SIZE] + self._wpos + flen > tail[_S_CAP]
-            or self._size + flen > self.budget_bytes
-            or (self.store is not None and self.store.size_bytes + flen > self.store.budget_bytes)
-        ):
-            if not self._prepare(flen, ts):
+        pos = self._wpos
+        end = pos + flen
+        if end > self._wlimit:
+            if not self._make_space(flen, ts):
                 self.dropped += 1
                 return 0
+            pos = self._wpos
+            end = pos + flen
         seq = self._next_seq
         hdr = self._hdr
         try:
             if ts < 0:
                 raise ValueError
-            struct.pack_into("<IQQH", hdr, 0, flen, seq, ts, kfield)
+            _pack_frame_hdr(hdr, 0, flen, seq, ts, kfield)
         except (OverflowError, ValueError, TypeError):
             raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
         crc = crc32(hdr)
         if klen:
             crc = crc32(key, crc)
         crc = crc32(value, crc)
-        pos = self._wpos
-        if pos + flen > self._wcap:
-            self._write_out()
-            pos = 0
-            if flen > self._wcap:
-                self._write_direct(flen, key, value, crc)
-                pos = -1
-        if pos >= 0:
+        if flen > self._wcap:
+            self._write_direct(flen, key, value, crc)
+        else:
             buf = self._wbuf
             p = pos + _FRAME_HDR
             buf[pos:p] = hdr
@@ -517,46 +528,120 @@ class RingLog:
                 buf[p:p + klen] = key
                 p += klen
             buf[p:p + vlen] = value
-            p += vlen
-            struct.pack_into("<I", buf, p, crc)
-            self._wpos = p + 4
+            _pack_u32(buf, p + vlen, crc)
+            self._wpos = end
         self._next_seq = seq + 1
-        self._size += flen
-        if self.store is not None:
-            self.store.size_bytes += flen
         self.last_ts = ts
-        sync = self.sync
-        if sync == SYNC_EVERY:
-            self.flush()
-        elif sync == SYNC_GROUP:
-            self._pending += 1
-            if self._pending >= self.group_records:
+        c = self._commit_seq
+        if c:
+            if seq >= c:
                 self.flush(now_ms)
             elif now_ms is not None:
-                if self._commit_ms is None:
+                cm = self._commit_ms
+                if cm is None:
                     self._commit_ms = now_ms
-                elif now_ms - self._commit_ms >= self.group_ms:
+                elif now_ms - cm >= self.group_ms:
                     self.flush(now_ms)
         return seq
 
+    def _append_cpython(self, value, ts=0, key=None, now_ms=None):
+        # CPython: pack straight into the write buffer and CRC one memoryview slice.
+        if key is None:
+            klen = 0
+            kfield = _NO_KEY
+        else:
+            klen = len(key)
+            kfield = klen
+            if klen >= _NO_KEY:
+                raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
+        vlen = len(value)
+        flen = _OVERHEAD + klen + vlen
+        pos = self._wpos
+        end = pos + flen
+        if end > self._wlimit:
+            if flen > self._wcap:
+                return self._append_small(value, ts, key, now_ms)
+            if not self._make_space(flen, ts):
+                self.dropped += 1
+                return 0
+            pos = self._wpos
+            end = pos + flen
+        seq = self._next_seq
+        buf = self._wbuf
+        if ts < 0:
+            raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+        try:
+            _pack_frame_hdr(buf, pos, flen, seq, ts, kfield)
+        except (struct.error, TypeError):
+            raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+        p = pos + _FRAME_HDR
+        if klen:
+            buf[p:p + klen] = key
+            p += klen
+        q = p + vlen
+        buf[p:q] = value
+        _pack_u32(buf, q, crc32(self._wmv[pos:q]))
+        self._wpos = end
+        self._next_seq = seq + 1
+        self.last_ts = ts
+        c = self._commit_seq
+        if c:
+            if seq >= c:
+                self.flush(now_ms)
+            elif now_ms is not None:
+                cm = self._commit_ms
+                if cm is None:
+                    self._commit_ms = now_ms
+                elif now_ms - cm >= self.group_ms:
+                    self.flush(now_ms)
+        return seq
+
+    if _SMALL:
+        append = _append_small
+    else:
+        append = _append_cpython
+        append.__doc__ = """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
+
+        ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
+        record's HLC timestamp (an int, 0..2**64-1). The record is durable when this
+        returns under sync ``every``; otherwise at the next commit (see the class doc).
+        """
+
+    def _set_room(self, room):
+        # The room is kept as the buffer position up to which frames may go unchecked.
+        self._allowed_end = self._wpos + room
+        self._wlimit = self._allowed_end if self._allowed_end < self._wcap else self._wcap
+
+    def _make_space(self, flen, ts):
+        """Slow path of append, when the frame would pass _wlimit. False: drop it."""
+        if self._wpos + flen <= self._allowed_end:
+            # The room is there; only the buffer is full (or the frame bigger than it).
+            self._write_out()
+            if flen <= self._wlimit or flen > self._wcap:
+                return True
+        return self._prepare(flen, ts)
+
     def _write_direct(self, flen, key, value, crc):
         # A frame larger than the write buffer goes to the file in pieces.
+        self._write_out()
         self._ensure_open()
         h = self._tail
-        tail = self._segs[-1]
         try:
             h.write(self._hdr, _FRAME_HDR)
             if key is not None and len(key):
                 h.write(key, len(key))
             h.write(value, len(value))
-            struct.pack_into("<I", self._crcbuf, 0, crc)
+            _pack_u32(self._crcbuf, 0, crc)
             h.write(self._crcbuf, 4)
         except OSError as e:
             self._fail(e)
-        tail[_S_SIZE] += flen
+        self._segs[-1][_S_SIZE] += flen
+        self._size += flen
+        self._set_room(self._allowed_end - flen)
 
     def _prepare(self, flen, ts):
-        """Slow path of append: check state, rotate, make room. False: drop the record."""
+        """Check state, rotate, make room, and renew the room. False: drop the record."""
+        self._set_room(0)  # also returns this log's lease on the device budget
         if self._failed is not None:
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
         if self._closed:
@@ -581,22 +666,37 @@ class RingLog:
             self._begin_segment(ts)
         elif self._tail_needs_header:
             self._write_header(ts)
+        tail = self._segs[-1]
+        room = tail[_S_CAP] - tail[_S_SIZE] - self._wpos
+        left = self.budget_bytes - self._size - self._wpos
+        if left < room:
+            room = left
+        if self.store is not None:
+            left = self.store.budget_bytes - self.store.used_bytes()
+            if left < room:
+                room = left
+        self._set_room(room)
+        if self._wpos + flen > self._wcap and flen <= self._wcap:
+            self._write_out()
         return True
 
     def _make_room(self, need):
         store = self.store
-        while self._size + need > self.budget_bytes:
+        while self._size + self._wpos + need > self.budget_bytes:
             if not self._free_oldest(True):
                 return self._refuse()
         if store is not None:
-            while store.size_bytes + need > store.budget_bytes:
+            while store.used_bytes() + need > store.budget_bytes:
                 if not store._reclaim_for(self):
                     return self._refuse()
         return True
 
     def _refuse(self):
         if self.full_policy == REJECT:
-            raise LogFull("log %s is full (%d of %d bytes) and its policy is reject" % (self.path, self._size, self.budget_bytes))
+            raise LogFull(
+                "log %s is full (%d of %d bytes) and its policy is reject"
+                % (self.path, self._size + self._wpos, self.budget_bytes)
+            )
         return False
 
     def _min_acked(self):
@@ -646,8 +746,6 @@ class RingLog:
         self.storage.remove(self._seg_path(seg[_S_BASE]))
         self._segs.pop(0)
         self._size -= seg[_S_SIZE]
-        if self.store is not None:
-            self.store.size_bytes -= seg[_S_SIZE]
         if self._cache_seg == seg[_S_BASE]:
             self._cache_seg = -1
 
@@ -662,7 +760,7 @@ class RingLog:
                 self._fail(e)
             self._tail = None
         self._durable_seq = self._next_seq - 1
-        self._pending = 0
+        self._renew_commit()
 
     def _begin_segment(self, ts):
         base = self._next_seq
@@ -678,9 +776,6 @@ class RingLog:
         self._wbuf[0:_SEG_HDR] = hdr
         self._wpos = _SEG_HDR
         self._tail_needs_header = False
-        self._size += _SEG_HDR
-        if self.store is not None:
-            self.store.size_bytes += _SEG_HDR
 
     def _ensure_open(self):
         if self._tail is None:
@@ -700,10 +795,13 @@ class RingLog:
         except OSError as e:
             self._fail(e)
         self._segs[-1][_S_SIZE] += n
+        self._size += n
         self._wpos = 0
+        self._set_room(self._allowed_end - n)
 
     def _fail(self, e):
         self._failed = "%s" % (e,)
+        self._set_room(0)
         h = self._tail
         self._tail = None
         if h is not None:
@@ -713,11 +811,20 @@ class RingLog:
                 pass
         raise StorageError("log %s: write failed (%s); records not yet flushed were not stored" % (self.path, e))
 
+    def _renew_commit(self):
+        # _commit_seq: the seq whose append triggers a commit; 0 for sync none.
+        code = self._sync_code
+        if code == 2:
+            self._commit_seq = 1
+        elif code == 1:
+            self._commit_seq = self._durable_seq + self.group_records
+        else:
+            self._commit_seq = 0
+
     def flush(self, now_ms=None):
         """Commit point: every record appended so far is durable when this returns."""
         if self._failed is not None:
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
-        self._pending = 0
         if now_ms is not None:
             self._commit_ms = now_ms
         if self._durable_seq == self._next_seq - 1 and not self._wpos:
@@ -729,13 +836,14 @@ class RingLog:
             except OSError as e:
                 self._fail(e)
         self._durable_seq = self._next_seq - 1
+        self._renew_commit()
 
     def tick(self, now_ms):
-        """Group commit on time: flush if records are pending for ``group_ms`` or more."""
+        """Group commit on time: flush if records have waited ``group_ms`` or more."""
         if self._commit_ms is None:
             self._commit_ms = now_ms
             return
-        if self._pending and now_ms - self._commit_ms >= self.group_ms:
+        if self._durable_seq < self._next_seq - 1 and now_ms - self._commit_ms >= self.group_ms:
             self.flush(now_ms)
 
     def apply_retention(self, now_ms):
@@ -759,6 +867,7 @@ class RingLog:
             self._tail.close()
             self._tail = None
         self._closed = True
+        self._set_room(0)
         if self.store is not None:
             self.store._forget(self)
 

@@ -43,8 +43,22 @@ class Store:
         self.budget_bytes = budget_bytes
         self.storage = storage if storage is not None else FileStorage()
         self.storage.makedirs(root)
-        self.size_bytes = 0
         self.logs = {}
+
+    @property
+    def size_bytes(self):
+        """Bytes the device's logs occupy."""
+        n = 0
+        for lg in self.logs.values():
+            n += lg.size_bytes
+        return n
+
+    def used_bytes(self):
+        """Bytes occupied plus the room each log may still fill without asking (its lease)."""
+        n = 0
+        for lg in self.logs.values():
+            n += lg._size + lg._allowed_end
+        return n
 
     def log(self, topic, **options):
         if topic in self.logs:
@@ -52,14 +66,12 @@ class Store:
         lg = RingLog(self.root + "/" + topic_dirname(topic), storage=self.storage, store=self, **options)
         lg.topic = topic
         self.logs[topic] = lg
-        self.size_bytes += lg.size_bytes
         return lg
 
     def _forget(self, lg):
         for t in list(self.logs):
             if self.logs[t] is lg:
                 del self.logs[t]
-                self.size_bytes -= lg.size_bytes
 
     def _reclaim_for(self, appender):
         by_prio = sorted(self.logs.values(), key=lambda lg: lg.priority)

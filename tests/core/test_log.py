@@ -266,7 +266,7 @@ def test_config_errors_are_clear():
 def test_large_record_bigger_than_buffer():
     d = tempdir("log")
     log = RingLog(d, segment_bytes=8192, budget_bytes=1 << 20, buffer_bytes=256)
-    big = bytes(range(256)) * 12
+    big = bytes(range(256)) * 6
     log.append(b"a", ts=1)
     log.append(big, ts=2, key=b"k")
     log.append(b"c", ts=3)
