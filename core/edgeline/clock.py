@@ -1,0 +1,105 @@
+# Hybrid logical clock (Kulkarni et al., "Logical Physical Clocks", 2014).
+#
+# Theory of operation
+# -------------------
+# A timestamp is one non-negative int, (physical_ms << 16) | logical: a wall-clock
+# millisecond part and a 16-bit counter that orders events within the same millisecond.
+# Packed this way, comparing two timestamps as ints compares (physical, logical) pairs.
+#
+# The clock keeps the last timestamp it issued. Every new timestamp is the larger of
+#   * (now_ms, 0)                 - physical time, when it is ahead of everything seen,
+#   * max(last, remote) + 1       - one logical tick past everything seen,
+# so it is strictly greater than the last one issued and than any remote one observed,
+# even if the wall clock stands still or jumps backwards (time in timestamps never goes
+# backwards; it just runs on the counter until the wall clock catches up). The "+ 1" on
+# the packed int also handles counter overflow: logical 0xFFFF + 1 carries into the
+# physical part, i.e. the clock borrows one millisecond from the future and resets the
+# counter.
+#
+# Failure modes and defences:
+#   * a board without an RTC restarts its ms count at 0 after reboot: seed the clock
+#     with the newest timestamp found in the log (last_ts) and it stays monotonic;
+#   * a peer with a wildly wrong clock would drag ours into the future for good: with
+#     max_drift_ms set, a remote timestamp more than that far ahead of now_ms raises
+#     ClockError and leaves the clock unchanged.
+#
+# Sans-IO: the clock never reads time itself; callers pass now_ms.
+from edgeline.errors import ClockError, ConfigError
+
+try:
+    from micropython import const
+except ImportError:
+    const = lambda x: x  # noqa: E731
+
+_LOGICAL_BITS = const(16)
+_LOGICAL_MASK = const(0xFFFF)
+
+
+def _check(value, name, error):
+    # type() rather than isinstance(): bool is an int subclass on CPython.
+    if type(value) is not int or value < 0:
+        raise error("%s must be a non-negative int, got %r" % (name, value))
+
+
+def make_ts(ms, logical):
+    """Pack a physical time in ms and a logical counter (0..0xFFFF) into a timestamp."""
+    _check(ms, "ms", ClockError)
+    _check(logical, "logical", ClockError)
+    if logical > _LOGICAL_MASK:
+        raise ClockError("logical counter %d does not fit in 16 bits" % logical)
+    return (ms << _LOGICAL_BITS) | logical
+
+
+def ts_physical_ms(ts):
+    """The physical (wall-clock ms) part of a timestamp."""
+    _check(ts, "timestamp", ClockError)
+    return ts >> _LOGICAL_BITS
+
+
+def ts_logical(ts):
+    """The logical counter part of a timestamp."""
+    _check(ts, "timestamp", ClockError)
+    return ts & _LOGICAL_MASK
+
+
+class HybridClock:
+    """Issues strictly increasing timestamps; see the module comment for the rules."""
+
+    def __init__(self, last_ts=0, max_drift_ms=None):
+        _check(last_ts, "last_ts", ConfigError)
+        if max_drift_ms is not None:
+            _check(max_drift_ms, "max_drift_ms", ConfigError)
+        self._last = last_ts
+        self._max_drift_ms = max_drift_ms
+
+    @property
+    def last(self):
+        """The last timestamp issued (or the seed, before the first one)."""
+        return self._last
+
+    def now(self, now_ms):
+        """Timestamp for a local event or a send."""
+        _check(now_ms, "now_ms", ClockError)
+        ts = now_ms << _LOGICAL_BITS
+        if ts <= self._last:
+            ts = self._last + 1
+        self._last = ts
+        return ts
+
+    def observe(self, remote_ts, now_ms):
+        """Timestamp for receiving a message stamped remote_ts; greater than both."""
+        _check(remote_ts, "remote_ts", ClockError)
+        _check(now_ms, "now_ms", ClockError)
+        if self._max_drift_ms is not None:
+            ahead_ms = (remote_ts >> _LOGICAL_BITS) - now_ms
+            if ahead_ms > self._max_drift_ms:
+                raise ClockError(
+                    "remote clock is %d ms ahead of ours (allowed %d ms)"
+                    % (ahead_ms, self._max_drift_ms)
+                )
+        seen = remote_ts if remote_ts > self._last else self._last
+        ts = now_ms << _LOGICAL_BITS
+        if ts <= seen:
+            ts = seen + 1
+        self._last = ts
+        return ts
