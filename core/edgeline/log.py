@@ -763,6 +763,11 @@ class RingLog:
         base = self._next_seq
         self._segs.append([base, 0, ts, self.segment_bytes, False])
         self._tail_needs_header = True
+        # Create the file now, not at the first buffer write: its name carries the next
+        # seq (I2). Otherwise eviction or retention could remove the last segment file on
+        # disk while the new tail still sits in the buffer, and a crash would restart the
+        # log at seq 1.
+        self._ensure_open()
         self._write_header(ts)
 
     def _write_header(self, ts):
