@@ -7,7 +7,9 @@ the device: compiling a large module needs more heap than a 64 KB board has. The
 MicroPython test runs therefore use the same compiled form. OUT_DIR receives
 edgeline/*.mpy, emulator/*.mpy, the test modules of tests/core and tests/mp, and the
 runner (mptest.mpy; start it with `micropython -c "import sys; sys.path.insert(0, OUT);
-import mptest; mptest.main([...])"`).
+import mptest; mptest.main([...])"`). With --romfs IMAGE the tree is also packed into a
+ROMFS image, which the MicroPython test runs mount so code executes in place, as from a
+board's flash (tests/host/test_micropython.py).
 """
 import os
 import shutil
@@ -48,14 +50,36 @@ def build(out, arch=None):
     return out
 
 
+def build_romfs(tree, image_path):
+    """Pack a compiled tree into a ROMFS image (MicroPython's read-only, execute-in-place
+    file system, as ESP32 and RP2040 firmware mount from a flash partition)."""
+    import contextlib
+    import io
+
+    from mpremote.romfs import make_romfs
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        image = make_romfs(tree, mpy_cross=False)
+    with open(image_path, "wb") as f:
+        f.write(image)
+    return image_path
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     arch = None
+    romfs = None
+    if "--romfs" in args:
+        i = args.index("--romfs")
+        romfs = args[i + 1]
+        del args[i:i + 2]
     if "--arch" in args:
         i = args.index("--arch")
         arch = args[i + 1]
         del args[i:i + 2]
     if len(args) != 1:
-        sys.exit("usage: python tools/mpbuild.py OUT_DIR [--arch ARCH]")
+        sys.exit("usage: python tools/mpbuild.py OUT_DIR [--arch ARCH] [--romfs IMAGE]")
     build(args[0], arch)
+    if romfs:
+        build_romfs(args[0], romfs)
     print(args[0])

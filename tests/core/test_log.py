@@ -219,3 +219,37 @@ def test_large_record_bigger_than_buffer():
     assert [x.value for x in r] == [b"a", big, b"c"] and r[1].key == b"k"
     log.close()
     rmtree(d)
+
+
+def test_append_many_matches_single_appends():
+    # the batch path writes exactly what appending one by one writes
+    a = tempdir("many")
+    b = tempdir("one")
+    n = 40
+    values = [value_of(i + 1) for i in range(n)]
+    keys = [None if i % 4 else b"k%d" % i for i in range(n)]
+    opts = {"segment_bytes": 400, "budget_bytes": 1 << 20, "sync": "group", "group_records": 7}
+    la = RingLog(a, **opts)
+    lb = RingLog(b, **opts)
+    assert la.append_many(values[:15], ts=5) == 1
+    assert la.append_many(values[15:], ts=[i << 16 for i in range(15, n)], keys=keys[15:]) == 16
+    for i in range(n):
+        lb.append(values[i], ts=5 if i < 15 else i << 16, key=None if i < 15 else keys[i])
+    assert la.last_seq == lb.last_seq == n
+    assert la.durable_seq == lb.durable_seq
+    assert la.segment_count == lb.segment_count > 2
+    la.close()
+    lb.close()
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b))
+    for name in names:
+        assert open(a + "/" + name, "rb").read() == open(b + "/" + name, "rb").read(), name
+    la = RingLog(a, **opts)
+    assert la.append_many([], ts=1) == 0
+    e = raises(ConfigError, la.append_many, [b"x", b"y"], ts=[1])
+    assert "timestamps" in str(e)
+    raises(ConfigError, la.append_many, [b"x"], ts=-1)
+    assert la.last_seq == n
+    la.close()
+    rmtree(a)
+    rmtree(b)

