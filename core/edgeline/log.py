@@ -159,17 +159,28 @@ def encode_frame(seq, ts, key, value):
 
 
 class _Scanner:
-    """Reads the frames of one segment file through one reusable chunk buffer."""
+    """Reads the frames of one segment file through one reusable chunk buffer.
 
-    def __init__(self, h, end, max_frame, buf):
+    A log keeps one scanner for all its reads (``reset`` per file): on a small heap,
+    a fresh object and buffer per read would fragment it."""
+
+    def __init__(self, chunk):
+        self.chunk = chunk
+        self.buf = bytearray(chunk)
+        self.mv = memoryview(self.buf)
+        self.reset(None, 0, 0)
+
+    def reset(self, h, end, max_frame):
         self.h = h
         self.end = end
         self.max_frame = max_frame
-        self.buf = buf  # the log's reusable read buffer (replaced if a frame is bigger)
-        self.mv = memoryview(buf)
+        if len(self.buf) > self.chunk:  # grown for one big frame: give it back
+            self.buf = bytearray(self.chunk)
+            self.mv = memoryview(self.buf)
         self.start = 0  # file offset of buf[0]
         self.have = 0  # valid bytes in buf
         self.rel = 0  # offset in buf of the frame frame() last returned
+        return self
 
     def _fill(self, off):
         h = self.h
@@ -298,7 +309,7 @@ class RingLog:
             buffer_bytes = 1024 if _SMALL else 65536
         buffer_bytes = min(buffer_bytes, segment_bytes)
         self._chunk = 512 if _SMALL else 16384
-        self._rbuf = None
+        self._sc = None
         self._wbuf = bytearray(buffer_bytes)
         self._wmv = memoryview(self._wbuf)
         self._wcap = buffer_bytes
@@ -327,12 +338,11 @@ class RingLog:
 
     # ------------------------------------------------------------------ recovery
 
-    def _read_buffer(self):
-        # One read buffer per log, allocated on first use and kept: reads are frequent
-        # and a fresh buffer each time fragments a small heap.
-        if self._rbuf is None:
-            self._rbuf = bytearray(self._chunk)
-        return self._rbuf
+    def _scanner(self, h, end, max_frame):
+        # One scanner per log, made on first use and kept (see _Scanner).
+        if self._sc is None:
+            self._sc = _Scanner(self._chunk)
+        return self._sc.reset(h, end, max_frame)
 
     def _seg_path(self, base):
         return self.path + "/" + segment_name(base)
@@ -413,7 +423,7 @@ class RingLog:
         last_ts = tail[_S_TS]
         h = self.storage.open_read(p)
         try:
-            sc = _Scanner(h, tail[_S_SIZE], tail[_S_CAP] - _SEG_HDR, self._read_buffer())
+            sc = self._scanner(h, tail[_S_SIZE], tail[_S_CAP] - _SEG_HDR)
             while off < sc.end:
                 f = sc.frame(off)
                 if f is None or f[1] != expect:
@@ -927,7 +937,7 @@ class RingLog:
             expect = base
         h = self.storage.open_read(self._seg_path(base))
         try:
-            sc = _Scanner(h, seg[_S_SIZE], seg[_S_CAP] - _SEG_HDR, self._read_buffer())
+            sc = self._scanner(h, seg[_S_SIZE], seg[_S_CAP] - _SEG_HDR)
             while off < sc.end and len(out) < max_records and nbytes < max_bytes:
                 f = sc.frame(off)
                 if f is None or f[1] < expect or f[1] >= nxt:
@@ -969,7 +979,7 @@ class RingLog:
 
         Only runs when corruption was found, so it may be slow: it tries every offset.
         """
-        sc = _Scanner(h, end, max_frame, bytearray(self._chunk))  # not the shared one: a read is using it
+        sc = _Scanner(self._chunk).reset(h, end, max_frame)  # not the log's: a read is using it
         pos = off + 1
         while pos + _OVERHEAD <= end:
             f = sc.frame(pos)
