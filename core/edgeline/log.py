@@ -290,6 +290,8 @@ class RingLog:
             raise ConfigError(
                 "budget_bytes (%d) must hold at least 2 segments of segment_bytes (%d)" % (budget_bytes, segment_bytes)
             )
+        if buffer_bytes is not None and buffer_bytes < _SEG_HDR + _OVERHEAD:
+            raise ConfigError("buffer_bytes must be at least %d, not %d" % (_SEG_HDR + _OVERHEAD, buffer_bytes))
         if group_records < 1 or group_ms < 0 or retention_ms < 0:
             raise ConfigError("group_records must be >= 1, group_ms and retention_ms >= 0")
         self.path = path
@@ -862,7 +864,10 @@ class RingLog:
             return 0
         limit = now_ms - self.retention_ms
         n = 0
-        while len(self._segs) >= 2 and (self._segs[1][_S_TS] >> 16) < limit:
+        segs = self._segs
+        while len(segs) >= 2 and (segs[1][_S_TS] >> 16) < limit:
+            if len(segs) == 2 and self._tail_needs_header:
+                break  # the tail is empty (reset by recovery): its first_ts is unknown
             self._remove_oldest("expired")
             n += 1
         return n

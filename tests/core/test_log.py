@@ -197,6 +197,8 @@ def test_config_errors_are_clear():
     assert "sync" in str(e)
     e = raises(ConfigError, RingLog, d, segment_bytes=4096, budget_bytes=4096)
     assert "budget_bytes" in str(e)
+    e = raises(ConfigError, RingLog, d, buffer_bytes=16)
+    assert "buffer_bytes" in str(e)
     log = RingLog(d, segment_bytes=256, budget_bytes=4096)
     e = raises(ConfigError, log.append, b"x" * 300, ts=1)
     assert "does not fit" in str(e)

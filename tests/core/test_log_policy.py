@@ -174,3 +174,24 @@ def test_store_budget_shared_by_priority():
     assert "%2F" in os.listdir(d)[0] or "%2F" in os.listdir(d)[1]
     st.close()
     rmtree(d)
+
+
+def test_retention_ignores_an_empty_tail():
+    # after a crash the tail can come back empty (no header, so no first_ts): the segment
+    # before it must not expire on that account
+    d = tempdir("ret")
+    log = RingLog(d, segment_bytes=128, budget_bytes=4096, retention_ms=5)
+    log.append(b"x" * 14, ts=1000 << 16)
+    log.append(b"x" * 14, ts=1001 << 16)
+    log.append(b"y" * 14, ts=1002 << 16)  # seals segment 1, begins segment 3
+    log.close()
+    tail = d + "/" + segment_name(3)
+    f = open(tail, "wb")  # the tail's bytes never made it to disk
+    f.close()
+    log = RingLog(d, segment_bytes=128, budget_bytes=4096, retention_ms=5)
+    assert (log.first_seq, log.last_seq) == (1, 2)
+    assert log.apply_retention(1011) == 0 and log.expired == 0
+    log.append(b"z", ts=1012 << 16)  # the tail gets its header and first_ts
+    assert log.apply_retention(1020) == 1 and log.first_seq == 3
+    log.close()
+    rmtree(d)
