@@ -47,11 +47,11 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
         end = pos + flen
     seq = self._next_seq
     buf = self._wbuf
-    if ts < 0:
-        raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
     try:
+        if ts < 0:
+            raise ValueError
         _pack_frame_hdr(buf, pos, flen, seq, ts, kfield)
-    except (struct.error, TypeError):
+    except (struct.error, TypeError, ValueError):
         raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
     p = pos + _FRAME_HDR
     if klen:

@@ -582,9 +582,10 @@ class RingLog:
         """Append records ``values[i]`` (keys ``keys[i]``, or none); return the seq of the
         first one appended, 0 if none was. They get consecutive seqs up to ``last_seq``.
 
-        ``ts`` is one timestamp for all of them or a sequence of one per value. Durability
-        is as for the same appends one by one (group commits fall where they would), at
-        a fraction of the per-record cost: the batch ingest path.
+        ``ts`` is one timestamp for all of them or a sequence of one per value. Commits
+        by count fall where they would for the same appends one by one; a commit on time
+        (``now_ms``) is checked once, after the batch. At a fraction of the per-record
+        cost: the batch ingest path.
         """
         n = len(values)
         if keys is not None and len(keys) != n:
@@ -851,7 +852,11 @@ class RingLog:
         self._renew_commit()
 
     def tick(self, now_ms):
-        """Group commit on time: flush if records have waited ``group_ms`` or more."""
+        """Group commit on time: flush if records have waited ``group_ms`` or more.
+
+        Does nothing under sync ``none`` (only ``flush()`` commits there)."""
+        if self._sync_code == 0:
+            return
         if self._commit_ms is None:
             self._commit_ms = now_ms
             return
