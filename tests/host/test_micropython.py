@@ -27,10 +27,10 @@ import mpbuild  # noqa: E402
 # exactly the image's size: the program under test has HEAP bytes for everything that
 # is not the image itself -- objects the imported code creates, and its data.
 HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
-# One harness keeps the "disk" itself in the heap, which a board keeps in flash: the
-# in-memory fault-injecting file system of test_crash, with its crash snapshots (it
-# needs about 72 KB). It gets 64 KB plus room for that disk.
-HEAP_FOR = {"test_crash.py": "96k"}
+# The tests on the in-memory fault-injecting file system keep the "disk" itself in the
+# heap, which a board keeps in flash (test_crash also its crash snapshots: it needs about
+# 72 KB). They get 64 KB plus room for that disk.
+HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k"}
 
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))
