@@ -5,7 +5,9 @@ Theory of operation
 On CPython the cost of an append is the count of Python operations, so these paths pack
 the frame header straight into the write buffer and compute the CRC over one memoryview
 slice (which allocates: fine here, forbidden on a microcontroller's hot path).
-``fill_buffer`` frames a whole batch in one loop with its state in local variables.
+``fill_buffer`` frames a whole batch in one loop with its state in local variables;
+``read_segment`` reads in 64 KB chunks and parses valid frames inline, handing anything
+unusual (a bad frame, a frame larger than a chunk) to log.py's general reader.
 Microcontrollers never import this module; log.py's ``_append_small`` is their path and
 the fallback for frames larger than the write buffer. Both are methods of RingLog,
 installed by log.py; tests check the bytes are identical
@@ -19,8 +21,13 @@ from .errors import ConfigError
 _FRAME_HDR = 22
 _OVERHEAD = 26
 _NO_KEY = 0xFFFF
+_SEG_HDR = 32
+_READ_CHUNK = 65536
 _pack_frame_hdr = struct.Struct("<IQQH").pack_into
 _pack_u32 = struct.Struct("<I").pack_into
+_unpack_frame_hdr = struct.Struct("<IQQH").unpack_from
+_unpack_u32 = struct.Struct("<I").unpack_from
+_tuple_new = tuple.__new__
 
 
 def append_cpython(self, value, ts=0, key=None, now_ms=None):
@@ -151,3 +158,71 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
         self._next_seq = seq
         self.last_ts = t
     return last
+
+
+def read_segment(self, seg, nxt, from_seq, max_records, max_bytes, out, nbytes):
+    # The happy path of RingLog._read_segment: valid, consecutive frames. At the first
+    # frame that is not, it leaves the read cache where it stopped and lets the general
+    # reader (which resyncs, counts and warns) go on from there.
+    base = seg[0]
+    end = seg[1]
+    max_frame = seg[3] - _SEG_HDR
+    if self._cache_seg == base and self._cache_seq <= from_seq:
+        off = self._cache_off
+        expect = self._cache_seq
+    else:
+        off = _SEG_HDR
+        expect = base
+    Record = self._record_type
+    general = False
+    h = self.storage.open_read(self._seg_path(base))
+    try:
+        buf = self._fast_buf
+        if buf is None:
+            buf = self._fast_buf = bytearray(_READ_CHUNK)
+        while off < end and len(out) < max_records and nbytes < max_bytes:
+            h.seek(off)
+            n = h.readinto(memoryview(buf)[:min(end - off, _READ_CHUNK)])
+            data = bytes(buf[:n])
+            mv = memoryview(data)
+            rel = 0
+            while rel + _OVERHEAD <= n:
+                flen, seq, ts, kfield = _unpack_frame_hdr(data, rel)
+                if rel + flen > n and _OVERHEAD <= flen <= max_frame:
+                    break  # continues in the next chunk
+                q = rel + flen - 4
+                if (
+                    seq != expect
+                    or flen < _OVERHEAD
+                    or flen > max_frame
+                    or (kfield != _NO_KEY and kfield > flen - _OVERHEAD)
+                    or _unpack_u32(data, q)[0] != crc32(mv[rel:q])
+                ):
+                    general = True
+                    break
+                rel += flen
+                expect = seq + 1
+                if seq >= from_seq:
+                    p = rel - flen + _FRAME_HDR
+                    if kfield == _NO_KEY:
+                        key = None
+                    else:
+                        key = data[p:p + kfield]
+                        p += kfield
+                    out.append(_tuple_new(Record, (seq, ts, key, data[p:q])))
+                    nbytes += q - p
+                    if len(out) >= max_records or nbytes >= max_bytes:
+                        break
+            mv.release()
+            off += rel
+            if general or rel == 0:
+                general = off < end
+                break
+    finally:
+        h.close()
+    self._cache_seg = base
+    self._cache_off = off
+    self._cache_seq = expect
+    if general and len(out) < max_records and nbytes < max_bytes:
+        return self._read_segment(seg, nxt, expect, max_records, max_bytes, out, nbytes)
+    return nbytes

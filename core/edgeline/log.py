@@ -241,7 +241,7 @@ Record = namedtuple("Record", ("seq", "ts", "key", "value"))
 
 if not _SMALL:
     # CPython-only fast paths live apart so a microcontroller never loads their code.
-    from .fastpath import append_cpython, fill_buffer
+    from .fastpath import append_cpython, fill_buffer, read_segment
 
 
 class RingLog:
@@ -312,6 +312,7 @@ class RingLog:
         buffer_bytes = min(buffer_bytes, segment_bytes)
         self._chunk = 512 if _SMALL else 16384
         self._sc = None
+        self._fast_buf = None  # CPython's read chunk (fastpath.read_segment)
         self._wbuf = bytearray(buffer_bytes)
         self._wmv = memoryview(self._wbuf)
         self._wcap = buffer_bytes
@@ -932,7 +933,7 @@ class RingLog:
             if seg[_S_BAD]:
                 self._report_corrupt(seg, 0, seg[_S_BASE], nxt - 1)
             elif from_seq < nxt:
-                nbytes = self._read_segment(seg, nxt, from_seq, max_records, max_bytes, out, nbytes)
+                nbytes = self._read_seg(seg, nxt, from_seq, max_records, max_bytes, out, nbytes)
             from_seq = nxt
             i += 1
         return out
@@ -983,6 +984,12 @@ class RingLog:
         self._cache_off = off
         self._cache_seq = expect
         return nbytes
+
+    _record_type = Record
+    if _SMALL:
+        _read_seg = _read_segment
+    else:
+        _read_seg = read_segment
 
     def _resync(self, h, off, end, expect, nxt, max_frame):
         """Find (offset, seq) of the next valid frame after a bad one at off, or None.

@@ -141,16 +141,14 @@ class Outbox:
         if log.durable_seq < log.last_seq:
             log.flush()
         recs = log.read(start, max_records, max_bytes)
-        n = 0
-        expect = start
-        for r in recs:
-            if r.seq != expect:
-                break
+        if not recs or recs[0].seq != start:
+            return []
+        if recs[-1].seq - start == len(recs) - 1:
+            return recs  # seqs only increase, so first and last tell it is contiguous
+        n = 1
+        while recs[n].seq == start + n:
             n += 1
-            expect += 1
-        if n < len(recs):
-            recs = recs[:n]
-        return recs
+        return recs[:n]
 
     def ack(self, seq):
         """Durably move the cursor to ``seq`` (an acknowledged record or the end of a
