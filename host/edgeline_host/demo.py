@@ -73,6 +73,23 @@ def writer(data_dir):
             time.sleep(0.002)
 
 
+class _WriterReport:
+    """What the writer has said so far: durable through, acknowledged through, gaps."""
+
+    def __init__(self):
+        self.durable = 0
+        self.acked = 0
+        self.gaps = []
+
+    def take(self, line):
+        msg = json.loads(line)
+        self.durable = msg.get("durable", self.durable)
+        self.acked = msg.get("acked", self.acked)
+        if "gap" in msg:
+            self.gaps.append(msg["gap"])
+            self.acked = msg["gap"][1]
+
+
 def run(out=print, data_dir=None, seconds=1.5):
     """Run the demo; return a dict of what it found (also printed)."""
     own_dir = data_dir is None
@@ -93,9 +110,8 @@ def run(out=print, data_dir=None, seconds=1.5):
         [sys.executable, "-m", "edgeline_host.demo", "writer", data_dir],
         stdout=subprocess.PIPE, env=env, text=True,
     )
-    durable = 0
-    acked = 0
-    gaps = []
+    seen = _WriterReport()
+    durable, acked, gaps = 0, 0, []
     deadline = time.monotonic() + seconds
     kill_at = deadline
     last_print = 0.0
@@ -108,12 +124,8 @@ def run(out=print, data_dir=None, seconds=1.5):
             line = proc.stdout.readline()
             if not line:
                 break
-            msg = json.loads(line)
-            durable = msg.get("durable", durable)
-            acked = msg.get("acked", acked)
-            if "gap" in msg:
-                gaps.append(msg["gap"])
-                acked = msg["gap"][1]
+            seen.take(line)
+        durable, acked, gaps = seen.durable, seen.acked, seen.gaps
         if time.monotonic() - last_print > 0.25:
             last_print = time.monotonic()
             out("  writing... durable through seq %7d, uplink acknowledged through %7d, gaps reported %d"
@@ -122,12 +134,8 @@ def run(out=print, data_dir=None, seconds=1.5):
     proc.wait()
     # Anything the writer printed before dying still counts as acknowledged.
     for line in proc.stdout.read().splitlines():
-        msg = json.loads(line)
-        durable = msg.get("durable", durable)
-        acked = msg.get("acked", acked)
-        if "gap" in msg:
-            gaps.append(msg["gap"])
-            acked = msg["gap"][1]
+        seen.take(line)
+    durable, acked, gaps = seen.durable, seen.acked, seen.gaps
     sel.close()
     out("")
     out("  SIGKILL sent to the writer (pid %d) mid-stream." % proc.pid)
