@@ -43,6 +43,8 @@ import shutil
 import tempfile
 
 import pytest
+import os
+
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -659,7 +661,8 @@ class FaultLogMachine(LogMachine):
 
 
 _SETTINGS = settings(
-    max_examples=300,
+    # EDGELINE_SOAK=N runs N examples per machine instead (a soak).
+    max_examples=int(os.environ.get("EDGELINE_SOAK", "300")),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
