@@ -1,0 +1,1 @@
+"""The cloud gateway: accepts edges, stores records exactly once, serves queries."""
