@@ -1,0 +1,1 @@
+"""The edge agent: ingest, the device log, uplink to the gateway, mesh (CPython)."""
