@@ -32,6 +32,20 @@ def demo(seconds, data_dir, as_json):
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--keys", "keys_file", required=True, help="YAML file of node_id: key (64 hex digits or base64).")
+@click.option("--db", default="edgeline-gateway.db", show_default=True, help="SQLite store (created if missing).")
+@click.option("--listen", default="127.0.0.1:8700", show_default=True, help="host:port for HTTP.")
+def gateway(keys_file, db, listen):
+    """Run the cloud gateway: accepts edges over HTTP, stores records exactly once."""
+    from edgeline_host.gateway.server import load_keys, serve
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.ClickException("--listen must be host:port, got %r" % listen)
+    serve(db, load_keys(keys_file), host, int(port), print_fn=click.echo)
+
+
 @cli.group()
 def log():
     """Inspect a log directory."""

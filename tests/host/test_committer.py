@@ -4,8 +4,13 @@ import sqlite3
 
 import pytest
 
+from edgeline import sync
 from edgeline_host.gateway.committer import Committer
-from edgeline_host.gateway.store import Batch, GatewayStore
+from edgeline_host.gateway.store import GatewayStore
+
+
+def Batch(origin, topic, first, ents):
+    return (origin, sync.Batch(topic, first, 0, [list(e) for e in ents]))
 
 
 def run(coro):

@@ -4,7 +4,17 @@ import sqlite3
 
 import pytest
 
-from edgeline_host.gateway.store import Batch, Gap, GatewayStore
+from edgeline import sync
+from edgeline_host.gateway.store import GatewayStore
+
+
+def Batch(origin, topic, first, ents):
+    # a BATCH event of the sync protocol, with its origin
+    return (origin, sync.Batch(topic, first, 1000, [[e[0] - 1000, e[1], e[2]] for e in ents]))
+
+
+def Gap(origin, topic, first, last, reason):
+    return (origin, sync.Gap(topic, first, last, reason))
 
 
 def entries(first, n, tag=b"v"):
@@ -35,6 +45,7 @@ def test_duplicates_and_overlaps_store_nothing_twice(store):
     rows = store.records("t", "e1")
     assert [r["seq"] for r in rows] == list(range(1, 8))
     assert [r["value"][:1] for r in rows] == [b"v"] * 5 + [b"Y"] * 2
+    assert rows[0]["ts"] == 1001
     assert store.status("e1")[0]["records"] == 7
 
 
@@ -116,8 +127,8 @@ def test_random_deliveries_match_the_model(store):
 
 
 def _next_index(sends, mark):
-    for i, it in enumerate(sends):
-        first = it.first_seq if isinstance(it, Batch) else it.first
+    for i, (_origin, ev) in enumerate(sends):
+        first = ev.first_seq if isinstance(ev, sync.Batch) else ev.first
         if first > mark:
             return max(0, i - 2)
     return len(sends) - 1

@@ -12,7 +12,9 @@ rules of docs/spec/wire.md (W1–W3) follow from that one number:
   the caller answers ``ACK(mark)`` so the edge resends from there;
 * otherwise the new entries are inserted and the mark moves to the last of them.
 
-``commit`` applies any number of batches and gaps — from many edges — in one SQLite
+The rules themselves are ``edgeline.sync.apply_batch``/``apply_gap``, the same code
+every receiver runs. ``commit`` applies any number of batches and gaps — BATCH and GAP
+events of the sync protocol, each with its origin — from many edges in one SQLite
 transaction, so a busy gateway pays one fsync per group, not per batch (group commit).
 The marks it returns are durable when it returns: an ACK may be sent. SQLite runs in WAL
 mode with ``synchronous=FULL`` (the embedded default: no set-up, one file).
@@ -24,6 +26,8 @@ database is the truth at start-up.
 import os
 import sqlite3
 import threading
+
+from edgeline.sync import Batch, apply_batch, apply_gap
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -54,31 +58,6 @@ CREATE TABLE IF NOT EXISTS gaps (
     PRIMARY KEY (stream, first)
 ) WITHOUT ROWID;
 """
-
-
-class Batch:
-    """Entries for one stream: seqs first_seq, first_seq + 1, ...; each (ts, key, value)."""
-
-    __slots__ = ("origin", "topic", "first_seq", "entries")
-
-    def __init__(self, origin, topic, first_seq, entries):
-        self.origin = origin
-        self.topic = topic
-        self.first_seq = first_seq
-        self.entries = entries
-
-
-class Gap:
-    """Seqs first..last of a stream that the edge lost before sending (reason: why)."""
-
-    __slots__ = ("origin", "topic", "first", "last", "reason")
-
-    def __init__(self, origin, topic, first, last, reason):
-        self.origin = origin
-        self.topic = topic
-        self.first = first
-        self.last = last
-        self.reason = reason
 
 
 class GatewayStore:
@@ -123,7 +102,8 @@ class GatewayStore:
     # ------------------------------------------------------------------ writes
 
     def commit(self, items, now_ms):
-        """Apply batches and gaps (in order) in one durable transaction.
+        """Apply ``(origin, event)`` pairs — sync ``Batch`` or ``Gap`` events — in order,
+        in one durable transaction.
 
         Returns one mark per item: the stream's mark after it was applied, which the
         caller sends back as ACK. Raises sqlite3.Error if the database cannot store
@@ -135,15 +115,14 @@ class GatewayStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for it in items:
-                    s = self._stream(it.origin, it.topic)
-                    key = (it.origin, it.topic)
-                    if key not in saved:
-                        saved[key] = (s, s[1])
-                    if isinstance(it, Batch):
-                        self._apply_batch(s, it, now_ms)
+                for origin, ev in items:
+                    s = self._stream(origin, ev.topic)
+                    if s[0] not in saved:
+                        saved[s[0]] = (s, s[1])
+                    if isinstance(ev, Batch):
+                        self._apply_batch(s, ev, now_ms)
                     else:
-                        self._apply_gap(s, it, now_ms)
+                        self._apply_gap(s, ev, now_ms)
                     out.append(s[1])
                 for s, old in saved.values():
                     if s[1] != old:
@@ -156,34 +135,29 @@ class GatewayStore:
                 raise
             return out
 
-    def _apply_batch(self, s, b, now_ms):
-        sid, mark = s
-        first = b.first_seq
-        n = len(b.entries)
-        if n == 0 or first > mark + 1 or first + n - 1 <= mark:
-            return  # a hole would open, or everything is a duplicate
-        skip = mark + 1 - first if first <= mark else 0
-        rows = [
-            (sid, first + i, e[0], e[1], e[2], now_ms)
-            for i, e in enumerate(b.entries[skip:], skip)
-        ]
-        self._db.executemany(
-            "INSERT INTO records (stream, seq, ts, key, value, stored_ms) VALUES (?, ?, ?, ?, ?, ?)", rows
-        )
-        self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (len(rows), sid))
-        s[1] = first + n - 1
-
-    def _apply_gap(self, s, g, now_ms):
-        sid, mark = s
-        if g.first > mark + 1 or g.last <= mark or g.last < g.first:
+    def _apply_batch(self, s, ev, now_ms):
+        records, mark = apply_batch(s[1], ev)
+        if not records:
             return
-        first = max(g.first, mark + 1)
-        self._db.execute(
-            "INSERT OR IGNORE INTO gaps (stream, first, last, reason, reported_ms) VALUES (?, ?, ?, ?, ?)",
-            (sid, first, g.last, g.reason, now_ms),
+        sid = s[0]
+        self._db.executemany(
+            "INSERT INTO records (stream, seq, ts, key, value, stored_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            [(sid, r.seq, r.ts, r.key, r.value, now_ms) for r in records],
         )
-        self._db.execute("UPDATE streams SET lost = lost + ? WHERE id = ?", (g.last - first + 1, sid))
-        s[1] = g.last
+        self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (len(records), sid))
+        s[1] = mark
+
+    def _apply_gap(self, s, ev, now_ms):
+        lost, mark = apply_gap(s[1], ev)
+        if lost is None:
+            return
+        sid = s[0]
+        self._db.execute(
+            "INSERT INTO gaps (stream, first, last, reason, reported_ms) VALUES (?, ?, ?, ?, ?)",
+            (sid, lost[0], lost[1], ev.reason, now_ms),
+        )
+        self._db.execute("UPDATE streams SET lost = lost + ? WHERE id = ?", (lost[1] - lost[0] + 1, sid))
+        s[1] = mark
 
     # ------------------------------------------------------------------ queries
 

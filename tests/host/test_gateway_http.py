@@ -1,0 +1,99 @@
+"""The gateway over HTTP: handshake, exactly-once storage, resume from marks, bad input."""
+import asyncio
+import os
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from edgeline import codec, sync
+from edgeline.errors import RemoteProtocolError
+from edgeline.log import Record
+from edgeline_host.gateway.server import CBOR_TYPE, SESSION_HEADER, Gateway, HttpEdgeClient
+
+KEY = bytes(range(32))
+
+
+def records(first, n):
+    return [Record(s, 1000 + s, None, codec.dumps({"n": s})) for s in range(first, first + n)]
+
+
+async def with_gateway(tmp_path, fn):
+    gw = Gateway(str(tmp_path / "gw.db"), {"edge-1": KEY, "edge-2": KEY[::-1]})
+    server = TestServer(gw.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            return await fn(gw, http, str(server.make_url("/v1/sync")), server)
+    finally:
+        await server.close()
+
+
+def test_records_arrive_once_and_in_order(tmp_path):
+    async def fn(gw, http, url, server):
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await c.connect() == {}
+        evs = await c.exchange(sync.batch_from_records("t", records(1, 10)))
+        assert [(type(e), e.topic, e.seq) for e in evs] == [(sync.Ack, "t", 10)]
+        # a replay (a retry after a lost response) and an overlap store nothing twice
+        evs = await c.exchange(sync.batch_from_records("t", records(1, 10)), sync.batch_from_records("t", records(8, 5)))
+        assert evs[-1].seq == 12
+        # a new session resumes from the marks
+        c2 = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await c2.connect() == {"t": 12}
+        evs = await c2.exchange(sync.Gap("t", 13, 20, "evicted"), sync.batch_from_records("t", records(21, 2)))
+        assert evs[-1].seq == 22
+        async with http.get(server.make_url("/v1/records"), params={"topic": "t", "origin": "edge-1"}) as r:
+            rows = (await r.json())["records"]
+        assert [x["seq"] for x in rows] == list(range(1, 13)) + [21, 22]
+        assert rows[0]["value"] == {"cbor": {"n": 1}}
+        async with http.get(server.make_url("/v1/status")) as r:
+            st = (await r.json())["streams"]
+        assert st == [{"origin": "edge-1", "topic": "t", "mark": 22, "records": 14, "lost": 8, "updated_ms": st[0]["updated_ms"]}]
+        async with http.get(server.make_url("/v1/gaps")) as r:
+            assert [(g["first"], g["last"]) for g in (await r.json())["gaps"]] == [(13, 20)]
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_wrong_key_and_unknown_node_store_nothing(tmp_path):
+    async def fn(gw, http, url, server):
+        bad = HttpEdgeClient(http, url, "edge-1", b"\x00" * 32)
+        with pytest.raises(RemoteProtocolError):
+            await bad.connect()
+        ghost = HttpEdgeClient(http, url, "edge-9", KEY)
+        with pytest.raises(RemoteProtocolError):
+            await ghost.connect()
+        # a session id that was never issued (or expired) starts over: BATCH first is unexpected
+        body = sync.EdgeConnection("edge-1", KEY, os.urandom)
+        async with http.post(url, data=b"\x82\x05\x00", headers={"Content-Type": CBOR_TYPE, SESSION_HEADER: "nope"}) as r:
+            data = await r.read()
+        err = codec.decode_prefix(data)[0]
+        assert err[0] == 10 and err[1] in (1, 5)
+        assert gw.store.status() == []
+        # others keep being served
+        ok = HttpEdgeClient(http, url, "edge-2", KEY[::-1])
+        await ok.connect()
+        evs = await ok.exchange(sync.batch_from_records("t", records(1, 3)))
+        assert evs[0].seq == 3
+        del body
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_garbage_gets_an_error_and_the_gateway_keeps_serving(tmp_path):
+    async def fn(gw, http, url, server):
+        for junk in (b"\xff\xff\xff", b"\x9f" * 64, b"hello world", codec.dumps([1, "x"]), b""):
+            async with http.post(url, data=junk, headers={"Content-Type": CBOR_TYPE}) as r:
+                assert r.status == 200
+                data = await r.read()
+            if junk:
+                msg = codec.decode_prefix(data)[0]
+                assert msg[0] == 10, msg
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        await c.connect()
+        assert (await c.exchange(sync.batch_from_records("t", records(1, 1))))[0].seq == 1
+        async with http.get(server.make_url("/v1/records")) as r:
+            assert r.status == 400
+
+    asyncio.run(with_gateway(tmp_path, fn))
