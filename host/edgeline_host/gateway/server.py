@@ -92,32 +92,42 @@ class Gateway:
             if s is not None:
                 s.seen = t
                 return sid, s
-        conn = sync.GatewayConnection(
-            self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records
-        )
         sid = secrets.token_urlsafe(18)
-        s = self.sessions[sid] = _Session(conn)
+        s = self.sessions[sid] = _Session(self.new_connection())
         return sid, s
 
-    async def handle_sync(self, request):
-        body = await request.read()
-        sid, s = self._session(request.headers.get(SESSION_HEADER))
-        conn = s.conn
+    def new_connection(self):
+        return sync.GatewayConnection(
+            self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records
+        )
+
+    async def process(self, conn, data):
+        """Feed bytes from an edge into its connection and answer every event.
+
+        Returns (bytes to send back, finished): finished is True when the connection
+        ended in an error (ours or the peer's) or the peer closed; the transport sends
+        the bytes and closes. Batches and gaps are committed (durably, in a group with
+        other exchanges) before their ACKs are written. Any transport uses this: HTTP
+        bodies, TCP streams, MQTT payloads.
+        """
         out = bytearray()
         items = []
         acks = []  # topics to acknowledge, in order of first appearance
-        conn.receive_data(body)
-        failed = False
+        conn.receive_data(data)
+        finished = False
         while True:
             try:
                 ev = conn.next_event()
             except RemoteProtocolError:
                 out += conn.pending_error_bytes()
-                failed = True
+                finished = True
                 break
-            if ev is sync.NEED_DATA or isinstance(ev, sync.ConnectionClosed):
+            if ev is sync.NEED_DATA:
                 break
             cls = type(ev)
+            if cls is sync.ConnectionClosed or cls is sync.Error:
+                finished = True
+                break
             if cls is sync.Hello:
                 out += conn.send(sync.Challenge())
             elif cls is sync.Auth:
@@ -130,25 +140,29 @@ class Gateway:
                 # Cloud-to-edge topics come with the PULL/DATA work of issue 3; until then
                 # the gateway has nothing to send: an empty DATA.
                 out += conn.send(sync.Data(ev.topic, ev.after_seq + 1, 0, []))
-            elif cls is sync.Error:
-                failed = True
-                break
         if items:
             try:
                 marks = await self.committer.submit(items)
             except Exception as e:  # noqa: BLE001 - the edge must hear it, then retry
                 out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
-                failed = True
+                finished = True
             else:
                 last = {}
                 for (_, ev), m in zip(items, marks):
                     last[ev.topic] = m
                 for topic in acks:
                     out += conn.send(sync.Ack(topic, last[topic]))
-        if failed:
+        if finished:
             self.rejected += 1
+        return bytes(out), finished
+
+    async def handle_sync(self, request):
+        body = await request.read()
+        sid, s = self._session(request.headers.get(SESSION_HEADER))
+        out, finished = await self.process(s.conn, body)
+        if finished:
             self.sessions.pop(sid, None)
-        return web.Response(body=bytes(out), content_type=CBOR_TYPE, headers={SESSION_HEADER: sid})
+        return web.Response(body=out, content_type=CBOR_TYPE, headers={SESSION_HEADER: sid})
 
     # ------------------------------------------------------------------ queries
 
