@@ -59,7 +59,8 @@ class Gateway:
         self.session_idle_s = session_idle_s
         self.committer = Committer(self.store, now_ms)
         self.sessions = {}
-        self.rejected = 0  # exchanges that ended in a protocol error
+        self.rejected = 0  # exchanges that ended in a protocol error from the edge
+        self.store_failures = 0  # groups the store could not commit (edges retry)
 
     # ------------------------------------------------------------------ app
 
@@ -121,6 +122,7 @@ class Gateway:
             except RemoteProtocolError:
                 out += conn.pending_error_bytes()
                 finished = True
+                self.rejected += 1
                 break
             if ev is sync.NEED_DATA:
                 break
@@ -146,14 +148,13 @@ class Gateway:
             except Exception as e:  # noqa: BLE001 - the edge must hear it, then retry
                 out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
                 finished = True
+                self.store_failures += 1
             else:
                 last = {}
                 for (_, ev), m in zip(items, marks):
                     last[ev.topic] = m
                 for topic in acks:
                     out += conn.send(sync.Ack(topic, last[topic]))
-        if finished:
-            self.rejected += 1
         return bytes(out), finished
 
     async def handle_sync(self, request):
@@ -207,7 +208,8 @@ class Gateway:
 
     async def handle_health(self, _request):
         return web.json_response({"ok": True, "sessions": len(self.sessions), "commits": self.committer.commits,
-                                  "items": self.committer.items, "rejected": self.rejected})
+                                  "items": self.committer.items, "rejected": self.rejected,
+                                  "store_failures": self.store_failures})
 
 
 def _jsonable(v):
