@@ -25,6 +25,7 @@ BENCHES = [
     ("bench_micropython", [], ["--records", "10000", "--reps", "1"]),
     ("bench_reopen", [], ["--mbytes", "8", "--reps", "2"]),
     ("bench_heap", [], ["--records", "10000", "--search-records", "0"]),
+    ("bench_gateway", [], ["--records", "20000", "--reps", "1"]),
 ]
 
 

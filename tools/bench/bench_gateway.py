@@ -1,0 +1,167 @@
+"""Gateway ingest: records/s into SQLite with dedupe from concurrent edges over HTTP, and
+wire bytes per record against the same records as JSON.
+
+    python tools/bench/bench_gateway.py [--edges N] [--records N] [--batch N] [--reps R] [--json]
+
+(a) ingest: a real gateway (aiohttp app on a loopback port, SQLite store, synchronous=FULL,
+    group commit) and N concurrent edges in the same process, each with its own
+    EdgeConnection over HTTP, sending BATCHes of --batch records and waiting for each ACK
+    (durable at the gateway) before the next. Baseline in the same run: the store alone
+    (GatewayStore.commit of the same batches, no HTTP, no protocol), so the ratio is what
+    the protocol and transport cost. Target (issue 3): >= 200,000 records/s.
+(b) wire bytes per record: a typical sensor record (sensor name, value, unit; ts; seq) as
+    the BATCH bytes edgeline sends, against the same record as one JSON object (what a
+    plain MQTT/HTTP pipeline publishes, with its node, seq and ts fields). Target:
+    <= 60 % of JSON, before any compression.
+
+Both edges and gateway share this machine's 2 cores, so the figure is a floor for a
+gateway on its own machine.
+"""
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+harness.use_core()
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "host"))
+import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from edgeline import codec, sync  # noqa: E402
+from edgeline.log import Record  # noqa: E402
+from edgeline_host.gateway.server import Gateway, HttpEdgeClient  # noqa: E402
+from edgeline_host.gateway.store import GatewayStore  # noqa: E402
+
+KEY = bytes(range(32))
+BASE_TS = 1763900000000 << 16
+
+
+def sensor_value(i):
+    return {"sensor": "temp-%d" % (i % 4), "value": round(20 + (i % 97) * 0.11, 2), "unit": "C"}
+
+
+def make_records(first, n):
+    return [Record(s, BASE_TS + (s << 16) * 10, None, codec.dumps(sensor_value(s))) for s in range(first, first + n)]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def ingest_http(db, edges, records, batch):
+    keys = {"edge-%d" % e: KEY for e in range(edges)}
+    gw = Gateway(db, keys, max_batch_records=max(batch, 1000))
+    runner = web.AppRunner(gw.app())
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    url = "http://127.0.0.1:%d/v1/sync" % port
+    per_edge = records // edges
+    batches = [sync.batch_from_records("telemetry", make_records(1 + i * batch, batch)) for i in range(per_edge // batch)]
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=edges * 2)) as http:
+            clients = [HttpEdgeClient(http, url, "edge-%d" % e, KEY) for e in range(edges)]
+            for c in clients:
+                await c.connect()
+
+            async def run(c):
+                for b in batches:
+                    evs = await c.exchange(b)
+                    if not evs or type(evs[-1]) is not sync.Ack or evs[-1].seq != b.first_seq + len(b.entries) - 1:
+                        raise RuntimeError("unexpected answer %r" % (evs,))
+
+            t0 = harness.now()
+            await asyncio.gather(*(run(c) for c in clients))
+            dt = harness.now() - t0
+        stored = sum(s["records"] for s in gw.store.status())
+        if stored != per_edge // batch * batch * edges:
+            raise RuntimeError("stored %d records" % stored)
+        return stored / dt, gw.committer.commits
+    finally:
+        await runner.cleanup()
+
+
+def ingest_store(db, edges, records, batch):
+    st = GatewayStore(db)
+    per_edge = records // edges
+    groups = []
+    for i in range(per_edge // batch):
+        b = sync.batch_from_records("telemetry", make_records(1 + i * batch, batch))
+        groups.append([("edge-%d" % e, b) for e in range(edges)])
+    t0 = harness.now()
+    for g in groups:
+        st.commit(g, 1)
+    dt = harness.now() - t0
+    st.close()
+    return per_edge // batch * batch * edges / dt
+
+
+def wire_bytes(n=1000):
+    recs = make_records(1, n)
+    # Encode through a connection in READY state: a real handshake, in memory.
+    e = sync.EdgeConnection("edge-1", KEY, os.urandom)
+    g = sync.GatewayConnection({"edge-1": KEY}.get, os.urandom)
+    g.receive_data(e.send(sync.Hello()))
+    g.next_event()
+    e.receive_data(g.send(sync.Challenge()))
+    e.next_event()
+    g.receive_data(e.send(sync.Auth()))
+    g.next_event()
+    e.receive_data(g.send(sync.Welcome(marks={})))
+    e.next_event()
+    batch_bytes = len(e.send(sync.batch_from_records("telemetry", recs)))
+    js = 0
+    for r in recs:
+        doc = {"node": "edge-1", "topic": "telemetry", "seq": r.seq, "ts": r.ts >> 16}
+        doc.update(sensor_value(r.seq))
+        js += len(json.dumps(doc, separators=(",", ":")))
+    return batch_bytes / n, js / n
+
+
+def main(argv=None):
+    ap = harness.standard_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    ap.add_argument("--edges", type=int, default=10)
+    ap.add_argument("--records", type=int, default=200000, help="records in all, split over the edges")
+    ap.add_argument("--batch", type=int, default=1000, help="records per BATCH")
+    a = ap.parse_args(argv)
+    res = harness.Result(
+        "bench_gateway",
+        "gateway ingest over HTTP from %d concurrent edges, SQLite synchronous=FULL, dedupe by identity" % a.edges,
+        {"edges": a.edges, "records": a.records, "batch": a.batch, "reps": a.reps, "value": "CBOR sensor reading (~40 B)"},
+    )
+    samples = {"http": [], "store": []}
+    commits = []
+    with harness.scratch_dir() as base:
+        for rep in range(a.reps):
+            harness.progress("store alone, rep %d/%d" % (rep + 1, a.reps))
+            samples["store"].append(ingest_store(harness.fresh_subdir(base, "s") + "/gw.db", a.edges, a.records, a.batch))
+            harness.progress("HTTP, rep %d/%d" % (rep + 1, a.reps))
+            rate, n = asyncio.run(ingest_http(harness.fresh_subdir(base, "h") + "/gw.db", a.edges, a.records, a.batch))
+            samples["http"].append(rate)
+            commits.append(n)
+    res.add("store alone (GatewayStore.commit, groups of %d batches)" % a.edges, harness.median(samples["store"]),
+            "rec/s", samples["store"])
+    res.add("gateway over HTTP, %d edges" % a.edges, harness.median(samples["http"]), "rec/s", samples["http"],
+            baseline="store alone (GatewayStore.commit, groups of %d batches)" % a.edges,
+            target=("value", ">=", 200000), note="group commits per run: %s" % commits)
+    per_rec, per_json = wire_bytes()
+    res.add("JSON per record", per_json, "bytes")
+    res.add("edgeline BATCH per record", per_rec, "bytes", baseline="JSON per record", ratio=per_rec / per_json,
+            target=("ratio", "<=", 0.6))
+    res.emit(a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
