@@ -1,0 +1,586 @@
+"""The edge's uplink: its logs' outboxes, sent to the gateway over HTTP (asyncio).
+
+Failure modes first
+-------------------
+* The gateway is down, refuses, times out or answers 5xx: the session is dropped and the
+  uplink backs off (``RetryPolicy``: exponential, capped, jittered); records stay in the
+  logs. After ``CircuitBreaker.failures`` failures in a row it stops trying for
+  ``open_ms``, then makes one attempt (half-open): success closes the breaker, failure
+  opens it again.
+* The gateway forgot the session (idle, restarted): it answers with a new session id;
+  the uplink starts a new session at once (HELLO), not counted as a failure.
+* The gateway answers ERROR (bad proof, unknown node, internal): a failure, as above;
+  the ERROR's line is ``status()["last_error"]``.
+* A batch is over the gateway's limits (``LocalProtocolError`` from ``send``): halved and
+  tried again at once. A single record over them stalls its topic (``status()``), not
+  the others.
+* A response is lost after the gateway stored the batch: the next WELCOME's mark (or
+  ACK) covers it; it is never resent, never stored twice.
+* Records were evicted before they were sent: a GAP for exactly those seqs, then the
+  records after them.
+* The gateway's mark is below this node's cursor (it lost data it had acknowledged): a
+  warning, and a GAP ``gateway_lost`` from its mark to the cursor so the stream can
+  continue; nothing is rewound.
+
+Guarantees: only an ACK moves an outbox cursor (wire.md W2), so a record leaves the
+log's "owed" set only once the gateway has it durably; every seq reaches the gateway
+exactly once, as a record or inside a GAP.
+
+Theory of operation
+-------------------
+``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the gateway's
+session id (``X-Edgeline-Session``): HELLO -> CHALLENGE and AUTH -> WELCOME are two
+POSTs to ``/v1/sync``. On WELCOME each topic's outbox is reconciled with the gateway's
+mark. Then each *round* builds one request, a CBOR sequence of up to one message per
+topic, visiting the topics round robin (the first topic of a round rotates, so a busy
+topic cannot starve the others): a GAP when the outbox reports one, else a BATCH of the
+records ``outbox.peek`` returns. The request body stays under ``max_batch_bytes`` (and
+the gateway's ``max_message_bytes``); every ACK in the response acknowledges the
+outbox. The loop keeps sending rounds while anything is owed, and otherwise waits
+``interval_ms`` -- or less, when ``notify()`` (new records) or ``sync_now()`` is called.
+
+A bandwidth limit is a token bucket over request body bytes holding at most one
+second's worth: a request of n bytes waits until n tokens have accumulated (the bucket
+may go into debt for a request larger than a second's worth, so a small limit still
+makes progress). Rounds are also kept to about one second's worth of bytes, so the
+limit is met smoothly rather than in bursts.
+
+The core's log and outbox are called directly from the event loop: they are the same
+objects producers append to, and they are not thread-safe.
+"""
+import asyncio
+import logging
+import os
+import random
+import time
+
+import aiohttp
+
+from edgeline import sync
+from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
+
+from ..gateway.server import CBOR_TYPE, SESSION_HEADER
+from .config import CircuitBreaker, RetryPolicy
+
+log = logging.getLogger("edgeline.uplink")
+
+GATEWAY_LOST = "gateway_lost"  # GAP reason: records the gateway acknowledged, then lost
+
+
+def _monotonic_ms():
+    return int(time.monotonic() * 1000)
+
+
+def _one_line(text, limit=300):
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class UplinkFailure(Exception):
+    """One exchange failed (transport, HTTP status, protocol, or an ERROR from the gateway)."""
+
+
+class _SessionLost(Exception):
+    """The gateway no longer knows our session: start a new one at once."""
+
+
+class TokenBucket:
+    """Bytes per second with a burst of one second's worth; 0 means unlimited.
+
+    ``delay_ms(n)`` takes n bytes from the bucket and returns how long to wait before
+    sending them (0 when the bucket held them). Time comes in as ``now_ms``.
+    """
+
+    def __init__(self, rate_bytes_per_sec, now_ms):
+        self.rate = rate_bytes_per_sec
+        self.capacity = float(rate_bytes_per_sec)
+        self.tokens = self.capacity
+        self._now_ms = now_ms
+        self._t = now_ms()
+
+    def delay_ms(self, n):
+        if self.rate <= 0:
+            return 0
+        t = self._now_ms()
+        self.tokens = min(self.capacity, self.tokens + (t - self._t) * self.rate / 1000.0)
+        self._t = t
+        self.tokens -= n
+        if self.tokens >= 0:
+            return 0
+        return int(-self.tokens * 1000.0 / self.rate) + 1
+
+
+class _Topic:
+    """One topic's sending state."""
+
+    def __init__(self, name, ringlog, outbox):
+        self.name = name
+        self.log = ringlog
+        self.outbox = outbox
+        self.gw_mark = None  # the gateway's mark as last heard (WELCOME or ACK); None: no session
+        self.limit = None  # records per batch after halving (None: no halving yet)
+        self.stalled = None  # why this topic cannot send (a record over the gateway's limits)
+        self.bytes_sent = 0
+        self.batches = 0
+        self.records_sent = 0
+        self.gaps_sent = 0
+        self.last_ack_ms = None  # wall clock (ms since the epoch) of the last ACK that moved the cursor
+
+    def gap_reason(self, first):
+        # The log cannot tell per seq why a record is missing; its counters can narrow it.
+        # A hole inside the range the log still holds is rot; one before it was evicted or
+        # expired, and "expired" only when retention is all that ever removed records.
+        lg = self.log
+        if first >= lg.first_seq:
+            return "corrupt"
+        if lg.expired and not lg.evicted:
+            return "expired"
+        return "evicted"
+
+
+class Uplink:
+    """The sync loop of one edge to one gateway over HTTP.
+
+    ``topics`` maps a topic name to its ``(RingLog, Outbox)``: the edge_to_cloud and
+    bidirectional topics. ``retry``/``breaker`` are the config's ``RetryPolicy`` and
+    ``CircuitBreaker``; ``http`` an ``aiohttp.ClientSession`` (one is made, and closed by
+    ``run()``, if not given). ``now_ms`` (a monotonic clock in ms) and ``rand`` (in
+    [0, 1)) may be replaced in tests.
+    """
+
+    def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_limit_bps=0,
+                 batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
+                 rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20):
+        if batch_records < 1 or max_batch_bytes < 1:
+            raise ValueError("batch_records and max_batch_bytes must be at least 1")
+        self.node_id = node_id
+        self._key = bytes(key)
+        sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
+        self.url = url
+        self._topics = [_Topic(name, lg, ob) for name, (lg, ob) in topics.items()]
+        self._by_name = {t.name: t for t in self._topics}
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.bandwidth_limit_bps = bandwidth_limit_bps
+        self.batch_records = batch_records
+        self.max_batch_bytes = max_batch_bytes
+        self.interval_ms = interval_ms
+        self.request_timeout_ms = request_timeout_ms
+        self.max_message_bytes = max_message_bytes
+        self._http = http
+        self._own_http = http is None
+        self._now_ms = now_ms
+        self._rand = rand
+        self._bucket = TokenBucket(bandwidth_limit_bps, now_ms)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._paused = False
+        self._forced = False  # sync_now(): skip the current wait, even an open breaker's
+        self._conn = None  # EdgeConnection of the current session
+        self._sid = None
+        self._rr = 0  # the topic a round starts with
+        self.state = "idle"
+        self.failures = 0  # consecutive failed attempts
+        self.total_failures = 0
+        self.breaker_state = "closed"  # closed, open, half_open
+        self._open_until_ms = None
+        self._retry_at_ms = None
+        self.last_error = None
+        self.last_error_ms = None
+        self.bytes_sent = 0  # request bodies, handshakes included
+        self.requests = 0
+        self.sessions = 0
+
+    # ------------------------------------------------------------------ control
+
+    def pause(self):
+        """Stop sending after the exchange in flight; records keep accumulating."""
+        self._paused = True
+        self._wake.set()
+
+    def resume(self):
+        self._paused = False
+        self._wake.set()
+
+    def sync_now(self):
+        """Try at once: ends an idle wait, a backoff, and an open breaker's wait (the
+        attempt is then the half-open one)."""
+        self._forced = True
+        self._wake.set()
+
+    def notify(self):
+        """New records were appended: end an idle wait (``interval_ms`` is for appends
+        nobody notifies about)."""
+        self._wake.set()
+
+    def stop(self):
+        """Make ``run()`` return (after the exchange in flight, if any)."""
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def pending(self):
+        """Seqs still owed to the gateway, over all topics (gaps included)."""
+        return sum(t.outbox.depth for t in self._topics)
+
+    def status(self):
+        now = self._now_ms()
+        if self._paused:
+            state = "paused"
+        else:
+            state = self.state
+        wait_until = self._open_until_ms if state == "open" else self._retry_at_ms if state == "backing_off" else None
+        return {
+            "state": state,
+            "node_id": self.node_id,
+            "gateway": self.url,
+            "breaker": self.breaker_state,
+            "failures": self.failures,
+            "total_failures": self.total_failures,
+            "next_attempt_in_ms": max(0, wait_until - now) if wait_until is not None else None,
+            "last_error": self.last_error,
+            "last_error_ms": self.last_error_ms,
+            "bytes_sent": self.bytes_sent,
+            "requests": self.requests,
+            "sessions": self.sessions,
+            "bandwidth_limit_bps": self.bandwidth_limit_bps,
+            "topics": {
+                t.name: {
+                    "acked": t.outbox.acked,
+                    "pending": t.outbox.depth,
+                    "last_seq": t.log.last_seq,
+                    "gateway_mark": t.gw_mark,
+                    "last_ack_ms": t.last_ack_ms,
+                    "bytes_sent": t.bytes_sent,
+                    "batches": t.batches,
+                    "records_sent": t.records_sent,
+                    "gaps_sent": t.gaps_sent,
+                    "error": t.stalled,
+                }
+                for t in self._topics
+            },
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self):
+        """Send until ``stop()``; never raises for a failed exchange."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        try:
+            while not self._stopping:
+                if self._paused:
+                    await self._wait(None)
+                    continue
+                if self.breaker_state == "open":
+                    wait = self._open_until_ms - self._now_ms()
+                    if wait > 0 and not self._forced:
+                        self.state = "open"
+                        await self._wait(wait)
+                        continue
+                    self.breaker_state = "half_open"
+                if self._retry_at_ms is not None:
+                    wait = self._retry_at_ms - self._now_ms()
+                    if wait > 0 and not self._forced:
+                        self.state = "backing_off"
+                        await self._wait(wait)
+                        continue
+                    self._retry_at_ms = None
+                self._forced = False
+                if not self._owes():
+                    self.state = "connected" if self._conn is not None else "idle"
+                    await self._wait(self.interval_ms)
+                    continue
+                try:
+                    await self._attempt()
+                except (UplinkFailure, RemoteProtocolError, EdgelineError, aiohttp.ClientError,
+                        asyncio.TimeoutError, OSError) as e:
+                    self._failed(e)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - the loop must survive anything
+                    log.exception("uplink: unexpected error")
+                    self._failed(e)
+        finally:
+            self._conn = None
+            self.state = "stopped"
+            if self._own_http and self._http is not None:
+                await self._http.close()
+                self._http = None
+
+    async def _wait(self, ms):
+        self._wake.clear()
+        if self._stopping:
+            return
+        try:
+            if ms is None:
+                await self._wake.wait()
+            else:
+                await asyncio.wait_for(self._wake.wait(), ms / 1000.0)
+        except asyncio.TimeoutError:
+            pass
+
+    def _owes(self):
+        for t in self._topics:
+            if t.stalled is None and (t.outbox.depth > 0 or (t.gw_mark is not None and t.gw_mark < t.outbox.acked)):
+                return True
+        return False
+
+    async def _attempt(self):
+        """Connect if needed, then send rounds until nothing is owed (or a pause/stop)."""
+        lost_once = False
+        while True:
+            try:
+                if self._conn is None:
+                    await self._connect()
+                while self._owes() and not self._paused and not self._stopping:
+                    if not await self._round():
+                        break
+                    self._succeeded()
+                if not self._owes():  # e.g. WELCOME's marks covered everything
+                    self._succeeded()
+                return
+            except _SessionLost:
+                self._drop_session()
+                if lost_once:  # a gateway that forgets every session is failing
+                    raise UplinkFailure("the gateway keeps forgetting the session")
+                lost_once = True
+                log.info("uplink: the gateway forgot the session; starting a new one")
+
+    def _succeeded(self):
+        if self.failures or self.breaker_state != "closed":
+            log.info("uplink: gateway %s reachable again", self.url)
+        self.failures = 0
+        self.breaker_state = "closed"
+        self._open_until_ms = None
+        self.state = "connected"
+
+    def _failed(self, e):
+        self._drop_session()
+        line = _one_line(str(e) or type(e).__name__)
+        if not isinstance(e, UplinkFailure):
+            line = "%s: %s" % (type(e).__name__, line)
+        self.last_error = line
+        self.last_error_ms = int(time.time() * 1000)
+        self.failures += 1
+        self.total_failures += 1
+        now = self._now_ms()
+        b = self.breaker
+        if self.breaker_state == "half_open" or (b.failures and self.failures >= b.failures):
+            self.breaker_state = "open"
+            self._open_until_ms = now + b.open_ms
+            self._retry_at_ms = None
+            self.state = "open"
+            log.warning("uplink: %d failures in a row, circuit open for %d ms: %s", self.failures, b.open_ms, line)
+        else:
+            self._retry_at_ms = now + self.retry.delay_ms(self.failures - 1, self._rand())
+            self.state = "backing_off"
+            log.warning("uplink: exchange failed (%d in a row), retrying in %d ms: %s",
+                        self.failures, self._retry_at_ms - now, line)
+
+    def _drop_session(self):
+        self._conn = None
+        self._sid = None
+        for t in self._topics:
+            t.gw_mark = None
+            t.limit = None
+
+    # ------------------------------------------------------------------ exchanges
+
+    async def _exchange(self, body):
+        """POST body; the gateway's events. Raises UplinkFailure or _SessionLost."""
+        delay = self._bucket.delay_ms(len(body))
+        if delay:
+            await asyncio.sleep(delay / 1000.0)
+        headers = {"Content-Type": CBOR_TYPE}
+        sent_sid = self._sid
+        if sent_sid:
+            headers[SESSION_HEADER] = sent_sid
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout_ms / 1000.0)
+        self.requests += 1
+        self.bytes_sent += len(body)
+        try:
+            async with self._http.post(self.url, data=body, headers=headers, timeout=timeout) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise UplinkFailure("gateway answered HTTP %d %s" % (resp.status, resp.reason or ""))
+                self._sid = resp.headers.get(SESSION_HEADER)
+        except asyncio.TimeoutError:
+            raise UplinkFailure("no answer from %s within %d ms" % (self.url, self.request_timeout_ms)) from None
+        except aiohttp.ClientError as e:
+            raise UplinkFailure("%s: %s" % (self.url, _one_line(str(e) or type(e).__name__))) from None
+        conn = self._conn
+        conn.receive_data(data)
+        events = []
+        while True:
+            try:
+                ev = conn.next_event()
+            except RemoteProtocolError as e:
+                raise UplinkFailure("bad answer from the gateway: %s" % e) from None
+            if ev is sync.NEED_DATA:
+                break
+            if type(ev) is sync.Error:
+                name = sync.ERROR_NAMES[ev.code] if ev.code < len(sync.ERROR_NAMES) else "?"
+                if sent_sid and self._sid != sent_sid and ev.code in (sync.ERR_UNEXPECTED, sync.ERR_MALFORMED):
+                    raise _SessionLost()
+                raise UplinkFailure("gateway sent ERROR %s: %s" % (name, _one_line(ev.message)))
+            events.append(ev)
+        return events
+
+    async def _connect(self):
+        self.state = "connecting"
+        self._sid = None
+        self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes)
+        evs = await self._exchange(self._conn.send(sync.Hello()))
+        if not evs or type(evs[0]) is not sync.Challenge:
+            raise UplinkFailure("expected CHALLENGE, got %s" % _names(evs))
+        evs = await self._exchange(self._conn.send(sync.Auth()))
+        if not evs or type(evs[0]) is not sync.Welcome:
+            raise UplinkFailure("expected WELCOME, got %s" % _names(evs))
+        self.sessions += 1
+        marks = self._conn.marks or {}
+        for t in self._topics:
+            self._reconcile(t, marks.get(t.name, 0), "WELCOME")
+        self.state = "connected"
+
+    def _reconcile(self, t, mark, where):
+        """The gateway says it holds up to mark for t: acknowledge what it holds."""
+        ob = t.outbox
+        last = t.log.last_seq
+        if mark > last:
+            log.warning(
+                "uplink: topic %s: the gateway holds up to seq %d but this node's log ends at %d: the log lost "
+                "records (was it reset?); new records up to seq %d will be taken by the gateway as duplicates",
+                t.name, mark, last, mark)
+        if mark > ob.acked and min(mark, last) > ob.acked:
+            ob.ack(min(mark, last))
+            t.last_ack_ms = int(time.time() * 1000)
+        elif mark < ob.acked and (t.gw_mark is None or t.gw_mark >= ob.acked):  # warn once per session
+            log.warning(
+                "uplink: topic %s: the gateway's mark is %d (%s), below this node's cursor %d: the gateway lost "
+                "records it had acknowledged; they are not resent, seqs %d..%d are reported as a gap (%s)",
+                t.name, mark, where, ob.acked, mark + 1, ob.acked, GATEWAY_LOST)
+        t.gw_mark = mark
+
+    def _budget(self):
+        budget = self.max_batch_bytes
+        peer = self._conn.peer_max_message_bytes
+        if peer:
+            budget = min(budget, peer)
+        if self.bandwidth_limit_bps > 0:
+            budget = min(budget, max(1024, self.bandwidth_limit_bps))
+        return budget
+
+    async def _round(self):
+        """One request with a message per topic that owes something; False if none did."""
+        conn = self._conn
+        budget = self._budget()
+        body = bytearray()
+        sent = []  # (topic, kind, n records, bytes)
+        n = len(self._topics)
+        start = self._rr
+        self._rr = (self._rr + 1) % n if n else 0
+        for i in range(n):
+            if len(body) >= budget:
+                break
+            t = self._topics[(start + i) % n]
+            if t.stalled is not None:
+                continue
+            ob = t.outbox
+            if t.gw_mark is not None and t.gw_mark < ob.acked:
+                msg = conn.send(sync.Gap(t.name, t.gw_mark + 1, ob.acked, GATEWAY_LOST))
+                body += msg
+                sent.append((t, "gap", 0, len(msg)))
+                continue
+            g = ob.gap()
+            if g is not None:
+                msg = conn.send(sync.Gap(t.name, g[0], g[1], t.gap_reason(g[0])))
+                body += msg
+                sent.append((t, "gap", 0, len(msg)))
+                continue
+            msg, count = self._batch(t, max(1, budget - len(body)))
+            if msg:
+                body += msg
+                sent.append((t, "batch", count, len(msg)))
+        if not sent:
+            return False
+        events = await self._exchange(bytes(body))
+        for t, kind, count, nbytes in sent:
+            t.bytes_sent += nbytes
+            if kind == "gap":
+                t.gaps_sent += 1
+            else:
+                t.batches += 1
+                t.records_sent += count
+        acked = set()
+        for ev in events:
+            if type(ev) is sync.Ack:
+                t = self._by_name.get(ev.topic)
+                if t is None:
+                    log.warning("uplink: ACK for topic %r, which this node does not send; ignored", ev.topic)
+                    continue
+                acked.add(t.name)
+                self._on_ack(t, ev.seq)
+        missing = [t.name for t, _, _, _ in sent if t.name not in acked]
+        if missing:
+            raise UplinkFailure("the gateway did not acknowledge topic(s) %s" % ", ".join(missing))
+        return True
+
+    def _batch(self, t, max_bytes):
+        """(message bytes, records) of t's next batch, halved until the gateway's limits
+        take it; (b"", 0) if nothing is to send."""
+        conn = self._conn
+        limit = self.batch_records
+        if conn.peer_max_batch_records:
+            limit = min(limit, conn.peer_max_batch_records)
+        if t.limit is not None:
+            limit = min(limit, t.limit)
+        while True:
+            recs = t.outbox.peek(limit, max_bytes)
+            if not recs:
+                return b"", 0
+            try:
+                return conn.send(sync.batch_from_records(t.name, recs)), len(recs)
+            except LocalProtocolError as e:
+                if len(recs) == 1:
+                    t.stalled = _one_line("seq %d cannot be sent: %s" % (recs[0].seq, e))
+                    log.error("uplink: topic %s stalled: %s", t.name, t.stalled)
+                    return b"", 0
+                limit = t.limit = max(1, len(recs) // 2)
+                max_bytes = max(1, max_bytes // 2)
+                log.info("uplink: topic %s: batch of %d records over the gateway's limits (%s); halving",
+                         t.name, len(recs), e)
+
+    def _on_ack(self, t, seq):
+        ob = t.outbox
+        before = ob.acked
+        if seq < before:
+            self._reconcile(t, seq, "ACK")
+            return
+        target = min(seq, t.log.last_seq)
+        if target > before:
+            ob.ack(target)
+            t.last_ack_ms = int(time.time() * 1000)
+        t.gw_mark = seq
+
+
+def _names(events):
+    return ", ".join(type(e).__name__.upper() for e in events) or "nothing"
+
+
+def from_config(cfg, topics, http=None, **kwargs):
+    """An Uplink for an ``EdgeConfig``: its sync settings and its HTTP ``cloud_endpoint``,
+    posted to as given (point it at the gateway's ``/v1/sync``). ``topics`` maps each
+    sending topic to its (RingLog, Outbox)."""
+    from edgeline.errors import ConfigError
+
+    gw = cfg.gateway
+    if gw is None or gw.transport != "http":
+        raise ConfigError("%s: the uplink needs an http:// or https:// cloud_endpoint" % cfg.source)
+    s = cfg.sync
+    kwargs.setdefault("interval_ms", s.interval_ms)
+    kwargs.setdefault("batch_records", s.batch_size)
+    # An endpoint without a path means the gateway's own route (docs/config.md).
+    url = gw.url.rstrip("/") + "/v1/sync" if gw.path in ("", "/") else gw.url
+    return Uplink(cfg.node_id, cfg.node_key().reveal(), url, topics, retry=s.retry, breaker=s.circuit_breaker,
+                  bandwidth_limit_bps=s.bandwidth_bytes_per_sec, http=http, **kwargs)
