@@ -36,14 +36,21 @@ def demo(seconds, data_dir, as_json):
 @click.option("--keys", "keys_file", required=True, help="YAML file of node_id: key (64 hex digits or base64).")
 @click.option("--db", default="edgeline-gateway.db", show_default=True, help="SQLite store (created if missing).")
 @click.option("--listen", default="127.0.0.1:8700", show_default=True, help="host:port for HTTP.")
-def gateway(keys_file, db, listen):
-    """Run the cloud gateway: accepts edges over HTTP, stores records exactly once."""
+@click.option("--tcp", "tcp_listen", default=None, help="host:port to also serve sync over plain TCP (boards).")
+def gateway(keys_file, db, listen, tcp_listen):
+    """Run the cloud gateway: accepts edges over HTTP (and TCP), stores records exactly once."""
     from edgeline_host.gateway.server import load_keys, serve
 
-    host, _, port = listen.rpartition(":")
+    host, port = _host_port("--listen", listen)
+    tcp = _host_port("--tcp", tcp_listen) if tcp_listen else None
+    serve(db, load_keys(keys_file), host, port, print_fn=click.echo, tcp=tcp)
+
+
+def _host_port(option, text):
+    host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
-        raise click.ClickException("--listen must be host:port, got %r" % listen)
-    serve(db, load_keys(keys_file), host, int(port), print_fn=click.echo)
+        raise click.ClickException("%s must be host:port, got %r" % (option, text))
+    return host, int(port)
 
 
 @cli.group()

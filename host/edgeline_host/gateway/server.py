@@ -254,11 +254,16 @@ def load_keys(path):
     return keys
 
 
-def serve(db_path, keys, host, port, print_fn=print):
-    """Run the gateway until interrupted."""
+def serve(db_path, keys, host, port, print_fn=print, tcp=None):
+    """Run the gateway until interrupted; tcp=(host, port) also serves sync over TCP."""
     gw = Gateway(db_path, keys)
     print_fn("edgeline gateway: %d node(s), store %s, listening on http://%s:%d/v1/sync" % (len(keys), db_path, host, port))
-    web.run_app(gw.app(), host=host, port=port, print=None, handle_signals=True)
+    app = gw.app()
+    if tcp is not None:
+        from .tcp import attach_tcp
+
+        attach_tcp(app, gw, tcp[0], tcp[1], print_fn)
+    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
 
 
 class HttpEdgeClient:
