@@ -51,13 +51,6 @@ except ImportError:
 _RECV_BYTES = const(256)  # an ACK is ~10 bytes, a WELCOME ~100 plus its marks
 
 
-def _gap_reason(log, first):
-    # Seqs missing inside the log rotted; seqs before its start were removed for space
-    # or by retention (the log counts both; a gap names the likelier).
-    if first >= log.first_seq:
-        return "corrupt"
-    return "expired" if log.expired and not log.evicted else "evicted"
-
 
 def _os_error(e):
     # MicroPython's OSError carries only an errno; name the usual ones.
@@ -187,7 +180,7 @@ class BoardUplink:
         before = outbox.acked
         g = outbox.gap()
         if g is not None:
-            self._send(sync.Gap(name, g[0], g[1], _gap_reason(outbox.log, g[0])))
+            self._send(sync.Gap(name, g[0], g[1], outbox.gap_reason(g[0])))
             last = g[1]
         else:
             limit = self.batch_records

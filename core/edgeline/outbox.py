@@ -129,6 +129,18 @@ class Outbox:
             return (start, log.last_seq)
         return None
 
+    def gap_reason(self, first):
+        """Why the seqs of a gap starting at ``first`` are missing, as a GAP reason.
+
+        The log counts removals but not per seq, so this names the likelier: a hole
+        inside the range the log still holds rotted (``corrupt``); one before it was
+        ``expired`` when retention is all that ever removed records, else ``evicted``.
+        """
+        log = self.log
+        if first >= log.first_seq:
+            return "corrupt"
+        return "expired" if log.expired and not log.evicted else "evicted"
+
     def peek(self, max_records=100, max_bytes=65536):
         """The records right after the cursor, in order and contiguous, up to the limits.
 

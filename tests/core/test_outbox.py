@@ -188,3 +188,14 @@ def test_max_bytes_limits_batch():
     assert os.stat(d + "/uplink.cur")[6] == 32
     log.close()
     rmtree(d)
+
+
+def test_gap_reason_names_the_likelier_cause():
+    d = tempdir("ob")
+    log = open_log(d, budget_bytes=768, full_policy="drop_oldest")
+    ob = Outbox(log, "uplink")
+    fill(log, 60)
+    assert ob.gap_reason(1) == "evicted"
+    assert ob.gap_reason(log.first_seq) == "corrupt"  # a hole inside what the log holds
+    log.close()
+    rmtree(d)

@@ -126,17 +126,6 @@ class _Topic:
         self.gaps_sent = 0
         self.last_ack_ms = None  # wall clock (ms since the epoch) of the last ACK that moved the cursor
 
-    def gap_reason(self, first):
-        # The log cannot tell per seq why a record is missing; its counters can narrow it.
-        # A hole inside the range the log still holds is rot; one before it was evicted or
-        # expired, and "expired" only when retention is all that ever removed records.
-        lg = self.log
-        if first >= lg.first_seq:
-            return "corrupt"
-        if lg.expired and not lg.evicted:
-            return "expired"
-        return "evicted"
-
 
 class Uplink:
     """The sync loop of one edge to one gateway over HTTP.
@@ -494,7 +483,7 @@ class Uplink:
                 continue
             g = ob.gap()
             if g is not None:
-                msg = conn.send(sync.Gap(t.name, g[0], g[1], t.gap_reason(g[0])))
+                msg = conn.send(sync.Gap(t.name, g[0], g[1], t.outbox.gap_reason(g[0])))
                 body += msg
                 sent.append((t, "gap", 0, len(msg)))
                 continue
