@@ -157,6 +157,17 @@ Error = _message("Error", 10, ("code", "message"), "ut")
 
 _CLASSES = (None, Hello, Challenge, Auth, Welcome, Batch, Ack, Gap, Pull, Data, Error)
 
+# The CBOR implementation messages go through: (dumps, decode_prefix). A host may plug in
+# a faster one that gives the same bytes and the same values and raises CodecError on bad
+# input (edgeline_host.fastcbor, over the C-accelerated cbor2); boards keep the core's.
+_codec = [codec.dumps, codec.decode_prefix]
+
+
+def use_codec(dumps, decode_prefix):
+    """Route message encoding and decoding through another CBOR implementation."""
+    _codec[0] = dumps
+    _codec[1] = decode_prefix
+
 # ---------------------------------------------------------------------- state tables
 #
 # Per role: state -> {event class it may send (receive): the state after}. ERROR is in
@@ -319,7 +330,7 @@ class _Connection:
                 raise self._fail(ERR_MALFORMED, "connection closed inside a message")
             return ConnectionClosed()
         try:
-            msg, stop = codec.decode_prefix(self._buf, self._start)
+            msg, stop = _codec[1](self._buf, self._start)
         except CodecError as e:
             raise self._fail(ERR_MALFORMED, str(e))
         if stop != end:
@@ -341,7 +352,7 @@ class _Connection:
     def _fail(self, code, detail):
         # The peer broke the protocol: stop, owe it an ERROR; the caller raises.
         line = "%s: %s" % (ERROR_NAMES[code], _one_line(detail))
-        self._stop(line, codec.dumps([Error.TYPE, code, line]))
+        self._stop(line, _codec[0]([Error.TYPE, code, line]))
         return RemoteProtocolError(line)
 
     def _stop(self, why, owed):
@@ -478,7 +489,7 @@ class _Connection:
                 if type(v) is dict:
                     v = OrderedDict((k, v[k]) for k in sorted(v, key=codec.dumps))
                 msg.append(v)
-            data = codec.dumps(msg)
+            data = _codec[0](msg)
         except CodecError as e:
             raise LocalProtocolError("%s cannot be encoded: %s" % (cls.__name__.upper(), e))
         limit = self.peer_max_message_bytes

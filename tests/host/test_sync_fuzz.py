@@ -337,7 +337,7 @@ def test_byte_at_a_time_decodes_once(monkeypatch):
         calls.append(offset)
         return real(data, offset)
 
-    monkeypatch.setattr(sync.codec, "decode_prefix", counting)
+    sync.use_codec(sync.codec.dumps, counting)  # tests/host/conftest.py puts it back
     e, g = ready_pair()
     recs = [Record(s, s, None, b"v" * 200) for s in range(1, 21)]
     data = e.send(batch_from_records("t", recs))

@@ -59,6 +59,7 @@ import aiohttp
 from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
 
+from .. import fastcbor
 from ..gateway.server import CBOR_TYPE, SESSION_HEADER
 from .config import CircuitBreaker, RetryPolicy
 
@@ -142,6 +143,7 @@ class Uplink:
                  rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
+        fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.node_id = node_id
         self._key = bytes(key)
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect

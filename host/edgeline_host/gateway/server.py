@@ -29,6 +29,8 @@ from aiohttp import web
 from edgeline import codec, sync
 from edgeline.errors import CodecError, LocalProtocolError, RemoteProtocolError
 
+from edgeline_host import fastcbor
+
 from .committer import Committer
 from .store import GatewayStore
 
@@ -52,6 +54,7 @@ class Gateway:
     """One gateway process: store, committer, sessions, HTTP routes."""
 
     def __init__(self, db_path, keys, max_message_bytes=1 << 20, max_batch_records=10000, session_idle_s=300):
+        fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.store = GatewayStore(db_path)
         self.keys = keys  # node_id -> 32-byte key
         self.max_message_bytes = max_message_bytes

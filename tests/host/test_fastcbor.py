@@ -1,0 +1,97 @@
+"""cbor2 through edgeline_host.fastcbor gives exactly what the core's codec gives for the
+sync protocol: the same bytes for every message, the same events, the same errors."""
+import glob
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeline import codec, sync
+from edgeline.errors import CodecError
+from edgeline_host import fastcbor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GOLDEN = sorted(glob.glob(os.path.join(ROOT, "tests", "golden", "wire-v1", "*.cbor")))
+
+
+@pytest.fixture
+def fast():
+    fastcbor.install()
+    yield
+    sync.use_codec(codec.dumps, codec.decode_prefix)
+
+
+def test_golden_messages_decode_and_encode_alike():
+    assert len(GOLDEN) >= 10
+    for path in GOLDEN:
+        data = open(path, "rb").read()
+        a, end_a = codec.decode_prefix(data)
+        b, end_b = fastcbor.decode_prefix(data)
+        assert a == b and end_a == end_b == len(data), path
+        assert fastcbor.dumps(b) == codec.dumps(a) == data, path
+
+
+def test_a_conversation_has_the_same_bytes_with_either_codec(fast):
+    def run():
+        nonces = iter([bytes([i]) * 16 for i in range(1, 9)])
+        e = sync.EdgeConnection("edge-1", bytes(32), lambda n: next(nonces))
+        g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: next(nonces))
+        wire = []
+
+        def to_g(b):
+            wire.append(b)
+            g.receive_data(b)
+            return g.next_event()
+
+        def to_e(b):
+            wire.append(b)
+            e.receive_data(b)
+            return e.next_event()
+
+        to_g(e.send(sync.Hello()))
+        to_e(g.send(sync.Challenge()))
+        to_g(e.send(sync.Auth()))
+        to_e(g.send(sync.Welcome(marks={"b": 2, "a": 1})))
+        ev = to_g(e.send(sync.Batch("t", 1, 5, [[0, None, b"x"], [3, b"k", b"y" * 300]])))
+        assert type(ev) is sync.Batch and ev.entries[1][2] == b"y" * 300
+        to_e(g.send(sync.Ack("t", 2)))
+        return wire
+
+    fast_wire = run()
+    sync.use_codec(codec.dumps, codec.decode_prefix)
+    assert run() == fast_wire
+
+
+def _outcome(data):
+    # what a gateway connection makes of these bytes: each event, then how it ended
+    g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: bytes(n))
+    g.receive_data(data)
+    g.receive_data(b"")
+    out = []
+    for _ in range(8):
+        try:
+            ev = g.next_event()
+        except Exception as e:  # noqa: BLE001 - the exception class is the outcome
+            out.append(type(e).__name__)
+            break
+        out.append(type(ev).__name__ + repr(getattr(ev, "values", lambda: None)()))
+        if ev is sync.NEED_DATA or isinstance(ev, sync.ConnectionClosed):
+            break
+    return out
+
+
+HELLO = codec.dumps([1, 1, "edge-1", bytes(16), {}])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=64), st.binary(max_size=40).map(lambda b: HELLO + b),
+                 st.integers(0, len(HELLO)).flatmap(lambda i: st.binary(max_size=8).map(lambda b: HELLO[:i] + b + HELLO[i:]))))
+def test_any_input_ends_alike_with_either_codec(data):
+    slow = _outcome(data)
+    fastcbor.install()
+    try:
+        fast = _outcome(data)
+    finally:
+        sync.use_codec(codec.dumps, codec.decode_prefix)
+    assert slow == fast
