@@ -257,8 +257,9 @@ def load_keys(path):
     return keys
 
 
-def serve(db_path, keys, host, port, print_fn=print, tcp=None):
-    """Run the gateway until interrupted; tcp=(host, port) also serves sync over TCP."""
+def serve(db_path, keys, host, port, print_fn=print, tcp=None, mqtt=None):
+    """Run the gateway until interrupted; tcp=(host, port) also serves sync over TCP,
+    mqtt=(host, port) or (host, port, prefix) through that MQTT broker."""
     gw = Gateway(db_path, keys)
     print_fn("edgeline gateway: %d node(s), store %s, listening on http://%s:%d/v1/sync" % (len(keys), db_path, host, port))
     app = gw.app()
@@ -266,6 +267,10 @@ def serve(db_path, keys, host, port, print_fn=print, tcp=None):
         from .tcp import attach_tcp
 
         attach_tcp(app, gw, tcp[0], tcp[1], print_fn)
+    if mqtt is not None:
+        from .mqtt import attach_mqtt
+
+        attach_mqtt(app, gw, *mqtt, print_fn=print_fn)
     web.run_app(app, host=host, port=port, print=None, handle_signals=True)
 
 

@@ -1,0 +1,449 @@
+"""The edge agent: HTTP ingest into the device's logs, the uplink, and a control API.
+
+Failure modes first
+-------------------
+* The agent is killed (SIGKILL, power cut) at any moment: every record whose ingest
+  answer said ``"durable": true`` is on stable storage (the answer waits for the commit
+  that covered it); the ring log's recovery finds it, the outbox cursor says what the
+  gateway already holds, and the uplink resumes from the gateway's marks -- nothing
+  acknowledged is lost, nothing is stored twice at the gateway.
+* The gateway is down or unreachable: ingest keeps answering (store and forward); the
+  records wait in the logs, bounded by the topics' budgets and ``full_policy``, and the
+  uplink retries with backoff and its circuit breaker (``uplink.py``).
+* A producer sends garbage (bad JSON, an unknown or cloud_to_edge topic, a body over
+  the limit, a record over a segment): a one-line JSON error with a 4xx status, checked
+  *before* anything is appended, so a refused request stores nothing.
+* The device is full and the topic's policy is ``reject`` (or ``sync.max_queue_size``
+  records are owed): 503 with ``Retry-After`` -- backpressure. ``drop_newest`` drops and
+  says how many in the answer; ``drop_oldest`` evicts and the uplink reports the gap.
+* SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers, stop
+  the uplink after its exchange in flight, close the logs and cursors.
+
+Theory of operation
+-------------------
+One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
+ingest handlers, the group-commit timers and the uplink all call them from the loop.
+An ingest request is parsed and checked whole, then appended with one ``append_many``
+(one HLC timestamp per record). What the answer waits for depends on the topic's
+``sync`` policy:
+
+* ``every``: each append is committed before ``append_many`` returns; answer at once.
+* ``group``: the log commits by count inside ``append_many``; otherwise the request
+  registers a waiter ``(last_seq, future)`` and the topic's commit timer flushes the
+  log ``group_ms`` after the first waiter arrived, then wakes every waiter whose
+  ``last_seq <= durable_seq``. Many concurrent requests share one fsync.
+* ``none``: answer at once with ``"durable": false`` (the record becomes durable at
+  the next flush: the uplink's ``peek`` commits before it sends, and shutdown flushes).
+
+After each ingest the uplink is notified, so records leave as soon as they are durable
+rather than at the next ``interval_secs``.
+"""
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+
+from aiohttp import web
+
+from edgeline import codec
+from edgeline.clock import HybridClock
+from edgeline.errors import ConfigError, EdgelineError, LogFull
+from edgeline.log import encode_frame, pack_segment_header
+from edgeline.outbox import Outbox
+from edgeline.store import Store
+
+log = logging.getLogger("edgeline.agent")
+
+MAX_BODY_BYTES = 1 << 20  # an ingest request body; larger is 413
+RETRY_AFTER_S = 1  # what a 503 asks the producer to wait
+RETENTION_EVERY_MS = 10000  # how often age retention runs
+_SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
+
+
+def wall_ms():
+    return int(time.time() * 1000)
+
+
+class IngestError(Exception):
+    """A request the agent refuses: HTTP status and one line."""
+
+    def __init__(self, status, message, headers=None):
+        Exception.__init__(self, message)
+        self.status = status
+        self.headers = headers
+
+
+def parse_records(body):
+    """The (keys, values) a JSON ingest body holds, values already CBOR.
+
+    One object, a list of objects, or ``{"records": [...]}``; each item is a bare value
+    or ``{"key": "...", "value": ...}`` (an object with a ``value`` and at most a ``key``
+    besides). IngestError(400) when it is none of these.
+    """
+    try:
+        doc = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise IngestError(400, "the body is not valid JSON: %s" % e) from None
+    if isinstance(doc, dict) and set(doc) == {"records"}:
+        items = doc["records"]
+        if not isinstance(items, list):
+            raise IngestError(400, "\"records\" must be a list")
+    elif isinstance(doc, list):
+        items = doc
+    else:
+        items = [doc]
+    if not items:
+        raise IngestError(400, "no records in the body")
+    keys = []
+    values = []
+    for i, item in enumerate(items):
+        key = None
+        if isinstance(item, dict) and "value" in item and set(item) <= {"key", "value"}:
+            key = item.get("key")
+            if key is not None and not isinstance(key, str):
+                raise IngestError(400, "record %d: \"key\" must be a string or null" % i)
+            item = item["value"]
+        try:
+            values.append(codec.dumps(item))
+        except (EdgelineError, RecursionError) as e:
+            raise IngestError(400, "record %d: cannot be encoded: %s" % (i, e)) from None
+        keys.append(key.encode("utf-8") if key is not None else None)
+    return keys, values
+
+
+class _TopicState:
+    """One topic at run time: its config, log, outbox (if it sends), commit waiters."""
+
+    def __init__(self, cfg, ringlog, outbox):
+        self.cfg = cfg
+        self.log = ringlog
+        self.outbox = outbox
+        self.waiters = []  # (last_seq, future) of answers waiting for a commit
+        self.timer = None  # the pending group-commit call (asyncio.TimerHandle)
+
+
+class Agent:
+    """One edge node: store, topics, uplink, HTTP server. ``run()`` until ``stop()``.
+
+    ``max_body_bytes`` bounds an ingest request. ``uplink_options`` go to
+    ``uplink.from_config`` (tests shorten timeouts with them).
+    """
+
+    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print):
+        self.cfg = cfg
+        self.max_body_bytes = max_body_bytes
+        self.print = print_fn
+        self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
+        if self.sending:
+            self._check_key()
+        if self.sending and (cfg.gateway is None or cfg.gateway.transport != "http"):
+            raise ConfigError("%s: edge.cloud_endpoint: the agent's uplink speaks HTTP only so far; use an "
+                              "http:// or https:// endpoint" % cfg.source)
+        self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
+        self.topics = {}
+        try:
+            for t in cfg.topics:
+                lg = self.store.log(t.name, **t.log_options())
+                ob = Outbox(lg, "uplink") if (t.sends and self.sending) else None
+                self.topics[t.name] = _TopicState(t, lg, ob)
+        except BaseException:
+            self.store.close()
+            raise
+        self.clock = HybridClock(last_ts=max([s.log.last_ts for s in self.topics.values()] or [0]))
+        self.uplink = None
+        if self.sending:
+            from .uplink import from_config
+
+            sending = {n: (st.log, st.outbox) for n, st in self.topics.items() if st.outbox is not None}
+            self.uplink = from_config(cfg, sending, **(uplink_options or {}))
+        self.started_ms = wall_ms()
+        self.started_mono = time.monotonic()
+        self.last_error = None
+        self.ingested = 0
+        self.rejected = 0
+        self._stop = None
+        self._closing = False
+
+    def _check_key(self):
+        cfg = self.cfg
+        if cfg.key is None and cfg.key_file and not os.path.exists(cfg.key_file):
+            raise ConfigError(
+                "%s: edge.key_file: %s does not exist; create it with `edgeline keygen %s` and add "
+                "'%s: <the printed hex>' to the gateway's keys file" % (cfg.source, cfg.key_file, cfg.key_file,
+                                                                        cfg.node_id))
+        cfg.node_key()  # a bad key file: ConfigError now, before anything is opened
+
+    # ------------------------------------------------------------------ HTTP app
+
+    def app(self):
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_post("/v1/topics/{topic}/records", self.handle_ingest)
+        app.router.add_get("/v1/sync/status", self.handle_sync_status)
+        app.router.add_post("/v1/sync/{action}", self.handle_sync_action)
+        app.router.add_get("/v1/queue", self.handle_queue)
+        app.router.add_get("/v1/health", self.handle_health)
+        return app
+
+    @staticmethod
+    def _error(status, message, headers=None):
+        return web.json_response({"error": message}, status=status, headers=headers)
+
+    async def handle_ingest(self, request):
+        try:
+            return web.json_response(await self._ingest(request))
+        except IngestError as e:
+            self.rejected += 1
+            return self._error(e.status, str(e), e.headers)
+
+    async def _ingest(self, request):
+        if self.cfg.ingest.http is None:
+            raise IngestError(404, "HTTP ingest is off (add ingest.http to the config)")
+        if self._closing:
+            raise IngestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
+        name = request.match_info["topic"]
+        st = self.topics.get(name)
+        if st is None:
+            raise IngestError(404, "unknown topic %r (not in sync_topics or local_topics)" % name)
+        if st.cfg.direction == "cloud_to_edge":
+            raise IngestError(409, "topic %r is cloud_to_edge: the edge does not write to it" % name)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise IngestError(413, "the body is over %d bytes" % self.max_body_bytes) from None
+        keys, values = parse_records(body)
+        lg = st.log
+        room = lg.segment_bytes - _SEG_HDR
+        for i, (k, v) in enumerate(zip(keys, values)):
+            if len(encode_frame(1, 0, k, v)) > room:
+                raise IngestError(413, "record %d does not fit in a segment of topic %r (%d bytes)"
+                                  % (i, name, lg.segment_bytes))
+        limit = self.cfg.sync.max_queue_records
+        if limit and st.outbox is not None:
+            owed = sum(s.outbox.depth for s in self.topics.values() if s.outbox is not None)
+            if owed + len(values) > limit:
+                raise IngestError(503, "sync.max_queue_size reached: %d records owed to the gateway" % owed,
+                                  {"Retry-After": str(RETRY_AFTER_S)})
+        now = wall_ms()
+        ts = [self.clock.now(now) for _ in values]
+        before = lg.last_seq
+        try:
+            lg.append_many(values, ts=ts, keys=keys if any(k is not None for k in keys) else None, now_ms=now)
+        except LogFull as e:
+            n = lg.last_seq - before
+            if n == 0:
+                raise IngestError(503, "%s" % e, {"Retry-After": str(RETRY_AFTER_S)}) from None
+            # Part of the request went in before the log filled: say exactly which part.
+            await self._durable(st, lg.last_seq)
+            raise IngestError(503, "%s; records 0..%d of the request were stored as seqs %d..%d, the rest were not"
+                              % (e, n - 1, before + 1, before + n), {"Retry-After": str(RETRY_AFTER_S)}) from None
+        except EdgelineError as e:
+            self.last_error = "%s: %s" % (name, e)
+            raise IngestError(500, "%s" % e) from None
+        n = lg.last_seq - before
+        self.ingested += n
+        self._wake(st)  # a commit by count may have covered earlier waiters
+        if self.uplink is not None and st.outbox is not None and n:
+            self.uplink.notify()
+        answer = {"topic": name, "first_seq": before + 1 if n else None, "last_seq": lg.last_seq if n else None}
+        if n < len(values):
+            answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
+        answer["durable"] = await self._durable(st, lg.last_seq) if n else True
+        return answer
+
+    async def _durable(self, st, seq):
+        """Wait until seq is committed, as the topic's sync policy has it; True if it is."""
+        lg = st.log
+        if lg.durable_seq >= seq:
+            return True
+        if lg.sync == "none":
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        st.waiters.append((seq, fut))
+        if st.timer is None:
+            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._commit, st)
+        return await fut
+
+    def _commit(self, st):
+        """The group-commit timer: flush the log, answer the waiters it covered."""
+        st.timer = None
+        try:
+            st.log.flush(wall_ms())
+        except EdgelineError as e:
+            self.last_error = "%s: %s" % (st.cfg.name, e)
+            log.error("agent: topic %s: commit failed: %s", st.cfg.name, e)
+            waiters, st.waiters = st.waiters, []
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.set_exception(IngestError(500, "commit failed: %s" % e))
+            return
+        self._wake(st)
+
+    @staticmethod
+    def _wake(st):
+        durable = st.log.durable_seq
+        left = []
+        for seq, fut in st.waiters:
+            if seq <= durable:
+                if not fut.done():
+                    fut.set_result(True)
+            else:
+                left.append((seq, fut))
+        st.waiters = left
+
+    # ------------------------------------------------------------------ control
+
+    def _no_uplink(self):
+        why = "sync.enabled is false" if not self.cfg.sync.enabled else "no topic sends to the gateway"
+        return {"state": "disabled", "node_id": self.cfg.node_id, "reason": why, "topics": {}}
+
+    async def handle_sync_status(self, _request):
+        return web.json_response(self.uplink.status() if self.uplink is not None else self._no_uplink())
+
+    async def handle_sync_action(self, request):
+        action = request.match_info["action"]
+        if action not in ("now", "pause", "resume"):
+            return self._error(404, "unknown sync action %r (now, pause, resume)" % action)
+        if self.uplink is None:
+            return self._error(409, "the uplink is disabled: %s" % self._no_uplink()["reason"])
+        {"now": self.uplink.sync_now, "pause": self.uplink.pause, "resume": self.uplink.resume}[action]()
+        await asyncio.sleep(0)  # let the loop see it, so the state below is current
+        return web.json_response({"ok": True, "action": action, "state": self.uplink.status()["state"]})
+
+    def queue(self):
+        topics = {}
+        for name, st in self.topics.items():
+            s = st.log.stats()
+            ob = st.outbox
+            gap = ob.gap() if ob is not None else None
+            topics[name] = {
+                "direction": st.cfg.direction,
+                "sync": st.cfg.sync,
+                "last_seq": s["last_seq"],
+                "durable_seq": s["durable_seq"],
+                "acked": ob.acked if ob is not None else None,
+                "pending": ob.depth if ob is not None else 0,
+                "gap": list(gap) if gap else None,
+                "size_bytes": s["size_bytes"],
+                "budget_bytes": s["budget_bytes"],
+                "evicted": s["evicted"],
+                "dropped": s["dropped"],
+                "expired": s["expired"],
+                "corrupt": s["corrupt"],
+            }
+        return {
+            "node_id": self.cfg.node_id,
+            "pending": sum(t["pending"] for t in topics.values()),
+            "storage": {"used_bytes": self.store.size_bytes, "budget_bytes": self.store.budget_bytes},
+            "topics": topics,
+        }
+
+    async def handle_queue(self, _request):
+        return web.json_response(self.queue())
+
+    def health(self):
+        failed = [n for n, st in self.topics.items() if st.log._failed is not None]
+        up = self.uplink.status() if self.uplink is not None else self._no_uplink()
+        last_error = self.last_error or up.get("last_error")
+        return {
+            "ok": not failed,
+            "node_id": self.cfg.node_id,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "storage": {"used_bytes": self.store.size_bytes, "budget_bytes": self.store.budget_bytes},
+            "uplink": up["state"],
+            "pending": sum(st.outbox.depth for st in self.topics.values() if st.outbox is not None),
+            "ingested": self.ingested,
+            "rejected": self.rejected,
+            "failed_topics": failed,
+            "last_error": last_error,
+        }
+
+    async def handle_health(self, _request):
+        return web.json_response(self.health())
+
+    # ------------------------------------------------------------------ run
+
+    def stop(self):
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _housekeeping(self):
+        """Age retention, now and then."""
+        while True:
+            await asyncio.sleep(RETENTION_EVERY_MS / 1000.0)
+            now = wall_ms()
+            for st in self.topics.values():
+                if st.cfg.retention_ms:
+                    try:
+                        st.log.apply_retention(now)
+                    except EdgelineError as e:
+                        self.last_error = "%s: %s" % (st.cfg.name, e)
+
+    async def run(self, install_signals=True):
+        """Serve until ``stop()`` (or SIGTERM/SIGINT); then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+        listen = self.cfg.ingest.http.listen if self.cfg.ingest.http is not None else None
+        if listen is None:
+            from .config import HttpIngest
+
+            listen = HttpIngest().listen
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        uplink_task = housekeeping = None
+        try:
+            site = web.TCPSite(runner, listen.host, listen.port)
+            await site.start()
+            if self.uplink is not None:
+                uplink_task = asyncio.ensure_future(self.uplink.run())
+            housekeeping = asyncio.ensure_future(self._housekeeping())
+            self.print("edgeline agent: node %s, %d topic(s), data in %s, %s on http://%s, %s" % (
+                self.cfg.node_id, len(self.topics), self.cfg.data_dir,
+                "ingest and control" if self.cfg.ingest.http is not None else "control (ingest off)", listen,
+                "uplink to %s" % self.uplink.url if self.uplink is not None else "no uplink"))
+            if self.cfg.ingest.mqtt is not None:
+                self.print("edgeline agent: warning: ingest.mqtt is not served by this agent yet; "
+                           "post records over HTTP")
+            await self._stop.wait()
+        finally:
+            self._closing = True
+            if housekeeping is not None:
+                housekeeping.cancel()
+            # Commit everything and answer the producers still waiting, then stop serving.
+            for st in self.topics.values():
+                if st.timer is not None:
+                    st.timer.cancel()
+                    st.timer = None
+                try:
+                    st.log.flush(wall_ms())
+                except EdgelineError as e:
+                    log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
+                self._wake(st)
+            await asyncio.sleep(0)
+            await runner.cleanup()
+            if uplink_task is not None:
+                self.uplink.stop()
+                try:
+                    # run() returns after the exchange in flight; a hung one is cut short
+                    # (safe: only an ACK moves a cursor, and the gateway dedupes a resend).
+                    await asyncio.wait_for(uplink_task, 5)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass
+            self.store.close()
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+
+def run_agent(config_path, print_fn=print):
+    """``edgeline agent --config PATH``: load, open, serve until a signal."""
+    from .config import load_config
+
+    cfg = load_config(config_path)
+    agent = Agent(cfg, print_fn=print_fn)
+    asyncio.run(agent.run())
+    print_fn("edgeline agent: stopped; logs flushed and closed")
