@@ -1,12 +1,14 @@
 # edgeline: two commands do everything (see README).
-#   make demo   the main job on embedded defaults
+#   make demo   the main job on embedded defaults: a gateway, two agents and a
+#               MicroPython board through an outage and a SIGKILL (make demo-log: the
+#               ring log alone)
 #   make test   the whole test suite (CPython + MicroPython)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo demo-log test bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/edgeline fleet-demo
+
+demo-log: $(STAMP)
 	$(VENV)/bin/edgeline demo
 
 test: $(STAMP)
