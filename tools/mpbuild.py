@@ -65,6 +65,26 @@ def build_romfs(tree, image_path):
     return image_path
 
 
+_ROM_BOOT = """import sys, os, vfs
+n = os.stat(%r)[6]
+img = bytearray(n)
+f = open(%r, "rb")
+f.readinto(img)
+f.close()
+vfs.mount(vfs.VfsRom(img), "/rom")
+sys.path.insert(0, "/rom")
+del img, f
+"""
+
+
+def rom_boot(image_path, then):
+    """MicroPython source (for ``micropython -c``) that mounts a ROMFS image at /rom the
+    way a board mounts its flash partition -- the image is read into the first, bottom
+    block of a fresh heap and code runs in place from it -- then runs ``then``. Give the
+    process a heap of the board's size plus the image's (os.path.getsize(image_path))."""
+    return _ROM_BOOT % (image_path, image_path) + then
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     arch = None

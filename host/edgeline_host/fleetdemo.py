@@ -139,19 +139,6 @@ def main(log_dir, node, key_hex, host, port, topic, per_tick, tick_ms, stop_path
             time.sleep_ms(left)
 '''
 
-BOOT = """
-import sys, os, vfs
-n = os.stat(%(image)r)[6]
-img = bytearray(n)
-f = open(%(image)r, "rb")
-f.readinto(img)
-f.close()
-vfs.mount(vfs.VfsRom(img), "/rom")
-sys.path.insert(0, "/rom")
-del img, f
-import fleet_board
-fleet_board.main(*%(args)r)
-"""
 
 
 def now_ms():
@@ -362,6 +349,7 @@ class FleetDemo:
         except ImportError:
             self.board_note = "no board: mpremote not installed (pip install mpremote)"
             return None, None
+        self.rom_boot = mpbuild.rom_boot
         return micropython, image
 
     async def start_board(self, micropython, image, key_hex, proxy):
@@ -370,7 +358,8 @@ class FleetDemo:
         args = (b.log_dir, BOARD, key_hex, "127.0.0.1", proxy.port, BOARD_TOPIC, BOARD_PER_TICK, BOARD_TICK_MS,
                 b.stop_path)
         b.proc = await asyncio.create_subprocess_exec(
-            micropython, "-X", "heapsize=%d" % heap, "-c", BOOT % {"image": image, "args": args},
+            micropython, "-X", "heapsize=%d" % heap, "-c",
+            self.rom_boot(image, "import fleet_board\nfleet_board.main(*%r)\n" % (args,)),
             cwd=self.tmp, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL)
         self.procs.add(BOARD, b.proc)

