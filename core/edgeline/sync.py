@@ -160,13 +160,18 @@ _CLASSES = (None, Hello, Challenge, Auth, Welcome, Batch, Ack, Gap, Pull, Data, 
 # The CBOR implementation messages go through: (dumps, decode_prefix). A host may plug in
 # a faster one that gives the same bytes and the same values and raises CodecError on bad
 # input (edgeline_host.fastcbor, over the C-accelerated cbor2); boards keep the core's.
-_codec = [codec.dumps, codec.decode_prefix]
+_codec = [codec.dumps, codec.decode_prefix, False]
 
 
-def use_codec(dumps, decode_prefix):
-    """Route message encoding and decoding through another CBOR implementation."""
+def use_codec(dumps, decode_prefix, whole_first=False):
+    """Route message encoding and decoding through another CBOR implementation.
+
+    whole_first: try to decode a message whole before scanning its heads -- for a fast
+    codec, when messages usually arrive whole (HTTP bodies, MQTT payloads). The scanner
+    still takes over, linearly, for any message that has not arrived whole."""
     _codec[0] = dumps
     _codec[1] = decode_prefix
+    _codec[2] = whole_first
 
 # ---------------------------------------------------------------------- state tables
 #
@@ -322,6 +327,10 @@ class _Connection:
         """The next event, NEED_DATA, or ConnectionClosed; RemoteProtocolError on bad input."""
         if self.state == "ERROR":
             raise RemoteProtocolError(self._why)
+        if _codec[2] and self._scan_pos == self._start and self._start < len(self._buf):
+            msg = self._whole()
+            if msg is not None:
+                return msg
         end = self._scan()
         if end is None:
             if not self._eof:
@@ -337,6 +346,22 @@ class _Connection:
             raise self._fail(ERR_MALFORMED, "message length disagrees with its CBOR heads")
         # Consumed only once received: if the application's keys_lookup raises, the
         # next call scans and processes the same message again.
+        self._scan_pos = self._start
+        event = self._receive(msg)
+        if self.state != "ERROR":
+            self._start = self._scan_pos = end
+        return event
+
+    def _whole(self):
+        # The host codec's fast path (use_codec whole_first): the message decoded in one
+        # go; None when it has not arrived whole (the scanner continues from here).
+        try:
+            msg, end = _codec[1](self._buf, self._start)
+        except CodecError:
+            return None  # incomplete, or bad: the scanner's path says which, in its words
+        if end - self._start > self.max_message_bytes:
+            raise self._fail(ERR_TOO_LARGE, "message of %d bytes is over max_message_bytes %d"
+                             % (end - self._start, self.max_message_bytes))
         self._scan_pos = self._start
         event = self._receive(msg)
         if self.state != "ERROR":

@@ -38,4 +38,4 @@ def decode_prefix(data, offset=0):
 
 def install():
     """Use cbor2 for every sync connection in this process."""
-    sync.use_codec(dumps, decode_prefix)
+    sync.use_codec(dumps, decode_prefix, whole_first=True)

@@ -95,3 +95,18 @@ def test_any_input_ends_alike_with_either_codec(data):
     finally:
         sync.use_codec(codec.dumps, codec.decode_prefix)
     assert slow == fast
+
+
+def test_byte_at_a_time_with_the_fast_codec(fast):
+    # whole-first decoding must hand over to the scanner for a message arriving in pieces
+    msg = codec.dumps([5, "t", 1, 7, [[0, None, b"x" * 40], [1, b"k", b"y"]]])
+    g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: bytes(n))
+    g.state = "READY"  # the handshake is covered elsewhere; this is about framing
+    events = []
+    for i in range(len(msg)):
+        g.receive_data(msg[i:i + 1])
+        ev = g.next_event()
+        if ev is not sync.NEED_DATA:
+            events.append(ev)
+    assert len(events) == 1 and type(events[0]) is sync.Batch
+    assert events[0].entries[0][2] == b"x" * 40 and events[0].entries[1][1] == b"k"
