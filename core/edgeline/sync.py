@@ -160,18 +160,21 @@ _CLASSES = (None, Hello, Challenge, Auth, Welcome, Batch, Ack, Gap, Pull, Data, 
 # The CBOR implementation messages go through: (dumps, decode_prefix). A host may plug in
 # a faster one that gives the same bytes and the same values and raises CodecError on bad
 # input (edgeline_host.fastcbor, over the C-accelerated cbor2); boards keep the core's.
-_codec = [codec.dumps, codec.decode_prefix, False]
+_codec = [codec.dumps, codec.decode_prefix, False, None]
 
 
-def use_codec(dumps, decode_prefix, whole_first=False):
+def use_codec(dumps, decode_prefix, whole_first=False, entries_ok=None):
     """Route message encoding and decoding through another CBOR implementation.
 
     whole_first: try to decode a message whole before scanning its heads -- for a fast
     codec, when messages usually arrive whole (HTTP bodies, MQTT payloads). The scanner
-    still takes over, linearly, for any message that has not arrived whole."""
+    still takes over, linearly, for any message that has not arrived whole.
+    entries_ok(base_ts, entries): a faster check of BATCH/DATA entries; True only for
+    entries the built-in check accepts (when it says False, the built-in check decides)."""
     _codec[0] = dumps
     _codec[1] = decode_prefix
     _codec[2] = whole_first
+    _codec[3] = entries_ok
 
 # ---------------------------------------------------------------------- state tables
 #
@@ -257,11 +260,21 @@ def _check(cls, fields):
     if layout == "Tuue":  # BATCH, DATA: seqs from 1, every ts a uint64
         first, base, entries = fields[1], fields[2], fields[3]
         ok = first >= 1 and first + len(entries) <= _U64
-        for e in entries:
-            if not ok:
-                break
-            ok = ((type(e) is list or type(e) is tuple) and len(e) >= 3 and type(e[0]) is int
-                  and 0 <= base + e[0] < _U64 and (e[1] is None or _is_bytes(e[1])) and _is_bytes(e[2]))
+        if ok and not (_codec[3] and _codec[3](base, entries)):
+            for e in entries:
+                # the common case (decoded from the wire: a list of int, None or bytes,
+                # bytes) costs no call; other bytes-likes take _is_bytes
+                t = type(e)
+                if (t is not list and t is not tuple) or len(e) < 3:
+                    ok = False
+                    break
+                k = e[1]
+                v = e[2]
+                if (type(e[0]) is not int or not 0 <= base + e[0] < _U64 or not (k is None or type(k) is bytes
+                                                                                 or _is_bytes(k))
+                        or not (type(v) is bytes or _is_bytes(v))):
+                    ok = False
+                    break
         if not ok:
             return "%s seq, ts or entry out of range or ill-typed" % cls.__name__.upper()
     elif cls is Gap and not 1 <= fields[1] <= fields[2]:
@@ -708,19 +721,23 @@ def records_of(batch, skip=0):
     return out
 
 
-def apply_batch(mark, batch):
-    """Receiver rules W1-W3 for a BATCH against the mark of (node, topic).
-
-    Returns (records, ack_seq): store records durably (possibly none), then the mark
-    is ack_seq and the answer ACK(topic, ack_seq). Entries at or below the mark are
-    duplicates; a batch starting past mark + 1 stores nothing and acks the mark, which
-    tells the edge where to resume.
-    """
+def batch_window(mark, batch):
+    """Receiver rules W1-W3 for a BATCH against the mark of (node, topic), without
+    building records: (skip, ack_seq). The new records are the entries after the first
+    skip; store them durably, then the mark is ack_seq and the answer ACK(topic, ack_seq).
+    Entries at or below the mark are duplicates; a batch starting past mark + 1 stores
+    nothing and acks the mark, which tells the edge where to resume."""
     first = batch.first_seq
-    if first > mark + 1:
-        return [], mark
-    records = records_of(batch, mark + 1 - first)
-    return records, mark + len(records)
+    n = len(batch.entries)
+    if first > mark + 1 or first + n - 1 <= mark:
+        return n, mark
+    return mark + 1 - first, first + n - 1
+
+
+def apply_batch(mark, batch):
+    """batch_window as Records: (records, ack_seq), records possibly empty."""
+    skip, ack = batch_window(mark, batch)
+    return (records_of(batch, skip) if ack > mark else []), ack
 
 
 def apply_gap(mark, gap):

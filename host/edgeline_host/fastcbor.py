@@ -7,10 +7,13 @@ decoding through cbor2 instead. The bytes are the same (edgeline's codec is byte
 cbor2's default encoding, and sync writes maps in canonical key order), the decoded
 values are the same for everything a valid message holds (ints, bytes, text, arrays,
 maps), and bad input still raises ``CodecError``: values cbor2 decodes into other types
-(tagged dates, sets, ...) are refused by sync's field checks as before.
+(tagged dates, sets, ...) are refused by sync's field checks as before. The per-entry
+check of BATCH/DATA runs column-wise through C built-ins (``entries_ok``); it accepts
+only what sync's own check accepts and leaves every doubtful case to it.
 tests/host/test_fastcbor.py checks both codecs agree.
 """
 import io
+from operator import itemgetter
 
 import cbor2
 
@@ -36,6 +39,28 @@ def decode_prefix(data, offset=0):
     return obj, offset + fp.tell()
 
 
+_U64 = 1 << 64
+_SEQUENCES = {list, tuple}
+_INTS = {int}
+_KEYS = {bytes, type(None)}
+_VALUES = {bytes}
+_TS, _KEY, _VALUE = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def entries_ok(base_ts, entries):
+    """True if every entry is [int ts_delta, bytes or None, bytes, ...] with base_ts +
+    ts_delta a uint64 -- the common case, checked a column at a time; False means "not
+    sure" (other bytes-likes, bad entries), and sync's check decides."""
+    if not entries:
+        return True
+    if not set(map(type, entries)) <= _SEQUENCES or min(map(len, entries)) < 3:
+        return False
+    deltas = list(map(_TS, entries))
+    if not set(map(type, deltas)) <= _INTS or base_ts + min(deltas) < 0 or base_ts + max(deltas) >= _U64:
+        return False
+    return set(map(type, map(_KEY, entries))) <= _KEYS and set(map(type, map(_VALUE, entries))) <= _VALUES
+
+
 def install():
     """Use cbor2 for every sync connection in this process."""
-    sync.use_codec(dumps, decode_prefix, whole_first=True)
+    sync.use_codec(dumps, decode_prefix, whole_first=True, entries_ok=entries_ok)

@@ -51,8 +51,12 @@ def test_a_failed_commit_fails_its_waiters_and_stores_nothing(tmp_path):
         c = Committer(store, lambda: 1)
         await c.start()
         ok = await c.submit([Batch("e1", "t", 1, [(1, None, b"v")])])
+        # the database fails on the group's second batch (as a full disk would)
+        store._db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON chunks WHEN NEW.stream <> 1 "
+                          "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
         with pytest.raises(sqlite3.IntegrityError):
-            await c.submit([Batch("e1", "t", 2, [(1, None, b"v")]), Batch("e1", "u", 1, [(1, None, None)])])
+            await c.submit([Batch("e1", "t", 2, [(1, None, b"v")]), Batch("e1", "u", 1, [(1, None, b"x")])])
+        store._db.execute("DROP TRIGGER fail")
         again = await c.submit([Batch("e1", "t", 2, [(1, None, b"w")])])
         await c.stop()
         return ok, again

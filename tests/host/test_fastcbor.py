@@ -110,3 +110,34 @@ def test_byte_at_a_time_with_the_fast_codec(fast):
             events.append(ev)
     assert len(events) == 1 and type(events[0]) is sync.Batch
     assert events[0].entries[0][2] == b"x" * 40 and events[0].entries[1][1] == b"k"
+
+
+_anything = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70), st.binary(max_size=3),
+                      st.text(max_size=2), st.builds(bytearray, st.binary(max_size=2)))
+_entry = st.one_of(
+    st.tuples(st.integers(-(1 << 66), 1 << 66), st.one_of(st.none(), st.binary(max_size=3)), st.binary(max_size=3)).map(list),
+    st.lists(_anything, max_size=4),
+    st.tuples(_anything, _anything, _anything),
+    _anything,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, (1 << 64) - 1), st.lists(_entry, max_size=6))
+def test_fast_entry_check_accepts_only_what_sync_accepts(base, entries):
+    # entries_ok may say "not sure" (False) for good entries, never True for bad ones
+    fields = ["t", 1, base, entries]
+    sync.use_codec(codec.dumps, codec.decode_prefix)  # the built-in check alone
+    plain = sync._check(sync.Batch, fields)
+    if fastcbor.entries_ok(base, entries):
+        assert plain is None, (base, entries)
+    fastcbor.install()
+    assert sync._check(sync.Batch, fields) == plain
+
+
+def test_fast_entry_check_takes_decoded_batches():
+    recs = [(s, None if s % 2 else b"k", b"v%d" % s) for s in range(1000)]
+    assert fastcbor.entries_ok(1 << 40, [[s, k, v] for s, k, v in recs])
+    assert fastcbor.entries_ok(5, [])
+    assert not fastcbor.entries_ok((1 << 64) - 2, [[0, None, b""], [2, None, b""]])
+    assert not fastcbor.entries_ok(0, [[0, bytearray(b"k"), b""]])  # not sure: sync decides (accepts)

@@ -90,9 +90,13 @@ def test_marks_and_records_survive_reopen(tmp_path):
 
 def test_a_failed_group_stores_nothing_and_keeps_marks(store):
     store.commit([Batch("e1", "t", 1, entries(1, 2))], 10)
-    bad = Batch("e1", "u", 1, [(1, None, None)])  # NULL value violates the schema
+    # the database fails on the group's second item (as a full disk would)
+    store._db.execute("CREATE TEMP TRIGGER fail BEFORE INSERT ON chunks WHEN NEW.first = 1 AND NEW.stream <> 1 "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    bad = Batch("e1", "u", 1, entries(1, 1))
     with pytest.raises(sqlite3.IntegrityError):
         store.commit([Batch("e1", "t", 3, entries(3, 2)), bad], 11)
+    store._db.execute("DROP TRIGGER fail")
     assert store.mark("e1", "t") == 2 and store.mark("e1", "u") == 0
     assert [r["seq"] for r in store.records("t", "e1")] == [1, 2]
     assert store.commit([Batch("e1", "t", 3, entries(3, 2))], 12) == [4]
@@ -132,3 +136,97 @@ def _next_index(sends, mark):
         if first > mark:
             return max(0, i - 2)
     return len(sends) - 1
+
+
+def test_replays_and_overlaps_store_each_seq_once(store):
+    # every identity lies in at most one chunk: replays, overlaps and partial batches
+    store.commit([Batch("e1", "t", 1, entries(1, 10))], 1)
+    for first, n in [(1, 10), (5, 10), (3, 2), (11, 1), (12, 30), (1, 41)]:
+        store.commit([Batch("e1", "t", first, entries(first, n, b"R"))], 2)
+    chunks = store._db.execute("SELECT first, last FROM chunks ORDER BY first").fetchall()
+    assert chunks == [(1, 10), (11, 14), (15, 41)]
+    rows = store.records("t", "e1", limit=100)
+    assert [r["seq"] for r in rows] == list(range(1, 42))
+    assert [r["value"][:1] for r in rows] == [b"v"] * 10 + [b"R"] * 31
+    assert store.status("e1")[0]["records"] == 41
+
+
+def test_chunks_and_gaps_tile_the_mark(store):
+    rnd = random.Random(11)
+    seq = 1
+    for _ in range(200):
+        n = rnd.randint(1, 20)
+        first = max(1, seq - rnd.randint(0, 25))  # often overlapping what is held
+        if rnd.random() < 0.2:
+            store.commit([Gap("e1", "t", first, first + n - 1, "evicted")], 1)
+        else:
+            store.commit([Batch("e1", "t", first, entries(first, n))], 1)
+        seq = store.mark("e1", "t") + 1
+    covered = store._db.execute("SELECT first, last FROM chunks UNION ALL SELECT first, last FROM gaps "
+                                "ORDER BY first").fetchall()
+    nxt = 1
+    for first, last in covered:
+        assert first == nxt and last >= first
+        nxt = last + 1
+    assert nxt == store.mark("e1", "t") + 1
+    held = sum(last - first + 1 for first, last in store._db.execute("SELECT first, last FROM chunks"))
+    assert held == store.status("e1")[0]["records"] == len(store.records("t", "e1", limit=10 ** 6))
+
+
+def test_query_ranges_cross_chunk_boundaries(store):
+    for first in range(1, 100, 7):
+        store.commit([Batch("e1", "t", first, entries(first, 7))], 1)
+    for lo, hi, limit in [(1, None, 1000), (5, 9, 1000), (7, 8, 1000), (8, 8, 1000), (50, None, 3), (99, 200, 10),
+                          (106, None, 10), (1, 0, 10)]:
+        want = list(range(lo, min(hi if hi is not None else 105, 105) + 1))[:limit]
+        assert [r["seq"] for r in store.records("t", "e1", from_seq=lo, to_seq=hi, limit=limit)] == want, (lo, hi)
+    r = store.records("t", "e1", from_seq=9, to_seq=9)[0]
+    assert (r["ts"], r["key"], r["value"]) == (1009, b"k9", b"v9")
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path):
+    p = str(tmp_path / "v1.db")
+    db = sqlite3.connect(p, isolation_level=None)
+    db.executescript(_V1_SCHEMA)
+    db.execute("INSERT INTO streams (id, origin, topic, mark, records) VALUES (1, 'e1', 't', 2600, 2590)")
+    db.execute("INSERT INTO streams (id, origin, topic, mark, records, lost) VALUES (2, 'e2', 't', 3, 3, 0)")
+    db.execute("INSERT INTO gaps VALUES (1, 11, 20, 'evicted', 5)")
+    rows = [(1, s, 100 + s, b"k" if s % 2 else None, b"v%d" % s, 7) for s in list(range(1, 11)) + list(range(21, 2601))]
+    rows += [(2, s, 50, None, b"w%d" % s, 8) for s in (1, 2, 3)]
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    st = GatewayStore(p)
+    got = st.records("t", "e1", limit=10 ** 6)
+    assert [(r["seq"], r["ts"], r["key"], r["value"], r["stored_ms"]) for r in got] == \
+        [(s, ts, k, v, sm) for _, s, ts, k, v, sm in rows if _ == 1]
+    assert [r["value"] for r in st.records("t", "e2")] == [b"w1", b"w2", b"w3"]
+    assert st.mark("e1", "t") == 2600 and st.gaps("e1")[0]["first"] == 11
+    assert st._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone()[0] == 0
+    assert st._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert st.commit([Batch("e1", "t", 2601, entries(2601, 1))], 9) == [2601]
+    st.close()
+
+
+def test_a_newer_file_is_refused_untouched(tmp_path):
+    from edgeline_host.gateway.store import StoreVersionError
+
+    p = str(tmp_path / "v9.db")
+    db = sqlite3.connect(p)
+    db.execute("PRAGMA user_version = 9")
+    db.close()
+    with pytest.raises(StoreVersionError, match="schema version 9; this gateway knows up to 2"):
+        GatewayStore(p)
+    db = sqlite3.connect(p)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 9
+    assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+_V1_SCHEMA = """
+CREATE TABLE streams (id INTEGER PRIMARY KEY, origin TEXT NOT NULL, topic TEXT NOT NULL,
+    mark INTEGER NOT NULL DEFAULT 0, records INTEGER NOT NULL DEFAULT 0, lost INTEGER NOT NULL DEFAULT 0,
+    updated_ms INTEGER NOT NULL DEFAULT 0, UNIQUE (origin, topic));
+CREATE TABLE records (stream INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, key BLOB,
+    value BLOB NOT NULL, stored_ms INTEGER NOT NULL, PRIMARY KEY (stream, seq)) WITHOUT ROWID;
+CREATE TABLE gaps (stream INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, reason TEXT NOT NULL,
+    reported_ms INTEGER NOT NULL, PRIMARY KEY (stream, first)) WITHOUT ROWID;
+"""

@@ -4,18 +4,22 @@ wire bytes per record against the same records as JSON.
     python tools/bench/bench_gateway.py [--edges N] [--records N] [--batch N] [--reps R] [--json]
 
 (a) ingest: a real gateway (aiohttp app on a loopback port, SQLite store, synchronous=FULL,
-    group commit) and N concurrent edges in the same process, each with its own
-    EdgeConnection over HTTP, sending BATCHes of --batch records and waiting for each ACK
-    (durable at the gateway) before the next. Baseline in the same run: the store alone
-    (GatewayStore.commit of the same batches, no HTTP, no protocol), so the ratio is what
-    the protocol and transport cost. Target (issue 3): >= 200,000 records/s.
+    group commit) in this process, and N concurrent edges in a second process (as edges
+    are other machines), each with its own EdgeConnection over HTTP (its own session,
+    handshake and key), sending BATCHes of --batch records and waiting for each ACK
+    (durable at the gateway) before the next. The edge process times from its first
+    BATCH to its last ACK. Baseline in the same run: the store alone (GatewayStore.commit
+    of the same batches, no HTTP, no protocol), so the ratio is what the protocol and
+    transport cost. Target (issue 3): >= 200,000 records/s. ``--edges-in-process`` runs
+    the edges in the gateway's process and event loop instead (the previous set-up: the
+    edges then take CPU from the gateway).
 (b) wire bytes per record: a typical sensor record (sensor name, value, unit; ts; seq) as
     the BATCH bytes edgeline sends, against the same record as one JSON object (what a
     plain MQTT/HTTP pipeline publishes, with its node, seq and ts fields). Target:
     <= 60 % of JSON, before any compression.
 
-Both edges and gateway share this machine's 2 cores, so the figure is a floor for a
-gateway on its own machine.
+Both processes share this machine's 2 cores, so the figure is a floor for a gateway on its
+own machine.
 """
 import argparse
 import asyncio
@@ -57,7 +61,36 @@ def free_port():
     return port
 
 
-async def ingest_http(db, edges, records, batch):
+async def _run_edges(url, edges, per_edge, batch):
+    # N edges, each its own HTTP session with the gateway: connect all, then time from the
+    # first BATCH to the last ACK.
+    batches = [sync.batch_from_records("telemetry", make_records(1 + i * batch, batch)) for i in range(per_edge // batch)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=edges * 2)) as http:
+        clients = [HttpEdgeClient(http, url, "edge-%d" % e, KEY) for e in range(edges)]
+        for c in clients:
+            await c.connect()
+
+        async def run(c):
+            for b in batches:
+                evs = await c.exchange(b)
+                if not evs or type(evs[-1]) is not sync.Ack or evs[-1].seq != b.first_seq + len(b.entries) - 1:
+                    raise RuntimeError("unexpected answer %r" % (evs,))
+
+        t0 = harness.now()
+        await asyncio.gather(*(run(c) for c in clients))
+        return harness.now() - t0
+
+
+def edge_worker(url, edges, per_edge, batch):
+    """The edges' process: prints {"seconds": ...} when every batch was acknowledged."""
+    from edgeline_host import fastcbor
+
+    fastcbor.install()  # as an agent on a host does
+    dt = asyncio.run(_run_edges(url, edges, per_edge, batch))
+    print(json.dumps({"seconds": dt}), flush=True)
+
+
+async def ingest_http(db, edges, records, batch, in_process=False):
     keys = {"edge-%d" % e: KEY for e in range(edges)}
     gw = Gateway(db, keys, max_batch_records=max(batch, 1000))
     runner = web.AppRunner(gw.app())
@@ -67,22 +100,17 @@ async def ingest_http(db, edges, records, batch):
     await site.start()
     url = "http://127.0.0.1:%d/v1/sync" % port
     per_edge = records // edges
-    batches = [sync.batch_from_records("telemetry", make_records(1 + i * batch, batch)) for i in range(per_edge // batch)]
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=edges * 2)) as http:
-            clients = [HttpEdgeClient(http, url, "edge-%d" % e, KEY) for e in range(edges)]
-            for c in clients:
-                await c.connect()
-
-            async def run(c):
-                for b in batches:
-                    evs = await c.exchange(b)
-                    if not evs or type(evs[-1]) is not sync.Ack or evs[-1].seq != b.first_seq + len(b.entries) - 1:
-                        raise RuntimeError("unexpected answer %r" % (evs,))
-
-            t0 = harness.now()
-            await asyncio.gather(*(run(c) for c in clients))
-            dt = harness.now() - t0
+        if in_process:
+            dt = await _run_edges(url, edges, per_edge, batch)
+        else:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, os.path.abspath(__file__), "--edge-worker", url, str(edges), str(per_edge), str(batch),
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            if proc.returncode:
+                raise RuntimeError("edge process failed (exit %d)" % proc.returncode)
+            dt = harness.last_json_line(out.decode())["seconds"]
         stored = sum(s["records"] for s in gw.store.status())
         if stored != per_edge // batch * batch * edges:
             raise RuntimeError("stored %d records" % stored)
@@ -133,6 +161,14 @@ def main(argv=None):
     ap.add_argument("--edges", type=int, default=10)
     ap.add_argument("--records", type=int, default=200000, help="records in all, split over the edges")
     ap.add_argument("--batch", type=int, default=1000, help="records per BATCH")
+    ap.add_argument("--edges-in-process", action="store_true",
+                    help="run the edges in the gateway's process (they then share its CPU)")
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--edge-worker"]:
+        url, edges, per_edge, batch = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
+        edge_worker(url, edges, per_edge, batch)
+        return 0
     a = ap.parse_args(argv)
     res = harness.Result(
         "bench_gateway",
@@ -146,12 +182,13 @@ def main(argv=None):
             harness.progress("store alone, rep %d/%d" % (rep + 1, a.reps))
             samples["store"].append(ingest_store(harness.fresh_subdir(base, "s") + "/gw.db", a.edges, a.records, a.batch))
             harness.progress("HTTP, rep %d/%d" % (rep + 1, a.reps))
-            rate, n = asyncio.run(ingest_http(harness.fresh_subdir(base, "h") + "/gw.db", a.edges, a.records, a.batch))
+            rate, n = asyncio.run(ingest_http(harness.fresh_subdir(base, "h") + "/gw.db", a.edges, a.records, a.batch,
+                                              a.edges_in_process))
             samples["http"].append(rate)
             commits.append(n)
     res.add("store alone (GatewayStore.commit, groups of %d batches)" % a.edges, harness.median(samples["store"]),
             "rec/s", samples["store"])
-    res.add("gateway over HTTP, %d edges" % a.edges, harness.median(samples["http"]), "rec/s", samples["http"],
+    res.add("gateway over HTTP, %d edges%s" % (a.edges, " (same process)" if a.edges_in_process else ""), harness.median(samples["http"]), "rec/s", samples["http"],
             baseline="store alone (GatewayStore.commit, groups of %d batches)" % a.edges,
             target=("value", ">=", 200000), note="group commits per run: %s" % commits)
     per_rec, per_json = wire_bytes()

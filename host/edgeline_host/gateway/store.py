@@ -12,22 +12,33 @@ rules of docs/spec/wire.md (W1–W3) follow from that one number:
   the caller answers ``ACK(mark)`` so the edge resends from there;
 * otherwise the new entries are inserted and the mark moves to the last of them.
 
-The rules themselves are ``edgeline.sync.apply_batch``/``apply_gap``, the same code
+The rules themselves are ``edgeline.sync.batch_window``/``apply_gap``, the same code
 every receiver runs. ``commit`` applies any number of batches and gaps — BATCH and GAP
 events of the sync protocol, each with its origin — from many edges in one SQLite
 transaction, so a busy gateway pays one fsync per group, not per batch (group commit).
 The marks it returns are durable when it returns: an ACK may be sent. SQLite runs in WAL
 mode with ``synchronous=FULL`` (the embedded default: no set-up, one file).
 
-Streams get a small integer id (table ``streams``) so the records table is keyed by
-``(stream, seq)`` — compact, and inserts stay fast. Marks are cached in memory; the
-database is the truth at start-up.
+Streams get a small integer id (table ``streams``). Records are stored as *chunks*: the
+new part of each accepted batch is one row holding its entries CBOR-encoded exactly as the
+BATCH carried them, keyed by ``(stream, first seq)``. Dedupe is the mark, never a
+per-record lookup, so a row per record would only cost B-tree work (the bulk of ingest
+time); a query by seq range finds the chunk holding its first seq and decodes forward.
+The schema, with its versions and the in-place migration from version 1, is
+docs/spec/gateway-store.md. Marks are cached in memory; the database is the truth at
+start-up.
 """
 import os
 import sqlite3
 import threading
 
-from edgeline.sync import Batch, apply_batch, apply_gap
+import cbor2
+
+from edgeline.errors import EdgelineError
+from edgeline.sync import Batch, apply_gap, batch_window
+
+SCHEMA_VERSION = 2
+_MIGRATE_CHUNK_RECORDS = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
@@ -40,14 +51,14 @@ CREATE TABLE IF NOT EXISTS streams (
     updated_ms INTEGER NOT NULL DEFAULT 0,
     UNIQUE (origin, topic)
 );
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS chunks (
     stream INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    key BLOB,
-    value BLOB NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    base_ts INTEGER NOT NULL,
+    entries BLOB NOT NULL,
     stored_ms INTEGER NOT NULL,
-    PRIMARY KEY (stream, seq)
+    PRIMARY KEY (stream, first)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
     stream INTEGER NOT NULL,
@@ -71,7 +82,7 @@ class GatewayStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._upgrade()
         self._lock = threading.Lock()
         self._streams = {}  # (origin, topic) -> [id, mark]
         for sid, origin, topic, mark in self._db.execute("SELECT id, origin, topic, mark FROM streams"):
@@ -80,6 +91,52 @@ class GatewayStore:
     def close(self):
         with self._lock:
             self._db.close()
+
+    def _upgrade(self):
+        # Create the schema, or migrate a version-1 file (a row per record) in place, in one
+        # transaction (docs/spec/gateway-store.md, "Versions").
+        db = self._db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise StoreVersionError("gateway store %s has schema version %d; this gateway knows up to %d"
+                                    % (self.path, version, SCHEMA_VERSION))
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'").fetchone()
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            if old:
+                self._migrate_v1()
+            db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _migrate_v1(self):
+        db = self._db
+        chunk = []
+
+        def flush():
+            if chunk:
+                base = chunk[0][1]
+                db.execute("INSERT INTO chunks (stream, first, last, base_ts, entries, stored_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                           (chunk[0][4], chunk[0][0], chunk[-1][0], base,
+                            cbor2.dumps([[r[1] - base, r[2], r[3]] for r in chunk]), max(c[5] for c in chunk)))
+                del chunk[:]
+
+        rows = db.execute("SELECT seq, ts, key, value, stream, stored_ms FROM records ORDER BY stream, seq")
+        for row in rows.fetchall():
+            if chunk and (row[4] != chunk[-1][4] or row[0] != chunk[-1][0] + 1 or len(chunk) >= _MIGRATE_CHUNK_RECORDS
+                          or row[1] < chunk[0][1]):
+                flush()
+            chunk.append(row)
+        flush()
+        db.execute("DROP TABLE records")
 
     # ------------------------------------------------------------------ marks
 
@@ -136,15 +193,18 @@ class GatewayStore:
             return out
 
     def _apply_batch(self, s, ev, now_ms):
-        records, mark = apply_batch(s[1], ev)
-        if not records:
+        skip, mark = batch_window(s[1], ev)
+        if mark == s[1]:
             return
+        entries = ev.entries
+        if skip:
+            entries = entries[skip:]
         sid = s[0]
-        self._db.executemany(
-            "INSERT INTO records (stream, seq, ts, key, value, stored_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            [(sid, r.seq, r.ts, r.key, r.value, now_ms) for r in records],
+        self._db.execute(
+            "INSERT INTO chunks (stream, first, last, base_ts, entries, stored_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (sid, s[1] + 1, mark, ev.base_ts, _encode_entries(entries), now_ms),
         )
-        self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (len(records), sid))
+        self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (mark - s[1], sid))
         s[1] = mark
 
     def _apply_gap(self, s, ev, now_ms):
@@ -162,26 +222,37 @@ class GatewayStore:
     # ------------------------------------------------------------------ queries
 
     def records(self, topic, origin=None, from_seq=1, to_seq=None, limit=1000):
-        """Records of a topic (of one origin, or all), in (origin, seq) order."""
-        sql = (
-            "SELECT s.origin, s.topic, r.seq, r.ts, r.key, r.value, r.stored_ms FROM records r "
-            "JOIN streams s ON s.id = r.stream WHERE s.topic = ? AND r.seq >= ?"
-        )
-        args = [topic, from_seq]
+        """Records of a topic (of one origin, or all), in (origin, seq) order:
+        [{origin, topic, seq, ts, key, value, stored_ms}], at most limit of them."""
+        out = []
+        if limit <= 0:
+            return out
+        sql = "SELECT id, origin FROM streams WHERE topic = ?"
+        args = [topic]
         if origin is not None:
-            sql += " AND s.origin = ?"
+            sql += " AND origin = ?"
             args.append(origin)
-        if to_seq is not None:
-            sql += " AND r.seq <= ?"
-            args.append(to_seq)
-        sql += " ORDER BY s.origin, r.seq LIMIT ?"
-        args.append(limit)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [
-            {"origin": o, "topic": t, "seq": q, "ts": ts, "key": k, "value": v, "stored_ms": sm}
-            for o, t, q, ts, k, v, sm in rows
-        ]
+            streams = self._db.execute(sql + " ORDER BY origin", args).fetchall()
+            for sid, o in streams:
+                # the chunk holding from_seq (if any) begins at or before it
+                start = self._db.execute("SELECT max(first) FROM chunks WHERE stream = ? AND first <= ?",
+                                         (sid, from_seq)).fetchone()[0]
+                rows = self._db.execute(
+                    "SELECT first, base_ts, entries, stored_ms FROM chunks WHERE stream = ? AND first >= ?"
+                    + (" AND first <= ?" if to_seq is not None else "") + " ORDER BY first",
+                    (sid, start if start is not None else from_seq) + ((to_seq,) if to_seq is not None else ()))
+                for first, base, blob, stored in rows:
+                    ents = cbor2.loads(blob)
+                    lo = max(0, from_seq - first)
+                    hi = len(ents) if to_seq is None else min(len(ents), to_seq - first + 1)
+                    for i in range(lo, hi):
+                        e = ents[i]
+                        out.append({"origin": o, "topic": topic, "seq": first + i, "ts": base + e[0], "key": e[1],
+                                    "value": e[2], "stored_ms": stored})
+                        if len(out) >= limit:
+                            return out
+        return out
 
     def gaps(self, origin=None, topic=None):
         """Reported gaps: [{origin, topic, first, last, reason, reported_ms}]."""
@@ -218,3 +289,16 @@ class GatewayStore:
             {"origin": o, "topic": t, "mark": m, "records": n, "lost": lost, "updated_ms": u}
             for o, t, m, n, lost, u in rows
         ]
+
+
+class StoreVersionError(EdgelineError):
+    """The store file was written by a newer gateway (one line names both versions)."""
+
+
+def _encode_entries(entries):
+    # Entries as the BATCH carried them: [ts_delta, key, value], CBOR-encoded (bytes-like
+    # values other than bytes, e.g. from in-process callers, are stored as byte strings).
+    try:
+        return cbor2.dumps(entries)
+    except (cbor2.CBOREncodeError, TypeError, ValueError):
+        return cbor2.dumps([[e[0], None if e[1] is None else bytes(e[1]), bytes(e[2])] for e in entries])
