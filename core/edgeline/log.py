@@ -484,6 +484,11 @@ class RingLog:
     def segment_count(self):
         return len(self._segs)
 
+    @property
+    def failure(self):
+        """Why the log stopped taking writes (a write error: reopen it), else None."""
+        return self._failed
+
     def stats(self):
         """A dict of the log's counters and positions."""
         return {

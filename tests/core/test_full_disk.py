@@ -35,7 +35,7 @@ def _run(fs):
         # a failed cursor write never moves the cursor; a failed log write leaves the log
         # refusing further writes (one line) until it is reopened
         assert ob.acked == acked
-        if log._failed is not None:
+        if log.failure is not None:
             e2 = raises(StorageError, log.append, b"more", ts=1)
             assert "reopen" in str(e2) and "\n" not in str(e2)
     return durable, acked, err

@@ -343,7 +343,7 @@ class Agent:
         return web.json_response(self.queue())
 
     def health(self):
-        failed = [n for n, st in self.topics.items() if st.log._failed is not None]
+        failed = [n for n, st in self.topics.items() if st.log.failure is not None]
         up = self.uplink.status() if self.uplink is not None else self._no_uplink()
         last_error = self.last_error or up.get("last_error")
         return {
