@@ -19,9 +19,11 @@ Failure modes first, then what is guaranteed:
 * the gateway sends ERROR or garbage: ``UplinkError`` naming the error; ``internal``
   (the gateway could not store) is worth retrying later, the others need an operator;
 * the gateway's mark for a topic is behind the outbox cursor (the gateway lost data
-  this node already had acknowledged) or past the log's end (the log was wiped and its
-  seqs restarted): ``UplinkError`` — the cursor never rewinds, and records the gateway
-  would take for duplicates are not sent into it;
+  this node already had acknowledged, e.g. it was restored from a backup): the cursor
+  never rewinds; the lost seqs are reported as a GAP with reason ``gateway_lost`` (as
+  the agent does), so the gateway's accounting is complete and the stream goes on;
+* the gateway's mark is past the log's end (the log was wiped and its seqs restarted):
+  ``UplinkError`` — records the gateway would take for duplicates are not sent into it;
 * a local storage failure (``StorageError`` from the log or the outbox) is not a
   network error: the socket is closed and the error itself propagates.
 
@@ -49,6 +51,7 @@ except ImportError:
 
 
 _RECV_BYTES = const(256)  # an ACK is ~10 bytes, a WELCOME ~100 plus its marks
+GATEWAY_LOST = "gateway_lost"  # GAP reason: seqs the gateway acknowledged, then lost
 
 
 
@@ -90,6 +93,7 @@ class BoardUplink:
         self.batch_bytes = batch_bytes
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
+        self._behind = {}  # topic -> the gateway's mark, when it is behind the cursor
         self._nonce_source = nonce_source if nonce_source is not None else os.urandom
         self._sock = None
         self._conn = None
@@ -127,6 +131,7 @@ class BoardUplink:
 
     def _reconcile(self, marks):
         # Acknowledge what the gateway already holds; never rewind (wire.md, Conversation).
+        self._behind = {}
         for name in self.topics:
             outbox = self.topics[name][1]
             mark = marks.get(name, 0)
@@ -134,9 +139,9 @@ class BoardUplink:
                 raise UplinkError("topic %s: the gateway holds up to seq %d but this log ends at %d"
                                   " (log wiped?); not sending seqs it would drop" % (name, mark, outbox.log.last_seq))
             if mark < outbox.acked:
-                raise UplinkError("topic %s: the gateway's mark %d is behind this node's cursor %d"
-                                  " (gateway lost data?); acknowledged records are not resent" % (name, mark, outbox.acked))
-            self._ack(outbox, mark)
+                self._behind[name] = mark  # _round reports mark+1..cursor as lost first
+            else:
+                self._ack(outbox, mark)
 
     def close(self):
         """Close the connection (if any). Safe to call at any time."""
@@ -179,7 +184,11 @@ class BoardUplink:
         # One message for this topic and its ACK: the seqs acknowledged, -1 if nothing owed.
         before = outbox.acked
         g = outbox.gap()
-        if g is not None:
+        behind = self._behind.get(name)
+        if behind is not None:
+            self._send(sync.Gap(name, behind + 1, before, GATEWAY_LOST))
+            last = before
+        elif g is not None:
             self._send(sync.Gap(name, g[0], g[1], outbox.gap_reason(g[0])))
             last = g[1]
         else:
@@ -198,9 +207,17 @@ class BoardUplink:
             raise UplinkError("topic %s: the gateway acknowledged %d, past the %d sent" % (name, seq, last))
         if seq < last:
             # The gateway's mark is below what this message continues from: it lost
-            # records this node already had acknowledged. The cursor never rewinds.
-            raise UplinkError("topic %s: the gateway acknowledged %d, not %d; its mark is behind this node's cursor %d"
-                              % (name, seq, last, before))
+            # records this node already had acknowledged (the cursor never rewinds), or
+            # it did not take our gateway_lost GAP.
+            if behind is not None or seq < before:
+                if behind is not None:
+                    raise UplinkError("topic %s: the gateway acknowledged %d after a gateway_lost GAP up to %d"
+                                      % (name, seq, last))
+                self._behind[name] = seq  # report the loss in the next round
+                return 0
+            raise UplinkError("topic %s: the gateway acknowledged %d, not %d" % (name, seq, last))
+        if behind is not None:
+            del self._behind[name]
         self._ack(outbox, seq)
         return outbox.acked - before
 

@@ -183,12 +183,27 @@ def test_cpython_errors_are_one_line(gateway, tmp_path):
         with pytest.raises(uplink.UplinkError, match="timed out"):
             slow.sync_once()
     assert gateway.gw.store.status() == []
-    # the gateway lost what this node had acknowledged: refuse, never rewind
-    ob.ack(3)
-    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, topics)
-    with pytest.raises(uplink.UplinkError, match="mark 0 is behind this node's cursor 3"):
-        up.sync_once()
-    assert ob.acked == 3 and not up.connected
+
+
+def test_cpython_gateway_lost_records_are_reported_as_a_gap(gateway, tmp_path):
+    # the gateway lost what this node had acknowledged (restored from a backup): the
+    # cursor never rewinds, the loss is reported as a gateway_lost GAP, and the rest syncs
+    lg, ob = open_topic(tmp_path / "temp")
+    append(lg, 1, 30)
+    ob.ack(12)
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
+    assert up.sync_once() == 18
+    assert ob.acked == 30 and up.pending == 0
+    gaps = gateway.gw.store.gaps("board-1", "temp")
+    assert [(g["first"], g["last"], g["reason"]) for g in gaps] == [(1, 12, "gateway_lost")]
+    assert [s for s, _ in stored(gateway)] == list(range(13, 31))
+    # the same mid-session: the gateway's mark falls behind the cursor between rounds
+    gateway.gw.store._streams[("board-1", "temp")][1] = 20  # as if it had lost 21..30
+    append(lg, 31, 5)
+    assert up.sync_once() == 5
+    gaps = gateway.gw.store.gaps("board-1", "temp")
+    assert [(g["first"], g["last"], g["reason"]) for g in gaps][-1] == (21, 30, "gateway_lost")
+    up.close()
 
 
 # ------------------------------------------------------------ MicroPython, the proof
