@@ -182,6 +182,15 @@ def list_files(image, profile):
     return files
 
 
+def run_code(image, profile, code, romfs=None, heap=None, timeout=120):
+    """Run MicroPython ``code`` on the board (flash mounted at /, /lib on sys.path)
+    instead of main.py -- what a REPL session does; returns its output."""
+    rom = _ROM % {"rom": romfs} if romfs else ""
+    boot = _BLOCKDEV % {"image": os.path.abspath(image), "block": profile["storage"]["block_bytes"], "rom": rom}
+    boot += 'vfs.umount("/")\nvfs.mount(_fs, "/")\nos.chdir("/")\nsys.path[:] = ["", "/lib", "/rom", "/rom/lib"]\n'
+    return _run(boot + code, heap_for(profile, romfs, heap), timeout)
+
+
 def boot_code(image, profile, romfs=None):
     rom = _ROM % {"rom": romfs} if romfs else ""
     return _BOOT % {"image": os.path.abspath(image), "block": profile["storage"]["block_bytes"], "rom": rom}
