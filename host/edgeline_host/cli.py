@@ -485,9 +485,10 @@ def firmware_run(profile_name, image, config_path, code, no_install):
     try:
         romfs = None
         if not os.path.exists(image):
+            if cfg is None or no_install:
+                raise click.ClickException("%s does not exist: give --config (edgeline firmware config) to make it"
+                                           % image)
             _firmware_call(unixport.make_flash, image, p)
-            if cfg is None:
-                raise click.ClickException("%s is blank: give --config (edgeline firmware config)" % image)
         if mode == "rom":
             romfs = os.path.join(tmp, "lib.romfs")
             _firmware_call(build.build_romfs_image, p, romfs)

