@@ -23,11 +23,15 @@ import os
 import shutil
 import tempfile
 
-from . import mpy
-from .profiles import ROOT, ProfileError
+import edgeline
 
-CORE_DIR = os.path.join(ROOT, "core", "edgeline")
-COMMON_DIR = os.path.join(ROOT, "boards", "common")
+from . import mpy
+from .profiles import BOARDS_DIR, ROOT, ProfileError
+
+# The core's sources wherever edgeline is installed (the repository, or site-packages);
+# the board-side modules beside the profiles.
+CORE_DIR = os.path.dirname(os.path.abspath(edgeline.__file__))
+COMMON_DIR = os.path.join(BOARDS_DIR, "common")
 # CPython-only: log.py imports it only when not on MicroPython/CircuitPython.
 CORE_SKIP = ("fastpath.py",)
 
