@@ -40,14 +40,82 @@ def demo(seconds, data_dir, as_json):
 @click.option("--mqtt", "mqtt_broker", default=None, help="host:port of an MQTT broker to also serve sync through.")
 @click.option("--mqtt-prefix", default="edgeline", show_default=True,
               help="MQTT topic prefix: edges publish to <prefix>/<node_id>/up, read <prefix>/<node_id>/down.")
-def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix):
-    """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once."""
-    from edgeline_host.gateway.server import load_keys, serve
+@click.option("--topics", "topics_file", default=None,
+              help="YAML file of the cloud-to-edge topics the gateway publishes (docs/gateway.md).")
+@click.option("--publish-token-file", default=None,
+              help="File holding the token the publish API requires (default: loopback clients only).")
+def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
+    """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once,
+    publishes cloud-to-edge topics."""
+    from edgeline_host.gateway.server import load_keys, load_token, serve
+    from edgeline_host.gateway.topics import load_topics
 
     host, port = _host_port("--listen", listen)
     tcp = _host_port("--tcp", tcp_listen) if tcp_listen else None
     mqtt = _host_port("--mqtt", mqtt_broker) + (_mqtt_prefix(mqtt_prefix),) if mqtt_broker else None
-    serve(db, load_keys(keys_file), host, port, print_fn=click.echo, tcp=tcp, mqtt=mqtt)
+    keys = load_keys(keys_file)
+    topics = load_topics(topics_file, keys) if topics_file else None
+    token = load_token(publish_token_file) if publish_token_file else None
+    serve(db, keys, host, port, print_fn=click.echo, tcp=tcp, mqtt=mqtt, topics=topics, publish_token=token)
+
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8700"
+
+
+@cli.command()
+@click.argument("topic")
+@click.argument("records", required=False)
+@click.option("--file", "records_file", type=click.File("rb"), default=None,
+              help="Read the JSON records from this file ('-': stdin) instead of the argument.")
+@click.option("--gateway", "gateway_url", envvar="EDGELINE_GATEWAY", default=DEFAULT_GATEWAY, show_default=True,
+              help="The gateway's HTTP address ($EDGELINE_GATEWAY).")
+@click.option("--token-file", default=None, envvar="EDGELINE_PUBLISH_TOKEN_FILE",
+              help="File holding the gateway's publish token ($EDGELINE_PUBLISH_TOKEN_FILE).")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+def publish(topic, records, records_file, gateway_url, token_file, as_json):
+    """Publish JSON RECORDS to a cloud-to-edge TOPIC at the gateway; every edge that pulls
+    the topic gets them, once, in order. RECORDS as for the agent's ingest: a value, a
+    list of values, or {"records": [...]}; an item {"key": k, "value": v} is keyed."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if (records is None) == (records_file is None):
+        raise click.ClickException("give the records as an argument or with --file (not both)")
+    body = records.encode("utf-8") if records is not None else records_file.read()
+    headers = {"Content-Type": "application/json"}
+    if token_file:
+        from edgeline_host.gateway.server import load_token
+
+        headers["Authorization"] = "Bearer " + load_token(token_file)
+    base = gateway_url.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    url = "%s/v1/topics/%s/publish" % (base, urllib.parse.quote(topic, safe=""))
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("error")
+        except (ValueError, AttributeError):
+            msg = None
+        raise click.ClickException("the gateway at %s answered %d: %s" % (base, e.code, msg or e.reason)) from None
+    except urllib.error.URLError as e:
+        why = e.reason
+        why = (why.strerror or str(why)) if isinstance(why, OSError) else str(why)
+        raise click.ClickException("cannot reach the gateway at %s: %s" % (base, why.lower())) from None
+    except (OSError, ValueError) as e:
+        raise click.ClickException("cannot reach the gateway at %s: %s" % (base, e)) from None
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        n = answer["last_seq"] - answer["first_seq"] + 1
+        click.echo("published %d record(s) to %s: seq %s (origin %s), durable" % (
+            n, answer["topic"], answer["first_seq"] if n == 1 else "%d..%d" % (answer["first_seq"],
+                                                                              answer["last_seq"]),
+            answer["origin"]))
 
 
 def _mqtt_prefix(prefix):
