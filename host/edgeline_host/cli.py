@@ -181,7 +181,7 @@ def _agent_option(f):
                         help="The agent's HTTP address ($EDGELINE_AGENT).")(f)
 
 
-def _call_agent(agent_url, method, path):
+def _call_agent(agent_url, method, path, timeout_s=10):
     """The agent's JSON answer; one-line ClickException when it cannot be had."""
     import urllib.error
     import urllib.request
@@ -191,7 +191,7 @@ def _call_agent(agent_url, method, path):
         base = "http://" + base
     req = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:
@@ -229,7 +229,8 @@ def edge_sync():
 @edge_sync.command("status")
 @_agent_option
 def edge_sync_status(agent_url, as_json):
-    """Uplink state, breaker, last error, and per topic what is acknowledged and owed."""
+    """Uplink state, breaker, last error, per topic what is acknowledged and owed, and
+    per cloud-to-edge topic what came down."""
     st = _call_agent(agent_url, "GET", "/v1/sync/status")
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -245,11 +246,20 @@ def edge_sync_status(agent_url, as_json):
     click.echo(line + ")")
     if st.get("last_error"):
         click.echo("last error: %s (%s)" % (st["last_error"], _ago(st.get("last_error_ms"))))
-    click.echo("%-24s %10s %10s %10s %12s" % ("topic", "last_seq", "acked", "pending", "last ack"))
+    if st["topics"]:
+        click.echo("%-24s %10s %10s %10s %12s" % ("topic", "last_seq", "acked", "pending", "last ack"))
     for name, t in st["topics"].items():
         click.echo("%-24s %10d %10d %10d %12s%s" % (name, t["last_seq"], t["acked"], t["pending"],
                                                     _ago(t["last_ack_ms"]),
                                                     "  stalled: %s" % t["error"] if t.get("error") else ""))
+    down = st.get("downlink") or {}
+    if down:
+        click.echo("%-24s %10s %10s %12s %12s" % ("from the cloud", "last_seq", "pulled", "last pull",
+                                                   "last record"))
+    for name, t in down.items():
+        click.echo("%-24s %10d %10d %12s %12s%s" % (name, t["last_seq"], t["records"], _ago(t["last_pull_ms"]),
+                                                    _ago(t["last_record_ms"]),
+                                                    "  %s" % t["error"] if t.get("error") else ""))
 
 
 def _sync_action(action):
@@ -292,6 +302,32 @@ def _size(n):
         if n < 1024 or unit == "GiB":
             return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
         n /= 1024.0
+
+
+@edge.command("records")
+@click.argument("topic")
+@click.option("--after", default=0, show_default=True, type=click.IntRange(0), help="Records after this seq.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--wait", "wait_s", default=0.0, show_default=True, type=click.FloatRange(0, 60),
+              help="With nothing after --after, wait up to this many seconds for new records.")
+@click.option("--origin", default=None,
+              help="'cloud' (the default on cloud_to_edge and bidirectional topics) or this node's id.")
+@_agent_option
+def edge_records(topic, after, limit, wait_s, origin, agent_url, as_json):
+    """Durable records of TOPIC held by the agent: what came from the cloud, or the node's own.
+    One JSON line per record (seq, ts, key, value)."""
+    import urllib.parse
+
+    q = {"after": after, "limit": limit, "wait_ms": int(wait_s * 1000)}
+    if origin:
+        q["origin"] = origin
+    path = "/v1/topics/%s/records?%s" % (urllib.parse.quote(topic, safe=""), urllib.parse.urlencode(q))
+    r = _call_agent(agent_url, "GET", path, timeout_s=10 + wait_s)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    for rec in r["records"]:
+        click.echo(json.dumps(rec))
 
 
 @edge.command("health")
