@@ -484,3 +484,53 @@ def test_uplink_loop_pulls_refusals_full_logs_and_bad_data(tmp_path):
                 lg.close()
 
     asyncio.run(main())
+
+
+def test_interval_zero_waits_for_records_instead_of_spinning(tmp_path):
+    """sync.interval_secs 0 means "send as soon as records are durable" (notify), and a
+    pull once a second: an idle uplink must sleep, not spin its loop."""
+    import asyncio
+
+    from edgeline.outbox import Outbox
+    from edgeline_host.agent.downlink import Downlink
+    from edgeline_host.agent.uplink import Uplink
+    from edgeline_host.gateway.topics import parse_topics
+    from test_uplink import GatewayProc, until
+
+    key = bytes(range(32))
+
+    class Counting(Uplink):
+        waits = 0
+
+        async def _wait(self, ms):
+            self.waits += 1
+            await Uplink._wait(self, ms)
+
+    async def main():
+        gw = await GatewayProc(str(tmp_path / "gw.db"), free_port(),
+                               topics=parse_topics({"cmd": None}, {"edge-1": key})).start()
+        lg = RingLog(str(tmp_path / "up"))
+        ob = Outbox(lg)
+        cmd = RingLog(str(tmp_path / "cmd"), sync="none")
+        ups = [Counting("edge-1", key, gw.url, {"up": (lg, ob)}, interval_ms=0),
+               Counting("edge-1", key, gw.url, {}, interval_ms=0, downlink=Downlink({"cmd": cmd}, interval_ms=0))]
+        try:
+            for up in ups:
+                task = asyncio.create_task(up.run())
+                await asyncio.sleep(0.6)
+                assert up.waits <= 3, up.waits  # a spinning loop waits thousands of times
+                if up.downlink is None:
+                    lg.append(codec.dumps(1), ts=1)
+                    up.notify()
+                    await until(lambda: ob.acked == 1, what="the record, at once")
+                else:
+                    await gw.gw.publish("cmd", [codec.dumps(1)])
+                    await until(lambda: cmd.last_seq == 1, timeout_s=5, what="the pull a second later")
+                up.stop()
+                await asyncio.wait_for(task, 10)
+        finally:
+            await gw.stop()
+            lg.close()
+            cmd.close()
+
+    asyncio.run(main())

@@ -290,9 +290,12 @@ class Uplink:
                 self._forced = False
                 if not self._owes():
                     self.state = "connected" if self._conn is not None else "idle"
-                    wait = self.interval_ms
+                    # interval 0: records are sent as soon as notify() says they exist; do
+                    # not poll (a wait of 0 would spin the loop).
+                    wait = self.interval_ms or None
                     if self.downlink is not None:
-                        wait = min(wait, self.downlink.due_in_ms())
+                        due = self.downlink.due_in_ms()
+                        wait = due if wait is None else min(wait, due)
                     await self._wait(wait)
                     continue
                 try:
