@@ -494,10 +494,11 @@ class Agent:
             now = wall_ms()
             for st in self.topics.values():
                 if st.cfg.retention_ms:
-                    try:
-                        st.log.apply_retention(now)
-                    except EdgelineError as e:
-                        self.last_error = "%s: %s" % (st.cfg.name, e)
+                    for lg in (st.log, st.down) if st.down is not None and st.down is not st.log else (st.log,):
+                        try:
+                            lg.apply_retention(now)
+                        except EdgelineError as e:
+                            self.last_error = "%s: %s" % (st.cfg.name, e)
 
     async def run(self, install_signals=True):
         """Serve until ``stop()`` (or SIGTERM/SIGINT); then shut down cleanly."""

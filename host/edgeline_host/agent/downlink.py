@@ -21,6 +21,10 @@ Failure modes first
   a record the cloud still holds is not "dropped") takes what fits; the rest waits at
   the gateway and is asked for again at the next interval. A ``drop_oldest`` log evicts
   its oldest cloud records to make room (counted in ``evicted``, as for any log).
+* The log fails a write (a disk error): the topic is set aside like a refused one, with
+  the error; the agent's health names the topic (it needs a restart). Nothing the
+  gateway was told is held was lost: the acknowledgement is the next PULL, after the
+  commit.
 * A DATA that does not continue the log (a hole) or is otherwise wrong: a failed
   exchange (the uplink backs off), nothing appended.
 * The gateway holds fewer records of a topic than this edge (its store was restored
@@ -60,7 +64,7 @@ import logging
 import time
 
 from edgeline import sync
-from edgeline.errors import ConfigError, LogFull
+from edgeline.errors import ConfigError, LogFull, StorageError
 
 log = logging.getLogger("edgeline.downlink")
 
@@ -208,6 +212,8 @@ class Downlink:
             full = str(e)
         except ConfigError as e:  # a record that does not fit a segment of this log
             self._refuse(t, "seq %d cannot be stored: %s" % (lg.last_seq + 1, e))
+        except StorageError as e:  # the log failed a write: it is unusable until the agent restarts
+            self._refuse(t, "cannot store: %s" % e)
         except sync.RemoteProtocolError as e:
             raise DownlinkFailure(str(e)) from None
         n = lg.last_seq - before
