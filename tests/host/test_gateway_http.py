@@ -136,3 +136,27 @@ def test_publish_answers_once_durable_and_only_to_whom_may(tmp_path):
             assert e.value.status == 401
 
     asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_publish_when_the_store_cannot_commit_stores_nothing(tmp_path):
+    import sqlite3
+
+    from edgeline_host.gateway.topics import parse_topics
+
+    async def fn(gw, http, url, server):
+        gw.topics = parse_topics({"cmd": None}, gw.keys)
+        real = gw.store.commit
+
+        def full(items, now_ms):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        gw.store.commit = full
+        async with http.post(server.make_url("/v1/topics/cmd/publish"), data=b"[1, 2]") as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "1"
+            assert await r.json() == {"error": "could not store: database or disk is full"}
+        gw.store.commit = real
+        assert gw.store.published("cmd") == 0
+        async with http.post(server.make_url("/v1/topics/cmd/publish"), data=b"3") as r:
+            assert (await r.json())["first_seq"] == 1  # the failed request used no seq
+
+    asyncio.run(with_gateway(tmp_path, fn))

@@ -168,6 +168,35 @@ def test_pull_published_records_over_tcp(tmp_path):
     asyncio.run(with_tcp_gateway(tmp_path, fn))
 
 
+def test_pull_a_record_over_the_edges_limit_and_a_pull_from_the_future(tmp_path, caplog):
+    async def fn(gw, port):
+        await gw.publish("cmd", [codec.dumps("s"), codec.dumps("x" * 400), codec.dumps("t")])
+        e = await TcpEdge.open(port)
+        e.conn = sync.EdgeConnection("edge-1", KEY, os.urandom, max_message_bytes=256)  # a small board
+        await e.handshake()
+        await e.send(sync.Pull("cmd", 0, 10))  # seq 1 fits, seq 2 does not: DATA of seq 1 alone
+        (d,) = await e.receive(1)
+        assert [r.seq for r in sync.records_of(d)] == [1]
+        await e.send(sync.Pull("cmd", 1, 10))
+        (err,) = await e.receive(1)
+        assert err.code == sync.ERR_TOO_LARGE and "seq 2" in err.message and "256" in err.message
+        await e.close()
+        # an edge that holds more than the gateway published (a store restored from an old
+        # backup): nothing new for it until the topic's seqs pass its own
+        e = await TcpEdge.open(port)
+        await e.handshake()
+        await e.send(sync.Pull("cmd", 7, 10))
+        assert await e.receive(1) == [sync.Data("cmd", 8, 0, [])]
+        await gw.publish("cmd", [codec.dumps(i) for i in range(5)])  # seqs 4..8
+        await e.send(sync.Pull("cmd", 7, 10))
+        (d,) = await e.receive(1)
+        assert [r.seq for r in sync.records_of(d)] == [8]
+        await e.close()
+        assert any("only 3 were published" in r.getMessage() for r in caplog.records)
+
+    asyncio.run(with_tcp_gateway(tmp_path, fn))
+
+
 def test_conversation_one_byte_at_a_time(tmp_path):
     async def fn(gw, port):
         e = await TcpEdge.open(port)
