@@ -185,8 +185,9 @@ class GatewayStore:
                     if s[1] != old:
                         db.execute("UPDATE streams SET mark = ?, updated_ms = ? WHERE id = ?", (s[1], now_ms, s[0]))
                 if delivered:
-                    db.executemany("INSERT OR REPLACE INTO deliveries (node, topic, seq, pulled_ms) VALUES (?, ?, ?, ?)",
-                                   [(n, t, v[0], v[1]) for (n, t), v in delivered.items()])
+                    db.executemany(
+                        "INSERT OR REPLACE INTO deliveries (node, topic, seq, pulled_ms) VALUES (?, ?, ?, ?)",
+                        [(n, t, v[0], v[1]) for (n, t), v in delivered.items()])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
