@@ -27,6 +27,16 @@ Failure modes first, then what is guaranteed:
 * a local storage failure (``StorageError`` from the log or the outbox) is not a
   network error: the socket is closed and the error itself propagates.
 
+Cloud-to-edge topics: ``pull_once(topic, log)`` PULLs after ``log.last_seq`` and
+stores each DATA with ``edgeline.sync.store_data`` (committed before the next PULL,
+which acknowledges it), until a DATA brings nothing new. ``log`` holds only the topic's
+cloud records, so its seqs are theirs: a power cut at any point loses nothing the
+gateway was told is held and doubles nothing (the next pull asks after what the log
+holds). A full log (``reject``) keeps what fits; the rest waits at the gateway. The
+gateway's ERROR ``unknown_topic`` (it does not serve the topic to this node) is an
+``UplinkError``. A DATA is at most ``max_message_bytes`` (1 KB by default), so pulling
+costs no more heap than sending.
+
 One conversation: HELLO, AUTH (``connect``), then rounds of one message in flight:
 a GAP when ``outbox.gap()`` names lost seqs, else a BATCH of at most ``batch_records``
 records / ``batch_bytes`` value bytes from ``outbox.peek``; the board waits for the ACK
@@ -39,7 +49,7 @@ call; ``close()`` ends it (before a deep sleep, say).
 import os
 
 from edgeline import sync
-from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
+from edgeline.errors import EdgelineError, LocalProtocolError, LogFull, RemoteProtocolError
 
 try:
     from micropython import const
@@ -235,6 +245,43 @@ class BoardUplink:
     def _ack(self, outbox, seq):
         # The cursor write; a separate method so a test can cut power right before it.
         outbox.ack(seq)
+
+    def pull_once(self, topic, log, max_rounds=64):
+        """Pull cloud-to-edge ``topic`` into ``log`` (a log of its cloud records only)
+        until nothing new comes, the log is full, or ``max_rounds`` DATA were stored.
+        Returns how many records were stored; raises UplinkError (socket closed)."""
+        if self._conn is None:
+            self.connect()
+        got = 0
+        try:
+            for _ in range(max_rounds):
+                self._send(sync.Pull(topic, log.last_seq, self.batch_records))
+                data = self._wait_data(topic)
+                if not data.entries:
+                    break
+                try:
+                    got += self._store(log, data)
+                except LogFull:
+                    break  # what fitted is committed; the rest waits at the gateway
+                if log.last_seq < data.first_seq + len(data.entries) - 1:
+                    break  # a drop_newest log refused one: the same, without the exception
+                data = None
+        except Exception as e:  # noqa: BLE001
+            self._fail(e, "pull")
+        return got
+
+    def _store(self, log, data):
+        # store_data; a separate method so a test can cut power right before it.
+        return sync.store_data(log, data)
+
+    def _wait_data(self, topic):
+        while True:
+            ev = self._next()
+            cls = type(ev)
+            if cls is sync.Data and ev.topic == topic:
+                return ev
+            if cls is not sync.Ack:
+                raise self._unexpected(ev, "DATA")
 
     # ------------------------------------------------------------------ bytes
 

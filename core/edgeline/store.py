@@ -60,12 +60,20 @@ class Store:
             n += lg._size + lg._allowed_end
         return n
 
-    def log(self, topic, **options):
-        if topic in self.logs:
-            return self.logs[topic]
-        lg = RingLog(self.root + "/" + topic_dirname(topic), storage=self.storage, store=self, **options)
+    def log(self, topic, origin=None, **options):
+        """The topic's log of this node's records, or with ``origin`` (a node id) the log
+        of the records another node appended to the topic (cloud-to-edge records: origin
+        ``cloud``), in ``<topic dir>~<origin>``: topic_dirname never makes a "~", so the
+        two can never share a directory."""
+        name = topic if origin is None else (topic, origin)
+        if name in self.logs:
+            return self.logs[name]
+        path = self.root + "/" + topic_dirname(topic)
+        if origin is not None:
+            path += "~" + origin
+        lg = RingLog(path, storage=self.storage, store=self, **options)
         lg.topic = topic
-        self.logs[topic] = lg
+        self.logs[name] = lg
         return lg
 
     def _forget(self, lg):

@@ -56,8 +56,10 @@ that its declared lengths already pass ``max_message_bytes``); only a complete m
 is decoded, once. Feeding a message one byte at a time therefore costs linear time,
 and an oversized one is refused before it is buffered whole.
 
-``batch_from_records``/``records_of`` convert between log Records and BATCH/DATA, and
-``apply_batch``/``apply_gap`` are the receiver rules W1-W3 as pure functions of a mark.
+``batch_from_records``/``records_of`` convert between log Records and BATCH/DATA,
+``apply_batch``/``apply_gap`` are the receiver rules W1-W3 as pure functions of a mark,
+and ``store_data`` is the edge's rule for DATA: append to a log of the cloud's records,
+keeping their seqs (wire.md, "Cloud-to-edge topics").
 """
 from . import codec
 from .auth import client_proof, digest_equal, server_proof
@@ -83,6 +85,10 @@ _DEFAULT_MAX_BATCH_RECORDS = const(1000)
 _NONCE_BYTES = const(16)
 _MIN_MESSAGE_BYTES = const(256)  # below this not even the handshake fits
 _U64 = 1 << 64
+
+# The origin of every record of a cloud-to-edge topic: what the gateway publishes. A
+# reserved node id: a gateway refuses a key for a node of this name (wire.md).
+CLOUD_ORIGIN = "cloud"
 
 # Error codes (wire.md, "Error codes"); ERROR_NAMES[code] is the name.
 ERR_MALFORMED = const(1)
@@ -750,3 +756,36 @@ def apply_gap(mark, gap):
     if gap.first > mark + 1 or gap.last <= mark:
         return None, mark
     return (mark + 1, gap.last), gap.last
+
+
+def store_data(log, data, now_ms=None):
+    """The edge's rule for a DATA (wire.md, "Cloud-to-edge topics"): append its records
+    after ``log.last_seq`` to ``log`` and commit them; return how many were appended.
+
+    ``log`` holds the records of one origin (the cloud) and one topic and nothing else,
+    so its seqs are theirs: the record with seq s is appended only when it would get seq
+    s. Entries at or below ``last_seq`` are duplicates and skipped. A DATA that starts
+    past ``last_seq + 1`` would leave a hole: RemoteProtocolError, nothing appended.
+    When the log refuses a record (full: ``drop_newest`` returns 0, ``reject`` raises
+    LogFull after the records before it are committed) the rest waits at the gateway:
+    the next PULL asks after the new ``last_seq``. Everything appended is durable when
+    this returns, so that PULL acknowledges only durable records.
+    """
+    first = data.first_seq
+    nxt = log.last_seq + 1
+    entries = data.entries
+    if entries and first > nxt:
+        raise RemoteProtocolError("DATA for %s starts at seq %d, past %d: records would be missing"
+                                  % (data.topic, first, nxt))
+    base = data.base_ts
+    n = 0
+    try:
+        for i in range(nxt - first if nxt > first else 0, len(entries)):
+            e = entries[i]
+            if not log.append(e[2], base + e[0], e[1], now_ms):
+                break
+            n += 1
+    finally:
+        if n:
+            log.flush(now_ms)
+    return n

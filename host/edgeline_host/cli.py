@@ -41,14 +41,82 @@ def demo(seconds, data_dir, as_json):
 @click.option("--mqtt", "mqtt_broker", default=None, help="host:port of an MQTT broker to also serve sync through.")
 @click.option("--mqtt-prefix", default="edgeline", show_default=True,
               help="MQTT topic prefix: edges publish to <prefix>/<node_id>/up, read <prefix>/<node_id>/down.")
-def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix):
-    """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once."""
-    from edgeline_host.gateway.server import load_keys, serve
+@click.option("--topics", "topics_file", default=None,
+              help="YAML file of the cloud-to-edge topics the gateway publishes (docs/gateway.md).")
+@click.option("--publish-token-file", default=None,
+              help="File holding the token the publish API requires (default: loopback clients only).")
+def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
+    """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once,
+    publishes cloud-to-edge topics."""
+    from edgeline_host.gateway.server import load_keys, load_token, serve
+    from edgeline_host.gateway.topics import load_topics
 
     host, port = _host_port("--listen", listen)
     tcp = _host_port("--tcp", tcp_listen) if tcp_listen else None
     mqtt = _host_port("--mqtt", mqtt_broker) + (_mqtt_prefix(mqtt_prefix),) if mqtt_broker else None
-    serve(db, load_keys(keys_file), host, port, print_fn=click.echo, tcp=tcp, mqtt=mqtt)
+    keys = load_keys(keys_file)
+    topics = load_topics(topics_file, keys) if topics_file else None
+    token = load_token(publish_token_file) if publish_token_file else None
+    serve(db, keys, host, port, print_fn=click.echo, tcp=tcp, mqtt=mqtt, topics=topics, publish_token=token)
+
+
+DEFAULT_GATEWAY = "http://127.0.0.1:8700"
+
+
+@cli.command()
+@click.argument("topic")
+@click.argument("records", required=False)
+@click.option("--file", "records_file", type=click.File("rb"), default=None,
+              help="Read the JSON records from this file ('-': stdin) instead of the argument.")
+@click.option("--gateway", "gateway_url", envvar="EDGELINE_GATEWAY", default=DEFAULT_GATEWAY, show_default=True,
+              help="The gateway's HTTP address ($EDGELINE_GATEWAY).")
+@click.option("--token-file", default=None, envvar="EDGELINE_PUBLISH_TOKEN_FILE",
+              help="File holding the gateway's publish token ($EDGELINE_PUBLISH_TOKEN_FILE).")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+def publish(topic, records, records_file, gateway_url, token_file, as_json):
+    """Publish JSON RECORDS to a cloud-to-edge TOPIC at the gateway; every edge that pulls
+    the topic gets them, once, in order. RECORDS as for the agent's ingest: a value, a
+    list of values, or {"records": [...]}; an item {"key": k, "value": v} is keyed."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if (records is None) == (records_file is None):
+        raise click.ClickException("give the records as an argument or with --file (not both)")
+    body = records.encode("utf-8") if records is not None else records_file.read()
+    headers = {"Content-Type": "application/json"}
+    if token_file:
+        from edgeline_host.gateway.server import load_token
+
+        headers["Authorization"] = "Bearer " + load_token(token_file)
+    base = gateway_url.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    url = "%s/v1/topics/%s/publish" % (base, urllib.parse.quote(topic, safe=""))
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("error")
+        except (ValueError, AttributeError):
+            msg = None
+        raise click.ClickException("the gateway at %s answered %d: %s" % (base, e.code, msg or e.reason)) from None
+    except urllib.error.URLError as e:
+        why = e.reason
+        why = (why.strerror or str(why)) if isinstance(why, OSError) else str(why)
+        raise click.ClickException("cannot reach the gateway at %s: %s" % (base, why.lower())) from None
+    except (OSError, ValueError) as e:
+        raise click.ClickException("cannot reach the gateway at %s: %s" % (base, e)) from None
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+    else:
+        n = answer["last_seq"] - answer["first_seq"] + 1
+        click.echo("published %d record(s) to %s: seq %s (origin %s), durable" % (
+            n, answer["topic"], answer["first_seq"] if n == 1 else "%d..%d" % (answer["first_seq"],
+                                                                              answer["last_seq"]),
+            answer["origin"]))
 
 
 def _mqtt_prefix(prefix):
@@ -114,7 +182,7 @@ def _agent_option(f):
                         help="The agent's HTTP address ($EDGELINE_AGENT).")(f)
 
 
-def _call_agent(agent_url, method, path):
+def _call_agent(agent_url, method, path, timeout_s=10):
     """The agent's JSON answer; one-line ClickException when it cannot be had."""
     import urllib.error
     import urllib.request
@@ -124,7 +192,7 @@ def _call_agent(agent_url, method, path):
         base = "http://" + base
     req = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:
@@ -162,7 +230,8 @@ def edge_sync():
 @edge_sync.command("status")
 @_agent_option
 def edge_sync_status(agent_url, as_json):
-    """Uplink state, breaker, last error, and per topic what is acknowledged and owed."""
+    """Uplink state, breaker, last error, per topic what is acknowledged and owed, and
+    per cloud-to-edge topic what came down."""
     st = _call_agent(agent_url, "GET", "/v1/sync/status")
     if as_json:
         click.echo(json.dumps(st, indent=2))
@@ -178,11 +247,20 @@ def edge_sync_status(agent_url, as_json):
     click.echo(line + ")")
     if st.get("last_error"):
         click.echo("last error: %s (%s)" % (st["last_error"], _ago(st.get("last_error_ms"))))
-    click.echo("%-24s %10s %10s %10s %12s" % ("topic", "last_seq", "acked", "pending", "last ack"))
+    if st["topics"]:
+        click.echo("%-24s %10s %10s %10s %12s" % ("topic", "last_seq", "acked", "pending", "last ack"))
     for name, t in st["topics"].items():
         click.echo("%-24s %10d %10d %10d %12s%s" % (name, t["last_seq"], t["acked"], t["pending"],
                                                     _ago(t["last_ack_ms"]),
                                                     "  stalled: %s" % t["error"] if t.get("error") else ""))
+    down = st.get("downlink") or {}
+    if down:
+        click.echo("%-24s %10s %10s %12s %12s" % ("from the cloud", "last_seq", "pulled", "last pull",
+                                                   "last record"))
+    for name, t in down.items():
+        click.echo("%-24s %10d %10d %12s %12s%s" % (name, t["last_seq"], t["records"], _ago(t["last_pull_ms"]),
+                                                    _ago(t["last_record_ms"]),
+                                                    "  %s" % t["error"] if t.get("error") else ""))
 
 
 def _sync_action(action):
@@ -225,6 +303,32 @@ def _size(n):
         if n < 1024 or unit == "GiB":
             return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
         n /= 1024.0
+
+
+@edge.command("records")
+@click.argument("topic")
+@click.option("--after", default=0, show_default=True, type=click.IntRange(0), help="Records after this seq.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--wait", "wait_s", default=0.0, show_default=True, type=click.FloatRange(0, 60),
+              help="With nothing after --after, wait up to this many seconds for new records.")
+@click.option("--origin", default=None,
+              help="'cloud' (the default on cloud_to_edge and bidirectional topics) or this node's id.")
+@_agent_option
+def edge_records(topic, after, limit, wait_s, origin, agent_url, as_json):
+    """Durable records of TOPIC held by the agent: what came from the cloud, or the node's own.
+    One JSON line per record (seq, ts, key, value)."""
+    import urllib.parse
+
+    q = {"after": after, "limit": limit, "wait_ms": int(wait_s * 1000)}
+    if origin:
+        q["origin"] = origin
+    path = "/v1/topics/%s/records?%s" % (urllib.parse.quote(topic, safe=""), urllib.parse.urlencode(q))
+    r = _call_agent(agent_url, "GET", path, timeout_s=10 + wait_s)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    for rec in r["records"]:
+        click.echo(json.dumps(rec))
 
 
 @edge.command("health")

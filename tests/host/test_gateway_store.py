@@ -230,3 +230,37 @@ CREATE TABLE records (stream INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER 
 CREATE TABLE gaps (stream INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, reason TEXT NOT NULL,
     reported_ms INTEGER NOT NULL, PRIMARY KEY (stream, first)) WITHOUT ROWID;
 """
+
+
+def test_publish_numbers_records_and_pull_reads_them_back(tmp_path):
+    from edgeline.sync import CLOUD_ORIGIN
+    from edgeline_host.gateway.store import Delivered, Publish
+
+    p = str(tmp_path / "gw.db")
+    st = GatewayStore(p)
+    pub = [(CLOUD_ORIGIN, Publish("cmd", [(7000 + i, b"k" if i % 2 else None, b"c%d" % i) for i in range(5)]))]
+    # a publish and an edge's batch of the same topic in one group: separate streams
+    assert st.commit(pub + [Batch("e1", "cmd", 1, entries(1, 2))], 10) == [5, 2]
+    assert st.commit([(CLOUD_ORIGIN, Publish("cmd", [(8000, None, b"last")]))], 11) == [6]
+    assert st.published("cmd") == 6 and st.published("other") == 0
+    got = st.pull("cmd", 2, 3)
+    assert [(r.seq, r.ts, r.key, r.value) for r in got] == [(3, 7002, None, b"c2"), (4, 7003, b"k", b"c3"),
+                                                           (5, 7004, None, b"c4")]
+    assert [r.seq for r in st.pull("cmd", 0, 100)] == [1, 2, 3, 4, 5, 6]
+    assert st.pull("cmd", 6, 10) == [] and st.pull("cmd", 9, 10) == [] and st.pull("nope", 0, 10) == []
+    assert st.delivered("e1", "cmd") is None
+    assert st.commit([("e1", Delivered("cmd", 4)), ("e2", Delivered("cmd", 6))], 12) == [4, 6]
+    assert st.last_published_ts() == 8000
+    # only the gateway publishes, and the gateway sends no batches: a programming error
+    with pytest.raises(ValueError):
+        st.commit([("e1", Publish("cmd", [(1, None, b"x")]))], 13)
+    with pytest.raises(ValueError):
+        st.commit([Batch("e1", "new-topic", 1, entries(1, 1)), Batch(CLOUD_ORIGIN, "cmd", 7, entries(7, 1))], 13)
+    # that failed group left nothing behind, not even the stream it had begun
+    assert st.mark("e1", "new-topic") == 0 and st.commit([Batch("e1", "new-topic", 1, entries(1, 1))], 14) == [1]
+    st.close()
+    st = GatewayStore(p)  # all of it is durable
+    assert st.published("cmd") == 6 and st.delivered("e1", "cmd") == (4, 12) and st.delivered("e2", "cmd") == (6, 12)
+    assert [r.value for r in st.pull("cmd", 5, 10)] == [b"last"] and st.last_published_ts() == 8000
+    assert [r["seq"] for r in st.records("new-topic", "e1")] == [1]
+    st.close()

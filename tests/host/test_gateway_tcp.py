@@ -10,6 +10,7 @@ from edgeline import codec, sync
 from edgeline.log import Record
 from edgeline_host.gateway.server import Gateway
 from edgeline_host.gateway.tcp import attach_tcp, start_tcp
+from edgeline_host.gateway.topics import parse_topics
 
 KEY = bytes(range(32))
 KEY2 = KEY[::-1]
@@ -72,7 +73,9 @@ class TcpEdge:
 
 
 async def with_tcp_gateway(tmp_path, fn, **kw):
-    gw = Gateway(str(tmp_path / "gw.db"), {"edge-1": KEY, "edge-2": KEY2}, **kw)
+    keys = {"edge-1": KEY, "edge-2": KEY2}
+    kw.setdefault("topics", parse_topics({"cmd": None, "only2": {"nodes": ["edge-2"]}}, keys))
+    gw = Gateway(str(tmp_path / "gw.db"), keys, **kw)
     await gw.committer.start()
     srv = await start_tcp(gw, "127.0.0.1", 0)
     try:
@@ -124,6 +127,72 @@ def test_batches_acks_replays_and_resume(tmp_path):
         assert [r["seq"] for r in rows] == list(range(1, 13)) + [21, 22]
         assert codec.loads(rows[0]["value"]) == {"n": 1} and rows[0]["ts"] == 1001
         assert [(g["first"], g["last"]) for g in gw.store.gaps()] == [(13, 20)]
+
+    asyncio.run(with_tcp_gateway(tmp_path, fn))
+
+
+def test_pull_published_records_over_tcp(tmp_path):
+    async def fn(gw, port):
+        assert await gw.publish("cmd", [codec.dumps({"set": i}) for i in range(1, 6)]) == (1, 5)
+        e = await TcpEdge.open(port)
+        await e.handshake()
+        await e.send(sync.Pull("cmd", 0, 3))
+        (d,) = await e.receive(1)
+        assert type(d) is sync.Data and d.first_seq == 1
+        assert [codec.loads(r.value) for r in sync.records_of(d)] == [{"set": 1}, {"set": 2}, {"set": 3}]
+        # the next PULL acknowledges 3 and gets the rest; then nothing is new
+        await e.send(sync.Pull("cmd", 3, 100))
+        (d,) = await e.receive(1)
+        assert [r.seq for r in sync.records_of(d)] == [4, 5]
+        await e.send(sync.Pull("cmd", 5, 100))
+        assert await e.receive(1) == [sync.Data("cmd", 6, 0, [])]
+        assert gw.store.delivered("edge-1", "cmd")[0] == 5
+        # a batch and a PULL of a topic this node may not pull, in one write: the batch is
+        # stored and acknowledged, then ERROR unknown_topic ends the conversation
+        await e.send(sync.batch_from_records("t", records(1, 2)), sync.Pull("only2", 0, 10))
+        ack, err = await e.receive(2)
+        assert ack == sync.Ack("t", 2) and type(err) is sync.Error and err.code == sync.ERR_UNKNOWN_TOPIC
+        assert "only2" in err.message
+        assert await asyncio.wait_for(e.reader.read(100), 10) == b""
+        await e.close()
+        e2 = await TcpEdge.open(port, "edge-2", KEY2)
+        await e2.handshake()
+        await e2.send(sync.Pull("only2", 0, 10), sync.Pull("cmd", 2, 10))
+        d1, d2 = await e2.receive(2)
+        assert d1 == sync.Data("only2", 1, 0, [])
+        assert d2.topic == "cmd" and [(r.seq, codec.loads(r.value)) for r in sync.records_of(d2)] == [
+            (3, {"set": 3}), (4, {"set": 4}), (5, {"set": 5})]
+        await e2.close()
+        assert gw.refused_pulls == 1
+
+    asyncio.run(with_tcp_gateway(tmp_path, fn))
+
+
+def test_pull_a_record_over_the_edges_limit_and_a_pull_from_the_future(tmp_path, caplog):
+    async def fn(gw, port):
+        await gw.publish("cmd", [codec.dumps("s"), codec.dumps("x" * 400), codec.dumps("t")])
+        e = await TcpEdge.open(port)
+        e.conn = sync.EdgeConnection("edge-1", KEY, os.urandom, max_message_bytes=256)  # a small board
+        await e.handshake()
+        await e.send(sync.Pull("cmd", 0, 10))  # seq 1 fits, seq 2 does not: DATA of seq 1 alone
+        (d,) = await e.receive(1)
+        assert [r.seq for r in sync.records_of(d)] == [1]
+        await e.send(sync.Pull("cmd", 1, 10))
+        (err,) = await e.receive(1)
+        assert err.code == sync.ERR_TOO_LARGE and "seq 2" in err.message and "256" in err.message
+        await e.close()
+        # an edge that holds more than the gateway published (a store restored from an old
+        # backup): nothing new for it until the topic's seqs pass its own
+        e = await TcpEdge.open(port)
+        await e.handshake()
+        await e.send(sync.Pull("cmd", 7, 10))
+        assert await e.receive(1) == [sync.Data("cmd", 8, 0, [])]
+        await gw.publish("cmd", [codec.dumps(i) for i in range(5)])  # seqs 4..8
+        await e.send(sync.Pull("cmd", 7, 10))
+        (d,) = await e.receive(1)
+        assert [r.seq for r in sync.records_of(d)] == [8]
+        await e.close()
+        assert any("only 3 were published" in r.getMessage() for r in caplog.records)
 
     asyncio.run(with_tcp_gateway(tmp_path, fn))
 

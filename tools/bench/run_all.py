@@ -27,6 +27,7 @@ BENCHES = [
     ("bench_heap", [], ["--records", "10000", "--search-records", "0"]),
     ("bench_gateway", [], ["--records", "20000", "--reps", "1"]),
     ("bench_sync", [], ["--seconds", "2", "--backlog", "20000", "--records", "5000", "--reps", "1"]),
+    ("bench_downlink", [], ["--backlog", "20000", "--reps", "1"]),
 ]
 
 

@@ -37,8 +37,14 @@ An ingest request is parsed and checked whole, then appended with one ``append_m
 
 After each ingest the uplink is notified, so records leave as soon as they are durable
 rather than at the next ``interval_secs``.
+
+Cloud-to-edge topics (``cloud_to_edge``, ``bidirectional``) are pulled by the same
+uplink loop into logs of the cloud's records (``downlink.py``); local consumers read
+them, and any topic's own durable records, with ``GET /v1/topics/{topic}/records``
+(optionally waiting for new ones: a long poll).
 """
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -47,7 +53,8 @@ import time
 
 from aiohttp import web
 
-from edgeline import codec
+
+from edgeline import codec, sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.log import encode_frame, pack_segment_header
@@ -57,6 +64,9 @@ from edgeline.store import Store
 log = logging.getLogger("edgeline.agent")
 
 MAX_BODY_BYTES = 1 << 20  # an ingest request body; larger is 413
+MAX_READ_RECORDS = 10000  # records in one answer of the read API
+MAX_READ_BYTES = 1 << 20  # about this many value bytes in one answer of the read API
+MAX_WAIT_MS = 60000  # the longest long poll of the read API
 RETRY_AFTER_S = 1  # what a 503 asks the producer to wait
 RETENTION_EVERY_MS = 10000  # how often age retention runs
 _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
@@ -114,12 +124,14 @@ def parse_records(body):
 
 
 class _TopicState:
-    """One topic at run time: its config, log, outbox (if it sends), commit waiters."""
+    """One topic at run time: its config, log, outbox (if it sends), commit waiters, and
+    the log of its cloud records (if it receives; the topic's own log for cloud_to_edge)."""
 
-    def __init__(self, cfg, ringlog, outbox):
+    def __init__(self, cfg, ringlog, outbox, down=None):
         self.cfg = cfg
         self.log = ringlog
         self.outbox = outbox
+        self.down = down
         self.waiters = []  # (last_seq, future) of answers waiting for a commit
         self.timer = None  # the pending group-commit call (asyncio.TimerHandle)
 
@@ -136,28 +148,46 @@ class Agent:
         self.max_body_bytes = max_body_bytes
         self.print = print_fn
         self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
-        if self.sending:
+        self.receiving = cfg.sync.enabled and any(t.receives for t in cfg.topics)
+        if self.sending or self.receiving:
             self._check_key()
-        if self.sending and (cfg.gateway is None or cfg.gateway.transport != "http"):
+        if (self.sending or self.receiving) and (cfg.gateway is None or cfg.gateway.transport != "http"):
             raise ConfigError("%s: edge.cloud_endpoint: the agent's uplink speaks HTTP only so far; use an "
                               "http:// or https:// endpoint" % cfg.source)
+        from .downlink import log_options as down_options
+
         self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
         self.topics = {}
         try:
             for t in cfg.topics:
-                lg = self.store.log(t.name, **t.log_options())
+                down = None
+                if t.direction == "cloud_to_edge":
+                    # Only the cloud writes this topic: its log holds the cloud's records.
+                    lg = down = self.store.log(t.name, **down_options(t))
+                else:
+                    lg = self.store.log(t.name, **t.log_options())
+                    if t.receives:
+                        down = self.store.log(t.name, origin=sync.CLOUD_ORIGIN, **down_options(t))
                 ob = Outbox(lg, "uplink") if (t.sends and self.sending) else None
-                self.topics[t.name] = _TopicState(t, lg, ob)
+                self.topics[t.name] = _TopicState(t, lg, ob, down)
         except BaseException:
             self.store.close()
             raise
-        self.clock = HybridClock(last_ts=max([s.log.last_ts for s in self.topics.values()] or [0]))
+        self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
+        self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
         self.uplink = None
-        if self.sending:
+        if self.sending or self.receiving:
+            from .downlink import Downlink
             from .uplink import from_config
 
             sending = {n: (st.log, st.outbox) for n, st in self.topics.items() if st.outbox is not None}
-            self.uplink = from_config(cfg, sending, **(uplink_options or {}))
+            options = dict(uplink_options or {})
+            if self.receiving:
+                receiving = {n: st.down for n, st in self.topics.items() if st.down is not None}
+                options["downlink"] = Downlink(receiving, interval_ms=cfg.sync.interval_ms,
+                                               max_records=cfg.sync.batch_size, on_records=self._received,
+                                               **options.pop("downlink_options", {}))
+            self.uplink = from_config(cfg, sending, **options)
         self.started_ms = wall_ms()
         self.started_mono = time.monotonic()
         self.last_error = None
@@ -180,6 +210,7 @@ class Agent:
     def app(self):
         app = web.Application(client_max_size=self.max_body_bytes)
         app.router.add_post("/v1/topics/{topic}/records", self.handle_ingest)
+        app.router.add_get("/v1/topics/{topic}/records", self.handle_read)
         app.router.add_get("/v1/sync/status", self.handle_sync_status)
         app.router.add_post("/v1/sync/{action}", self.handle_sync_action)
         app.router.add_get("/v1/queue", self.handle_queue)
@@ -243,7 +274,7 @@ class Agent:
             raise IngestError(500, "%s" % e) from None
         n = lg.last_seq - before
         self.ingested += n
-        self._wake(st)  # a commit by count may have covered earlier waiters
+        self._wake(st)  # a commit by count may have covered earlier waiters (and readers)
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
         answer = {"topic": name, "first_seq": before + 1 if n else None, "last_seq": lg.last_seq if n else None}
@@ -280,8 +311,8 @@ class Agent:
             return
         self._wake(st)
 
-    @staticmethod
-    def _wake(st):
+    def _wake(self, st):
+        self._notify_readers()
         durable = st.log.durable_seq
         left = []
         for seq, fut in st.waiters:
@@ -292,10 +323,96 @@ class Agent:
                 left.append((seq, fut))
         st.waiters = left
 
+    # ------------------------------------------------------------------ reading
+
+    def _notify_readers(self):
+        ev = self._changed
+        if ev is not None:
+            self._changed = None
+            ev.set()
+
+    def _received(self, topic, ringlog, n):
+        """Downlink callback: n records of topic came from the cloud, durable."""
+        # The hybrid clock's receive rule: what this node stamps from now on is later than
+        # what it has received.
+        self.clock.observe(ringlog.last_ts, wall_ms())
+        self._notify_readers()
+
+    def _readable(self, name, origin):
+        """The log a read of (topic, origin) reads; IngestError(404) if there is none."""
+        st = self.topics.get(name)
+        if st is None:
+            raise IngestError(404, "unknown topic %r (not in sync_topics or local_topics)" % name)
+        node = self.cfg.node_id
+        if origin is None:
+            origin = sync.CLOUD_ORIGIN if st.down is not None else node
+        if origin == sync.CLOUD_ORIGIN:
+            if st.down is None:
+                raise IngestError(404, "topic %r is %s: nothing comes from the cloud on it" % (name, st.cfg.direction))
+            return st.down, origin
+        if origin == node:
+            if st.cfg.direction == "cloud_to_edge":
+                raise IngestError(404, "topic %r is cloud_to_edge: this node writes nothing to it" % name)
+            return st.log, origin
+        raise IngestError(404, "origin %r: this node holds records of %r (cloud-to-edge records) and %r (its own)"
+                          % (origin, sync.CLOUD_ORIGIN, node))
+
+    @staticmethod
+    def _query_int(request, name, default, lo, hi):
+        v = request.query.get(name)
+        if v is None:
+            return default
+        try:
+            n = int(v)
+        except ValueError:
+            n = None
+        if n is None or not lo <= n <= hi:
+            raise IngestError(400, "%s must be an integer from %d to %d, got %r" % (name, lo, hi, v))
+        return n
+
+    async def handle_read(self, request):
+        try:
+            return web.json_response(await self._read(request))
+        except IngestError as e:
+            return self._error(e.status, str(e), e.headers)
+
+    async def _read(self, request):
+        """Records of a topic after ``after``: the cloud's by default on a topic that
+        receives, else this node's own; only durable ones. With ``wait_ms`` and nothing
+        new, wait up to that long for some (a long poll)."""
+        lg, origin = self._readable(request.match_info["topic"], request.query.get("origin"))
+        after = self._query_int(request, "after", 0, 0, (1 << 64) - 1)
+        limit = self._query_int(request, "limit", 100, 1, MAX_READ_RECORDS)
+        wait_ms = self._query_int(request, "wait_ms", 0, 0, MAX_WAIT_MS)
+        deadline = time.monotonic() + wait_ms / 1000.0
+        while True:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            changed = self._changed
+            durable = lg.durable_seq
+            recs = []
+            if after < durable:
+                recs = [r for r in lg.read(after + 1, min(limit, durable - after), MAX_READ_BYTES) if r.seq <= durable]
+            left = deadline - time.monotonic()
+            if recs or left <= 0 or self._closing:
+                break
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+        return {
+            "topic": lg.topic,
+            "origin": origin,
+            "first_seq": lg.first_seq,
+            "last_seq": durable,
+            "records": [_json_record(r) for r in recs],
+            "next_after": recs[-1].seq if recs else max(after, 0),
+        }
+
     # ------------------------------------------------------------------ control
 
     def _no_uplink(self):
-        why = "sync.enabled is false" if not self.cfg.sync.enabled else "no topic sends to the gateway"
+        why = "sync.enabled is false" if not self.cfg.sync.enabled else "no topic syncs with the gateway"
         return {"state": "disabled", "node_id": self.cfg.node_id, "reason": why, "topics": {}}
 
     async def handle_sync_status(self, _request):
@@ -319,6 +436,7 @@ class Agent:
             gap = ob.gap() if ob is not None else None
             topics[name] = {
                 "direction": st.cfg.direction,
+                "received_seq": st.down.last_seq if st.down is not None else None,
                 "sync": st.cfg.sync,
                 "last_seq": s["last_seq"],
                 "durable_seq": s["durable_seq"],
@@ -343,7 +461,8 @@ class Agent:
         return web.json_response(self.queue())
 
     def health(self):
-        failed = [n for n, st in self.topics.items() if st.log.failure is not None]
+        failed = [n for n, st in self.topics.items()
+                  if st.log.failure is not None or (st.down is not None and st.down.failure is not None)]
         up = self.uplink.status() if self.uplink is not None else self._no_uplink()
         last_error = self.last_error or up.get("last_error")
         return {
@@ -375,10 +494,11 @@ class Agent:
             now = wall_ms()
             for st in self.topics.values():
                 if st.cfg.retention_ms:
-                    try:
-                        st.log.apply_retention(now)
-                    except EdgelineError as e:
-                        self.last_error = "%s: %s" % (st.cfg.name, e)
+                    for lg in (st.log, st.down) if st.down is not None and st.down is not st.log else (st.log,):
+                        try:
+                            lg.apply_retention(now)
+                        except EdgelineError as e:
+                            self.last_error = "%s: %s" % (st.cfg.name, e)
 
     async def run(self, install_signals=True):
         """Serve until ``stop()`` (or SIGTERM/SIGINT); then shut down cleanly."""
@@ -437,6 +557,36 @@ class Agent:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+
+def _json_record(r):
+    """A Record as JSON for the read API: the value decoded from CBOR (bytes inside it as
+    {"base64": ...}); a value or key that is not CBOR / UTF-8 as base64 beside it."""
+    out = {"seq": r.seq, "ts": r.ts, "key": None, "value": None}
+    if r.key is not None:
+        try:
+            out["key"] = r.key.decode("utf-8")
+        except UnicodeDecodeError:
+            out["key_base64"] = base64.b64encode(r.key).decode()
+    try:
+        out["value"] = _jsonable(codec.loads(r.value))
+    except EdgelineError:
+        out["value_base64"] = base64.b64encode(r.value).decode()
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return repr(v)
 
 
 def run_agent(config_path, print_fn=print):

@@ -39,6 +39,11 @@ the gateway's ``max_message_bytes``); every ACK in the response acknowledges the
 outbox. The loop keeps sending rounds while anything is owed, and otherwise waits
 ``interval_ms`` -- or less, when ``notify()`` (new records) or ``sync_now()`` is called.
 
+With a ``Downlink`` (``downlink.py``: the cloud-to-edge topics), the same loop pulls: a
+pull that is due counts as something owed, and after the batches of a round the due
+topics' PULLs go as one more request of the same session; the wait between rounds is
+cut short when a pull falls due. ``sync_now()`` pulls at once too.
+
 A bandwidth limit is a token bucket over request body bytes holding at most one
 second's worth: a request of n bytes waits until n tokens have accumulated (the bucket
 may go into debt for a request larger than a second's worth, so a small limit still
@@ -140,7 +145,8 @@ class Uplink:
 
     def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_limit_bps=0,
                  batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
-                 rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20):
+                 rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20,
+                 downlink=None):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
         fastcbor.install()  # the C-accelerated CBOR for every connection of this process
@@ -149,6 +155,7 @@ class Uplink:
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
         self.url = url
         self._topics = [_Topic(name, lg, ob) for name, (lg, ob) in topics.items()]
+        self.downlink = downlink  # a Downlink (downlink.py), or None: nothing to pull
         self._by_name = {t.name: t for t in self._topics}
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker if breaker is not None else CircuitBreaker()
@@ -197,6 +204,8 @@ class Uplink:
         """Try at once: ends an idle wait, a backoff, and an open breaker's wait (the
         attempt is then the half-open one)."""
         self._forced = True
+        if self.downlink is not None:
+            self.downlink.force()
         self._wake.set()
 
     def notify(self):
@@ -250,6 +259,7 @@ class Uplink:
                 }
                 for t in self._topics
             },
+            "downlink": self.downlink.status() if self.downlink is not None else {},
         }
 
     # ------------------------------------------------------------------ the loop
@@ -280,7 +290,13 @@ class Uplink:
                 self._forced = False
                 if not self._owes():
                     self.state = "connected" if self._conn is not None else "idle"
-                    await self._wait(self.interval_ms)
+                    # interval 0: records are sent as soon as notify() says they exist; do
+                    # not poll (a wait of 0 would spin the loop).
+                    wait = self.interval_ms or None
+                    if self.downlink is not None:
+                        due = self.downlink.due_in_ms()
+                        wait = due if wait is None else min(wait, due)
+                    await self._wait(wait)
                     continue
                 try:
                     await self._attempt()
@@ -315,7 +331,7 @@ class Uplink:
         for t in self._topics:
             if t.stalled is None and (t.outbox.depth > 0 or (t.gw_mark is not None and t.gw_mark < t.outbox.acked)):
                 return True
-        return False
+        return self.downlink is not None and self.downlink.due()
 
     async def _attempt(self):
         """Connect if needed, then send rounds until nothing is owed (or a pause/stop)."""
@@ -325,9 +341,16 @@ class Uplink:
                 if self._conn is None:
                     await self._connect()
                 while self._owes() and not self._paused and not self._stopping:
-                    if not await self._round():
+                    if self._conn is None:  # a pull refused a topic, which ended the session
+                        await self._connect()
+                    sent = await self._round()
+                    if self.downlink is not None and self.downlink.due():
+                        sent = await self._pull_round() or sent
+                    if not sent:
                         break
                     self._succeeded()
+                if self._conn is None and not self._paused and not self._stopping:
+                    await self._connect()  # the session a refused pull ended: stay connected
                 if not self._owes():  # e.g. WELCOME's marks covered everything
                     self._succeeded()
                 return
@@ -378,8 +401,9 @@ class Uplink:
 
     # ------------------------------------------------------------------ exchanges
 
-    async def _exchange(self, body):
-        """POST body; the gateway's events. Raises UplinkFailure or _SessionLost."""
+    async def _exchange(self, body, errors_ok=False):
+        """POST body; the gateway's events. Raises UplinkFailure or _SessionLost; with
+        errors_ok an ERROR from the gateway ends the list instead (the session is over)."""
         delay = self._bucket.delay_ms(len(body))
         if delay:
             await asyncio.sleep(delay / 1000.0)
@@ -414,6 +438,9 @@ class Uplink:
                 name = sync.ERROR_NAMES[ev.code] if ev.code < len(sync.ERROR_NAMES) else "?"
                 if sent_sid and self._sid != sent_sid and ev.code in (sync.ERR_UNEXPECTED, sync.ERR_MALFORMED):
                     raise _SessionLost()
+                if errors_ok:
+                    events.append(ev)
+                    break
                 raise UplinkFailure("gateway sent ERROR %s: %s" % (name, _one_line(ev.message)))
             events.append(ev)
         return events
@@ -422,7 +449,8 @@ class Uplink:
         self.state = "connecting"
         self._sid = None
         self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes)
-        evs = await self._exchange(self._conn.send(sync.Hello()))
+        caps = {"pull": True} if self.downlink is not None else None
+        evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
         if not evs or type(evs[0]) is not sync.Challenge:
             raise UplinkFailure("expected CHALLENGE, got %s" % _names(evs))
         evs = await self._exchange(self._conn.send(sync.Auth()))
@@ -517,6 +545,22 @@ class Uplink:
             raise UplinkFailure("the gateway did not acknowledge topic(s) %s" % ", ".join(missing))
         return True
 
+    async def _pull_round(self):
+        """One request with a PULL per due cloud-to-edge topic; False if none was due."""
+        from .downlink import DownlinkFailure
+
+        body, sent = self.downlink.request(self._conn)
+        if not sent:
+            return False
+        events = await self._exchange(body, errors_ok=True)
+        try:
+            ended = self.downlink.handle(sent, events)
+        except DownlinkFailure as e:
+            raise UplinkFailure(str(e)) from None
+        if ended:  # the gateway refused a topic with an ERROR, which ends the session
+            self._drop_session()
+        return True
+
     def _batch(self, t, max_bytes):
         """(message bytes, records) of t's next batch, halved until the gateway's limits
         take it; (b"", 0) if nothing is to send."""
@@ -562,7 +606,8 @@ def _names(events):
 def from_config(cfg, topics, http=None, **kwargs):
     """An Uplink for an ``EdgeConfig``: its sync settings and its HTTP ``cloud_endpoint``,
     posted to as given (point it at the gateway's ``/v1/sync``). ``topics`` maps each
-    sending topic to its (RingLog, Outbox)."""
+    sending topic to its (RingLog, Outbox); a ``downlink=`` keyword pulls the receiving
+    topics in the same loop."""
     from edgeline.errors import ConfigError
 
     gw = cfg.gateway

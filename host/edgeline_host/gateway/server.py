@@ -15,11 +15,23 @@ This module is a thin adapter: bytes in, ``receive_data``; events out, handled h
 ``send`` -> bytes back. Batches and gaps of all concurrent requests go through the
 group ``Committer``; an ACK is written only after its commit returned.
 
+Cloud-to-edge topics (the topics file, ``topics.py``): ``POST /v1/topics/{topic}/publish``
+takes JSON records as the agent's ingest does, gives them origin ``cloud`` and the next
+seqs of the topic, commits them through the same group ``Committer``, and answers with
+their seqs once they are durable. A PULL is answered from the store: a DATA with the
+published records after ``after_seq`` (at most ``max_records``, the gateway's
+``max_batch_records``, and what fits the edge's ``max_message_bytes``), or ERROR
+``unknown_topic`` for a topic the node may not pull. The PULL's ``after_seq`` is the
+node's acknowledgement; it is kept per node and topic for ``/v1/status``.
+
 Query API (JSON): ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
 ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``, ``GET /healthz``.
 Values are decoded from CBOR where they are CBOR, else given as base64.
 """
+import asyncio
 import base64
+import hmac
+import logging
 import os
 import secrets
 import time
@@ -27,15 +39,22 @@ import time
 from aiohttp import web
 
 from edgeline import codec, sync
+from edgeline.clock import HybridClock
 from edgeline.errors import CodecError, LocalProtocolError, RemoteProtocolError
 
 from edgeline_host import fastcbor
+from edgeline_host.agent.agent import IngestError, parse_records
 
 from .committer import Committer
-from .store import GatewayStore
+from .store import Delivered, GatewayStore, Publish
+from .topics import check_keys
+
+log = logging.getLogger("edgeline.gateway")
 
 SESSION_HEADER = "X-Edgeline-Session"
 CBOR_TYPE = "application/cbor"
+MAX_PUBLISH_BODY_BYTES = 1 << 20  # a publish request's body; larger is 413
+_ENTRY_OVERHEAD = 28  # the most a DATA entry adds to its key and value: array, ts delta, two heads
 
 
 def now_ms():
@@ -51,25 +70,41 @@ class _Session:
 
 
 class Gateway:
-    """One gateway process: store, committer, sessions, HTTP routes."""
+    """One gateway process: store, committer, sessions, HTTP routes.
 
-    def __init__(self, db_path, keys, max_message_bytes=1 << 20, max_batch_records=10000, session_idle_s=300):
+    ``topics`` ({name: topics.DownTopic}, from ``topics.load_topics``) are the
+    cloud-to-edge topics it publishes and serves to PULLs. ``publish_token``: the
+    bearer token the publish API requires; None lets only loopback clients publish.
+    """
+
+    def __init__(self, db_path, keys, max_message_bytes=1 << 20, max_batch_records=10000, session_idle_s=300,
+                 topics=None, publish_token=None):
+        check_keys(keys)
         fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.store = GatewayStore(db_path)
         self.keys = keys  # node_id -> 32-byte key
+        self.topics = dict(topics or {})
+        self.publish_token = publish_token
         self.max_message_bytes = max_message_bytes
         self.max_batch_records = max_batch_records
         self.session_idle_s = session_idle_s
         self.committer = Committer(self.store, now_ms)
+        self.clock = HybridClock(last_ts=self.store.last_published_ts())
         self.sessions = {}
         self.rejected = 0  # exchanges that ended in a protocol error from the edge
         self.store_failures = 0  # groups the store could not commit (edges retry)
+        self.published = 0  # records published since start
+        self.pulls = 0  # PULLs answered with DATA
+        self.refused_pulls = 0  # PULLs answered with ERROR (topic not served to the node, record too large)
+        self._last_pull_ms = {}  # (node, topic) -> wall ms of its last PULL
+        self._warned = set()
 
     # ------------------------------------------------------------------ app
 
     def app(self):
         app = web.Application(client_max_size=self.max_message_bytes * 4)
         app.router.add_post("/v1/sync", self.handle_sync)
+        app.router.add_post("/v1/topics/{topic}/publish", self.handle_publish)
         app.router.add_get("/v1/records", self.handle_records)
         app.router.add_get("/v1/status", self.handle_status)
         app.router.add_get("/v1/gaps", self.handle_gaps)
@@ -111,19 +146,23 @@ class Gateway:
         Returns (bytes to send back, finished): finished is True when the connection
         ended in an error (ours or the peer's) or the peer closed; the transport sends
         the bytes and closes. Batches and gaps are committed (durably, in a group with
-        other exchanges) before their ACKs are written. Any transport uses this: HTTP
-        bodies, TCP streams, MQTT payloads.
+        other exchanges) before their ACKs are written; a PULL is answered with its DATA
+        at once. An ERROR this side owes the edge for a PULL goes out after the ACKs of
+        the batches before it. Any transport uses this: HTTP bodies, TCP streams, MQTT
+        payloads.
         """
         out = bytearray()
         items = []
         acks = []  # topics to acknowledge, in order of first appearance
         conn.receive_data(data)
         finished = False
+        owed = b""  # the ERROR that ends the exchange, after the ACKs it can still carry
+        refusal = None
         while True:
             try:
                 ev = conn.next_event()
             except RemoteProtocolError:
-                out += conn.pending_error_bytes()
+                owed = conn.pending_error_bytes()
                 finished = True
                 self.rejected += 1
                 break
@@ -142,23 +181,88 @@ class Gateway:
                 if ev.topic not in acks:
                     acks.append(ev.topic)
             elif cls is sync.Pull:
-                # Cloud-to-edge topics come with the PULL/DATA work of issue 3; until then
-                # the gateway has nothing to send: an empty DATA.
-                out += conn.send(sync.Data(ev.topic, ev.after_seq + 1, 0, []))
+                answer, refusal = await self._pull(conn, ev)
+                if refusal is not None:
+                    self.refused_pulls += 1
+                    finished = True
+                    break
+                out += answer
+                self.pulls += 1
+                key = (conn.node_id, ev.topic)
+                self._last_pull_ms[key] = now_ms()
+                before = self.store.delivered(*key)
+                if before is None or before[0] != ev.after_seq:
+                    items.append((conn.node_id, Delivered(ev.topic, ev.after_seq)))
         if items:
             try:
                 marks = await self.committer.submit(items)
             except Exception as e:  # noqa: BLE001 - the edge must hear it, then retry
-                out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
+                if conn.state != "ERROR":
+                    out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
+                refusal = None
                 finished = True
                 self.store_failures += 1
             else:
                 last = {}
                 for (_, ev), m in zip(items, marks):
-                    last[ev.topic] = m
-                for topic in acks:
-                    out += conn.send(sync.Ack(topic, last[topic]))
+                    if type(ev) is not Delivered:
+                        last[ev.topic] = m
+                if conn.state != "ERROR":  # a broken connection sends nothing more
+                    for topic in acks:
+                        out += conn.send(sync.Ack(topic, last[topic]))
+        if refusal is not None and conn.state != "ERROR":
+            out += conn.send(refusal)
+        out += owed
         return bytes(out), finished
+
+    async def _pull(self, conn, ev):
+        """(DATA bytes, None) answering a PULL, or (b"", Error event) refusing it."""
+        node, name = conn.node_id, ev.topic
+        topic = self.topics.get(name)
+        if topic is None or not topic.may_pull(node):
+            why = "not a cloud-to-edge topic of this gateway" if topic is None or not topic.publishes else \
+                "not served to node %r (its nodes list)" % node
+            self._warn_once(("refused", node, name), "gateway: node %s pulled topic %r: %s" % (node, name, why))
+            return b"", sync.Error(sync.ERR_UNKNOWN_TOPIC, "topic %r is %s" % (name, why))
+        after = ev.after_seq
+        if after >= (1 << 64) - 1:
+            return b"", sync.Error(sync.ERR_MALFORMED, "PULL after_seq %d leaves no seq to send" % after)
+        published = self.store.published(name)
+        if after > published:
+            self._warn_once(("ahead", node, name, after),
+                            "gateway: node %s holds topic %r up to seq %d, but only %d were published here (was "
+                            "the store restored from an old backup?); it receives nothing until seqs pass %d"
+                            % (node, name, after, published, after))
+        n = min(ev.max_records, self.max_batch_records)
+        rows = []
+        if after < published and n > 0:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull, name, after, n)
+        if not rows:
+            return conn.send(sync.Data(name, after + 1, 0, [])), None
+        limit = conn.peer_max_message_bytes or self.max_message_bytes
+        budget = limit - 32 - 3 * len(name)  # the message's own fields, generously
+        size = 0
+        for k, r in enumerate(rows):
+            size += len(r.value) + (len(r.key) if r.key is not None else 0) + _ENTRY_OVERHEAD
+            if size > budget and k:
+                rows = rows[:k]
+                break
+        while True:
+            try:
+                return conn.send(sync.batch_from_records(name, rows, sync.Data)), None
+            except LocalProtocolError as e:
+                if len(rows) == 1:
+                    r = rows[0]
+                    self._warn_once(("large", node, name, r.seq), "gateway: node %s cannot take topic %r: %s"
+                                    % (node, name, e))
+                    return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
+                                           "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
+                rows = rows[:len(rows) // 2]
+
+    def _warn_once(self, key, line):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", line)
 
     async def handle_sync(self, request):
         body = await request.read()
@@ -167,6 +271,92 @@ class Gateway:
         if finished:
             self.sessions.pop(sid, None)
         return web.Response(body=out, content_type=CBOR_TYPE, headers={SESSION_HEADER: sid})
+
+    # ------------------------------------------------------------------ publish
+
+    async def handle_publish(self, request):
+        try:
+            return web.json_response(await self._publish(request))
+        except IngestError as e:
+            return web.json_response({"error": str(e)}, status=e.status, headers=e.headers)
+
+    def _authorized(self, request):
+        if self.publish_token is None:
+            remote = request.remote or ""
+            if remote == "::1" or remote.startswith("127.") or remote.startswith("::ffff:127."):
+                return
+            raise IngestError(403, "publishing is open to loopback clients only (start the gateway with "
+                                   "--publish-token-file to publish from elsewhere)")
+        got = request.headers.get("Authorization", "")
+        want = "Bearer " + self.publish_token
+        if not hmac.compare_digest(got.encode("utf-8", "replace"), want.encode("utf-8")):
+            raise IngestError(401, "publishing needs the header 'Authorization: Bearer <token>' with the "
+                                   "gateway's publish token", {"WWW-Authenticate": "Bearer"})
+
+    async def _publish(self, request):
+        """Parse, check, stamp and commit one publish request; its JSON answer."""
+        self._authorized(request)
+        name = request.match_info["topic"]
+        topic = self.topics.get(name)
+        if topic is None:
+            raise IngestError(404, "unknown topic %r: the gateway publishes only the topics of its topics file "
+                                   "(--topics)" % name)
+        if not topic.publishes:
+            raise IngestError(409, "topic %r is edge_to_cloud: the gateway does not publish to it" % name)
+        if request.content_length is not None and request.content_length > MAX_PUBLISH_BODY_BYTES:
+            raise IngestError(413, "the body is over %d bytes" % MAX_PUBLISH_BODY_BYTES)
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > MAX_PUBLISH_BODY_BYTES:
+                raise IngestError(413, "the body is over %d bytes" % MAX_PUBLISH_BODY_BYTES)
+        keys, values = parse_records(bytes(body))
+        if len(values) > self.max_batch_records:
+            raise IngestError(413, "%d records in one request; at most %d" % (len(values), self.max_batch_records))
+        for i, (k, v) in enumerate(zip(keys, values)):
+            size = len(v) + (len(k) if k is not None else 0)
+            if size > topic.max_record_bytes:
+                raise IngestError(413, "record %d is %d bytes (key and CBOR value), over max_record_bytes %d of "
+                                       "topic %r" % (i, size, topic.max_record_bytes, name))
+        try:
+            first, last = await self.publish(name, values, keys)
+        except Exception as e:  # noqa: BLE001 - nothing of the request was stored
+            self.store_failures += 1
+            raise IngestError(503, "could not store: %s" % (str(e).splitlines() or ["?"])[0],
+                              {"Retry-After": "1"}) from None
+        return {"topic": name, "origin": sync.CLOUD_ORIGIN, "first_seq": first, "last_seq": last, "durable": True}
+
+    async def publish(self, topic, values, keys=None):
+        """Store values (CBOR bytes; keys bytes or None) as the next records of a
+        cloud-to-edge topic, origin ``cloud``, stamped by the gateway's hybrid clock;
+        return (first_seq, last_seq) once they are durable. The publish API's checks
+        (topic, sizes) are the caller's."""
+        if keys is None:
+            keys = [None] * len(values)
+        now = now_ms()
+        entries = [(self.clock.now(now), k, v) for k, v in zip(keys, values)]
+        marks = await self.committer.submit([(sync.CLOUD_ORIGIN, Publish(topic, entries))])
+        self.published += len(entries)
+        return marks[0] - len(entries) + 1, marks[0]
+
+    def downlinks(self, node=None):
+        """Per cloud-to-edge topic and node that may pull it: what was published, what
+        the node acknowledged (its last PULL's after_seq), when it last pulled."""
+        out = []
+        for name in sorted(self.topics):
+            topic = self.topics[name]
+            if not topic.publishes:
+                continue
+            published = self.store.published(name)
+            for n in sorted(topic.nodes if topic.nodes is not None else self.keys):
+                if node is not None and n != node:
+                    continue
+                d = self.store.delivered(n, name)
+                delivered = d[0] if d else 0
+                pulled = self._last_pull_ms.get((n, name), d[1] if d else None)
+                out.append({"topic": name, "node": n, "published": published, "delivered": delivered,
+                            "pending": max(0, published - delivered), "pulled_ms": pulled})
+        return out
 
     # ------------------------------------------------------------------ queries
 
@@ -204,7 +394,8 @@ class Gateway:
         return web.json_response({"records": rows})
 
     async def handle_status(self, request):
-        return web.json_response({"streams": self.store.status(request.query.get("origin"))})
+        origin = request.query.get("origin")
+        return web.json_response({"streams": self.store.status(origin), "downlinks": self.downlinks(origin)})
 
     async def handle_gaps(self, request):
         return web.json_response({"gaps": self.store.gaps(request.query.get("origin"), request.query.get("topic"))})
@@ -212,7 +403,8 @@ class Gateway:
     async def handle_health(self, _request):
         return web.json_response({"ok": True, "sessions": len(self.sessions), "commits": self.committer.commits,
                                   "items": self.committer.items, "rejected": self.rejected,
-                                  "store_failures": self.store_failures})
+                                  "store_failures": self.store_failures, "published": self.published,
+                                  "pulls": self.pulls, "refused_pulls": self.refused_pulls})
 
 
 def _jsonable(v):
@@ -246,6 +438,7 @@ def load_keys(path):
         raise ConfigError("%s: not valid YAML: %s" % (path, str(e).splitlines()[0])) from None
     if not isinstance(data, dict) or not data:
         raise ConfigError("%s: must be a mapping of node_id: key" % path)
+    check_keys(data, path)
     keys = {}
     for node, text in data.items():
         if not isinstance(node, str) or not sync.is_node_id(node):
@@ -257,11 +450,31 @@ def load_keys(path):
     return keys
 
 
-def serve(db_path, keys, host, port, print_fn=print, tcp=None, mqtt=None):
+def load_token(path):
+    """The publish token from a file (its first line, stripped); ConfigError if unusable."""
+    from edgeline.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("%s: cannot read the publish token: %s" % (path, getattr(e, "strerror", None) or e)) from None
+    if len(token) < 16 or any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError("%s: the publish token must be at least 16 printable characters without spaces "
+                          "(edgeline keygen makes one)" % path)
+    return token
+
+
+def serve(db_path, keys, host, port, print_fn=print, tcp=None, mqtt=None, topics=None, publish_token=None):
     """Run the gateway until interrupted; tcp=(host, port) also serves sync over TCP,
-    mqtt=(host, port) or (host, port, prefix) through that MQTT broker."""
-    gw = Gateway(db_path, keys)
+    mqtt=(host, port) or (host, port, prefix) through that MQTT broker; topics are the
+    cloud-to-edge topics it publishes (topics.load_topics)."""
+    gw = Gateway(db_path, keys, topics=topics, publish_token=publish_token)
     print_fn("edgeline gateway: %d node(s), store %s, listening on http://%s:%d/v1/sync" % (len(keys), db_path, host, port))
+    down = sorted(n for n, t in gw.topics.items() if t.publishes)
+    if down:
+        print_fn("edgeline gateway: publishing %s on http://%s:%d/v1/topics/<topic>/publish (%s)" % (
+            ", ".join(down), host, port, "token required" if publish_token else "loopback clients only"))
     app = gw.app()
     if tcp is not None:
         from .tcp import attach_tcp

@@ -27,6 +27,14 @@ time); a query by seq range finds the chunk holding its first seq and decodes fo
 The schema, with its versions and the in-place migration from version 1, is
 docs/spec/gateway-store.md. Marks are cached in memory; the database is the truth at
 start-up.
+
+Cloud-to-edge topics live in the same tables: records published at the gateway are the
+stream ``(cloud, topic)`` (``edgeline.sync.CLOUD_ORIGIN``), and a ``Publish`` item in a
+commit gives them the next seqs of that stream, so they are stored, numbered and made
+durable exactly like an edge's batch (one chunk per publish). ``pull`` reads them back
+for DATA. A ``Delivered`` item records how far a node has acknowledged a topic (its
+PULL's ``after_seq``), for ``/v1/status``; it is bookkeeping, not part of any guarantee
+(the edge's log is the truth of what it holds, and its next PULL says so again).
 """
 import os
 import sqlite3
@@ -35,7 +43,8 @@ import threading
 import cbor2
 
 from edgeline.errors import EdgelineError
-from edgeline.sync import Batch, apply_gap, batch_window
+from edgeline.log import Record
+from edgeline.sync import CLOUD_ORIGIN, Batch, Gap, apply_gap, batch_window
 
 SCHEMA_VERSION = 2
 _MIGRATE_CHUNK_RECORDS = 1000
@@ -68,7 +77,37 @@ CREATE TABLE IF NOT EXISTS gaps (
     reported_ms INTEGER NOT NULL,
     PRIMARY KEY (stream, first)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deliveries (
+    node TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    pulled_ms INTEGER NOT NULL,
+    PRIMARY KEY (node, topic)
+) WITHOUT ROWID;
 """
+
+
+class Publish:
+    """Records published at the gateway to a cloud-to-edge topic, for ``commit``:
+    ``entries`` is a list of ``(ts, key, value)``; the store gives them the next seqs of
+    the stream ``(cloud, topic)``. Committed as ``(CLOUD_ORIGIN, Publish(...))``."""
+
+    __slots__ = ("topic", "entries")
+
+    def __init__(self, topic, entries):
+        self.topic = topic
+        self.entries = entries
+
+
+class Delivered:
+    """A node's PULL acknowledged everything up to ``seq`` of ``topic``, for ``commit``
+    as ``(node_id, Delivered(topic, seq))``."""
+
+    __slots__ = ("topic", "seq")
+
+    def __init__(self, topic, seq):
+        self.topic = topic
+        self.seq = seq
 
 
 class GatewayStore:
@@ -87,6 +126,9 @@ class GatewayStore:
         self._streams = {}  # (origin, topic) -> [id, mark]
         for sid, origin, topic, mark in self._db.execute("SELECT id, origin, topic, mark FROM streams"):
             self._streams[(origin, topic)] = [sid, mark]
+        self._delivered = {}  # (node, topic) -> (seq, pulled_ms)
+        for node, topic, seq, ms in self._db.execute("SELECT node, topic, seq, pulled_ms FROM deliveries"):
+            self._delivered[(node, topic)] = (seq, ms)
 
     def close(self):
         with self._lock:
@@ -102,6 +144,7 @@ class GatewayStore:
             raise StoreVersionError("gateway store %s has schema version %d; this gateway knows up to %d"
                                     % (self.path, version, SCHEMA_VERSION))
         if version == SCHEMA_VERSION:
+            db.executescript(_SCHEMA)  # every table IF NOT EXISTS: nothing changes when all are there
             return
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -149,47 +192,69 @@ class GatewayStore:
         """{topic: mark} for every stream of this origin."""
         return {t: s[1] for (o, t), s in self._streams.items() if o == origin}
 
-    def _stream(self, origin, topic):
+    def _stream(self, origin, topic, created=None):
         s = self._streams.get((origin, topic))
         if s is None:
             cur = self._db.execute("INSERT INTO streams (origin, topic) VALUES (?, ?)", (origin, topic))
             s = self._streams[(origin, topic)] = [cur.lastrowid, 0]
+            if created is not None:
+                created.append((origin, topic))
         return s
 
     # ------------------------------------------------------------------ writes
 
     def commit(self, items, now_ms):
-        """Apply ``(origin, event)`` pairs — sync ``Batch`` or ``Gap`` events — in order,
+        """Apply ``(origin, event)`` pairs — sync ``Batch`` or ``Gap`` events from edges,
+        ``Publish`` from the gateway itself (origin ``cloud``), ``Delivered`` — in order,
         in one durable transaction.
 
         Returns one mark per item: the stream's mark after it was applied, which the
-        caller sends back as ACK. Raises sqlite3.Error if the database cannot store
+        caller sends back as ACK (for a Publish: the seq of its last record; for a
+        Delivered: its seq). Raises sqlite3.Error if the database cannot store
         (nothing of the group is then stored, and marks are unchanged).
         """
         with self._lock:
             saved = {}
             out = []
+            created = []  # streams this transaction inserted: forgotten if it rolls back
+            delivered = {}
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
                 for origin, ev in items:
-                    s = self._stream(origin, ev.topic)
+                    if isinstance(ev, Delivered):
+                        delivered[(origin, ev.topic)] = (ev.seq, now_ms)
+                        out.append(ev.seq)
+                        continue
+                    if (origin == CLOUD_ORIGIN) != isinstance(ev, Publish):
+                        raise ValueError("%s from origin %r: only the gateway publishes, as %r, and it sends no "
+                                         "batches" % (type(ev).__name__, origin, CLOUD_ORIGIN))
+                    s = self._stream(origin, ev.topic, created)
                     if s[0] not in saved:
                         saved[s[0]] = (s, s[1])
                     if isinstance(ev, Batch):
                         self._apply_batch(s, ev, now_ms)
-                    else:
+                    elif isinstance(ev, Gap):
                         self._apply_gap(s, ev, now_ms)
+                    else:
+                        self._apply_publish(s, ev, now_ms)
                     out.append(s[1])
                 for s, old in saved.values():
                     if s[1] != old:
                         db.execute("UPDATE streams SET mark = ?, updated_ms = ? WHERE id = ?", (s[1], now_ms, s[0]))
+                if delivered:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO deliveries (node, topic, seq, pulled_ms) VALUES (?, ?, ?, ?)",
+                        [(n, t, v[0], v[1]) for (n, t), v in delivered.items()])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 for s, old in saved.values():
                     s[1] = old
+                for k in created:
+                    del self._streams[k]
                 raise
+            self._delivered.update(delivered)
             return out
 
     def _apply_batch(self, s, ev, now_ms):
@@ -207,6 +272,21 @@ class GatewayStore:
         self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (mark - s[1], sid))
         s[1] = mark
 
+    def _apply_publish(self, s, ev, now_ms):
+        # One chunk per publish: entries as in a BATCH, relative to the first record's ts.
+        if not ev.entries:
+            return
+        first = s[1] + 1
+        base = ev.entries[0][0]
+        n = len(ev.entries)
+        self._db.execute(
+            "INSERT INTO chunks (stream, first, last, base_ts, entries, stored_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            (s[0], first, first + n - 1, base,
+             _encode_entries([[ts - base, key, value] for ts, key, value in ev.entries]), now_ms),
+        )
+        self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (n, s[0]))
+        s[1] += n
+
     def _apply_gap(self, s, ev, now_ms):
         lost, mark = apply_gap(s[1], ev)
         if lost is None:
@@ -218,6 +298,37 @@ class GatewayStore:
         )
         self._db.execute("UPDATE streams SET lost = lost + ? WHERE id = ?", (lost[1] - lost[0] + 1, sid))
         s[1] = mark
+
+    # ------------------------------------------------------------------ cloud-to-edge
+
+    def published(self, topic):
+        """The last seq published to topic (0 if none)."""
+        return self.mark(CLOUD_ORIGIN, topic)
+
+    def pull(self, topic, after_seq, max_records):
+        """Up to max_records published Records of topic after after_seq, in seq order."""
+        s = self._streams.get((CLOUD_ORIGIN, topic))
+        if s is None or after_seq >= s[1] or max_records < 1:
+            return []
+        return [Record(r["seq"], r["ts"], r["key"], r["value"])
+                for r in self.records(topic, CLOUD_ORIGIN, from_seq=after_seq + 1, limit=max_records)]
+
+    def last_published_ts(self):
+        """The newest timestamp of any published record (0 if none): seeds the
+        gateway's clock so published timestamps keep increasing across restarts."""
+        last = 0
+        with self._lock:
+            for (origin, _topic), (sid, mark) in self._streams.items():
+                if origin == CLOUD_ORIGIN and mark:
+                    row = self._db.execute("SELECT base_ts, entries FROM chunks WHERE stream = ? ORDER BY first DESC "
+                                           "LIMIT 1", (sid,)).fetchone()
+                    if row:
+                        last = max([last] + [row[0] + e[0] for e in cbor2.loads(row[1])])
+        return last
+
+    def delivered(self, node, topic):
+        """(seq, pulled_ms) of the node's last PULL of topic, or None if it never pulled."""
+        return self._delivered.get((node, topic))
 
     # ------------------------------------------------------------------ queries
 
