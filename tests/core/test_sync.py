@@ -472,6 +472,26 @@ def test_eof_inside_a_message():
     remote_error(g, b"", "malformed")
 
 
+def test_buffered_bytes_tells_a_unit_that_ends_inside_a_message():
+    # What an HTTP body or an MQTT payload, each holding whole messages, is checked by.
+    e, g = ready()
+    pull = e.send(Pull("t", 0, 1))
+    assert g.buffered_bytes == 0
+    for cut in range(1, len(pull)):
+        e, g = ready()
+        g.receive_data(pull + pull[:cut])
+        assert g.next_event() == Pull("t", 0, 1)
+        assert g.next_event() is NEED_DATA and g.buffered_bytes == cut
+        g.receive_data(pull[cut:])
+        assert g.next_event() == Pull("t", 0, 1)
+        assert g.next_event() is NEED_DATA and g.buffered_bytes == 0
+    # after an error nothing is buffered: everything the peer sends is ignored
+    e, g = ready()
+    g.receive_data(b"\xff" + pull)
+    raises(RemoteProtocolError, g.next_event)
+    assert g.buffered_bytes == 0
+
+
 def test_error_state_is_sticky():
     e, g = ready()
     owed = remote_error(g, b"\xc1\x00", "malformed")  # a tag around an int: not an array
