@@ -29,8 +29,9 @@ request, under one seeded RNG, may:
 
 ``cut()`` starts an outage: requests in flight lose their client connection (what the
 target does with them goes on), new ones are reset at once, until ``restore()``;
-``outage(seconds)`` does both. A target that cannot be reached (down, killed, resetting)
-is a 502, as from a real reverse proxy. Every fault is counted (``stats()``).
+``outage(seconds)`` does both. ``replay_held()`` sends every copy still held. A target
+that cannot be reached (down, killed, resetting) is a 502, as from a real reverse
+proxy. Every fault is counted (``stats()``).
 
 Decisions are drawn when a request arrives, the same number of draws for every request,
 so a client that sends one request at a time (the agent's uplink) meets the same faults
@@ -168,6 +169,17 @@ class HttpFaultProxy:
             await asyncio.sleep(seconds)
         finally:
             self.restore()
+
+    async def replay_held(self):
+        """Send every held copy to the target now, oldest first, and forget them (the
+        stale replays still due when a run ends); returns how many were sent."""
+        n = 0
+        while self.held:
+            older = self.held.popleft()
+            self._count(older.number, "replayed")
+            await self._replay(older)
+            n += 1
+        return n
 
     def stats(self):
         out = {k: self.counts[k] for k in ("requests", "answered", "upstream_requests", "upstream_errors",

@@ -149,6 +149,10 @@ def test_hold_and_replay_send_older_requests_again_after_newer_ones():
                 first_seen[b] = pos
         assert stale == st["replayed"]
         assert all(sid == "s" for _, _, _, sid in target.seen)  # replayed with their headers
+        # what is still held goes out at once, oldest first
+        holding = [h.body for h in proxy.held]
+        assert holding and await proxy.replay_held() == len(holding)
+        assert target.bodies()[-len(holding):] == holding and not proxy.held
 
     run(fn, hold=0.6, replay=0.4, seed=4)
 
