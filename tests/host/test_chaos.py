@@ -164,6 +164,22 @@ class Producer:
             await asyncio.sleep(self.rng.uniform(0.005, 0.03))
 
 
+async def evicting_outage(http, proxy, agent_url):
+    """Cut the link until the agent's telemetry log has evicted records it still owed
+    (however fast this machine produces them); returns how long that took."""
+    t0 = time.monotonic()
+    proxy.cut()
+    try:
+        while True:
+            async with http.get(agent_url + "/v1/queue") as r:
+                if (await r.json())["topics"]["telemetry"]["gap"]:  # evicted before it was sent
+                    return time.monotonic() - t0
+            assert time.monotonic() - t0 < 30, "the telemetry topic never filled"
+            await asyncio.sleep(0.1)
+    finally:
+        proxy.restore()
+
+
 async def gateway_records(http, base, topic):
     out = []
     while True:
@@ -228,8 +244,8 @@ async def _chaos(tmp_path):
             tasks = [asyncio.ensure_future(p.run(http, stop)) for p in producers]
 
             # The chaos: each kind of event three times, in a seeded order, at seeded
-            # moments while the producers post. The first outage is long enough for the
-            # small telemetry topic to evict records the gateway never got.
+            # moments while the producers post. The first outage lasts until the small
+            # telemetry topic has evicted records the gateway never got.
             events = ["agent", "gateway", "outage"] * 3
             rng.shuffle(events)
             for what in events:
@@ -245,10 +261,11 @@ async def _chaos(tmp_path):
                     gateway.kill()
                     await asyncio.sleep(rng.uniform(0.05, 0.8))
                     await gateway.start(http)
+                elif outages:
+                    outages.append(rng.uniform(0.3, 1.2))
+                    await proxy.outage(outages[-1])
                 else:
-                    seconds = 3.0 if not outages else rng.uniform(0.3, 1.2)
-                    outages.append(seconds)
-                    await proxy.outage(seconds)
+                    outages.append(await evicting_outage(http, proxy, agent_url))
             await asyncio.sleep(0.5)
             stop.set()
             await asyncio.gather(*tasks)
