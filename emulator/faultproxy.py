@@ -11,9 +11,12 @@ It forwards every connection to the target, both ways, and counts the bytes
 * ``drop_connection_prob`` -- each forwarded chunk resets its connection with this
   probability (a flaky link), before the chunk is passed on.
 
-Duplication and reordering are not faults a TCP stream can show (TCP hides them), so
-there are none. Used in-process (``await FaultProxy(...).start()`` in the caller's event
-loop, as ``edgeline fleet-demo`` does) or as a process: SIGUSR1 cuts, SIGUSR2 restores,
+A TCP stream hides duplication and reordering of its bytes, so this proxy has none. Whole
+requests are duplicated, lost after the server answered and replayed late all the same
+(retries, middleboxes): emulator/httpproxy.py does that to HTTP requests.
+
+Used in-process (``await FaultProxy(...).start()`` in the caller's event loop, as
+``edgeline fleet-demo`` does) or as a process: SIGUSR1 cuts, SIGUSR2 restores,
 SIGINT/SIGTERM stop it; it prints one JSON line when listening and one with its
 counters when it stops.
 

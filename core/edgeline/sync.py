@@ -8,6 +8,8 @@ from the caller into bytes. Each side runs one connection object: ``EdgeConnecti
 other half of the state tables below.
 
 * ``receive_data(data)`` buffers bytes from the peer; ``b""`` means the peer closed.
+  A transport that carries whole messages per unit checks ``buffered_bytes`` is 0 once
+  a unit has been read (else the unit ended inside a message).
 * ``next_event()`` returns the next event (a ``Hello``, ``Batch``, ...), ``NEED_DATA``
   when the buffered bytes hold no complete message, or ``ConnectionClosed`` once the
   peer closed and every message before has been returned. Call it until ``NEED_DATA``
@@ -386,6 +388,14 @@ class _Connection:
         if self.state != "ERROR":
             self._start = self._scan_pos = end
         return event
+
+    @property
+    def buffered_bytes(self):
+        """Bytes received and not yet returned as an event. After ``next_event()`` gave
+        NEED_DATA, non-zero means a message has begun and not ended: a transport whose
+        every unit holds whole messages (an HTTP body, an MQTT payload) treats that as
+        malformed at the unit's end."""
+        return len(self._buf) - self._start
 
     def pending_error_bytes(self) -> bytes:
         """The ERROR message owed to the peer after a RemoteProtocolError, once; else b""."""

@@ -134,6 +134,49 @@ def test_publish_answers_once_durable_and_only_to_whom_may(tmp_path):
             with pytest.raises(IngestError) as e:
                 gw._authorized(Req("127.0.0.1", auth))
             assert e.value.status == 401
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+async def post(http, url, body, sid=None):
+    headers = {"Content-Type": CBOR_TYPE}
+    if sid:
+        headers[SESSION_HEADER] = sid
+    async with http.post(url, data=body, headers=headers) as r:
+        return r.status, r.headers.get(SESSION_HEADER), await r.read()
+
+
+def error_of(data):
+    msg, end = codec.decode_prefix(data)
+    assert msg[0] == sync.Error.TYPE and end == len(data), msg
+    return msg[1], msg[2]
+
+
+def test_a_body_ending_inside_a_message_is_malformed_never_joined_to_the_next(tmp_path):
+    # Before the fix the partial BATCH stayed in the session and the next request's bytes
+    # completed it: a record was stored with a value made of two requests.
+    async def fn(gw, http, url, server):
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        await c.connect()
+        batch = c.conn.send(sync.Batch("t", 1, 5, [[0, None, b"A" * 20]]))
+        for cut in (1, 5, len(batch) - 1):
+            status, _, data = await post(http, url, batch[:cut], c.sid)
+            assert status == 200
+            assert error_of(data) == (sync.ERR_MALFORMED,
+                                      "malformed: the body ends inside a message (%d bytes of it)" % cut)
+            # the session is over: the rest of the message meets a new one, never the old bytes
+            status, sid, data = await post(http, url, batch[cut:] + batch, c.sid)
+            assert sid != c.sid and error_of(data)[0] in (sync.ERR_MALFORMED, sync.ERR_UNEXPECTED)
+            assert gw.store.status() == []
+            c = HttpEdgeClient(http, url, "edge-1", KEY)
+            await c.connect()
+        # complete messages before the cut are not stored either: the body was refused whole
+        status, _, data = await post(http, url, batch + batch[:3], c.sid)
+        assert error_of(data)[0] == sync.ERR_MALFORMED and gw.store.status() == []
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await c.connect() == {}
+        assert await c.exchange(sync.Batch("t", 1, 5, [[0, None, b"A" * 20]])) == [sync.Ack("t", 1)]
+        assert [r["value"] for r in gw.store.records("t")] == [b"A" * 20]
+        assert gw.rejected == 7  # three cuts, the three requests after them, the last body
 
     asyncio.run(with_gateway(tmp_path, fn))
 
@@ -158,5 +201,99 @@ def test_publish_when_the_store_cannot_commit_stores_nothing(tmp_path):
         assert gw.store.published("cmd") == 0
         async with http.post(server.make_url("/v1/topics/cmd/publish"), data=b"3") as r:
             assert (await r.json())["first_seq"] == 1  # the failed request used no seq
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_an_exchange_that_ends_in_an_error_stores_nothing_of_it(tmp_path):
+    # BATCH then garbage (or then the edge's own ERROR) in one body: before the fix the
+    # batch was committed, then its ACK could not be sent on the stopped connection and
+    # the gateway answered 500 with a traceback in its log.
+    async def fn(gw, http, url, server):
+        for tail, code in ((b"\xff", sync.ERR_MALFORMED), (codec.dumps([7, "t", 1, 0, "x"]), sync.ERR_MALFORMED),
+                           (codec.dumps([1, 1, "edge-1", b"n" * 16, {}]), sync.ERR_UNEXPECTED),
+                           (codec.dumps([10, 8, "edge gives up"]), None)):
+            c = HttpEdgeClient(http, url, "edge-1", KEY)
+            await c.connect()
+            body = c.conn.send(sync.batch_from_records("t", records(1, 5)))
+            status, _, data = await post(http, url, body + tail, c.sid)
+            assert status == 200
+            if code is None:
+                assert data == b""  # a received ERROR stops the gateway's side without an answer
+            else:
+                assert error_of(data)[0] == code
+            assert gw.store.status() == [], tail
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await c.connect() == {}
+        assert (await c.exchange(sync.batch_from_records("t", records(1, 5))))[0] == sync.Ack("t", 5)
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_requests_of_one_session_run_one_at_a_time(tmp_path):
+    # A duplicate or a replay may reach the gateway while the request before it on the
+    # same session waits for its commit. Before the fix a failing one stopped the shared
+    # connection under the waiting one, whose ACK then raised: HTTP 500.
+    async def fn(gw, http, url, server):
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        await c.connect()
+        submit = gw.committer.submit
+        gate = asyncio.Event()
+
+        async def held(items):
+            await gate.wait()
+            return await submit(items)
+
+        gw.committer.submit = held
+        batch = c.conn.send(sync.batch_from_records("t", records(1, 3)))
+        first = asyncio.ensure_future(post(http, url, batch, c.sid))
+        await asyncio.sleep(0.1)  # the first request is waiting for its commit
+        dup = asyncio.ensure_future(post(http, url, batch, c.sid))
+        junk = asyncio.ensure_future(post(http, url, b"\xff", c.sid))
+        await asyncio.sleep(0.1)
+        assert not dup.done() and not junk.done()  # queued behind the first
+        gate.set()
+        status, sid, data = await first
+        assert status == 200 and sid == c.sid and codec.decode_prefix(data)[0] == [6, "t", 3]
+        status, sid, data = await dup
+        assert status == 200 and codec.decode_prefix(data)[0] == [6, "t", 3]  # a replay: acknowledged again
+        status, sid, data = await junk
+        assert status == 200 and error_of(data)[0] == sync.ERR_MALFORMED
+        # the junk ended the session; the next request meets a new one and the edge starts over
+        status, sid, data = await post(http, url, c.conn.send(sync.batch_from_records("t", records(4, 1))), c.sid)
+        assert sid != c.sid and error_of(data)[0] == sync.ERR_UNEXPECTED
+        gw.committer.submit = submit
+        assert [r["seq"] for r in gw.store.records("t")] == [1, 2, 3]
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_stale_replays_change_nothing(tmp_path):
+    # What a middlebox replaying old requests late does: each is answered, nothing is
+    # stored twice or out of order, marks never move back.
+    async def fn(gw, http, url, server):
+        old = HttpEdgeClient(http, url, "edge-1", KEY)
+        await old.connect()
+        b1 = old.conn.send(sync.batch_from_records("t", records(1, 10)))
+        b2 = old.conn.send(sync.batch_from_records("t", records(11, 10)))
+        gap = old.conn.send(sync.Gap("t", 21, 25, "evicted"))
+        for body, mark in ((b1, 10), (b2, 20), (gap, 25)):
+            assert codec.decode_prefix((await post(http, url, body, old.sid))[2])[0] == [6, "t", mark]
+        # replayed on the live session, after newer ones were acked: the mark stands
+        for body in (b1, gap, b2, b1):
+            assert codec.decode_prefix((await post(http, url, body, old.sid))[2])[0] == [6, "t", 25]
+        # replayed into a newer session of the same edge (an old request body re-sent)
+        new = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await new.connect() == {"t": 25}
+        for body in (b2, b1):
+            assert codec.decode_prefix((await post(http, url, body, new.sid))[2])[0] == [6, "t", 25]
+        # replayed with a session id the gateway no longer knows: refused, nothing stored
+        gw.sessions.pop(old.sid)
+        status, sid, data = await post(http, url, b1, old.sid)
+        assert error_of(data)[0] == sync.ERR_UNEXPECTED and sid != old.sid
+        assert [r["seq"] for r in gw.store.records("t")] == list(range(1, 21))
+        assert [(g["first"], g["last"]) for g in gw.store.gaps()] == [(21, 25)]
+        assert gw.store.status()[0]["mark"] == 25 and gw.store.status()[0]["records"] == 20
+        # the new session goes on
+        assert await new.exchange(sync.batch_from_records("t", records(26, 2))) == [sync.Ack("t", 27)]
 
     asyncio.run(with_gateway(tmp_path, fn))

@@ -342,6 +342,29 @@ def test_garbage_gets_error_and_drops_only_that_node(tmp_path, broker):
     asyncio.run(with_mqtt_gateway(tmp_path, broker, fn))
 
 
+def test_a_payload_ending_inside_a_message_is_malformed(tmp_path, broker):
+    # A payload holds whole messages: before the fix a torn one stayed in the node's
+    # connection and the next payload's bytes completed it (a record stored wrongly).
+    async def fn(gw, face):
+        e = await MqttEdge(broker.port).start()
+        await e.handshake()
+        batch = e.conn.send(sync.Batch("t", 1, 5, [[0, None, b"A" * 20]]))
+        e.publish_raw(batch[:-4])
+        err = codec.decode_prefix(await e.payload())[0]
+        assert err == [10, sync.ERR_MALFORMED, "malformed: the payload ends inside a message (%d bytes of it)"
+                       % (len(batch) - 4)]
+        e.publish_raw(batch[-4:] + batch)  # the rest: meets a fresh connection, refused
+        assert codec.decode_prefix(await e.payload())[0][:2] == [10, sync.ERR_MALFORMED]
+        assert gw.store.status() == []
+        assert await e.handshake() == {}
+        e.publish(sync.Batch("t", 1, 5, [[0, None, b"A" * 20]]))
+        assert await e.receive(1) == [sync.Ack("t", 1)]
+        assert [r["value"] for r in gw.store.records("t")] == [b"A" * 20]
+        await e.close()
+
+    asyncio.run(with_mqtt_gateway(tmp_path, broker, fn))
+
+
 def test_wrong_key_unknown_node_and_foreign_topic(tmp_path, broker):
     async def fn(gw, face):
         wrong = await MqttEdge(broker.port, "edge-1", b"\x00" * 32).start()

@@ -306,6 +306,27 @@ def test_oversized_message_refused_early(tmp_path):
     asyncio.run(with_tcp_gateway(tmp_path, fn, max_message_bytes=1024))
 
 
+def test_good_messages_then_garbage_in_one_read_store_nothing(tmp_path):
+    # Before the fix the batch was committed, then its ACK raised on the stopped
+    # connection: the edge got no ERROR, only a closed socket, and the log a traceback.
+    async def fn(gw, port):
+        e = await TcpEdge.open(port)
+        await e.handshake()
+        e.writer.write(e.conn.send(sync.batch_from_records("t", records(1, 5))) + b"\xff")
+        await e.writer.drain()
+        err = codec.decode_prefix(await read_until_eof(e.reader))[0]
+        assert err[:2] == [10, sync.ERR_MALFORMED]
+        await e.close()
+        assert gw.store.status() == [] and gw.rejected == 1
+        e = await TcpEdge.open(port)
+        assert await e.handshake() == {}
+        await e.send(sync.batch_from_records("t", records(1, 5)))
+        assert await e.receive(1) == [sync.Ack("t", 5)]
+        await e.close()
+
+    asyncio.run(with_tcp_gateway(tmp_path, fn))
+
+
 def test_idle_connection_is_closed(tmp_path):
     async def fn(gw, port):
         srv = await start_tcp(gw, "127.0.0.1", 0, idle_timeout_s=0.2)

@@ -96,6 +96,8 @@ def parse_records(body):
         doc = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise IngestError(400, "the body is not valid JSON: %s" % e) from None
+    except RecursionError:  # json's C parser recurses per level: deep input was a 500
+        raise IngestError(400, "the body's JSON is nested too deep") from None
     if isinstance(doc, dict) and set(doc) == {"records"}:
         items = doc["records"]
         if not isinstance(items, list):

@@ -5,7 +5,8 @@ Theory of operation
 An edge that reaches the cloud through MQTT (``cloud_endpoint: mqtt://broker/prefix``,
 docs/config.md) publishes its half of the conversation to ``<prefix>/<node_id>/up`` and
 reads the gateway's half on ``<prefix>/<node_id>/down``. A payload is a CBOR sequence of
-whole messages (docs/spec/wire.md, "Transport-independent framing"). This face
+whole messages (docs/spec/wire.md, "Transport-independent framing"); one that ends inside
+a message is malformed, never joined to the next payload. This face
 subscribes to ``<prefix>/+/up`` (QoS 1) and keeps one ``GatewayConnection`` per node id,
 what a TCP connection is to the TCP face:
 
@@ -296,7 +297,7 @@ class MqttFace:
         conn = n.conn
         self.payloads += 1
         try:
-            out, finished = await gw.process(conn, payload)
+            out, finished = await gw.process(conn, payload, "payload")
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one node never takes the face down

@@ -24,6 +24,14 @@ published records after ``after_seq`` (at most ``max_records``, the gateway's
 ``unknown_topic`` for a topic the node may not pull. The PULL's ``after_seq`` is the
 node's acknowledgement; it is kept per node and topic for ``/v1/status``.
 
+A body holds whole messages: one that ends inside a message is malformed (it is never
+joined to the next request's bytes). An exchange that ends in an error stores nothing
+of what it carried: its answer is the ERROR alone, and the edge resends what it still
+owes in a new session. The requests of one session are handled one at a time, in the
+order they arrive: a retried, duplicated or replayed request (a proxy, a load balancer)
+cannot interleave with another on the same conversation; one that comes after the
+session ended meets a new session (ERROR ``unexpected`` for anything but HELLO).
+
 Query API (JSON): ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
 ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``, ``GET /healthz``.
 Values are decoded from CBOR where they are CBOR, else given as base64.
@@ -62,11 +70,12 @@ def now_ms():
 
 
 class _Session:
-    __slots__ = ("conn", "seen")
+    __slots__ = ("conn", "seen", "lock")
 
     def __init__(self, conn):
         self.conn = conn
         self.seen = time.monotonic()
+        self.lock = asyncio.Lock()  # one request of the session at a time
 
 
 class Gateway:
@@ -140,36 +149,49 @@ class Gateway:
             self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records
         )
 
-    async def process(self, conn, data):
+    async def process(self, conn, data, unit=None):
         """Feed bytes from an edge into its connection and answer every event.
 
         Returns (bytes to send back, finished): finished is True when the connection
         ended in an error (ours or the peer's) or the peer closed; the transport sends
         the bytes and closes. Batches and gaps are committed (durably, in a group with
         other exchanges) before their ACKs are written; a PULL is answered with its DATA
-        at once. An ERROR this side owes the edge for a PULL goes out after the ACKs of
-        the batches before it. Any transport uses this: HTTP bodies, TCP streams, MQTT
-        payloads.
+        at once. Any transport uses this: HTTP bodies, TCP streams, MQTT payloads.
+        ``unit`` names what data is when it holds whole messages (an HTTP ``"body"``, an
+        MQTT ``"payload"``): then data that ends inside a message is malformed. None for
+        a stream (TCP), whose messages may span chunks.
+
+        An exchange that ends in an error of the edge's making -- its garbage, an ERROR
+        it sent, a unit ending inside a message -- commits nothing of what it carried:
+        the answer is the ERROR owed (if any) alone. The edge was acknowledged nothing of
+        it and sends it again on a new connection. A PULL this side refuses (ERROR
+        ``unknown_topic``, ``too_large``) ends the exchange too, but after the ACKs of
+        the batches before it, which are stored.
         """
         out = bytearray()
         items = []
         acks = []  # topics to acknowledge, in order of first appearance
-        conn.receive_data(data)
         finished = False
-        owed = b""  # the ERROR that ends the exchange, after the ACKs it can still carry
-        refusal = None
+        refusal = None  # the ERROR refusing a PULL, sent after the ACKs
+        conn.receive_data(data)
         while True:
             try:
                 ev = conn.next_event()
             except RemoteProtocolError:
-                owed = conn.pending_error_bytes()
-                finished = True
                 self.rejected += 1
-                break
+                return conn.pending_error_bytes(), True
             if ev is sync.NEED_DATA:
+                if unit and conn.buffered_bytes:
+                    self.rejected += 1
+                    return conn.send(sync.Error(sync.ERR_MALFORMED, "malformed: the %s ends inside a message (%d "
+                                                "bytes of it)" % (unit, conn.buffered_bytes))), True
                 break
             cls = type(ev)
-            if cls is sync.ConnectionClosed or cls is sync.Error:
+            if cls is sync.Error:
+                return b"", True
+            if cls is sync.ConnectionClosed:
+                # The edge closed after complete messages: they are stored, though no
+                # ACK can reach it (it learns its marks at the next WELCOME).
                 finished = True
                 break
             if cls is sync.Hello:
@@ -197,22 +219,24 @@ class Gateway:
             try:
                 marks = await self.committer.submit(items)
             except Exception as e:  # noqa: BLE001 - the edge must hear it, then retry
-                if conn.state != "ERROR":
-                    out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
-                refusal = None
-                finished = True
                 self.store_failures += 1
-            else:
-                last = {}
-                for (_, ev), m in zip(items, marks):
-                    if type(ev) is not Delivered:
-                        last[ev.topic] = m
-                if conn.state != "ERROR":  # a broken connection sends nothing more
-                    for topic in acks:
-                        out += conn.send(sync.Ack(topic, last[topic]))
+                if conn.state == "ERROR":
+                    return bytes(out), True
+                out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
+                return bytes(out), True
+            if conn.state == "ERROR":
+                # Another exchange on this connection ended it while the commit ran
+                # (a transport that lets two run at once): no ACK can be sent. The
+                # records are stored; the edge learns its marks at the next WELCOME.
+                return bytes(out), True
+            last = {}
+            for (_, ev), m in zip(items, marks):
+                if type(ev) is not Delivered:
+                    last[ev.topic] = m
+            for topic in acks:
+                out += conn.send(sync.Ack(topic, last[topic]))
         if refusal is not None and conn.state != "ERROR":
             out += conn.send(refusal)
-        out += owed
         return bytes(out), finished
 
     async def _pull(self, conn, ev):
@@ -267,9 +291,14 @@ class Gateway:
     async def handle_sync(self, request):
         body = await request.read()
         sid, s = self._session(request.headers.get(SESSION_HEADER))
-        out, finished = await self.process(s.conn, body)
-        if finished:
-            self.sessions.pop(sid, None)
+        async with s.lock:
+            if self.sessions.get(sid) is not s:
+                # The session ended (or expired) while this request waited for the one
+                # before: it meets a new session, as after a gateway restart.
+                sid, s = self._session(None)
+            out, finished = await self.process(s.conn, body, "body")
+            if finished:
+                self.sessions.pop(sid, None)
         return web.Response(body=out, content_type=CBOR_TYPE, headers={SESSION_HEADER: sid})
 
     # ------------------------------------------------------------------ publish
