@@ -28,9 +28,9 @@ exactly once, as a record or inside a GAP.
 
 Theory of operation
 -------------------
-``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the gateway's
-session id (``X-Edgeline-Session``): HELLO -> CHALLENGE and AUTH -> WELCOME are two
-POSTs to ``/v1/sync``. On WELCOME each topic's outbox is reconciled with the gateway's
+``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the transport's
+conversation (transport.py: over HTTP the gateway's session id, ``X-Edgeline-Session``):
+HELLO -> CHALLENGE and AUTH -> WELCOME are two exchanges. On WELCOME each topic's outbox is reconciled with the gateway's
 mark. Then each *round* builds one request, a CBOR sequence of up to one message per
 topic, visiting the topics round robin (the first topic of a round rotates, so a busy
 topic cannot starve the others): a GAP when the outbox reports one, else a BATCH of the
@@ -65,8 +65,9 @@ from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
 
 from .. import fastcbor
-from ..gateway.server import CBOR_TYPE, SESSION_HEADER
 from .config import CircuitBreaker, RetryPolicy
+from .transport import HttpTransport, UplinkFailure
+from .transport import one_line as _one_line
 
 log = logging.getLogger("edgeline.uplink")
 
@@ -75,15 +76,6 @@ GATEWAY_LOST = "gateway_lost"  # GAP reason: records the gateway acknowledged, t
 
 def _monotonic_ms():
     return int(time.monotonic() * 1000)
-
-
-def _one_line(text, limit=300):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class UplinkFailure(Exception):
-    """One exchange failed (transport, HTTP status, protocol, or an ERROR from the gateway)."""
 
 
 class _SessionLost(Exception):
@@ -134,26 +126,28 @@ class _Topic:
 
 
 class Uplink:
-    """The sync loop of one edge to one gateway over HTTP.
+    """The sync loop of one edge to one gateway.
 
     ``topics`` maps a topic name to its ``(RingLog, Outbox)``: the edge_to_cloud and
     bidirectional topics. ``retry``/``breaker`` are the config's ``RetryPolicy`` and
-    ``CircuitBreaker``; ``http`` an ``aiohttp.ClientSession`` (one is made, and closed by
-    ``run()``, if not given). ``now_ms`` (a monotonic clock in ms) and ``rand`` (in
-    [0, 1)) may be replaced in tests.
+    ``CircuitBreaker``. The exchanges travel over ``transport`` (transport.py), by
+    default an ``HttpTransport`` posting to ``url`` with ``http``, an
+    ``aiohttp.ClientSession`` (one is made, and closed by ``run()``, if not given).
+    ``now_ms`` (a monotonic clock in ms) and ``rand`` (in [0, 1)) may be replaced in tests.
     """
 
     def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_limit_bps=0,
                  batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
                  rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20,
-                 downlink=None):
+                 downlink=None, transport=None):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
         fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.node_id = node_id
         self._key = bytes(key)
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
-        self.url = url
+        self.transport = transport if transport is not None else HttpTransport(url, http, request_timeout_ms)
+        self.url = self.transport.url
         self._topics = [_Topic(name, lg, ob) for name, (lg, ob) in topics.items()]
         self.downlink = downlink  # a Downlink (downlink.py), or None: nothing to pull
         self._by_name = {t.name: t for t in self._topics}
@@ -165,8 +159,6 @@ class Uplink:
         self.interval_ms = interval_ms
         self.request_timeout_ms = request_timeout_ms
         self.max_message_bytes = max_message_bytes
-        self._http = http
-        self._own_http = http is None
         self._now_ms = now_ms
         self._rand = rand
         self._bucket = TokenBucket(bandwidth_limit_bps, now_ms)
@@ -175,7 +167,6 @@ class Uplink:
         self._paused = False
         self._forced = False  # sync_now(): skip the current wait, even an open breaker's
         self._conn = None  # EdgeConnection of the current session
-        self._sid = None
         self._rr = 0  # the topic a round starts with
         self.state = "idle"
         self.failures = 0  # consecutive failed attempts
@@ -266,8 +257,7 @@ class Uplink:
 
     async def run(self):
         """Send until ``stop()``; never raises for a failed exchange."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
+        await self.transport.start()
         try:
             while not self._stopping:
                 if self._paused:
@@ -311,9 +301,7 @@ class Uplink:
         finally:
             self._conn = None
             self.state = "stopped"
-            if self._own_http and self._http is not None:
-                await self._http.close()
-                self._http = None
+            await self.transport.close()
 
     async def _wait(self, ms):
         self._wake.clear()
@@ -394,7 +382,6 @@ class Uplink:
 
     def _drop_session(self):
         self._conn = None
-        self._sid = None
         for t in self._topics:
             t.gw_mark = None
             t.limit = None
@@ -402,28 +389,14 @@ class Uplink:
     # ------------------------------------------------------------------ exchanges
 
     async def _exchange(self, body, errors_ok=False):
-        """POST body; the gateway's events. Raises UplinkFailure or _SessionLost; with
+        """Send body; the gateway's events. Raises UplinkFailure or _SessionLost; with
         errors_ok an ERROR from the gateway ends the list instead (the session is over)."""
         delay = self._bucket.delay_ms(len(body))
         if delay:
             await asyncio.sleep(delay / 1000.0)
-        headers = {"Content-Type": CBOR_TYPE}
-        sent_sid = self._sid
-        if sent_sid:
-            headers[SESSION_HEADER] = sent_sid
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_ms / 1000.0)
         self.requests += 1
         self.bytes_sent += len(body)
-        try:
-            async with self._http.post(self.url, data=body, headers=headers, timeout=timeout) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise UplinkFailure("gateway answered HTTP %d %s" % (resp.status, resp.reason or ""))
-                self._sid = resp.headers.get(SESSION_HEADER)
-        except asyncio.TimeoutError:
-            raise UplinkFailure("no answer from %s within %d ms" % (self.url, self.request_timeout_ms)) from None
-        except aiohttp.ClientError as e:
-            raise UplinkFailure("%s: %s" % (self.url, _one_line(str(e) or type(e).__name__))) from None
+        data = await self.transport.exchange(body)
         conn = self._conn
         conn.receive_data(data)
         events = []
@@ -436,7 +409,7 @@ class Uplink:
                 break
             if type(ev) is sync.Error:
                 name = sync.ERROR_NAMES[ev.code] if ev.code < len(sync.ERROR_NAMES) else "?"
-                if sent_sid and self._sid != sent_sid and ev.code in (sync.ERR_UNEXPECTED, sync.ERR_MALFORMED):
+                if self.transport.lost_session(ev.code):
                     raise _SessionLost()
                 if errors_ok:
                     events.append(ev)
@@ -447,7 +420,7 @@ class Uplink:
 
     async def _connect(self):
         self.state = "connecting"
-        self._sid = None
+        self.transport.new_session()
         self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes)
         caps = {"pull": True} if self.downlink is not None else None
         evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
