@@ -168,9 +168,9 @@ class Agent:
         self.receiving = cfg.sync.enabled and any(t.receives for t in cfg.topics)
         if self.sending or self.receiving:
             self._check_key()
-        if (self.sending or self.receiving) and (cfg.gateway is None or cfg.gateway.transport != "http"):
-            raise ConfigError("%s: edge.cloud_endpoint: the agent's uplink speaks HTTP only so far; use an "
-                              "http:// or https:// endpoint" % cfg.source)
+        if (self.sending or self.receiving) and cfg.gateway is not None and cfg.gateway.scheme == "mqtts":
+            raise ConfigError("%s: edge.cloud_endpoint: mqtts:// (MQTT over TLS) is not supported by the agent yet; "
+                              "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
         from .downlink import log_options as down_options
 
         self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)

@@ -1,4 +1,4 @@
-"""The edge's uplink: its logs' outboxes, sent to the gateway over HTTP (asyncio).
+"""The edge's uplink: its logs' outboxes, sent to the gateway over HTTP or MQTT (asyncio).
 
 Failure modes first
 -------------------
@@ -21,6 +21,10 @@ Failure modes first
 * The gateway's mark is below this node's cursor (it lost data it had acknowledged): a
   warning, and a GAP ``gateway_lost`` from its mark to the cursor so the stream can
   continue; nothing is rewound.
+* Over MQTT (transport.py): the broker connection breaks, or an answer does not come
+  within the timeout: the exchange fails as above and the next session starts on a
+  fresh connection; ERROR ``unexpected`` to a BATCH (the gateway restarted) is a
+  forgotten session.
 
 Guarantees: only an ACK moves an outbox cursor (wire.md W2), so a record leaves the
 log's "owed" set only once the gateway has it durably; every seq reaches the gateway
@@ -29,8 +33,9 @@ exactly once, as a record or inside a GAP.
 Theory of operation
 -------------------
 ``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the transport's
-conversation (transport.py: over HTTP the gateway's session id, ``X-Edgeline-Session``):
-HELLO -> CHALLENGE and AUTH -> WELCOME are two exchanges. On WELCOME each topic's outbox is reconciled with the gateway's
+conversation (transport.py: over HTTP the gateway's session id, ``X-Edgeline-Session``;
+over MQTT the broker connection it began on): HELLO -> CHALLENGE and AUTH -> WELCOME are
+two exchanges. On WELCOME each topic's outbox is reconciled with the gateway's
 mark. Then each *round* builds one request, a CBOR sequence of up to one message per
 topic, visiting the topics round robin (the first topic of a round rotates, so a busy
 topic cannot starve the others): a GAP when the outbox reports one, else a BATCH of the
@@ -66,12 +71,13 @@ from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolErr
 
 from .. import fastcbor
 from .config import CircuitBreaker, RetryPolicy
-from .transport import HttpTransport, UplinkFailure
+from .transport import HttpTransport, MqttTransport, UplinkFailure
 from .transport import one_line as _one_line
 
 log = logging.getLogger("edgeline.uplink")
 
 GATEWAY_LOST = "gateway_lost"  # GAP reason: records the gateway acknowledged, then lost
+MQTT_ANSWER_TIMEOUT_MS = 10000  # over MQTT a lost request shows only as a missing answer
 
 
 def _monotonic_ms():
@@ -576,20 +582,29 @@ def _names(events):
     return ", ".join(type(e).__name__.upper() for e in events) or "nothing"
 
 
-def from_config(cfg, topics, http=None, **kwargs):
-    """An Uplink for an ``EdgeConfig``: its sync settings and its HTTP ``cloud_endpoint``,
-    posted to as given (point it at the gateway's ``/v1/sync``). ``topics`` maps each
-    sending topic to its (RingLog, Outbox); a ``downlink=`` keyword pulls the receiving
-    topics in the same loop."""
+def from_config(cfg, topics, http=None, mqtt_options=None, **kwargs):
+    """An Uplink for an ``EdgeConfig``: its sync settings and its ``cloud_endpoint``.
+    An HTTP endpoint is posted to as given (point it at the gateway's ``/v1/sync``; no
+    path means that route); an ``mqtt://`` one goes through its broker, to
+    ``<prefix>/<node_id>/up`` (``mqtt_options`` go to ``MqttTransport``). ``topics``
+    maps each sending topic to its (RingLog, Outbox); a ``downlink=`` keyword pulls the
+    receiving topics in the same loop."""
     from edgeline.errors import ConfigError
 
     gw = cfg.gateway
-    if gw is None or gw.transport != "http":
-        raise ConfigError("%s: the uplink needs an http:// or https:// cloud_endpoint" % cfg.source)
+    if gw is None or gw.scheme not in ("http", "https", "mqtt"):
+        raise ConfigError("%s: the uplink needs an http://, https:// or mqtt:// cloud_endpoint" % cfg.source)
     s = cfg.sync
     kwargs.setdefault("interval_ms", s.interval_ms)
     kwargs.setdefault("batch_records", s.batch_size)
-    # An endpoint without a path means the gateway's own route (docs/config.md).
-    url = gw.url.rstrip("/") + "/v1/sync" if gw.path in ("", "/") else gw.url
+    if gw.transport == "mqtt":
+        options = dict(mqtt_options or {})
+        options.setdefault("request_timeout_ms", kwargs.get("request_timeout_ms", MQTT_ANSWER_TIMEOUT_MS))
+        prefix = gw.uplink_topic[:-len("/%s/up" % cfg.node_id)]
+        kwargs["transport"] = MqttTransport(cfg.node_id, gw.host, gw.port, prefix, url=gw.url, **options)
+        url = gw.url
+    else:
+        # An endpoint without a path means the gateway's own route (docs/config.md).
+        url = gw.url.rstrip("/") + "/v1/sync" if gw.path in ("", "/") else gw.url
     return Uplink(cfg.node_id, cfg.node_key().reveal(), url, topics, retry=s.retry, breaker=s.circuit_breaker,
                   bandwidth_limit_bps=s.bandwidth_bytes_per_sec, http=http, **kwargs)
