@@ -1,4 +1,4 @@
-"""The edge agent: HTTP ingest into the device's logs, the uplink, and a control API.
+"""The edge agent: HTTP and MQTT ingest into the device's logs, the uplink, and a control API.
 
 Failure modes first
 -------------------
@@ -16,16 +16,19 @@ Failure modes first
 * The device is full and the topic's policy is ``reject`` (or ``sync.max_queue_size``
   records are owed): 503 with ``Retry-After`` -- backpressure. ``drop_newest`` drops and
   says how many in the answer; ``drop_oldest`` evicts and the uplink reports the gap.
-* SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers, stop
-  the uplink after its exchange in flight, close the logs and cursors.
+* MQTT ingest (mqtt_ingest.py) acknowledges a message to the broker only once its
+  record is durable, in a session that outlives the agent: at least once into the log.
+* SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers,
+  acknowledge to the MQTT broker what the commit covered, stop the uplink after its
+  exchange in flight, close the logs and cursors.
 
 Theory of operation
 -------------------
 One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
 ingest handlers, the group-commit timers and the uplink all call them from the loop.
 An ingest request is parsed and checked whole, then appended with one ``append_many``
-(one HLC timestamp per record) by ``append``, the write path every ingest source is to
-share. What the answer waits for depends on the topic's ``sync`` policy:
+(one HLC timestamp per record) by ``append``, the write path MQTT ingest takes too. What
+the answer waits for depends on the topic's ``sync`` policy:
 
 * ``every``: each append is committed before ``append_many`` returns; answer at once.
 * ``group``: the log commits by count inside ``append_many``; otherwise the request
@@ -157,11 +160,14 @@ class Agent:
     """One edge node: store, topics, uplink, HTTP server. ``run()`` until ``stop()``.
 
     ``max_body_bytes`` bounds an ingest request. ``uplink_options`` go to
-    ``uplink.from_config`` (tests shorten timeouts with them).
+    ``uplink.from_config``, ``mqtt_options`` to ``mqtt_ingest.MqttSource`` (tests
+    shorten timeouts with them).
     """
 
-    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print):
+    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print, mqtt_options=None):
         self.cfg = cfg
+        self.mqtt_options = mqtt_options
+        self.mqtt = None  # the MQTT ingest (mqtt_ingest.MqttSource) while run() runs
         self.max_body_bytes = max_body_bytes
         self.print = print_fn
         self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
@@ -275,7 +281,7 @@ class Agent:
         return answer
 
     def append(self, st, keys, values):
-        """The write path every ingest source shares: check, then append
+        """The write path every ingest source shares (HTTP, MQTT): check, then append
         ``values`` (CBOR, with ``keys``) to topic ``st`` with one ``append_many`` and one
         HLC timestamp each; return ``(first_seq, n)``, n appended (fewer than given only
         under ``drop_newest``). Durability is the caller's to wait for (``_durable``).
@@ -322,6 +328,13 @@ class Agent:
         self._wake(st)  # a commit by count may have covered earlier waiters (and readers)
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
+
+    def commit_now(self, st):
+        """Commit topic ``st`` now rather than at its group-commit timer (MQTT ingest:
+        the broker sends nothing more until what it sent is acknowledged)."""
+        if st.timer is not None:
+            st.timer.cancel()
+        self._commit(st)
 
     async def _durable(self, st, seq):
         """Wait until seq is committed, as the topic's sync policy has it; True if it is."""
@@ -514,6 +527,7 @@ class Agent:
             "pending": sum(st.outbox.depth for st in self.topics.values() if st.outbox is not None),
             "ingested": self.ingested,
             "rejected": self.rejected,
+            "mqtt": self.mqtt.stats() if self.mqtt is not None else None,
             "failed_topics": failed,
             "last_error": last_error,
         }
@@ -566,11 +580,16 @@ class Agent:
                 "ingest and control" if self.cfg.ingest.http is not None else "control (ingest off)", listen,
                 "uplink to %s" % self.uplink.url if self.uplink is not None else "no uplink"))
             if self.cfg.ingest.mqtt is not None:
-                self.print("edgeline agent: warning: ingest.mqtt is not served by this agent yet; "
-                           "post records over HTTP")
+                from .mqtt_ingest import MqttSource
+
+                self.mqtt = MqttSource(self, self.cfg.ingest.mqtt, **(self.mqtt_options or {}))
+                await self.mqtt.start()
+                self.print("edgeline agent: MQTT ingest from %s: %s" % (self.mqtt.broker, ", ".join(self.mqtt.filters)))
             await self._stop.wait()
         finally:
             self._closing = True
+            if self.mqtt is not None:
+                self.mqtt.pause()  # nothing more is appended; the commit below covers what was
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
@@ -584,6 +603,8 @@ class Agent:
                     log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
                 self._wake(st)
             await asyncio.sleep(0)
+            if self.mqtt is not None:
+                await self.mqtt.close()  # acknowledges what the commit covered, then disconnects
             await runner.cleanup()
             if uplink_task is not None:
                 self.uplink.stop()
