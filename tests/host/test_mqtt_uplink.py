@@ -5,7 +5,6 @@ a process with the broker SIGKILLed under it."""
 import asyncio
 import json
 import os
-import threading
 import time
 import urllib.request
 
