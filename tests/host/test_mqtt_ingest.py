@@ -400,6 +400,7 @@ def test_sigkill_loses_no_message_the_broker_accepted(tmp_path, broker):
     def start():
         with open(log_path, "ab") as out:
             p = subprocess.Popen(argv, env=ENV, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs.append(p)
         deadline = time.monotonic() + WAIT_S
         while True:
             assert p.poll() is None, log_path.read_text()
@@ -435,45 +436,52 @@ def test_sigkill_loses_no_message_the_broker_accepted(tmp_path, broker):
             if i % 50 == 0:
                 info.wait_for_publish(WAIT_S)  # keep paho's queue short: this is about the broker's PUBACKs
 
-    proc = start()
-    producer = threading.Thread(target=produce)
-    producer.start()
+    procs = []  # every agent process started, ended by its PID whatever happens
     try:
-        deadline = time.monotonic() + WAIT_S
-        while health()["mqtt"]["stored"] < 1500:
-            assert time.monotonic() < deadline, "the agent stored too little"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        killed_at = len(pub.acked())
-        time.sleep(0.3)  # the publisher goes on: the broker queues for the agent's session
         proc = start()
-        time.sleep(0.3)
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while health()["mqtt"]["stored"] < 1500:
+                assert time.monotonic() < deadline, "the agent stored too little"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            killed_at = len(pub.acked())
+            time.sleep(0.3)  # the publisher goes on: the broker queues for the agent's session
+            proc = start()
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            producer.join(WAIT_S)
+        # let the publisher's last PUBACKs come in, then the agent drain the broker's queue
+        deadline = time.monotonic() + WAIT_S
+        while len(pub.acked()) < published[0] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        acked = [json.loads(p)["n"] for p in pub.acked()]
+        assert len(acked) > killed_at > 1000
+        # A last message behind all the others: once it is stored, so is everything before it
+        # (the broker keeps one publisher's order).
+        pub.wait(pub.publish("done/x", b"1"))
+        deadline = time.monotonic() + 30
+        while True:
+            h = health()["mqtt"]
+            if h["stored"] and queue()["topics"]["done"]["last_seq"] == 1 and h["unacknowledged"] == 0:
+                break
+            assert time.monotonic() < deadline, "the agent did not catch up: %s" % h
+            time.sleep(0.05)
+        cli = subprocess.run([sys.executable, "-m", "edgeline_host.cli", "edge", "health", "--agent", url],
+                             env=ENV, capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0 and "mqtt ingest 127.0.0.1:%d: connected" % broker.port in cli.stdout, cli.stdout
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
     finally:
-        stop.set()
-        producer.join(WAIT_S)
-    # let the publisher's last PUBACKs come in, then the agent drain the broker's queue
-    deadline = time.monotonic() + WAIT_S
-    while len(pub.acked()) < published[0] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    acked = [json.loads(p)["n"] for p in pub.acked()]
-    assert len(acked) > killed_at > 1000
-    # A last message behind all the others: once it is stored, so is everything before it
-    # (the broker keeps one publisher's order).
-    pub.wait(pub.publish("done/x", b"1"))
-    deadline = time.monotonic() + 30
-    while True:
-        h = health()["mqtt"]
-        if h["stored"] and queue()["topics"]["done"]["last_seq"] == 1 and h["unacknowledged"] == 0:
-            break
-        assert time.monotonic() < deadline, "the agent did not catch up: %s" % h
-        time.sleep(0.05)
-    cli = subprocess.run([sys.executable, "-m", "edgeline_host.cli", "edge", "health", "--agent", url],
-                         env=ENV, capture_output=True, text=True, timeout=30)
-    assert cli.returncode == 0 and "mqtt ingest 127.0.0.1:%d: connected" % broker.port in cli.stdout, cli.stdout
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    pub.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        pub.close()
 
     lg = RingLog(str(tmp_path / "data" / "t"))
     try:
