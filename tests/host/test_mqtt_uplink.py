@@ -51,13 +51,14 @@ class FaceGateway:
     """An in-process gateway with its MQTT face; can be stopped and started again on
     the same store (a restart: every conversation forgotten)."""
 
-    def __init__(self, db, broker):
+    def __init__(self, db, broker, topics=None):
         self.db = db
         self.broker = broker
+        self.topics = topics
         self.gw = self.face = self.server = None
 
     async def start(self):
-        self.gw = Gateway(self.db, {NODE: KEY})
+        self.gw = Gateway(self.db, {NODE: KEY}, topics=self.topics)
         app = self.gw.app()
         self.face = attach_mqtt(app, self.gw, "127.0.0.1", self.broker.port, print_fn=None,
                                 reconnect_min_s=0.1, reconnect_max_s=0.5)
@@ -152,6 +153,44 @@ def test_a_gateway_restart_is_a_new_session_not_a_failure(tmp_path, broker):
             assert st["sessions"] == 2 and st["total_failures"] == 0
         finally:
             await stopped(up, task)
+            await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_cloud_to_edge_records_come_down_over_mqtt(tmp_path, broker):
+    """The downlink rides the same transport: records published at the gateway reach
+    the agent's cloud log once each, in order, while its own records go up."""
+    from edgeline_host.gateway.topics import parse_topics
+
+    topics = parse_topics({"setpoints": "cloud_to_edge"}, {NODE: KEY})
+    cfg = parse_config({"edge": {
+        "node_id": NODE, "key": KEY.hex(), "data_dir": str(tmp_path / "data"),
+        "cloud_endpoint": "mqtt://127.0.0.1:%d" % broker.port,
+        "sync": {"interval_secs": 1, "batch_size": 40, "retry": {"initial_ms": 50, "max_ms": 300},
+                 "circuit_breaker": {"failures": 0}},
+        "sync_topics": [{"topic": "telemetry", "direction": "edge_to_cloud", "group_ms": 20},
+                        {"topic": "setpoints", "direction": "cloud_to_edge"}],
+        "ingest": {"http": {"listen": "127.0.0.1:%d" % free_port()}},
+    }}, base_dir=str(tmp_path))
+
+    async def main():
+        gw = await FaceGateway(str(tmp_path / "gw.db"), broker, topics=topics).start()
+        agent = Agent(cfg, print_fn=lambda *_: None, uplink_options={"mqtt_options": dict(FAST_MQTT)})
+        task = asyncio.ensure_future(agent.run(install_signals=False))
+        try:
+            await gw.gw.publish("setpoints", [codec.dumps({"n": i}) for i in range(1, 101)])
+            agent.append(agent.topics["telemetry"], [None] * 10, [codec.dumps(i) for i in range(10)])
+            await until(lambda: agent.queue()["topics"]["setpoints"]["received_seq"] == 100, what="the downlink")
+            await until(lambda: agent.uplink is not None and agent.uplink.pending == 0, what="the uplink")
+            down = agent.topics["setpoints"].down
+            assert [(r.seq, codec.loads(r.value)) for r in down.read(1, 1000, 1 << 20)] == \
+                [(i, {"n": i}) for i in range(1, 101)]
+            assert gw.seqs("telemetry") == list(range(1, 11))
+            assert agent.uplink.status()["total_failures"] == 0
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, WAIT_S)
             await gw.stop()
 
     asyncio.run(main())
