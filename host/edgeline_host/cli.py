@@ -342,6 +342,13 @@ def edge_health(agent_url, as_json):
         click.echo("%s: node %s, up %ds, storage %s of %s, uplink %s, pending %d" % (
             "ok" if h["ok"] else "NOT OK", h["node_id"], h["uptime_s"], _size(h["storage"]["used_bytes"]),
             _size(h["storage"]["budget_bytes"]), h["uplink"], h["pending"]))
+        m = h.get("mqtt")
+        if m:
+            click.echo("mqtt ingest %s: %s, received %d, stored %d, refused %d, unacknowledged %d%s" % (
+                m["broker"], "connected" if m["connected"] else "NOT connected", m["received"], m["stored"],
+                m["refused"], m["unacknowledged"], ", held: %s" % m["held"] if m["held"] else ""))
+            if m.get("last_refusal"):
+                click.echo("last refused: %s" % m["last_refusal"])
         if h.get("failed_topics"):
             click.echo("failed topics: %s" % ", ".join(h["failed_topics"]))
         if h.get("last_error"):

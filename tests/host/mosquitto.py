@@ -6,7 +6,9 @@ it, see gateway/mqtt.py), starts ``mosquitto -c`` as a subprocess and waits unti
 port accepts connections. ``stop()`` sends SIGTERM, then SIGKILL if the
 broker lingers; ``kill()`` is SIGKILL straight away (a crash: no persistence, so every
 session and in-flight message is gone); ``start()`` again reuses the same port, so
-clients reconnect to where they were. A test module's fixture:
+clients reconnect to where they were. ``extra_conf`` adds lines to the config (say,
+``max_queued_messages 100000`` for a persistent session that must hold more than
+Mosquitto's default 1000 messages while its client is away). A test module's fixture:
 
     @pytest.fixture
     def broker(tmp_path):
@@ -41,7 +43,7 @@ def free_port():
 
 
 class Mosquitto:
-    def __init__(self, directory, port=None):
+    def __init__(self, directory, port=None, extra_conf=()):
         self.binary = mosquitto_binary()
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
@@ -51,6 +53,8 @@ class Mosquitto:
         with open(self.conf, "w") as f:
             f.write("listener %d 127.0.0.1\n" % self.port)
             f.write("allow_anonymous true\npersistence false\nset_tcp_nodelay true\n")
+            for line in extra_conf:
+                f.write(line + "\n")
         self.proc = None
 
     @property

@@ -192,7 +192,8 @@ def test_parse_records_shapes():
     assert parse_records(b'{"records": [true, null]}') == ([None, None], [b"\xf5", b"\xf6"])
     # An object with more than key and value is a bare value, kept whole.
     assert parse_records(b'{"key": "k", "value": 1, "x": 2}')[0] == [None]
-    for bad in (b"{bad", b"[]", b'{"records": 3}', b'{"key": 5, "value": 1}', b"\xff"):
+    for bad in (b"{bad", b"[]", b'{"records": 3}', b'{"key": 5, "value": 1}', b"\xff",
+                b'{"key": "\\ud800", "value": 1}', b'"\\ud800"'):
         with pytest.raises(IngestError) as e:
             parse_records(bad)
         assert e.value.status == 400

@@ -28,6 +28,7 @@ BENCHES = [
     ("bench_gateway", [], ["--records", "20000", "--reps", "1"]),
     ("bench_sync", [], ["--seconds", "2", "--backlog", "20000", "--records", "5000", "--reps", "1"]),
     ("bench_downlink", [], ["--backlog", "20000", "--reps", "1"]),
+    ("bench_mqtt_ingest", [], ["--records", "2000", "--reps", "1"]),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The edge agent: HTTP ingest into the device's logs, the uplink, and a control API.
+"""The edge agent: HTTP and MQTT ingest into the device's logs, the uplink, and a control API.
 
 Failure modes first
 -------------------
@@ -16,16 +16,19 @@ Failure modes first
 * The device is full and the topic's policy is ``reject`` (or ``sync.max_queue_size``
   records are owed): 503 with ``Retry-After`` -- backpressure. ``drop_newest`` drops and
   says how many in the answer; ``drop_oldest`` evicts and the uplink reports the gap.
-* SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers, stop
-  the uplink after its exchange in flight, close the logs and cursors.
+* MQTT ingest (mqtt_ingest.py) acknowledges a message to the broker only once its
+  record is durable, in a session that outlives the agent: at least once into the log.
+* SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers,
+  acknowledge to the MQTT broker what the commit covered, stop the uplink after its
+  exchange in flight, close the logs and cursors.
 
 Theory of operation
 -------------------
 One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
 ingest handlers, the group-commit timers and the uplink all call them from the loop.
 An ingest request is parsed and checked whole, then appended with one ``append_many``
-(one HLC timestamp per record). What the answer waits for depends on the topic's
-``sync`` policy:
+(one HLC timestamp per record) by ``append``, the write path MQTT ingest takes too. What
+the answer waits for depends on the topic's ``sync`` policy:
 
 * ``every``: each append is committed before ``append_many`` returns; answer at once.
 * ``group``: the log commits by count inside ``append_many``; otherwise the request
@@ -79,10 +82,11 @@ def wall_ms():
 class IngestError(Exception):
     """A request the agent refuses: HTTP status and one line."""
 
-    def __init__(self, status, message, headers=None):
+    def __init__(self, status, message, headers=None, stored=0):
         Exception.__init__(self, message)
         self.status = status
         self.headers = headers
+        self.stored = stored  # records of the request appended before the error
 
 
 def parse_records(body):
@@ -111,18 +115,34 @@ def parse_records(body):
     keys = []
     values = []
     for i, item in enumerate(items):
-        key = None
-        if isinstance(item, dict) and "value" in item and set(item) <= {"key", "value"}:
-            key = item.get("key")
-            if key is not None and not isinstance(key, str):
-                raise IngestError(400, "record %d: \"key\" must be a string or null" % i)
-            item = item["value"]
         try:
-            values.append(codec.dumps(item))
-        except (EdgelineError, RecursionError) as e:
-            raise IngestError(400, "record %d: cannot be encoded: %s" % (i, e)) from None
-        keys.append(key.encode("utf-8") if key is not None else None)
+            key, value = parse_item(item)
+        except IngestError as e:
+            raise IngestError(400, "record %d: %s" % (i, e)) from None
+        keys.append(key)
+        values.append(value)
     return keys, values
+
+
+def parse_item(item):
+    """(key, value) of one decoded JSON item: a bare value (key None), or
+    ``{"key": ..., "value": ...}`` -- an object with a ``value`` and at most a ``key``
+    besides, the key a string or null. The key as UTF-8 bytes, the value as CBOR;
+    IngestError(400) when the key is not text or the value cannot be encoded."""
+    key = None
+    if isinstance(item, dict) and "value" in item and set(item) <= {"key", "value"}:
+        key = item.get("key")
+        if key is not None and not isinstance(key, str):
+            raise IngestError(400, "\"key\" must be a string or null")
+        item = item["value"]
+    try:
+        value = codec.dumps(item)
+    except (EdgelineError, RecursionError) as e:
+        raise IngestError(400, "cannot be encoded: %s" % e) from None
+    try:
+        return (key.encode("utf-8") if key is not None else None), value
+    except UnicodeEncodeError:
+        raise IngestError(400, "\"key\" is not valid UTF-8 (lone surrogate?)") from None
 
 
 class _TopicState:
@@ -142,20 +162,23 @@ class Agent:
     """One edge node: store, topics, uplink, HTTP server. ``run()`` until ``stop()``.
 
     ``max_body_bytes`` bounds an ingest request. ``uplink_options`` go to
-    ``uplink.from_config`` (tests shorten timeouts with them).
+    ``uplink.from_config``, ``mqtt_options`` to ``mqtt_ingest.MqttSource`` (tests
+    shorten timeouts with them).
     """
 
-    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print):
+    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print, mqtt_options=None):
         self.cfg = cfg
+        self.mqtt_options = mqtt_options
+        self.mqtt = None  # the MQTT ingest (mqtt_ingest.MqttSource) while run() runs
         self.max_body_bytes = max_body_bytes
         self.print = print_fn
         self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
         self.receiving = cfg.sync.enabled and any(t.receives for t in cfg.topics)
         if self.sending or self.receiving:
             self._check_key()
-        if (self.sending or self.receiving) and (cfg.gateway is None or cfg.gateway.transport != "http"):
-            raise ConfigError("%s: edge.cloud_endpoint: the agent's uplink speaks HTTP only so far; use an "
-                              "http:// or https:// endpoint" % cfg.source)
+        if (self.sending or self.receiving) and cfg.gateway is not None and cfg.gateway.scheme == "mqtts":
+            raise ConfigError("%s: edge.cloud_endpoint: mqtts:// (MQTT over TLS) is not supported by the agent yet; "
+                              "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
         from .downlink import log_options as down_options
 
         self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
@@ -247,6 +270,29 @@ class Agent:
             raise IngestError(413, "the body is over %d bytes" % self.max_body_bytes) from None
         keys, values = parse_records(body)
         lg = st.log
+        try:
+            first, n = self.append(st, keys, values)
+        except IngestError as e:
+            if e.stored:
+                await self._durable(st, lg.last_seq)  # the part that went in, as the policy has it
+            raise
+        answer = {"topic": name, "first_seq": first if n else None, "last_seq": lg.last_seq if n else None}
+        if n < len(values):
+            answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
+        answer["durable"] = await self._durable(st, lg.last_seq) if n else True
+        return answer
+
+    def append(self, st, keys, values):
+        """The write path every ingest source shares (HTTP, MQTT): check, then append
+        ``values`` (CBOR, with ``keys``) to topic ``st`` with one ``append_many`` and one
+        HLC timestamp each; return ``(first_seq, n)``, n appended (fewer than given only
+        under ``drop_newest``). Durability is the caller's to wait for (``_durable``).
+
+        IngestError: 413 a record over a segment, 503 ``sync.max_queue_size`` or a full
+        ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
+        topic filling up part way says how many went in (``e.stored``)."""
+        name = st.cfg.name
+        lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
             if len(encode_frame(1, 0, k, v)) > room:
@@ -265,25 +311,32 @@ class Agent:
             lg.append_many(values, ts=ts, keys=keys if any(k is not None for k in keys) else None, now_ms=now)
         except LogFull as e:
             n = lg.last_seq - before
+            self._appended(st, n)
             if n == 0:
                 raise IngestError(503, "%s" % e, {"Retry-After": str(RETRY_AFTER_S)}) from None
             # Part of the request went in before the log filled: say exactly which part.
-            await self._durable(st, lg.last_seq)
             raise IngestError(503, "%s; records 0..%d of the request were stored as seqs %d..%d, the rest were not"
-                              % (e, n - 1, before + 1, before + n), {"Retry-After": str(RETRY_AFTER_S)}) from None
+                              % (e, n - 1, before + 1, before + n), {"Retry-After": str(RETRY_AFTER_S)},
+                              stored=n) from None
         except EdgelineError as e:
             self.last_error = "%s: %s" % (name, e)
             raise IngestError(500, "%s" % e) from None
         n = lg.last_seq - before
+        self._appended(st, n)
+        return before + 1, n
+
+    def _appended(self, st, n):
         self.ingested += n
         self._wake(st)  # a commit by count may have covered earlier waiters (and readers)
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
-        answer = {"topic": name, "first_seq": before + 1 if n else None, "last_seq": lg.last_seq if n else None}
-        if n < len(values):
-            answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
-        answer["durable"] = await self._durable(st, lg.last_seq) if n else True
-        return answer
+
+    def commit_now(self, st):
+        """Commit topic ``st`` now rather than at its group-commit timer (MQTT ingest:
+        the broker sends nothing more until what it sent is acknowledged)."""
+        if st.timer is not None:
+            st.timer.cancel()
+        self._commit(st)
 
     async def _durable(self, st, seq):
         """Wait until seq is committed, as the topic's sync policy has it; True if it is."""
@@ -476,6 +529,7 @@ class Agent:
             "pending": sum(st.outbox.depth for st in self.topics.values() if st.outbox is not None),
             "ingested": self.ingested,
             "rejected": self.rejected,
+            "mqtt": self.mqtt.stats() if self.mqtt is not None else None,
             "failed_topics": failed,
             "last_error": last_error,
         }
@@ -528,11 +582,16 @@ class Agent:
                 "ingest and control" if self.cfg.ingest.http is not None else "control (ingest off)", listen,
                 "uplink to %s" % self.uplink.url if self.uplink is not None else "no uplink"))
             if self.cfg.ingest.mqtt is not None:
-                self.print("edgeline agent: warning: ingest.mqtt is not served by this agent yet; "
-                           "post records over HTTP")
+                from .mqtt_ingest import MqttSource
+
+                self.mqtt = MqttSource(self, self.cfg.ingest.mqtt, **(self.mqtt_options or {}))
+                await self.mqtt.start()
+                self.print("edgeline agent: MQTT ingest from %s: %s" % (self.mqtt.broker, ", ".join(self.mqtt.filters)))
             await self._stop.wait()
         finally:
             self._closing = True
+            if self.mqtt is not None:
+                self.mqtt.pause()  # nothing more is appended; the commit below covers what was
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
@@ -546,6 +605,8 @@ class Agent:
                     log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
                 self._wake(st)
             await asyncio.sleep(0)
+            if self.mqtt is not None:
+                await self.mqtt.close()  # acknowledges what the commit covered, then disconnects
             await runner.cleanup()
             if uplink_task is not None:
                 self.uplink.stop()

@@ -1,4 +1,4 @@
-"""The edge's uplink: its logs' outboxes, sent to the gateway over HTTP (asyncio).
+"""The edge's uplink: its logs' outboxes, sent to the gateway over HTTP or MQTT (asyncio).
 
 Failure modes first
 -------------------
@@ -21,6 +21,10 @@ Failure modes first
 * The gateway's mark is below this node's cursor (it lost data it had acknowledged): a
   warning, and a GAP ``gateway_lost`` from its mark to the cursor so the stream can
   continue; nothing is rewound.
+* Over MQTT (transport.py): the broker connection breaks, or an answer does not come
+  within the timeout: the exchange fails as above and the next session starts on a
+  fresh connection; ERROR ``unexpected`` to a BATCH (the gateway restarted) is a
+  forgotten session.
 
 Guarantees: only an ACK moves an outbox cursor (wire.md W2), so a record leaves the
 log's "owed" set only once the gateway has it durably; every seq reaches the gateway
@@ -28,9 +32,10 @@ exactly once, as a record or inside a GAP.
 
 Theory of operation
 -------------------
-``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the gateway's
-session id (``X-Edgeline-Session``): HELLO -> CHALLENGE and AUTH -> WELCOME are two
-POSTs to ``/v1/sync``. On WELCOME each topic's outbox is reconciled with the gateway's
+``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the transport's
+conversation (transport.py: over HTTP the gateway's session id, ``X-Edgeline-Session``;
+over MQTT the broker connection it began on): HELLO -> CHALLENGE and AUTH -> WELCOME are
+two exchanges. On WELCOME each topic's outbox is reconciled with the gateway's
 mark. Then each *round* builds one request, a CBOR sequence of up to one message per
 topic, visiting the topics round robin (the first topic of a round rotates, so a busy
 topic cannot starve the others): a GAP when the outbox reports one, else a BATCH of the
@@ -65,25 +70,18 @@ from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
 
 from .. import fastcbor
-from ..gateway.server import CBOR_TYPE, SESSION_HEADER
 from .config import CircuitBreaker, RetryPolicy
+from .transport import HttpTransport, MqttTransport, UplinkFailure
+from .transport import one_line as _one_line
 
 log = logging.getLogger("edgeline.uplink")
 
 GATEWAY_LOST = "gateway_lost"  # GAP reason: records the gateway acknowledged, then lost
+MQTT_ANSWER_TIMEOUT_MS = 10000  # over MQTT a lost request shows only as a missing answer
 
 
 def _monotonic_ms():
     return int(time.monotonic() * 1000)
-
-
-def _one_line(text, limit=300):
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-class UplinkFailure(Exception):
-    """One exchange failed (transport, HTTP status, protocol, or an ERROR from the gateway)."""
 
 
 class _SessionLost(Exception):
@@ -134,26 +132,28 @@ class _Topic:
 
 
 class Uplink:
-    """The sync loop of one edge to one gateway over HTTP.
+    """The sync loop of one edge to one gateway.
 
     ``topics`` maps a topic name to its ``(RingLog, Outbox)``: the edge_to_cloud and
     bidirectional topics. ``retry``/``breaker`` are the config's ``RetryPolicy`` and
-    ``CircuitBreaker``; ``http`` an ``aiohttp.ClientSession`` (one is made, and closed by
-    ``run()``, if not given). ``now_ms`` (a monotonic clock in ms) and ``rand`` (in
-    [0, 1)) may be replaced in tests.
+    ``CircuitBreaker``. The exchanges travel over ``transport`` (transport.py), by
+    default an ``HttpTransport`` posting to ``url`` with ``http``, an
+    ``aiohttp.ClientSession`` (one is made, and closed by ``run()``, if not given).
+    ``now_ms`` (a monotonic clock in ms) and ``rand`` (in [0, 1)) may be replaced in tests.
     """
 
     def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_limit_bps=0,
                  batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
                  rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20,
-                 downlink=None):
+                 downlink=None, transport=None):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
         fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.node_id = node_id
         self._key = bytes(key)
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
-        self.url = url
+        self.transport = transport if transport is not None else HttpTransport(url, http, request_timeout_ms)
+        self.url = self.transport.url
         self._topics = [_Topic(name, lg, ob) for name, (lg, ob) in topics.items()]
         self.downlink = downlink  # a Downlink (downlink.py), or None: nothing to pull
         self._by_name = {t.name: t for t in self._topics}
@@ -165,8 +165,6 @@ class Uplink:
         self.interval_ms = interval_ms
         self.request_timeout_ms = request_timeout_ms
         self.max_message_bytes = max_message_bytes
-        self._http = http
-        self._own_http = http is None
         self._now_ms = now_ms
         self._rand = rand
         self._bucket = TokenBucket(bandwidth_limit_bps, now_ms)
@@ -175,7 +173,6 @@ class Uplink:
         self._paused = False
         self._forced = False  # sync_now(): skip the current wait, even an open breaker's
         self._conn = None  # EdgeConnection of the current session
-        self._sid = None
         self._rr = 0  # the topic a round starts with
         self.state = "idle"
         self.failures = 0  # consecutive failed attempts
@@ -266,8 +263,7 @@ class Uplink:
 
     async def run(self):
         """Send until ``stop()``; never raises for a failed exchange."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
+        await self.transport.start()
         try:
             while not self._stopping:
                 if self._paused:
@@ -311,9 +307,7 @@ class Uplink:
         finally:
             self._conn = None
             self.state = "stopped"
-            if self._own_http and self._http is not None:
-                await self._http.close()
-                self._http = None
+            await self.transport.close()
 
     async def _wait(self, ms):
         self._wake.clear()
@@ -394,7 +388,6 @@ class Uplink:
 
     def _drop_session(self):
         self._conn = None
-        self._sid = None
         for t in self._topics:
             t.gw_mark = None
             t.limit = None
@@ -402,28 +395,14 @@ class Uplink:
     # ------------------------------------------------------------------ exchanges
 
     async def _exchange(self, body, errors_ok=False):
-        """POST body; the gateway's events. Raises UplinkFailure or _SessionLost; with
+        """Send body; the gateway's events. Raises UplinkFailure or _SessionLost; with
         errors_ok an ERROR from the gateway ends the list instead (the session is over)."""
         delay = self._bucket.delay_ms(len(body))
         if delay:
             await asyncio.sleep(delay / 1000.0)
-        headers = {"Content-Type": CBOR_TYPE}
-        sent_sid = self._sid
-        if sent_sid:
-            headers[SESSION_HEADER] = sent_sid
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_ms / 1000.0)
         self.requests += 1
         self.bytes_sent += len(body)
-        try:
-            async with self._http.post(self.url, data=body, headers=headers, timeout=timeout) as resp:
-                data = await resp.read()
-                if resp.status != 200:
-                    raise UplinkFailure("gateway answered HTTP %d %s" % (resp.status, resp.reason or ""))
-                self._sid = resp.headers.get(SESSION_HEADER)
-        except asyncio.TimeoutError:
-            raise UplinkFailure("no answer from %s within %d ms" % (self.url, self.request_timeout_ms)) from None
-        except aiohttp.ClientError as e:
-            raise UplinkFailure("%s: %s" % (self.url, _one_line(str(e) or type(e).__name__))) from None
+        data = await self.transport.exchange(body)
         conn = self._conn
         conn.receive_data(data)
         events = []
@@ -436,7 +415,7 @@ class Uplink:
                 break
             if type(ev) is sync.Error:
                 name = sync.ERROR_NAMES[ev.code] if ev.code < len(sync.ERROR_NAMES) else "?"
-                if sent_sid and self._sid != sent_sid and ev.code in (sync.ERR_UNEXPECTED, sync.ERR_MALFORMED):
+                if self.transport.lost_session(ev.code):
                     raise _SessionLost()
                 if errors_ok:
                     events.append(ev)
@@ -447,7 +426,7 @@ class Uplink:
 
     async def _connect(self):
         self.state = "connecting"
-        self._sid = None
+        self.transport.new_session()
         self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes)
         caps = {"pull": True} if self.downlink is not None else None
         evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
@@ -603,20 +582,29 @@ def _names(events):
     return ", ".join(type(e).__name__.upper() for e in events) or "nothing"
 
 
-def from_config(cfg, topics, http=None, **kwargs):
-    """An Uplink for an ``EdgeConfig``: its sync settings and its HTTP ``cloud_endpoint``,
-    posted to as given (point it at the gateway's ``/v1/sync``). ``topics`` maps each
-    sending topic to its (RingLog, Outbox); a ``downlink=`` keyword pulls the receiving
-    topics in the same loop."""
+def from_config(cfg, topics, http=None, mqtt_options=None, **kwargs):
+    """An Uplink for an ``EdgeConfig``: its sync settings and its ``cloud_endpoint``.
+    An HTTP endpoint is posted to as given (point it at the gateway's ``/v1/sync``; no
+    path means that route); an ``mqtt://`` one goes through its broker, to
+    ``<prefix>/<node_id>/up`` (``mqtt_options`` go to ``MqttTransport``). ``topics``
+    maps each sending topic to its (RingLog, Outbox); a ``downlink=`` keyword pulls the
+    receiving topics in the same loop."""
     from edgeline.errors import ConfigError
 
     gw = cfg.gateway
-    if gw is None or gw.transport != "http":
-        raise ConfigError("%s: the uplink needs an http:// or https:// cloud_endpoint" % cfg.source)
+    if gw is None or gw.scheme not in ("http", "https", "mqtt"):
+        raise ConfigError("%s: the uplink needs an http://, https:// or mqtt:// cloud_endpoint" % cfg.source)
     s = cfg.sync
     kwargs.setdefault("interval_ms", s.interval_ms)
     kwargs.setdefault("batch_records", s.batch_size)
-    # An endpoint without a path means the gateway's own route (docs/config.md).
-    url = gw.url.rstrip("/") + "/v1/sync" if gw.path in ("", "/") else gw.url
+    if gw.transport == "mqtt":
+        options = dict(mqtt_options or {})
+        options.setdefault("request_timeout_ms", kwargs.get("request_timeout_ms", MQTT_ANSWER_TIMEOUT_MS))
+        prefix = gw.uplink_topic[:-len("/%s/up" % cfg.node_id)]
+        kwargs["transport"] = MqttTransport(cfg.node_id, gw.host, gw.port, prefix, url=gw.url, **options)
+        url = gw.url
+    else:
+        # An endpoint without a path means the gateway's own route (docs/config.md).
+        url = gw.url.rstrip("/") + "/v1/sync" if gw.path in ("", "/") else gw.url
     return Uplink(cfg.node_id, cfg.node_key().reveal(), url, topics, retry=s.retry, breaker=s.circuit_breaker,
                   bandwidth_limit_bps=s.bandwidth_bytes_per_sec, http=http, **kwargs)

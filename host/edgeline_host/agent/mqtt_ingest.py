@@ -1,0 +1,505 @@
+"""MQTT ingest: the agent subscribes to topic filters on a local broker and appends what
+arrives to its logs, acknowledging a message to the broker only once its record is durable.
+
+Failure modes first
+-------------------
+* The agent is killed (SIGKILL, power cut) at any moment: a QoS 1 message is acknowledged
+  to the broker (PUBACK) only after the commit that covered its record has returned, and
+  the agent's session on the broker persists (MQTT 5, clean start off, a session that
+  never expires), so every message the broker took from a publisher is either in a log
+  or still held by the broker, which sends it again when the agent is back.
+* That makes delivery into the log **at least once**, not exactly once: a message whose
+  record was committed but whose PUBACK never reached the broker (the agent died, or the
+  connection broke, between the commit and the PUBACK) is sent again and stored again,
+  as a new record with its own seq. MQTT gives a message no identity that outlives its
+  delivery -- a packet id is reused as soon as it is acknowledged -- so the agent cannot
+  tell such a resend from a new message with the same bytes. It counts the messages the
+  broker marks as resent (``redelivered``): an upper bound on such duplicates.
+* The broker goes away or restarts: paho reconnects by itself (``reconnect_min_s`` ..
+  ``reconnect_max_s``). Acknowledgements owed on the broken connection are not sent on
+  the next one: the broker resends those messages (see above). A broker that lost the
+  session (restarted without persistence, or expired it) lost whatever it held for the
+  agent; the agent logs a warning and counts it (``sessions_lost``).
+* A message no topic takes (no filter of the map matches, no such topic, a
+  ``cloud_to_edge`` topic, a key that is not text, a record over a segment): refused --
+  acknowledged, so the broker does not resend it forever, counted by reason, and the
+  reason logged in one line (the first of each kind, then at 10, 100, 1000, ...).
+  Nothing of it is stored.
+* Backpressure -- a full ``reject`` topic, ``sync.max_queue_size`` reached -- and a
+  failed write: the message is kept, unacknowledged, and tried again every
+  ``HOLD_RETRY_S``; the messages behind it wait (a subscription is one ordered stream),
+  and once ``window`` messages are unacknowledged the broker stops sending and queues
+  the rest (bounded by its own ``max_queued_messages``). Nothing is acknowledged that
+  is not stored.
+* Clean stop: no more appends; the agent commits every log, then the acknowledgements
+  of everything committed leave before the DISCONNECT; messages not yet appended stay
+  with the broker for the next start.
+
+Theory of operation
+-------------------
+paho runs the network in a thread of its own. Its callbacks only hand over to the
+asyncio loop (``call_soon_threadsafe``), where everything else happens: messages wait in
+``_queue`` in arrival order; ``_process`` takes them one by one, routes the MQTT topic
+(``MqttIngest.route``: the first matching filter of the map), decodes the payload
+(``record_of``) and appends through ``Agent.append`` -- the HTTP ingest's write path:
+same checks, same hybrid clock, same logs, so both share group commits. Each QoS 1
+message leaves an entry in ``_owed``, in arrival order; acknowledgements go out in that
+order (MQTT wants PUBACKs in the order the PUBLISHes came), each once its entry is
+settled: a refused or dropped message at once, a stored one once the log's
+``durable_seq`` covers its seq (under ``sync: none`` at once: the topic chose not to
+wait for the disk). A task per topic and pass waits on ``Agent._durable`` (the commit
+waiters HTTP answers wait on) and then sends what has settled. A pass yields to the loop
+after ``PASS_BUDGET_S`` (under ``sync: every`` each message costs an fsync), so HTTP
+requests are served in between.
+
+The agent announces a receive maximum of ``window`` (MQTT 5 Receive Maximum): the broker
+has at most that many messages unacknowledged with it, so at most that many wait here.
+When all of them are owed, the broker sends nothing more until some are acknowledged:
+waiting out ``group_ms`` would only stall, so the topics they went to commit at once.
+
+Connections are numbered (``_gen``, bumped by paho's thread on connect and on
+disconnect, under ``_lock``); an entry keeps the number of the connection its message
+came on and is acknowledged only on that same connection. Checking the number and
+queueing the PUBACK happen under the lock, so a PUBACK can never leave on a later
+connection, where the packet id may by then name another message.
+"""
+import asyncio
+import collections
+import json
+import logging
+import os
+import threading
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgeline import codec
+
+from ..gateway.mqtt import no_delay
+from .agent import IngestError, parse_item
+
+log = logging.getLogger("edgeline.agent.mqtt")
+
+WINDOW = 1000  # MQTT 5 Receive Maximum: messages unacknowledged at once
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: kept until the broker drops it
+HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried again this often
+MAX_WAITING = 10 * WINDOW  # QoS 0 messages beyond this many waiting are dropped (counted)
+PASS_BUDGET_S = 0.02  # one pass over the waiting messages yields to the loop after this long
+STATE_FILE = "mqtt-ingest.json"  # in data_dir: the filters subscribed last time
+
+
+def record_of(payload):
+    """(key, value) of one MQTT payload: the key as bytes or None, the value as CBOR.
+
+    A payload that is UTF-8 JSON is decoded and taken as one item of an HTTP ingest
+    body: a bare value, or ``{"key": "...", "value": ...}`` for a keyed record. Any
+    other payload (not UTF-8, not JSON, empty) is stored as it is, a byte string.
+    IngestError(400) for a JSON key that is not text."""
+    try:
+        doc = json.loads(bytes(payload).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, codec.dumps(bytes(payload))
+    return parse_item(doc)
+
+
+def filter_covers(outer, inner):
+    """Every topic ``inner`` (an MQTT filter) matches, ``outer`` matches too."""
+    o = outer.split("/")
+    i = inner.split("/")
+    for n, level in enumerate(o):
+        if level == "#":
+            return not (n == 0 and i[0].startswith("$"))
+        if n >= len(i) or i[n] == "#":
+            return False
+        if level == "+":
+            if i[n] != "+" and n == 0 and i[0].startswith("$"):
+                return False
+            continue
+        if level != i[n]:
+            return False
+    return len(o) == len(i)
+
+
+def subscriptions(filters):
+    """``filters`` less those another one covers (and repeats), in order. A broker may
+    deliver a message once per matching subscription (MQTT 5, 3.3.4; Mosquitto does):
+    overlapping filters would store it twice."""
+    out = []
+    for n, f in enumerate(filters):
+        if any(filter_covers(g, f) and (not filter_covers(f, g) or m < n) for m, g in enumerate(filters) if m != n):
+            continue
+        out.append(f)
+    return out
+
+
+class _Owed:
+    """A QoS 1 message not yet acknowledged: its packet id, its connection, and the
+    record that must be durable first (``st`` None: nothing to wait for)."""
+
+    __slots__ = ("mid", "gen", "st", "seq")
+
+    def __init__(self, mid, gen, st, seq):
+        self.mid = mid
+        self.gen = gen
+        self.st = st
+        self.seq = seq
+
+    def settled(self):
+        st = self.st
+        return st is None or st.log.sync == "none" or st.log.durable_seq >= self.seq
+
+
+class MqttSource:
+    """The agent's MQTT ingest: ``await start()``, ``stats()``, ``pause()``, ``await
+    close()``. ``settings`` is the config's ``MqttIngest``; the rest is for tests and
+    tuning (the client id must stay the same from one run to the next: it names the
+    persistent session)."""
+
+    def __init__(self, agent, settings, client_id=None, keepalive_s=30, reconnect_min_s=0.5, reconnect_max_s=10,
+                 window=WINDOW):
+        self.agent = agent
+        self.settings = settings
+        self.broker = str(settings.broker)
+        self.client_id = client_id or "edgeline-ingest-" + agent.cfg.node_id
+        self.keepalive_s = keepalive_s
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.window = window
+        self.filters = subscriptions(settings.topics)  # what is subscribed to
+        # counters (stats())
+        self.received = 0  # PUBLISHes from the broker
+        self.stored = 0  # records appended
+        self.refused = 0  # acknowledged, not stored: no topic takes them
+        self.dropped = 0  # the topic's drop_newest policy dropped them (the log counts them too)
+        self.redelivered = 0  # marked as resent by the broker (DUP): possibly stored before
+        self.overflow = 0  # QoS 0 messages dropped: too many waiting behind a held one
+        self.acks_lost = 0  # owed on a connection that broke: the broker resends them
+        self.connects = 0
+        self.sessions_lost = 0
+        self.refusals = collections.Counter()
+        self.last_refusal = None
+        self.last_error = None
+        self.connected = False
+        self.subscribed = None  # asyncio.Event, set while the subscriptions stand
+        self.held = None  # why the message at the head of the queue waits, or None
+        self._queue = collections.deque()  # (gen, topic, payload, qos, mid)
+        self._owed = collections.deque()  # _Owed, in arrival order
+        self._gen = 0
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._paused = False
+        self._retry = None  # asyncio.TimerHandle of a held message's next try
+        self._tasks = set()
+        self._loop = None
+        self._client = None
+        self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
+        self._previous = self._read_state()  # filters of the last run; None: never subscribed
+        self._unreachable = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self):
+        """Connect in the background: paho keeps trying until the broker answers."""
+        self._loop = asyncio.get_running_loop()
+        self.subscribed = asyncio.Event()
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5,
+                        manual_ack=True)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_subscribe = self._on_subscribe
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_socket_open = no_delay
+        c.reconnect_delay_set(self.reconnect_min_s, self.reconnect_max_s)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+        props.ReceiveMaximum = self.window
+        b = self.settings.broker
+        c.connect_async(b.host, b.port, keepalive=self.keepalive_s, clean_start=False, properties=props)
+        self._client = c
+        c.loop_start()
+
+    def pause(self):
+        """Append nothing more; what arrives stays unacknowledged (the broker keeps it)."""
+        self._paused = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    async def close(self):
+        """After the agent's final commit: acknowledge what it covered, disconnect."""
+        self.pause()
+        self._ack_settled()
+        c, self._client = self._client, None
+        if c is not None:
+            with self._lock:
+                self._gen += 1  # nothing is acknowledged from here on
+            c.disconnect()  # queued after the PUBACKs: they leave first
+            await asyncio.to_thread(c.loop_stop)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stats(self):
+        return {
+            "broker": self.broker,
+            "client_id": self.client_id,
+            "topics": list(self.filters),
+            "connected": self.connected,
+            "subscribed": bool(self.subscribed is not None and self.subscribed.is_set()),
+            "received": self.received,
+            "stored": self.stored,
+            "refused": self.refused,
+            "dropped": self.dropped,
+            "redelivered": self.redelivered,
+            "overflow": self.overflow,
+            "unacknowledged": len(self._owed),
+            "waiting": len(self._queue),
+            "held": self.held,
+            "connects": self.connects,
+            "sessions_lost": self.sessions_lost,
+            "acks_lost": self.acks_lost,
+            "refusals": dict(self.refusals),
+            "last_refusal": self.last_refusal,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ paho's thread
+
+    def _call(self, fn, *args):
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop is closed: shutting down
+
+    def _on_connect(self, client, _userdata, flags, reason_code, _properties):
+        if reason_code.is_failure:
+            self._call(self._error, "the broker %s refused the connection: %s" % (self.broker, reason_code))
+            return
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+        present = bool(flags.session_present)
+        stale = [f for f in (self._previous or ()) if f not in self.filters] if present else []
+        if stale:
+            client.unsubscribe(stale)
+        # Retained messages are old news when a subscription is made: not ingested.
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(f, opts) for f in self.filters])
+        self._call(self._connected, gen, present, stale)
+
+    def _on_connect_fail(self, _client, _userdata):
+        self._call(self._unreachable_now)
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties):
+        refused = [(f, str(rc)) for f, rc in zip(self.filters, reason_codes) if rc.is_failure]
+        self._call(self._subscribed, refused)
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties):
+        with self._lock:
+            self._gen += 1  # before paho reconnects: no PUBACK of this connection gets onto the next
+        self._call(self._disconnected, "connection lost" if reason_code.value == 128 else str(reason_code))
+
+    def _on_message(self, _client, _userdata, msg):
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = None
+        self._call(self._received, (self._gen, topic, msg.payload, msg.qos, msg.mid, msg.dup))
+
+    # ------------------------------------------------------------------ connection state
+
+    def _error(self, line):
+        self.last_error = line
+        log.warning("edgeline agent: MQTT ingest: %s", line)
+
+    def _unreachable_now(self):
+        if not self._unreachable:
+            self._unreachable = True
+            self._error("cannot reach the broker %s; retrying" % self.broker)
+
+    def _connected(self, gen, present, stale):
+        self.connected = True
+        self._unreachable = False
+        self.connects += 1
+        if not present and self._previous is not None:
+            self.sessions_lost += 1
+            self._error("the broker %s had no session for %s (restarted without persistence, or it expired the "
+                        "session): what it held for the agent while it was away is lost"
+                        % (self.broker, self.client_id))
+        if stale:
+            log.info("edgeline agent: MQTT ingest: unsubscribed from %s (no longer configured)", ", ".join(stale))
+        log.info("edgeline agent: MQTT ingest: connected to %s (session %s)", self.broker,
+                 "resumed" if present else "new")
+        self._ack_settled()  # drops what was owed on the old connection
+
+    def _subscribed(self, refused):
+        if refused:
+            self._error("the broker refused the subscription to %s"
+                        % ", ".join("%s (%s)" % (f, rc) for f, rc in refused))
+            return
+        self.subscribed.set()
+        if self._previous != self.filters:
+            self._previous = list(self.filters)
+            self._write_state()
+
+    def _disconnected(self, why):
+        self.connected = False
+        if self.subscribed is not None:
+            self.subscribed.clear()
+        if self._client is not None:
+            self._error("the broker %s: %s; reconnecting" % (self.broker, why))
+        self._ack_settled()
+
+    def _read_state(self):
+        try:
+            with open(self._state_path) as f:
+                filters = json.load(f).get("filters")
+            return list(filters) if isinstance(filters, list) else None
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _write_state(self):
+        tmp = self._state_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"client_id": self.client_id, "filters": self.filters}, f)
+            os.replace(tmp, self._state_path)
+        except OSError as e:
+            self._error("cannot write %s: %s" % (self._state_path, e))
+
+    # ------------------------------------------------------------------ messages
+
+    def _received(self, item):
+        self.received += 1
+        if item[5]:
+            self.redelivered += 1
+        if item[3] == 0 and len(self._queue) >= MAX_WAITING:
+            self.overflow += 1  # QoS 0: the publisher chose at most once
+            return
+        self._queue.append(item[:5])
+        self._schedule()
+
+    def _schedule(self):
+        if not self._scheduled and self._retry is None and not self._paused:
+            self._scheduled = True
+            self._loop.call_soon(self._process)
+
+    def _retry_now(self):
+        self._retry = None
+        self._schedule()
+
+    def _route(self, topic):
+        """The topic state a message on ``topic`` goes to, or (None, (reason, line))."""
+        if topic is None:
+            return None, ("bad_topic", "the topic is not valid UTF-8")
+        name = self.settings.route(topic)
+        if name is None:
+            where = "ingest.mqtt.map" if self.settings.topic_map else "ingest.mqtt.topics"
+            return None, ("unmapped", "no filter of %s matches it" % where)
+        st = self.agent.topics.get(name)
+        if st is None:
+            return None, ("unknown_topic", "no topic %r in sync_topics or local_topics" % name)
+        if st.cfg.direction == "cloud_to_edge":
+            return None, ("cloud_to_edge", "topic %r is cloud_to_edge: the edge does not write to it" % name)
+        return st, None
+
+    def _process(self):
+        self._scheduled = False
+        if self._paused or self.agent._closing:
+            return
+        agent = self.agent
+        last = {}  # topic state -> the last seq appended to it in this pass
+        loop = self._loop
+        deadline = loop.time() + PASS_BUDGET_S  # under sync: every each message is an fsync
+        while self._queue:
+            if loop.time() > deadline:
+                self._schedule()  # the rest in the next pass: HTTP requests get their turn
+                break
+            gen, topic, payload, qos, mid = self._queue[0]
+            st, why = self._route(topic)
+            seq = None
+            if st is not None:
+                try:
+                    key, value = record_of(payload)
+                    first, n = agent.append(st, [key], [value])
+                except IngestError as e:
+                    if e.status >= 500:  # backpressure or a failed write: keep it, unacknowledged
+                        self._hold(topic, st, e)
+                        break
+                    why = ("too_large" if e.status == 413 else "bad_value", str(e))
+                    st = None
+                except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
+                    log.exception("edgeline agent: MQTT ingest: unexpected error")
+                    self._hold(topic, st, IngestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
+                    break
+                else:
+                    if n:
+                        self.stored += 1
+                        seq = last[st] = first
+                    else:
+                        self.dropped += 1
+                        st = None
+            if why is not None:
+                self._refuse(topic, why)
+            self._queue.popleft()
+            self.held = None
+            if qos:
+                self._owed.append(_Owed(mid, gen, st, seq))
+        for st, seq in last.items():
+            t = self._loop.create_task(self._settle(st, seq))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        self._ack_settled()
+        if len(self._owed) >= self.window:
+            # The broker waits for acknowledgements now: commit rather than wait for the timers.
+            for st in {e.st for e in self._owed if e.st is not None and not e.settled()}:
+                agent.commit_now(st)
+            self._ack_settled()
+
+    def _hold(self, topic, st, e):
+        line = "a message on %r for topic %s waits: %s" % (topic, st.cfg.name, e)
+        if self.held != line:
+            log.warning("edgeline agent: MQTT ingest: %s", line)
+        self.held = line
+        if e.status == 500:
+            self.last_error = line
+        self._retry = self._loop.call_later(HOLD_RETRY_S, self._retry_now)
+
+    def _refuse(self, topic, why):
+        reason, line = why
+        self.refused += 1
+        self.refusals[reason] += 1
+        self.last_refusal = "%s: %s" % (topic, line)
+        n = self.refusals[reason]
+        if n == 1 or (n >= 10 and str(n).strip("0") == "1"):
+            log.warning("edgeline agent: MQTT ingest: refused a message on %r: %s (%d %s so far)",
+                        topic, line, n, reason)
+
+    async def _settle(self, st, seq):
+        try:
+            await self.agent._durable(st, seq)
+        except IngestError as e:  # the commit failed: nothing it covered is acknowledged
+            self.last_error = "topic %s: %s" % (st.cfg.name, e)
+        self._ack_settled()
+
+    def _ack_settled(self):
+        """Acknowledge, in arrival order, every owed message that has settled."""
+        owed = self._owed
+        client = self._client
+        while owed:
+            e = owed[0]
+            if e.gen != self._gen:
+                owed.popleft()  # its connection is gone: the broker sends it again
+                self.acks_lost += 1
+                continue
+            if not e.settled():
+                return
+            owed.popleft()
+            with self._lock:
+                if e.gen == self._gen and client is not None and client.ack(e.mid, 1) == paho.MQTT_ERR_SUCCESS:
+                    continue
+            self.acks_lost += 1
