@@ -37,7 +37,7 @@ def gateway(tmp_path_factory):
     g.stop()
 
 
-def settings(p, node, gw, samples, sample_ms=20, **kw):
+def settings(p, node, gw, samples, sample_ms=10, **kw):
     wifi = {"ssid": "emulated", "password": "unused"} if p["network"]["kind"] != "none" else None
     overrides = dict(kw, sample_ms=sample_ms)
     return profiles.board_config(p, node, KEY.hex(), ("127.0.0.1", gw.tcp_port) if gw else None, wifi, samples,
@@ -104,7 +104,7 @@ def test_main_py_runs_on_the_board_s_heap_and_syncs_exactly_once(name, gateway, 
 def test_power_cut_mid_sync_then_reboot(gateway, tmp_path):
     p = profiles.load_profile("pico-w")
     node = "board-cut"
-    image, romfs = flash_board(p, tmp_path, settings(p, node, gateway, samples=300, sample_ms=10,
+    image, romfs = flash_board(p, tmp_path, settings(p, node, gateway, samples=200,
                                                      sync=dict(p["defaults"]["sync"], interval_ms=50)))
     proc = unixport.start_main(image, p, romfs)
     try:
@@ -120,11 +120,11 @@ def test_power_cut_mid_sync_then_reboot(gateway, tmp_path):
         proc.send_signal(signal.SIGKILL)
         out = proc.communicate(timeout=30)[0]
     assert "edgeline: done" not in out, "the board finished before the cut"
-    # reboot with the same settings: 300 more readings; everything durable reaches the gateway once
+    # reboot with the same settings: 200 more readings; everything durable reaches the gateway once
     rc, out = unixport.run_main(image, p, romfs)
     res = done(out)
     assert rc == 0 and res["acked"] == res["last_seq"] and res["errors"] == 0, out[-2000:]
-    assert res["last_seq"] >= 300 + 60
+    assert res["last_seq"] >= 200 + 60
     check_gateway(gateway, node, res["last_seq"])
 
 
