@@ -1,7 +1,7 @@
 """An emulated MicroPython board on a pseudo-terminal, that the real mpremote can talk to.
 
     python -m emulator.board (--profile NAME | --heap SIZE) --flash FILE [--flash-size SIZE]
-                             [--link PATH] [--micropython EXE]
+                             [--frozen ROMFS-IMAGE] [--link PATH] [--micropython EXE]
 
 prints the port (the pty, or the symlink made at ``--link``) on its first line of output
 and serves the board on it until SIGTERM or SIGINT. SIGUSR1 cuts the power (the board's
@@ -99,7 +99,7 @@ sys.path.clear()
 sys.path.append("/.rom")
 import boardrom, blockfile, machine
 vfs.umount("/.rom")
-boardrom.main(rom, %(ctl_in)d, %(ctl_out)d, %(flash)r, %(block_bytes)d, %(block_count)d, %(heap_bytes)d)
+boardrom.main(rom, %(ctl_in)d, %(ctl_out)d, %(flash)r, %(block_bytes)d, %(block_count)d, %(heap_bytes)d, %(frozen)r)
 """
 
 _COMPOUND = ("if", "while", "for", "try", "with", "def", "class", "async")
@@ -292,8 +292,9 @@ class EmulatedBoard:
     """
 
     def __init__(self, flash, heap_bytes, flash_bytes=None, block_bytes=4096, machine="emulated board",
-                 micropython=None, link=None, log=None):
+                 micropython=None, link=None, log=None, frozen=None):
         self.flash = os.path.abspath(flash)
+        self.frozen = os.path.abspath(frozen) if frozen else None
         self.heap_bytes = heap_bytes
         self.flash_bytes = flash_bytes
         self.block_bytes = block_bytes
@@ -350,6 +351,8 @@ class EmulatedBoard:
             self.log("%s is a native binary: Ctrl-C is its asynchronous SIGINT, which can cut into littlefs"
                      % self._argv[0])
         self.block_bytes, self.block_count = prepare_flash(self.flash, self.flash_bytes, self.block_bytes)
+        if self.frozen and not os.path.isfile(self.frozen):
+            raise BoardError("no such file: %s (the frozen modules' ROMFS image)" % self.frozen)
         self._tmp = tempfile.mkdtemp(prefix="edgeline-board-")
         self.rom = build_rom(self._tmp)
         master, slave = os.openpty()
@@ -409,10 +412,13 @@ class EmulatedBoard:
         ctl_out_r, ctl_out_w = os.pipe()  # its answers
         code = _BOOT % {"rom_bytes": os.path.getsize(self.rom), "rom": self.rom, "ctl_in": ctl_in_r,
                         "ctl_out": ctl_out_w, "flash": self.flash, "block_bytes": self.block_bytes,
-                        "block_count": self.block_count, "heap_bytes": self.heap_bytes}
+                        "block_count": self.block_count, "heap_bytes": self.heap_bytes, "frozen": self.frozen}
         # The board's heap, plus room for what the emulator itself keeps there (its ROM
-        # image, its objects); the firmware pins whatever is left over (boardrom._pin).
+        # image, its objects, the frozen modules' image: flash on a board); the firmware
+        # pins whatever is left over (boardrom._pin).
         heap = self.heap_bytes + os.path.getsize(self.rom) + _OWN_HEAP
+        if self.frozen:
+            heap += os.path.getsize(self.frozen) + 64
         try:
             # A session of its own: a Ctrl-C typed at the emulator's terminal is not the board's.
             self.proc = subprocess.Popen(self._argv + ["-X", "heapsize=%d" % heap, "-c", code],
@@ -1024,6 +1030,8 @@ def main(argv=None):
     ap.add_argument("--flash", required=True, help="the flash image file (created erased if missing)")
     ap.add_argument("--flash-size", help="its size when created (default: the profile's file system)")
     ap.add_argument("--block-size", default=None, help="flash block size (default: the profile's, else 4096)")
+    ap.add_argument("--frozen", help="modules frozen into the board's firmware, as a ROMFS image (edgeline firmware "
+                                     "romfs --profile NAME): mounted at /rom and run in place, not from the heap")
     ap.add_argument("--link", help="also make this symlink to the pty")
     ap.add_argument("--micropython", help="the MicroPython unix port executable")
     args = ap.parse_args(argv)
@@ -1039,7 +1047,7 @@ def main(argv=None):
         title = prof["title"].split(",")[0].split(" (")[0] if prof else "a board"
         machine = "%s (emulated) with %d KiB heap" % (title, heap // 1024)
         board = EmulatedBoard(args.flash, heap, size, block, machine=machine, micropython=args.micropython,
-                              link=args.link)
+                              link=args.link, frozen=args.frozen)
         signal.signal(signal.SIGTERM, lambda *a: board.stop())
         signal.signal(signal.SIGINT, lambda *a: board.stop())
         signal.signal(signal.SIGHUP, lambda *a: board.stop())

@@ -13,7 +13,9 @@ At boot it opens its two control pipes (while the host file system is still moun
 unmounts the host file system from / and mounts the flash image there instead: littlefs2
 on a block device over the image file (emulator/blockfile.py), formatted on first boot
 as the ESP32 and RP2040 firmware do. ``sys.path`` becomes a board's ('', '.frozen',
-'/lib'). ``machine`` gains ``reset()`` (see emulator/boardmachine.py).
+'/lib'). Modules frozen into the board's firmware come as a ROMFS image (``--frozen``),
+mounted at /rom (and put on ``sys.path`` before /lib) and run in place, as frozen code
+runs from flash. ``machine`` gains ``reset()`` (see emulator/boardmachine.py).
 
 The process's stdin and stdout are the board's UART: the bridge forwards the host's bytes
 to stdin while code runs, and copies stdout (stderr too) to the host. Commands and their
@@ -141,10 +143,18 @@ class _Flash(blockfile.FileBlockDevice):
 
 
 class Firmware:
-    def __init__(self, rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes):
+    def __init__(self, rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes, frozen=None):
         self.rom = rom  # the ROMFS image this code runs from: keep it alive
         self.ctl_in = open("/dev/fd/%d" % ctl_in, "rb")
         self.ctl_out = open("/dev/fd/%d" % ctl_out, "wb")
+        self.frozen = None
+        if frozen:
+            # Modules frozen into the board's firmware, as a ROMFS image: read now, while
+            # the host's files are still mounted; mounted at /rom and run in place.
+            self.frozen = bytearray(os.stat(frozen)[6])
+            f = open(frozen, "rb")
+            f.readinto(self.frozen)
+            f.close()
         self.stdin = sys.stdin.buffer
         self.stdout = sys.stdout.buffer
         self.poll = select.poll()
@@ -184,6 +194,10 @@ class Firmware:
         path.clear()
         path.append("")
         path.append(".frozen")
+        if self.frozen is not None:
+            vfs.mount(vfs.VfsRom(self.frozen), "/rom")
+            path.append("/rom")
+            path.append("/rom/lib")
         path.append("/lib")
 
     # ------------------------------------------------------------------ control pipe
@@ -295,10 +309,10 @@ class Firmware:
         self.send(ord("Q"))
 
 
-def main(rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes):
+def main(rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes, frozen=None):
     """Boot and serve. The boot code has imported this module, blockfile and machine
     (boardmachine) from the ROMFS image ``rom`` and unmounted it."""
-    fw = Firmware(rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes)
+    fw = Firmware(rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes, frozen)
     import machine
 
     machine._firmware = fw

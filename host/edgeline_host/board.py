@@ -12,7 +12,9 @@ the settings edgeline.json), copies it with ``mpremote fs cp`` -- which soft-res
 board into the raw REPL first, so a running main.py stops before its files change, and
 skips files whose SHA-256 on the board already matches -- library first and main.py
 last, then soft-resets the board from the friendly REPL, which is what makes a board
-run main.py again.
+run main.py again. A profile whose library is frozen into the firmware (or in its ROMFS
+partition) gets only main.py and edgeline.json, once the board shows it can import the
+library.
 
 ``status`` stops main.py the same way, runs ``edgeline_app.status()`` on the board over
 the raw REPL (it opens the logs with the board's own settings and prints one JSON line:
@@ -172,38 +174,61 @@ def read_config(path, profile):
         raise BoardError(str(e)) from None
 
 
-def deploy(port, profile_name, config_path=None, say=None, timeout_s=5):
+CODE_MODES = ("mpy", "py", "frozen", "romfs")
+
+
+def deploy(port, profile_name, config_path=None, say=None, timeout_s=5, code=None):
     """Build edgeline for the profile, copy it to the board on ``port`` and soft-reset it.
-    ``timeout_s``: how long the board may take to answer at its REPL. Returns {"files",
-    "copied", "unchanged", "bytes"}."""
+    ``code``: how the library reaches the board -- ``mpy`` or ``py`` files in /lib, or
+    already ``frozen`` into its firmware (``romfs``: in its ROMFS partition); default:
+    the profile's. ``timeout_s``: how long the board may take to answer at its REPL.
+    Returns {"files", "copied", "unchanged", "bytes", "code"}."""
     from edgeline_host.firmware import build
     from edgeline_host.firmware.mpy import ToolMissing
 
     say = say or (lambda s: None)
     profile = _load_profile(profile_name)
+    code = code or profile["firmware"]["deploy"]
+    if code not in CODE_MODES:
+        raise BoardError("--code must be one of %s, not %r" % (", ".join(CODE_MODES), code))
     cfg = read_config(config_path, profile) if config_path else None
     check_port(port, timeout_s)
+    if code in ("frozen", "romfs"):
+        try:
+            mpremote(port, ["exec", "import edgeline_app"], timeout_s=60)
+        except BoardError as e:
+            raise BoardError("%s runs edgeline %s, and the board on %s cannot import it (%s); flash a firmware with"
+                             " it (docs/boards.md), or copy the .mpy files: --code mpy"
+                             % (profile_name, "frozen into its firmware" if code == "frozen" else
+                                "from its ROMFS partition", port, e)) from None
     with tempfile.TemporaryDirectory(prefix="edgeline-deploy-") as tmp:
         try:
-            build.build(profile, tmp, cfg, source=profile["firmware"]["deploy"] == "py")
+            build.build(profile, tmp, cfg, source=code == "py")
         except (ToolMissing, RuntimeError) as e:
             raise BoardError(str(e)) from None
         os.remove(os.path.join(tmp, "sizes.json"))  # the build's report, not for the board
+        if code in ("frozen", "romfs"):
+            import shutil
+
+            shutil.rmtree(os.path.join(tmp, "lib"))  # the board has it
         files = []
         for d, _dirs, names in os.walk(tmp):
             files += [os.path.join(d, n) for n in names]
         total = sum(os.path.getsize(f) for f in files)
         # The library first and main.py last: a copy cut short leaves the old main.py,
         # which the old library still serves.
-        args = ["fs", "cp", "-r", os.path.join(tmp, "lib"), ":"]
+        args = []
+        if os.path.isdir(os.path.join(tmp, "lib")):
+            args += ["fs", "cp", "-r", os.path.join(tmp, "lib"), ":", "+"]
         if cfg is not None:
-            args += ["+", "fs", "cp", os.path.join(tmp, "edgeline.json"), ":edgeline.json"]
-        args += ["+", "fs", "cp", os.path.join(tmp, "main.py"), ":main.py"]
+            args += ["fs", "cp", os.path.join(tmp, "edgeline.json"), ":edgeline.json", "+"]
+        args += ["fs", "cp", os.path.join(tmp, "main.py"), ":main.py"]
         say("copying %d files (%d bytes) to %s" % (len(files), total, port))
         out = mpremote(port, args)
     unchanged = sum(1 for line in out.splitlines() if line.startswith("Up to date:"))
     soft_reset(port)
-    return {"files": len(files), "copied": len(files) - unchanged, "unchanged": unchanged, "bytes": total}
+    return {"files": len(files), "copied": len(files) - unchanged, "unchanged": unchanged, "bytes": total,
+            "code": code}
 
 
 def status(port, restart=True, timeout_s=5):

@@ -539,16 +539,22 @@ def _board_call(fn, *args, **kw):
 @_profile_option
 @click.option("--config", "config_path", default=None,
               help="The board's edgeline.json (edgeline firmware config); without it the board keeps its own.")
+@click.option("--code", type=click.Choice(["mpy", "py", "frozen", "romfs"]), default=None,
+              help="How the library reaches the board: .mpy or .py files in /lib, or already in its firmware"
+                   " (frozen) or ROMFS partition. Default: the profile's.")
 @_board_timeout_option
-def board_deploy(port, profile_name, config_path, timeout_s):
+def board_deploy(port, profile_name, config_path, code, timeout_s):
     """Copy edgeline compiled for PROFILE, the board's main.py and its settings to the
     board on PORT (mpremote; unchanged files are skipped), then soft-reset it so that
-    main.py runs."""
+    main.py runs. A board whose firmware has edgeline frozen in gets main.py and the
+    settings only."""
     from edgeline_host import board as board_mod
 
-    rep = _board_call(board_mod.deploy, port, profile_name, config_path, say=click.echo, timeout_s=timeout_s)
-    click.echo("deployed %s to %s: %d files copied, %d unchanged (%s in all); soft reset, main.py running"
-               % (profile_name, port, rep["copied"], rep["unchanged"], _size(rep["bytes"])))
+    rep = _board_call(board_mod.deploy, port, profile_name, config_path, say=click.echo, timeout_s=timeout_s,
+                      code=code)
+    click.echo("deployed %s to %s: %d files copied, %d unchanged (%s in all%s); soft reset, main.py running"
+               % (profile_name, port, rep["copied"], rep["unchanged"], _size(rep["bytes"]),
+                  "; the library is in the firmware" if rep["code"] in ("frozen", "romfs") else ""))
 
 
 @board.command("status")

@@ -260,17 +260,26 @@ def test_continuation_rule_is_micropythons():
     assert needs_more_input("@decorator")
 
 
-def test_the_boards_heap(tmp_path):
-    b = EmulatedBoard(tmp_path, "--profile", "esp32", flash_size=None)
+def test_the_boards_heap_and_frozen_modules(tmp_path):
+    need_board_tools()
+    from edgeline_host.firmware import build
+    from edgeline_host.firmware.profiles import load_profile
+
+    frozen = str(tmp_path / "edgeline.romfs")  # the library as the ESP32's firmware freezes it
+    build.build_romfs_image(load_profile("esp32"), frozen)
+    b = EmulatedBoard(tmp_path, "--profile", "esp32", "--frozen", frozen, flash_size=None)
     try:
-        out = mpremote(b.port, "exec", "import gc\ngc.collect()\nprint(gc.mem_free())\n"
+        out = mpremote(b.port, "exec", "import gc, sys\ngc.collect()\nprint(gc.mem_free())\n"
                        "try:\n    bytearray(115000)\nexcept MemoryError:\n    print('MemoryError')\n"
-                       "a = bytearray(100000)\nprint(len(a))").stdout.split()
+                       "a = bytearray(100000)\nprint(len(a), sys.path)").stdout.split(None, 3)
+        imported = mpremote(b.port, "exec", "import edgeline_app, edgeline.log\nprint(edgeline.log.__file__)").stdout
     finally:
         b.stop()
     heap = 111936  # boards/esp32/profile.json
-    assert heap - 2048 < int(out[0]) <= heap
-    assert out[1:] == ["MemoryError", "100000"]
+    assert heap - 2048 < int(out[0]) <= heap  # the frozen image and the emulator take none of it
+    assert out[1:3] == ["MemoryError", "100000"]
+    assert out[3].strip() == "['', '.frozen', '/rom', '/rom/lib', '/lib']"
+    assert imported.strip() == "/rom/edgeline/log.mpy"  # run in place from the image
     assert os.path.getsize(tmp_path / "flash.img") == 2 * 1024 * 1024  # the profile's partition
 
 
@@ -306,3 +315,5 @@ def test_bad_invocations_are_one_line(tmp_path):
     assert "is 8192 bytes, not the 65536 asked for" in run("--heap", "64k", "--flash", str(tmp_path / "small.img"),
                                                            "--flash-size", "64k")
     assert "micropython exited while booting" in run("--heap", "2k", "--flash", flash, "--flash-size", "64k")
+    assert "no such file: %s" % (tmp_path / "none.romfs") in run("--heap", "64k", "--flash", flash, "--frozen",
+                                                                 str(tmp_path / "none.romfs"))
