@@ -46,7 +46,6 @@ is not rewritten to ``\\r\\n`` in the raw REPL (a board would), so binary output
 unchanged; in the friendly REPL it is, for terminals.
 """
 import argparse
-import json
 import os
 import select
 import signal
@@ -304,14 +303,12 @@ class EmulatedBoard:
         self.log = log or (lambda msg: sys.stderr.write("emulator.board: %s\n" % msg))
         self.port = None
         self.version = ""
-        self.boots = 0
         self.proc = None
         self._tmp = None
         self._master = None
         self._slave_name = None
         self._wake_r = self._wake_w = None
         self._requests = []
-        self._stopping = False
         self._connected = False
         self._next_hup_check = 0.0
         self._inbuf = bytearray()  # from the host, not yet taken by the REPL
@@ -437,7 +434,6 @@ class EmulatedBoard:
         self._boot_output = bytearray()
         self._state = "boot"
         self._jobs = ["boot.py"]
-        self.boots += 1
 
     def _kill_child(self):
         p = self.proc

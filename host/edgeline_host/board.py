@@ -222,13 +222,15 @@ def deploy(port, profile_name, config_path=None, say=None, timeout_s=5, code=Non
             args += ["fs", "cp", "-r", os.path.join(tmp, "lib"), ":", "+"]
         if cfg is not None:
             args += ["fs", "cp", os.path.join(tmp, "edgeline.json"), ":edgeline.json", "+"]
-        args += ["fs", "cp", os.path.join(tmp, "main.py"), ":main.py"]
+        args += ["fs", "cp", os.path.join(tmp, "main.py"), ":main.py", "+", "fs", "ls", ":"]
         say("copying %d files (%d bytes) to %s" % (len(files), total, port))
         out = mpremote(port, args)
-    unchanged = sum(1 for line in out.splitlines() if line.startswith("Up to date:"))
+    lines = out.splitlines()
+    unchanged = sum(1 for line in lines if line.startswith("Up to date:"))
+    settings = any(line.split()[-1:] == ["edgeline.json"] for line in lines[lines.index("ls :"):])
     soft_reset(port)
     return {"files": len(files), "copied": len(files) - unchanged, "unchanged": unchanged, "bytes": total,
-            "code": code}
+            "code": code, "settings": settings}
 
 
 def status(port, restart=True, timeout_s=5):

@@ -555,6 +555,9 @@ def board_deploy(port, profile_name, config_path, code, timeout_s):
     click.echo("deployed %s to %s: %d files copied, %d unchanged (%s in all%s); soft reset, main.py running"
                % (profile_name, port, rep["copied"], rep["unchanged"], _size(rep["bytes"]),
                   "; the library is in the firmware" if rep["code"] in ("frozen", "romfs") else ""))
+    if not rep["settings"]:
+        click.echo("warning: the board has no edgeline.json, so main.py stops at once: give --config"
+                   " (edgeline firmware config)", err=True)
 
 
 @board.command("status")

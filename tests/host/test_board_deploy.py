@@ -110,7 +110,9 @@ def check_exactly_once(gw, last):
 def test_deploy_runs_main_and_its_records_reach_the_gateway_exactly_once(pico, gateway, tmp_path):
     board = pico
     config = write_config(tmp_path, "pico", gateway, samples=60)
-    out = ok(edgeline("board", "deploy", "--port", board.port, "--profile", "pico", "--config", config))
+    proc = edgeline("board", "deploy", "--port", board.port, "--profile", "pico", "--config", config)
+    out = ok(proc)
+    assert proc.stderr == ""  # no warning: the settings are there
     m = re.search(r"deployed pico to (\S+): (\d+) files copied, 0 unchanged \(.*\); soft reset, main.py running", out)
     assert m and m.group(1) == board.port, out
     files = int(m.group(2))  # the core's .mpy files, the board's modules, main.py, edgeline.json
@@ -178,6 +180,9 @@ def test_interrupting_the_board_loses_nothing_acknowledged(esp32, gateway, tmp_p
 
 def test_board_commands_fail_in_one_line(pico, tmp_path):
     board = pico
+    # a board without edgeline
+    assert "edgeline is not on the board on %s (edgeline board deploy)" % board.port in one_line_error(
+        edgeline("board", "status", "--port", board.port))
     assert "no such port: /dev/does-not-exist" in one_line_error(
         edgeline("board", "status", "--port", "/dev/does-not-exist"))
     assert "unknown profile 'nope'" in one_line_error(
@@ -188,6 +193,11 @@ def test_board_commands_fail_in_one_line(pico, tmp_path):
     assert "no module named 'edgeline_app'" in err and "--code mpy" in err
     assert "pi-zero is a cpython profile" in one_line_error(
         edgeline("board", "deploy", "--port", board.port, "--profile", "pi-zero"))
+    # no settings given, none on the board: it is deployed, and the user told
+    plain = edgeline("board", "deploy", "--port", board.port, "--profile", "pico")
+    assert plain.returncode == 0 and "deployed pico to" in plain.stdout
+    assert plain.stderr.strip() == ("warning: the board has no edgeline.json, so main.py stops at once: give --config"
+                                    " (edgeline firmware config)")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert "bad.json: invalid JSON" in one_line_error(
@@ -207,6 +217,5 @@ def test_board_commands_fail_in_one_line(pico, tmp_path):
             edgeline("board", "status", "--port", board.port))
     finally:
         t.close()
-    # a board without edgeline
-    assert "edgeline is not on the board on %s (edgeline board deploy)" % board.port in one_line_error(
-        edgeline("board", "status", "--port", board.port))
+    # status of a board without its settings: the board's own one line
+    assert "/edgeline.json: not found" in one_line_error(edgeline("board", "status", "--port", board.port))
