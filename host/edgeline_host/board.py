@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+from edgeline.errors import EdgelineError
+
 _RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _SOFT_REBOOT = b"soft reboot\r\n"
 _STATUS_CODE = """import gc, json, os
@@ -45,7 +47,7 @@ edgeline_app.status()
 """
 
 
-class BoardError(Exception):
+class BoardError(EdgelineError):
     """The board could not be reached or did not do what was asked; one line."""
 
 
