@@ -622,6 +622,85 @@ def firmware_run(profile_name, image, config_path, code, no_install):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------- board: a board on a serial port
+
+
+@cli.group()
+def board():
+    """A MicroPython board on a serial port: deploy edgeline to it, read its queue back."""
+
+
+_port_option = click.option("--port", required=True,
+                            help="The board's serial port (/dev/ttyACM0, /dev/ttyUSB0, an emulated board's pty).")
+_board_timeout_option = click.option("--timeout", "timeout_s", type=click.FloatRange(0.1), default=5,
+                                     show_default=True, help="Seconds the board may take to answer at its REPL.")
+
+
+def _board_call(fn, *args, **kw):
+    from edgeline_host.board import BoardError
+
+    try:
+        return fn(*args, **kw)
+    except BoardError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@board.command("deploy")
+@_port_option
+@_profile_option
+@click.option("--config", "config_path", default=None,
+              help="The board's edgeline.json (edgeline firmware config); without it the board keeps its own.")
+@click.option("--code", type=click.Choice(["mpy", "py", "frozen", "romfs"]), default=None,
+              help="How the library reaches the board: .mpy or .py files in /lib, or already in its firmware"
+                   " (frozen) or ROMFS partition. Default: the profile's.")
+@_board_timeout_option
+def board_deploy(port, profile_name, config_path, code, timeout_s):
+    """Copy edgeline compiled for PROFILE, the board's main.py and its settings to the
+    board on PORT (mpremote; unchanged files are skipped), then soft-reset it so that
+    main.py runs. A board whose firmware has edgeline frozen in gets main.py and the
+    settings only."""
+    from edgeline_host import board as board_mod
+
+    rep = _board_call(board_mod.deploy, port, profile_name, config_path, say=click.echo, timeout_s=timeout_s,
+                      code=code)
+    click.echo("deployed %s to %s: %d files copied, %d unchanged (%s in all%s); soft reset, main.py running"
+               % (profile_name, port, rep["copied"], rep["unchanged"], _size(rep["bytes"]),
+                  "; the library is in the firmware" if rep["code"] in ("frozen", "romfs") else ""))
+    if not rep["settings"]:
+        click.echo("warning: the board has no edgeline.json, so main.py stops at once: give --config"
+                   " (edgeline firmware config)", err=True)
+
+
+@board.command("status")
+@_port_option
+@click.option("--json", "as_json", is_flag=True, help="Print the board's answer as JSON.")
+@click.option("--no-restart", is_flag=True, help="Leave main.py stopped afterwards (the board waits at its REPL).")
+@_board_timeout_option
+def board_status(port, as_json, no_restart, timeout_s):
+    """What the board on PORT holds: per topic the last seq on flash, the seq the gateway
+    acknowledged, the queue (records still owed) and any gap; heap and flash. main.py is
+    stopped to ask, then started again."""
+    from edgeline_host import board as board_mod
+
+    st = _board_call(board_mod.status, port, restart=not no_restart, timeout_s=timeout_s)
+    if as_json:
+        click.echo(json.dumps(st, indent=2, sort_keys=True))
+        return
+    b = st["board"]
+    click.echo("%s on %s: %d topic%s, %d pending" % (st["node_id"], port, len(st["topics"]),
+                                                      "" if len(st["topics"]) == 1 else "s", st["pending"]))
+    click.echo("%-20s %10s %10s %10s %-14s %21s %8s %8s" % ("topic", "last seq", "acked", "pending", "gap",
+                                                          "size / budget", "evicted", "dropped"))
+    for name in sorted(st["topics"]):
+        t = st["topics"][name]
+        gap = "%d..%d" % tuple(t["gap"]) if t["gap"] else "-"
+        click.echo("%-20s %10d %10d %10d %-14s %21s %8d %8d" % (
+            name, t["last_seq"], t["acked"], t["pending"], gap,
+            "%s / %s" % (_size(t["size_bytes"]), _size(t["budget_bytes"])), t["evicted"], t["dropped"]))
+    click.echo("heap %s free; flash %s free of %s" % (
+        _size(b["heap_free"]), _size(b["flash_free_bytes"]), _size(b["flash_bytes"])))
+
+
 @cli.group()
 def log():
     """Inspect a log directory."""
