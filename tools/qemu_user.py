@@ -9,8 +9,10 @@ Theory of operation
 A Pi Zero is an ARMv6 (ARM1176) CPU. Debian's ``armel`` port is built for ARMv5TE and so
 runs on it; ``armhf`` is ARMv7 and does not (Illegal instruction under ``-cpu arm1176``).
 ``ensure_sysroot()`` downloads the ``:armel`` packages of CPython 3.11 and the shared
-libraries it links (``apt-get download``, so the host needs ``dpkg --add-architecture
-armel`` and ``apt-get update`` once), unpacks each with ``dpkg -x`` into one directory,
+libraries it links (``apt-get download``: from the host's package lists when it has the
+architecture enabled -- ``dpkg --add-architecture armel``, as CI does -- else from
+lists fetched into a private apt state in the cache, leaving the host's configuration
+alone), unpacks each with ``dpkg -x`` into one directory,
 and precompiles the standard library with the host's python3.11 when it has one (same
 bytecode; otherwise the emulated interpreter writes its .pyc files on first use).
 ``qemu-arm -cpu arm1176 -L SYSROOT SYSROOT/usr/bin/python3.11`` then runs as a Pi Zero:
@@ -144,23 +146,47 @@ def sysroot_path(cache_dir=None, profile="pizero", packages=SYSROOT_PACKAGES):
     return Path(cache_dir or default_cache_dir()) / ("%s-%s-%s" % (profile, arch, key))
 
 
-def host_problem(profile="pizero", need_apt=True):
+def host_problem(profile="pizero"):
     """None if this host can build and run the profile, else a one-line reason."""
     p = _profile(profile)
     if not sys.platform.startswith("linux"):
         return "QEMU user mode needs Linux, not %s" % sys.platform
     if not shutil.which(p["qemu"]):
         return "%s not found (apt-get install qemu-user)" % p["qemu"]
-    if need_apt:
-        for tool in ("dpkg", "apt-get"):
-            if not shutil.which(tool):
-                return "%s not found: the sysroot is built from Debian packages" % tool
-        native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.split()
-        foreign = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True, text=True).stdout.split()
-        if p["arch"] not in native + foreign:
-            return ("dpkg architecture %s not enabled (dpkg --add-architecture %s && apt-get update)"
-                    % (p["arch"], p["arch"]))
+    for tool in ("dpkg", "apt-get"):
+        if not shutil.which(tool):
+            return "%s not found: the sysroot is built from Debian packages" % tool
     return None
+
+
+def _arch_enabled(arch):
+    native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.split()
+    foreign = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True, text=True).stdout.split()
+    return arch in native + foreign
+
+
+def _apt_options(cache_dir, arch):
+    """apt-get options to download `arch` packages. When the host has the architecture
+    enabled (dpkg --add-architecture, as CI does) its own package lists serve; otherwise
+    a private apt state in the cache fetches that architecture's lists alone, leaving
+    the host's apt and dpkg configuration untouched."""
+    opts = ["-q"]
+    if os.geteuid() == 0:
+        opts += ["-o", "APT::Sandbox::User=root"]  # our temp dirs are not _apt's to read
+    if _arch_enabled(arch):
+        probe = subprocess.run(["apt-cache", "show", "%s:%s" % (PYTHON + "-minimal", arch)],
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise QemuUserError("no %s package lists yet: run apt-get update" % arch)
+        return opts
+    state = Path(cache_dir or default_cache_dir()) / ("apt-" + arch)
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    opts += ["-o", "APT::Architecture=" + arch, "-o", "APT::Architectures::=" + arch,
+             "-o", "Dir::State::Lists=%s" % (state / "lists"), "-o", "Dir::Cache=%s" % (state / "cache")]
+    _log("fetching the %s package lists into %s" % (arch, state))
+    _run(["apt-get", "update"] + opts, "apt-get update (%s lists)" % arch)
+    return opts
 
 
 def _valid_stamp(path, arch, packages):
@@ -222,8 +248,8 @@ def _precompile(tree, final_tree):
 def ensure_sysroot(cache_dir=None, profile="pizero", packages=SYSROOT_PACKAGES):
     """Path of a complete Debian sysroot with CPython 3.11 for `profile`; built if missing.
 
-    Needs qemu-user, dpkg, apt-get and the profile's dpkg architecture enabled with its
-    package lists fetched (see host_problem()).
+    Needs qemu-user, dpkg, apt-get and Debian's archive (see host_problem(),
+    _apt_options()).
     Raises QemuUserError with a one-line reason if it cannot be built.
     """
     p = _profile(profile)
@@ -247,11 +273,10 @@ def ensure_sysroot(cache_dir=None, profile="pizero", packages=SYSROOT_PACKAGES):
             tree = work / "root"
             debs.mkdir()
             tree.mkdir()
+            opts = _apt_options(cache_dir, arch)
             _log("downloading %d :%s packages" % (len(packages), arch))
-            cmd = ["apt-get", "download", "-q"]
-            if os.geteuid() == 0:
-                cmd += ["-o", "APT::Sandbox::User=root"]  # root's temp dir is not _apt's
-            _run(cmd + ["%s:%s" % (name, arch) for name in packages], "apt-get download", cwd=str(debs))
+            _run(["apt-get", "download"] + opts + ["%s:%s" % (name, arch) for name in packages],
+                 "apt-get download", cwd=str(debs))
             files = sorted(os.listdir(debs))
             for name in files:
                 _run(["dpkg", "-x", str(debs / name), str(tree)], "dpkg -x " + name)
@@ -475,10 +500,10 @@ def main(argv=None):
     ap.add_argument("--cache", help="cache directory (default: %s)" % default_cache_dir())
     ap.add_argument("--max-examples", type=int, default=PI_MAX_EXAMPLES, metavar="N",
                     help="pytest: cap hypothesis tests at N examples (0: the tests' own counts)")
-    ap.add_argument("args", nargs=argparse.REMAINDER,
-                    help="after --: arguments for python, or for pytest (test paths replace the selection)")
-    opts = ap.parse_args(argv)
-    args = opts.args[1:] if opts.args[:1] == ["--"] else opts.args
+    ap.epilog = "Arguments after -- go to python, or to pytest (test paths there replace the selection)."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = argv[argv.index("--") + 1:] if "--" in argv else []
+    opts = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         root = ensure_sysroot(opts.cache, opts.profile)
         if opts.command == "sysroot":
