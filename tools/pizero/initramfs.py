@@ -103,23 +103,32 @@ def ensure_base(sysroot, cache=None):
     version = (kdir / "version").read_text().strip()
     order = (kdir / "modules.order").read_text().split()
     tmp = path.with_name(path.name + ".%d.tmp" % os.getpid())
-    with open(str(tmp), "wb") as f:
-        w = CpioWriter(f)
-        for d in ("proc", "sys", "dev", "sd", "tmp", "edgeline", "bin"):
-            w.mkdir(d)
-        w.chardev("dev/console", 5, 1)
-        w.chardev("dev/null", 1, 3, 0o666)
-        w.tree(str(sysroot))
-        w.symlink("usr/bin/python3", "python3.11")
-        with open(str(busybox), "rb") as b:
-            w.file("bin/busybox", b.read(), 0o755)
-        w.file("init", INIT.encode(), 0o755)
-        w.file("lib/modules/version", (version + "\n").encode())
-        w.file("lib/modules/order", ("\n".join(order) + "\n").encode())
-        for rel in order:
-            w.file("lib/modules/%s/%s" % (version, rel), (kdir / "modules" / rel).read_bytes())
-        w.close()
-    os.replace(str(tmp), str(path))
+    try:
+        with open(str(tmp), "wb") as f:
+            w = CpioWriter(f)
+            for d in ("proc", "sys", "dev", "sd", "tmp", "edgeline", "bin"):
+                w.mkdir(d)
+            w.chardev("dev/console", 5, 1)
+            w.chardev("dev/null", 1, 3, 0o666)
+            w.tree(str(sysroot))
+            w.symlink("usr/bin/python3", "python3.11")
+            with open(str(busybox), "rb") as b:
+                w.file("bin/busybox", b.read(), 0o755)
+            w.file("init", INIT.encode(), 0o755)
+            w.file("lib/modules/version", (version + "\n").encode())
+            w.file("lib/modules/order", ("\n".join(order) + "\n").encode())
+            for rel in order:
+                w.file("lib/modules/%s/%s" % (version, rel), (kdir / "modules" / rel).read_bytes())
+            w.close()
+        os.replace(str(tmp), str(path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    # Older bases (another kernel, sysroot or init) are 50 MB each; a boot that is
+    # copying one keeps reading it after the unlink.
+    for old in cache.glob("initramfs-base-*.cpio"):
+        if old != path:
+            old.unlink()
     return path
 
 

@@ -7,8 +7,8 @@ Everything comes from ``:armel`` packages (Debian's ARMv6 port; ``armhf`` is ARM
 does not run on the Pi Zero's arm1176): ``linux-image-rpi`` names the current
 ``linux-image-6.1.0-N-rpi``, whose package holds ``/boot/vmlinuz-*``, the device trees
 and the modules; ``busybox-static`` gives the initramfs its shell and tools. ``apt-get
-download`` fetches them (the host must have ``dpkg --add-architecture armel`` and an
-``apt-get update`` behind it) and ``dpkg-deb -x`` unpacks them; nothing is installed.
+download`` fetches them, with the apt options tools/qemu_user.py uses for the armel
+sysroot (``apt_options``), and ``dpkg-deb -x`` unpacks them; nothing is installed.
 
 Two adjustments make the stock files boot under QEMU 7.2, and one makes them boot faster:
 
@@ -71,17 +71,31 @@ def run_tool(argv, what, cwd=None, input=None):
     return p.stdout
 
 
+_apt_opts = None
+
+
+def apt_options():
+    """apt options for ``:armel`` packages. tools/qemu_user.py decides, as for the
+    sysroot: the host's package lists when it has the architecture enabled (CI), else
+    lists fetched once into a private apt state in the cache, leaving the host's apt and
+    dpkg configuration alone."""
+    global _apt_opts
+    if _apt_opts is None:
+        from tools import qemu_user
+
+        try:
+            _apt_opts = qemu_user._apt_options(None, ARCH)
+        except qemu_user.QemuUserError as e:
+            raise PiZeroError("%s packages: %s" % (ARCH, e)) from None
+    return _apt_opts
+
+
 def apt_download(packages, dest):
     """``apt-get download`` of ``name:armel`` packages into ``dest``; the .deb paths."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    if ARCH not in run_tool(["dpkg", "--print-foreign-architectures"], "checking dpkg architectures").decode().split():
-        raise PiZeroError(
-            "the %s architecture is not configured: run `dpkg --add-architecture %s && apt-get update` "
-            "(docs/pizero-system.md)" % (ARCH, ARCH)
-        )
     names = ["%s:%s" % (p, ARCH) for p in packages]
-    run_tool(["apt-get", "download", "-q"] + names, "downloading %s" % " ".join(names), cwd=str(dest))
+    run_tool(["apt-get", "download"] + apt_options() + names, "downloading %s" % " ".join(names), cwd=str(dest))
     debs = []
     for p in packages:
         found = sorted(dest.glob("%s_*_%s.deb" % (p, ARCH)))
@@ -93,13 +107,11 @@ def apt_download(packages, dest):
 
 def resolve_kernel_package():
     """The versioned package the meta-package depends on, e.g. linux-image-6.1.0-50-rpi."""
-    out = run_tool(["apt-cache", "depends", "%s:%s" % (KERNEL_META_PACKAGE, ARCH)], "resolving the Pi kernel")
+    out = run_tool(["apt-cache"] + apt_options() + ["depends", "%s:%s" % (KERNEL_META_PACKAGE, ARCH)],
+                   "resolving the Pi kernel")
     m = re.search(r"Depends: (linux-image-[0-9][^\s:]*-rpi)\b", out.decode())
     if not m:
-        raise PiZeroError(
-            "apt-cache knows no %s:%s: run `dpkg --add-architecture %s && apt-get update`"
-            % (KERNEL_META_PACKAGE, ARCH, ARCH)
-        )
+        raise PiZeroError("apt knows no %s:%s (%s)" % (KERNEL_META_PACKAGE, ARCH, out.decode().strip()[:200]))
     return m.group(1)
 
 

@@ -10,16 +10,18 @@ into lines (carriage returns dropped), keeps them all (``console``) and queues t
 command reports whatever it likes.
 
 ``power_cut()`` is SIGKILL of QEMU: the guest gets no warning, and what its kernel had
-not yet written to the SD card is gone, exactly as when a Pi loses power. Whatever QEMU
+not yet written to the SD card is gone, as when a Pi loses power. Whatever QEMU
 had written to the image file is kept (the host's page cache holds it), as the card's
 flash would. ``wait(timeout_s)`` lets the guest finish on its own: init runs the
 command, unmounts the card and resets, which ``-no-reboot`` makes QEMU's exit; a kernel
 panic does the same (``panic=-1``). Every wait has a timeout, after which QEMU is
 killed and PiZeroError carries the end of the console.
 
-The machine: ARM1176 at QEMU's pace (about 24x slower than this host natively, close to
-a real Pi Zero), 512 MB of RAM (the model's fixed size), the SD card on the SDHOST
-controller as /dev/mmcblk0.
+The machine: an ARM1176 (ARMv6), 512 MB of RAM (the model's fixed size; 430 MB usable),
+the SD card on the SDHOST controller as /dev/mmcblk0. Its speed depends on the host's
+load; docs/pizero-system.md has figures. Guest time runs on QEMU's instruction count
+(``-icount``, see ``start``), so time things by the arrival of console lines
+(``stamps``), not by the guest's clock.
 """
 import os
 import queue
@@ -34,7 +36,8 @@ from pathlib import Path
 from tools.pizero.initramfs import write_initrd
 from tools.pizero.kernel import PiZeroError, cache_root, ensure_kernel, run_tool
 
-# quiet/loglevel=3: kernel warnings and errors still reach the console log.
+# quiet loglevel=3: only critical kernel messages (ext4's errors among them) reach the
+# console; init reports the kernel's ext4 messages about the card itself.
 # panic=-1: a panic resets at once, and -no-reboot makes that QEMU's exit.
 # cryptomgr.notests: the crypto API's boot-time self-tests take 3-8 s of emulated time
 # and test the kernel, not us.
@@ -113,27 +116,32 @@ class PiZero:
             self.sysroot = default_sysroot()
         kdir = ensure_kernel(self.cache)
         self._tmp = tempfile.mkdtemp(prefix="pizero-", dir=self.workdir)
-        initrd = write_initrd(os.path.join(self._tmp, "initrd"), self.sysroot, self.command, self.files, self.cache)
-        dtb = seeded_dtb(kdir / "pizero.dtb", os.path.join(self._tmp, "pizero.dtb"))
-        argv = [
-            self.binary, "-M", "raspi0",
-            "-kernel", str(kdir / "uImage"), "-dtb", dtb,
-            "-initrd", str(initrd), "-append", CMDLINE,
-            "-drive", "file=%s,if=sd,format=raw" % self.sd_image,
-            "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
-            # Guest time advances with the instructions executed, not with the host's
-            # clock. Without it a loaded host can stall the vCPU between the kernel's
-            # read of the BCM2835 system timer and its write of the next compare value
-            # (15 us ahead at least): the compare is then already in the past, the tick
-            # never comes and the idle guest sleeps for the 71 minutes the 32-bit counter
-            # takes to wrap. Seen in about 1 boot in 10 on a busy 2-core host (the CPU
-            # found idle in WFI, compare register behind the counter); none in 30 with
-            # icount. "auto" keeps guest time within seconds of real time, so time
-            # things from the host.
-            "-icount", "shift=auto",
-        ]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        try:
+            initrd = write_initrd(os.path.join(self._tmp, "initrd"), self.sysroot, self.command, self.files,
+                                  self.cache)
+            dtb = seeded_dtb(kdir / "pizero.dtb", os.path.join(self._tmp, "pizero.dtb"))
+            argv = [
+                self.binary, "-M", "raspi0",
+                "-kernel", str(kdir / "uImage"), "-dtb", dtb,
+                "-initrd", str(initrd), "-append", CMDLINE,
+                "-drive", "file=%s,if=sd,format=raw" % self.sd_image,
+                "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+                # Guest time advances with the instructions executed, not with the
+                # host's clock. Without it a loaded host can stall the vCPU between the
+                # kernel's read of the BCM2835 system timer and its write of the next
+                # compare value (15 us ahead at least): the compare is then already in
+                # the past, the tick never comes and the idle guest sleeps for the 71
+                # minutes the 32-bit counter takes to wrap. Seen in about 1 boot in 10
+                # on a busy 2-core host (the CPU idle in WFI, the compare register
+                # behind the counter); none in 30 with icount. "auto" keeps guest time
+                # within seconds of real time, so time things from the host.
+                "-icount", "shift=auto",
+            ]
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT)
+        except BaseException:
+            self._cleanup()
+            raise
         threading.Thread(target=self._read, name="pizero-console", daemon=True).start()
         return self
 
