@@ -13,9 +13,10 @@ the armel CPython sysroot and the initramfs (docs/pizero-system.md has the figur
 The random cut moments come from a seed printed at the start: rerun a failure with
 EDGELINE_PIZERO_SEED=<seed>.
 
-Needs qemu-system-arm, device-tree-compiler (dtc, fdtput), e2fsprogs and Debian's armel
-packages (dpkg --add-architecture armel); without them the tests skip, or fail under
-EDGELINE_REQUIRE_INTEGRATION=1 (.ci/run installs them).
+Needs qemu-system-arm, device-tree-compiler (dtc, fdtput), e2fsprogs, qemu-user (the
+armel sysroot's builder, tools/qemu_user.py, asks for it) and Debian's archive for the
+armel packages; without them the tests skip, or fail under EDGELINE_REQUIRE_INTEGRATION=1
+(.ci/run installs them).
 """
 import os
 import random
@@ -75,6 +76,7 @@ def test_a_writer_acknowledging_before_fsync_loses_records_to_the_cut(pizero, tm
     acked, after = powercut.unsafe_ack_control(tmp_path, rng)
     held = {r[0] for r in after.records}
     lost = sorted(set(acked) - held)
+    print("control: %d acknowledged before fsync, %d lost to the cut" % (len(acked), len(lost)))
     assert len(acked) >= 50
     assert lost, "EDGELINE_PIZERO_SEED=%d: all %d records acknowledged before fsync survived the cut" % (
         seed, len(acked))
