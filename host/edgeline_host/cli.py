@@ -26,7 +26,10 @@ def demo(seconds, data_dir, as_json):
     """Append sensor records, kill the writer mid-stream, reopen, show what survived."""
     from edgeline_host import demo as demo_mod
 
-    result = demo_mod.run(out=(lambda s: None) if as_json else click.echo, data_dir=data_dir, seconds=seconds)
+    try:
+        result = demo_mod.run(out=(lambda s: None) if as_json else click.echo, data_dir=data_dir, seconds=seconds)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
     if not result["ok"]:

@@ -48,6 +48,9 @@ def writer(data_dir):
     rnd = random.Random(7)
     durable = log.durable_seq
     n = 0
+    # The run's clock starts now, not when the process did: on a slow device (a Pi Zero)
+    # starting Python and importing takes longer than the whole demo runs.
+    print(json.dumps({"ready": durable}), flush=True)
     while True:
         t = now_ms()
         sensor = SENSORS[n % len(SENSORS)]
@@ -112,8 +115,12 @@ def run(out=print, data_dir=None, seconds=1.5):
     )
     seen = _WriterReport()
     durable, acked, gaps = 0, 0, []
-    deadline = time.monotonic() + seconds
-    kill_at = deadline
+    ready = proc.stdout.readline()
+    if not ready:
+        proc.wait()
+        raise RuntimeError("the demo's writer exited (status %s) before it opened the log" % proc.returncode)
+    seen.take(ready)
+    kill_at = time.monotonic() + seconds
     last_print = 0.0
     import selectors
 
