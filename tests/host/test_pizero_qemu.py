@@ -1,10 +1,11 @@
 """The core and the host's pure-Python tests on a Raspberry Pi Zero: Debian's armel
 CPython 3.11 under ``qemu-arm -cpu arm1176`` (tools/qemu_user.py, docs/pizero.md).
 
-The sysroot and the pure-Python wheels come from a cache (built on first use: about a
-minute from nothing); the emulated run takes a few minutes. Without qemu-arm or the
-armel dpkg architecture the tests skip with the reason; under
-EDGELINE_REQUIRE_INTEGRATION=1 (CI) they fail instead.
+The sysroot and the pure-Python wheels come from a cache (built on first use: about
+20 s from nothing); the emulated run takes two to three minutes, ten times its native
+time. Without qemu-arm (or dpkg/apt-get, or Debian's archive) the tests skip with the
+reason; under EDGELINE_REQUIRE_INTEGRATION=1 (CI) they fail instead.
+EDGELINE_QEMU_PROFILE=pi4 runs them on the Pi 4 profile (arm64, Cortex-A72) instead.
 """
 import os
 import subprocess
