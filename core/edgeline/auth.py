@@ -11,14 +11,21 @@ direction, so the gateway's proof can never be a replay of the node's:
     server_proof = HMAC-SHA256(key, b"edgeline-gw-v1"   | node_id | server_nonce | client_nonce)
 
 MicroPython has ``hashlib.sha256`` (update/digest) but no ``hmac`` module, so HMAC
-(RFC 2104) is written out here once, for both runtimes; tests/host/test_auth.py checks
-it against CPython's ``hmac``. ``digest_equal`` compares without an early exit, so the
+(RFC 2104) is written out here once, for every runtime (CircuitPython's hashlib has no
+``sha256``, only ``hashlib.new("sha256", data)``: tools/lint_stubs.py); tests/host/
+test_auth.py checks it against CPython's ``hmac``, also through that CircuitPython path. ``digest_equal`` compares without an early exit, so the
 time a wrong proof takes to reject does not tell how many leading bytes were right.
 """
 try:
-    import hashlib
-except ImportError:  # very old MicroPython ports
-    import uhashlib as hashlib
+    from hashlib import sha256
+except ImportError:
+    try:
+        from uhashlib import sha256  # very old MicroPython ports
+    except ImportError:  # CircuitPython
+        import hashlib
+
+        def sha256(data=b""):
+            return hashlib.new("sha256", data)
 
 try:
     from micropython import const
@@ -35,11 +42,11 @@ def hmac_sha256(key, msg) -> bytes:
     """HMAC-SHA256 of msg under key (both bytes-like); 32 bytes."""
     key = bytes(key)
     if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
+        key = sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner = sha256(bytes(b ^ 0x36 for b in key))
     inner.update(msg)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer = sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
 

@@ -28,61 +28,70 @@ import sys
 _MP = sys.implementation.name in ("micropython", "circuitpython")
 
 
-class _CPythonFile:
-    # Raw (unbuffered) file: the log does its own buffering in one bytearray.
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, buf, n):
-        if n == len(buf):
-            self._f.write(buf)
-        else:
-            self._f.write(memoryview(buf)[:n])
-
-    def sync(self):
-        os.fsync(self._f.fileno())
-
-    def seek(self, pos):
-        self._f.seek(pos)
-
-    def readinto(self, buf):
-        return self._f.readinto(buf) or 0
-
-    def close(self):
-        self._f.close()
-
-
-class _MicroPythonFile:
-    # MicroPython streams take write(buf, n) natively, without slicing (no allocation).
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, buf, n):
-        self._f.write(buf, n)
-
-    def sync(self):
-        self._f.flush()
-
-    def seek(self, pos):
-        self._f.seek(pos)
-
-    def readinto(self, buf):
-        return self._f.readinto(buf) or 0
-
-    def close(self):
-        self._f.close()
-
-
 if _MP:
-    _File = _MicroPythonFile
+
+    class _File:
+        # MicroPython streams take write(buf, n) natively, without slicing (no allocation).
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, buf, n):
+            self._f.write(buf, n)
+
+        def sync(self):
+            self._f.flush()
+
+        def seek(self, pos):
+            self._f.seek(pos)
+
+        def readinto(self, buf):
+            return self._f.readinto(buf) or 0
+
+        def close(self):
+            self._f.close()
 
     def _open(path, mode):
         return open(path, mode)
+
+    def _fsync_dir(path):
+        pass  # no directory fsync on boards; littlefs commits metadata atomically
+
 else:
-    _File = _CPythonFile
+    # CPython only (tools/lint_stubs.py skips this branch for boards: os.fsync, os.open
+    # and os.truncate exist on none of them).
+
+    class _File:
+        # Raw (unbuffered) file: the log does its own buffering in one bytearray.
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, buf, n):
+            if n == len(buf):
+                self._f.write(buf)
+            else:
+                self._f.write(memoryview(buf)[:n])
+
+        def sync(self):
+            os.fsync(self._f.fileno())
+
+        def seek(self, pos):
+            self._f.seek(pos)
+
+        def readinto(self, buf):
+            return self._f.readinto(buf) or 0
+
+        def close(self):
+            self._f.close()
 
     def _open(path, mode):
         return open(path, mode, buffering=0)
+
+    def _fsync_dir(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _parent(path):
@@ -185,10 +194,5 @@ class FileStorage:
         self.rename(tmp, path)
 
     def sync_dir(self, path):
-        if not self._sync_dirs:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self._sync_dirs:
+            _fsync_dir(path)
