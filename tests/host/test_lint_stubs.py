@@ -1,5 +1,6 @@
 """tools/lint_stubs.py: core/ passes it, and the lint itself catches what a board lacks."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,3 +168,15 @@ def test_tampered_stub_files_are_refused(stubs, tmp_path):
         f.write("\ndef ticks_forever() -> int: ...\n")
     with pytest.raises(lint_stubs.LintError, match="does not match its RECORD hash"):
         lint_stubs.Stubs("rp2", base=str(tmp_path)).names("time")
+
+
+def test_board_uplink_on_the_micropython_ports(stubs):
+    # boards/common/uplink.py is MicroPython board code: it passes on rp2 and esp32.
+    # CircuitPython has no `socket` module (socketpool instead): a CircuitPython board
+    # needs its own transport, and the lint says so.
+    path = os.path.join(ROOT, "boards", "common", "uplink.py")
+    problems, _ = lint_stubs.lint_paths([path], [stubs["rp2"], stubs["esp32"]])
+    assert problems == []
+    problems, _ = lint_stubs.lint_paths([path], [stubs["circuitpython"]])
+    assert len(problems) == 1
+    assert re.match(r"boards/common/uplink\.py:\d+: module socket is missing on circuitpython \(", problems[0])
