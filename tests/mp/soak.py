@@ -310,6 +310,8 @@ if sys.implementation.name == "micropython":
             gc.collect()
             _op[0] = "mount"
             mount(dev, "/flash")
+        up = ob = lg = None
+        gc.collect()
         lg = RingLog("/flash/telemetry", storage=FileStorage(), warn=print, **opts)
         ob = Outbox(lg, "uplink")
         _check(lg, ob, st, boots + 1)
@@ -327,10 +329,11 @@ if sys.implementation.name == "micropython":
         # (reclaiming an acknowledged segment) and falls in its first block writes: they
         # are few among the appends' writes, and a uniform draw would rarely hit them.
         r = rng.below(8)
-        if r == 0:
-            target[0] = "create"
-        elif r == 1:
-            target[0] = "remove"
+        if r < 2:
+            target[0] = "create" if r == 0 else "remove"
+            # should that operation not come (no removal before the budget is full),
+            # the cut falls anyway, later
+            dev.cut_after = dev.writes + 1 + 8 * span
         else:
             dev.cut_after = dev.writes + 1 + rng.below(2 * span)
 
