@@ -70,7 +70,8 @@ import sys
 # On microcontrollers buffers stay small; the write buffer can be raised per log.
 _SMALL = sys.implementation.name in ("micropython", "circuitpython")
 
-# Segment table entry fields (a list per segment; lists keep MicroPython allocations low).
+# Segment table entry fields: a tuple per sealed segment, a list for the tail (the one
+# that changes).
 _S_BASE = const(0)  # base seq
 _S_SIZE = const(1)  # bytes in the file (tail: written bytes; buffered bytes are extra)
 _S_TS = const(2)  # first_ts from the header
@@ -369,31 +370,37 @@ class RingLog:
     def _recover(self):
         st = self.storage
         st.makedirs(self.path)
-        bases = []
-        names = st.listdir(self.path)
+        # The lists here are allocated whole, before anything else: on a board each
+        # file opened leaves ~1 KB of garbage between the entries of a table, so a list
+        # grown entry by entry -- name after name, header after header here, rotation
+        # after rotation later -- soon needs a contiguous block a fragmented heap no
+        # longer has (the profile soak: 128 segments on an ESP32's 112 KB, 256 on 267 KB;
+        # tests/mp/test_many_segments.py). Room for as many segments as the budget
+        # allows -- unless that is over 512 (a budget of many small segments): then 64,
+        # and they grow as they go. Names come one at a time.
+        cap = self.budget_bytes // self.segment_bytes + 4
+        if cap > 512:
+            cap = 64
+        bases = [0] * cap
+        del bases[0:]
+        segs = [None] * cap
+        del segs[0:]
+        names = st.iterdir(self.path) if hasattr(st, "iterdir") else st.listdir(self.path)
+        leftovers = None
         for name in names:
             base = _parse_segment_name(name)
             if base:
                 bases.append(base)
-            elif name.endswith(".seg.tmp"):
-                st.remove(self.path + "/" + name)  # an interrupted truncate-by-copy
+            elif name.endswith(".seg.tmp"):  # an interrupted truncate-by-copy
+                if leftovers is None:
+                    leftovers = []
+                leftovers.append(name)
         names = None
+        if leftovers is not None:  # removed once the listing is over
+            for name in leftovers:
+                st.remove(self.path + "/" + name)
         bases.sort()
-        # The segment table is allocated whole, before the header reads. On a board each
-        # file opened leaves ~1 KB of garbage between the table's entries, so a table
-        # grown entry by entry -- header after header here, rotation after rotation
-        # later -- soon needs a contiguous block a fragmented heap no longer has (the
-        # profile soak: 256 segments on a 267 KB heap; tests/mp/test_many_segments.py).
-        # Room for as many segments as the budget allows -- unless that is over 512 (a
-        # budget of many small segments): then room for 64 more, and it grows as it goes.
-        n = len(bases)
-        cap = self.budget_bytes // self.segment_bytes + 2
-        if cap > 512 or cap < n:
-            cap = n + 64
-        segs = [None] * cap
-        del segs[n:]
-        for i in range(n):
-            base = bases[i]
+        for base in bases:
             p = self._seg_path(base)
             size = st.size(p)
             hdr = self._read_exact(p, 0, _SEG_HDR) if size >= _SEG_HDR else b""
@@ -401,10 +408,12 @@ class RingLog:
             if parsed is not None and parsed[0] != base:
                 parsed = None
             if parsed is None:
-                segs[i] = [base, size, 0, self.segment_bytes, True]
+                segs.append((base, size, 0, self.segment_bytes, True))
             else:
-                segs[i] = [base, size, parsed[1], parsed[2], False]
+                segs.append((base, size, parsed[1], parsed[2], False))
         bases = None
+        if segs:
+            segs[-1] = list(segs[-1])  # the tail changes; sealed segments stay tuples
         self._segs = segs
         self._next_seq = 1
         self.last_ts = 0
@@ -789,7 +798,12 @@ class RingLog:
 
     def _begin_segment(self, ts):
         base = self._next_seq
-        self._segs.append([base, 0, ts, self.segment_bytes, False])
+        segs = self._segs
+        if segs:
+            # Sealed, the old tail never changes again: a tuple is one allocation, a
+            # list two and half again the bytes (hundreds of segments on a board).
+            segs[-1] = tuple(segs[-1])
+        segs.append([base, 0, ts, self.segment_bytes, False])
         self._tail_needs_header = True
         # Create the file now, not at the first buffer write: its name carries the next
         # seq (I2). Otherwise eviction or retention could remove the last segment file on

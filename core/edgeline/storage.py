@@ -56,6 +56,16 @@ if _MP:
     def _fsync_dir(path):
         pass  # no directory fsync on boards; littlefs commits metadata atomically
 
+    try:
+        _ilistdir = os.ilistdir
+    except AttributeError:  # CircuitPython: listdir only
+        _ilistdir = None
+
+    def _iterdir(path):
+        if _ilistdir is None:
+            return os.listdir(path)
+        return (entry[0] for entry in _ilistdir(path))
+
 else:
     # CPython only (tools/lint_stubs.py skips this branch for boards: os.fsync, os.open
     # and os.truncate exist on none of them).
@@ -93,6 +103,8 @@ else:
         finally:
             os.close(fd)
 
+    _iterdir = os.listdir
+
 
 def _parent(path):
     i = path.rfind("/")
@@ -111,6 +123,12 @@ class FileStorage:
 
     def listdir(self, path):
         return os.listdir(path)
+
+    def iterdir(self, path):
+        """The names in a directory one at a time (optional in the interface: the log
+        uses it when there). On a board the whole listing of a log of hundreds of
+        segments would be one more large block in a fragmented heap."""
+        return _iterdir(path)
 
     def makedirs(self, path):
         if self.exists(path):
