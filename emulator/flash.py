@@ -131,16 +131,17 @@ class FileFlashBlockDevice:
     be scanned by every garbage collection of -- a board-sized heap (tests/mp/soak.py).
     ``power_on()`` returns the chip with power restored on the same file."""
 
-    def __init__(self, path, block_size=4096, block_count=64, cut_after=None, f=None):
+    def __init__(self, path, block_size=4096, block_count=64, cut_after=None, f=None, create=True):
         self.path = path
         self.block_size = block_size
         self.block_count = block_count
         self._erased = _erased(block_size)
         if f is None:
-            f = open(path, "wb")
-            for _ in range(block_count):
-                f.write(self._erased)
-            f.close()
+            if create:  # a blank chip; create=False powers on the one in the file
+                f = open(path, "wb")
+                for _ in range(block_count):
+                    f.write(self._erased)
+                f.close()
             f = open(path, "r+b")
         self.f = f
         self.cut_after = cut_after

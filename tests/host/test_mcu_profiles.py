@@ -14,9 +14,10 @@ reports on that board) for everything it allocates; the code is the .mpy-compile
   profile, and so do heap use and the write pattern the power cuts hit. Records are
   appended to a RingLog on littlefs2 over a simulated flash chip, synced to a real
   `edgeline gateway --tcp` through the board's uplink (boards/common/uplink.py), with
-  power cut at block writes on a seeded schedule; after every cut the board's invariants
-  are checked, and at the end the gateway must hold every seq exactly once with its
-  value, none lost. The code runs from a ROMFS image (in flash, as a frozen or ROMFS
+  power cut at block writes on a seeded schedule -- each cut ends the MicroPython
+  process, as it resets a board, and the next boot is a fresh process on the same chip;
+  after every cut the board's invariants are checked, and at the end the gateway must
+  hold every seq exactly once with its value, none lost. The code runs from a ROMFS image (in flash, as a frozen or ROMFS
   firmware runs it): on this 64-bit unix port every loaded object is about twice its
   size on the boards' 32-bit cores, and loaded into RAM the soak's code alone takes
   ~71 KB here, which does not leave an ESP32's 111,936 B enough room
@@ -28,11 +29,13 @@ budget capped at 4 segments so acknowledged segments are reclaimed all along);
 profile's own budget, ``EDGELINE_SOAK=N`` N records. Peak heap, wall time and where the
 cuts fell are printed per profile (pytest -s) and appended to $EDGELINE_SOAK_REPORT.
 """
+import ast
 import glob
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -140,23 +143,43 @@ def test_soak_with_power_cuts(mpy_tree, romfs_image, profile, tmp_path):
             # append-and-sync cycle (a chunk of records is ~2 writes each)
             "cut_span": 4 * sync["batch_records"] * 2,
         }
-        if code_in == "flash":
-            code = mpbuild.rom_boot(romfs_image, "import soak\nsoak.main(%r)\n" % (cfg,))
-        else:
-            code = ("import sys\nsys.path.insert(0, %r)\nimport soak\nsoak.main(%r)\n" % (mpy_tree, cfg))
         # Room for the GC's tables beside the profile's heap; soak.main pads the surplus away.
-        total = heap + heap // 8 + 4096 + cfg["rom_bytes"]
-        proc = subprocess.run([_micropython(), "-X", "heapsize=%d" % total, "-c", code],
-                              cwd=ROOT, capture_output=True, text=True, timeout=3600)
-        out = proc.stdout + proc.stderr
-        lines = out.strip().splitlines()
-        assert proc.returncode == 0 and lines and lines[-1].startswith("SOAK "), "%s:\n%s" % (profile["name"], out[-6000:])
+        heapsize = heap + heap // 8 + 4096 + cfg["rom_bytes"]
+        # One process per boot: a power cut ends the process, as it resets the board, and
+        # the next boot starts on a fresh heap with the chip's bytes as the cut left them.
+        state = None
+        peak = 0
+        boots = 0
+        gaps = []
+        t0 = time.monotonic()
+        while True:
+            cfg["state"] = state
+            if code_in == "flash":
+                code = mpbuild.rom_boot(romfs_image, "import soak\nsoak.main(%r)\n" % (cfg,))
+            else:
+                code = "import sys\nsys.path.insert(0, %r)\nimport soak\nsoak.main(%r)\n" % (mpy_tree, cfg)
+            proc = subprocess.run([_micropython(), "-X", "heapsize=%d" % heapsize, "-c", code],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=600)
+            out = proc.stdout + proc.stderr
+            lines = out.strip().splitlines()
+            assert proc.returncode == 0 and lines and lines[-1].startswith("SOAK "), (
+                "%s, boot %d:\n%s" % (profile["name"], boots + 1, out[-6000:]))
+            gaps += [ln for ln in lines if ln.startswith("GAP ")]
+            peak = max(peak, int(lines[-1].split()[1].split("=")[1]))
+            was_done = state is not None and state["done"]
+            state = ast.literal_eval([ln for ln in lines if ln.startswith("STATE ")][0][6:])
+            boots += 1
+            if was_done:
+                break
+            assert boots <= cuts + 3, "%s: %d boots for %d cuts" % (profile["name"], boots, cuts)
+        wall_s = time.monotonic() - t0
         done = [ln for ln in lines if ln.startswith("DONE ")][0]
-        facts = dict(kv.split("=") for kv in (done + " " + lines[-1]).split() if "=" in kv)
-        assert int(facts["records"]) == records and int(facts["cuts"]) == cuts, done
+        cut_line = [ln for ln in lines if ln.startswith("CUTS ")][0]
+        facts = dict(kv.split("=") for kv in done.split() if "=" in kv)
+        # the schedule's last cuts may find the run over: nearly all must have fallen
+        assert int(facts["records"]) == records and cuts * 9 // 10 <= int(facts["cuts"]) <= cuts, done
         # the gateway: every seq once, in order, its value intact, nothing lost
-        gaps = [ln for ln in lines if ln.startswith("GAP ")]
-        assert not gaps, "the board reported lost records:\n%s\n%s" % ("\n".join(gaps), out[-3000:])
+        assert not gaps, "the board reported lost records:\n%s" % "\n".join(gaps)
         status = gw.get("/v1/status?origin=board-1")["streams"]
         assert [(s["topic"], s["mark"], s["records"], s["lost"]) for s in status] == [("telemetry", records, records, 0)]
         seq = 1
@@ -170,13 +193,11 @@ def test_soak_with_power_cuts(mpy_tree, romfs_image, profile, tmp_path):
         assert seq == records + 1
     finally:
         gw_out = gw.stop()
-    peak = int(facts["peak_heap"])
     assert peak < heap
-    cut_line = [ln for ln in lines if ln.startswith("CUTS ")][0]
     report = ("%s: heap %d B, peak live %d B (%.0f%%), %d records, %d power cuts (%s), %d boots, "
               "%d block writes, wall %.1f s" % (
                   profile["name"], heap, peak, 100.0 * peak / heap, records, int(facts["cuts"]), cut_line[5:],
-                  int(facts["boots"]), int(facts["block_writes"]), int(facts["wall_ms"]) / 1000.0))
+                  int(facts["boots"]), int(facts["block_writes"]), wall_s))
     print(report)
     dest = os.environ.get("EDGELINE_SOAK_REPORT")
     if dest:

@@ -5,18 +5,25 @@ MicroPython only; tests/host/test_mcu_profiles.py runs it from the .mpy tree wit
 board profile's heap (boards/<name>/profile.json) and starts the gateway
 (`edgeline gateway --tcp`). pytest does not collect it (no test_ functions).
 
-What one run does: boot after boot until the log holds ``records`` records and the
-gateway has acknowledged them all. A boot mounts the chip, reopens the log and the outbox
-(recovering from the last cut), checks the invariants below, connects the uplink
-(BoardUplink reconciles the cursor with the gateway's marks) and then alternates: append
-a sensor's chunk of records (committed every ``group_records`` by the log's group
-commit), sync a few rounds. Before each boot the next power cut is armed from a seeded
-schedule: after 1..2*``cut_span`` more block writes (the draw is uniform), so cuts land
-in every kind of write -- recovery's own truncation and cleanup, group commits, segment
-seal and creation, reclaiming acknowledged segments, cursor writes -- and, with small
-draws, during recovery itself. A cut programs half of the block write it hits, fails it
-with EIO and drops every later write (emulator/flash.py); whatever was running gets an
-error, the "board" closes its socket (a reset), and the chip is powered on again.
+What one run does: boot after boot -- one MicroPython process each, so every boot
+starts on a fresh heap, as a board does after a reset -- until the log holds ``records``
+records and the gateway has acknowledged them all; ``main(cfg)`` runs one boot and prints
+the state the next one needs (what returned while the power was on, the schedule's
+position). A boot mounts the chip, reopens the log and the outbox (recovering from the
+last cut), checks the invariants below, connects the uplink (BoardUplink reconciles the
+cursor with the gateway's marks) and then alternates: append a sensor's chunk of records
+(committed every ``group_records`` by the log's group commit), sync a few rounds.
+
+Power cuts come from a seeded schedule spread over the whole run: each time the log
+passes the next of ``cuts`` evenly spaced seqs, a cut is armed to fall 1..2*``cut_span``
+block writes later (uniform), so cuts land in every kind of write -- appends and group
+commits, segment seal and creation, reclaiming acknowledged segments, cursor writes; one
+armed cut in four waits for the next segment creation or removal instead, and at one
+boot in six a cut falls within its first 12 writes, in recovery's own writes (truncating
+a torn tail, the reconnect's cursor catch-up). A cut programs half of the block write it
+hits, fails it with EIO and drops every later write (emulator/flash.py); whatever was
+running gets an error (a call that swallowed it does not count as returned either) and
+the process ends: the board is reset, its socket gone. The chip keeps its bytes.
 
 Invariants after every cut (all counted from calls that returned while the power was on):
 
@@ -31,16 +38,15 @@ The gateway side (every seq 1..records stored exactly once with its value, none 
 checked by the host test through the gateway's HTTP API.
 
 Heap: the chip's bytes live in a host file (emulator/flash.py, FileFlashBlockDevice), and
-the program gets exactly the profile's heap (see main). Live heap (``gc.collect(); gc.mem_alloc()``)
-is sampled after each append chunk and sync round, when a batch has been encoded, when a
-message has been decoded, on every 16th block write (inside littlefs operations), and
-after each recovery; the peak is the board's heap high-water.
+the program gets exactly the profile's heap (see main). Live heap (``gc.collect();
+gc.mem_alloc()``) is sampled after each append chunk and sync round, when a batch has been
+encoded, when a message has been decoded, on every 16th block write (inside littlefs
+operations), and after each recovery; the peak over all boots is the board's high-water.
 """
 import gc
 import sys
 
 if sys.implementation.name == "micropython":
-    import time
 
     _dumps = None
 
@@ -100,12 +106,11 @@ if sys.implementation.name == "micropython":
         gc.collect()
         outside = gc.mem_alloc() - used  # the pad, the erased block (and a ROMFS image): not the board's RAM
         _peak = _Peak(outside)
-        t0 = time.ticks_ms()
-        _run(cfg)
-        wall_ms = time.ticks_diff(time.ticks_ms(), t0)
+        state = _run(cfg)
         gc.collect()
         heap = gc.mem_alloc() + gc.mem_free() - outside
-        print("SOAK peak_heap=%d heap=%d samples=%d wall_ms=%d" % (_peak.peak - outside, heap, _peak.samples, wall_ms))
+        print("STATE %r" % (state,))
+        print("SOAK peak_heap=%d heap=%d samples=%d" % (_peak.peak - outside, heap, _peak.samples))
         pad = None
 
     def _run(cfg):
@@ -214,115 +219,119 @@ if sys.implementation.name == "micropython":
 
         bs = cfg["block_bytes"]
         bc = cfg["fs_bytes"] // bs
-        dev = SampledFlash(cfg["flash_path"], bs, bc)
-        mount(dev, "/flash", mkfs=True)
+        state = cfg["state"]
+        first = state is None
+        if first:  # the first power-on: a blank chip, formatted
+            state = {"durable": 0, "acked_ret": 0, "acked_max": 0, "cuts_left": cfg["cuts"], "rng": 0,
+                     "next_at": 0, "boots": 0, "appended": 0, "writes": 0, "phases": {}, "done": False}
+        dev = SampledFlash(cfg["flash_path"], bs, bc, create=first)
+        _op[0] = "mount"
+        mount(dev, "/flash", mkfs=first)
         opts = {
             "segment_bytes": cfg["segment_bytes"], "budget_bytes": cfg["budget_bytes"],
             "full_policy": "drop_oldest", "sync": "group", "group_records": cfg["group_records"],
         }
-        key = unhexlify(cfg["key_hex"])
         total = cfg["records"]
-        rng = _Rng(cfg["seed"])
-        cuts_left = cfg["cuts"]
         span = cfg["cut_span"]
-        spacing = total // (cuts_left + 1) if cuts_left else total + 1
+        spacing = total // (cfg["cuts"] + 1) if cfg["cuts"] else total + 1
+        rng = _Rng(cfg["seed"])
+        if first:
+            state["next_at"] = spacing // 2
+        else:
+            rng.s = state["rng"]
+        st = state
         target = [None]  # "create"/"remove": the armed cut waits for that operation
-        next_at = spacing // 2
-        st = {"durable": 0, "acked_ret": 0, "acked_max": 0}
-        phases = {}
-        boots = 0
-        appended = 0
-        writes = 0
-        while True:
-            boots += 1
-            armed = False
-            if cuts_left and rng.below(6) == 0:
-                # A cut in recovery: the boot's first block writes (truncating a torn
-                # tail, removing a leftover, the reconnect's cursor catch-up).
-                dev.cut_after = dev.writes + 1 + rng.below(12)
-                armed = True
-            lg = ob = up = None
-            try:
-                lg = RingLog("/flash/telemetry", storage=LabelledStorage(), warn=print, **opts)
-                ob = Outbox(lg, "uplink")
-                _alive(dev)
-                _check(lg, ob, st, boots)
-                _peak.sample()
-                up = Uplink(cfg["node"], key, cfg["host"], cfg["port"], {"telemetry": (lg, ob)},
-                            batch_records=cfg["batch_records"], batch_bytes=cfg["batch_bytes"])
-                up.st = st
-                up.dev = dev
-                up.connect()
-                _alive(dev)
-                dev.recovered = True
-                while lg.last_seq < total or ob.acked < lg.last_seq:
-                    if cuts_left and not armed and lg.last_seq >= next_at and rng.below(2):
-                        _arm(dev, rng, span, target)
-                        armed = True
-                        next_at += spacing
-                    n = total - lg.last_seq
-                    if n > cfg["chunk"]:
-                        n = cfg["chunk"]
-                    for _ in range(n):
-                        seq = lg.last_seq + 1
-                        if lg.append(_value(seq), ts=seq << 16) != seq:
-                            raise AssertionError("append did not return seq %d" % seq)
-                        appended += 1
-                        _alive(dev)
-                        if lg.durable_seq > st["durable"] and not dev.cut:
-                            st["durable"] = lg.durable_seq
-                    _peak.sample()
-                    if cuts_left and not armed and lg.last_seq >= next_at:
-                        # The next cut, somewhere in the next 2*span block writes (from
-                        # here or from the next chunk's appends): appends and their
-                        # group commits, rotation, the sync's cursor writes and
-                        # segment reclaiming.
-                        _arm(dev, rng, span, target)
-                        armed = True
-                        next_at += spacing
-                    up.sync_once(cfg["rounds"])
+        phases = state["phases"]
+        if state["done"]:
+            # After the last boot, a last one only checks: every record there, all acked.
+            lg = RingLog("/flash/telemetry", storage=FileStorage(), warn=print, **opts)
+            ob = Outbox(lg, "uplink")
+            _check(lg, ob, st, state["boots"] + 1)
+            assert lg.last_seq == total and ob.acked == total, (lg.last_seq, ob.acked, total)
+            ob.close()
+            lg.close()
+            umount("/flash")
+            dev.close()
+            print("CUTS %s" % ", ".join("%s %d" % (k, phases[k]) for k in sorted(phases)))
+            print("DONE records=%d appended=%d boots=%d cuts=%d block_writes=%d acked=%d"
+                  % (total, state["appended"], state["boots"], cfg["cuts"] - state["cuts_left"],
+                     state["writes"], st["acked_ret"]))
+            return state
+        state["boots"] += 1
+        boots = state["boots"]
+        key = unhexlify(cfg["key_hex"])
+        armed = False
+        if state["cuts_left"] and rng.below(6) == 0:
+            # A cut in recovery: the boot's first block writes (truncating a torn tail,
+            # removing a leftover, the reconnect's cursor catch-up).
+            dev.cut_after = dev.writes + 1 + rng.below(12)
+            armed = True
+        lg = ob = up = None
+        try:
+            lg = RingLog("/flash/telemetry", storage=LabelledStorage(), warn=print, **opts)
+            ob = Outbox(lg, "uplink")
+            _alive(dev)
+            _check(lg, ob, st, boots)
+            _peak.sample()
+            up = Uplink(cfg["node"], key, cfg["host"], cfg["port"], {"telemetry": (lg, ob)},
+                        batch_records=cfg["batch_records"], batch_bytes=cfg["batch_bytes"])
+            up.st = st
+            up.dev = dev
+            up.connect()
+            _alive(dev)
+            dev.recovered = True
+            while lg.last_seq < total or ob.acked < lg.last_seq:
+                if state["cuts_left"] and not armed and lg.last_seq >= state["next_at"] and rng.below(2):
+                    _arm(dev, rng, span, target)
+                    armed = True
+                    state["next_at"] += spacing
+                n = total - lg.last_seq
+                if n > cfg["chunk"]:
+                    n = cfg["chunk"]
+                for _ in range(n):
+                    seq = lg.last_seq + 1
+                    if lg.append(_value(seq), ts=seq << 16) != seq:
+                        raise AssertionError("append did not return seq %d" % seq)
+                    state["appended"] += 1
                     _alive(dev)
-                    if lg.durable_seq > st["durable"] and not dev.cut:
+                    if lg.durable_seq > st["durable"]:
                         st["durable"] = lg.durable_seq
-                    _peak.sample()
-                up.close()
-                lg.close()
+                _peak.sample()
+                if state["cuts_left"] and not armed and lg.last_seq >= state["next_at"]:
+                    # The next cut, somewhere in the next 2*span block writes (from here
+                    # or from the next chunk's appends): appends and their group
+                    # commits, rotation, the sync's cursor writes, segment reclaiming.
+                    _arm(dev, rng, span, target)
+                    armed = True
+                    state["next_at"] += spacing
+                up.sync_once(cfg["rounds"])
                 _alive(dev)
-                break
-            except (OSError, EdgelineError) as e:
-                if not dev.cut:
-                    raise  # not our power cut: a real failure
-                what = dev.cut_op if dev.recovered else "recovery:" + dev.cut_op
-                phases[what] = phases.get(what, 0) + 1
-            # Power off: the socket goes with the board; writes to the dead chip are dropped.
+                if lg.durable_seq > st["durable"]:
+                    st["durable"] = lg.durable_seq
+                _peak.sample()
+            up.close()
+            lg.close()
+            _alive(dev)
+            state["done"] = True
+        except (OSError, EdgelineError) as e:
+            if not dev.cut:
+                raise  # not our power cut: a real failure
+            what = dev.cut_op if dev.recovered else "recovery:" + dev.cut_op
+            phases[what] = phases.get(what, 0) + 1
+            state["cuts_left"] -= 1
+            # Power off: this process ends (the board resets; its socket goes with it).
+            # Close what is open first, so no finaliser writes to the dead chip later.
             for x in (up, ob, lg):
                 if x is not None:
                     try:
                         x.close()
                     except Exception:
                         pass
-            up = ob = lg = None
-            cuts_left -= 1
-            target[0] = None
-            umount("/flash")
-            writes += dev.writes
-            dev = SampledFlash(dev.path, bs, bc, f=dev.f)  # power on: the same chip, no cut armed
-            gc.collect()
-            _op[0] = "mount"
-            mount(dev, "/flash")
-        up = ob = lg = None
-        gc.collect()
-        lg = RingLog("/flash/telemetry", storage=FileStorage(), warn=print, **opts)
-        ob = Outbox(lg, "uplink")
-        _check(lg, ob, st, boots + 1)
-        assert lg.last_seq == total and ob.acked == total, (lg.last_seq, ob.acked, total)
-        ob.close()
-        lg.close()
+        state["writes"] += dev.writes
+        state["rng"] = rng.s
         umount("/flash")
         dev.close()
-        print("CUTS %s" % ", ".join("%s %d" % (k, phases[k]) for k in sorted(phases)))
-        print("DONE records=%d appended=%d boots=%d cuts=%d block_writes=%d acked=%d"
-              % (total, appended, boots, cfg["cuts"] - cuts_left, writes + dev.writes, st["acked_ret"]))
+        return state
 
     def _arm(dev, rng, span, target):
         # One armed cut in four waits for the next segment creation (rotation) or removal
@@ -331,9 +340,9 @@ if sys.implementation.name == "micropython":
         r = rng.below(8)
         if r < 2:
             target[0] = "create" if r == 0 else "remove"
-            # should that operation not come (no removal before the budget is full),
-            # the cut falls anyway, later
-            dev.cut_after = dev.writes + 1 + 8 * span
+            # should that operation not come soon (no removal before the budget is
+            # full), the cut falls anyway, as any other
+            dev.cut_after = dev.writes + 1 + rng.below(2 * span)
         else:
             dev.cut_after = dev.writes + 1 + rng.below(2 * span)
 
