@@ -2,18 +2,20 @@
 #   make demo   the main job on embedded defaults: a gateway, two agents and a
 #               MicroPython board through an outage and a SIGKILL (make demo-log: the
 #               ring log alone)
-#   make test   the whole test suite (CPython + MicroPython)
+#   make test   the whole test suite (CPython + MicroPython); it includes
+#               make lint: core/ against the rp2, esp32 and CircuitPython stubs
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-log test bench venv clean
+.PHONY: demo demo-log test lint bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) tools/lint_stubs.py --install
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,6 +28,9 @@ demo-log: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q tests
+
+lint: $(STAMP)
+	$(PY) tools/lint_stubs.py
 
 bench: $(STAMP)
 	$(PY) tools/bench/run_all.py

@@ -10,16 +10,22 @@ direction, so the gateway's proof can never be a replay of the node's:
     proof        = HMAC-SHA256(key, b"edgeline-auth-v1" | node_id | client_nonce | server_nonce)
     server_proof = HMAC-SHA256(key, b"edgeline-gw-v1"   | node_id | server_nonce | client_nonce)
 
-MicroPython has ``hashlib.sha256`` (update/digest) -- CircuitPython only
-``hashlib.new("sha256")`` -- but neither has an ``hmac`` module, so HMAC
-(RFC 2104) is written out here once, for both runtimes; tests/host/test_auth.py checks
-it against CPython's ``hmac``. ``digest_equal`` compares without an early exit, so the
+MicroPython has ``hashlib.sha256`` (update/digest) but no ``hmac`` module, so HMAC
+(RFC 2104) is written out here once, for every runtime (CircuitPython's hashlib has no
+``sha256``, only ``hashlib.new("sha256", data)``: tools/lint_stubs.py); tests/host/
+test_auth.py checks it against CPython's ``hmac``, also through that CircuitPython path. ``digest_equal`` compares without an early exit, so the
 time a wrong proof takes to reject does not tell how many leading bytes were right.
 """
 try:
-    import hashlib
-except ImportError:  # very old MicroPython ports
-    import uhashlib as hashlib
+    from hashlib import sha256
+except ImportError:
+    try:
+        from uhashlib import sha256  # very old MicroPython ports
+    except ImportError:  # CircuitPython
+        import hashlib
+
+        def sha256(data=b""):
+            return hashlib.new("sha256", data)
 
 try:
     from micropython import const
@@ -31,23 +37,16 @@ except ImportError:
 
 _BLOCK = const(64)  # SHA-256 block size in bytes
 
-if hasattr(hashlib, "sha256"):
-    _sha256 = hashlib.sha256
-else:  # CircuitPython's hashlib has only new(name, data)
-
-    def _sha256(data=b""):
-        return hashlib.new("sha256", data)
-
 
 def hmac_sha256(key, msg) -> bytes:
     """HMAC-SHA256 of msg under key (both bytes-like); 32 bytes."""
     key = bytes(key)
     if len(key) > _BLOCK:
-        key = _sha256(key).digest()
+        key = sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
-    inner = _sha256(bytes(b ^ 0x36 for b in key))
+    inner = sha256(bytes(b ^ 0x36 for b in key))
     inner.update(msg)
-    outer = _sha256(bytes(b ^ 0x5C for b in key))
+    outer = sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
 

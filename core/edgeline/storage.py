@@ -28,61 +28,82 @@ import sys
 _MP = sys.implementation.name in ("micropython", "circuitpython")
 
 
-class _CPythonFile:
-    # Raw (unbuffered) file: the log does its own buffering in one bytearray.
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, buf, n):
-        if n == len(buf):
-            self._f.write(buf)
-        else:
-            self._f.write(memoryview(buf)[:n])
-
-    def sync(self):
-        os.fsync(self._f.fileno())
-
-    def seek(self, pos):
-        self._f.seek(pos)
-
-    def readinto(self, buf):
-        return self._f.readinto(buf) or 0
-
-    def close(self):
-        self._f.close()
-
-
-class _MicroPythonFile:
-    # MicroPython streams take write(buf, n) natively, without slicing (no allocation).
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, buf, n):
-        self._f.write(buf, n)
-
-    def sync(self):
-        self._f.flush()
-
-    def seek(self, pos):
-        self._f.seek(pos)
-
-    def readinto(self, buf):
-        return self._f.readinto(buf) or 0
-
-    def close(self):
-        self._f.close()
-
-
 if _MP:
-    _File = _MicroPythonFile
+
+    class _File:
+        # MicroPython streams take write(buf, n) natively, without slicing (no allocation).
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, buf, n):
+            self._f.write(buf, n)
+
+        def sync(self):
+            self._f.flush()
+
+        def seek(self, pos):
+            self._f.seek(pos)
+
+        def readinto(self, buf):
+            return self._f.readinto(buf) or 0
+
+        def close(self):
+            self._f.close()
 
     def _open(path, mode):
         return open(path, mode)
+
+    def _fsync_dir(path):
+        pass  # no directory fsync on boards; littlefs commits metadata atomically
+
+    try:
+        _ilistdir = os.ilistdir
+    except AttributeError:  # CircuitPython: listdir only
+        _ilistdir = None
+
+    def _iterdir(path):
+        if _ilistdir is None:
+            return os.listdir(path)
+        return (entry[0] for entry in _ilistdir(path))
+
 else:
-    _File = _CPythonFile
+    # CPython only (tools/lint_stubs.py skips this branch for boards: os.fsync, os.open
+    # and os.truncate exist on none of them).
+
+    class _File:
+        # Raw (unbuffered) file: the log does its own buffering in one bytearray.
+        def __init__(self, f):
+            self._f = f
+
+        def write(self, buf, n):
+            if n == len(buf):
+                self._f.write(buf)
+            else:
+                self._f.write(memoryview(buf)[:n])
+
+        def sync(self):
+            os.fsync(self._f.fileno())
+
+        def seek(self, pos):
+            self._f.seek(pos)
+
+        def readinto(self, buf):
+            return self._f.readinto(buf) or 0
+
+        def close(self):
+            self._f.close()
 
     def _open(path, mode):
         return open(path, mode, buffering=0)
+
+    def _fsync_dir(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    _iterdir = os.listdir
 
 
 def _parent(path):
@@ -102,6 +123,12 @@ class FileStorage:
 
     def listdir(self, path):
         return os.listdir(path)
+
+    def iterdir(self, path):
+        """The names in a directory one at a time (optional in the interface: the log
+        uses it when there). On a board the whole listing of a log of hundreds of
+        segments would be one more large block in a fragmented heap."""
+        return _iterdir(path)
 
     def makedirs(self, path):
         if self.exists(path):
@@ -185,10 +212,5 @@ class FileStorage:
         self.rename(tmp, path)
 
     def sync_dir(self, path):
-        if not self._sync_dirs:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self._sync_dirs:
+            _fsync_dir(path)

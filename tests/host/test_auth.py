@@ -25,3 +25,24 @@ def test_proofs_match_cpython(key, node, cn, sn):
 def test_digest_equal_is_equality(a, b):
     assert digest_equal(a, b) == hmac.compare_digest(a, b)
     assert digest_equal(a, a)
+
+
+def test_hmac_through_circuitpython_hashlib(monkeypatch):
+    # CircuitPython's hashlib has only new(name, data) (circuitpython-stubs): load
+    # edgeline.auth against such a module and check the same HMAC comes out.
+    import importlib.util
+    import sys
+    import types
+
+    import edgeline.auth
+
+    cp_hashlib = types.ModuleType("hashlib")
+    cp_hashlib.new = lambda name, data=b"": hashlib.new(name, data)
+    monkeypatch.setitem(sys.modules, "hashlib", cp_hashlib)
+    monkeypatch.setitem(sys.modules, "uhashlib", None)  # import fails, as on CircuitPython
+    spec = importlib.util.spec_from_file_location("auth_on_circuitpython", edgeline.auth.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.sha256 is not hashlib.sha256  # the fallback, not CPython's constructor
+    for key, msg in ((b"k", b"m"), (b"x" * 100, b"y" * 300), (b"", b"")):
+        assert mod.hmac_sha256(key, msg) == hmac.new(key, msg, "sha256").digest()

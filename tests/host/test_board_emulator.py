@@ -99,12 +99,14 @@ def test_mpremote_reset_is_a_hard_reset_that_runs_main(board, tmp_path):
     (tmp_path / "main.py").write_text("f = open('mains.txt', 'a')\nf.write('m')\nf.close()\n")
     mpremote(port, "fs", "cp", str(tmp_path / "main.py"), ":main.py")
     mpremote(port, "reset")  # machine.reset(): the interpreter is killed, the board boots
-    deadline = time.monotonic() + 20
-    while True:
-        out = mpremote(port, "resume", "exec", "import os; print('mains.txt' in os.listdir())").stdout
-        if out.strip() == "True" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    # Wait for the friendly REPL's prompt, which comes after main.py: an mpremote that
+    # connected sooner would interrupt main.py (Ctrl-C into the raw REPL) before it wrote.
+    t = Terminal(port, timeout=30)
+    try:
+        t.until(b">>> ")
+    finally:
+        t.close()
+    out = mpremote(port, "resume", "exec", "import os; print('mains.txt' in os.listdir())").stdout
     assert out.strip() == "True"
 
 

