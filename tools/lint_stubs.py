@@ -21,9 +21,10 @@ attribute AttributeError; if a handler of the ``try`` catches the first such fai
 body is checked instead (so a fallback chain passes when one branch exists on the
 target), otherwise the failure is reported. Code a target never runs is skipped: a branch
 of ``if FLAG`` / ``if not FLAG`` where FLAG is a module-level
-``sys.implementation.name in (...)`` test, evaluated per target. Function bodies are
-checked where their ``def`` runs, but a failure inside one is never caught by a ``try``
-around the ``def``.
+``sys.implementation.name in (...)`` test, evaluated per target, and a branch of
+``if hasattr(m, "name")`` for an imported module m, evaluated by the target's stubs.
+Function bodies are checked where their ``def`` runs, but a failure inside one is never
+caught by a ``try`` around the ``def``.
 
 Where the stubs' truth comes from, per layer:
 
@@ -451,6 +452,8 @@ class Checker:
         impl = self.stubs.impl
         if isinstance(s, ast.If):
             v = _flag_value(s.test, mod.flags, impl)
+            if v is None:
+                v = self._hasattr_value(s.test, env)
             fails = self.exprs(mod, s.test, env)
             if v is None or v:
                 fails += self.block(mod, s.body, env)
@@ -489,6 +492,19 @@ class Checker:
                 fails += self.exprs(mod, item.context_expr, env)
             return fails + self.block(mod, s.body, env) + self.block(mod, getattr(s, "orelse", []), env)
         return self._fails(mod.uses_of(s, env))
+
+    def _hasattr_value(self, node, env):
+        """True/False if node is `hasattr(m, "name")` (or its negation) for an imported
+        module m, as it evaluates on this target; else None."""
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            v = self._hasattr_value(node.operand, env)
+            return None if v is None else not v
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr"
+                and len(node.args) == 2 and isinstance(node.args[0], ast.Name) and node.args[0].id in env
+                and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+            return None
+        names = self.stubs.names(env[node.args[0].id])
+        return names is not None and node.args[1].value in names
 
     def exprs(self, mod, node, env):
         return self._fails(mod.uses_of(ast.Expr(value=node), env))

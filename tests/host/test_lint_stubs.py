@@ -133,6 +133,17 @@ def test_board_flags_skip_code_a_target_never_runs(stubs):
     assert lint(stubs, upy) == []  # CircuitPython never runs the branch
 
 
+def test_hasattr_guards_are_evaluated_per_target(stubs):
+    src = ("import hashlib\nif hasattr(hashlib, 'sha256'):\n    h = hashlib.sha256\nelse:\n"
+           "    def h(data=b''):\n        return hashlib.new('sha256', data)\n")
+    assert lint(stubs, src) == []
+    bad = "import hashlib\nif not hasattr(hashlib, 'new'):\n    h = hashlib.sha256\n"
+    assert lint(stubs, bad, "rp2", "esp32") == []  # no `new` there: the branch runs, sha256 exists
+    assert lint(stubs, bad, "circuitpython") == []  # `new` there: the branch never runs
+    worse = "import hashlib\nif hasattr(hashlib, 'new'):\n    h = hashlib.sha256\n"
+    assert lint(stubs, worse, "circuitpython")[0].startswith("snippet.py:3: hashlib.sha256 is missing on circuitpython")
+
+
 def test_cpython_only_modules_must_stay_off_the_board_path(stubs):
     head = "import sys\n_SMALL = sys.implementation.name in ('micropython', 'circuitpython')\n"
     assert lint(stubs, head + "if not _SMALL:\n    from .fastpath import read_segment\n") == []
