@@ -80,9 +80,7 @@ def publish(topic, records, records_file, gateway_url, token_file, as_json):
     """Publish JSON RECORDS to a cloud-to-edge TOPIC at the gateway; every edge that pulls
     the topic gets them, once, in order. RECORDS as for the agent's ingest: a value, a
     list of values, or {"records": [...]}; an item {"key": k, "value": v} is keyed."""
-    import urllib.error
     import urllib.parse
-    import urllib.request
 
     if (records is None) == (records_file is None):
         raise click.ClickException("give the records as an argument or with --file (not both)")
@@ -92,26 +90,8 @@ def publish(topic, records, records_file, gateway_url, token_file, as_json):
         from edgeline_host.gateway.server import load_token
 
         headers["Authorization"] = "Bearer " + load_token(token_file)
-    base = gateway_url.rstrip("/")
-    if "://" not in base:
-        base = "http://" + base
-    url = "%s/v1/topics/%s/publish" % (base, urllib.parse.quote(topic, safe=""))
-    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            answer = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        try:
-            msg = json.loads(e.read()).get("error")
-        except (ValueError, AttributeError):
-            msg = None
-        raise click.ClickException("the gateway at %s answered %d: %s" % (base, e.code, msg or e.reason)) from None
-    except urllib.error.URLError as e:
-        why = e.reason
-        why = (why.strerror or str(why)) if isinstance(why, OSError) else str(why)
-        raise click.ClickException("cannot reach the gateway at %s: %s" % (base, why.lower())) from None
-    except (OSError, ValueError) as e:
-        raise click.ClickException("cannot reach the gateway at %s: %s" % (base, e)) from None
+    answer = _call_json("gateway", gateway_url, "POST", "/v1/topics/%s/publish" % urllib.parse.quote(topic, safe=""),
+                        data=body, headers=headers, timeout_s=30)
     if as_json:
         click.echo(json.dumps(answer, indent=2))
     else:
@@ -187,13 +167,19 @@ def _agent_option(f):
 
 def _call_agent(agent_url, method, path, timeout_s=10):
     """The agent's JSON answer; one-line ClickException when it cannot be had."""
+    return _call_json("agent", agent_url, method, path, data=b"" if method == "POST" else None, timeout_s=timeout_s)
+
+
+def _call_json(what, url, method, path, data=None, headers=None, timeout_s=10):
+    """The JSON answer of the agent or gateway (``what``) at url; one-line
+    ClickException when it cannot be had (naming the server's own error if it sent one)."""
     import urllib.error
     import urllib.request
 
-    base = agent_url.rstrip("/")
+    base = url.rstrip("/")
     if "://" not in base:
         base = "http://" + base
-    req = urllib.request.Request(base + path, method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(base + path, method=method, data=data, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return json.loads(r.read())
@@ -202,13 +188,13 @@ def _call_agent(agent_url, method, path, timeout_s=10):
             msg = json.loads(e.read()).get("error")
         except (ValueError, AttributeError):
             msg = None
-        raise click.ClickException("the agent at %s answered %d: %s" % (base, e.code, msg or e.reason)) from None
+        raise click.ClickException("the %s at %s answered %d: %s" % (what, base, e.code, msg or e.reason)) from None
     except urllib.error.URLError as e:
         why = e.reason
         why = (why.strerror or str(why)) if isinstance(why, OSError) else str(why)
-        raise click.ClickException("cannot reach the agent at %s: %s" % (base, why.lower())) from None
+        raise click.ClickException("cannot reach the %s at %s: %s" % (what, base, why.lower())) from None
     except (OSError, ValueError) as e:
-        raise click.ClickException("cannot reach the agent at %s: %s" % (base, e)) from None
+        raise click.ClickException("cannot reach the %s at %s: %s" % (what, base, e)) from None
 
 
 def _ago(ms):
