@@ -8,26 +8,15 @@ beside this file. Under systemd, see docs/boards.md. The same as
 `edgeline agent --config /etc/edgeline/edge.yaml`.
 """
 import os
-import sys
 
-from edgeline_host.agent.agent import run_agent
-from edgeline.errors import EdgelineError
+from edgeline_host.agent.agent import board_config_path, board_main
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def config_path(argv=None, environ=None):
-    argv = sys.argv if argv is None else argv
-    environ = os.environ if environ is None else environ
-    if len(argv) > 1:
-        return argv[1]
-    if environ.get("EDGELINE_CONFIG"):
-        return environ["EDGELINE_CONFIG"]
-    if os.path.exists("/etc/edgeline/edge.yaml"):
-        return "/etc/edgeline/edge.yaml"
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "edge.yaml")
+    return board_config_path(HERE, argv, environ)
 
 
 if __name__ == "__main__":
-    try:
-        run_agent(config_path(), print_fn=lambda s: print(s, file=sys.stderr))
-    except (EdgelineError, OSError) as e:
-        sys.exit("edgeline: error: %s" % e)
+    board_main(HERE)

@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 
 from aiohttp import web
@@ -650,6 +651,29 @@ def _jsonable(v):
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     return repr(v)
+
+
+def board_config_path(beside, argv=None, environ=None):
+    """The edge.yaml a Linux board's main.py starts the agent with: the first argument,
+    else $EDGELINE_CONFIG, else /etc/edgeline/edge.yaml when it exists, else the
+    edge.yaml in the directory ``beside`` (the board's own)."""
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    if len(argv) > 1:
+        return argv[1]
+    if environ.get("EDGELINE_CONFIG"):
+        return environ["EDGELINE_CONFIG"]
+    if os.path.exists("/etc/edgeline/edge.yaml"):
+        return "/etc/edgeline/edge.yaml"
+    return os.path.join(beside, "edge.yaml")
+
+
+def board_main(beside):
+    """A Linux board's main.py: run the agent on board_config_path; one-line errors."""
+    try:
+        run_agent(board_config_path(beside), print_fn=lambda s: print(s, file=sys.stderr))
+    except (EdgelineError, OSError) as e:
+        sys.exit("edgeline: error: %s" % e)
 
 
 def run_agent(config_path, print_fn=print):
