@@ -734,3 +734,103 @@ def test_fuzz_yaml_text(text):
         assert "\n" not in str(e)
         return
     _parse_only_config_errors(doc)
+
+
+# ------------------------------------------------------------------ every accepted setting acts
+# The agent built from a config holds each setting where it acts: the topics' logs, the
+# store, the uplink and the downlink (tests/host/test_config_keys.py names these tests as
+# the proof that a key docs/config.md lists is not ignored).
+
+ACTING = {
+    "node_id": "n-acts",
+    "cloud_endpoint": "http://127.0.0.1:9/edge",
+    "sync": {"interval_secs": 7, "batch_size": 33, "bandwidth_limit": "2KB/s", "max_queue_size": 3,
+             "retry": {"initial_ms": 70, "max_ms": "9s", "multiplier": 3, "jitter": 0.5},
+             "circuit_breaker": {"failures": 4, "open_secs": 11}},
+    "resources": {"max_storage": "8MiB", "eviction_policy": "priority"},
+    "sync_topics": [
+        {"topic": "up", "direction": "edge_to_cloud", "sync": "every", "priority": 3, "budget": "1MiB",
+         "segment_size": "16KiB", "retention": "2h", "full_policy": "reject"},
+        {"topic": "down", "direction": "cloud_to_edge"},
+        {"topic": "both", "direction": "bidirectional", "group_records": 7, "group_ms": 20},
+    ],
+    "local_topics": [{"topic": "loc", "full_policy": "drop_newest", "sync": "none"}],
+}
+
+
+def acting_agent(tmp_path, **edge):
+    from edgeline_host.agent.agent import Agent
+
+    d = copy.deepcopy(ACTING)
+    d.update(edge)
+    return Agent(parse({"edge": d}, base_dir=str(tmp_path)), print_fn=lambda *_: None)
+
+
+def test_agent_opens_each_topic_log_with_its_settings(tmp_path):
+    agent = acting_agent(tmp_path, key=KEY_HEX, data_dir="var")
+    try:
+        assert agent.store.budget_bytes == 8 * MiB  # resources.max_storage
+        assert os.path.isdir(os.path.join(str(tmp_path), "var", "up"))  # data_dir, topic
+        up, down, both, loc = (agent.topics[n] for n in ("up", "down", "both", "loc"))
+        lg = up.log
+        assert (lg.sync, lg.priority, lg.budget_bytes, lg.segment_bytes, lg.retention_ms, lg.full_policy) == (
+            "every", 3, MiB, 16 * KiB, 2 * 3600000, "reject")
+        assert (both.log.group_records, both.log.group_ms) == (7, 20)
+        assert (loc.log.full_policy, loc.log.sync, loc.log.priority) == ("drop_newest", "none", 0)
+        # direction: what goes up has an outbox, what comes down a log of the cloud's records
+        assert up.outbox is not None and up.down is None
+        assert down.outbox is None and down.down is not None
+        assert both.outbox is not None and both.down is not None
+        assert loc.outbox is None and loc.down is None
+    finally:
+        agent.store.close()
+    # eviction_policy: oldest gives every topic the same priority (and refuses one set)
+    agent = acting_agent(tmp_path, key=KEY_HEX, data_dir="var2", resources={"max_storage": "8MiB"},
+                         sync_topics=[dict(ACTING["sync_topics"][0], priority=None)])
+    try:
+        assert agent.topics["up"].log.priority == 0
+    finally:
+        agent.store.close()
+
+
+def test_agent_uplink_takes_the_sync_settings(tmp_path):
+    agent = acting_agent(tmp_path, key=KEY_HEX)
+    try:
+        up = agent.uplink
+        assert (up.node_id, up.url) == ("n-acts", "http://127.0.0.1:9/edge")
+        assert (up.interval_ms, up.batch_records, up.bandwidth_bytes_per_sec) == (7000, 33, 2 * KiB)
+        assert up.retry == RetryPolicy(initial_ms=70, max_ms=9000, multiplier=3.0, jitter=0.5)
+        assert up.breaker == CircuitBreaker(failures=4, open_ms=11000)
+        assert (up.downlink.interval_ms, up.downlink.max_records) == (7000, 33)
+        assert sorted(up.downlink.topics) == ["both", "down"]
+    finally:
+        agent.store.close()
+    # the key comes from key (above) or key_file: a key_file that is not there stops the agent at start
+    p = tmp_path / "node.key"
+    p.write_text(KEY_HEX + "\n")
+    agent = acting_agent(tmp_path, key_file=str(p), data_dir="var3")
+    agent.store.close()
+    with pytest.raises(ConfigError, match="edge.key_file: .* does not exist"):
+        acting_agent(tmp_path, key_file=str(tmp_path / "none.key"), data_dir="var4")
+    # sync.enabled: false, no uplink and nothing owed
+    agent = acting_agent(tmp_path, data_dir="var5", sync={"enabled": False})
+    try:
+        assert agent.uplink is None and agent.topics["up"].outbox is None
+    finally:
+        agent.store.close()
+
+
+def test_max_queue_size_refuses_ingest_beyond_it(tmp_path):
+    from edgeline import codec
+    from edgeline_host.agent.agent import IngestError
+
+    agent = acting_agent(tmp_path, key=KEY_HEX)
+    try:
+        st = agent.topics["both"]
+        assert agent.append(st, [None, None], [codec.dumps(1), codec.dumps(2)]) == (1, 2)
+        with pytest.raises(IngestError) as ei:
+            agent.append(st, [None, None], [codec.dumps(3), codec.dumps(4)])
+        assert ei.value.status == 503 and "sync.max_queue_size" in str(ei.value)
+        assert agent.append(agent.topics["loc"], [None] * 5, [codec.dumps(i) for i in range(5)]) == (1, 5)
+    finally:
+        agent.store.close()
