@@ -418,7 +418,8 @@ BAD = [
     ("edge.node_id", "", "edge.node_id:", "1-64 characters"),
     ("edge.node_id", "has space", "edge.node_id:", "1-64 characters"),
     ("edge.node_id", "x" * 65, "edge.node_id:", "1-64"),
-    ("edge.node_id", "..", "edge.node_id:", "1-64"),
+    ("edge.node_id", "..", "edge.node_id:", "not . or .."),
+    ("edge.node_id", ".", "edge.node_id:", "not . or .."),
     ("edge.node_id", 1234, "edge.node_id:", "quote it"),
     ("edge.nodeid", "x", "edge.nodeid:", "did you mean 'node_id'"),
     ("edge.zzz", 1, "edge.zzz:", "unknown key (expected one of"),
@@ -518,6 +519,21 @@ def test_bad_config_names_the_field(path, value, field, words):
     msg = error_of(patched(path, value))
     assert msg.startswith("edge.yaml: " + field), msg
     assert words in msg, msg
+
+
+@pytest.mark.parametrize("node_id", ["n1", "a.b-c_D", "x" * 64, "x" * 65, "", ".", "..", "...", "a b", "caf\u00e9",
+                                     "a/b", "a\x00"])
+def test_the_node_id_rule_is_the_protocols(node_id):
+    from edgeline import sync
+
+    try:
+        parse(minimal(node_id=node_id))
+    except ConfigError as e:
+        assert str(e).startswith("edge.yaml: edge.node_id: must be 1-64 characters"), str(e)
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is sync.is_node_id(node_id)
 
 
 def test_other_bad_configs():

@@ -53,6 +53,7 @@ import yaml
 
 from edgeline.errors import ConfigError
 from edgeline.store import topic_dirname
+from edgeline.sync import is_node_id
 
 __all__ = [
     "Address",
@@ -821,9 +822,6 @@ def _check_mqtt_filter(ctx, path, value):
 
 # ---------------------------------------------------------------------------- sections
 
-_NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
 def _parse_node_id(ctx, edge):
     path = "edge.node_id"
     value = edge.get("node_id")
@@ -831,8 +829,8 @@ def _parse_node_id(ctx, edge):
         ctx.fail(path, "required: the node's name, 1-64 characters of A-Z a-z 0-9 . _ -")
     if not isinstance(value, str):
         ctx.fail(path, "must be text (got %s%s)" % (_show(value), _quote_hint(value)))
-    if not _NODE_ID_RE.fullmatch(value) or value in (".", ".."):
-        ctx.fail(path, "must be 1-64 characters of A-Z a-z 0-9 . _ - (got %s)" % _show(value))
+    if not is_node_id(value):  # the protocol's rule (docs/spec/wire.md): what the gateway accepts
+        ctx.fail(path, "must be 1-64 characters of A-Z a-z 0-9 . _ -, not . or .. (got %s)" % _show(value))
     return value
 
 
