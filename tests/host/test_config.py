@@ -16,7 +16,6 @@ from edgeline_host.agent.config import (
     CircuitBreaker,
     EdgeConfig,
     IngestSettings,
-    MeshSettings,
     NodeKey,
     ResourceLimits,
     RetryPolicy,
@@ -118,19 +117,53 @@ def doc_yaml_blocks():
 # ------------------------------------------------------------------ the seed's example
 
 
-def test_seed_example_parses_with_every_value():
-    c = parse(yaml.safe_load(SEED))
+# The seed's keys that nothing acts on yet: refused, by name (docs/config.md, "not yet").
+SEED_NOT_YET = {"location": None, "conflict_resolution": None, "mesh": None,
+                "sync": ("compression",), "resources": ("max_memory", "max_cpu_percent")}
+
+
+def seed_today():
+    """The seed's example without the keys edgeline refuses (as docs/config.md shows it)."""
+    doc = yaml.safe_load(SEED)
+    for key, inner in SEED_NOT_YET.items():
+        if inner is None:
+            del doc["edge"][key]
+        else:
+            for k in inner:
+                del doc["edge"][key][k]
+    return doc
+
+
+def test_seed_example_is_refused_naming_the_first_key_not_implemented():
+    msg = error_of(yaml.safe_load(SEED))
+    assert msg == "edge.yaml: edge.location: not implemented yet (issue #12); remove the key (a node's " \
+                  "location is not used yet)", msg
+    # each of the others is refused by name too, one at a time
+    for key, inner in SEED_NOT_YET.items():
+        for k in (inner or (None,)):
+            doc = seed_today()
+            doc["edge"].setdefault(key, {})
+            if k is None:
+                doc["edge"][key] = yaml.safe_load(SEED)["edge"][key]
+                field = "edge.%s" % key
+            else:
+                doc["edge"][key][k] = yaml.safe_load(SEED)["edge"][key][k]
+                field = "edge.%s.%s" % (key, k)
+            if key == "mesh":
+                field = "edge.mesh.enabled"
+            msg = error_of(doc)
+            assert msg.startswith("edge.yaml: %s: " % field) and "not implemented yet (issue #" in msg, msg
+
+
+def test_seed_example_without_what_is_not_implemented_parses_with_every_value():
+    c = parse(seed_today())
     assert c.node_id == "edge-store-001"
-    assert c.location.lat == 37.7749 and c.location.lon == -122.4194 and c.location.name == "Store #001"
     assert c.cloud_endpoint == "https://streamline.example.com"
     g = c.gateway
     assert (g.scheme, g.host, g.port, g.path, g.transport, g.tls) == (
         "https", "streamline.example.com", 443, "/", "http", True)
-    assert c.sync == SyncSettings(enabled=True, interval_ms=30000, batch_size=1000, compression="zstd",
-                                  bandwidth_bytes_per_sec=1048576)
-    assert c.resources == ResourceLimits(max_memory_bytes=256 * MiB, max_storage_bytes=4 * GiB,
-                                         max_cpu_percent=80, eviction_policy="oldest")
-    assert c.conflict_resolution == "last_write_wins"
+    assert c.sync == SyncSettings(enabled=True, interval_ms=30000, batch_size=1000, bandwidth_bytes_per_sec=1048576)
+    assert c.resources == ResourceLimits(max_storage_bytes=4 * GiB, eviction_policy="oldest")
     assert [(t.name, t.direction) for t in c.topics] == [
         ("pos.transactions", "edge_to_cloud"),
         ("inventory.updates", "bidirectional"),
@@ -145,11 +178,11 @@ def test_seed_example_parses_with_every_value():
     assert c.topic("promotions").receives and not c.topic("promotions").sends
     assert c.topic("inventory.updates").sends and c.topic("inventory.updates").receives
     assert c.topic("local.cache").is_local and c.topic("nope") is None
-    assert c.mesh == MeshSettings(enabled=True, discovery="mdns", max_peers=3,
-                                  replicated_topics=("inventory.updates",))
     assert c.ingest == IngestSettings()
     assert c.data_dir == os.path.join(".", "edgeline-data", "edge-store-001")
     assert c.key is None and c.key_file == os.path.join(c.data_dir, "node.key")
+    block = [b for b in doc_yaml_blocks() if "edge-store-001" in b and b != SEED]
+    assert len(block) == 1 and parse(yaml.safe_load(block[0])) == c
 
 
 def test_seed_example_is_in_the_docs_verbatim():
@@ -164,40 +197,37 @@ def test_defaults():
     assert c.sync.retry == RetryPolicy(initial_ms=500, max_ms=60000, multiplier=2.0, jitter=0.2)
     assert c.sync.circuit_breaker == CircuitBreaker(failures=5, open_ms=30000)
     assert c.resources.max_storage_bytes == GiB and c.resources.eviction_policy == "oldest"
-    assert c.topics == () and c.gateway is None and c.location is None
-    assert c.mesh.enabled is False and c.ingest.http is None and c.ingest.mqtt is None
+    assert c.topics == () and c.gateway is None
+    assert c.ingest.http is None and c.ingest.mqtt is None
     t = parse(minimal(local_topics=["a"])).topic("a")
     assert t.log_options() == {"segment_bytes": 64 * KiB, "budget_bytes": GiB, "full_policy": "drop_oldest",
                                "sync": "group", "group_records": 1000, "group_ms": 1000, "retention_ms": 0,
                                "priority": 0}
-    assert t.kind == "stream" and t.conflict_resolution is None
 
 
 def test_empty_sections_take_defaults():
     c = parse(yaml.safe_load("edge:\n  node_id: n1\n  sync:\n  resources:\n  mesh:\n  ingest:\n    http:\n    mqtt:\n"))
-    assert c.sync == SyncSettings() and c.resources == ResourceLimits() and c.mesh == MeshSettings()
+    assert c.sync == SyncSettings() and c.resources == ResourceLimits()
     assert c.ingest.http.listen == Address("127.0.0.1", 8080)
     assert c.ingest.mqtt.broker == Address("127.0.0.1", 1883) and c.ingest.mqtt.topics == ("#",)
 
 
-def test_topic_settings_and_table_conflicts():
+def test_topic_settings():
     c = parse(minimal(
         cloud_endpoint="http://gw:9000/sync",
-        conflict_resolution="cloud_wins",
         resources={"max_storage": "100MB", "eviction_policy": "priority"},
         sync_topics=[
-            {"topic": "inv", "direction": "bidirectional", "kind": "table", "sync": "every", "priority": 7,
+            {"topic": "inv", "direction": "bidirectional", "kind": "stream", "sync": "every", "priority": 7,
              "budget": "10MB", "retention": "7d", "segment_size": "512KiB", "full_policy": "reject"},
-            {"topic": "kv", "direction": "cloud_to_edge", "kind": "table", "conflict_resolution": "edge_wins",
-             "group_records": 10, "group_ms": "2s"},
+            {"topic": "kv", "direction": "cloud_to_edge", "group_records": 10, "group_ms": "2s"},
         ],
         local_topics=[{"topic": "scratch", "full_policy": "drop_newest", "retention": "1h30m"}],
     ))
     inv, kv, scratch = c.topics
-    assert inv == TopicConfig("inv", "bidirectional", kind="table", sync="every", priority=7,
+    assert inv == TopicConfig("inv", "bidirectional", sync="every", priority=7,
                               budget_bytes=10 * MiB, retention_ms=7 * 86400000, segment_bytes=512 * KiB,
-                              full_policy="reject", conflict_resolution="cloud_wins")
-    assert kv.conflict_resolution == "edge_wins" and kv.group_records == 10 and kv.group_ms == 2000
+                              full_policy="reject")
+    assert kv.group_records == 10 and kv.group_ms == 2000
     assert kv.budget_bytes == 100 * MiB
     assert scratch.direction == "local" and scratch.full_policy == "drop_newest"
     assert scratch.retention_ms == 90 * 60000
@@ -224,21 +254,16 @@ def test_retry_delay():
     assert RetryPolicy(500, 500, 1.0, 0.0).delay_ms(50, 0.3) == 500
 
 
-def test_mesh_and_ingest():
+def test_ingest():
     c = parse(minimal(
         local_topics=["t.a", "t.b"],
         sync_topics=[{"topic": "down", "direction": "cloud_to_edge"}],
         sync={"enabled": False},
-        mesh={"enabled": True, "discovery": "static", "peers": ["10.0.0.2", "[fe80::1]:9000", "pi-2:7421"],
-              "listen": "0.0.0.0:0", "gossip_interval_secs": "500ms", "replicated_topics": ["t.a", "down"]},
+        mesh={"enabled": False},
         ingest={"http": {"listen": "[::1]:8081"},
                 "mqtt": {"broker": "localhost", "map": {"sensors/+/temp": "t.a", "sensors/#": "t.b"}}},
     ))
-    m = c.mesh
-    assert m.peers == (Address("10.0.0.2", 7420), Address("fe80::1", 9000), Address("pi-2", 7421))
-    assert str(m.peers[1]) == "[fe80::1]:9000" and str(m.listen) == "0.0.0.0:0"
-    assert m.gossip_interval_ms == 500 and m.replicated_topics == ("t.a", "down")
-    assert c.ingest.http.listen == Address("::1", 8081)
+    assert c.ingest.http.listen == Address("::1", 8081) and str(c.ingest.http.listen) == "[::1]:8081"
     q = c.ingest.mqtt
     assert q.broker == Address("localhost", 1883)
     assert q.topics == ("sensors/+/temp", "sensors/#")  # subscriptions default to the map's filters
@@ -356,10 +381,10 @@ BASE = {
         "resources": {"max_storage": "1GB", "eviction_policy": "priority"},
         "sync_topics": [
             {"topic": "a", "direction": "edge_to_cloud"},
-            {"topic": "b", "direction": "bidirectional", "kind": "table"},
+            {"topic": "b", "direction": "bidirectional", "kind": "stream"},
         ],
         "local_topics": ["c"],
-        "mesh": {"replicated_topics": ["a"]},
+        "mesh": {"enabled": False},
         "ingest": {"mqtt": {"map": {"x/#": "a"}}},
     }
 }
@@ -393,14 +418,11 @@ BAD = [
     ("edge.node_id", "", "edge.node_id:", "1-64 characters"),
     ("edge.node_id", "has space", "edge.node_id:", "1-64 characters"),
     ("edge.node_id", "x" * 65, "edge.node_id:", "1-64"),
-    ("edge.node_id", "..", "edge.node_id:", "1-64"),
+    ("edge.node_id", "..", "edge.node_id:", "not . or .."),
+    ("edge.node_id", ".", "edge.node_id:", "not . or .."),
     ("edge.node_id", 1234, "edge.node_id:", "quote it"),
     ("edge.nodeid", "x", "edge.nodeid:", "did you mean 'node_id'"),
     ("edge.zzz", 1, "edge.zzz:", "unknown key (expected one of"),
-    ("edge.location", "Store 1", "edge.location:", "must be a mapping"),
-    ("edge.location.lat", 91, "edge.location.lat:", "between -90 and 90"),
-    ("edge.location.lon", float("nan"), "edge.location.lon:", "finite"),
-    ("edge.location.name", 5, "edge.location.name:", "must be text"),
     ("edge.cloud_endpoint", "ftp://x", "edge.cloud_endpoint:", "http://, https://, mqtt://"),
     ("edge.cloud_endpoint", "gw.example.com", "edge.cloud_endpoint:", "URL"),
     ("edge.cloud_endpoint", "https://user:pw@gw", "edge.cloud_endpoint:", "user or password"),
@@ -422,8 +444,6 @@ BAD = [
     ("edge.sync.interval_secs", "soon", "edge.sync.interval_secs:", "duration"),
     ("edge.sync.batch_size", 0, "edge.sync.batch_size:", "between 1 and 100000"),
     ("edge.sync.batch_size", "10", "edge.sync.batch_size:", "integer"),
-    ("edge.sync.compression", "lz4", "edge.sync.compression:", "not supported yet"),
-    ("edge.sync.compression", "brotli", "edge.sync.compression:", "must be one of none, zstd"),
     ("edge.sync.bandwidth_limit", "fast", "edge.sync.bandwidth_limit:", "size"),
     ("edge.sync.max_queue_size", "64MB", "edge.sync.max_queue_size:", "number of records"),
     ("edge.sync.max_queue_size", -1, "edge.sync.max_queue_size:", "between"),
@@ -434,15 +454,12 @@ BAD = [
     ("edge.sync.retry.jiter", 0.1, "edge.sync.retry.jiter:", "did you mean 'jitter'"),
     ("edge.sync.circuit_breaker.failures", -1, "edge.sync.circuit_breaker.failures:", "between 0 and 1000"),
     ("edge.sync.circuit_breaker.open_secs", 0, "edge.sync.circuit_breaker.open_secs:", "between"),
-    ("edge.resources.max_memory", 256, "edge.resources.max_memory:", "sizes without a unit are bytes"),
     ("edge.resources.max_storage", "1KB", "edge.resources.max_storage:", "at least 64 KiB"),
-    ("edge.resources.max_cpu_percent", 101, "edge.resources.max_cpu_percent:", "between 1 and 100"),
-    ("edge.resources.max_file_descriptors", 3, "edge.resources.max_file_descriptors:", "at least 16"),
-    ("edge.resources.eviction_policy", "lru", "edge.resources.eviction_policy:", "not supported yet: lru"),
-    ("edge.resources.eviction_policy", "compact", "edge.resources.eviction_policy:", "not supported yet: compact"),
+    ("edge.resources.eviction_policy", "lru", "edge.resources.eviction_policy:",
+     "lru is not implemented yet (issue #13); use oldest or priority"),
+    ("edge.resources.eviction_policy", "compact", "edge.resources.eviction_policy:",
+     "compact is not implemented yet (issue #10)"),
     ("edge.resources.eviction_policy", "random", "edge.resources.eviction_policy:", "oldest, priority"),
-    ("edge.conflict_resolution", "custom_merge", "edge.conflict_resolution:", "not supported yet"),
-    ("edge.conflict_resolution", "lww", "edge.conflict_resolution:", "last_write_wins"),
     ("edge.sync_topics", {"a": 1}, "edge.sync_topics:", "must be a list"),
     ("edge.sync_topics[0]", "a", "edge.sync_topics[0]:", "mapping with 'topic' and 'direction'"),
     ("edge.sync_topics[1].direction", "up", "edge.sync_topics[1].direction:",
@@ -456,7 +473,7 @@ BAD = [
     ("edge.sync_topics[0].topic", "/" * 128, "edge.sync_topics[0].topic:", "directory name"),
     ("edge.sync_topics[0].topic", 5, "edge.sync_topics[0].topic:", "must be text"),
     ("edge.sync_topics[1].topic", "a", "edge.sync_topics[1].topic:", "duplicate topic 'a' (also sync_topics[0])"),
-    ("edge.sync_topics[0].kind", "queue", "edge.sync_topics[0].kind:", "stream, table"),
+    ("edge.sync_topics[0].kind", "table", "edge.sync_topics[0].kind:", "table is not implemented yet (issue #10)"),
     ("edge.sync_topics[0].sync", "always", "edge.sync_topics[0].sync:", "every, group, none"),
     ("edge.sync_topics[0].sync", True, "edge.sync_topics[0].sync:", "(got true)"),
     ("edge.sync_topics[0].group_records", 0, "edge.sync_topics[0].group_records:", "between"),
@@ -471,10 +488,6 @@ BAD = [
     ("edge.sync_topics[0].retention", "10ms", "edge.sync_topics[0].retention:", "between 1s"),
     ("edge.sync_topics[0].segment_size", "100B", "edge.sync_topics[0].segment_size:", "at least 1 KiB"),
     ("edge.sync_topics[0].segment_size", "2GB", "edge.sync_topics[0].segment_size:", "at most 1 GiB"),
-    ("edge.sync_topics[0].conflict_resolution", "cloud_wins", "edge.sync_topics[0].conflict_resolution:",
-     "only table topics"),
-    ("edge.sync_topics[1].conflict_resolution", "keep_both", "edge.sync_topics[1].conflict_resolution:",
-     "not supported yet"),
     ("edge.sync_topics[0].retension", "7d", "edge.sync_topics[0].retension:", "did you mean 'retention'"),
     ("edge.local_topics", "c", "edge.local_topics:", "must be a list"),
     ("edge.local_topics[0]", 5, "edge.local_topics[0]:", "topic name or a mapping"),
@@ -482,18 +495,11 @@ BAD = [
     ("edge.local_topics[1]", "c", "edge.local_topics[1].topic:", "duplicate topic 'c' (also local_topics[0])"),
     ("edge.local_topics[1]", {"topic": "d", "direction": "edge_to_cloud"}, "edge.local_topics[1].direction:",
      "local topics have no direction"),
-    ("edge.mesh.enabled", 1, "edge.mesh.enabled:", "true or false"),
-    ("edge.mesh.discovery", "dns_sd", "edge.mesh.discovery:", "not supported yet"),
-    ("edge.mesh.discovery", "static", "edge.mesh.peers:", "required with discovery: static"),
-    ("edge.mesh.peers", ["host:notaport"], "edge.mesh.peers[0]:", "host:port"),
-    ("edge.mesh.peers", [None], "edge.mesh.peers[0]:", "host:port"),
-    ("edge.mesh.peers", ["h:0"], "edge.mesh.peers[0]:", "between 1 and 65535"),
-    ("edge.mesh.listen", 7420, "edge.mesh.listen:", "host:port"),
-    ("edge.mesh.listen", "0.0.0.0", "edge.mesh.listen:", "must name a port"),
-    ("edge.mesh.max_peers", 0, "edge.mesh.max_peers:", "between 1 and 64"),
-    ("edge.mesh.gossip_interval_secs", "2h", "edge.mesh.gossip_interval_secs:", "between"),
-    ("edge.mesh.replicated_topics", ["zz"], "edge.mesh.replicated_topics[0]:", "unknown topic 'zz'"),
-    ("edge.mesh.replicated_topics", ["a", "a"], "edge.mesh.replicated_topics[1]:", "duplicate"),
+    ("edge.mesh", [], "edge.mesh:", "must be a mapping"),
+    ("edge.mesh.enabled", True, "edge.mesh.enabled:", "not implemented yet (issue #12); remove the mesh section"),
+    ("edge.mesh.enabled", 1, "edge.mesh.enabled:", "not implemented yet (issue #12)"),
+    ("edge.mesh.discovery", "static", "edge.mesh.discovery:", "not implemented yet (issue #12)"),
+    ("edge.mesh.peerz", ["a:1"], "edge.mesh.peerz:", "did you mean 'peers'"),
     ("edge.ingest.ftp", {}, "edge.ingest.ftp:", "unknown key"),
     ("edge.ingest.http.listen", "localhost:99999", "edge.ingest.http.listen:", "65535"),
     ("edge.ingest.http.port", 8080, "edge.ingest.http.port:", "unknown key"),
@@ -513,6 +519,21 @@ def test_bad_config_names_the_field(path, value, field, words):
     msg = error_of(patched(path, value))
     assert msg.startswith("edge.yaml: " + field), msg
     assert words in msg, msg
+
+
+@pytest.mark.parametrize("node_id", ["n1", "a.b-c_D", "x" * 64, "x" * 65, "", ".", "..", "...", "a b", "caf\u00e9",
+                                     "a/b", "a\x00"])
+def test_the_node_id_rule_is_the_protocols(node_id):
+    from edgeline import sync
+
+    try:
+        parse(minimal(node_id=node_id))
+    except ConfigError as e:
+        assert str(e).startswith("edge.yaml: edge.node_id: must be 1-64 characters"), str(e)
+        accepted = False
+    else:
+        accepted = True
+    assert accepted is sync.is_node_id(node_id)
 
 
 def test_other_bad_configs():
@@ -608,6 +629,10 @@ def test_every_yaml_block_in_the_docs_parses_and_opens(tmp_path):
     for i, block in enumerate(blocks):
         p = tmp_path / ("doc%d.yaml" % i)
         p.write_text(block)
+        if block == SEED:  # shown as the proposal wrote it, and what edgeline says to it
+            with pytest.raises(ConfigError, match="not implemented yet"):
+                load_config(str(p))
+            continue
         c = load_config(str(p))
         # the core accepts every topic's log settings
         store = Store(str(tmp_path / ("data%d" % i)), c.resources.max_storage_bytes)
@@ -623,12 +648,11 @@ def test_pi_zero_example_in_the_docs():
     assert c.key_file == "/etc/edgeline/node.key"
     assert c.gateway.transport == "http" and c.gateway.path == "/edgeline"
     assert c.sync.bandwidth_bytes_per_sec == 32 * KiB and c.sync.retry.max_ms == 300000
-    assert c.resources.max_memory_bytes == 64 * MiB and c.resources.eviction_policy == "priority"
+    assert c.resources.eviction_policy == "priority"
     tel = c.topic("greenhouse.telemetry")
     assert tel.budget_bytes == 1536 * MiB and tel.retention_ms == 30 * 86400000 and tel.segment_bytes == 256 * KiB
     assert c.topic("greenhouse.alarms").sync == "every" and c.topic("greenhouse.alarms").priority == 10
-    assert c.topic("greenhouse.setpoints").kind == "table"
-    assert c.topic("greenhouse.setpoints").conflict_resolution == "last_write_wins"
+    assert c.topic("greenhouse.setpoints").receives and c.topic("greenhouse.setpoints").budget_bytes == 16 * MiB
     assert c.ingest.mqtt.route("greenhouse/b7/alarm") == "greenhouse.alarms"
     assert c.ingest.mqtt.route("debug/x/y") == "debug.raw"
     assert c.ingest.mqtt.topics == ("greenhouse/+/telemetry", "greenhouse/+/alarm", "debug/#")
@@ -654,9 +678,7 @@ def test_every_key_is_in_the_reference():
         if name.endswith("_KEYS"):
             for k in getattr(cfgmod, name):
                 assert "`%s`" % k in text or "`http.%s`" % k in text or "`mqtt.%s`" % k in text, k
-    for values in (cfgmod.DIRECTIONS, cfgmod.KINDS, cfgmod.SYNC_POLICIES, cfgmod.FULL_POLICIES,
-                   cfgmod.EVICTION_POLICIES, cfgmod.CONFLICT_STRATEGIES, cfgmod.COMPRESSIONS,
-                   cfgmod.DISCOVERY_METHODS):
+    for values in (cfgmod.DIRECTIONS, cfgmod.SYNC_POLICIES, cfgmod.FULL_POLICIES, cfgmod.EVICTION_POLICIES):
         for v in values:
             assert "`%s`" % v in text, v
 
@@ -728,3 +750,103 @@ def test_fuzz_yaml_text(text):
         assert "\n" not in str(e)
         return
     _parse_only_config_errors(doc)
+
+
+# ------------------------------------------------------------------ every accepted setting acts
+# The agent built from a config holds each setting where it acts: the topics' logs, the
+# store, the uplink and the downlink (tests/host/test_config_keys.py names these tests as
+# the proof that a key docs/config.md lists is not ignored).
+
+ACTING = {
+    "node_id": "n-acts",
+    "cloud_endpoint": "http://127.0.0.1:9/edge",
+    "sync": {"interval_secs": 7, "batch_size": 33, "bandwidth_limit": "2KB/s", "max_queue_size": 3,
+             "retry": {"initial_ms": 70, "max_ms": "9s", "multiplier": 3, "jitter": 0.5},
+             "circuit_breaker": {"failures": 4, "open_secs": 11}},
+    "resources": {"max_storage": "8MiB", "eviction_policy": "priority"},
+    "sync_topics": [
+        {"topic": "up", "direction": "edge_to_cloud", "sync": "every", "priority": 3, "budget": "1MiB",
+         "segment_size": "16KiB", "retention": "2h", "full_policy": "reject"},
+        {"topic": "down", "direction": "cloud_to_edge"},
+        {"topic": "both", "direction": "bidirectional", "group_records": 7, "group_ms": 20},
+    ],
+    "local_topics": [{"topic": "loc", "full_policy": "drop_newest", "sync": "none"}],
+}
+
+
+def acting_agent(tmp_path, **edge):
+    from edgeline_host.agent.agent import Agent
+
+    d = copy.deepcopy(ACTING)
+    d.update(edge)
+    return Agent(parse({"edge": d}, base_dir=str(tmp_path)), print_fn=lambda *_: None)
+
+
+def test_agent_opens_each_topic_log_with_its_settings(tmp_path):
+    agent = acting_agent(tmp_path, key=KEY_HEX, data_dir="var")
+    try:
+        assert agent.store.budget_bytes == 8 * MiB  # resources.max_storage
+        assert os.path.isdir(os.path.join(str(tmp_path), "var", "up"))  # data_dir, topic
+        up, down, both, loc = (agent.topics[n] for n in ("up", "down", "both", "loc"))
+        lg = up.log
+        assert (lg.sync, lg.priority, lg.budget_bytes, lg.segment_bytes, lg.retention_ms, lg.full_policy) == (
+            "every", 3, MiB, 16 * KiB, 2 * 3600000, "reject")
+        assert (both.log.group_records, both.log.group_ms) == (7, 20)
+        assert (loc.log.full_policy, loc.log.sync, loc.log.priority) == ("drop_newest", "none", 0)
+        # direction: what goes up has an outbox, what comes down a log of the cloud's records
+        assert up.outbox is not None and up.down is None
+        assert down.outbox is None and down.down is not None
+        assert both.outbox is not None and both.down is not None
+        assert loc.outbox is None and loc.down is None
+    finally:
+        agent.store.close()
+    # eviction_policy: oldest gives every topic the same priority (and refuses one set)
+    agent = acting_agent(tmp_path, key=KEY_HEX, data_dir="var2", resources={"max_storage": "8MiB"},
+                         sync_topics=[dict(ACTING["sync_topics"][0], priority=None)])
+    try:
+        assert agent.topics["up"].log.priority == 0
+    finally:
+        agent.store.close()
+
+
+def test_agent_uplink_takes_the_sync_settings(tmp_path):
+    agent = acting_agent(tmp_path, key=KEY_HEX)
+    try:
+        up = agent.uplink
+        assert (up.node_id, up.url) == ("n-acts", "http://127.0.0.1:9/edge")
+        assert (up.interval_ms, up.batch_records, up.bandwidth_bytes_per_sec) == (7000, 33, 2 * KiB)
+        assert up.retry == RetryPolicy(initial_ms=70, max_ms=9000, multiplier=3.0, jitter=0.5)
+        assert up.breaker == CircuitBreaker(failures=4, open_ms=11000)
+        assert (up.downlink.interval_ms, up.downlink.max_records) == (7000, 33)
+        assert sorted(up.downlink.topics) == ["both", "down"]
+    finally:
+        agent.store.close()
+    # the key comes from key (above) or key_file: a key_file that is not there stops the agent at start
+    p = tmp_path / "node.key"
+    p.write_text(KEY_HEX + "\n")
+    agent = acting_agent(tmp_path, key_file=str(p), data_dir="var3")
+    agent.store.close()
+    with pytest.raises(ConfigError, match="edge.key_file: .* does not exist"):
+        acting_agent(tmp_path, key_file=str(tmp_path / "none.key"), data_dir="var4")
+    # sync.enabled: false, no uplink and nothing owed
+    agent = acting_agent(tmp_path, data_dir="var5", sync={"enabled": False})
+    try:
+        assert agent.uplink is None and agent.topics["up"].outbox is None
+    finally:
+        agent.store.close()
+
+
+def test_max_queue_size_refuses_ingest_beyond_it(tmp_path):
+    from edgeline import codec
+    from edgeline_host.agent.agent import IngestError
+
+    agent = acting_agent(tmp_path, key=KEY_HEX)
+    try:
+        st = agent.topics["both"]
+        assert agent.append(st, [None, None], [codec.dumps(1), codec.dumps(2)]) == (1, 2)
+        with pytest.raises(IngestError) as ei:
+            agent.append(st, [None, None], [codec.dumps(3), codec.dumps(4)])
+        assert ei.value.status == 503 and "sync.max_queue_size" in str(ei.value)
+        assert agent.append(agent.topics["loc"], [None] * 5, [codec.dumps(i) for i in range(5)]) == (1, 5)
+    finally:
+        agent.store.close()

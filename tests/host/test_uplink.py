@@ -459,7 +459,7 @@ def test_bandwidth_limit_is_respected(tmp_path):
         lg, ob = open_topic(tmp_path, "t")
         append(lg, 1, 1200, size=100)  # about 140 KB on the wire
         limit = 40000
-        up = make_uplink(gw.url, {"t": (lg, ob)}, bandwidth_limit_bps=limit)
+        up = make_uplink(gw.url, {"t": (lg, ob)}, bandwidth_bytes_per_sec=limit)
         task = asyncio.create_task(up.run())
         t0 = time.monotonic()
         try:
@@ -576,6 +576,6 @@ def test_from_config(tmp_path):
     lg, ob = open_topic(tmp_path, "t")
     up = from_config(cfg, {"t": (lg, ob)})
     assert (up.url, up.interval_ms, up.batch_records) == ("http://127.0.0.1:8700/v1/sync", 5000, 250)
-    assert up.bandwidth_limit_bps == cfg.sync.bandwidth_bytes_per_sec > 0
+    assert up.bandwidth_bytes_per_sec == cfg.sync.bandwidth_bytes_per_sec > 0
     assert up.breaker.failures == 3 and up.breaker.open_ms == 10000
     assert up.status()["state"] == "idle" and up.status()["topics"]["t"]["pending"] == 0

@@ -13,7 +13,16 @@ i.e. ``<file>: <field path>: <what is wrong>``. Unknown keys are errors (with a 
 mean" for close spellings), never silently ignored: a misspelt ``retention`` would
 otherwise keep data forever. After the sections, cross-checks run: duplicate topics, a
 topic both synced and local, budgets against the device's storage, the endpoint a synced
-topic needs, topics named by the mesh and the MQTT ingest map.
+topic needs, topics named by the MQTT ingest map.
+
+Never pretend. A key the edge-first proposal's ``edge.yaml`` names but nothing in edgeline
+acts on yet (``_NOT_YET_BY_KEY``: compression, conflicts, the mesh, resource limits other
+than storage) is refused by name, in one line that names the issue that will bring it and
+says what to do instead; only the one value that means what edgeline does today (``none``,
+``0``, ``enabled: false``) is accepted. Values not implemented yet of keys that do act
+(``eviction_policy: lru``) are refused the same way (``_NOT_YET_BY_VALUE``). docs/config.md
+marks each "not yet"; tests/host/test_config_keys.py checks that every key it lists is
+either acted on or refused.
 
 Units. Sizes are bytes: an int, or text such as ``"256MB"``, ``"1.5MB"``, ``"512KiB"``.
 **Size prefixes are binary**: ``K``/``KB``/``KiB`` = 1024, ``M``/``MB``/``MiB`` = 2**20,
@@ -44,6 +53,7 @@ import yaml
 
 from edgeline.errors import ConfigError
 from edgeline.store import topic_dirname
+from edgeline.sync import is_node_id
 
 __all__ = [
     "Address",
@@ -52,8 +62,6 @@ __all__ = [
     "GatewayEndpoint",
     "HttpIngest",
     "IngestSettings",
-    "Location",
-    "MeshSettings",
     "MqttIngest",
     "NodeKey",
     "ResourceLimits",
@@ -72,39 +80,46 @@ __all__ = [
 
 DIRECTIONS = ("edge_to_cloud", "cloud_to_edge", "bidirectional")
 LOCAL = "local"  # the direction of a local_topics entry
-KINDS = ("stream", "table")
 SYNC_POLICIES = ("every", "group", "none")
 FULL_POLICIES = ("drop_oldest", "reject", "drop_newest")
 EVICTION_POLICIES = ("oldest", "priority")
-CONFLICT_STRATEGIES = ("last_write_wins", "first_write_wins", "cloud_wins", "edge_wins")
-COMPRESSIONS = ("none", "zstd")
-DISCOVERY_METHODS = ("mdns", "static")
 GATEWAY_SCHEMES = ("http", "https", "mqtt", "mqtts")
 
-# Values the seed names that edgeline does not implement: refused by name, not ignored.
-_NOT_YET = {
+# Keys that nothing in edgeline acts on yet, refused by name (see the module doc):
+# (section, key) -> (the value that means what edgeline does today and is accepted, or
+# _NO_VALUE; the issue that will bring the setting; what to do instead).
+_NO_VALUE = object()
+_MESH_LATER = "remove the mesh section (the node syncs with its gateway only)"
+_NOT_YET_BY_KEY = {
+    ("edge", "location"): (_NO_VALUE, 12, "remove the key (a node's location is not used yet)"),
+    ("edge", "conflict_resolution"): (_NO_VALUE, 10, "remove the key (no topic has conflicts to resolve: "
+                                                     "every topic keeps every record, as a stream)"),
+    ("edge.sync", "compression"): ("none", 11, "remove the key (records are sent uncompressed)"),
+    ("edge.resources", "max_memory"): (0, 13, "remove the key (the agent's memory is not capped)"),
+    ("edge.resources", "max_cpu_percent"): (100, 13, "remove the key (the agent's CPU use is not capped)"),
+    ("edge.resources", "max_file_descriptors"): (0, 13, "remove the key (the system's limit applies)"),
+    ("edge.resources", "max_connections"): (0, 13, "remove the key (connections are not capped)"),
+    ("topic", "kind"): ("stream", 10, "remove the key (every topic is a stream: all records are kept)"),
+    ("topic", "conflict_resolution"): (_NO_VALUE, 10, "remove the key (every topic is a stream: all records "
+                                                      "are kept, none conflict)"),
+    ("edge.mesh", "enabled"): (False, 12, _MESH_LATER),
+    ("edge.mesh", "discovery"): (_NO_VALUE, 12, _MESH_LATER),
+    ("edge.mesh", "peers"): (_NO_VALUE, 12, _MESH_LATER),
+    ("edge.mesh", "listen"): (_NO_VALUE, 12, _MESH_LATER),
+    ("edge.mesh", "max_peers"): (_NO_VALUE, 12, _MESH_LATER),
+    ("edge.mesh", "gossip_interval_secs"): (_NO_VALUE, 12, _MESH_LATER),
+    ("edge.mesh", "replicated_topics"): (_NO_VALUE, 12, _MESH_LATER),
+}
+# Values not implemented yet of keys that act: key -> {value: (issue, what to use instead)}.
+_NOT_YET_BY_VALUE = {
     "eviction_policy": {
-        "lru": "lru (least recently read) eviction; use oldest or priority",
-        "compact": "compact (merging segments by key); use oldest or priority",
-    },
-    "conflict_resolution": {
-        "keep_both": "keep_both; use last_write_wins, first_write_wins, cloud_wins or edge_wins",
-        "custom_merge": "custom_merge (WASM); use last_write_wins, first_write_wins, cloud_wins or edge_wins",
-    },
-    "discovery": {
-        "dns_sd": "dns_sd discovery; use mdns or static",
-        "service_registry": "service_registry discovery; use mdns or static",
-    },
-    "compression": {
-        "lz4": "lz4 compression; use zstd or none",
-        "gzip": "gzip compression; use zstd or none",
-        "snappy": "snappy compression; use zstd or none",
+        "lru": (13, "use oldest or priority"),
+        "compact": (10, "use oldest or priority"),
     },
 }
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "mqtt": 1883, "mqtts": 8883}
 _MQTT_TOPIC_PREFIX = "edgeline"
-_MESH_PORT = 7420
 _MAX_NAME_BYTES = 255  # a topic's directory name must fit one file-system name
 
 # -- schema: the keys each mapping accepts (docs/config.md lists every one; a test checks) --
@@ -125,7 +140,6 @@ EDGE_KEYS = (
     "mesh",
     "ingest",
 )
-LOCATION_KEYS = ("lat", "lon", "name")
 SYNC_KEYS = (
     "enabled",
     "interval_secs",
@@ -220,13 +234,6 @@ class Address:
 
 
 @dataclass(frozen=True)
-class Location:
-    lat: Optional[float] = None
-    lon: Optional[float] = None
-    name: Optional[str] = None
-
-
-@dataclass(frozen=True)
 class GatewayEndpoint:
     """``cloud_endpoint`` taken apart. ``transport`` is ``http`` or ``mqtt``.
 
@@ -281,7 +288,6 @@ class SyncSettings:
     enabled: bool = True
     interval_ms: int = 30000
     batch_size: int = 1000
-    compression: str = "none"
     bandwidth_bytes_per_sec: int = 0  # 0: unlimited
     max_queue_records: int = 0  # 0: bounded only by the topics' budgets
     retry: RetryPolicy = RetryPolicy()
@@ -290,11 +296,7 @@ class SyncSettings:
 
 @dataclass(frozen=True)
 class ResourceLimits:
-    max_memory_bytes: int = 0  # 0: not set
     max_storage_bytes: int = 1 * GiB  # the device budget the topics' logs share
-    max_cpu_percent: int = 100
-    max_file_descriptors: int = 0  # 0: the system's limit
-    max_connections: int = 0  # 0: unlimited
     eviction_policy: str = "oldest"
 
 
@@ -304,7 +306,6 @@ class TopicConfig:
 
     name: str
     direction: str  # one of DIRECTIONS, or LOCAL
-    kind: str = "stream"
     sync: str = "group"
     group_records: int = 1000
     group_ms: int = 1000
@@ -313,7 +314,6 @@ class TopicConfig:
     budget_bytes: int = 1 * GiB
     retention_ms: int = 0  # 0: kept until the budget needs the room
     segment_bytes: int = 64 * KiB
-    conflict_resolution: Optional[str] = None  # table topics only
 
     @property
     def is_local(self):
@@ -341,17 +341,6 @@ class TopicConfig:
             "retention_ms": self.retention_ms,
             "priority": self.priority,
         }
-
-
-@dataclass(frozen=True)
-class MeshSettings:
-    enabled: bool = False
-    discovery: str = "mdns"
-    peers: Tuple[Address, ...] = ()
-    listen: Address = Address("0.0.0.0", _MESH_PORT)
-    max_peers: int = 3
-    gossip_interval_ms: int = 30000
-    replicated_topics: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -393,16 +382,13 @@ class EdgeConfig:
     source: str
     node_id: str
     data_dir: str
-    location: Optional[Location] = None
     cloud_endpoint: Optional[str] = None
     gateway: Optional[GatewayEndpoint] = None
     key: Optional[NodeKey] = None  # inline; otherwise read from key_file
     key_file: Optional[str] = None
     sync: SyncSettings = SyncSettings()
     resources: ResourceLimits = ResourceLimits()
-    conflict_resolution: str = "last_write_wins"
     topics: Tuple[TopicConfig, ...] = ()  # sync_topics in order, then local_topics
-    mesh: MeshSettings = MeshSettings()
     ingest: IngestSettings = IngestSettings()
 
     def topic(self, name):
@@ -679,13 +665,34 @@ def _quote_hint(value):
 
 
 def _choice(ctx, path, value, default, choices, not_yet=None):
+    """``value`` if it is one of ``choices``; a value of ``not_yet`` ({value: (issue,
+    instead)}) is refused as not implemented yet."""
     if value is None:
         return default
     if isinstance(value, str) and value in choices:
         return value
     if not_yet and isinstance(value, str) and value in not_yet:
-        ctx.fail(path, "not supported yet: %s" % not_yet[value])
+        issue, instead = not_yet[value]
+        ctx.fail(path, "%s is not implemented yet (issue #%d); %s" % (value, issue, instead))
     ctx.fail(path, "must be one of %s (got %s)" % (", ".join(choices), _show(value)))
+
+
+def _refuse_not_yet(ctx, path, m, section):
+    """Refuse, by name, a key of mapping ``m`` that nothing acts on yet (``_NOT_YET_BY_KEY``
+    under ``section``), unless it is absent, null, or the value that means what edgeline
+    does today."""
+    for key, value in m.items():
+        entry = _NOT_YET_BY_KEY.get((section, key))
+        if entry is None or value is None:
+            continue
+        off, issue, instead = entry
+        if off is not _NO_VALUE and value == off and isinstance(value, bool) == isinstance(off, bool):
+            continue
+        what = "not implemented yet"
+        if isinstance(off, str) and isinstance(value, str):  # a choice: say which one
+            word = re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", value)
+            what = "%s is %s" % (value if word else _show(value), what)
+        ctx.fail(_join(path, key), "%s (issue #%d); %s" % (what, issue, instead))
 
 
 def _size_field(ctx, path, value, default, lo, hi=_MAX_SIZE, zero_ok=False):
@@ -815,9 +822,6 @@ def _check_mqtt_filter(ctx, path, value):
 
 # ---------------------------------------------------------------------------- sections
 
-_NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
 def _parse_node_id(ctx, edge):
     path = "edge.node_id"
     value = edge.get("node_id")
@@ -825,21 +829,9 @@ def _parse_node_id(ctx, edge):
         ctx.fail(path, "required: the node's name, 1-64 characters of A-Z a-z 0-9 . _ -")
     if not isinstance(value, str):
         ctx.fail(path, "must be text (got %s%s)" % (_show(value), _quote_hint(value)))
-    if not _NODE_ID_RE.fullmatch(value) or value in (".", ".."):
-        ctx.fail(path, "must be 1-64 characters of A-Z a-z 0-9 . _ - (got %s)" % _show(value))
+    if not is_node_id(value):  # the protocol's rule (docs/spec/wire.md): what the gateway accepts
+        ctx.fail(path, "must be 1-64 characters of A-Z a-z 0-9 . _ -, not . or .. (got %s)" % _show(value))
     return value
-
-
-def _parse_location(ctx, value):
-    if value is None:
-        return None
-    path = "edge.location"
-    m = _mapping(ctx, path, value, LOCATION_KEYS)
-    return Location(
-        lat=_float(ctx, path + ".lat", m.get("lat"), None, -90, 90),
-        lon=_float(ctx, path + ".lon", m.get("lon"), None, -180, 180),
-        name=_str(ctx, path + ".name", m.get("name")),
-    )
 
 
 def _parse_gateway(ctx, value, node_id):
@@ -911,6 +903,7 @@ def _parse_breaker(ctx, value):
 def _parse_sync(ctx, value):
     path = "edge.sync"
     m = _mapping(ctx, path, value, SYNC_KEYS)
+    _refuse_not_yet(ctx, path, m, path)
     d = SyncSettings()
     bw = m.get("bandwidth_limit")
     if isinstance(bw, str) and re.search(r"/\s*s(ec)?\s*$", bw):
@@ -924,8 +917,6 @@ def _parse_sync(ctx, value):
         interval_ms=_duration_field(ctx, path + ".interval_secs", m.get("interval_secs"), d.interval_ms,
                                     _SECOND, 0, 7 * _DAY),
         batch_size=_int(ctx, path + ".batch_size", m.get("batch_size"), d.batch_size, 1, 100000),
-        compression=_choice(ctx, path + ".compression", m.get("compression"), d.compression, COMPRESSIONS,
-                            _NOT_YET["compression"]),
         bandwidth_bytes_per_sec=_size_field(ctx, path + ".bandwidth_limit", bw, d.bandwidth_bytes_per_sec, 0),
         max_queue_records=_int(ctx, path + ".max_queue_size", queue, d.max_queue_records, 0, 10 ** 12),
         retry=_parse_retry(ctx, m.get("retry")),
@@ -936,28 +927,17 @@ def _parse_sync(ctx, value):
 def _parse_resources(ctx, value):
     path = "edge.resources"
     m = _mapping(ctx, path, value, RESOURCE_KEYS)
+    _refuse_not_yet(ctx, path, m, path)
     d = ResourceLimits()
     return ResourceLimits(
-        max_memory_bytes=_size_field(ctx, path + ".max_memory", m.get("max_memory"), d.max_memory_bytes, MiB,
-                                     zero_ok=True),
         max_storage_bytes=_size_field(ctx, path + ".max_storage", m.get("max_storage"), d.max_storage_bytes,
                                       64 * KiB),
-        max_cpu_percent=_int(ctx, path + ".max_cpu_percent", m.get("max_cpu_percent"), d.max_cpu_percent, 1, 100),
-        max_file_descriptors=_fd_limit(ctx, path + ".max_file_descriptors", m.get("max_file_descriptors")),
-        max_connections=_int(ctx, path + ".max_connections", m.get("max_connections"), d.max_connections, 0, 1000000),
         eviction_policy=_choice(ctx, path + ".eviction_policy", m.get("eviction_policy"), d.eviction_policy,
-                                EVICTION_POLICIES, _NOT_YET["eviction_policy"]),
+                                EVICTION_POLICIES, _NOT_YET_BY_VALUE["eviction_policy"]),
     )
 
 
-def _fd_limit(ctx, path, value):
-    n = _int(ctx, path, value, 0, 0, 1 << 20)
-    if 0 < n < 16:
-        ctx.fail(path, "must be 0 (the system's limit) or at least 16 (got %d)" % n)
-    return n
-
-
-def _parse_topic(ctx, path, entry, local, resources, conflict_default):
+def _parse_topic(ctx, path, entry, local, resources):
     if local and isinstance(entry, str):
         entry = {"topic": entry}
     allowed = LOCAL_TOPIC_KEYS if local else TOPIC_KEYS
@@ -967,6 +947,7 @@ def _parse_topic(ctx, path, entry, local, resources, conflict_default):
     if not isinstance(entry, dict):
         ctx.fail(path, "must be %s (got %s)" % (what, _show(entry)))
     m = _mapping(ctx, path, entry, allowed, what)
+    _refuse_not_yet(ctx, path, m, "topic")
     if m.get("topic") is None:
         ctx.fail(path + ".topic", "required: the topic's name")
     name = _check_name(ctx, path + ".topic", m["topic"], "a topic name")
@@ -977,7 +958,6 @@ def _parse_topic(ctx, path, entry, local, resources, conflict_default):
             ctx.fail(path + ".direction", "required: one of %s" % ", ".join(DIRECTIONS))
         direction = _choice(ctx, path + ".direction", m["direction"], None, DIRECTIONS)
     d = TopicConfig(name, direction)
-    kind = _choice(ctx, path + ".kind", m.get("kind"), d.kind, KINDS)
     priority = m.get("priority")
     if priority is not None and resources.eviction_policy != "priority":
         ctx.fail(path + ".priority", "only used with resources.eviction_policy: priority (it is %r)"
@@ -994,15 +974,9 @@ def _parse_topic(ctx, path, entry, local, resources, conflict_default):
                      "resources.max_storage (%s)" % (_bytes_text(2 * segment), _bytes_text(budget)))
         ctx.fail(path + ".budget", "must hold two segments of segment_size: at least %s (got %s)"
                  % (_bytes_text(2 * segment), _show(m.get("budget"))))
-    conflict = m.get("conflict_resolution")
-    if conflict is not None and kind != "table":
-        ctx.fail(path + ".conflict_resolution", "only table topics have conflicts (this topic's kind is %s)" % kind)
-    conflict = _choice(ctx, path + ".conflict_resolution", conflict, conflict_default, CONFLICT_STRATEGIES,
-                       _NOT_YET["conflict_resolution"])
     return TopicConfig(
         name=name,
         direction=direction,
-        kind=kind,
         sync=_choice(ctx, path + ".sync", m.get("sync"), d.sync, SYNC_POLICIES),
         group_records=_int(ctx, path + ".group_records", m.get("group_records"), d.group_records, 1, 1000000),
         group_ms=_duration_field(ctx, path + ".group_ms", m.get("group_ms"), d.group_ms, 1, 0, _HOUR),
@@ -1012,18 +986,17 @@ def _parse_topic(ctx, path, entry, local, resources, conflict_default):
         retention_ms=_duration_field(ctx, path + ".retention", m.get("retention"), d.retention_ms, 1, _SECOND,
                                      100 * 365 * _DAY, bare_ok=False, zero_ok=True),
         segment_bytes=segment,
-        conflict_resolution=conflict if kind == "table" else None,
     )
 
 
-def _parse_topics(ctx, edge, resources, conflict_default):
+def _parse_topics(ctx, edge, resources):
     topics = []
     where = {}  # name -> path of its entry
     for section, local in (("sync_topics", False), ("local_topics", True)):
         path = "edge." + section
         for i, entry in enumerate(_list(ctx, path, edge.get(section))):
             entry_path = "%s[%d]" % (path, i)
-            t = _parse_topic(ctx, entry_path, entry, local, resources, conflict_default)
+            t = _parse_topic(ctx, entry_path, entry, local, resources)
             if t.name in where:
                 first = where[t.name]
                 if first.startswith(path + "["):
@@ -1035,39 +1008,10 @@ def _parse_topics(ctx, edge, resources, conflict_default):
     return tuple(topics)
 
 
-def _parse_mesh(ctx, value, topics):
+def _check_mesh(ctx, value):
+    """The mesh does not exist yet (issue #12): only ``enabled: false`` is accepted."""
     path = "edge.mesh"
-    m = _mapping(ctx, path, value, MESH_KEYS)
-    d = MeshSettings()
-    peers = []
-    for i, p in enumerate(_list(ctx, path + ".peers", m.get("peers"))):
-        if p is None:
-            ctx.fail("%s.peers[%d]" % (path, i), "must be 'host:port' (got null)")
-        peers.append(_address(ctx, "%s.peers[%d]" % (path, i), p, None, default_port=_MESH_PORT))
-    replicated = []
-    names = {t.name for t in topics}
-    for i, name in enumerate(_list(ctx, path + ".replicated_topics", m.get("replicated_topics"))):
-        p = "%s.replicated_topics[%d]" % (path, i)
-        _check_name(ctx, p, name, "a topic name")
-        if name not in names:
-            ctx.fail(p, "unknown topic %s (not in sync_topics or local_topics)" % _show(name))
-        if name in replicated:
-            ctx.fail(p, "duplicate topic %s" % _show(name))
-        replicated.append(name)
-    mesh = MeshSettings(
-        enabled=_bool(ctx, path + ".enabled", m.get("enabled"), d.enabled),
-        discovery=_choice(ctx, path + ".discovery", m.get("discovery"), d.discovery, DISCOVERY_METHODS,
-                          _NOT_YET["discovery"]),
-        peers=tuple(peers),
-        listen=_address(ctx, path + ".listen", m.get("listen"), d.listen, listen=True),
-        max_peers=_int(ctx, path + ".max_peers", m.get("max_peers"), d.max_peers, 1, 64),
-        gossip_interval_ms=_duration_field(ctx, path + ".gossip_interval_secs", m.get("gossip_interval_secs"),
-                                           d.gossip_interval_ms, _SECOND, 100, _HOUR),
-        replicated_topics=tuple(replicated),
-    )
-    if mesh.discovery == "static" and not mesh.peers:
-        ctx.fail(path + ".peers", "required with discovery: static (a list of 'host:port')")
-    return mesh
+    _refuse_not_yet(ctx, path, _mapping(ctx, path, value, MESH_KEYS), path)
 
 
 def _parse_ingest(ctx, value, topics):
@@ -1153,8 +1097,8 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
         raise ConfigError("%s: edge: missing (the file must start with 'edge:')" % source)
     edge = _mapping(ctx, "edge", top["edge"], EDGE_KEYS)
 
+    _refuse_not_yet(ctx, "edge", edge, "edge")
     node_id = _parse_node_id(ctx, edge)
-    location = _parse_location(ctx, edge.get("location"))
     endpoint = edge.get("cloud_endpoint")
     gateway = _parse_gateway(ctx, endpoint, node_id)
     data_dir = _str(ctx, "edge.data_dir", edge.get("data_dir"))
@@ -1168,10 +1112,8 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
     key, key_file = _parse_key(ctx, edge, base_dir, data_dir)
     sync = _parse_sync(ctx, edge.get("sync"))
     resources = _parse_resources(ctx, edge.get("resources"))
-    conflict = _choice(ctx, "edge.conflict_resolution", edge.get("conflict_resolution"), "last_write_wins",
-                       CONFLICT_STRATEGIES, _NOT_YET["conflict_resolution"])
-    topics = _parse_topics(ctx, edge, resources, conflict)
-    mesh = _parse_mesh(ctx, edge.get("mesh"), topics)
+    topics = _parse_topics(ctx, edge, resources)
+    _check_mesh(ctx, edge.get("mesh"))
     ingest = _parse_ingest(ctx, edge.get("ingest"), topics)
 
     if sync.enabled and gateway is None and any(not t.is_local for t in topics):
@@ -1181,16 +1123,13 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
         source=source,
         node_id=node_id,
         data_dir=data_dir,
-        location=location,
         cloud_endpoint=endpoint.strip() if isinstance(endpoint, str) else None,
         gateway=gateway,
         key=key,
         key_file=key_file,
         sync=sync,
         resources=resources,
-        conflict_resolution=conflict,
         topics=topics,
-        mesh=mesh,
         ingest=ingest,
     )
 

@@ -142,7 +142,7 @@ class Uplink:
     ``now_ms`` (a monotonic clock in ms) and ``rand`` (in [0, 1)) may be replaced in tests.
     """
 
-    def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_limit_bps=0,
+    def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_bytes_per_sec=0,
                  batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
                  rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20,
                  downlink=None, transport=None):
@@ -159,7 +159,7 @@ class Uplink:
         self._by_name = {t.name: t for t in self._topics}
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker if breaker is not None else CircuitBreaker()
-        self.bandwidth_limit_bps = bandwidth_limit_bps
+        self.bandwidth_bytes_per_sec = bandwidth_bytes_per_sec
         self.batch_records = batch_records
         self.max_batch_bytes = max_batch_bytes
         self.interval_ms = interval_ms
@@ -167,7 +167,7 @@ class Uplink:
         self.max_message_bytes = max_message_bytes
         self._now_ms = now_ms
         self._rand = rand
-        self._bucket = TokenBucket(bandwidth_limit_bps, now_ms)
+        self._bucket = TokenBucket(bandwidth_bytes_per_sec, now_ms)
         self._wake = asyncio.Event()
         self._stopping = False
         self._paused = False
@@ -240,7 +240,7 @@ class Uplink:
             "bytes_sent": self.bytes_sent,
             "requests": self.requests,
             "sessions": self.sessions,
-            "bandwidth_limit_bps": self.bandwidth_limit_bps,
+            "bandwidth_bytes_per_sec": self.bandwidth_bytes_per_sec,
             "topics": {
                 t.name: {
                     "acked": t.outbox.acked,
@@ -465,8 +465,8 @@ class Uplink:
         peer = self._conn.peer_max_message_bytes
         if peer:
             budget = min(budget, peer)
-        if self.bandwidth_limit_bps > 0:
-            budget = min(budget, max(1024, self.bandwidth_limit_bps))
+        if self.bandwidth_bytes_per_sec > 0:
+            budget = min(budget, max(1024, self.bandwidth_bytes_per_sec))
         return budget
 
     async def _round(self):
@@ -607,4 +607,4 @@ def from_config(cfg, topics, http=None, mqtt_options=None, **kwargs):
         # An endpoint without a path means the gateway's own route (docs/config.md).
         url = gw.url.rstrip("/") + "/v1/sync" if gw.path in ("", "/") else gw.url
     return Uplink(cfg.node_id, cfg.node_key().reveal(), url, topics, retry=s.retry, breaker=s.circuit_breaker,
-                  bandwidth_limit_bps=s.bandwidth_bytes_per_sec, http=http, **kwargs)
+                  bandwidth_bytes_per_sec=s.bandwidth_bytes_per_sec, http=http, **kwargs)
