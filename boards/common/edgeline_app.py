@@ -23,6 +23,10 @@ Failure modes first, then what is guaranteed:
   ``group_ms``, and always before a send) are on flash; the outbox cursor moves only
   after the gateway has stored a batch; after reboot the sequence continues and the
   uplink resumes from the cursor and the gateway's marks -- exactly once at the gateway;
+* the gateway holds seqs of a topic past this log's end (the log was wiped, the gateway
+  remembers the old one): nothing of that topic is sent, since the gateway would drop
+  it as duplicates; each attempt says so in one line and backs off as above, and the
+  other topics sync (edgeline.sender, docs/spec/wire.md "Sender rules");
 * the log full: the topic's ``full_policy`` decides (``drop_oldest`` by default) and the
   loss is reported to the gateway as a gap; ``reject`` makes ``append`` refuse, and the
   reading is counted as rejected;

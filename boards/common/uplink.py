@@ -5,7 +5,9 @@ Theory of operation
 This is the blocking client a board's main.py runs (MicroPython; it also runs on
 CPython). It moves bytes between a ``socket`` and one ``edgeline.sync.EdgeConnection``
 (docs/spec/wire.md) and nothing else: it never reads a clock, sleeps or retries. Retry,
-backoff and deep sleep are the caller's policy.
+backoff and deep sleep are the caller's policy. What to send next and what the
+gateway's marks mean are the core's rules, ``edgeline.sender`` (one ``TopicSender`` per
+topic, the same the agent's uplink runs).
 
 Failure modes first, then what is guaranteed:
 
@@ -20,15 +22,16 @@ Failure modes first, then what is guaranteed:
   (the gateway could not store) is worth retrying later, the others need an operator;
 * the gateway's mark for a topic is behind the outbox cursor (the gateway lost data
   this node already had acknowledged, e.g. it was restored from a backup): the cursor
-  never rewinds; the lost seqs are reported as a GAP with reason ``gateway_lost`` (as
-  the agent does), so the gateway's accounting is complete and the stream goes on;
+  never rewinds; the lost seqs are reported as a GAP with reason ``gateway_lost``, so
+  the gateway's accounting is complete and the stream goes on;
 * the gateway's mark is past the log's end (the log was wiped and its seqs restarted):
-  ``UplinkError`` — records the gateway would take for duplicates are not sent into it;
+  nothing of that topic is sent (the gateway would take its records for duplicates);
+  the other topics sync, then ``sync_once`` raises ``UplinkError`` naming it;
 * a local storage failure (``StorageError`` from the log or the outbox) is not a
   network error: the socket is closed and the error itself propagates.
 
 Cloud-to-edge topics: ``pull_once(topic, log)`` PULLs after ``log.last_seq`` and
-stores each DATA with ``edgeline.sync.store_data`` (committed before the next PULL,
+appends each DATA with ``edgeline.inbox.append_data`` (committed before the next PULL,
 which acknowledges it), until a DATA brings nothing new. ``log`` holds only the topic's
 cloud records, so its seqs are theirs: a power cut at any point loses nothing the
 gateway was told is held and doubles nothing (the next pull asks after what the log
@@ -37,9 +40,9 @@ gateway's ERROR ``unknown_topic`` (it does not serve the topic to this node) is 
 ``UplinkError``. A DATA is at most ``max_message_bytes`` (1 KB by default), so pulling
 costs no more heap than sending.
 
-One conversation: HELLO, AUTH (``connect``), then rounds of one message in flight:
-a GAP when ``outbox.gap()`` names lost seqs, else a BATCH of at most ``batch_records``
-records / ``batch_bytes`` value bytes from ``outbox.peek``; the board waits for the ACK
+One conversation: HELLO, AUTH (``connect``), then rounds of one message in flight: the
+topic's next message (a GAP for lost seqs, else a BATCH of at most ``batch_records``
+records / ``batch_bytes`` value bytes from ``outbox.peek``); the board waits for the ACK
 and then ``outbox.ack``s it. Stop-and-wait keeps the heap flat: one batch, one small
 read, one connection buffer. The defaults (8 records, 1 KB) are for a 64 KB heap, where
 edgeline's modules take about 40 KB even run from flash: a 500-record sync then needs
@@ -50,6 +53,8 @@ import os
 
 from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, LogFull, RemoteProtocolError
+from edgeline.inbox import append_data
+from edgeline.sender import ACKNOWLEDGE, TopicSender
 
 try:
     from micropython import const
@@ -60,7 +65,6 @@ except ImportError:
 
 
 _RECV_BYTES = const(256)  # an ACK is ~10 bytes, a WELCOME ~100 plus its marks
-GATEWAY_LOST = "gateway_lost"  # GAP reason: seqs the gateway acknowledged, then lost
 
 try:
     import socket as _socket
@@ -107,7 +111,7 @@ class BoardUplink:
         self.batch_bytes = batch_bytes
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
-        self._behind = {}  # topic -> the gateway's mark, when it is behind the cursor
+        self._senders = [TopicSender(name, topics[name][1]) for name in topics]
         self._nonce_source = nonce_source if nonce_source is not None else os.urandom
         # Anything with getaddrinfo(host, port, 0, SOCK_STREAM), SOCK_STREAM and socket()
         # whose sockets have settimeout, connect, sendall, recv, close: the socket module,
@@ -151,18 +155,11 @@ class BoardUplink:
             self._fail(e, "connect")
 
     def _reconcile(self, marks):
-        # Acknowledge what the gateway already holds; never rewind (wire.md, Conversation).
-        self._behind = {}
-        for name in self.topics:
-            outbox = self.topics[name][1]
-            mark = marks.get(name, 0)
-            if mark > outbox.log.last_seq:
-                raise UplinkError("topic %s: the gateway holds up to seq %d but this log ends at %d"
-                                  " (log wiped?); not sending seqs it would drop" % (name, mark, outbox.log.last_seq))
-            if mark < outbox.acked:
-                self._behind[name] = mark  # _round reports mark+1..cursor as lost first
-            else:
-                self._ack(outbox, mark)
+        # Where each topic resumes: acknowledge what the gateway already holds; never
+        # rewind (edgeline.sender).
+        for s in self._senders:
+            if s.welcome(marks.get(s.name, 0)) == ACKNOWLEDGE:
+                self._ack(s.outbox, s.mark)
 
     def close(self):
         """Close the connection (if any). Safe to call at any time."""
@@ -187,59 +184,38 @@ class BoardUplink:
         try:
             while rounds < max_rounds:
                 sent = False
-                for name in self.topics:
+                for s in self._senders:
                     if rounds >= max_rounds:
                         break
-                    n = self._round(name, self.topics[name][1])
+                    n = self._round(s)
                     if n >= 0:
                         sent = True
                         rounds += 1
                         moved += n
                 if not sent:
                     break
+            for s in self._senders:
+                if s.stalled is not None:
+                    raise UplinkError(s.stalled)
         except Exception as e:  # noqa: BLE001
             self._fail(e, "sync")
         return moved
 
-    def _round(self, name, outbox):
+    def _round(self, s):
         # One message for this topic and its ACK: the seqs acknowledged, -1 if nothing owed.
+        limit = self.batch_records
+        cap = self._conn.peer_max_batch_records
+        if cap is not None and cap < limit:
+            limit = cap
+        ev = s.next_message(limit, self.batch_bytes)
+        if ev is None:
+            return -1
+        outbox = s.outbox
         before = outbox.acked
-        g = outbox.gap()
-        behind = self._behind.get(name)
-        if behind is not None:
-            self._send(sync.Gap(name, behind + 1, before, GATEWAY_LOST))
-            last = before
-        elif g is not None:
-            self._send(sync.Gap(name, g[0], g[1], outbox.gap_reason(g[0])))
-            last = g[1]
-        else:
-            limit = self.batch_records
-            cap = self._conn.peer_max_batch_records
-            if cap is not None and cap < limit:
-                limit = cap
-            recs = outbox.peek(limit, self.batch_bytes)
-            if not recs:
-                return -1
-            self._send(sync.batch_from_records(name, recs))
-            last = recs[-1].seq
-            recs = None
-        seq = self._wait_ack(name)
-        if seq > last:
-            raise UplinkError("topic %s: the gateway acknowledged %d, past the %d sent" % (name, seq, last))
-        if seq < last:
-            # The gateway's mark is below what this message continues from: it lost
-            # records this node already had acknowledged (the cursor never rewinds), or
-            # it did not take our gateway_lost GAP.
-            if behind is not None or seq < before:
-                if behind is not None:
-                    raise UplinkError("topic %s: the gateway acknowledged %d after a gateway_lost GAP up to %d"
-                                      % (name, seq, last))
-                self._behind[name] = seq  # report the loss in the next round
-                return 0
-            raise UplinkError("topic %s: the gateway acknowledged %d, not %d" % (name, seq, last))
-        if behind is not None:
-            del self._behind[name]
-        self._ack(outbox, seq)
+        self._send(ev)
+        ev = None
+        if s.on_ack(self._wait_ack(s.name)) == ACKNOWLEDGE:
+            self._ack(outbox, s.mark)
         return outbox.acked - before
 
     def _ack(self, outbox, seq):
@@ -260,7 +236,7 @@ class BoardUplink:
                 if not data.entries:
                     break
                 try:
-                    got += self._store(log, data)
+                    got += self._append_data(log, data)
                 except LogFull:
                     break  # what fitted is committed; the rest waits at the gateway
                 if log.last_seq < data.first_seq + len(data.entries) - 1:
@@ -270,9 +246,9 @@ class BoardUplink:
             self._fail(e, "pull")
         return got
 
-    def _store(self, log, data):
-        # store_data; a separate method so a test can cut power right before it.
-        return sync.store_data(log, data)
+    def _append_data(self, log, data):
+        # A separate method so a test can cut power right before it.
+        return append_data(log, data)
 
     def _wait_data(self, topic):
         while True:
@@ -322,9 +298,9 @@ class BoardUplink:
             if cls is sync.Ack:
                 if ev.topic == topic:
                     return ev.seq
-                entry = self.topics.get(ev.topic)
-                if entry is not None and ev.seq <= entry[0].last_seq:
-                    self._ack(entry[1], ev.seq)
+                for s in self._senders:  # an ACK of another topic: nothing of it is in flight
+                    if s.name == ev.topic and s.on_ack(ev.seq) == ACKNOWLEDGE:
+                        self._ack(s.outbox, s.mark)
             elif cls is not sync.Data:  # DATA answers a PULL, which this uplink never sends
                 raise self._unexpected(ev, "ACK")
 

@@ -58,10 +58,16 @@ that its declared lengths already pass ``max_message_bytes``); only a complete m
 is decoded, once. Feeding a message one byte at a time therefore costs linear time,
 and an oversized one is refused before it is buffered whole.
 
+Codec. A connection encodes and decodes through its own ``Codec`` (``codec=``; the
+core's, ``CORE_CODEC``, by default), so a host process may run fast and core-codec
+connections side by side; nothing here is process-wide.
+
 ``batch_from_records``/``records_of`` convert between log Records and BATCH/DATA,
 ``apply_batch``/``apply_gap`` are the receiver rules W1-W3 as pure functions of a mark,
-and ``store_data`` is the edge's rule for DATA: append to a log of the cloud's records,
-keeping their seqs (wire.md, "Cloud-to-edge topics").
+and ``data_window`` is the edge's rule for DATA as a function of what its log holds
+(wire.md, "Cloud-to-edge topics"; edgeline.inbox writes the records). ``peek_type``
+reads a payload's message type without decoding it. The sender's rules -- what to send
+next, what an ACK or a WELCOME mark means -- are edgeline.sender.
 """
 from . import codec
 from .auth import client_proof, digest_equal, server_proof
@@ -165,24 +171,28 @@ Error = _message("Error", 10, ("code", "message"), "ut")
 
 _CLASSES = (None, Hello, Challenge, Auth, Welcome, Batch, Ack, Gap, Pull, Data, Error)
 
-# The CBOR implementation messages go through: (dumps, decode_prefix). A host may plug in
-# a faster one that gives the same bytes and the same values and raises CodecError on bad
-# input (edgeline_host.fastcbor, over the C-accelerated cbor2); boards keep the core's.
-_codec = [codec.dumps, codec.decode_prefix, False, None]
 
-
-def use_codec(dumps, decode_prefix, whole_first=False, entries_ok=None):
-    """Route message encoding and decoding through another CBOR implementation.
+class Codec:
+    """The CBOR implementation a connection's messages go through: Codec(dumps,
+    decode_prefix, whole_first=False, entries_ok=None). A host may give a connection a
+    faster one that gives the same bytes and the same values and raises CodecError on bad
+    input (edgeline_host.fastcbor.CODEC, over the C-accelerated cbor2); boards keep
+    CORE_CODEC, the core's own.
 
     whole_first: try to decode a message whole before scanning its heads -- for a fast
     codec, when messages usually arrive whole (HTTP bodies, MQTT payloads). The scanner
     still takes over, linearly, for any message that has not arrived whole.
     entries_ok(base_ts, entries): a faster check of BATCH/DATA entries; True only for
     entries the built-in check accepts (when it says False, the built-in check decides)."""
-    _codec[0] = dumps
-    _codec[1] = decode_prefix
-    _codec[2] = whole_first
-    _codec[3] = entries_ok
+
+    def __init__(self, dumps, decode_prefix, whole_first=False, entries_ok=None):
+        self.dumps = dumps
+        self.decode_prefix = decode_prefix
+        self.whole_first = whole_first
+        self.entries_ok = entries_ok
+
+
+CORE_CODEC = Codec(codec.dumps, codec.decode_prefix)
 
 # ---------------------------------------------------------------------- state tables
 #
@@ -220,8 +230,10 @@ def _is_bytes(v):
 
 
 def is_node_id(v) -> bool:
-    """1-64 characters of [A-Za-z0-9._-]."""
-    if type(v) is not str or not 0 < len(v) <= 64:
+    """1-64 characters of [A-Za-z0-9._-], and not "." or "..": a node id names files and
+    directories (a node's data directory, its key file), so it must be a safe path
+    component. The one rule for node ids, on the wire and in every config."""
+    if type(v) is not str or not 0 < len(v) <= 64 or v == "." or v == "..":
         return False
     for c in v:
         if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "._-"):
@@ -257,8 +269,9 @@ def _field_ok(kind, v, low=0):
     return kind == "e" and (type(v) is list or type(v) is tuple)
 
 
-def _check(cls, fields):
-    """None if fields (the elements after the type) make a valid cls message, else why."""
+def _check(cls, fields, entries_ok=None):
+    """None if fields (the elements after the type) make a valid cls message, else why.
+    entries_ok: the connection codec's fast check of BATCH/DATA entries, or None."""
     layout = cls.LAYOUT
     if len(fields) < len(layout):
         return "%s has %d fields, needs %d" % (cls.__name__.upper(), len(fields), len(layout))
@@ -268,7 +281,7 @@ def _check(cls, fields):
     if layout == "Tuue":  # BATCH, DATA: seqs from 1, every ts a uint64
         first, base, entries = fields[1], fields[2], fields[3]
         ok = first >= 1 and first + len(entries) <= _U64
-        if ok and not (_codec[3] and _codec[3](base, entries)):
+        if ok and not (entries_ok and entries_ok(base, entries)):
             for e in entries:
                 # the common case (decoded from the wire: a list of int, None or bytes,
                 # bytes) costs no call; other bytes-likes take _is_bytes
@@ -302,10 +315,17 @@ class _Connection:
     _SEND = _NOTHING
     _RECEIVE = _NOTHING
 
-    def __init__(self, nonce_source, max_message_bytes):
+    def __init__(self, nonce_source, max_message_bytes, codec):
         if type(max_message_bytes) is not int or max_message_bytes < _MIN_MESSAGE_BYTES:
             raise ConfigError("max_message_bytes must be an int >= %d, got %r"
                               % (_MIN_MESSAGE_BYTES, max_message_bytes))
+        if codec is None:
+            codec = CORE_CODEC
+        # The codec's parts, looked up once: they are called for every message.
+        self._dumps = codec.dumps
+        self._decode_prefix = codec.decode_prefix
+        self._whole_first = codec.whole_first
+        self._entries_ok = codec.entries_ok
         self.state = "START"
         self.max_message_bytes = max_message_bytes
         self.peer_max_message_bytes = None  # None: the peer announced no limit
@@ -348,7 +368,7 @@ class _Connection:
         """The next event, NEED_DATA, or ConnectionClosed; RemoteProtocolError on bad input."""
         if self.state == "ERROR":
             raise RemoteProtocolError(self._why)
-        if _codec[2] and self._scan_pos == self._start and self._start < len(self._buf):
+        if self._whole_first and self._scan_pos == self._start and self._start < len(self._buf):
             msg = self._whole()
             if msg is not None:
                 return msg
@@ -360,7 +380,7 @@ class _Connection:
                 raise self._fail(ERR_MALFORMED, "connection closed inside a message")
             return ConnectionClosed()
         try:
-            msg, stop = _codec[1](self._buf, self._start)
+            msg, stop = self._decode_prefix(self._buf, self._start)
         except CodecError as e:
             raise self._fail(ERR_MALFORMED, str(e))
         if stop != end:
@@ -374,10 +394,10 @@ class _Connection:
         return event
 
     def _whole(self):
-        # The host codec's fast path (use_codec whole_first): the message decoded in one
+        # A fast codec's path (Codec.whole_first): the message decoded in one
         # go; None when it has not arrived whole (the scanner continues from here).
         try:
-            msg, end = _codec[1](self._buf, self._start)
+            msg, end = self._decode_prefix(self._buf, self._start)
         except CodecError:
             return None  # incomplete, or bad: the scanner's path says which, in its words
         if end - self._start > self.max_message_bytes:
@@ -406,7 +426,7 @@ class _Connection:
     def _fail(self, code, detail):
         # The peer broke the protocol: stop, owe it an ERROR; the caller raises.
         line = "%s: %s" % (ERROR_NAMES[code], _one_line(detail))
-        self._stop(line, _codec[0]([Error.TYPE, code, line]))
+        self._stop(line, self._dumps([Error.TYPE, code, line]))
         return RemoteProtocolError(line)
 
     def _stop(self, why, owed):
@@ -504,7 +524,7 @@ class _Connection:
         if cls is Hello and fields and type(fields[0]) is int and fields[0] != VERSION:
             raise self._fail(ERR_UNSUPPORTED_VERSION,
                              "HELLO version %d; this side speaks version %d" % (fields[0], VERSION))
-        why = _check(cls, fields)
+        why = _check(cls, fields, self._entries_ok)
         if why:
             raise self._fail(ERR_MALFORMED, why)
         event = cls(*fields[:len(cls.FIELDS)])
@@ -531,7 +551,7 @@ class _Connection:
             if after is None:
                 raise LocalProtocolError("cannot send %s in state %s" % (cls.__name__, self.state))
         values = self._prepare(event)
-        why = _check(cls, values)
+        why = _check(cls, values, self._entries_ok)
         if why:
             raise LocalProtocolError(why)
         try:
@@ -543,7 +563,7 @@ class _Connection:
                 if type(v) is dict:
                     v = OrderedDict((k, v[k]) for k in sorted(v, key=codec.dumps))
                 msg.append(v)
-            data = _codec[0](msg)
+            data = self._dumps(msg)
         except CodecError as e:
             raise LocalProtocolError("%s cannot be encoded: %s" % (cls.__name__.upper(), e))
         limit = self.peer_max_message_bytes
@@ -580,19 +600,21 @@ class _Connection:
 
 
 class EdgeConnection(_Connection):
-    """The edge side: EdgeConnection(node_id, key, nonce_source, max_message_bytes).
+    """The edge side: EdgeConnection(node_id, key, nonce_source, max_message_bytes, codec).
 
-    nonce_source(n) returns n random bytes (os.urandom). After WELCOME: ``marks`` (topic
+    nonce_source(n) returns n random bytes (os.urandom); codec is a ``Codec`` (None: the
+    core's, CORE_CODEC). After WELCOME: ``marks`` (topic
     -> the gateway's mark), ``peer_max_message_bytes``, ``peer_max_batch_records``.
     """
 
     _SEND = _EDGE_SEND
     _RECEIVE = _EDGE_RECEIVE
 
-    def __init__(self, node_id, key, nonce_source, max_message_bytes=_DEFAULT_MAX_MESSAGE_BYTES):
-        _Connection.__init__(self, nonce_source, max_message_bytes)
+    def __init__(self, node_id, key, nonce_source, max_message_bytes=_DEFAULT_MAX_MESSAGE_BYTES, codec=None):
+        _Connection.__init__(self, nonce_source, max_message_bytes, codec)
         if not is_node_id(node_id):
-            raise ConfigError("node_id must be 1-64 characters of [A-Za-z0-9._-], got %r" % (node_id,))
+            raise ConfigError("node_id must be 1-64 characters of [A-Za-z0-9._-], not . or .., got %r"
+                              % (node_id,))
         if not _is_bytes(key) or len(key) != 32:
             raise ConfigError("key must be 32 bytes")
         self.node_id = node_id
@@ -645,7 +667,7 @@ class EdgeConnection(_Connection):
 
 class GatewayConnection(_Connection):
     """The gateway side: GatewayConnection(keys_lookup, nonce_source, max_message_bytes,
-    max_batch_records).
+    max_batch_records, codec).
 
     keys_lookup(node_id) returns the node's 32-byte key, or None for a node the gateway
     does not know. After Auth: ``node_id`` is the authenticated node. The limits go to
@@ -658,8 +680,8 @@ class GatewayConnection(_Connection):
     _RECEIVE = _GATEWAY_RECEIVE
 
     def __init__(self, keys_lookup, nonce_source, max_message_bytes=_DEFAULT_MAX_MESSAGE_BYTES,
-                 max_batch_records=_DEFAULT_MAX_BATCH_RECORDS):
-        _Connection.__init__(self, nonce_source, max_message_bytes)
+                 max_batch_records=_DEFAULT_MAX_BATCH_RECORDS, codec=None):
+        _Connection.__init__(self, nonce_source, max_message_bytes, codec)
         if type(max_batch_records) is not int or max_batch_records < 1:
             raise ConfigError("max_batch_records must be an int >= 1, got %r" % (max_batch_records,))
         self.max_batch_records = max_batch_records
@@ -768,34 +790,43 @@ def apply_gap(mark, gap):
     return (mark + 1, gap.last), gap.last
 
 
-def store_data(log, data, now_ms=None):
-    """The edge's rule for a DATA (wire.md, "Cloud-to-edge topics"): append its records
-    after ``log.last_seq`` to ``log`` and commit them; return how many were appended.
-
-    ``log`` holds the records of one origin (the cloud) and one topic and nothing else,
-    so its seqs are theirs: the record with seq s is appended only when it would get seq
-    s. Entries at or below ``last_seq`` are duplicates and skipped. A DATA that starts
-    past ``last_seq + 1`` would leave a hole: RemoteProtocolError, nothing appended.
-    When the log refuses a record (full: ``drop_newest`` returns 0, ``reject`` raises
-    LogFull after the records before it are committed) the rest waits at the gateway:
-    the next PULL asks after the new ``last_seq``. Everything appended is durable when
-    this returns, so that PULL acknowledges only durable records.
-    """
+def data_window(held, data):
+    """The edge's rule for a DATA (wire.md, "Cloud-to-edge topics") against ``held``, the
+    highest seq its log of the topic's cloud records holds: how many leading entries to
+    skip. Entries at or below ``held`` are duplicates; the rest are new and go into the
+    log under their own seqs (edgeline.inbox). A DATA with entries that starts past
+    ``held + 1`` would leave a hole: RemoteProtocolError."""
     first = data.first_seq
-    nxt = log.last_seq + 1
-    entries = data.entries
-    if entries and first > nxt:
+    if data.entries and first > held + 1:
         raise RemoteProtocolError("DATA for %s starts at seq %d, past %d: records would be missing"
-                                  % (data.topic, first, nxt))
-    base = data.base_ts
-    n = 0
-    try:
-        for i in range(nxt - first if nxt > first else 0, len(entries)):
-            e = entries[i]
-            if not log.append(e[2], base + e[0], e[1], now_ms):
-                break
-            n += 1
-    finally:
-        if n:
-            log.flush(now_ms)
-    return n
+                                  % (data.topic, first, held + 1))
+    return held + 1 - first if held >= first else 0
+
+
+def peek_type(payload):
+    """The type of the first message in ``payload`` (an int), or None when the payload
+    does not begin like a message (the connection then says what is wrong).
+
+    Reads two CBOR heads and decodes nothing: cheap enough for every MQTT payload a
+    transport has to route before a connection sees it."""
+    n = len(payload)
+    if n < 2 or payload[0] >> 5 != 4:  # an array
+        return None
+    ai = payload[0] & 0x1F
+    if ai < 24 or ai == 31:
+        i = 1
+    elif ai <= 27:
+        i = 1 + (1 << (ai - 24))
+    else:
+        return None
+    if i >= n or payload[i] >> 5 != 0:  # an unsigned int
+        return None
+    ai = payload[i] & 0x1F
+    if ai < 24:
+        return ai
+    if ai > 27:
+        return None
+    width = 1 << (ai - 24)
+    if i + 1 + width > n:
+        return None
+    return int.from_bytes(bytes(payload[i + 1:i + 1 + width]), "big")

@@ -2,8 +2,10 @@
 
 The core's codec is pure Python so that it runs on a microcontroller; on a gateway that
 takes batches from many edges it is the bottleneck (a 1000-record BATCH costs
-milliseconds to decode). ``install()`` routes ``edgeline.sync``'s message encoding and
-decoding through cbor2 instead. The bytes are the same (edgeline's codec is byte-for-byte
+milliseconds to decode). ``CODEC`` is an ``edgeline.sync.Codec`` over cbor2 instead: a
+connection made with ``codec=fastcbor.CODEC`` (the agent's uplink, the gateway's
+connections) encodes and decodes its messages through it; other connections in the same
+process keep the core's. The bytes are the same (edgeline's codec is byte-for-byte
 cbor2's default encoding, and sync writes maps in canonical key order), the decoded
 values are the same for everything a valid message holds (ints, bytes, text, arrays,
 maps), and bad input still raises ``CodecError``: values cbor2 decodes into other types
@@ -61,6 +63,5 @@ def entries_ok(base_ts, entries):
     return set(map(type, map(_KEY, entries))) <= _KEYS and set(map(type, map(_VALUE, entries))) <= _VALUES
 
 
-def install():
-    """Use cbor2 for every sync connection in this process."""
-    sync.use_codec(dumps, decode_prefix, whole_first=True, entries_ok=entries_ok)
+# Messages arrive whole (HTTP bodies, MQTT payloads, most TCP reads): decode each in one go.
+CODEC = sync.Codec(dumps, decode_prefix, whole_first=True, entries_ok=entries_ok)

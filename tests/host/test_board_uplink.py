@@ -208,6 +208,26 @@ def test_cpython_gateway_lost_records_are_reported_as_a_gap(gateway, tmp_path):
     up.close()
 
 
+def test_cpython_a_wiped_log_is_not_sent_into_the_gateways_old_seqs(gateway, tmp_path):
+    # the gateway holds 1..20 of temp; the board's log of temp was wiped: nothing of it
+    # is sent (it would be dropped as duplicates), the other topic syncs, then one line
+    old, ob_old = open_topic(tmp_path / "old")
+    append(old, 1, 20)
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (old, ob_old)})
+    up.sync_once()
+    up.close()
+    lg, ob = open_topic(tmp_path / "new")
+    append(lg, 1, 5)
+    other, ob_other = open_topic(tmp_path / "other")
+    append(other, 1, 7)
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob), "other": (other, ob_other)})
+    with pytest.raises(uplink.UplinkError, match="holds up to seq 20 but this log ends at 5"):
+        up.sync_once()
+    assert not up.connected and ob.acked == 0 and ob_other.acked == 7
+    assert [s for s, _ in stored(gateway, "other")] == list(range(1, 8))
+    assert [s for s, _ in stored(gateway)] == list(range(1, 21))
+
+
 def cloud_log(path, **kw):
     kw.setdefault("segment_bytes", 4096)
     kw.setdefault("budget_bytes", 65536)
@@ -244,11 +264,11 @@ class CutBeforeStore(uplink.BoardUplink):
 
     cut_after = 2
 
-    def _store(self, log, data):
+    def _append_data(self, log, data):
         self.cut_after -= 1
         if self.cut_after < 0:
             raise OSError(5, "simulated power cut")
-        return uplink.BoardUplink._store(self, log, data)
+        return uplink.BoardUplink._append_data(self, log, data)
 
 
 def test_cpython_pull_cut_before_store_resumes_exactly_once(gateway, tmp_path):

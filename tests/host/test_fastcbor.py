@@ -3,7 +3,6 @@ sync protocol: the same bytes for every message, the same events, the same error
 import glob
 import os
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,13 +12,6 @@ from edgeline_host import fastcbor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = sorted(glob.glob(os.path.join(ROOT, "tests", "golden", "wire-v1", "*.cbor")))
-
-
-@pytest.fixture
-def fast():
-    fastcbor.install()
-    yield
-    sync.use_codec(codec.dumps, codec.decode_prefix)
 
 
 def test_golden_messages_decode_and_encode_alike():
@@ -32,11 +24,11 @@ def test_golden_messages_decode_and_encode_alike():
         assert fastcbor.dumps(b) == codec.dumps(a) == data, path
 
 
-def test_a_conversation_has_the_same_bytes_with_either_codec(fast):
-    def run():
+def test_a_conversation_has_the_same_bytes_with_either_codec():
+    def run(codec_=None):
         nonces = iter([bytes([i]) * 16 for i in range(1, 9)])
-        e = sync.EdgeConnection("edge-1", bytes(32), lambda n: next(nonces))
-        g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: next(nonces))
+        e = sync.EdgeConnection("edge-1", bytes(32), lambda n: next(nonces), codec=codec_)
+        g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: next(nonces), codec=codec_)
         wire = []
 
         def to_g(b):
@@ -58,14 +50,29 @@ def test_a_conversation_has_the_same_bytes_with_either_codec(fast):
         to_e(g.send(sync.Ack("t", 2)))
         return wire
 
-    fast_wire = run()
-    sync.use_codec(codec.dumps, codec.decode_prefix)
+    fast_wire = run(fastcbor.CODEC)
     assert run() == fast_wire
 
 
-def _outcome(data):
+def test_the_codec_is_per_connection():
+    # a fast connection and a core one side by side in one process: each uses its own
+    seen = []
+
+    def counting_dumps(obj):
+        seen.append(obj[0])
+        return codec.dumps(obj)
+
+    counting = sync.Codec(counting_dumps, codec.decode_prefix)
+    e = sync.EdgeConnection("edge-1", bytes(32), lambda n: bytes(n), codec=counting)
+    plain = sync.EdgeConnection("edge-1", bytes(32), lambda n: bytes(n))
+    fast = sync.EdgeConnection("edge-1", bytes(32), lambda n: bytes(n), codec=fastcbor.CODEC)
+    assert e.send(sync.Hello()) == plain.send(sync.Hello()) == fast.send(sync.Hello())
+    assert seen == [sync.Hello.TYPE]
+
+
+def _outcome(data, codec_=None):
     # what a gateway connection makes of these bytes: each event, then how it ended
-    g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: bytes(n))
+    g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: bytes(n), codec=codec_)
     g.receive_data(data)
     g.receive_data(b"")
     out = []
@@ -88,19 +95,13 @@ HELLO = codec.dumps([1, 1, "edge-1", bytes(16), {}])
 @given(st.one_of(st.binary(max_size=64), st.binary(max_size=40).map(lambda b: HELLO + b),
                  st.integers(0, len(HELLO)).flatmap(lambda i: st.binary(max_size=8).map(lambda b: HELLO[:i] + b + HELLO[i:]))))
 def test_any_input_ends_alike_with_either_codec(data):
-    slow = _outcome(data)
-    fastcbor.install()
-    try:
-        fast = _outcome(data)
-    finally:
-        sync.use_codec(codec.dumps, codec.decode_prefix)
-    assert slow == fast
+    assert _outcome(data) == _outcome(data, fastcbor.CODEC)
 
 
-def test_byte_at_a_time_with_the_fast_codec(fast):
+def test_byte_at_a_time_with_the_fast_codec():
     # whole-first decoding must hand over to the scanner for a message arriving in pieces
     msg = codec.dumps([5, "t", 1, 7, [[0, None, b"x" * 40], [1, b"k", b"y"]]])
-    g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: bytes(n))
+    g = sync.GatewayConnection({"edge-1": bytes(32)}.get, lambda n: bytes(n), codec=fastcbor.CODEC)
     g.state = "READY"  # the handshake is covered elsewhere; this is about framing
     events = []
     for i in range(len(msg)):
@@ -127,12 +128,10 @@ _entry = st.one_of(
 def test_fast_entry_check_accepts_only_what_sync_accepts(base, entries):
     # entries_ok may say "not sure" (False) for good entries, never True for bad ones
     fields = ["t", 1, base, entries]
-    sync.use_codec(codec.dumps, codec.decode_prefix)  # the built-in check alone
-    plain = sync._check(sync.Batch, fields)
+    plain = sync._check(sync.Batch, fields)  # the built-in check alone
     if fastcbor.entries_ok(base, entries):
         assert plain is None, (base, entries)
-    fastcbor.install()
-    assert sync._check(sync.Batch, fields) == plain
+    assert sync._check(sync.Batch, fields, fastcbor.entries_ok) == plain
 
 
 def test_fast_entry_check_takes_decoded_batches():

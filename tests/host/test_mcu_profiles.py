@@ -105,7 +105,7 @@ def romfs_image(mpy_tree, tmp_path_factory):
 # Tests whose fault-injecting storage keeps the whole simulated disk, and a crash copy of
 # it per write point, in the heap: that memory is the test harness's, not the board's
 # (test_micropython.py gives them 96 KB for the same reason). Bytes added to the heap.
-HARNESS_HEAP = {"test_store_data.py": 16384}
+HARNESS_HEAP = {"test_inbox.py": 16384}
 
 
 @pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: os.path.relpath(p, ROOT))

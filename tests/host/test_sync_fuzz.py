@@ -51,8 +51,9 @@ def new_edge(max_message_bytes=65536):
     return EdgeConnection(NODE, KEY, edge_nonce, max_message_bytes=max_message_bytes)
 
 
-def new_gateway(max_message_bytes=65536):
-    return GatewayConnection({NODE: KEY}.get, gw_nonce, max_message_bytes=max_message_bytes, max_batch_records=20)
+def new_gateway(max_message_bytes=65536, codec=None):
+    return GatewayConnection({NODE: KEY}.get, gw_nonce, max_message_bytes=max_message_bytes, max_batch_records=20,
+                             codec=codec)
 
 
 class GatewayApp:
@@ -254,8 +255,8 @@ def record_lists(draw):
             for i in range(n)]
 
 
-def ready_pair():
-    e, g = new_edge(), new_gateway()
+def ready_pair(gateway_codec=None):
+    e, g = new_edge(), new_gateway(codec=gateway_codec)
     for src, dst, ev in ((e, g, Hello()), (g, e, Challenge()), (e, g, Auth()), (g, e, Welcome())):
         dst.receive_data(src.send(ev))
         assert dst.next_event() is not NEED_DATA
@@ -329,7 +330,7 @@ def test_scanner_finds_the_decoders_end(item, after):
         assert g._scan() == (len(item) if i == len(item) - 1 else None)
 
 
-def test_byte_at_a_time_decodes_once(monkeypatch):
+def test_byte_at_a_time_decodes_once():
     calls = []
     real = sync.codec.decode_prefix
 
@@ -337,8 +338,7 @@ def test_byte_at_a_time_decodes_once(monkeypatch):
         calls.append(offset)
         return real(data, offset)
 
-    sync.use_codec(sync.codec.dumps, counting)  # tests/host/conftest.py puts it back
-    e, g = ready_pair()
+    e, g = ready_pair(sync.Codec(sync.codec.dumps, counting))
     recs = [Record(s, s, None, b"v" * 200) for s in range(1, 21)]
     data = e.send(batch_from_records("t", recs))
     calls.clear()

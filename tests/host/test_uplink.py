@@ -15,8 +15,9 @@ from aiohttp.test_utils import TestServer
 from edgeline import codec
 from edgeline.log import RingLog
 from edgeline.outbox import Outbox
+from edgeline.sender import GATEWAY_LOST
 from edgeline_host.agent.config import CircuitBreaker, RetryPolicy
-from edgeline_host.agent.uplink import GATEWAY_LOST, TokenBucket, Uplink
+from edgeline_host.agent.uplink import TokenBucket, Uplink
 from edgeline_host.gateway.server import Gateway
 
 KEY = bytes(range(32))
@@ -320,6 +321,38 @@ def test_gateway_that_lost_data_gets_a_gap_and_the_stream_continues(tmp_path):
             gaps = gw.gw.store.gaps(NODE, "t")
             assert [(g["first"], g["last"], g["reason"]) for g in gaps] == [(1, 10, GATEWAY_LOST)]
             assert ob.acked == 15
+        finally:
+            await stopped(up, task)
+            await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_a_wiped_log_sends_nothing_into_the_gateways_old_seqs_and_says_so(tmp_path):
+    # the gateway holds seqs 1..20 of t; the node's log of t was wiped and restarted at 1:
+    # its records would be dropped as duplicates, so t stalls with a one-line error
+    # (wire.md, "Sender rules") while the other topic syncs
+    async def main():
+        gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
+        old = open_topic(tmp_path / "old", "t")
+        append(old[0], 1, 20)
+        up = make_uplink(gw.url, {"t": old})
+        task = asyncio.create_task(up.run())
+        await until(lambda: old[1].acked == 20)
+        await stopped(up, task)
+        t, other = open_topic(tmp_path / "new", "t"), open_topic(tmp_path / "new", "other")
+        append(t[0], 1, 5)
+        append(other[0], 1, 7)
+        up = make_uplink(gw.url, {"t": t, "other": other})
+        task = asyncio.create_task(up.run())
+        try:
+            await until(lambda: gw.seqs("other") == list(range(1, 8)) and other[1].acked == 7)
+            st = up.status()
+            err = st["topics"]["t"]["error"]
+            assert "holds up to seq 20" in err and "ends at 5" in err and "\n" not in err
+            assert st["topics"]["t"]["gateway_mark"] == 20 and st["failures"] == 0
+            assert t[1].acked == 0 and up.pending == 5 and not up._owes()
+            assert gw.seqs("t") == list(range(1, 21))
         finally:
             await stopped(up, task)
             await gw.stop()

@@ -43,14 +43,14 @@ record back up, and the node never receives its own records back: the gateway se
 only records it published itself.
 
 Because such a log holds one origin's records of one topic, appended in order from
-seq 1, its seqs *are* the records' seqs: ``edgeline.sync.store_data`` appends record s
+seq 1, its seqs *are* the records' seqs: ``edgeline.inbox.append_data`` appends record s
 only when the log would give it seq s. The position to pull after is therefore the log
 itself -- ``PULL(topic, after_seq=log.last_seq)`` -- and no separate position file
 exists, so there is no window between "append" and "position write" for a crash to
 fall into. Killed before a record's bytes reach the file, it is not in the log and the
 next PULL asks for it again; killed after, recovery finds it (a CRC-checked frame) and
 the next PULL asks after it; a torn tail is truncated by recovery (log.md, I5) and
-pulled again. ``store_data`` commits (fsync) before it returns, and the next PULL --
+pulled again. ``append_data`` commits (fsync) before it returns, and the next PULL --
 the acknowledgement the gateway records -- is sent only after it, so the gateway's
 delivered position never passes what is durable here.
 
@@ -64,6 +64,7 @@ import logging
 import time
 
 from edgeline import sync
+from edgeline.inbox import append_data
 from edgeline.errors import ConfigError, LogFull, StorageError
 
 log = logging.getLogger("edgeline.downlink")
@@ -207,7 +208,7 @@ class Downlink:
         t.full = None
         full = None
         try:
-            sync.store_data(lg, data, wall)
+            append_data(lg, data, wall)
         except LogFull as e:
             full = str(e)
         except ConfigError as e:  # a record that does not fit a segment of this log

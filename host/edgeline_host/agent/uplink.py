@@ -21,6 +21,10 @@ Failure modes first
 * The gateway's mark is below this node's cursor (it lost data it had acknowledged): a
   warning, and a GAP ``gateway_lost`` from its mark to the cursor so the stream can
   continue; nothing is rewound.
+* The gateway's mark is past the log's end (the log was wiped or replaced): the topic
+  sends nothing in that session (its records would be dropped as duplicates), logged
+  as an error and shown as the topic's ``error`` in ``status()``; the other topics go on.
+  A gateway whose ACK contradicts the receiver rules is a failed exchange.
 * Over MQTT (transport.py): the broker connection breaks, or an answer does not come
   within the timeout: the exchange fails as above and the next session starts on a
   fresh connection; ERROR ``unexpected`` to a BATCH (the gateway restarted) is a
@@ -35,11 +39,13 @@ Theory of operation
 ``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the transport's
 conversation (transport.py: over HTTP the gateway's session id, ``X-Edgeline-Session``;
 over MQTT the broker connection it began on): HELLO -> CHALLENGE and AUTH -> WELCOME are
-two exchanges. On WELCOME each topic's outbox is reconciled with the gateway's
-mark. Then each *round* builds one request, a CBOR sequence of up to one message per
-topic, visiting the topics round robin (the first topic of a round rotates, so a busy
-topic cannot starve the others): a GAP when the outbox reports one, else a BATCH of the
-records ``outbox.peek`` returns. The request body stays under ``max_batch_bytes`` (and
+two exchanges. What to send and what a mark means are the core's rules
+(``edgeline.sender``, one ``TopicSender`` per topic, the same a board runs): on WELCOME
+each topic's outbox is reconciled with the gateway's mark. Then each *round* builds one
+request, a CBOR sequence of up to one message per topic, visiting the topics round robin
+(the first topic of a round rotates, so a busy topic cannot starve the others): the
+topic's next message, a GAP or a BATCH. Connections use the C-accelerated CBOR
+(``fastcbor.CODEC``). The request body stays under ``max_batch_bytes`` (and
 the gateway's ``max_message_bytes``); every ACK in the response acknowledges the
 outbox. The loop keeps sending rounds while anything is owed, and otherwise waits
 ``interval_ms`` -- or less, when ``notify()`` (new records) or ``sync_now()`` is called.
@@ -68,6 +74,7 @@ import aiohttp
 
 from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
+from edgeline.sender import ACKNOWLEDGE, GATEWAY_BEHIND, GATEWAY_LOST, PAST_END, TopicSender
 
 from .. import fastcbor
 from .config import CircuitBreaker, RetryPolicy
@@ -76,7 +83,6 @@ from .transport import one_line as _one_line
 
 log = logging.getLogger("edgeline.uplink")
 
-GATEWAY_LOST = "gateway_lost"  # GAP reason: records the gateway acknowledged, then lost
 MQTT_ANSWER_TIMEOUT_MS = 10000  # over MQTT a lost request shows only as a missing answer
 
 
@@ -121,7 +127,7 @@ class _Topic:
         self.name = name
         self.log = ringlog
         self.outbox = outbox
-        self.gw_mark = None  # the gateway's mark as last heard (WELCOME or ACK); None: no session
+        self.sender = TopicSender(name, outbox)  # what to send next, what the gateway's marks mean
         self.limit = None  # records per batch after halving (None: no halving yet)
         self.stalled = None  # why this topic cannot send (a record over the gateway's limits)
         self.bytes_sent = 0
@@ -148,7 +154,6 @@ class Uplink:
                  downlink=None, transport=None):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
-        fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.node_id = node_id
         self._key = bytes(key)
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
@@ -246,13 +251,13 @@ class Uplink:
                     "acked": t.outbox.acked,
                     "pending": t.outbox.depth,
                     "last_seq": t.log.last_seq,
-                    "gateway_mark": t.gw_mark,
+                    "gateway_mark": t.sender.mark,
                     "last_ack_ms": t.last_ack_ms,
                     "bytes_sent": t.bytes_sent,
                     "batches": t.batches,
                     "records_sent": t.records_sent,
                     "gaps_sent": t.gaps_sent,
-                    "error": t.stalled,
+                    "error": t.stalled or t.sender.stalled,
                 }
                 for t in self._topics
             },
@@ -323,7 +328,7 @@ class Uplink:
 
     def _owes(self):
         for t in self._topics:
-            if t.stalled is None and (t.outbox.depth > 0 or (t.gw_mark is not None and t.gw_mark < t.outbox.acked)):
+            if t.stalled is None and t.sender.owes:
                 return True
         return self.downlink is not None and self.downlink.due()
 
@@ -389,7 +394,7 @@ class Uplink:
     def _drop_session(self):
         self._conn = None
         for t in self._topics:
-            t.gw_mark = None
+            t.sender.end_session()
             t.limit = None
 
     # ------------------------------------------------------------------ exchanges
@@ -427,7 +432,8 @@ class Uplink:
     async def _connect(self):
         self.state = "connecting"
         self.transport.new_session()
-        self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes)
+        self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes,
+                                         codec=fastcbor.CODEC)
         caps = {"pull": True} if self.downlink is not None else None
         evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
         if not evs or type(evs[0]) is not sync.Challenge:
@@ -438,27 +444,22 @@ class Uplink:
         self.sessions += 1
         marks = self._conn.marks or {}
         for t in self._topics:
-            self._reconcile(t, marks.get(t.name, 0), "WELCOME")
+            self._heard(t, t.sender.welcome(marks.get(t.name, 0)), "WELCOME")
         self.state = "connected"
 
-    def _reconcile(self, t, mark, where):
-        """The gateway says it holds up to mark for t: acknowledge what it holds."""
-        ob = t.outbox
-        last = t.log.last_seq
-        if mark > last:
-            log.warning(
-                "uplink: topic %s: the gateway holds up to seq %d but this node's log ends at %d: the log lost "
-                "records (was it reset?); new records up to seq %d will be taken by the gateway as duplicates",
-                t.name, mark, last, mark)
-        if mark > ob.acked and min(mark, last) > ob.acked:
-            ob.ack(min(mark, last))
+    def _heard(self, t, code, where):
+        """Act on what the gateway's mark for t (from WELCOME or an ACK) means."""
+        s = t.sender
+        if code == ACKNOWLEDGE:
+            t.outbox.ack(s.mark)
             t.last_ack_ms = int(time.time() * 1000)
-        elif mark < ob.acked and (t.gw_mark is None or t.gw_mark >= ob.acked):  # warn once per session
+        elif code == GATEWAY_BEHIND:
             log.warning(
                 "uplink: topic %s: the gateway's mark is %d (%s), below this node's cursor %d: the gateway lost "
                 "records it had acknowledged; they are not resent, seqs %d..%d are reported as a gap (%s)",
-                t.name, mark, where, ob.acked, mark + 1, ob.acked, GATEWAY_LOST)
-        t.gw_mark = mark
+                t.name, s.mark, where, t.outbox.acked, s.mark + 1, t.outbox.acked, GATEWAY_LOST)
+        elif code == PAST_END:
+            log.error("uplink: %s (%s)", s.stalled, where)
 
     def _budget(self):
         budget = self.max_batch_bytes
@@ -471,7 +472,6 @@ class Uplink:
 
     async def _round(self):
         """One request with a message per topic that owes something; False if none did."""
-        conn = self._conn
         budget = self._budget()
         body = bytearray()
         sent = []  # (topic, kind, n records, bytes)
@@ -482,24 +482,16 @@ class Uplink:
             if len(body) >= budget:
                 break
             t = self._topics[(start + i) % n]
-            if t.stalled is not None:
+            if t.stalled is not None or not t.sender.owes:
                 continue
-            ob = t.outbox
-            if t.gw_mark is not None and t.gw_mark < ob.acked:
-                msg = conn.send(sync.Gap(t.name, t.gw_mark + 1, ob.acked, GATEWAY_LOST))
-                body += msg
+            msg, ev = self._message(t, max(1, budget - len(body)))
+            if not msg:
+                continue
+            body += msg
+            if type(ev) is sync.Gap:
                 sent.append((t, "gap", 0, len(msg)))
-                continue
-            g = ob.gap()
-            if g is not None:
-                msg = conn.send(sync.Gap(t.name, g[0], g[1], t.outbox.gap_reason(g[0])))
-                body += msg
-                sent.append((t, "gap", 0, len(msg)))
-                continue
-            msg, count = self._batch(t, max(1, budget - len(body)))
-            if msg:
-                body += msg
-                sent.append((t, "batch", count, len(msg)))
+            else:
+                sent.append((t, "batch", len(ev.entries), len(msg)))
         if not sent:
             return False
         events = await self._exchange(bytes(body))
@@ -518,7 +510,7 @@ class Uplink:
                     log.warning("uplink: ACK for topic %r, which this node does not send; ignored", ev.topic)
                     continue
                 acked.add(t.name)
-                self._on_ack(t, ev.seq)
+                self._heard(t, t.sender.on_ack(ev.seq), "ACK")
         missing = [t.name for t, _, _, _ in sent if t.name not in acked]
         if missing:
             raise UplinkFailure("the gateway did not acknowledge topic(s) %s" % ", ".join(missing))
@@ -540,9 +532,9 @@ class Uplink:
             self._drop_session()
         return True
 
-    def _batch(self, t, max_bytes):
-        """(message bytes, records) of t's next batch, halved until the gateway's limits
-        take it; (b"", 0) if nothing is to send."""
+    def _message(self, t, max_bytes):
+        """(bytes, event) of t's next message, a batch halved until the gateway's limits
+        take it; (b"", None) if nothing is to send."""
         conn = self._conn
         limit = self.batch_records
         if conn.peer_max_batch_records:
@@ -550,32 +542,24 @@ class Uplink:
         if t.limit is not None:
             limit = min(limit, t.limit)
         while True:
-            recs = t.outbox.peek(limit, max_bytes)
-            if not recs:
-                return b"", 0
+            ev = t.sender.next_message(limit, max_bytes)
+            if ev is None:
+                return b"", None
             try:
-                return conn.send(sync.batch_from_records(t.name, recs)), len(recs)
+                return conn.send(ev), ev
             except LocalProtocolError as e:
-                if len(recs) == 1:
-                    t.stalled = _one_line("seq %d cannot be sent: %s" % (recs[0].seq, e))
+                t.sender.cancel()
+                if type(ev) is sync.Gap:
+                    raise
+                n = len(ev.entries)
+                if n == 1:
+                    t.stalled = _one_line("seq %d cannot be sent: %s" % (ev.first_seq, e))
                     log.error("uplink: topic %s stalled: %s", t.name, t.stalled)
-                    return b"", 0
-                limit = t.limit = max(1, len(recs) // 2)
+                    return b"", None
+                limit = t.limit = max(1, n // 2)
                 max_bytes = max(1, max_bytes // 2)
                 log.info("uplink: topic %s: batch of %d records over the gateway's limits (%s); halving",
-                         t.name, len(recs), e)
-
-    def _on_ack(self, t, seq):
-        ob = t.outbox
-        before = ob.acked
-        if seq < before:
-            self._reconcile(t, seq, "ACK")
-            return
-        target = min(seq, t.log.last_seq)
-        if target > before:
-            ob.ack(target)
-            t.last_ack_ms = int(time.time() * 1000)
-        t.gw_mark = seq
+                         t.name, n, e)
 
 
 def _names(events):

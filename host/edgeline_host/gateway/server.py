@@ -89,7 +89,6 @@ class Gateway:
     def __init__(self, db_path, keys, max_message_bytes=1 << 20, max_batch_records=10000, session_idle_s=300,
                  topics=None, publish_token=None):
         check_keys(keys)
-        fastcbor.install()  # the C-accelerated CBOR for every connection of this process
         self.store = GatewayStore(db_path)
         self.keys = keys  # node_id -> 32-byte key
         self.topics = dict(topics or {})
@@ -146,7 +145,8 @@ class Gateway:
 
     def new_connection(self):
         return sync.GatewayConnection(
-            self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records
+            self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records,
+            codec=fastcbor.CODEC,  # the C-accelerated CBOR
         )
 
     async def process(self, conn, data, unit=None):
@@ -520,10 +520,10 @@ class HttpEdgeClient:
     """The edge side of POST /v1/sync for tests and the agent: one EdgeConnection, one
     aiohttp session; ``exchange(*events)`` sends events and returns the answers."""
 
-    def __init__(self, http, url, node_id, key):
+    def __init__(self, http, url, node_id, key, codec=None):
         self.http = http
         self.url = url
-        self.conn = sync.EdgeConnection(node_id, key, os.urandom)
+        self.conn = sync.EdgeConnection(node_id, key, os.urandom, codec=codec)
         self.sid = None
 
     async def exchange(self, *events):

@@ -1,12 +1,13 @@
-"""The edge's rule for DATA (edgeline.sync.store_data): cloud records keep their seqs in
-the log, exactly once, in order -- also when the power is cut at every write point of a
-pull loop. Plain functions; CPython and MicroPython (docs/spec/wire.md, "Cloud-to-edge
-topics").
+"""Records received in DATA, written into a log (edgeline.inbox.append_data, by the rule
+edgeline.sync.data_window): cloud records keep their seqs in the log, exactly once, in
+order -- also when the power is cut at every write point of a pull loop. Plain
+functions; CPython and MicroPython (docs/spec/wire.md, "Cloud-to-edge topics").
 """
 from emulator.faultfs import FaultStorage, PowerCut
 from edgeline.errors import LogFull, RemoteProtocolError
 from edgeline.log import Record, RingLog
-from edgeline.sync import Data, batch_from_records, store_data
+from edgeline.inbox import append_data
+from edgeline.sync import Data, batch_from_records, data_window
 from support import raises, rmtree, tempdir
 
 
@@ -32,18 +33,40 @@ def _check_log(lg, last):
     assert lg.last_seq == last and lg.read(last + 1, 1) == []
 
 
-def test_store_data_keeps_the_seqs_skips_duplicates_refuses_holes():
+def test_data_window_rule():
+    # (held, DATA first_seq, entries) -> entries to skip, or None: a hole (refused)
+    table = [
+        (0, 1, 5, 0),  # the first DATA
+        (5, 6, 3, 0),  # continues what is held
+        (5, 3, 5, 3),  # 3..5 held: skip them
+        (5, 1, 5, 5),  # all held: skip all
+        (5, 1, 2, 5),  # all held, fewer entries than skipped
+        (5, 6, 0, 0),  # nothing new: first_seq is after_seq + 1
+        (5, 9, 0, 0),  # nothing new from a gateway behind: no hole without entries
+        (5, 7, 1, None),  # 6 would be missing
+        (0, 2, 1, None),
+    ]
+    for held, first, n, want in table:
+        data = Data("cmd", first, 0, [[0, None, b"v"]] * n)
+        if want is None:
+            e = raises(RemoteProtocolError, data_window, held, data)
+            assert "past %d" % (held + 1) in str(e), (held, first, n)
+        else:
+            assert data_window(held, data) == want, (held, first, n)
+
+
+def test_inbox_keeps_the_seqs_skips_duplicates_refuses_holes():
     d = tempdir("down")
     try:
         lg = RingLog(d + "/cmd", segment_bytes=512, budget_bytes=8192, sync="none")
-        assert store_data(lg, _data(1, 5)) == 5
+        assert append_data(lg, _data(1, 5)) == 5
         assert lg.durable_seq == 5  # committed before it returns: the next PULL may ack
-        assert store_data(lg, _data(3, 5)) == 2  # 3..5 are held: only 6, 7
-        assert store_data(lg, _data(1, 7)) == 0
-        assert store_data(lg, Data("cmd", 8, 0, [])) == 0
-        e = raises(RemoteProtocolError, store_data, lg, _data(9, 2))  # 8 would be missing
+        assert append_data(lg, _data(3, 5)) == 2  # 3..5 are held: only 6, 7
+        assert append_data(lg, _data(1, 7)) == 0
+        assert append_data(lg, Data("cmd", 8, 0, [])) == 0
+        e = raises(RemoteProtocolError, append_data, lg, _data(9, 2))  # 8 would be missing
         assert "past 8" in str(e)
-        assert store_data(lg, _data(8, 30)) == 30  # across segments
+        assert append_data(lg, _data(8, 30)) == 30  # across segments
         _check_log(lg, 37)
         lg.close()
         lg = RingLog(d + "/cmd", segment_bytes=512, budget_bytes=8192, sync="none")
@@ -53,15 +76,15 @@ def test_store_data_keeps_the_seqs_skips_duplicates_refuses_holes():
         rmtree(d)
 
 
-def test_store_data_full_log_keeps_what_fits_and_the_rest_waits():
+def test_inbox_full_log_keeps_what_fits_and_the_rest_waits():
     d = tempdir("down")
     try:
         lg = RingLog(d + "/cmd", segment_bytes=256, budget_bytes=512, sync="none", full_policy="reject")
-        raises(LogFull, store_data, lg, _data(1, 40))
+        raises(LogFull, append_data, lg, _data(1, 40))
         held = lg.last_seq
         assert 0 < held < 40 and lg.durable_seq == held  # what went in is committed
         _check_log(lg, held)
-        raises(LogFull, store_data, lg, _data(held + 1, 5))  # still full: nothing more
+        raises(LogFull, append_data, lg, _data(held + 1, 5))  # still full: nothing more
         assert lg.last_seq == held
         lg.close()
     finally:
@@ -82,11 +105,11 @@ def _pull_loop(fs, acked):
         n = min(_PER_DATA, _TOTAL - after)
         if n <= 0:
             break
-        store_data(lg, _data(after + 1, n))
+        append_data(lg, _data(after + 1, n))
     lg.close()
 
 
-def test_store_data_power_cut_at_every_write_point():
+def test_inbox_power_cut_at_every_write_point():
     probe = FaultStorage()
     _pull_loop(probe, [0])
     total = probe.write_points

@@ -1,0 +1,44 @@
+"""Records received from a peer, written into a local log under their own seqs.
+
+Theory of operation
+-------------------
+The outbox's counterpart. An outbox is a consumer's position in a log this node writes;
+an inbox is a log this node keeps of records another node wrote -- today the records of a
+cloud-to-edge topic, which the gateway sends in DATA messages (docs/spec/wire.md,
+"Cloud-to-edge topics"). The log holds the records of one origin and one topic and
+nothing else, so its seqs *are* theirs: the record with seq s is appended only when it
+would get seq s, and ``log.last_seq`` -- what the log holds -- is the whole position. The
+next PULL asks after it, which is also the acknowledgement of everything up to it.
+
+Which entries of a DATA to keep is the protocol's rule, ``edgeline.sync.data_window``
+(duplicates skipped, a hole refused); this module does the storage half: append the new
+entries and commit them before returning, so a PULL sent afterwards acknowledges only
+durable records, and a power cut at any write point loses nothing the gateway was told
+is held and doubles nothing.
+"""
+from .sync import data_window
+
+
+def append_data(log, data, now_ms=None):
+    """Append the records of ``data`` (a DATA) that ``log`` does not hold yet, under their
+    seqs, and commit them; return how many were appended.
+
+    A DATA that starts past ``log.last_seq + 1`` would leave a hole: RemoteProtocolError,
+    nothing appended. When the log refuses a record (full: ``drop_newest`` returns 0,
+    ``reject`` raises LogFull after the records before it are committed) the rest waits
+    at the gateway: the next PULL asks after the new ``last_seq``. Everything appended is
+    durable when this returns.
+    """
+    entries = data.entries
+    base = data.base_ts
+    n = 0
+    try:
+        for i in range(data_window(log.last_seq, data), len(entries)):
+            e = entries[i]
+            if not log.append(e[2], base + e[0], e[1], now_ms):
+                break
+            n += 1
+    finally:
+        if n:
+            log.flush(now_ms)
+    return n
