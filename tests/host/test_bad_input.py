@@ -28,9 +28,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeline import codec, sync
 from edgeline.log import Record
-from edgeline_host.gateway.mqtt import attach_mqtt, no_delay
-from edgeline_host.gateway.server import CBOR_TYPE, SESSION_HEADER, Gateway
-from edgeline_host.gateway.tcp import start_tcp
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.transports.http import CBOR_TYPE, SESSION_HEADER
+from edgeline_host.transports.mqtt import attach_mqtt, no_delay
+from edgeline_host.transports.tcp import start_tcp
 
 KEY = bytes(range(32))
 KEY2 = KEY[::-1]
@@ -119,8 +121,8 @@ def snapshot(gw):
 
 
 class HttpPort:
-    def __init__(self, http, url, gw):
-        self.http, self.url, self.gw = http, url, gw
+    def __init__(self, http, url, sessions):
+        self.http, self.url, self.sessions = http, url, sessions
 
     async def open(self, node):
         return {"sid": None}
@@ -133,7 +135,7 @@ class HttpPort:
             assert r.status == 200, (r.status, await r.text())
             conv["sid"] = r.headers[SESSION_HEADER]
             body = await r.read()
-        return messages(body), conv["sid"] not in self.gw.sessions
+        return messages(body), conv["sid"] not in self.sessions
 
     async def close(self, conv):
         pass
@@ -283,12 +285,13 @@ def gateway():
 def test_bad_input_at_the_http_sync_port():
     async def main():
         gw = gateway()
-        server = TestServer(gw.app())
+        api = GatewayApi(gw)
+        server = TestServer(api.app())
         await server.start_server()
         url = str(server.make_url("/v1/sync"))
         try:
             async with aiohttp.ClientSession() as http:
-                port = HttpPort(http, url, gw)
+                port = HttpPort(http, url, api.sync.sessions)
                 await run_rows(port, gw, GATEWAY_ROWS)
                 # HTTP's own rows: answered by HTTP status, before any session is touched
                 good_edge = sync.EdgeConnection("edge-2", KEY2, os.urandom)
@@ -305,7 +308,7 @@ def test_bad_input_at_the_http_sync_port():
                     async with http.request(method, url, data=data, headers=headers) as r:
                         body = await r.text()
                         assert r.status == status and text in body, (method, r.status, body)
-                assert snapshot(gw) == before and good["sid"] in gw.sessions
+                assert snapshot(gw) == before and good["sid"] in api.sync.sessions
                 # a session id the gateway never issued: a new session, which HELLO starts
                 e = sync.EdgeConnection("edge-1", KEY, os.urandom)
                 conv = {"sid": "never-issued"}
@@ -344,7 +347,7 @@ def broker(tmp_path):
 def test_bad_input_at_the_mqtt_port(broker):
     async def main():
         gw = gateway()
-        app = gw.app()
+        app = GatewayApi(gw).app()
         face = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
         server = TestServer(app)
         await server.start_server()
@@ -398,12 +401,12 @@ def big_chunks():
 
 
 def test_bad_input_at_the_agent_ingest_port(tmp_path):
-    from edgeline_host.agent.agent import Agent
+    from edgeline_host.agent.service import Agent
     from edgeline_host.agent.config import parse_config
 
     async def main():
         gw = gateway()
-        server = TestServer(gw.app())
+        server = TestServer(GatewayApi(gw).app())
         await server.start_server()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -32,9 +32,9 @@ import uplink  # noqa: E402
 from edgeline import codec  # noqa: E402
 from edgeline.log import RingLog  # noqa: E402
 from edgeline.outbox import Outbox  # noqa: E402
-from edgeline_host.gateway.server import Gateway  # noqa: E402
-from edgeline_host.gateway.tcp import start_tcp  # noqa: E402
+from edgeline_host.gateway.gateway import Gateway  # noqa: E402
 from edgeline_host.gateway.topics import parse_topics  # noqa: E402
+from edgeline_host.transports.tcp import start_tcp  # noqa: E402
 
 KEY = bytes(range(32))
 HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")

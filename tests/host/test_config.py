@@ -17,19 +17,16 @@ from edgeline_host.agent.config import (
     EdgeConfig,
     IngestSettings,
     MeshSettings,
-    NodeKey,
     ResourceLimits,
     RetryPolicy,
     SyncSettings,
     TopicConfig,
-    decode_key,
     load_config,
-    load_yaml,
-    mqtt_match,
     parse_config,
-    parse_duration_ms,
-    parse_size,
 )
+from edgeline_host.nodekeys import NodeKey, decode_key
+from edgeline_host.transports.mqtt import filter_covers
+from edgeline_host.yamlfile import load_yaml, parse_duration_ms, parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(ROOT, "docs", "config.md")
@@ -255,7 +252,7 @@ def test_mesh_and_ingest():
     ("#", "$SYS/x", False), ("+/x", "$SYS/x", False), ("$SYS/#", "$SYS/x", True), ("a/+/c", "a//c", True),
 ])
 def test_mqtt_match(flt, topic, ok):
-    assert mqtt_match(flt, topic) is ok
+    assert filter_covers(flt, topic) is ok
 
 
 @pytest.mark.parametrize("url, expect", [

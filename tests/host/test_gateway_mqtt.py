@@ -21,9 +21,10 @@ from edgeline import codec, sync
 from edgeline.errors import RemoteProtocolError
 from edgeline.log import Record, RingLog
 from edgeline.outbox import Outbox
-from edgeline_host.gateway.mqtt import attach_mqtt, check_prefix, message_type, no_delay
-from edgeline_host.gateway.server import Gateway
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
 from edgeline_host.gateway.topics import parse_topics
+from edgeline_host.transports.mqtt import attach_mqtt, check_prefix, message_type, no_delay
 from mosquitto import Mosquitto
 
 KEY = bytes(range(32))
@@ -180,7 +181,7 @@ async def with_mqtt_gateway(tmp_path, broker, fn, **kw):
     """The gateway's aiohttp app on a test server, the MQTT face attached; fn(gw, face)."""
     kw.setdefault("topics", parse_topics({"cmd": None}, KEYS))
     gw = Gateway(str(tmp_path / "gw.db"), KEYS, **kw)
-    app = gw.app()
+    app = GatewayApi(gw).app()
     lines = []
     face = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=lines.append,
                        reconnect_min_s=0.1, reconnect_max_s=0.5)
@@ -514,7 +515,7 @@ def test_broker_killed_and_restarted_mid_stream(tmp_path, broker):
 def test_attached_to_the_http_app_lifecycle(tmp_path, broker):
     async def run():
         gw = Gateway(str(tmp_path / "gw.db"), KEYS)
-        app = gw.app()
+        app = GatewayApi(gw).app()
         lines = []
         face = attach_mqtt(app, gw, "127.0.0.1", broker.port, prefix="acme/edgeline", print_fn=lines.append)
         server = TestServer(app)
@@ -547,7 +548,7 @@ def test_gateway_started_before_the_broker_connects_when_it_comes(tmp_path):
 
     async def run():
         gw = Gateway(str(tmp_path / "gw.db"), KEYS)
-        app = gw.app()
+        app = GatewayApi(gw).app()
         face = attach_mqtt(app, gw, "127.0.0.1", b.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
         server = TestServer(app)
         await server.start_server()
