@@ -534,7 +534,7 @@ def test_attached_to_the_http_app_lifecycle(tmp_path, broker):
             assert [x["seq"] for x in rows] == [1, 2, 3]
         finally:
             await server.close()  # shutdown disconnects the face and joins paho's thread
-        assert not face.subscribed.is_set() and face._client is None
+        assert not face.subscribed.is_set() and face._bridge.client is None
         e.publish(sync.batch_from_records("t", records(4, 1)))
         with pytest.raises(asyncio.TimeoutError):
             await e.payload(timeout_s=0.5)  # nobody answers any more
