@@ -491,7 +491,7 @@ def firmware_romfs(profile_name, image):
 @click.option("--node-id", required=True, help="The board's node id (the origin of its records).")
 @click.option("--key-file", default=None, help="The node key (edgeline keygen); or --key.")
 @click.option("--key", "key_text", default=None, help="The node key as 64 hex digits (prefer --key-file).")
-@click.option("--gateway", default=None, help="host:port of the gateway's TCP face (edgeline gateway --tcp).")
+@click.option("--gateway", default=None, help="host:port of the gateway's TCP transport (edgeline gateway --tcp).")
 @click.option("--wifi-ssid", default=None)
 @click.option("--wifi-password", default=None)
 @click.option("--wifi-country", default=None, help="Two-letter regulatory domain, e.g. GB (Pico W).")

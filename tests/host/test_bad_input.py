@@ -1,5 +1,5 @@
 """Bad input at every port, table-driven: the gateway's HTTP ``/v1/sync``, its plain TCP
-port and its MQTT face (a real Mosquitto), and the agent's HTTP ingest API.
+port and its MQTT transport (a real Mosquitto), and the agent's HTTP ingest API.
 
 For every row: a clear error (one ERROR message, or one JSON line with a 4xx status),
 nothing stored (the store, or the agent's logs, exactly as before), nothing lost (the
@@ -175,9 +175,9 @@ class MqttPort:
     """A raw MQTT edge: publishes bytes on edgeline/<node>/up, reads edgeline/<node>/down.
     Each conversation has a client of its own."""
 
-    def __init__(self, broker_port, face):
+    def __init__(self, broker_port, gateway_mqtt):
         self.broker_port = broker_port
-        self.face = face
+        self.gateway_mqtt = gateway_mqtt
 
     async def open(self, node):
         loop = asyncio.get_running_loop()
@@ -199,8 +199,8 @@ class MqttPort:
         out = messages(await asyncio.wait_for(conv["inbox"].get(), WAIT_S))
         ended = False
         if out and out[-1][0] == sync.Error.TYPE:
-            for _ in range(WAIT_S * 100):  # the face drops the conversation right after answering
-                n = self.face._nodes.get(conv["node"])
+            for _ in range(WAIT_S * 100):  # the transport drops the conversation right after answering
+                n = self.gateway_mqtt._nodes.get(conv["node"])
                 if n is None or n.conn is None:
                     ended = True
                     break
@@ -348,13 +348,13 @@ def test_bad_input_at_the_mqtt_port(broker):
     async def main():
         gw = gateway()
         app = GatewayApi(gw).app()
-        face = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
         server = TestServer(app)
         await server.start_server()
         try:
-            await asyncio.wait_for(face.subscribed.wait(), WAIT_S)
-            await run_rows(MqttPort(broker.port, face), gw, GATEWAY_ROWS)
-            assert face.ignored == 0
+            await asyncio.wait_for(gateway_mqtt.subscribed.wait(), WAIT_S)
+            await run_rows(MqttPort(broker.port, gateway_mqtt), gw, GATEWAY_ROWS)
+            assert gateway_mqtt.ignored == 0
         finally:
             await server.close()
 

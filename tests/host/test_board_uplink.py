@@ -44,7 +44,7 @@ HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
 
 
 class ThreadGateway:
-    """A Gateway with its TCP face on an event loop in a background thread, so the
+    """A Gateway with its TCP transport on an event loop in a background thread, so the
     blocking uplink can run in the test's thread. The store is thread-safe."""
 
     def __init__(self, db, keys, topics=None):

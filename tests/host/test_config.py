@@ -251,7 +251,7 @@ def test_mesh_and_ingest():
     ("a/+", "a/b/c", False), ("+/+", "a/b", True), ("a/b", "a/b", True), ("a/b", "a/c", False),
     ("#", "$SYS/x", False), ("+/x", "$SYS/x", False), ("$SYS/#", "$SYS/x", True), ("a/+/c", "a//c", True),
 ])
-def test_mqtt_match(flt, topic, ok):
+def test_filter_covers_matches_topics(flt, topic, ok):
     assert filter_covers(flt, topic) is ok
 
 

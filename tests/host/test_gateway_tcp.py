@@ -379,7 +379,7 @@ def test_attached_to_the_http_app_lifecycle(tmp_path):
                     rows = (await r.json())["records"]
             assert [x["seq"] for x in rows] == [1, 2, 3]
         finally:
-            await server.close()  # shutdown closes the TCP face and its open connection
+            await server.close()  # shutdown closes the TCP transport and its open connection
         assert await asyncio.wait_for(e.reader.read(100), 10) == b""
         await e.close()
         with pytest.raises(OSError):

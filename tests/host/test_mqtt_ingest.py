@@ -126,7 +126,7 @@ def values(agent_or_log, topic=None):
 # ---------------------------------------------------------------------------- payloads
 
 
-def test_record_of_json_values_keys_and_bytes():
+def test_record_from_payload_json_values_keys_and_bytes():
     assert record_from_payload(b'{"t": 21.5}') == (None, codec.dumps({"t": 21.5}))
     assert record_from_payload(b"[1, 2]") == (None, codec.dumps([1, 2]))  # one message, one record
     assert record_from_payload(b"21.5") == (None, codec.dumps(21.5))

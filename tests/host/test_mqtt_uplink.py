@@ -1,6 +1,6 @@
 """The agent's uplink over MQTT (``cloud_endpoint: mqtt://broker/prefix``): the same
 exchange loop as over HTTP (uplink.py), its bytes moved by ``MqttEdgeTransport`` through a
-real Mosquitto to the gateway's MQTT face -- in process, or `edgeline gateway --mqtt` as
+real Mosquitto to the gateway's MQTT transport -- in process, or `edgeline gateway --mqtt` as
 a process with the broker SIGKILLed under it."""
 import asyncio
 import json
@@ -49,23 +49,23 @@ async def until(cond, timeout_s=WAIT_S, what="condition"):
 
 
 class FaceGateway:
-    """An in-process gateway with its MQTT face; can be stopped and started again on
+    """An in-process gateway with its MQTT transport; can be stopped and started again on
     the same store (a restart: every conversation forgotten)."""
 
     def __init__(self, db, broker, topics=None):
         self.db = db
         self.broker = broker
         self.topics = topics
-        self.gw = self.face = self.server = None
+        self.gw = self.gateway_mqtt = self.server = None
 
     async def start(self):
         self.gw = Gateway(self.db, {NODE: KEY}, topics=self.topics)
         app = GatewayApi(self.gw).app()
-        self.face = attach_mqtt(app, self.gw, "127.0.0.1", self.broker.port, print_fn=None,
+        self.gateway_mqtt = attach_mqtt(app, self.gw, "127.0.0.1", self.broker.port, print_fn=None,
                                 reconnect_min_s=0.1, reconnect_max_s=0.5)
         self.server = TestServer(app)
         await self.server.start_server()
-        await asyncio.wait_for(self.face.subscribed.wait(), WAIT_S)
+        await asyncio.wait_for(self.gateway_mqtt.subscribed.wait(), WAIT_S)
         return self
 
     async def stop(self):
@@ -123,7 +123,7 @@ def test_two_topics_exactly_once_in_order_over_mqtt(tmp_path, broker):
             up.notify()
             await until(lambda: b[1].acked == 305, what="new records")
             assert gw.seqs("b") == list(range(1, 306))
-            assert gw.face.ignored == 0 and gw.gw.rejected == 0
+            assert gw.gateway_mqtt.ignored == 0 and gw.gw.rejected == 0
         finally:
             await stopped(up, task)
             await gw.stop()
