@@ -348,7 +348,8 @@ def test_bad_input_at_the_mqtt_port(broker):
     async def main():
         gw = gateway()
         app = GatewayApi(gw).app()
-        gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1,
+                                   reconnect_max_s=0.5)
         server = TestServer(app)
         await server.start_server()
         try:

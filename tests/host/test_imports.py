@@ -33,7 +33,8 @@ def modules(base):
     """{dotted module name: path} of every .py under ``base``."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__" and not d.endswith(".egg-info")]
+        dirnames[:] = [d for d in dirnames
+                       if not d.startswith(".") and d != "__pycache__" and not d.endswith(".egg-info")]
         for f in filenames:
             if not f.endswith(".py"):
                 continue

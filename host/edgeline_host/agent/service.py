@@ -1,4 +1,4 @@
-"""The edge agent: HTTP and MQTT ingest into the device's logs, the uplink, and a control API.
+"""The edge agent's service: HTTP and MQTT ingest into the device's logs, the uplink, and a control API.
 
 Failure modes first
 -------------------
@@ -26,8 +26,12 @@ Theory of operation
 -------------------
 One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
 ingest handlers, the group-commit timers and the uplink all call them from the loop.
-An ingest request is parsed and checked whole, then appended with one ``append_many``
-(one HLC timestamp per record) by ``append``, the write path MQTT ingest takes too. What
+An ingest request is parsed and checked whole (jsonrecords.py), then appended with one
+``append_many`` (one HLC timestamp per record) by ``append``. The ingest surface every
+source uses is public: ``ingest(topic, keys, values)`` (append, then wait as the topic's
+policy has it: the HTTP handler), ``append`` and ``wait_durable`` separately (MQTT ingest
+must know at once whether a message was taken, and acknowledges it only later),
+``commit_now`` and ``closing``. What
 the answer waits for depends on the topic's ``sync`` policy:
 
 * ``every``: each append is committed before ``append_many`` returns; answer at once.
