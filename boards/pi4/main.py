@@ -9,7 +9,7 @@ beside this file. Under systemd, see docs/boards.md. The same as
 """
 import os
 
-from edgeline_host.agent.agent import board_config_path, board_main
+from edgeline_host.agent.service import board_config_path, board_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

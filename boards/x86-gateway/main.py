@@ -38,7 +38,8 @@ def host_port(name, text):
 
 
 def main():
-    from edgeline_host.gateway.server import load_keys, serve
+    from edgeline_host.gateway.service import serve
+    from edgeline_host.nodekeys import load_keys
 
     s = settings()
     mqtt = s.get("EDGELINE_GATEWAY_MQTT")

@@ -51,8 +51,9 @@ def demo(seconds, data_dir, as_json):
 def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
     """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once,
     publishes cloud-to-edge topics."""
-    from edgeline_host.gateway.server import load_keys, load_token, serve
+    from edgeline_host.gateway.service import serve
     from edgeline_host.gateway.topics import load_topics
+    from edgeline_host.nodekeys import load_keys, load_token
 
     host, port = _host_port("--listen", listen)
     tcp = _host_port("--tcp", tcp_listen) if tcp_listen else None
@@ -87,7 +88,7 @@ def publish(topic, records, records_file, gateway_url, token_file, as_json):
     body = records.encode("utf-8") if records is not None else records_file.read()
     headers = {"Content-Type": "application/json"}
     if token_file:
-        from edgeline_host.gateway.server import load_token
+        from edgeline_host.nodekeys import load_token
 
         headers["Authorization"] = "Bearer " + load_token(token_file)
     answer = _call_json("gateway", gateway_url, "POST", "/v1/topics/%s/publish" % urllib.parse.quote(topic, safe=""),
@@ -103,7 +104,7 @@ def publish(topic, records, records_file, gateway_url, token_file, as_json):
 
 
 def _mqtt_prefix(prefix):
-    from edgeline_host.gateway.mqtt import check_prefix
+    from edgeline_host.transports.mqtt import check_prefix
 
     try:
         return check_prefix(prefix)
@@ -122,7 +123,7 @@ def _host_port(option, text):
 @click.option("--config", "config_path", required=True, help="The node's edge.yaml (docs/config.md).")
 def agent(config_path):
     """Run the edge agent: HTTP ingest into the logs, uplink to the gateway, control API."""
-    from edgeline_host.agent.agent import run_agent
+    from edgeline_host.agent.service import run_agent
 
     run_agent(config_path, print_fn=lambda s: click.echo(s, err=True))
 
@@ -490,7 +491,7 @@ def firmware_romfs(profile_name, image):
 @click.option("--node-id", required=True, help="The board's node id (the origin of its records).")
 @click.option("--key-file", default=None, help="The node key (edgeline keygen); or --key.")
 @click.option("--key", "key_text", default=None, help="The node key as 64 hex digits (prefer --key-file).")
-@click.option("--gateway", default=None, help="host:port of the gateway's TCP face (edgeline gateway --tcp).")
+@click.option("--gateway", default=None, help="host:port of the gateway's TCP transport (edgeline gateway --tcp).")
 @click.option("--wifi-ssid", default=None)
 @click.option("--wifi-password", default=None)
 @click.option("--wifi-country", default=None, help="Two-letter regulatory domain, e.g. GB (Pico W).")
@@ -500,7 +501,7 @@ def firmware_romfs(profile_name, image):
 def firmware_config(profile_name, node_id, key_file, key_text, gateway, wifi_ssid, wifi_password, wifi_country,
                     samples, sample_ms, out_path):
     """Write the board's settings (edgeline.json) from the profile's defaults."""
-    from edgeline_host.agent.config import decode_key
+    from edgeline_host.nodekeys import decode_key
     from edgeline_host.firmware.profiles import ProfileError, board_config
 
     p = _profile(profile_name)

@@ -2,7 +2,7 @@
 
 ``Mosquitto(tmp_dir).start()`` writes a minimal config (one listener on 127.0.0.1, no
 authentication, no persistence; ``set_tcp_nodelay``, as a gateway's broker should have
-it, see gateway/mqtt.py), starts ``mosquitto -c`` as a subprocess and waits until the
+it, see transports/mqtt.py), starts ``mosquitto -c`` as a subprocess and waits until the
 port accepts connections. ``stop()`` sends SIGTERM, then SIGKILL if the
 broker lingers; ``kill()`` is SIGKILL straight away (a crash: no persistence, so every
 session and in-flight message is gone); ``start()`` again reuses the same port, so

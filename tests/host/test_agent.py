@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from edgeline_host.agent.agent import IngestError, parse_records
+from edgeline_host.jsonrecords import RequestError, parse_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
@@ -194,7 +194,7 @@ def test_parse_records_shapes():
     assert parse_records(b'{"key": "k", "value": 1, "x": 2}')[0] == [None]
     for bad in (b"{bad", b"[]", b'{"records": 3}', b'{"key": 5, "value": 1}', b"\xff",
                 b'{"key": "\\ud800", "value": 1}', b'"\\ud800"'):
-        with pytest.raises(IngestError) as e:
+        with pytest.raises(RequestError) as e:
             parse_records(bad)
         assert e.value.status == 400
 

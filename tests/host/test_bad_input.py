@@ -1,5 +1,5 @@
 """Bad input at every port, table-driven: the gateway's HTTP ``/v1/sync``, its plain TCP
-port and its MQTT face (a real Mosquitto), and the agent's HTTP ingest API.
+port and its MQTT transport (a real Mosquitto), and the agent's HTTP ingest API.
 
 For every row: a clear error (one ERROR message, or one JSON line with a 4xx status),
 nothing stored (the store, or the agent's logs, exactly as before), nothing lost (the
@@ -28,9 +28,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeline import codec, sync
 from edgeline.log import Record
-from edgeline_host.gateway.mqtt import attach_mqtt, no_delay
-from edgeline_host.gateway.server import CBOR_TYPE, SESSION_HEADER, Gateway
-from edgeline_host.gateway.tcp import start_tcp
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.transports.http import CBOR_TYPE, SESSION_HEADER
+from edgeline_host.transports.mqtt import attach_mqtt, no_delay
+from edgeline_host.transports.tcp import start_tcp
 
 KEY = bytes(range(32))
 KEY2 = KEY[::-1]
@@ -119,8 +121,8 @@ def snapshot(gw):
 
 
 class HttpPort:
-    def __init__(self, http, url, gw):
-        self.http, self.url, self.gw = http, url, gw
+    def __init__(self, http, url, sessions):
+        self.http, self.url, self.sessions = http, url, sessions
 
     async def open(self, node):
         return {"sid": None}
@@ -133,7 +135,7 @@ class HttpPort:
             assert r.status == 200, (r.status, await r.text())
             conv["sid"] = r.headers[SESSION_HEADER]
             body = await r.read()
-        return messages(body), conv["sid"] not in self.gw.sessions
+        return messages(body), conv["sid"] not in self.sessions
 
     async def close(self, conv):
         pass
@@ -173,9 +175,9 @@ class MqttPort:
     """A raw MQTT edge: publishes bytes on edgeline/<node>/up, reads edgeline/<node>/down.
     Each conversation has a client of its own."""
 
-    def __init__(self, broker_port, face):
+    def __init__(self, broker_port, gateway_mqtt):
         self.broker_port = broker_port
-        self.face = face
+        self.gateway_mqtt = gateway_mqtt
 
     async def open(self, node):
         loop = asyncio.get_running_loop()
@@ -197,8 +199,8 @@ class MqttPort:
         out = messages(await asyncio.wait_for(conv["inbox"].get(), WAIT_S))
         ended = False
         if out and out[-1][0] == sync.Error.TYPE:
-            for _ in range(WAIT_S * 100):  # the face drops the conversation right after answering
-                n = self.face._nodes.get(conv["node"])
+            for _ in range(WAIT_S * 100):  # the transport drops the conversation right after answering
+                n = self.gateway_mqtt._nodes.get(conv["node"])
                 if n is None or n.conn is None:
                     ended = True
                     break
@@ -283,12 +285,13 @@ def gateway():
 def test_bad_input_at_the_http_sync_port():
     async def main():
         gw = gateway()
-        server = TestServer(gw.app())
+        api = GatewayApi(gw)
+        server = TestServer(api.app())
         await server.start_server()
         url = str(server.make_url("/v1/sync"))
         try:
             async with aiohttp.ClientSession() as http:
-                port = HttpPort(http, url, gw)
+                port = HttpPort(http, url, api.sync.sessions)
                 await run_rows(port, gw, GATEWAY_ROWS)
                 # HTTP's own rows: answered by HTTP status, before any session is touched
                 good_edge = sync.EdgeConnection("edge-2", KEY2, os.urandom)
@@ -305,7 +308,7 @@ def test_bad_input_at_the_http_sync_port():
                     async with http.request(method, url, data=data, headers=headers) as r:
                         body = await r.text()
                         assert r.status == status and text in body, (method, r.status, body)
-                assert snapshot(gw) == before and good["sid"] in gw.sessions
+                assert snapshot(gw) == before and good["sid"] in api.sync.sessions
                 # a session id the gateway never issued: a new session, which HELLO starts
                 e = sync.EdgeConnection("edge-1", KEY, os.urandom)
                 conv = {"sid": "never-issued"}
@@ -344,14 +347,15 @@ def broker(tmp_path):
 def test_bad_input_at_the_mqtt_port(broker):
     async def main():
         gw = gateway()
-        app = gw.app()
-        face = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        app = GatewayApi(gw).app()
+        gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=None, reconnect_min_s=0.1,
+                                   reconnect_max_s=0.5)
         server = TestServer(app)
         await server.start_server()
         try:
-            await asyncio.wait_for(face.subscribed.wait(), WAIT_S)
-            await run_rows(MqttPort(broker.port, face), gw, GATEWAY_ROWS)
-            assert face.ignored == 0
+            await asyncio.wait_for(gateway_mqtt.subscribed.wait(), WAIT_S)
+            await run_rows(MqttPort(broker.port, gateway_mqtt), gw, GATEWAY_ROWS)
+            assert gateway_mqtt.ignored == 0
         finally:
             await server.close()
 
@@ -398,12 +402,12 @@ def big_chunks():
 
 
 def test_bad_input_at_the_agent_ingest_port(tmp_path):
-    from edgeline_host.agent.agent import Agent
+    from edgeline_host.agent.service import Agent
     from edgeline_host.agent.config import parse_config
 
     async def main():
         gw = gateway()
-        server = TestServer(gw.app())
+        server = TestServer(GatewayApi(gw).app())
         await server.start_server()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

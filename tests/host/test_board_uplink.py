@@ -32,9 +32,9 @@ import uplink  # noqa: E402
 from edgeline import codec  # noqa: E402
 from edgeline.log import RingLog  # noqa: E402
 from edgeline.outbox import Outbox  # noqa: E402
-from edgeline_host.gateway.server import Gateway  # noqa: E402
-from edgeline_host.gateway.tcp import start_tcp  # noqa: E402
+from edgeline_host.gateway.gateway import Gateway  # noqa: E402
 from edgeline_host.gateway.topics import parse_topics  # noqa: E402
+from edgeline_host.transports.tcp import start_tcp  # noqa: E402
 
 KEY = bytes(range(32))
 HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
@@ -44,7 +44,7 @@ HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
 
 
 class ThreadGateway:
-    """A Gateway with its TCP face on an event loop in a background thread, so the
+    """A Gateway with its TCP transport on an event loop in a background thread, so the
     blocking uplink can run in the test's thread. The store is thread-safe."""
 
     def __init__(self, db, keys, topics=None):

@@ -16,19 +16,16 @@ from edgeline_host.agent.config import (
     CircuitBreaker,
     EdgeConfig,
     IngestSettings,
-    NodeKey,
     ResourceLimits,
     RetryPolicy,
     SyncSettings,
     TopicConfig,
-    decode_key,
     load_config,
-    load_yaml,
-    mqtt_match,
     parse_config,
-    parse_duration_ms,
-    parse_size,
 )
+from edgeline_host.nodekeys import NodeKey, decode_key
+from edgeline_host.transports.mqtt import filter_covers
+from edgeline_host.yamlfile import load_yaml, parse_duration_ms, parse_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(ROOT, "docs", "config.md")
@@ -279,8 +276,8 @@ def test_ingest():
     ("a/+", "a/b/c", False), ("+/+", "a/b", True), ("a/b", "a/b", True), ("a/b", "a/c", False),
     ("#", "$SYS/x", False), ("+/x", "$SYS/x", False), ("$SYS/#", "$SYS/x", True), ("a/+/c", "a//c", True),
 ])
-def test_mqtt_match(flt, topic, ok):
-    assert mqtt_match(flt, topic) is ok
+def test_filter_covers_matches_topics(flt, topic, ok):
+    assert filter_covers(flt, topic) is ok
 
 
 @pytest.mark.parametrize("url, expect", [
@@ -775,7 +772,7 @@ ACTING = {
 
 
 def acting_agent(tmp_path, **edge):
-    from edgeline_host.agent.agent import Agent
+    from edgeline_host.agent.service import Agent
 
     d = copy.deepcopy(ACTING)
     d.update(edge)
@@ -838,13 +835,13 @@ def test_agent_uplink_takes_the_sync_settings(tmp_path):
 
 def test_max_queue_size_refuses_ingest_beyond_it(tmp_path):
     from edgeline import codec
-    from edgeline_host.agent.agent import IngestError
+    from edgeline_host.jsonrecords import RequestError
 
     agent = acting_agent(tmp_path, key=KEY_HEX)
     try:
         st = agent.topics["both"]
         assert agent.append(st, [None, None], [codec.dumps(1), codec.dumps(2)]) == (1, 2)
-        with pytest.raises(IngestError) as ei:
+        with pytest.raises(RequestError) as ei:
             agent.append(st, [None, None], [codec.dumps(3), codec.dumps(4)])
         assert ei.value.status == 503 and "sync.max_queue_size" in str(ei.value)
         assert agent.append(agent.topics["loc"], [None] * 5, [codec.dumps(i) for i in range(5)]) == (1, 5)

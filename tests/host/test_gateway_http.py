@@ -9,7 +9,9 @@ from aiohttp.test_utils import TestServer
 from edgeline import codec, sync
 from edgeline.errors import RemoteProtocolError
 from edgeline.log import Record
-from edgeline_host.gateway.server import CBOR_TYPE, SESSION_HEADER, Gateway, HttpEdgeClient
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.transports.http import CBOR_TYPE, SESSION_HEADER, HttpEdgeClient
 from edgeline_host.gateway.store import GatewayStore
 
 KEY = bytes(range(32))
@@ -21,7 +23,9 @@ def records(first, n):
 
 async def with_gateway(tmp_path, fn):
     gw = Gateway(str(tmp_path / "gw.db"), {"edge-1": KEY, "edge-2": KEY[::-1]})
-    server = TestServer(gw.app())
+    api = GatewayApi(gw)
+    server = TestServer(api.app())
+    server.api = api  # the tests that make the gateway forget a session reach its table here
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as http:
@@ -101,7 +105,7 @@ def test_garbage_gets_an_error_and_the_gateway_keeps_serving(tmp_path):
 
 
 def test_publish_answers_once_durable_and_only_to_whom_may(tmp_path):
-    from edgeline_host.agent.agent import IngestError
+    from edgeline_host.jsonrecords import RequestError
     from edgeline_host.gateway.topics import parse_topics
 
     class Req:  # what _authorized looks at
@@ -123,16 +127,17 @@ def test_publish_answers_once_durable_and_only_to_whom_may(tmp_path):
         (d,) = await c.exchange(sync.Pull("cmd", 0, 10))
         assert [(r.seq, codec.loads(r.value)) for r in sync.records_of(d)] == [(1, 1), (2, 2)]
         # loopback clients may publish without a token; others may not
-        gw._authorized(Req("127.0.0.1"))
-        gw._authorized(Req("::1"))
-        with pytest.raises(IngestError) as e:
-            gw._authorized(Req("10.1.2.3"))
+        api = GatewayApi(gw)
+        api._authorized(Req("127.0.0.1"))
+        api._authorized(Req("::1"))
+        with pytest.raises(RequestError) as e:
+            api._authorized(Req("10.1.2.3"))
         assert e.value.status == 403 and "loopback" in str(e.value)
         gw.publish_token = "s3cret-token-0123456789"
-        gw._authorized(Req("10.1.2.3", "Bearer s3cret-token-0123456789"))
+        api._authorized(Req("10.1.2.3", "Bearer s3cret-token-0123456789"))
         for auth in (None, "Bearer nope", "s3cret-token-0123456789"):
-            with pytest.raises(IngestError) as e:
-                gw._authorized(Req("127.0.0.1", auth))
+            with pytest.raises(RequestError) as e:
+                api._authorized(Req("127.0.0.1", auth))
             assert e.value.status == 401
     asyncio.run(with_gateway(tmp_path, fn))
 
@@ -287,7 +292,7 @@ def test_stale_replays_change_nothing(tmp_path):
         for body in (b2, b1):
             assert codec.decode_prefix((await post(http, url, body, new.sid))[2])[0] == [6, "t", 25]
         # replayed with a session id the gateway no longer knows: refused, nothing stored
-        gw.sessions.pop(old.sid)
+        server.api.sync.sessions.pop(old.sid)
         status, sid, data = await post(http, url, b1, old.sid)
         assert error_of(data)[0] == sync.ERR_UNEXPECTED and sid != old.sid
         assert [r["seq"] for r in gw.store.records("t")] == list(range(1, 21))

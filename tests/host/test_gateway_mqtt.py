@@ -1,10 +1,10 @@
 """The gateway over MQTT: a real Mosquitto, the gateway in-process, edges on paho clients.
 
 Each test starts its own broker (tests/host/mosquitto.py) on a free port and an aiohttp
-test server of the gateway with the MQTT face attached (``attach_mqtt``). An edge is a
+test server of the gateway with the MQTT transport attached (``attach_mqtt``). An edge is a
 CPython ``sync.EdgeConnection`` on a paho client of its own: it publishes to
 ``edgeline/<node>/up`` and reads ``edgeline/<node>/down``, following the edge's part
-described in host/edgeline_host/gateway/mqtt.py (restart with HELLO on a timeout, an
+described in host/edgeline_host/transports/mqtt.py (restart with HELLO on a timeout, an
 ERROR or a broker reconnect; skip stale answers while waiting for CHALLENGE).
 """
 import asyncio
@@ -21,9 +21,10 @@ from edgeline import codec, sync
 from edgeline.errors import RemoteProtocolError
 from edgeline.log import Record, RingLog
 from edgeline.outbox import Outbox
-from edgeline_host.gateway.mqtt import attach_mqtt, check_prefix, message_type, no_delay
-from edgeline_host.gateway.server import Gateway
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
 from edgeline_host.gateway.topics import parse_topics
+from edgeline_host.transports.mqtt import attach_mqtt, check_prefix, no_delay
 from mosquitto import Mosquitto
 
 KEY = bytes(range(32))
@@ -49,7 +50,7 @@ def stored(gw, topic="t", node="edge-1"):
 
 class MqttEdge:
     """An EdgeConnection over its own paho client. paho's callbacks run in paho's
-    thread and only hand over to the asyncio loop, as in the gateway's face."""
+    thread and only hand over to the asyncio loop, as in the gateway's MQTT transport."""
 
     def __init__(self, port, node_id="edge-1", key=KEY, topic_node=None, prefix="edgeline"):
         self.loop = asyncio.get_running_loop()
@@ -129,7 +130,7 @@ class MqttEdge:
         self.publish(sync.Hello())
         while True:
             p = await self.payload(timeout_s)
-            if message_type(p) in (sync.Challenge.TYPE, sync.Error.TYPE):
+            if sync.peek_type(p) in (sync.Challenge.TYPE, sync.Error.TYPE):
                 break
         self.conn.receive_data(p)
         (ev,) = await self.receive(1, timeout_s)
@@ -177,20 +178,20 @@ class MqttEdge:
 
 
 async def with_mqtt_gateway(tmp_path, broker, fn, **kw):
-    """The gateway's aiohttp app on a test server, the MQTT face attached; fn(gw, face)."""
+    """The gateway's aiohttp app on a test server, the MQTT transport attached; fn(gw, gateway_mqtt)."""
     kw.setdefault("topics", parse_topics({"cmd": None}, KEYS))
     gw = Gateway(str(tmp_path / "gw.db"), KEYS, **kw)
-    app = gw.app()
+    app = GatewayApi(gw).app()
     lines = []
-    face = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=lines.append,
+    gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", broker.port, print_fn=lines.append,
                        reconnect_min_s=0.1, reconnect_max_s=0.5)
     server = TestServer(app)
     await server.start_server()
     try:
-        await asyncio.wait_for(face.subscribed.wait(), WAIT_S)
-        face.lines = lines
-        face.http_url = server.make_url("")
-        return await fn(gw, face)
+        await asyncio.wait_for(gateway_mqtt.subscribed.wait(), WAIT_S)
+        gateway_mqtt.lines = lines
+        gateway_mqtt.http_url = server.make_url("")
+        return await fn(gw, gateway_mqtt)
     finally:
         await server.close()
 
@@ -205,28 +206,6 @@ async def until(cond, timeout_s=WAIT_S):
 # ---------------------------------------------------------------- pure helpers
 
 
-def test_message_type_reads_the_first_head_only():
-    folder = os.path.join(ROOT, "tests", "golden", "wire-v1")
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".cbor"):
-            continue
-        with open(os.path.join(folder, name), "rb") as f:
-            data = f.read()
-        want = codec.decode_prefix(data)[0][0]
-        assert message_type(data) == want, name
-        assert message_type(data + b"\xff garbage") == want
-        for i in range(2):
-            assert message_type(data[:i]) is None
-    # any well-formed heads: indefinite arrays, wide lengths, non-preferred uints
-    assert message_type(b"\x9f\x01\xff") == 1
-    assert message_type(b"\x98\x05\x01") == 1
-    assert message_type(b"\x85\x18\x06") == 6
-    assert message_type(b"\x85\x19\x00\x05") == 5
-    assert message_type(b"\x85\x19\x00") is None  # torn
-    for junk in (b"", b"\x01", b"\xff\xfe", b"\xa1\x01\x02", b"\x85\x61a", b"\x85\x1c", b"\x9c\x01"):
-        assert message_type(junk) is None
-
-
 def test_prefix_is_checked():
     assert check_prefix("acme/edgeline") == "acme/edgeline"
     for bad in ("", "/x", "x/", "a/+/b", "a/#", None):
@@ -238,7 +217,7 @@ def test_prefix_is_checked():
 
 
 def test_batches_acks_replays_and_resume(tmp_path, broker):
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         e = await MqttEdge(broker.port).start()
         assert await e.handshake() == {}
         e.publish(sync.batch_from_records("t", records(1, 10)))
@@ -274,7 +253,7 @@ def test_batches_acks_replays_and_resume(tmp_path, broker):
         assert [r["seq"] for r in rows] == list(range(1, 13)) + [21, 22]
         assert codec.loads(rows[0]["value"]) == {"n": 1} and rows[0]["ts"] == 1001
         assert [(g["first"], g["last"]) for g in gw.store.gaps()] == [(13, 20)]
-        assert face.ignored == 0 and gw.rejected == 0
+        assert gateway_mqtt.ignored == 0 and gw.rejected == 0
 
     asyncio.run(with_mqtt_gateway(tmp_path, broker, fn))
 
@@ -286,7 +265,7 @@ def test_ring_log_synced_exactly_once_in_order(tmp_path, broker):
         lg.append(codec.dumps([s, "v%d" % s]), ts=1000 * s)
     lg.flush()
 
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         e = await MqttEdge(broker.port).start()
         assert await e.sync_outbox(ob, "temp", batch_records=64, ack_timeout_s=WAIT_S) == 1
         await e.close()
@@ -300,7 +279,7 @@ def test_ring_log_synced_exactly_once_in_order(tmp_path, broker):
 
 
 def test_garbage_gets_error_and_drops_only_that_node(tmp_path, broker):
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         good = await MqttEdge(broker.port, "edge-2", KEY2).start()
         await good.handshake()
         good.publish(sync.batch_from_records("t", records(1, 2)))
@@ -322,7 +301,7 @@ def test_garbage_gets_error_and_drops_only_that_node(tmp_path, broker):
         assert await bad.receive(1) == [sync.Ack("t", 4)]
         bad.publish_raw(b"\x1c")  # reserved additional information: not well-formed CBOR
         assert await bad.receive(1) == [sync.Error(sync.ERR_MALFORMED, "malformed: not well-formed CBOR at byte 0x1c")]
-        await until(lambda: "edge-1" not in face._nodes)
+        await until(lambda: "edge-1" not in gateway_mqtt._nodes)
         # ... so the next BATCH of the old conversation meets a fresh connection
         bad.publish_raw(codec.dumps([5, "t", 5, 0, [[0, None, b"x"]]]))
         err = codec.decode_prefix(await bad.payload())[0]
@@ -345,7 +324,7 @@ def test_garbage_gets_error_and_drops_only_that_node(tmp_path, broker):
 def test_a_payload_ending_inside_a_message_is_malformed(tmp_path, broker):
     # A payload holds whole messages: before the fix a torn one stayed in the node's
     # connection and the next payload's bytes completed it (a record stored wrongly).
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         e = await MqttEdge(broker.port).start()
         await e.handshake()
         batch = e.conn.send(sync.Batch("t", 1, 5, [[0, None, b"A" * 20]]))
@@ -366,7 +345,7 @@ def test_a_payload_ending_inside_a_message_is_malformed(tmp_path, broker):
 
 
 def test_wrong_key_unknown_node_and_foreign_topic(tmp_path, broker):
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         wrong = await MqttEdge(broker.port, "edge-1", b"\x00" * 32).start()
         wrong.conn = sync.EdgeConnection("edge-1", wrong.key, os.urandom)
         wrong.publish(sync.Hello())
@@ -396,16 +375,16 @@ def test_wrong_key_unknown_node_and_foreign_topic(tmp_path, broker):
 def test_bad_node_ids_empty_and_retained_payloads_are_ignored(tmp_path, broker):
     hello = sync.EdgeConnection("edge-1", KEY, os.urandom).send(sync.Hello())
 
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         # the broker hands the retained HELLO to the gateway as it subscribes: stale
-        await until(lambda: face.ignored == 1)
+        await until(lambda: gateway_mqtt.ignored == 1)
         spy = await MqttEdge(broker.port).start()
         spy.publish_raw(hello, topic="edgeline/no spaces/up")
         spy.publish_raw(hello, topic="edgeline//up")
         spy.publish_raw(hello, topic="edgeline/%s/up" % ("x" * 65))
         spy.publish_raw(b"")
-        await until(lambda: face.ignored == 5)
-        assert face.payloads == 0 and face.published == 0 and face._nodes == {}
+        await until(lambda: gateway_mqtt.ignored == 5)
+        assert gateway_mqtt.payloads == 0 and gateway_mqtt.published == 0 and gateway_mqtt._nodes == {}
         # the node is not poisoned: a proper conversation works
         assert await spy.handshake() == {}
         await spy.close()
@@ -430,7 +409,7 @@ def test_two_nodes_at_once(tmp_path, broker):
             assert await e.receive(1) == [sync.Ack("t", first + 24)]
         await e.close()
 
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         await asyncio.gather(one(broker.port, "edge-1", KEY, 200), one(broker.port, "edge-2", KEY2, 200))
         for node in ("edge-1", "edge-2"):
             assert stored(gw, node=node) == list(range(1, 201))
@@ -439,7 +418,7 @@ def test_two_nodes_at_once(tmp_path, broker):
 
 
 def test_payloads_of_one_node_are_processed_in_order(tmp_path, broker):
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         e = await MqttEdge(broker.port).start()
         await e.handshake()
         # 40 batches published back to back, no waiting: each continues the one before,
@@ -475,7 +454,7 @@ def test_broker_killed_and_restarted_mid_stream(tmp_path, broker):
     append(1, 300)
     sent = []  # first_seq of every BATCH published
 
-    async def fn(gw, face):
+    async def fn(gw, gateway_mqtt):
         e = await MqttEdge(broker.port).start()
 
         async def restart_broker():
@@ -498,7 +477,7 @@ def test_broker_killed_and_restarted_mid_stream(tmp_path, broker):
 
         conversations = await e.sync_outbox(ob, "temp", batch_records=20, ack_timeout_s=1.0,
                                             after_publish=after_publish)
-        assert conversations >= 3 and face.connects >= 3 and e.connects >= 3
+        assert conversations >= 3 and gateway_mqtt.connects >= 3 and e.connects >= 3
         # the batch whose ACK was lost is not sent again: WELCOME's mark covers it
         assert sent.count(101) == 1 and 121 in sent
         rows = gw.store.records("temp", origin="edge-1", limit=100000)
@@ -514,13 +493,13 @@ def test_broker_killed_and_restarted_mid_stream(tmp_path, broker):
 def test_attached_to_the_http_app_lifecycle(tmp_path, broker):
     async def run():
         gw = Gateway(str(tmp_path / "gw.db"), KEYS)
-        app = gw.app()
+        app = GatewayApi(gw).app()
         lines = []
-        face = attach_mqtt(app, gw, "127.0.0.1", broker.port, prefix="acme/edgeline", print_fn=lines.append)
+        gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", broker.port, prefix="acme/edgeline", print_fn=lines.append)
         server = TestServer(app)
         await server.start_server()
         try:
-            await asyncio.wait_for(face.subscribed.wait(), WAIT_S)
+            await asyncio.wait_for(gateway_mqtt.subscribed.wait(), WAIT_S)
             assert lines[0] == ("edgeline gateway: sync over MQTT via 127.0.0.1:%d, acme/edgeline/+/up -> "
                                 "acme/edgeline/<node>/down" % broker.port)
             e = await MqttEdge(broker.port, prefix="acme/edgeline").start()
@@ -532,8 +511,8 @@ def test_attached_to_the_http_app_lifecycle(tmp_path, broker):
                     rows = (await r.json())["records"]
             assert [x["seq"] for x in rows] == [1, 2, 3]
         finally:
-            await server.close()  # shutdown disconnects the face and joins paho's thread
-        assert not face.subscribed.is_set() and face._client is None
+            await server.close()  # shutdown disconnects the transport and joins paho's thread
+        assert not gateway_mqtt.subscribed.is_set() and gateway_mqtt._bridge.client is None
         e.publish(sync.batch_from_records("t", records(4, 1)))
         with pytest.raises(asyncio.TimeoutError):
             await e.payload(timeout_s=0.5)  # nobody answers any more
@@ -547,15 +526,15 @@ def test_gateway_started_before_the_broker_connects_when_it_comes(tmp_path):
 
     async def run():
         gw = Gateway(str(tmp_path / "gw.db"), KEYS)
-        app = gw.app()
-        face = attach_mqtt(app, gw, "127.0.0.1", b.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        app = GatewayApi(gw).app()
+        gateway_mqtt = attach_mqtt(app, gw, "127.0.0.1", b.port, print_fn=None, reconnect_min_s=0.1, reconnect_max_s=0.5)
         server = TestServer(app)
         await server.start_server()
         try:
             await asyncio.sleep(0.3)
-            assert not face.subscribed.is_set()
+            assert not gateway_mqtt.subscribed.is_set()
             await asyncio.to_thread(b.start)
-            await asyncio.wait_for(face.subscribed.wait(), WAIT_S)
+            await asyncio.wait_for(gateway_mqtt.subscribed.wait(), WAIT_S)
             e = await MqttEdge(b.port).start()
             assert await e.handshake() == {}
             await e.close()

@@ -8,9 +8,10 @@ from aiohttp.test_utils import TestServer
 
 from edgeline import codec, sync
 from edgeline.log import Record
-from edgeline_host.gateway.server import Gateway
-from edgeline_host.gateway.tcp import attach_tcp, start_tcp
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
 from edgeline_host.gateway.topics import parse_topics
+from edgeline_host.transports.tcp import attach_tcp, start_tcp
 
 KEY = bytes(range(32))
 KEY2 = KEY[::-1]
@@ -362,7 +363,7 @@ def test_many_edges_at_once(tmp_path):
 def test_attached_to_the_http_app_lifecycle(tmp_path):
     async def run():
         gw = Gateway(str(tmp_path / "gw.db"), {"edge-1": KEY})
-        app = gw.app()
+        app = GatewayApi(gw).app()
         lines = []
         attach_tcp(app, gw, "127.0.0.1", 0, lines.append)
         server = TestServer(app)
@@ -378,7 +379,7 @@ def test_attached_to_the_http_app_lifecycle(tmp_path):
                     rows = (await r.json())["records"]
             assert [x["seq"] for x in rows] == [1, 2, 3]
         finally:
-            await server.close()  # shutdown closes the TCP face and its open connection
+            await server.close()  # shutdown closes the TCP transport and its open connection
         assert await asyncio.wait_for(e.reader.read(100), 10) == b""
         await e.close()
         with pytest.raises(OSError):

@@ -28,10 +28,13 @@ from paho.mqtt.properties import Properties
 
 from edgeline import codec
 from edgeline.log import RingLog
-from edgeline_host.agent.agent import Agent, IngestError
 from edgeline_host.agent.config import parse_config
-from edgeline_host.agent.mqtt_ingest import STATE_FILE, filter_covers, record_of, subscriptions
-from edgeline_host.gateway.server import Gateway
+from edgeline_host.agent.mqtt_ingest import STATE_FILE, subscriptions
+from edgeline_host.agent.service import Agent
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.jsonrecords import RequestError, record_from_payload
+from edgeline_host.transports.mqtt import filter_covers
 from mosquitto import Mosquitto, free_port
 
 NODE = "edge-1"
@@ -123,19 +126,19 @@ def values(agent_or_log, topic=None):
 # ---------------------------------------------------------------------------- payloads
 
 
-def test_record_of_json_values_keys_and_bytes():
-    assert record_of(b'{"t": 21.5}') == (None, codec.dumps({"t": 21.5}))
-    assert record_of(b"[1, 2]") == (None, codec.dumps([1, 2]))  # one message, one record
-    assert record_of(b"21.5") == (None, codec.dumps(21.5))
-    assert record_of(b'"on"') == (None, codec.dumps("on"))
-    assert record_of(b'{"key": "door", "value": "open"}') == (b"door", codec.dumps("open"))
-    assert record_of(b'{"key": null, "value": 1}') == (None, codec.dumps(1))
-    assert record_of(b'{"key": "k", "value": 1, "x": 2}')[0] is None  # more than key and value: kept whole
+def test_record_from_payload_json_values_keys_and_bytes():
+    assert record_from_payload(b'{"t": 21.5}') == (None, codec.dumps({"t": 21.5}))
+    assert record_from_payload(b"[1, 2]") == (None, codec.dumps([1, 2]))  # one message, one record
+    assert record_from_payload(b"21.5") == (None, codec.dumps(21.5))
+    assert record_from_payload(b'"on"') == (None, codec.dumps("on"))
+    assert record_from_payload(b'{"key": "door", "value": "open"}') == (b"door", codec.dumps("open"))
+    assert record_from_payload(b'{"key": null, "value": 1}') == (None, codec.dumps(1))
+    assert record_from_payload(b'{"key": "k", "value": 1, "x": 2}')[0] is None  # more than key and value: kept whole
     for raw in (b"on", b"", b"\xff\xfe\x00", b"{bad", "é".encode("latin-1"), b"[" * 100000):
-        assert record_of(raw) == (None, codec.dumps(raw))
+        assert record_from_payload(raw) == (None, codec.dumps(raw))
     for bad in (b'{"key": 5, "value": 1}', b'{"key": "\\ud800", "value": 1}', b'"\\ud800"'):
-        with pytest.raises(IngestError) as e:
-            record_of(bad)
+        with pytest.raises(RequestError) as e:
+            record_from_payload(bad)
         assert e.value.status == 400 and "\n" not in str(e.value)
 
 
@@ -292,7 +295,7 @@ def test_backpressure_holds_messages_until_there_is_room(tmp_path, broker):
         assert (s["stored"], s["waiting"], s["refused"]) == (5, 3, 0)
         assert "sync.max_queue_size" in s["held"]
         gw = Gateway(str(tmp_path / "gw.db"), {NODE: KEY})
-        server = TestServer(gw.app(), port=gw_port)
+        server = TestServer(GatewayApi(gw).app(), port=gw_port)
         await server.start_server()
         try:
             await until(lambda: agent.mqtt.stored == 8 and not agent.mqtt.stats()["unacknowledged"],

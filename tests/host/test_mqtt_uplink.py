@@ -1,6 +1,6 @@
 """The agent's uplink over MQTT (``cloud_endpoint: mqtt://broker/prefix``): the same
-exchange loop as over HTTP (uplink.py), its bytes moved by ``MqttTransport`` through a
-real Mosquitto to the gateway's MQTT face -- in process, or `edgeline gateway --mqtt` as
+exchange loop as over HTTP (uplink.py), its bytes moved by ``MqttEdgeTransport`` through a
+real Mosquitto to the gateway's MQTT transport -- in process, or `edgeline gateway --mqtt` as
 a process with the broker SIGKILLed under it."""
 import asyncio
 import json
@@ -18,12 +18,13 @@ from edgeline import codec, sync
 from edgeline.errors import ConfigError
 from edgeline.log import RingLog
 from edgeline.outbox import Outbox
-from edgeline_host.agent.agent import Agent
 from edgeline_host.agent.config import CircuitBreaker, RetryPolicy, parse_config
-from edgeline_host.agent.transport import MqttTransport, UplinkFailure
+from edgeline_host.agent.service import Agent
 from edgeline_host.agent.uplink import Uplink, from_config
-from edgeline_host.gateway.mqtt import attach_mqtt
-from edgeline_host.gateway.server import Gateway
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.transports import TransportError
+from edgeline_host.transports.mqtt import MqttEdgeTransport, attach_mqtt
 from mosquitto import Mosquitto, free_port
 
 NODE = "edge-1"
@@ -48,23 +49,23 @@ async def until(cond, timeout_s=WAIT_S, what="condition"):
 
 
 class FaceGateway:
-    """An in-process gateway with its MQTT face; can be stopped and started again on
+    """An in-process gateway with its MQTT transport; can be stopped and started again on
     the same store (a restart: every conversation forgotten)."""
 
     def __init__(self, db, broker, topics=None):
         self.db = db
         self.broker = broker
         self.topics = topics
-        self.gw = self.face = self.server = None
+        self.gw = self.gateway_mqtt = self.server = None
 
     async def start(self):
         self.gw = Gateway(self.db, {NODE: KEY}, topics=self.topics)
-        app = self.gw.app()
-        self.face = attach_mqtt(app, self.gw, "127.0.0.1", self.broker.port, print_fn=None,
+        app = GatewayApi(self.gw).app()
+        self.gateway_mqtt = attach_mqtt(app, self.gw, "127.0.0.1", self.broker.port, print_fn=None,
                                 reconnect_min_s=0.1, reconnect_max_s=0.5)
         self.server = TestServer(app)
         await self.server.start_server()
-        await asyncio.wait_for(self.face.subscribed.wait(), WAIT_S)
+        await asyncio.wait_for(self.gateway_mqtt.subscribed.wait(), WAIT_S)
         return self
 
     async def stop(self):
@@ -88,7 +89,7 @@ def append(lg, first, n):
 
 
 def mqtt_uplink(port, topics, **kw):
-    transport = MqttTransport(NODE, "127.0.0.1", port, kw.pop("prefix", "edgeline"), **FAST_MQTT)
+    transport = MqttEdgeTransport(NODE, "127.0.0.1", port, kw.pop("prefix", "edgeline"), **FAST_MQTT)
     kw.setdefault("retry", RetryPolicy(initial_ms=20, max_ms=100, multiplier=2.0, jitter=0.2))
     kw.setdefault("breaker", CircuitBreaker(failures=0, open_ms=1000))
     kw.setdefault("interval_ms", 50)
@@ -122,7 +123,7 @@ def test_two_topics_exactly_once_in_order_over_mqtt(tmp_path, broker):
             up.notify()
             await until(lambda: b[1].acked == 305, what="new records")
             assert gw.seqs("b") == list(range(1, 306))
-            assert gw.face.ignored == 0 and gw.gw.rejected == 0
+            assert gw.gateway_mqtt.ignored == 0 and gw.gw.rejected == 0
         finally:
             await stopped(up, task)
             await gw.stop()
@@ -199,7 +200,7 @@ def test_cloud_to_edge_records_come_down_over_mqtt(tmp_path, broker):
 def test_transport_skips_stale_answers_until_challenge(broker):
     """A scripted gateway: HELLO is answered with an ACK left over from an older
     conversation, then the CHALLENGE. The transport skips the ACK; the next exchange
-    gets its answer as it comes; no answer at all is one UplinkFailure line."""
+    gets its answer as it comes; no answer at all is one TransportError line."""
 
     async def main():
         conn = sync.EdgeConnection(NODE, KEY, os.urandom)
@@ -218,7 +219,7 @@ def test_transport_skips_stale_answers_until_challenge(broker):
         gw.connect("127.0.0.1", broker.port)
         gw.subscribe("edgeline/+/up", qos=1)
         gw.loop_start()
-        t = MqttTransport(NODE, "127.0.0.1", broker.port, **FAST_MQTT)
+        t = MqttEdgeTransport(NODE, "127.0.0.1", broker.port, **FAST_MQTT)
         await t.start()
         try:
             await asyncio.sleep(0.3)  # the scripted gateway's SUBACK
@@ -226,7 +227,7 @@ def test_transport_skips_stale_answers_until_challenge(broker):
             assert await t.exchange(hello) == challenge and t.stale == 1
             auth = codec.dumps([sync.Auth.TYPE, b"\x00" * 32])
             assert await t.exchange(auth) == stale  # past the CHALLENGE nothing is skipped
-            with pytest.raises(UplinkFailure, match="no answer on edgeline/edge-1/down within 2000 ms"):
+            with pytest.raises(TransportError, match="no answer on edgeline/edge-1/down within 2000 ms"):
                 await t.exchange(codec.dumps([sync.Gap.TYPE, "a", 1, 2, "x"]))
             assert t.lost_session(sync.ERR_UNEXPECTED) and not t.lost_session(sync.ERR_BAD_PROOF)
         finally:
@@ -264,7 +265,7 @@ def test_from_config_mqtt_and_mqtts_refused(tmp_path):
     lg, ob = open_topic(tmp_path, "t")
     up = from_config(cfg, {"t": (lg, ob)})
     t = up.transport
-    assert isinstance(t, MqttTransport) and up.url == "mqtt://broker.example:1884/acme/edgeline"
+    assert isinstance(t, MqttEdgeTransport) and up.url == "mqtt://broker.example:1884/acme/edgeline"
     assert (t.host, t.port, t.up, t.down) == ("broker.example", 1884, "acme/edgeline/edge-1/up",
                                               "acme/edgeline/edge-1/down")
     assert t.request_timeout_ms == 10000

@@ -18,7 +18,8 @@ from edgeline.outbox import Outbox
 from edgeline.sender import GATEWAY_LOST
 from edgeline_host.agent.config import CircuitBreaker, RetryPolicy
 from edgeline_host.agent.uplink import TokenBucket, Uplink
-from edgeline_host.gateway.server import Gateway
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
 
 KEY = bytes(range(32))
 NODE = "edge-1"
@@ -48,7 +49,8 @@ class GatewayProc:
 
     async def start(self):
         self.gw = Gateway(self.db, {NODE: KEY}, **self.options)
-        self.server = TestServer(self.gw.app(), port=self.port)
+        self.api = GatewayApi(self.gw)
+        self.server = TestServer(self.api.app(), port=self.port)
         await self.server.start_server()
         return self
 
@@ -234,7 +236,7 @@ def test_forgotten_session_reconnects_without_a_failure(tmp_path):
         task = asyncio.create_task(up.run())
         try:
             await until(lambda: ob.acked == 10)
-            gw.gw.sessions.clear()  # as after session_idle_s
+            gw.api.sync.sessions.clear()  # as after session_idle_s
             append(lg, 11, 10)
             up.notify()
             await until(lambda: ob.acked == 20, what="records after the session was forgotten")
@@ -363,7 +365,7 @@ def test_a_wiped_log_sends_nothing_into_the_gateways_old_seqs_and_says_so(tmp_pa
 def test_welcome_marks_acknowledge_what_the_gateway_holds(tmp_path):
     # the gateway stored a batch whose ACK never arrived: the next WELCOME moves the cursor
     async def main():
-        from edgeline_host.gateway.server import HttpEdgeClient
+        from edgeline_host.transports.http import HttpEdgeClient
         from edgeline import sync
 
         gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()

@@ -39,7 +39,9 @@ from aiohttp import web  # noqa: E402
 from edgeline import codec, sync  # noqa: E402
 from edgeline.log import Record  # noqa: E402
 from edgeline_host import fastcbor  # noqa: E402
-from edgeline_host.gateway.server import Gateway, HttpEdgeClient  # noqa: E402
+from edgeline_host.gateway.api import GatewayApi  # noqa: E402
+from edgeline_host.gateway.gateway import Gateway  # noqa: E402
+from edgeline_host.transports.http import HttpEdgeClient  # noqa: E402
 from edgeline_host.gateway.store import GatewayStore  # noqa: E402
 
 KEY = bytes(range(32))
@@ -92,7 +94,7 @@ def edge_worker(url, edges, per_edge, batch):
 async def ingest_http(db, edges, records, batch, in_process=False):
     keys = {"edge-%d" % e: KEY for e in range(edges)}
     gw = Gateway(db, keys, max_batch_records=max(batch, 1000))
-    runner = web.AppRunner(gw.app())
+    runner = web.AppRunner(GatewayApi(gw).app())
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)

@@ -36,10 +36,7 @@ milliseconds, every size in bytes, and the dataclass field names say so.
 The node key (``key`` inline, or ``key_file``) is a secret: it is never part of an error
 message, and ``NodeKey``'s repr hides it, so logging an ``EdgeConfig`` cannot leak it.
 """
-import base64
-import binascii
 import difflib
-import hmac
 import math
 import os
 import re
@@ -49,11 +46,24 @@ from decimal import Decimal
 from typing import Optional, Tuple
 from urllib.parse import urlsplit
 
-import yaml
-
 from edgeline.errors import ConfigError
 from edgeline.store import topic_dirname
 from edgeline.sync import is_node_id
+
+from ..nodekeys import NodeKey, decode_key, read_key_file
+from ..transports.mqtt import filter_covers
+from ..yamlfile import DAY_MS as _DAY
+from ..yamlfile import DURATION_HELP as _DURATION_HELP
+from ..yamlfile import HOUR_MS as _HOUR
+from ..yamlfile import MAX_SIZE_BYTES as _MAX_SIZE
+from ..yamlfile import MINUTE_MS as _MINUTE
+from ..yamlfile import SECOND_MS as _SECOND
+from ..yamlfile import BadValue as _Invalid
+from ..yamlfile import GiB, KiB, MiB, load_yaml_file
+from ..yamlfile import duration_text_ms as _duration_text_ms
+from ..yamlfile import one_line as _one_line
+from ..yamlfile import show_value as _show
+from ..yamlfile import size_bytes as _size
 
 __all__ = [
     "Address",
@@ -63,19 +73,12 @@ __all__ = [
     "HttpIngest",
     "IngestSettings",
     "MqttIngest",
-    "NodeKey",
     "ResourceLimits",
     "RetryPolicy",
     "SyncSettings",
     "TopicConfig",
-    "decode_key",
     "load_config",
-    "load_yaml",
-    "mqtt_match",
     "parse_config",
-    "parse_duration_ms",
-    "parse_size",
-    "read_key_file",
 ]
 
 DIRECTIONS = ("edge_to_cloud", "cloud_to_edge", "bidirectional")
@@ -180,45 +183,9 @@ INGEST_KEYS = ("http", "mqtt")
 HTTP_KEYS = ("listen",)
 MQTT_KEYS = ("broker", "topics", "map")
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-_SECOND = 1000
-_MINUTE = 60 * _SECOND
-_HOUR = 60 * _MINUTE
-_DAY = 24 * _HOUR
 
 
 # ---------------------------------------------------------------------------- dataclasses
-
-
-class NodeKey:
-    """The node's 32-byte secret for the gateway (docs/spec/wire.md, W4).
-
-    ``reveal()`` gives the bytes; repr and str never do, so a logged config cannot leak it.
-    """
-
-    __slots__ = ("_secret",)
-
-    def __init__(self, secret):
-        secret = bytes(secret)
-        if len(secret) != 32:
-            raise ValueError("a node key is 32 bytes, not %d" % len(secret))
-        self._secret = secret
-
-    def reveal(self):
-        return self._secret
-
-    def __eq__(self, other):
-        return isinstance(other, NodeKey) and hmac.compare_digest(self._secret, other._secret)
-
-    def __hash__(self):
-        return hash((NodeKey, self._secret))
-
-    def __repr__(self):
-        return "NodeKey(<hidden>)"
-
-    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -362,11 +329,11 @@ class MqttIngest:
         """The edgeline topic a message on ``mqtt_topic`` goes to, or None (not routed)."""
         if self.topic_map:
             for flt, target in self.topic_map:
-                if mqtt_match(flt, mqtt_topic):
+                if filter_covers(flt, mqtt_topic):
                     return target
             return None
         for flt in self.topics:
-            if mqtt_match(flt, mqtt_topic):
+            if filter_covers(flt, mqtt_topic):
                 return mqtt_topic
         return None
 
@@ -417,176 +384,7 @@ class EdgeConfig:
         return read_key_file(self.key_file, self.source)
 
 
-# ---------------------------------------------------------------------------- units
-
-
-class _Invalid(Exception):
-    """What is wrong with a value; the caller adds the file and the field path."""
-
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": KiB,
-    "kb": KiB,
-    "kib": KiB,
-    "m": MiB,
-    "mb": MiB,
-    "mib": MiB,
-    "g": GiB,
-    "gb": GiB,
-    "gib": GiB,
-    "t": 1024 * GiB,
-    "tb": 1024 * GiB,
-    "tib": 1024 * GiB,
-}
-_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
-_MAX_SIZE = 1 << 62
-_SIZE_HELP = "a size: bytes as an integer, or text like '64KiB', '256MB', '1.5GB' (binary units: 1MB = 1048576)"
-
-_DURATION_UNITS = {"ms": 1, "s": _SECOND, "m": _MINUTE, "h": _HOUR, "d": _DAY}
-_DURATION_PART = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h|d)"
-_DURATION_RE = re.compile(r"\s*(?:%s\s*)+" % _DURATION_PART)
-_DURATION_HELP = "a duration like '500ms', '45s', '30m', '12h', '7d' or '1h30m'"
-
-
-def _size(value):
-    if isinstance(value, bool):
-        raise _Invalid("must be %s (got %s)" % (_SIZE_HELP, _show(value)))
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str):
-        m = _SIZE_RE.fullmatch(value)
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _SIZE_UNITS:
-            raise _Invalid("must be %s (got %s)" % (_SIZE_HELP, _show(value)))
-        n = int(Decimal(m.group(1)) * _SIZE_UNITS[unit])
-    else:
-        raise _Invalid("must be %s (got %s)" % (_SIZE_HELP, _show(value)))
-    if n < 0:
-        raise _Invalid("must not be negative (got %s)" % _show(value))
-    if n > _MAX_SIZE:
-        raise _Invalid("is too large (got %s)" % _show(value))
-    return n
-
-
-def _duration_text_ms(text):
-    m = _DURATION_RE.fullmatch(text) if isinstance(text, str) else None
-    if m is None:
-        raise _Invalid("must be %s (got %s)" % (_DURATION_HELP, _show(text)))
-    total = Decimal(0)
-    for number, unit in re.findall(_DURATION_PART, text):
-        total += Decimal(number) * _DURATION_UNITS[unit]
-    if total > _MAX_SIZE:
-        raise _Invalid("is too long (got %s)" % _show(text))
-    return int(total)
-
-
-def parse_size(value):
-    """Bytes from an int or a size text (``"256MB"``; binary units). ConfigError if bad."""
-    try:
-        return _size(value)
-    except _Invalid as e:
-        raise ConfigError(str(e)) from None
-
-
-def parse_duration_ms(value):
-    """Milliseconds from a duration text (``"7d"``, ``"1h30m"``, ``"500ms"``). ConfigError if bad."""
-    try:
-        return _duration_text_ms(value)
-    except _Invalid as e:
-        raise ConfigError(str(e)) from None
-
-
-def decode_key(data):
-    """A NodeKey from 32 raw bytes, or from text (str or bytes) holding 64 hex digits or
-    base64 (standard or URL-safe, padding optional) of 32 bytes. ValueError if not — the
-    message never contains the key."""
-    if isinstance(data, (bytes, bytearray)) and len(data) == 32:
-        return NodeKey(data)
-    if isinstance(data, (bytes, bytearray)):
-        try:
-            data = bytes(data).decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError("is neither 32 raw bytes nor hex or base64 text (%d bytes)" % len(data)) from None
-    if not isinstance(data, str):
-        raise ValueError("must be text: 64 hex digits or base64 of 32 bytes")
-    text = data.strip()
-    if re.fullmatch(r"[0-9A-Fa-f]{64}", text):
-        return NodeKey(bytes.fromhex(text))
-    if re.fullmatch(r"[A-Za-z0-9+/_-]+={0,2}", text):
-        altchars = b"-_" if ("-" in text or "_" in text) else None
-        padded = text.rstrip("=")
-        padded += "=" * (-len(padded) % 4)
-        try:
-            raw = base64.b64decode(padded, altchars=altchars, validate=True)
-        except (binascii.Error, ValueError):
-            raw = None
-        if raw is not None:
-            if len(raw) == 32:
-                return NodeKey(raw)
-            raise ValueError("must be 32 bytes written as 64 hex digits or as base64 (this decodes to %d bytes)"
-                             % len(raw))
-    raise ValueError("must be 32 bytes written as 64 hex digits or as base64 (the value is not shown)")
-
-
-def read_key_file(path, source="edge.yaml"):
-    """Read and decode a key file (32 raw bytes, or hex / base64 text). ConfigError if bad."""
-    where = "%s: edge.key_file" % (source,)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(4097)
-    except OSError as e:
-        raise ConfigError(_one_line("%s: cannot read %r: %s" % (where, path, e.strerror or e))) from None
-    if len(data) > 4096:
-        raise ConfigError(_one_line("%s: %r is too large to be a key file" % (where, path)))
-    try:
-        return decode_key(data)
-    except ValueError as e:
-        raise ConfigError(_one_line("%s: %r %s" % (where, path, e))) from None
-
-
-def mqtt_match(topic_filter, topic):
-    """MQTT topic-filter matching: ``+`` one level, ``#`` the rest (and the parent)."""
-    f = topic_filter.split("/")
-    t = topic.split("/")
-    for i, level in enumerate(f):
-        if level == "#":
-            return not (i == 0 and t[0].startswith("$"))
-        if i >= len(t):
-            return False
-        if level == "+":
-            if i == 0 and t[0].startswith("$"):
-                return False
-            continue
-        if level != t[i]:
-            return False
-    return len(f) == len(t)
-
-
 # ---------------------------------------------------------------------------- the walk
-
-
-def _one_line(text):
-    return " ".join(str(text).splitlines())
-
-
-def _show(value):
-    """A short, one-line picture of a value for an error message."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    if isinstance(value, (str, int, float)):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return "a %s" % type(value).__name__
 
 
 def _join(path, key):
@@ -1137,65 +935,8 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
 # ---------------------------------------------------------------------------- the file
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML would keep the last one silently)."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    if isinstance(node, yaml.MappingNode):
-        seen = {}
-        for key_node, _value in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            try:
-                key = loader.construct_object(key_node, deep=True)
-                first = seen.get(key)
-            except TypeError:  # unhashable: the constructor reports it below
-                continue
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None, None, "duplicate key %s (first on line %d)" % (_show(key), first + 1), key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml(text, source="edge.yaml"):
-    """The document in ``text``; invalid YAML is a one-line ConfigError with its line."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        what = "; ".join(x for x in (e.context, e.problem) if x) or "not valid YAML"
-        if mark is not None:
-            msg = "%s:%d: invalid YAML: %s (column %d)" % (source, mark.line + 1, what, mark.column + 1)
-        else:
-            msg = "%s: invalid YAML: %s" % (source, what)
-        raise ConfigError(_one_line(msg)) from None
-    except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, max(e.position, 0)) + 1
-        raise ConfigError(_one_line("%s:%d: invalid YAML: character %r is not allowed"
-                                    % (source, line, e.character))) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(_one_line("%s: invalid YAML: %s" % (source, e))) from None
-    except RecursionError:
-        raise ConfigError("%s: invalid YAML: nested too deeply" % source) from None
-
-
 def load_config(path):
     """Read, parse and check the config file at ``path``. ConfigError (one line) if bad."""
     source = os.fspath(path)
-    try:
-        with open(source, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(_one_line("%s: cannot read the config file: %s" % (source, e.strerror or e))) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError("%s:%d: not UTF-8 text (byte 0x%02x)" % (source, line, data[e.start])) from None
-    doc = load_yaml(text, source)
+    doc = load_yaml_file(source)
     return parse_config(doc, source=source, base_dir=os.path.dirname(os.path.abspath(source)))

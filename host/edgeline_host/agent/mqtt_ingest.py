@@ -41,13 +41,13 @@ paho runs the network in a thread of its own. Its callbacks only hand over to th
 asyncio loop (``call_soon_threadsafe``), where everything else happens: messages wait in
 ``_queue`` in arrival order; ``_process`` takes them one by one, routes the MQTT topic
 (``MqttIngest.route``: the first matching filter of the map), decodes the payload
-(``record_of``) and appends through ``Agent.append`` -- the HTTP ingest's write path:
+(``jsonrecords.record_from_payload``) and appends through ``Agent.append`` -- the HTTP ingest's write path:
 same checks, same hybrid clock, same logs, so both share group commits. Each QoS 1
 message leaves an entry in ``_owed``, in arrival order; acknowledgements go out in that
 order (MQTT wants PUBACKs in the order the PUBLISHes came), each once its entry is
 settled: a refused or dropped message at once, a stored one once the log's
 ``durable_seq`` covers its seq (under ``sync: none`` at once: the topic chose not to
-wait for the disk). A task per topic and pass waits on ``Agent._durable`` (the commit
+wait for the disk). A task per topic and pass waits on ``Agent.wait_durable`` (the commit
 waiters HTTP answers wait on) and then sends what has settled. A pass yields to the loop
 after ``PASS_BUDGET_S`` (under ``sync: every`` each message costs an fsync), so HTTP
 requests are served in between.
@@ -57,8 +57,8 @@ has at most that many messages unacknowledged with it, so at most that many wait
 When all of them are owed, the broker sends nothing more until some are acknowledged:
 waiting out ``group_ms`` would only stall, so the topics they went to commit at once.
 
-Connections are numbered (``_gen``, bumped by paho's thread on connect and on
-disconnect, under ``_lock``); an entry keeps the number of the connection its message
+Connections are numbered (the paho bridge's ``generation``, bumped by paho's thread on
+connect and on disconnect, under its ``lock``); an entry keeps the number of the connection its message
 came on and is acknowledged only on that same connection. Checking the number and
 queueing the PUBACK happen under the lock, so a PUBACK can never leave on a later
 connection, where the packet id may by then name another message.
@@ -68,59 +68,20 @@ import collections
 import json
 import logging
 import os
-import threading
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgeline import codec
-
-from ..gateway.mqtt import no_delay
-from .agent import IngestError, parse_item
+from ..jsonrecords import RequestError, record_from_payload
+from ..transports.mqtt import PahoBridge, filter_covers
 
 log = logging.getLogger("edgeline.agent.mqtt")
 
 WINDOW = 1000  # MQTT 5 Receive Maximum: messages unacknowledged at once
-SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: kept until the broker drops it
 HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried again this often
 MAX_WAITING = 10 * WINDOW  # QoS 0 messages beyond this many waiting are dropped (counted)
 PASS_BUDGET_S = 0.02  # one pass over the waiting messages yields to the loop after this long
 STATE_FILE = "mqtt-ingest.json"  # in data_dir: the filters subscribed last time
-
-
-def record_of(payload):
-    """(key, value) of one MQTT payload: the key as bytes or None, the value as CBOR.
-
-    A payload that is UTF-8 JSON is decoded and taken as one item of an HTTP ingest
-    body: a bare value, or ``{"key": "...", "value": ...}`` for a keyed record. Any
-    other payload (not UTF-8, not JSON, empty) is stored as it is, a byte string.
-    IngestError(400) for a JSON key that is not text."""
-    try:
-        doc = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None, codec.dumps(bytes(payload))
-    return parse_item(doc)
-
-
-def filter_covers(outer, inner):
-    """Every topic ``inner`` (an MQTT filter) matches, ``outer`` matches too."""
-    o = outer.split("/")
-    i = inner.split("/")
-    for n, level in enumerate(o):
-        if level == "#":
-            return not (n == 0 and i[0].startswith("$"))
-        if n >= len(i) or i[n] == "#":
-            return False
-        if level == "+":
-            if i[n] != "+" and n == 0 and i[0].startswith("$"):
-                return False
-            continue
-        if level != i[n]:
-            return False
-    return len(o) == len(i)
 
 
 def subscriptions(filters):
@@ -164,9 +125,6 @@ class MqttSource:
         self.settings = settings
         self.broker = str(settings.broker)
         self.client_id = client_id or "edgeline-ingest-" + agent.cfg.node_id
-        self.keepalive_s = keepalive_s
-        self.reconnect_min_s = reconnect_min_s
-        self.reconnect_max_s = reconnect_max_s
         self.window = window
         self.filters = subscriptions(settings.topics)  # what is subscribed to
         # counters (stats())
@@ -187,14 +145,14 @@ class MqttSource:
         self.held = None  # why the message at the head of the queue waits, or None
         self._queue = collections.deque()  # (gen, topic, payload, qos, mid)
         self._owed = collections.deque()  # _Owed, in arrival order
-        self._gen = 0
-        self._lock = threading.Lock()
+        b = settings.broker
+        self._bridge = PahoBridge(self, b.host, b.port, self.client_id, keepalive_s, reconnect_min_s,
+                                  reconnect_max_s, session_window=window)
         self._scheduled = False
         self._paused = False
         self._retry = None  # asyncio.TimerHandle of a held message's next try
         self._tasks = set()
         self._loop = None
-        self._client = None
         self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
         self._previous = self._read_state()  # filters of the last run; None: never subscribed
         self._unreachable = False
@@ -205,22 +163,7 @@ class MqttSource:
         """Connect in the background: paho keeps trying until the broker answers."""
         self._loop = asyncio.get_running_loop()
         self.subscribed = asyncio.Event()
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5,
-                        manual_ack=True)
-        c.on_connect = self._on_connect
-        c.on_connect_fail = self._on_connect_fail
-        c.on_subscribe = self._on_subscribe
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_socket_open = no_delay
-        c.reconnect_delay_set(self.reconnect_min_s, self.reconnect_max_s)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
-        props.ReceiveMaximum = self.window
-        b = self.settings.broker
-        c.connect_async(b.host, b.port, keepalive=self.keepalive_s, clean_start=False, properties=props)
-        self._client = c
-        c.loop_start()
+        self._bridge.start()
 
     def pause(self):
         """Append nothing more; what arrives stays unacknowledged (the broker keeps it)."""
@@ -233,12 +176,11 @@ class MqttSource:
         """After the agent's final commit: acknowledge what it covered, disconnect."""
         self.pause()
         self._ack_settled()
-        c, self._client = self._client, None
-        if c is not None:
-            with self._lock:
-                self._gen += 1  # nothing is acknowledged from here on
-            c.disconnect()  # queued after the PUBACKs: they leave first
-            await asyncio.to_thread(c.loop_stop)
+        bridge = self._bridge
+        if bridge.client is not None:
+            with bridge.lock:
+                bridge.generation += 1  # nothing is acknowledged from here on
+            await bridge.close()  # its DISCONNECT is queued after the PUBACKs: they leave first
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -269,19 +211,7 @@ class MqttSource:
 
     # ------------------------------------------------------------------ paho's thread
 
-    def _call(self, fn, *args):
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass  # the loop is closed: shutting down
-
-    def _on_connect(self, client, _userdata, flags, reason_code, _properties):
-        if reason_code.is_failure:
-            self._call(self._error, "the broker %s refused the connection: %s" % (self.broker, reason_code))
-            return
-        with self._lock:
-            self._gen += 1
-            gen = self._gen
+    def mqtt_connect(self, client, flags, gen):
         present = bool(flags.session_present)
         stale = [f for f in (self._previous or ()) if f not in self.filters] if present else []
         if stale:
@@ -289,26 +219,14 @@ class MqttSource:
         # Retained messages are old news when a subscription is made: not ingested.
         opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         client.subscribe([(f, opts) for f in self.filters])
-        self._call(self._connected, gen, present, stale)
+        self._bridge.call(self._connected, gen, present, stale)
 
-    def _on_connect_fail(self, _client, _userdata):
-        self._call(self._unreachable_now)
-
-    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties):
-        refused = [(f, str(rc)) for f, rc in zip(self.filters, reason_codes) if rc.is_failure]
-        self._call(self._subscribed, refused)
-
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties):
-        with self._lock:
-            self._gen += 1  # before paho reconnects: no PUBACK of this connection gets onto the next
-        self._call(self._disconnected, "connection lost" if reason_code.value == 128 else str(reason_code))
-
-    def _on_message(self, _client, _userdata, msg):
+    def mqtt_message(self, _client, _userdata, msg):
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = None
-        self._call(self._received, (self._gen, topic, msg.payload, msg.qos, msg.mid, msg.dup))
+        self._bridge.call(self._received, (self._bridge.generation, topic, msg.payload, msg.qos, msg.mid, msg.dup))
 
     # ------------------------------------------------------------------ connection state
 
@@ -316,7 +234,10 @@ class MqttSource:
         self.last_error = line
         log.warning("edgeline agent: MQTT ingest: %s", line)
 
-    def _unreachable_now(self):
+    def mqtt_refused(self, why):
+        self._error("the broker %s refused the connection: %s" % (self.broker, why))
+
+    def mqtt_unreachable(self):
         if not self._unreachable:
             self._unreachable = True
             self._error("cannot reach the broker %s; retrying" % self.broker)
@@ -336,7 +257,8 @@ class MqttSource:
                  "resumed" if present else "new")
         self._ack_settled()  # drops what was owed on the old connection
 
-    def _subscribed(self, refused):
+    def mqtt_subscribed(self, refused):
+        refused = [(self.filters[i], rc) for i, rc in refused]
         if refused:
             self._error("the broker refused the subscription to %s"
                         % ", ".join("%s (%s)" % (f, rc) for f, rc in refused))
@@ -346,11 +268,11 @@ class MqttSource:
             self._previous = list(self.filters)
             self._write_state()
 
-    def _disconnected(self, why):
+    def mqtt_disconnected(self, why):
         self.connected = False
         if self.subscribed is not None:
             self.subscribed.clear()
-        if self._client is not None:
+        if self._bridge.client is not None:
             self._error("the broker %s: %s; reconnecting" % (self.broker, why))
         self._ack_settled()
 
@@ -409,7 +331,7 @@ class MqttSource:
 
     def _process(self):
         self._scheduled = False
-        if self._paused or self.agent._closing:
+        if self._paused or self.agent.closing:
             return
         agent = self.agent
         last = {}  # topic state -> the last seq appended to it in this pass
@@ -424,9 +346,9 @@ class MqttSource:
             seq = None
             if st is not None:
                 try:
-                    key, value = record_of(payload)
+                    key, value = record_from_payload(payload)
                     first, n = agent.append(st, [key], [value])
-                except IngestError as e:
+                except RequestError as e:
                     if e.status >= 500:  # backpressure or a failed write: keep it, unacknowledged
                         self._hold(topic, st, e)
                         break
@@ -434,7 +356,7 @@ class MqttSource:
                     st = None
                 except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
                     log.exception("edgeline agent: MQTT ingest: unexpected error")
-                    self._hold(topic, st, IngestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
+                    self._hold(topic, st, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
                     break
                 else:
                     if n:
@@ -481,25 +403,26 @@ class MqttSource:
 
     async def _settle(self, st, seq):
         try:
-            await self.agent._durable(st, seq)
-        except IngestError as e:  # the commit failed: nothing it covered is acknowledged
+            await self.agent.wait_durable(st, seq)
+        except RequestError as e:  # the commit failed: nothing it covered is acknowledged
             self.last_error = "topic %s: %s" % (st.cfg.name, e)
         self._ack_settled()
 
     def _ack_settled(self):
         """Acknowledge, in arrival order, every owed message that has settled."""
         owed = self._owed
-        client = self._client
+        bridge = self._bridge
+        client = bridge.client
         while owed:
             e = owed[0]
-            if e.gen != self._gen:
+            if e.gen != bridge.generation:
                 owed.popleft()  # its connection is gone: the broker sends it again
                 self.acks_lost += 1
                 continue
             if not e.settled():
                 return
             owed.popleft()
-            with self._lock:
-                if e.gen == self._gen and client is not None and client.ack(e.mid, 1) == paho.MQTT_ERR_SUCCESS:
+            with bridge.lock:
+                if e.gen == bridge.generation and client is not None and client.ack(e.mid, 1) == paho.MQTT_ERR_SUCCESS:
                     continue
             self.acks_lost += 1

@@ -25,7 +25,7 @@ Failure modes first
   sends nothing in that session (its records would be dropped as duplicates), logged
   as an error and shown as the topic's ``error`` in ``status()``; the other topics go on.
   A gateway whose ACK contradicts the receiver rules is a failed exchange.
-* Over MQTT (transport.py): the broker connection breaks, or an answer does not come
+* Over MQTT (transports/mqtt.py): the broker connection breaks, or an answer does not come
   within the timeout: the exchange fails as above and the next session starts on a
   fresh connection; ERROR ``unexpected`` to a BATCH (the gateway restarted) is a
   forgotten session.
@@ -37,7 +37,7 @@ exactly once, as a record or inside a GAP.
 Theory of operation
 -------------------
 ``run()`` is one loop. A *session* is a fresh ``EdgeConnection`` and the transport's
-conversation (transport.py: over HTTP the gateway's session id, ``X-Edgeline-Session``;
+conversation (transports/: over HTTP the gateway's session id, ``X-Edgeline-Session``;
 over MQTT the broker connection it began on): HELLO -> CHALLENGE and AUTH -> WELCOME are
 two exchanges. What to send and what a mark means are the core's rules
 (``edgeline.sender``, one ``TopicSender`` per topic, the same a board runs): on WELCOME
@@ -78,8 +78,10 @@ from edgeline.sender import ACKNOWLEDGE, GATEWAY_BEHIND, GATEWAY_LOST, PAST_END,
 
 from .. import fastcbor
 from .config import CircuitBreaker, RetryPolicy
-from .transport import HttpTransport, MqttTransport, UplinkFailure
-from .transport import one_line as _one_line
+from ..transports import TransportError
+from ..transports.http import HttpEdgeTransport
+from ..transports.http import one_line as _one_line
+from ..transports.mqtt import MqttEdgeTransport
 
 log = logging.getLogger("edgeline.uplink")
 
@@ -88,6 +90,11 @@ MQTT_ANSWER_TIMEOUT_MS = 10000  # over MQTT a lost request shows only as a missi
 
 def _monotonic_ms():
     return int(time.monotonic() * 1000)
+
+
+class UplinkError(Exception):
+    """One exchange failed: the protocol, or an ERROR from the gateway (the transport's
+    own failures are ``TransportError``). One line, as on a board (boards/common/uplink.py)."""
 
 
 class _SessionLost(Exception):
@@ -142,8 +149,8 @@ class Uplink:
 
     ``topics`` maps a topic name to its ``(RingLog, Outbox)``: the edge_to_cloud and
     bidirectional topics. ``retry``/``breaker`` are the config's ``RetryPolicy`` and
-    ``CircuitBreaker``. The exchanges travel over ``transport`` (transport.py), by
-    default an ``HttpTransport`` posting to ``url`` with ``http``, an
+    ``CircuitBreaker``. The exchanges travel over ``transport`` (transports/), by
+    default an ``HttpEdgeTransport`` posting to ``url`` with ``http``, an
     ``aiohttp.ClientSession`` (one is made, and closed by ``run()``, if not given).
     ``now_ms`` (a monotonic clock in ms) and ``rand`` (in [0, 1)) may be replaced in tests.
     """
@@ -157,7 +164,7 @@ class Uplink:
         self.node_id = node_id
         self._key = bytes(key)
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
-        self.transport = transport if transport is not None else HttpTransport(url, http, request_timeout_ms)
+        self.transport = transport if transport is not None else HttpEdgeTransport(url, http, request_timeout_ms)
         self.url = self.transport.url
         self._topics = [_Topic(name, lg, ob) for name, (lg, ob) in topics.items()]
         self.downlink = downlink  # a Downlink (downlink.py), or None: nothing to pull
@@ -301,7 +308,7 @@ class Uplink:
                     continue
                 try:
                     await self._attempt()
-                except (UplinkFailure, RemoteProtocolError, EdgelineError, aiohttp.ClientError,
+                except (UplinkError, TransportError, RemoteProtocolError, EdgelineError, aiohttp.ClientError,
                         asyncio.TimeoutError, OSError) as e:
                     self._failed(e)
                 except asyncio.CancelledError:
@@ -356,7 +363,7 @@ class Uplink:
             except _SessionLost:
                 self._drop_session()
                 if lost_once:  # a gateway that forgets every session is failing
-                    raise UplinkFailure("the gateway keeps forgetting the session")
+                    raise UplinkError("the gateway keeps forgetting the session")
                 lost_once = True
                 log.info("uplink: the gateway forgot the session; starting a new one")
 
@@ -371,7 +378,7 @@ class Uplink:
     def _failed(self, e):
         self._drop_session()
         line = _one_line(str(e) or type(e).__name__)
-        if not isinstance(e, UplinkFailure):
+        if not isinstance(e, (UplinkError, TransportError)):
             line = "%s: %s" % (type(e).__name__, line)
         self.last_error = line
         self.last_error_ms = int(time.time() * 1000)
@@ -400,7 +407,7 @@ class Uplink:
     # ------------------------------------------------------------------ exchanges
 
     async def _exchange(self, body, errors_ok=False):
-        """Send body; the gateway's events. Raises UplinkFailure or _SessionLost; with
+        """Send body; the gateway's events. Raises UplinkError or _SessionLost; with
         errors_ok an ERROR from the gateway ends the list instead (the session is over)."""
         delay = self._bucket.delay_ms(len(body))
         if delay:
@@ -415,7 +422,7 @@ class Uplink:
             try:
                 ev = conn.next_event()
             except RemoteProtocolError as e:
-                raise UplinkFailure("bad answer from the gateway: %s" % e) from None
+                raise UplinkError("bad answer from the gateway: %s" % e) from None
             if ev is sync.NEED_DATA:
                 break
             if type(ev) is sync.Error:
@@ -425,7 +432,7 @@ class Uplink:
                 if errors_ok:
                     events.append(ev)
                     break
-                raise UplinkFailure("gateway sent ERROR %s: %s" % (name, _one_line(ev.message)))
+                raise UplinkError("gateway sent ERROR %s: %s" % (name, _one_line(ev.message)))
             events.append(ev)
         return events
 
@@ -437,10 +444,10 @@ class Uplink:
         caps = {"pull": True} if self.downlink is not None else None
         evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
         if not evs or type(evs[0]) is not sync.Challenge:
-            raise UplinkFailure("expected CHALLENGE, got %s" % _names(evs))
+            raise UplinkError("expected CHALLENGE, got %s" % _names(evs))
         evs = await self._exchange(self._conn.send(sync.Auth()))
         if not evs or type(evs[0]) is not sync.Welcome:
-            raise UplinkFailure("expected WELCOME, got %s" % _names(evs))
+            raise UplinkError("expected WELCOME, got %s" % _names(evs))
         self.sessions += 1
         marks = self._conn.marks or {}
         for t in self._topics:
@@ -513,7 +520,7 @@ class Uplink:
                 self._heard(t, t.sender.on_ack(ev.seq), "ACK")
         missing = [t.name for t, _, _, _ in sent if t.name not in acked]
         if missing:
-            raise UplinkFailure("the gateway did not acknowledge topic(s) %s" % ", ".join(missing))
+            raise UplinkError("the gateway did not acknowledge topic(s) %s" % ", ".join(missing))
         return True
 
     async def _pull_round(self):
@@ -527,7 +534,7 @@ class Uplink:
         try:
             ended = self.downlink.handle(sent, events)
         except DownlinkFailure as e:
-            raise UplinkFailure(str(e)) from None
+            raise UplinkError(str(e)) from None
         if ended:  # the gateway refused a topic with an ERROR, which ends the session
             self._drop_session()
         return True
@@ -570,7 +577,7 @@ def from_config(cfg, topics, http=None, mqtt_options=None, **kwargs):
     """An Uplink for an ``EdgeConfig``: its sync settings and its ``cloud_endpoint``.
     An HTTP endpoint is posted to as given (point it at the gateway's ``/v1/sync``; no
     path means that route); an ``mqtt://`` one goes through its broker, to
-    ``<prefix>/<node_id>/up`` (``mqtt_options`` go to ``MqttTransport``). ``topics``
+    ``<prefix>/<node_id>/up`` (``mqtt_options`` go to ``MqttEdgeTransport``). ``topics``
     maps each sending topic to its (RingLog, Outbox); a ``downlink=`` keyword pulls the
     receiving topics in the same loop."""
     from edgeline.errors import ConfigError
@@ -585,7 +592,7 @@ def from_config(cfg, topics, http=None, mqtt_options=None, **kwargs):
         options = dict(mqtt_options or {})
         options.setdefault("request_timeout_ms", kwargs.get("request_timeout_ms", MQTT_ANSWER_TIMEOUT_MS))
         prefix = gw.uplink_topic[:-len("/%s/up" % cfg.node_id)]
-        kwargs["transport"] = MqttTransport(cfg.node_id, gw.host, gw.port, prefix, url=gw.url, **options)
+        kwargs["transport"] = MqttEdgeTransport(cfg.node_id, gw.host, gw.port, prefix, url=gw.url, **options)
         url = gw.url
     else:
         # An endpoint without a path means the gateway's own route (docs/config.md).

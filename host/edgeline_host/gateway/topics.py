@@ -27,7 +27,9 @@ with ``edgeline gateway --topics FILE``, a YAML mapping of topic name to its set
 Without a topics file the gateway publishes nothing and refuses every PULL.
 """
 from edgeline.errors import ConfigError
-from edgeline.sync import CLOUD_ORIGIN, is_node_id
+from edgeline.sync import is_node_id
+
+from ..yamlfile import load_yaml_file, parse_size
 
 DIRECTIONS = ("cloud_to_edge", "bidirectional", "edge_to_cloud")
 KEYS = ("direction", "nodes", "max_record_bytes")
@@ -64,8 +66,6 @@ def parse_topics(data, keys, source="topics file"):
     """{name: DownTopic} from the mapping a topics file holds; ConfigError (one line,
     naming the file and topic) on anything wrong. ``keys`` is the gateway's node -> key
     mapping (names in ``nodes`` must be in it)."""
-    from edgeline_host.agent.config import parse_size
-
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -112,21 +112,6 @@ def parse_topics(data, keys, source="topics file"):
 
 
 def load_topics(path, keys):
-    """The topics file at path (see the module doc); ConfigError, one line, if wrong."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError("%s: cannot read: %s" % (path, e.strerror or e)) from None
-    except yaml.YAMLError as e:
-        raise ConfigError("%s: not valid YAML: %s" % (path, str(e).splitlines()[0])) from None
-    return parse_topics(data, keys, path)
-
-
-def check_keys(keys, source="keys file"):
-    """ConfigError if the keys name the reserved origin of published records."""
-    if CLOUD_ORIGIN in keys:
-        raise ConfigError("%s: %r is reserved: it is the origin of the records the gateway publishes "
-                          "(rename that node)" % (source, CLOUD_ORIGIN))
+    """The topics file at path (see the module doc); ConfigError, one line, if wrong
+    (a topic named twice included)."""
+    return parse_topics(load_yaml_file(path, "the topics file"), keys, path)

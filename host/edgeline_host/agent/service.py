@@ -1,4 +1,4 @@
-"""The edge agent: HTTP and MQTT ingest into the device's logs, the uplink, and a control API.
+"""The edge agent's service: HTTP and MQTT ingest into the device's logs, the uplink, and a control API.
 
 Failure modes first
 -------------------
@@ -26,8 +26,12 @@ Theory of operation
 -------------------
 One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
 ingest handlers, the group-commit timers and the uplink all call them from the loop.
-An ingest request is parsed and checked whole, then appended with one ``append_many``
-(one HLC timestamp per record) by ``append``, the write path MQTT ingest takes too. What
+An ingest request is parsed and checked whole (jsonrecords.py), then appended with one
+``append_many`` (one HLC timestamp per record) by ``append``. The ingest surface every
+source uses is public: ``ingest(topic, keys, values)`` (append, then wait as the topic's
+policy has it: the HTTP handler), ``append`` and ``wait_durable`` separately (MQTT ingest
+must know at once whether a message was taken, and acknowledges it only later),
+``commit_now`` and ``closing``. What
 the answer waits for depends on the topic's ``sync`` policy:
 
 * ``every``: each append is committed before ``append_many`` returns; answer at once.
@@ -47,8 +51,6 @@ them, and any topic's own durable records, with ``GET /v1/topics/{topic}/records
 (optionally waiting for new ones: a long poll).
 """
 import asyncio
-import base64
-import json
 import logging
 import os
 import signal
@@ -57,13 +59,14 @@ import time
 
 from aiohttp import web
 
-
-from edgeline import codec, sync
+from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.log import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store
+
+from ..jsonrecords import RequestError, parse_records, record_to_json
 
 log = logging.getLogger("edgeline.agent")
 
@@ -78,72 +81,6 @@ _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
 
 def wall_ms():
     return int(time.time() * 1000)
-
-
-class IngestError(Exception):
-    """A request the agent refuses: HTTP status and one line."""
-
-    def __init__(self, status, message, headers=None, stored=0):
-        Exception.__init__(self, message)
-        self.status = status
-        self.headers = headers
-        self.stored = stored  # records of the request appended before the error
-
-
-def parse_records(body):
-    """The (keys, values) a JSON ingest body holds, values already CBOR.
-
-    One object, a list of objects, or ``{"records": [...]}``; each item is a bare value
-    or ``{"key": "...", "value": ...}`` (an object with a ``value`` and at most a ``key``
-    besides). IngestError(400) when it is none of these.
-    """
-    try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise IngestError(400, "the body is not valid JSON: %s" % e) from None
-    except RecursionError:  # json's C parser recurses per level: deep input was a 500
-        raise IngestError(400, "the body's JSON is nested too deep") from None
-    if isinstance(doc, dict) and set(doc) == {"records"}:
-        items = doc["records"]
-        if not isinstance(items, list):
-            raise IngestError(400, "\"records\" must be a list")
-    elif isinstance(doc, list):
-        items = doc
-    else:
-        items = [doc]
-    if not items:
-        raise IngestError(400, "no records in the body")
-    keys = []
-    values = []
-    for i, item in enumerate(items):
-        try:
-            key, value = parse_item(item)
-        except IngestError as e:
-            raise IngestError(400, "record %d: %s" % (i, e)) from None
-        keys.append(key)
-        values.append(value)
-    return keys, values
-
-
-def parse_item(item):
-    """(key, value) of one decoded JSON item: a bare value (key None), or
-    ``{"key": ..., "value": ...}`` -- an object with a ``value`` and at most a ``key``
-    besides, the key a string or null. The key as UTF-8 bytes, the value as CBOR;
-    IngestError(400) when the key is not text or the value cannot be encoded."""
-    key = None
-    if isinstance(item, dict) and "value" in item and set(item) <= {"key", "value"}:
-        key = item.get("key")
-        if key is not None and not isinstance(key, str):
-            raise IngestError(400, "\"key\" must be a string or null")
-        item = item["value"]
-    try:
-        value = codec.dumps(item)
-    except (EdgelineError, RecursionError) as e:
-        raise IngestError(400, "cannot be encoded: %s" % e) from None
-    try:
-        return (key.encode("utf-8") if key is not None else None), value
-    except UnicodeEncodeError:
-        raise IngestError(400, "\"key\" is not valid UTF-8 (lone surrogate?)") from None
 
 
 class _TopicState:
@@ -250,46 +187,68 @@ class Agent:
     async def handle_ingest(self, request):
         try:
             return web.json_response(await self._ingest(request))
-        except IngestError as e:
+        except RequestError as e:
             self.rejected += 1
             return self._error(e.status, str(e), e.headers)
 
     async def _ingest(self, request):
         if self.cfg.ingest.http is None:
-            raise IngestError(404, "HTTP ingest is off (add ingest.http to the config)")
+            raise RequestError(404, "HTTP ingest is off (add ingest.http to the config)")
         if self._closing:
-            raise IngestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
+            raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         name = request.match_info["topic"]
-        st = self.topics.get(name)
-        if st is None:
-            raise IngestError(404, "unknown topic %r (not in sync_topics or local_topics)" % name)
-        if st.cfg.direction == "cloud_to_edge":
-            raise IngestError(409, "topic %r is cloud_to_edge: the edge does not write to it" % name)
+        self._writable(name)  # before the body is read: a wrong topic costs no upload
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise IngestError(413, "the body is over %d bytes" % self.max_body_bytes) from None
+            raise RequestError(413, "the body is over %d bytes" % self.max_body_bytes) from None
         keys, values = parse_records(body)
+        return await self.ingest(name, keys, values)
+
+    def _writable(self, name):
+        """The state of topic ``name`` if the edge writes to it; RequestError(404/409) if not."""
+        st = self.topics.get(name)
+        if st is None:
+            raise RequestError(404, "unknown topic %r (not in sync_topics or local_topics)" % name)
+        if st.cfg.direction == "cloud_to_edge":
+            raise RequestError(409, "topic %r is cloud_to_edge: the edge does not write to it" % name)
+        return st
+
+    @property
+    def closing(self):
+        """True once shutdown began: ingest sources append nothing more."""
+        return self._closing
+
+    async def ingest(self, name, keys, values):
+        """Append records (CBOR ``values`` with ``keys``, bytes or None) to topic ``name``
+        and wait as its sync policy has it; the ingest answer: ``first_seq``,
+        ``last_seq``, ``durable`` (and ``dropped`` under ``drop_newest``).
+        RequestError as ``append``, and 404/409/503 for an unknown, cloud_to_edge topic
+        or an agent shutting down. Part of a request that went in before a ``reject``
+        topic filled up is waited for before the error is raised."""
+        if self._closing:
+            raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
+        st = self._writable(name)
         lg = st.log
         try:
             first, n = self.append(st, keys, values)
-        except IngestError as e:
+        except RequestError as e:
             if e.stored:
-                await self._durable(st, lg.last_seq)  # the part that went in, as the policy has it
+                await self.wait_durable(st, lg.last_seq)  # the part that went in, as the policy has it
             raise
         answer = {"topic": name, "first_seq": first if n else None, "last_seq": lg.last_seq if n else None}
         if n < len(values):
             answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
-        answer["durable"] = await self._durable(st, lg.last_seq) if n else True
+        answer["durable"] = await self.wait_durable(st, lg.last_seq) if n else True
         return answer
 
     def append(self, st, keys, values):
         """The write path every ingest source shares (HTTP, MQTT): check, then append
         ``values`` (CBOR, with ``keys``) to topic ``st`` with one ``append_many`` and one
         HLC timestamp each; return ``(first_seq, n)``, n appended (fewer than given only
-        under ``drop_newest``). Durability is the caller's to wait for (``_durable``).
+        under ``drop_newest``). Durability is the caller's to wait for (``wait_durable``).
 
-        IngestError: 413 a record over a segment, 503 ``sync.max_queue_size`` or a full
+        RequestError: 413 a record over a segment, 503 ``sync.max_queue_size`` or a full
         ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
         topic filling up part way says how many went in (``e.stored``)."""
         name = st.cfg.name
@@ -297,13 +256,13 @@ class Agent:
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
             if len(encode_frame(1, 0, k, v)) > room:
-                raise IngestError(413, "record %d does not fit in a segment of topic %r (%d bytes)"
+                raise RequestError(413, "record %d does not fit in a segment of topic %r (%d bytes)"
                                   % (i, name, lg.segment_bytes))
         limit = self.cfg.sync.max_queue_records
         if limit and st.outbox is not None:
             owed = sum(s.outbox.depth for s in self.topics.values() if s.outbox is not None)
             if owed + len(values) > limit:
-                raise IngestError(503, "sync.max_queue_size reached: %d records owed to the gateway" % owed,
+                raise RequestError(503, "sync.max_queue_size reached: %d records owed to the gateway" % owed,
                                   {"Retry-After": str(RETRY_AFTER_S)})
         now = wall_ms()
         ts = [self.clock.now(now) for _ in values]
@@ -314,14 +273,14 @@ class Agent:
             n = lg.last_seq - before
             self._appended(st, n)
             if n == 0:
-                raise IngestError(503, "%s" % e, {"Retry-After": str(RETRY_AFTER_S)}) from None
+                raise RequestError(503, "%s" % e, {"Retry-After": str(RETRY_AFTER_S)}) from None
             # Part of the request went in before the log filled: say exactly which part.
-            raise IngestError(503, "%s; records 0..%d of the request were stored as seqs %d..%d, the rest were not"
+            raise RequestError(503, "%s; records 0..%d of the request were stored as seqs %d..%d, the rest were not"
                               % (e, n - 1, before + 1, before + n), {"Retry-After": str(RETRY_AFTER_S)},
                               stored=n) from None
         except EdgelineError as e:
             self.last_error = "%s: %s" % (name, e)
-            raise IngestError(500, "%s" % e) from None
+            raise RequestError(500, "%s" % e) from None
         n = lg.last_seq - before
         self._appended(st, n)
         return before + 1, n
@@ -339,7 +298,7 @@ class Agent:
             st.timer.cancel()
         self._commit(st)
 
-    async def _durable(self, st, seq):
+    async def wait_durable(self, st, seq):
         """Wait until seq is committed, as the topic's sync policy has it; True if it is."""
         lg = st.log
         if lg.durable_seq >= seq:
@@ -363,7 +322,7 @@ class Agent:
             waiters, st.waiters = st.waiters, []
             for _, fut in waiters:
                 if not fut.done():
-                    fut.set_exception(IngestError(500, "commit failed: %s" % e))
+                    fut.set_exception(RequestError(500, "commit failed: %s" % e))
             return
         self._wake(st)
 
@@ -395,22 +354,22 @@ class Agent:
         self._notify_readers()
 
     def _readable(self, name, origin):
-        """The log a read of (topic, origin) reads; IngestError(404) if there is none."""
+        """The log a read of (topic, origin) reads; RequestError(404) if there is none."""
         st = self.topics.get(name)
         if st is None:
-            raise IngestError(404, "unknown topic %r (not in sync_topics or local_topics)" % name)
+            raise RequestError(404, "unknown topic %r (not in sync_topics or local_topics)" % name)
         node = self.cfg.node_id
         if origin is None:
             origin = sync.CLOUD_ORIGIN if st.down is not None else node
         if origin == sync.CLOUD_ORIGIN:
             if st.down is None:
-                raise IngestError(404, "topic %r is %s: nothing comes from the cloud on it" % (name, st.cfg.direction))
+                raise RequestError(404, "topic %r is %s: nothing comes from the cloud on it" % (name, st.cfg.direction))
             return st.down, origin
         if origin == node:
             if st.cfg.direction == "cloud_to_edge":
-                raise IngestError(404, "topic %r is cloud_to_edge: this node writes nothing to it" % name)
+                raise RequestError(404, "topic %r is cloud_to_edge: this node writes nothing to it" % name)
             return st.log, origin
-        raise IngestError(404, "origin %r: this node holds records of %r (cloud-to-edge records) and %r (its own)"
+        raise RequestError(404, "origin %r: this node holds records of %r (cloud-to-edge records) and %r (its own)"
                           % (origin, sync.CLOUD_ORIGIN, node))
 
     @staticmethod
@@ -423,13 +382,13 @@ class Agent:
         except ValueError:
             n = None
         if n is None or not lo <= n <= hi:
-            raise IngestError(400, "%s must be an integer from %d to %d, got %r" % (name, lo, hi, v))
+            raise RequestError(400, "%s must be an integer from %d to %d, got %r" % (name, lo, hi, v))
         return n
 
     async def handle_read(self, request):
         try:
             return web.json_response(await self._read(request))
-        except IngestError as e:
+        except RequestError as e:
             return self._error(e.status, str(e), e.headers)
 
     async def _read(self, request):
@@ -461,7 +420,7 @@ class Agent:
             "origin": origin,
             "first_seq": lg.first_seq,
             "last_seq": durable,
-            "records": [_json_record(r) for r in recs],
+            "records": [record_to_json(r) for r in recs],
             "next_after": recs[-1].seq if recs else max(after, 0),
         }
 
@@ -621,36 +580,6 @@ class Agent:
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-
-
-def _json_record(r):
-    """A Record as JSON for the read API: the value decoded from CBOR (bytes inside it as
-    {"base64": ...}); a value or key that is not CBOR / UTF-8 as base64 beside it."""
-    out = {"seq": r.seq, "ts": r.ts, "key": None, "value": None}
-    if r.key is not None:
-        try:
-            out["key"] = r.key.decode("utf-8")
-        except UnicodeDecodeError:
-            out["key_base64"] = base64.b64encode(r.key).decode()
-    try:
-        out["value"] = _jsonable(codec.loads(r.value))
-    except EdgelineError:
-        out["value_base64"] = base64.b64encode(r.value).decode()
-    return out
-
-
-def _jsonable(v):
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return {"base64": base64.b64encode(bytes(v)).decode()}
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return repr(v)
 
 
 def board_config_path(beside, argv=None, environ=None):

@@ -1,4 +1,4 @@
-"""The gateway's TCP face: the sync protocol over a plain TCP stream (asyncio).
+"""The sync protocol over a plain TCP stream (asyncio): the gateway's end.
 
 Theory of operation
 -------------------
@@ -23,8 +23,8 @@ log = logging.getLogger("edgeline.gateway.tcp")
 _READ_BYTES = 65536
 
 
-class TcpServer:
-    """A running TCP face: ``sockets``, ``port``, ``close()``, ``await wait_closed()``.
+class TcpGatewayTransport:
+    """The gateway's TCP end, running: ``sockets``, ``port``, ``close()``, ``await wait_closed()``.
 
     Closing stops accepting and ends every open connection (asyncio's Server leaves
     accepted connections running before Python 3.13)."""
@@ -64,7 +64,7 @@ class TcpServer:
             pass  # the edge went away; whatever it was owed is in the store or resent
         except asyncio.CancelledError:
             pass  # the server is closing
-        except Exception:  # noqa: BLE001 - one edge never takes the server down
+        except Exception:  # noqa: BLE001 - one edge never takes the transport down
             log.exception("edgeline gateway: TCP connection failed")
         finally:
             self._tasks.discard(task)
@@ -91,13 +91,13 @@ async def start_tcp(gateway, host, port, idle_timeout_s=None):
     idle_timeout_s defaults to the gateway's session_idle_s."""
     if idle_timeout_s is None:
         idle_timeout_s = gateway.session_idle_s
-    srv = TcpServer(gateway, idle_timeout_s)
+    srv = TcpGatewayTransport(gateway, idle_timeout_s)
     srv.server = await asyncio.start_server(srv._handle, host, port)
     return srv
 
 
 def attach_tcp(app, gateway, host, port, print_fn=None):
-    """Run the TCP face with an aiohttp app: started on startup, closed on shutdown."""
+    """Run the TCP transport with an aiohttp app: started on startup, closed on shutdown."""
     state = {}
 
     async def startup(_app):

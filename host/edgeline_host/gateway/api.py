@@ -1,0 +1,161 @@
+"""The gateway's HTTP API (aiohttp): the sync transport's route, publishing and queries.
+
+Theory of operation
+-------------------
+``GatewayApi(gateway).app()`` is the gateway's aiohttp application: ``POST /v1/sync``
+(the HTTP transport, transports/http.py, with its session table) and the JSON API
+around the gateway:
+
+* ``POST /v1/topics/{topic}/publish`` takes JSON records as the agent's ingest does
+  (jsonrecords.py), checks the topic (of the topics file, not ``edge_to_cloud``), the
+  body size and each record's ``max_record_bytes``, then ``Gateway.publish``: the answer
+  (``first_seq``, ``last_seq``, ``"durable": true``) comes once they are durable.
+  Without a publish token only loopback clients may publish; with one, the request
+  must carry ``Authorization: Bearer <token>``.
+* ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
+  ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
+  ``GET /healthz``. Values are decoded from CBOR where they are CBOR, else given as
+  base64 (``jsonrecords.value_to_json``).
+
+A refused request is a one-line JSON error with its status. The application starts the
+gateway (its committer) on startup and closes it (and its store) on cleanup.
+"""
+import base64
+import hmac
+
+from aiohttp import web
+
+from edgeline import sync
+
+from ..jsonrecords import RequestError, parse_records, value_to_json
+from ..transports.http import HttpGatewayTransport
+
+MAX_PUBLISH_BODY_BYTES = 1 << 20  # a publish request's body; larger is 413
+MAX_QUERY_RECORDS = 100000
+
+
+class GatewayApi:
+    """The HTTP API of ``gateway``; ``sync`` is its HTTP transport (``sync.sessions``)."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.sync = HttpGatewayTransport(gateway)
+
+    def app(self):
+        gw = self.gateway
+        app = web.Application(client_max_size=gw.max_message_bytes * 4)
+        self.sync.attach(app)
+        app.router.add_post("/v1/topics/{topic}/publish", self.handle_publish)
+        app.router.add_get("/v1/records", self.handle_records)
+        app.router.add_get("/v1/status", self.handle_status)
+        app.router.add_get("/v1/gaps", self.handle_gaps)
+        app.router.add_get("/healthz", self.handle_health)
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        return app
+
+    async def _startup(self, _app):
+        await self.gateway.start()
+
+    async def _cleanup(self, _app):
+        await self.gateway.close()
+
+    # ------------------------------------------------------------------ publish
+
+    async def handle_publish(self, request):
+        try:
+            return web.json_response(await self._publish(request))
+        except RequestError as e:
+            return web.json_response({"error": str(e)}, status=e.status, headers=e.headers)
+
+    def _authorized(self, request):
+        token = self.gateway.publish_token
+        if token is None:
+            remote = request.remote or ""
+            if remote == "::1" or remote.startswith("127.") or remote.startswith("::ffff:127."):
+                return
+            raise RequestError(403, "publishing is open to loopback clients only (start the gateway with "
+                                    "--publish-token-file to publish from elsewhere)")
+        got = request.headers.get("Authorization", "")
+        want = "Bearer " + token
+        if not hmac.compare_digest(got.encode("utf-8", "replace"), want.encode("utf-8")):
+            raise RequestError(401, "publishing needs the header 'Authorization: Bearer <token>' with the "
+                                    "gateway's publish token", {"WWW-Authenticate": "Bearer"})
+
+    async def _publish(self, request):
+        """Parse, check, stamp and commit one publish request; its JSON answer."""
+        gw = self.gateway
+        self._authorized(request)
+        name = request.match_info["topic"]
+        topic = gw.topics.get(name)
+        if topic is None:
+            raise RequestError(404, "unknown topic %r: the gateway publishes only the topics of its topics file "
+                                    "(--topics)" % name)
+        if not topic.publishes:
+            raise RequestError(409, "topic %r is edge_to_cloud: the gateway does not publish to it" % name)
+        if request.content_length is not None and request.content_length > MAX_PUBLISH_BODY_BYTES:
+            raise RequestError(413, "the body is over %d bytes" % MAX_PUBLISH_BODY_BYTES)
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > MAX_PUBLISH_BODY_BYTES:
+                raise RequestError(413, "the body is over %d bytes" % MAX_PUBLISH_BODY_BYTES)
+        keys, values = parse_records(bytes(body))
+        if len(values) > gw.max_batch_records:
+            raise RequestError(413, "%d records in one request; at most %d" % (len(values), gw.max_batch_records))
+        for i, (k, v) in enumerate(zip(keys, values)):
+            size = len(v) + (len(k) if k is not None else 0)
+            if size > topic.max_record_bytes:
+                raise RequestError(413, "record %d is %d bytes (key and CBOR value), over max_record_bytes %d of "
+                                        "topic %r" % (i, size, topic.max_record_bytes, name))
+        try:
+            first, last = await gw.publish(name, values, keys)
+        except Exception as e:  # noqa: BLE001 - nothing of the request was stored
+            gw.store_failures += 1
+            raise RequestError(503, "could not store: %s" % (str(e).splitlines() or ["?"])[0],
+                               {"Retry-After": "1"}) from None
+        return {"topic": name, "origin": sync.CLOUD_ORIGIN, "first_seq": first, "last_seq": last, "durable": True}
+
+    # ------------------------------------------------------------------ queries
+
+    @staticmethod
+    def _int(request, name, default):
+        v = request.query.get(name)
+        if v is None:
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise web.HTTPBadRequest(text="%s must be an integer, got %r\n" % (name, v))
+
+    async def handle_records(self, request):
+        topic = request.query.get("topic")
+        if not topic:
+            raise web.HTTPBadRequest(text="topic is required\n")
+        rows = self.gateway.store.records(
+            topic,
+            origin=request.query.get("origin"),
+            from_seq=self._int(request, "from", 1),
+            to_seq=self._int(request, "to", None),
+            limit=min(self._int(request, "limit", 1000), MAX_QUERY_RECORDS),
+        )
+        for r in rows:
+            r["value"] = value_to_json(r["value"])
+            r["key"] = base64.b64encode(r["key"]).decode() if r["key"] is not None else None
+        return web.json_response({"records": rows})
+
+    async def handle_status(self, request):
+        origin = request.query.get("origin")
+        gw = self.gateway
+        return web.json_response({"streams": gw.store.status(origin), "downlinks": gw.downlinks(origin)})
+
+    async def handle_gaps(self, request):
+        return web.json_response({"gaps": self.gateway.store.gaps(request.query.get("origin"),
+                                                                  request.query.get("topic"))})
+
+    async def handle_health(self, _request):
+        gw = self.gateway
+        return web.json_response({"ok": True, "sessions": len(self.sync.sessions), "commits": gw.committer.commits,
+                                  "items": gw.committer.items, "rejected": gw.rejected,
+                                  "store_failures": gw.store_failures, "published": gw.published,
+                                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls})

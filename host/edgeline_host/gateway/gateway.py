@@ -1,0 +1,266 @@
+"""The gateway itself: sync conversations in, records stored once, cloud-to-edge topics out.
+
+Theory of operation
+-------------------
+Every transport (transports/: HTTP bodies, TCP streams, MQTT payloads) hands the bytes
+of a conversation to ``Gateway.process`` with that conversation's ``GatewayConnection``
+(``new_connection``) and sends back what it returns: this module is the one place that
+answers the sync protocol's events (docs/spec/wire.md). Batches and gaps of all
+concurrent exchanges go through the group ``Committer``; an ACK is written only after
+its commit returned. An exchange that ends in an error stores nothing of what it
+carried: its answer is the ERROR alone, and the edge resends what it still owes in a
+new session.
+
+Cloud-to-edge topics (the topics file, ``topics.py``): ``publish`` gives records origin
+``cloud`` and the next seqs of the topic, commits them through the same group
+``Committer``, and returns their seqs once they are durable (the HTTP API,
+``api.py``, checks a publish request before it calls it). A PULL is answered from the
+store: a DATA with the published records after ``after_seq`` (at most
+``max_records``, the gateway's ``max_batch_records``, and what fits the edge's
+``max_message_bytes``), or ERROR ``unknown_topic`` for a topic the node may not pull.
+The PULL's ``after_seq`` is the node's acknowledgement; it is kept per node and topic
+(``downlinks``).
+
+``start()`` / ``close()`` run the committer and close the store; ``service.serve``
+wires the gateway, its HTTP API and the transports into one process.
+"""
+import asyncio
+import logging
+import os
+import time
+
+from edgeline import sync
+from edgeline.clock import HybridClock
+from edgeline.errors import LocalProtocolError, RemoteProtocolError
+
+from .. import fastcbor
+from ..nodekeys import check_keys
+from .committer import Committer
+from .store import Delivered, GatewayStore, Publish
+
+log = logging.getLogger("edgeline.gateway")
+
+_ENTRY_OVERHEAD = 28  # the most a DATA entry adds to its key and value: array, ts delta, two heads
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+class Gateway:
+    """One gateway: store, committer, the sync protocol's answers, publishing.
+
+    ``topics`` ({name: topics.DownTopic}, from ``topics.load_topics``) are the
+    cloud-to-edge topics it publishes and serves to PULLs. ``publish_token``: the
+    bearer token the publish API requires; None lets only loopback clients publish.
+    """
+
+    def __init__(self, db_path, keys, max_message_bytes=1 << 20, max_batch_records=10000, session_idle_s=300,
+                 topics=None, publish_token=None):
+        check_keys(keys)
+        self.store = GatewayStore(db_path)
+        self.keys = keys  # node_id -> 32-byte key
+        self.topics = dict(topics or {})
+        self.publish_token = publish_token
+        self.max_message_bytes = max_message_bytes
+        self.max_batch_records = max_batch_records
+        self.session_idle_s = session_idle_s
+        self.committer = Committer(self.store, now_ms)
+        self.clock = HybridClock(last_ts=self.store.last_published_ts())
+        self.rejected = 0  # exchanges that ended in a protocol error from the edge
+        self.store_failures = 0  # groups the store could not commit (edges retry)
+        self.published = 0  # records published since start
+        self.pulls = 0  # PULLs answered with DATA
+        self.refused_pulls = 0  # PULLs answered with ERROR (topic not served to the node, record too large)
+        self._last_pull_ms = {}  # (node, topic) -> wall ms of its last PULL
+        self._warned = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self):
+        await self.committer.start()
+
+    async def close(self):
+        await self.committer.stop()
+        self.store.close()
+
+    # ------------------------------------------------------------------ sync
+
+    def new_connection(self):
+        return sync.GatewayConnection(
+            self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records,
+            codec=fastcbor.CODEC,  # the C-accelerated CBOR
+        )
+
+    async def process(self, conn, data, unit=None):
+        """Feed bytes from an edge into its connection and answer every event.
+
+        Returns (bytes to send back, finished): finished is True when the connection
+        ended in an error (ours or the peer's) or the peer closed; the transport sends
+        the bytes and closes. Batches and gaps are committed (durably, in a group with
+        other exchanges) before their ACKs are written; a PULL is answered with its DATA
+        at once. Any transport uses this: HTTP bodies, TCP streams, MQTT payloads.
+        ``unit`` names what data is when it holds whole messages (an HTTP ``"body"``, an
+        MQTT ``"payload"``): then data that ends inside a message is malformed. None for
+        a stream (TCP), whose messages may span chunks.
+
+        An exchange that ends in an error of the edge's making -- its garbage, an ERROR
+        it sent, a unit ending inside a message -- commits nothing of what it carried:
+        the answer is the ERROR owed (if any) alone. The edge was acknowledged nothing of
+        it and sends it again on a new connection. A PULL this side refuses (ERROR
+        ``unknown_topic``, ``too_large``) ends the exchange too, but after the ACKs of
+        the batches before it, which are stored.
+        """
+        out = bytearray()
+        items = []
+        acks = []  # topics to acknowledge, in order of first appearance
+        finished = False
+        refusal = None  # the ERROR refusing a PULL, sent after the ACKs
+        conn.receive_data(data)
+        while True:
+            try:
+                ev = conn.next_event()
+            except RemoteProtocolError:
+                self.rejected += 1
+                return conn.pending_error_bytes(), True
+            if ev is sync.NEED_DATA:
+                if unit and conn.buffered_bytes:
+                    self.rejected += 1
+                    return conn.send(sync.Error(sync.ERR_MALFORMED, "malformed: the %s ends inside a message (%d "
+                                                "bytes of it)" % (unit, conn.buffered_bytes))), True
+                break
+            cls = type(ev)
+            if cls is sync.Error:
+                return b"", True
+            if cls is sync.ConnectionClosed:
+                # The edge closed after complete messages: they are stored, though no
+                # ACK can reach it (it learns its marks at the next WELCOME).
+                finished = True
+                break
+            if cls is sync.Hello:
+                out += conn.send(sync.Challenge())
+            elif cls is sync.Auth:
+                out += conn.send(sync.Welcome(marks=self.store.marks(conn.node_id)))
+            elif cls is sync.Batch or cls is sync.Gap:
+                items.append((conn.node_id, ev))
+                if ev.topic not in acks:
+                    acks.append(ev.topic)
+            elif cls is sync.Pull:
+                answer, refusal = await self._pull(conn, ev)
+                if refusal is not None:
+                    self.refused_pulls += 1
+                    finished = True
+                    break
+                out += answer
+                self.pulls += 1
+                key = (conn.node_id, ev.topic)
+                self._last_pull_ms[key] = now_ms()
+                before = self.store.delivered(*key)
+                if before is None or before[0] != ev.after_seq:
+                    items.append((conn.node_id, Delivered(ev.topic, ev.after_seq)))
+        if items:
+            try:
+                marks = await self.committer.submit(items)
+            except Exception as e:  # noqa: BLE001 - the edge must hear it, then retry
+                self.store_failures += 1
+                if conn.state == "ERROR":
+                    return bytes(out), True
+                out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
+                return bytes(out), True
+            if conn.state == "ERROR":
+                # Another exchange on this connection ended it while the commit ran
+                # (a transport that lets two run at once): no ACK can be sent. The
+                # records are stored; the edge learns its marks at the next WELCOME.
+                return bytes(out), True
+            last = {}
+            for (_, ev), m in zip(items, marks):
+                if type(ev) is not Delivered:
+                    last[ev.topic] = m
+            for topic in acks:
+                out += conn.send(sync.Ack(topic, last[topic]))
+        if refusal is not None and conn.state != "ERROR":
+            out += conn.send(refusal)
+        return bytes(out), finished
+
+    async def _pull(self, conn, ev):
+        """(DATA bytes, None) answering a PULL, or (b"", Error event) refusing it."""
+        node, name = conn.node_id, ev.topic
+        topic = self.topics.get(name)
+        if topic is None or not topic.may_pull(node):
+            why = "not a cloud-to-edge topic of this gateway" if topic is None or not topic.publishes else \
+                "not served to node %r (its nodes list)" % node
+            self._warn_once(("refused", node, name), "gateway: node %s pulled topic %r: %s" % (node, name, why))
+            return b"", sync.Error(sync.ERR_UNKNOWN_TOPIC, "topic %r is %s" % (name, why))
+        after = ev.after_seq
+        if after >= (1 << 64) - 1:
+            return b"", sync.Error(sync.ERR_MALFORMED, "PULL after_seq %d leaves no seq to send" % after)
+        published = self.store.published(name)
+        if after > published:
+            self._warn_once(("ahead", node, name, after),
+                            "gateway: node %s holds topic %r up to seq %d, but only %d were published here (was "
+                            "the store restored from an old backup?); it receives nothing until seqs pass %d"
+                            % (node, name, after, published, after))
+        n = min(ev.max_records, self.max_batch_records)
+        rows = []
+        if after < published and n > 0:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull, name, after, n)
+        if not rows:
+            return conn.send(sync.Data(name, after + 1, 0, [])), None
+        limit = conn.peer_max_message_bytes or self.max_message_bytes
+        budget = limit - 32 - 3 * len(name)  # the message's own fields, generously
+        size = 0
+        for k, r in enumerate(rows):
+            size += len(r.value) + (len(r.key) if r.key is not None else 0) + _ENTRY_OVERHEAD
+            if size > budget and k:
+                rows = rows[:k]
+                break
+        while True:
+            try:
+                return conn.send(sync.batch_from_records(name, rows, sync.Data)), None
+            except LocalProtocolError as e:
+                if len(rows) == 1:
+                    r = rows[0]
+                    self._warn_once(("large", node, name, r.seq), "gateway: node %s cannot take topic %r: %s"
+                                    % (node, name, e))
+                    return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
+                                           "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
+                rows = rows[:len(rows) // 2]
+
+    def _warn_once(self, key, line):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s", line)
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, topic, values, keys=None):
+        """Store values (CBOR bytes; keys bytes or None) as the next records of a
+        cloud-to-edge topic, origin ``cloud``, stamped by the gateway's hybrid clock;
+        return (first_seq, last_seq) once they are durable. The publish API's checks
+        (topic, sizes) are the caller's."""
+        if keys is None:
+            keys = [None] * len(values)
+        now = now_ms()
+        entries = [(self.clock.now(now), k, v) for k, v in zip(keys, values)]
+        marks = await self.committer.submit([(sync.CLOUD_ORIGIN, Publish(topic, entries))])
+        self.published += len(entries)
+        return marks[0] - len(entries) + 1, marks[0]
+
+    def downlinks(self, node=None):
+        """Per cloud-to-edge topic and node that may pull it: what was published, what
+        the node acknowledged (its last PULL's after_seq), when it last pulled."""
+        out = []
+        for name in sorted(self.topics):
+            topic = self.topics[name]
+            if not topic.publishes:
+                continue
+            published = self.store.published(name)
+            for n in sorted(topic.nodes if topic.nodes is not None else self.keys):
+                if node is not None and n != node:
+                    continue
+                d = self.store.delivered(n, name)
+                delivered = d[0] if d else 0
+                pulled = self._last_pull_ms.get((n, name), d[1] if d else None)
+                out.append({"topic": name, "node": n, "published": published, "delivered": delivered,
+                            "pending": max(0, published - delivered), "pulled_ms": pulled})
+        return out
