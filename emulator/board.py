@@ -391,9 +391,9 @@ class EmulatedBoard:
         # The board's heap, plus room for what the emulator itself keeps there (its ROM
         # image, its objects, the frozen modules' image: flash on a board); the firmware
         # pins whatever is left over (boardrom._pin).
-        heap = self.heap_bytes + os.path.getsize(self.rom) + _OWN_HEAP
+        heap = self.heap_bytes + unixport.rom_heap_bytes(self.rom) + _OWN_HEAP
         if self.frozen:
-            heap += os.path.getsize(self.frozen) + 64
+            heap += unixport.rom_heap_bytes(self.frozen)
         try:
             # A session of its own: a Ctrl-C typed at the emulator's terminal is not the board's.
             self.proc = subprocess.Popen(self._argv + ["-X", "heapsize=%d" % heap, "-c", code],

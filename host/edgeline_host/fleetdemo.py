@@ -58,6 +58,8 @@ import sys
 import tempfile
 import time
 
+from edgeline_host import demo as log_demo
+
 
 AGENTS = ("edge-1", "edge-2")
 BOARD = "board-1"
@@ -157,19 +159,7 @@ def free_port():
 
 
 def child_env():
-    # The children (`python -m edgeline_host.cli ...`) run the very packages this process
-    # imported: an installed edgeline finds itself anyway; a checkout put on sys.path by
-    # its test runner is handed on.
-    import edgeline
-    import edgeline_host
-
-    env = dict(os.environ)
-    dirs = []
-    for mod in (edgeline, edgeline_host):
-        d = os.path.dirname(os.path.dirname(os.path.abspath(mod.__file__)))
-        if d not in dirs:
-            dirs.append(d)
-    env["PYTHONPATH"] = os.pathsep.join(dirs + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = log_demo.child_env()  # the children run the packages this process runs
     env.pop("EDGELINE_AGENT", None)
     return env
 

@@ -11,6 +11,7 @@ run on.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -51,8 +52,14 @@ def _run(cmd, cwd, env, timeout=300):
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    # Built from a copy of the sources: setuptools builds in the source tree and would leave
+    # build/ and *.egg-info in the checkout, and reuse a stale build/lib (a module renamed
+    # since the last build would still be in the wheel).
+    src = str(tmp_path_factory.mktemp("src") / "edgeline")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                             ".pytest_cache", ".hypothesis"))
     dist = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), ROOT], cwd=str(dist),
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), src], cwd=str(dist),
          env=dict(os.environ), timeout=600)
     (path,) = [str(dist / n) for n in os.listdir(str(dist)) if n.endswith(".whl")]
     return path

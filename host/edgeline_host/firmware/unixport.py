@@ -230,8 +230,15 @@ def heap_for(profile, romfs=None, heap=None):
     read into the heap here (it is memory-mapped flash on a board)."""
     n = heap or profile["memory"]["heap_bytes"]
     if romfs:
-        n += os.path.getsize(romfs) + 64
+        n += rom_heap_bytes(romfs)
     return n
+
+
+def rom_heap_bytes(image):
+    """What a ROMFS image read into the heap takes there: its bytes and the bytearray's
+    header. A board maps it from flash; here the heap is made larger by this much, so the
+    board's code still finds the board's heap."""
+    return os.path.getsize(image) + 64
 
 
 def start_main(image, profile, romfs=None, heap=None, **popen):
