@@ -135,6 +135,19 @@ def test_load_profile_errors(tmp_path):
         profiles.load_profile("toy", str(tmp_path / "boards"))
 
 
+def test_no_profiles_is_one_line_not_an_empty_table(tmp_path):
+    # What an install without its board files, or a wrong EDGELINE_BOARDS, looks like.
+    for fn in (lambda: profiles.load_all(str(tmp_path)), lambda: profiles.load_profile("pico", str(tmp_path))):
+        with pytest.raises(ProfileError, match="no board profiles in %s .set EDGELINE_BOARDS" % tmp_path):
+            fn()
+    env = dict(os.environ, EDGELINE_BOARDS=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
+    r = subprocess.run([sys.executable, "-m", "edgeline_host.cli", "firmware", "profiles"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    line = "edgeline: error: no board profiles in %s (set EDGELINE_BOARDS to a folder of <name>/profile.json)"
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [line % tmp_path]
+
+
 def test_board_config_is_checked():
     pw = profiles.load_profile("pico-w")
     cfg = profiles.board_config(pw, "board-7", KEY_HEX, ("10.0.0.2", 8701), {"ssid": "s", "password": "p", "country": "GB"})

@@ -295,6 +295,10 @@ def profile_names(boards_dir=None):
     return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n, "profile.json")))
 
 
+def _no_profiles(d):
+    return ProfileError("no board profiles in %s (set EDGELINE_BOARDS to a folder of <name>/profile.json)" % d)
+
+
 def load_profile(name, boards_dir=None):
     """The checked profile ``name`` (a dict, plus ``dir``: its folder). ProfileError if
     it does not exist or is invalid."""
@@ -302,7 +306,7 @@ def load_profile(name, boards_dir=None):
     names = profile_names(d)
     if name not in names:
         if not names:
-            raise ProfileError("no board profiles in %s (set EDGELINE_BOARDS to a folder of <name>/profile.json)" % d)
+            raise _no_profiles(d)
         raise ProfileError("unknown profile %r; known: %s" % (name, ", ".join(names)))
     path = os.path.join(d, name, "profile.json")
     rel = os.path.relpath(path, os.path.dirname(d))
@@ -323,8 +327,11 @@ def load_profile(name, boards_dir=None):
 
 
 def load_all(boards_dir=None, runtimes=RUNTIMES):
+    names = profile_names(boards_dir)
+    if not names:
+        raise _no_profiles(boards_dir or BOARDS_DIR)  # a table of nothing would look like success
     out = []
-    for n in profile_names(boards_dir):
+    for n in names:
         p = load_profile(n, boards_dir)
         if p["runtime"] in runtimes:
             out.append(p)
