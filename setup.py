@@ -11,7 +11,14 @@ and `edgeline fleet-demo` compile and copy onto boards. It ships as the data pac
 (edgeline_host.firmware.profiles.BOARDS_DIR). pyproject.toml's discovery cannot map a
 folder outside host/ into edgeline_host, hence this file.
 """
+import warnings
+
 from setuptools import find_packages, setup
+
+# boards/esp32, boards/common, ... hold .py files, so setuptools takes them for packages
+# left out of `packages` and warns; they are data (sources compiled for and copied onto
+# boards), shipped by package_data below.
+warnings.filterwarnings("ignore", message=r"Package 'edgeline_host\.boards\.")
 
 PACKAGE_DIR = {"edgeline": "core/edgeline", "edgeline_host": "host/edgeline_host", "edgeline_host.boards": "boards"}
 BOARD_FILES = ["README.md", "*/*.json", "*/*.py", "*/*.yaml", "*/*.env"]
