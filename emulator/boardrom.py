@@ -6,12 +6,13 @@ emulator/board.py (CPython) owns the serial line -- a pseudo-terminal on which i
 MicroPython's REPL protocol to mpremote or a person. This module is the half that a real
 board has in its firmware. It runs in a ``micropython -X heapsize=N`` process (the unix
 port), loaded from a ROMFS image that sits in the bottom of the heap and executes in
-place (the heap is made larger by exactly the image's size, as in tools/mpbuild.py), so
+place (the heap is made larger by exactly the image's size, as firmware/mpy.rom_boot asks), so
 the program gets the board's heap.
 
 At boot it opens its two control pipes (while the host file system is still mounted),
 unmounts the host file system from / and mounts the flash image there instead: littlefs2
-on a block device over the image file (emulator/blockfile.py), formatted on first boot
+on a block device over the image file (edgeline_host/firmware/flashfile.py, the one
+`edgeline firmware run` uses too), formatted on first boot
 as the ESP32 and RP2040 firmware do. ``sys.path`` becomes a board's ('', '.frozen',
 '/lib'). Modules frozen into the board's firmware come as a ROMFS image (``--frozen``),
 mounted at /rom (and put on ``sys.path`` before /lib) and run in place, as frozen code
@@ -64,7 +65,7 @@ import os
 import select
 import sys
 
-import blockfile
+import flashfile
 
 try:
     import vfs
@@ -107,7 +108,7 @@ class _Traceback(io.IOBase):
             self.line[:] = b""
 
 
-class _Flash(blockfile.FileBlockDevice):
+class _Flash(flashfile.FileBlockDevice):
     """The flash, safe from Ctrl-C. littlefs calls these methods from C; an exception
     unwinding through it would leave its state in RAM half-changed (a real board's flash
     driver is C, which a Ctrl-C cannot cut). So a KeyboardInterrupt that lands here is
@@ -115,13 +116,13 @@ class _Flash(blockfile.FileBlockDevice):
     to interrupt once more (``I``), which lands after littlefs has returned."""
 
     def __init__(self, fw, path, block_bytes, block_count):
-        blockfile.FileBlockDevice.__init__(self, path, block_bytes, block_count, create=False)
+        flashfile.FileBlockDevice.__init__(self, path, block_bytes, block_count, create=False)
         self.fw = fw
 
     def readblocks(self, n, buf, off=0):
         while True:
             try:
-                blockfile.FileBlockDevice.readblocks(self, n, buf, off)
+                flashfile.FileBlockDevice.readblocks(self, n, buf, off)
                 return
             except KeyboardInterrupt:
                 self.fw.send(ord("I"))
@@ -129,7 +130,7 @@ class _Flash(blockfile.FileBlockDevice):
     def writeblocks(self, n, buf, off=0):
         while True:
             try:
-                blockfile.FileBlockDevice.writeblocks(self, n, buf, off)
+                flashfile.FileBlockDevice.writeblocks(self, n, buf, off)
                 return
             except KeyboardInterrupt:
                 self.fw.send(ord("I"))
@@ -137,7 +138,7 @@ class _Flash(blockfile.FileBlockDevice):
     def ioctl(self, op, arg):
         while True:
             try:
-                return blockfile.FileBlockDevice.ioctl(self, op, arg)
+                return flashfile.FileBlockDevice.ioctl(self, op, arg)
             except KeyboardInterrupt:
                 self.fw.send(ord("I"))
 
@@ -301,7 +302,7 @@ class Firmware:
         # finalisers of open files run (littlefs commits them) before the file system goes.
         self.ns.clear()
         for name in list(sys.modules):
-            if name not in ("boardrom", "blockfile", "machine"):
+            if name not in ("boardrom", "flashfile", "machine"):
                 del sys.modules[name]
         gc.collect()
         gc.collect()
@@ -310,7 +311,7 @@ class Firmware:
 
 
 def main(rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes, frozen=None):
-    """Boot and serve. The boot code has imported this module, blockfile and machine
+    """Boot and serve. The boot code has imported this module, flashfile and machine
     (boardmachine) from the ROMFS image ``rom`` and unmounted it."""
     fw = Firmware(rom, ctl_in, ctl_out, flash, block_bytes, block_count, heap_bytes, frozen)
     import machine

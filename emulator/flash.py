@@ -18,22 +18,15 @@ that allocates nothing (``writeblocks`` and erase allocate nothing anyway).
 
 To restore power, mount a fresh device on the bytes: ``power_on()`` shares them (no copy,
 as heap is scarce), ``FlashBlockDevice(data=dev.image())`` copies them.
-`FileFlashBlockDevice` is the same chip kept in a host file (for chips of megabytes). ``mount`` and
-``umount`` wrap ``os.mount``/``os.umount``.
+The same chip kept in a host file (for chips of megabytes), power cuts included, is the
+product's board flash, edgeline_host/firmware/flashfile.py (``flashfile`` in the
+MicroPython test tree). ``mount`` and ``umount`` wrap ``os.mount``/``os.umount``.
 """
 import os
 
+from flashfile import erased_block
+
 _EIO = 5
-_ERASED = {}  # block size -> one erased block's bytes, shared by every device
-
-
-def _erased(block_size):
-    # Shared: a power cycle makes a new device, and a fresh 4 KB object each time
-    # would fragment a board-sized heap (tests/mp/soak.py power-cycles hundreds of times).
-    e = _ERASED.get(block_size)
-    if e is None:
-        e = _ERASED[block_size] = b"\xff" * block_size
-    return e
 
 
 class FlashBlockDevice:
@@ -42,7 +35,7 @@ class FlashBlockDevice:
     def __init__(self, block_size=4096, block_count=64, data=None, cut_after=None):
         self.block_size = block_size
         self.block_count = block_count
-        self._erased = _erased(block_size)
+        self._erased = erased_block(block_size)
         size = block_size * block_count
         if data is None:
             self.data = bytearray(size)
@@ -123,66 +116,3 @@ def umount(path="/flash"):
         os.umount(path)
     except OSError:
         pass
-
-
-class FileFlashBlockDevice:
-    """The same chip, power cuts included, with its bytes in a host file instead of the
-    heap: for chips of a real board's size (megabytes), which would not fit in -- or would
-    be scanned by every garbage collection of -- a board-sized heap (tests/mp/soak.py).
-    ``power_on()`` returns the chip with power restored on the same file."""
-
-    def __init__(self, path, block_size=4096, block_count=64, cut_after=None, f=None, create=True):
-        self.path = path
-        self.block_size = block_size
-        self.block_count = block_count
-        self._erased = _erased(block_size)
-        if f is None:
-            if create:  # a blank chip; create=False powers on the one in the file
-                f = open(path, "wb")
-                for _ in range(block_count):
-                    f.write(self._erased)
-                f.close()
-            f = open(path, "r+b")
-        self.f = f
-        self.cut_after = cut_after
-        self.writes = 0
-        self.erases = 0
-        self.cut = False
-
-    def readblocks(self, n, buf, off=0):
-        self.f.seek(n * self.block_size + off)
-        self.f.readinto(buf)
-
-    def writeblocks(self, n, buf, off=0):
-        self.writes += 1
-        if self.cut:
-            return
-        self.f.seek(n * self.block_size + off)
-        if self.cut_after is not None and self.writes >= self.cut_after:
-            self.cut = True
-            self.f.write(buf, len(buf) // 2)
-            raise OSError(_EIO)
-        self.f.write(buf)
-
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.block_count
-        if op == 5:
-            return self.block_size
-        if op == 6:
-            self.erases += 1
-            if not self.cut:
-                self.f.seek(arg * self.block_size)
-                self.f.write(self._erased)
-            return 0
-        if op in (1, 2, 3):
-            return 0
-        return None
-
-    def power_on(self):
-        if not self.cut:
-            raise ValueError("power_on() is for a device whose power was cut")
-        return FileFlashBlockDevice(self.path, self.block_size, self.block_count, f=self.f)
-
-    def close(self):
-        self.f.close()

@@ -5,7 +5,7 @@ retrying client library and a misbehaving middlebox do to ``POST /v1/sync``.
         [--drop-request P] [--drop-response P] [--duplicate P] [--delay P] [--delay-ms MS]
         [--hold P] [--replay P]
 
-A TCP stream hides duplication and reordering (emulator/faultproxy.py works at that
+A TCP stream hides duplication and reordering (edgeline_host/faultlink.py works at that
 level), but whole requests are duplicated and reordered all the time: a client retries
 a request whose first copy did arrive; a load balancer or middlebox replays an old
 request late; a response is lost after the server committed (the classic lost ACK). This

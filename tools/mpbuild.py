@@ -1,11 +1,13 @@
-"""Compile core/ (and the MicroPython-run tests and emulator) to .mpy with mpy-cross.
+"""The MicroPython test tree: core/, the emulator and the tests compiled to .mpy.
 
     python tools/mpbuild.py OUT_DIR [--arch ARCH] [--romfs IMAGE]
 
-The compiler and ROMFS helpers live in host/ (edgeline_host.firmware.mpy, also behind
-`edgeline firmware build|romfs|manifest`); this script keeps the test-tree build: OUT_DIR
-receives edgeline/*.mpy, emulator/*.mpy, the test modules of tests/core and tests/mp,
-and the runner (mptest.mpy; start it with `micropython -c "import sys; sys.path.insert(0,
+The compiler and ROMFS helpers are the product's (edgeline_host.firmware.mpy: compile_tree,
+compile_file, mpy_cross, build_romfs, rom_boot; also behind `edgeline firmware
+build|romfs|manifest`); callers use them from there. This script is only the test-tree
+build, which the product never needs: OUT_DIR receives edgeline/*.mpy, emulator/*.mpy,
+flashfile.mpy (the board's flash, edgeline_host/firmware/flashfile.py), the test modules of
+tests/core and tests/mp, and the runner (mptest.mpy; start it with `micropython -c "import sys; sys.path.insert(0,
 OUT); import mptest; mptest.main([...])"`). With --romfs IMAGE the tree is also packed
 into a ROMFS image, which the MicroPython test runs mount so code executes in place, as
 from a board's flash (tests/host/test_micropython.py).
@@ -16,12 +18,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "host"))
 
-from edgeline_host.firmware.mpy import build_romfs, compile_file, compile_tree, mpy_cross, rom_boot  # noqa: E402,F401
+from edgeline_host.firmware import flashfile  # noqa: E402
+from edgeline_host.firmware.mpy import build_romfs, compile_file, compile_tree  # noqa: E402
 
 
 def build(out, arch=None):
     compile_tree(os.path.join(ROOT, "core", "edgeline"), os.path.join(out, "edgeline"), arch)
     compile_tree(os.path.join(ROOT, "emulator"), os.path.join(out, "emulator"), arch)
+    compile_file(flashfile.__file__, os.path.join(out, "flashfile.mpy"), arch)
     compile_tree(os.path.join(ROOT, "tests", "core"), out, arch)
     if os.path.isdir(os.path.join(ROOT, "tests", "mp")):
         compile_tree(os.path.join(ROOT, "tests", "mp"), out, arch)

@@ -627,7 +627,7 @@ _board_timeout_option = click.option("--timeout", "timeout_s", type=click.FloatR
 
 
 def _board_call(fn, *args, **kw):
-    from edgeline_host.board import BoardError
+    from edgeline_host.deploy import BoardError
 
     try:
         return fn(*args, **kw)
@@ -649,9 +649,9 @@ def board_deploy(port, profile_name, config_path, code, timeout_s):
     board on PORT (mpremote; unchanged files are skipped), then soft-reset it so that
     main.py runs. A board whose firmware has edgeline frozen in gets main.py and the
     settings only."""
-    from edgeline_host import board as board_mod
+    from edgeline_host import deploy
 
-    rep = _board_call(board_mod.deploy, port, profile_name, config_path, say=click.echo, timeout_s=timeout_s,
+    rep = _board_call(deploy.deploy, port, profile_name, config_path, say=click.echo, timeout_s=timeout_s,
                       code=code)
     click.echo("deployed %s to %s: %d files copied, %d unchanged (%s in all%s); soft reset, main.py running"
                % (profile_name, port, rep["copied"], rep["unchanged"], _size(rep["bytes"]),
@@ -670,9 +670,9 @@ def board_status(port, as_json, no_restart, timeout_s):
     """What the board on PORT holds: per topic the last seq on flash, the seq the gateway
     acknowledged, the queue (records still owed) and any gap; heap and flash. main.py is
     stopped to ask, then started again."""
-    from edgeline_host import board as board_mod
+    from edgeline_host import deploy
 
-    st = _board_call(board_mod.status, port, restart=not no_restart, timeout_s=timeout_s)
+    st = _board_call(deploy.status, port, restart=not no_restart, timeout_s=timeout_s)
     if as_json:
         click.echo(json.dumps(st, indent=2, sort_keys=True))
         return

@@ -93,16 +93,30 @@ class _WriterReport:
             self.acked = msg["gap"][1]
 
 
+def child_env():
+    """The environment for a child ``python -m edgeline_host...`` (both demos start their
+    processes so): it runs the very packages this process imported -- an installed
+    edgeline finds itself anyway; a checkout that a test runner put on sys.path is handed
+    on through PYTHONPATH."""
+    import edgeline
+    import edgeline_host
+
+    env = dict(os.environ)
+    dirs = []
+    for package in (edgeline, edgeline_host):
+        d = os.path.dirname(os.path.dirname(os.path.abspath(package.__file__)))
+        if d not in dirs:
+            dirs.append(d)
+    env["PYTHONPATH"] = os.pathsep.join(dirs + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def run(out=print, data_dir=None, seconds=1.5):
     """Run the demo; return a dict of what it found (also printed)."""
     own_dir = data_dir is None
     if own_dir:
         data_dir = tempfile.mkdtemp(prefix="edgeline-demo-")
-    env = dict(os.environ)
-    here = os.path.dirname(os.path.abspath(__file__))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(here, "..", "..", "core"), os.path.join(here, ".."), env.get("PYTHONPATH", "")]
-    )
+    env = child_env()
     out("edgeline demo: a crash-proof ring log on this machine")
     out("  log directory: %s" % data_dir)
     out("  segments %d KiB, budget %d KiB, policy %s, group commit every %d records or %d ms"

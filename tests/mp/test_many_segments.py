@@ -10,7 +10,7 @@ import gc
 import os
 
 from edgeline.log import RingLog
-from emulator.blockfile import FileBlockDevice
+from flashfile import FileBlockDevice
 from support import check_contiguous, fill, rmtree, tempdir
 
 

@@ -16,7 +16,7 @@ def test_reading_records_not_yet_committed_on_littlefs():
     from edgeline import codec
     from edgeline.log import RingLog
     from edgeline.outbox import Outbox
-    from emulator.blockfile import FileBlockDevice
+    from flashfile import FileBlockDevice
     from support import tempdir
 
     dev = FileBlockDevice(tempdir("lfsread") + "/flash.img", 512, 64)

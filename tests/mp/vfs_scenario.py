@@ -3,7 +3,7 @@ import os
 
 from edgeline.log import RingLog
 from edgeline.outbox import Outbox
-from emulator.blockfile import FileBlockDevice
+from flashfile import FileBlockDevice
 from support import check_contiguous, fill, tempdir, rmtree
 
 

@@ -118,15 +118,16 @@ def build_mpy(out_dir, extra_sources=(), core=True):
     """
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     try:
-        import mpbuild
+        import mpbuild  # noqa: F401 - puts host/ on sys.path
     finally:
         sys.path.pop(0)
+    from edgeline_host.firmware import mpy
     os.makedirs(out_dir, exist_ok=True)
     if core:
-        mpbuild.compile_tree(os.path.join(CORE, "edgeline"), os.path.join(out_dir, "edgeline"))
+        mpy.compile_tree(os.path.join(CORE, "edgeline"), os.path.join(out_dir, "edgeline"))
     for src in extra_sources:
         name = os.path.basename(src)[:-3] + ".mpy"
-        subprocess.run([mpbuild.mpy_cross(), "-o", os.path.join(out_dir, name), src], check=True)
+        subprocess.run([mpy.mpy_cross(), "-o", os.path.join(out_dir, name), src], check=True)
     return out_dir
 
 

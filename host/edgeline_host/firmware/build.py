@@ -26,10 +26,10 @@ import tempfile
 import edgeline
 
 from . import mpy
-from .profiles import BOARDS_DIR, ROOT, ProfileError
+from .profiles import BOARDS_DIR, ProfileError
 
 # The core's sources wherever edgeline is installed (the repository, or site-packages);
-# the board-side modules beside the profiles.
+# the board-side modules beside the profiles (boards/common, shipped as package data).
 CORE_DIR = os.path.dirname(os.path.abspath(edgeline.__file__))
 COMMON_DIR = os.path.join(BOARDS_DIR, "common")
 # CPython-only: log.py imports it only when not on MicroPython/CircuitPython.
@@ -61,7 +61,7 @@ def _board_files(profile):
 def _need_mcu(profile):
     if profile["runtime"] not in ("micropython", "circuitpython"):
         raise ProfileError("%s is a %s profile: nothing to compile; see %s/main.py"
-                           % (profile["name"], profile["runtime"], os.path.relpath(profile["dir"], ROOT)))
+                           % (profile["name"], profile["runtime"], os.path.join("boards", os.path.basename(profile["dir"]))))
 
 
 def compile_library(profile, lib_dir, source=False):

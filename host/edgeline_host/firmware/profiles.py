@@ -18,8 +18,22 @@ import json
 import os
 import re
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-BOARDS_DIR = os.environ.get("EDGELINE_BOARDS") or os.path.join(ROOT, "boards")
+
+
+def _boards_dir():
+    """Where the profiles are: $EDGELINE_BOARDS if set; else the data package
+    edgeline_host/boards that an installed edgeline carries (setup.py ships boards/ there);
+    else, in a checkout (an editable install, or host/ on sys.path), boards/ beside host/."""
+    if os.environ.get("EDGELINE_BOARDS"):
+        return os.environ["EDGELINE_BOARDS"]
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # edgeline_host/
+    shipped = os.path.join(package, "boards")
+    if os.path.isdir(shipped):
+        return shipped
+    return os.path.join(os.path.dirname(os.path.dirname(package)), "boards")
+
+
+BOARDS_DIR = _boards_dir()
 
 MCU_RUNTIMES = ("micropython", "circuitpython")
 RUNTIMES = MCU_RUNTIMES + ("cpython",)
@@ -281,6 +295,10 @@ def profile_names(boards_dir=None):
     return sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n, "profile.json")))
 
 
+def _no_profiles(d):
+    return ProfileError("no board profiles in %s (set EDGELINE_BOARDS to a folder of <name>/profile.json)" % d)
+
+
 def load_profile(name, boards_dir=None):
     """The checked profile ``name`` (a dict, plus ``dir``: its folder). ProfileError if
     it does not exist or is invalid."""
@@ -288,7 +306,7 @@ def load_profile(name, boards_dir=None):
     names = profile_names(d)
     if name not in names:
         if not names:
-            raise ProfileError("no board profiles in %s (run from the edgeline repository, or set EDGELINE_BOARDS)" % d)
+            raise _no_profiles(d)
         raise ProfileError("unknown profile %r; known: %s" % (name, ", ".join(names)))
     path = os.path.join(d, name, "profile.json")
     rel = os.path.relpath(path, os.path.dirname(d))
@@ -309,8 +327,11 @@ def load_profile(name, boards_dir=None):
 
 
 def load_all(boards_dir=None, runtimes=RUNTIMES):
+    names = profile_names(boards_dir)
+    if not names:
+        raise _no_profiles(boards_dir or BOARDS_DIR)  # a table of nothing would look like success
     out = []
-    for n in profile_names(boards_dir):
+    for n in names:
         p = load_profile(n, boards_dir)
         if p["runtime"] in runtimes:
             out.append(p)

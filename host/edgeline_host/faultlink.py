@@ -1,6 +1,6 @@
-"""A TCP fault proxy (CPython, asyncio): the network between an edge and the gateway.
+"""A fault-injecting TCP link (CPython, asyncio): the network between an edge and the gateway.
 
-    python -m emulator.faultproxy --listen [HOST:]PORT --target HOST:PORT [--delay-ms N] [--drop-prob P]
+    python -m edgeline_host.faultlink --listen [HOST:]PORT --target HOST:PORT [--delay-ms N] [--drop-prob P]
 
 It forwards every connection to the target, both ways, and counts the bytes
 (``bytes_up``: client to target, ``bytes_down``: target to client). The faults:
@@ -13,14 +13,15 @@ It forwards every connection to the target, both ways, and counts the bytes
 
 A TCP stream hides duplication and reordering of its bytes, so this proxy has none. Whole
 requests are duplicated, lost after the server answered and replayed late all the same
-(retries, middleboxes): emulator/httpproxy.py does that to HTTP requests.
+(retries, middleboxes): the test suite's emulator/httpproxy.py does that to HTTP requests.
 
-Used in-process (``await FaultProxy(...).start()`` in the caller's event loop, as
+Used in-process (``await FaultLink(...).start()`` in the caller's event loop, as
 ``edgeline fleet-demo`` does) or as a process: SIGUSR1 cuts, SIGUSR2 restores,
 SIGINT/SIGTERM stop it; it prints one JSON line when listening and one with its
 counters when it stops.
 
-This module is CPython-only; it sits in emulator/ with the other fault injectors.
+CPython-only. It ships in edgeline_host because the fleet demo, a product command, puts one
+between each edge and the gateway; the tests use the same module.
 """
 import asyncio
 import json
@@ -48,8 +49,8 @@ class _Conn:
                 w.transport.abort()  # an RST, as a dead link looks to both ends
 
 
-class FaultProxy:
-    """FaultProxy(listen_port, target_host, target_port): see the module's docstring.
+class FaultLink:
+    """FaultLink(listen_port, target_host, target_port): see the module's docstring.
     ``listen_port`` 0 picks a free port; ``port`` is the one bound after ``start()``."""
 
     def __init__(self, listen_port, target_host, target_port, listen_host="127.0.0.1", delay_ms=0,
@@ -187,14 +188,14 @@ class FaultProxy:
 def _addr(text, default_host):
     host, _, port = text.rpartition(":")
     if not port.isdigit():
-        raise SystemExit("faultproxy: expected [HOST:]PORT, got %r" % text)
+        raise SystemExit("faultlink: expected [HOST:]PORT, got %r" % text)
     return host or default_host, int(port)
 
 
 async def _main(args):
     lh, lp = _addr(args.listen, "127.0.0.1")
     th, tp = _addr(args.target, "127.0.0.1")
-    proxy = FaultProxy(lp, th, tp, listen_host=lh, delay_ms=args.delay_ms, drop_connection_prob=args.drop_prob)
+    proxy = FaultLink(lp, th, tp, listen_host=lh, delay_ms=args.delay_ms, drop_connection_prob=args.drop_prob)
     await proxy.start()
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -211,7 +212,7 @@ async def _main(args):
 def main(argv=None):
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m emulator.faultproxy", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m edgeline_host.faultlink", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, help="[HOST:]PORT to accept on (PORT 0: any free port)")
     ap.add_argument("--target", required=True, help="HOST:PORT to forward to")
     ap.add_argument("--delay-ms", type=float, default=0, help="latency added to each chunk")
