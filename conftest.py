@@ -1,9 +1,11 @@
 """Repository-wide pytest settings.
 
-tests/mp holds MicroPython-only files: they are run by tests/host/test_micropython.py
-under the MicroPython unix port, never collected by pytest directly.
+tests/mp/test_*.py are MicroPython-only files: tests/mp/micropython_test.py (a pytest file,
+named so that no ``test_*.py`` glob of the MicroPython runners picks it up) runs them, with
+tests/core, under the MicroPython unix port; pytest never collects them directly.
 """
-collect_ignore = ["tests/mp", "build", "emulator"]
+collect_ignore = ["build", "emulator"]
+collect_ignore_glob = ["tests/mp/test_*.py", "tests/mp/soak.py", "tests/mp/vfs_scenario.py"]
 
 import os
 
@@ -15,7 +17,7 @@ except ImportError:  # hypothesis is a dev dependency; plain runs do without it
 if settings is not None:
     # In CI, property tests draw the same examples every run: a landing is never decided
     # by luck. Random exploration stays the default for developers, and EDGELINE_SOAK
-    # runs long random soaks (tests/host/test_log_model.py).
+    # runs long random soaks (tests/properties/test_log_model.py).
     settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
     if os.environ.get("CI") and not os.environ.get("EDGELINE_SOAK"):
         settings.load_profile("ci")

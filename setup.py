@@ -2,7 +2,7 @@
 
 Two source roots make the importable packages: core/edgeline and host/edgeline_host. Every
 package under them is found here, so a new subpackage (edgeline_host.transports, ...) is in
-the wheel without a list to keep up to date (tests/host/test_wheel.py checks the wheel).
+the wheel without a list to keep up to date (tests/system/test_wheel.py checks the wheel).
 
 A third folder is data the product reads at run time: boards/ (each profile.json, each
 board's main.py and settings, boards/common's board-side modules), which `edgeline firmware`

@@ -8,7 +8,7 @@ an empty value, and the cursor file of consumer "uplink" after two acks (so both
 slots are valid), plus a README.md with an annotated hex dump of every file. Everything
 is fixed — timestamps included, no clock is read — so two runs write identical bytes.
 
-The golden files are a compatibility contract: tests/host/test_golden.py checks that the
+The golden files are a compatibility contract: tests/formats/test_golden.py checks that the
 code still writes exactly these bytes, still reads them, and that a parser written from
 the spec's byte tables agrees. A format change gets a new version and a new directory
 (tests/golden/log-v2/); this one is never regenerated, hence --force.
@@ -163,7 +163,7 @@ def write_readme(path):
         "",
         "Written by `tools/make_golden.py` with the real RingLog and Outbox (segment_bytes %d,"
         % SEGMENT_BYTES,
-        "fixed timestamps); checked by `tests/host/test_golden.py` against the code and against",
+        "fixed timestamps); checked by `tests/formats/test_golden.py` against the code and against",
         "a parser written from `docs/spec/log.md`. Never regenerate these: a format change is a",
         "new version with its own directory. This README is itself a file the log must ignore.",
         "",

@@ -11,7 +11,7 @@ bytes.
 The conversation itself is defined once, in tests/core/test_sync.py
 (golden_conversation), which replays it on CPython and MicroPython and asserts the
 encoder still writes exactly these bytes and the decoder reads them;
-tests/host/test_wire_golden.py checks them against the spec with cbor2 and hmac. A wire
+tests/formats/test_wire_golden.py checks them against the spec with cbor2 and hmac. A wire
 change gets a new version and directory (tests/golden/wire-v2/); this one is never
 regenerated, hence --force.
 """
@@ -49,7 +49,7 @@ def readme(msgs):
         "Written by `tools/make_wire_golden.py` from the conversation in",
         "`tests/core/test_sync.py` (`golden_conversation`), replayed there on CPython and",
         "MicroPython; checked against `docs/spec/wire.md` with cbor2 and hmac by",
-        "`tests/host/test_wire_golden.py`. Never regenerate these: a wire change is a new",
+        "`tests/formats/test_wire_golden.py`. Never regenerate these: a wire change is a new",
         "version with its own directory.",
         "",
         "Fixed inputs: node `%s`; key bytes 0x20..0x3f" % test_sync.NODE,

@@ -10,7 +10,7 @@ flashfile.mpy (the board's flash, edgeline_host/firmware/flashfile.py), the test
 tests/core and tests/mp, and the runner (mptest.mpy; start it with `micropython -c "import sys; sys.path.insert(0,
 OUT); import mptest; mptest.main([...])"`). With --romfs IMAGE the tree is also packed
 into a ROMFS image, which the MicroPython test runs mount so code executes in place, as
-from a board's flash (tests/host/test_micropython.py).
+from a board's flash (tests/mp/micropython_test.py).
 """
 import os
 import sys

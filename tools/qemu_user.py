@@ -89,24 +89,24 @@ TEST_REQUIREMENTS = (
     "pytest>=8", "hypothesis>=6.100", "cbor2>=5.6", "click>=8.1", "aiohttp>=3.9", "paho-mqtt>=2.0",
 )
 
-# What runs on the emulated Pi (tests/host/test_pizero_qemu.py, `qemu_user.py pytest`):
+# What runs on the emulated Pi (tests/emulator/test_pizero_qemu.py, `qemu_user.py pytest`):
 # every core test, and the host tests of what a Pi runs in CPython that need no C
 # extension and no MicroPython -- the log and outbox model, the codec against cbor2 and
 # the golden files, the sync protocol fuzzers, the configuration parser, the gateway's
 # SQLite store, and the CLI with its SIGKILL demo.
 PI_TEST_FILES = (
     "tests/core",
-    "tests/host/test_log_model.py",
-    "tests/host/test_config.py",
-    "tests/host/test_codec_interop.py",
-    "tests/host/test_golden.py",
-    "tests/host/test_wire_golden.py",
-    "tests/host/test_sync_fuzz.py",
-    "tests/host/test_fastcbor.py",
-    "tests/host/test_auth.py",
-    "tests/host/test_gateway_store.py",
-    "tests/host/test_committer.py",
-    "tests/host/test_cli.py",
+    "tests/properties/test_log_model.py",
+    "tests/agent/test_config.py",
+    "tests/formats/test_codec_interop.py",
+    "tests/formats/test_golden.py",
+    "tests/formats/test_wire_golden.py",
+    "tests/properties/test_sync_fuzz.py",
+    "tests/shared/test_fastcbor.py",
+    "tests/properties/test_auth.py",
+    "tests/gateway/test_gateway_store.py",
+    "tests/gateway/test_committer.py",
+    "tests/system/test_cli.py",
 )
 # Hypothesis tests are capped at this many examples under emulation (the native run
 # keeps its full counts; here the point is the platform).

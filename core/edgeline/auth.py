@@ -12,7 +12,7 @@ direction, so the gateway's proof can never be a replay of the node's:
 
 MicroPython has ``hashlib.sha256`` (update/digest) but no ``hmac`` module, so HMAC
 (RFC 2104) is written out here once, for every runtime (CircuitPython's hashlib has no
-``sha256``, only ``hashlib.new("sha256", data)``: tools/lint_stubs.py); tests/host/
+``sha256``, only ``hashlib.new("sha256", data)``: tools/lint_stubs.py); tests/properties/
 test_auth.py checks it against CPython's ``hmac``, also through that CircuitPython path. ``digest_equal`` compares without an early exit, so the
 time a wrong proof takes to reject does not tell how many leading bytes were right.
 """

@@ -12,7 +12,7 @@ maps), and bad input still raises ``CodecError``: values cbor2 decodes into othe
 (tagged dates, sets, ...) are refused by sync's field checks as before. The per-entry
 check of BATCH/DATA runs column-wise through C built-ins (``entries_ok``); it accepts
 only what sync's own check accepts and leaves every doubtful case to it.
-tests/host/test_fastcbor.py checks both codecs agree.
+tests/shared/test_fastcbor.py checks both codecs agree.
 """
 import io
 from operator import itemgetter

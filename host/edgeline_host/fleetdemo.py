@@ -11,7 +11,7 @@ From nothing (a temporary directory, free ports, fresh node keys):
   with ``"durable": true`` -- its identity (node, topic, seq), its value and when the
   answer came;
 * one MicroPython board (the unix port, 64 KB heap, the compiled code mounted as a ROMFS
-  image as in tests/host/test_board_uplink.py) appending readings to its own ring log and
+  image as in tests/firmware/test_board_uplink.py) appending readings to its own ring log and
   syncing with ``BoardUplink`` over TCP, retrying on ``UplinkError``;
 * every edge reaches the gateway through its own ``edgeline_host.faultlink.FaultLink``,
   running in this process's event loop: the proxies count the bytes on the wire and cut

@@ -27,7 +27,7 @@ tests/mp/test_lfs_crash.py plays some of these scenarios on littlefs2.
 
 Heap: the module is written compactly (scenarios as data, one interpreter). Under
 MicroPython the in-memory file system holds the whole "disk" and its crash snapshots in
-the heap, which a board keeps in flash, so tests/host/test_micropython.py gives this file
+the heap, which a board keeps in flash, so tests/mp/micropython_test.py gives this file
 96 KB of heap (it needs about 72 KB) where every other core test gets 64 KB.
 """
 from emulator.faultfs import FaultStorage, PowerCut

@@ -1,7 +1,7 @@
 """The soak of a board profile: records appended to a RingLog on littlefs2 over a simulated
 flash chip, synced to a real gateway through the board's uplink, with power cuts.
 
-MicroPython only; tests/host/test_mcu_profiles.py runs it from the .mpy tree with a
+MicroPython only; tests/firmware/test_mcu_profiles.py runs it from the .mpy tree with a
 board profile's heap (boards/<name>/profile.json) and starts the gateway
 (`edgeline gateway --tcp`). pytest does not collect it (no test_ functions).
 

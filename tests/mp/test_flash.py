@@ -1,6 +1,6 @@
 """The simulated flash chip (emulator/flash.py) under MicroPython's littlefs2.
 
-MicroPython only (run by tests/host/test_micropython.py through tools/mptest.py); pytest
+MicroPython only (run by tests/mp/micropython_test.py through tools/mptest.py); pytest
 does not collect tests/mp. Imported by CPython it defines nothing.
 """
 import sys

@@ -1,7 +1,7 @@
 """Crash tests of the ring log and outbox on real littlefs2: `FileStorage` over a
 `FlashBlockDevice` whose power is cut at every block write.
 
-MicroPython only (run by tests/host/test_micropython.py through tools/mptest.py); pytest
+MicroPython only (run by tests/mp/micropython_test.py through tools/mptest.py); pytest
 does not collect tests/mp. Imported by CPython it defines nothing.
 
 Each scenario runs first uncut on a freshly formatted chip to count its block writes W;

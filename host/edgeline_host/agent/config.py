@@ -21,7 +21,7 @@ than storage) is refused by name, in one line that names the issue that will bri
 says what to do instead; only the one value that means what edgeline does today (``none``,
 ``0``, ``enabled: false``) is accepted. Values not implemented yet of keys that do act
 (``eviction_policy: lru``) are refused the same way (``_NOT_YET_BY_VALUE``). docs/config.md
-marks each "not yet"; tests/host/test_config_keys.py checks that every key it lists is
+marks each "not yet"; tests/agent/test_config_keys.py checks that every key it lists is
 either acted on or refused.
 
 Units. Sizes are bytes: an int, or text such as ``"256MB"``, ``"1.5MB"``, ``"512KiB"``.

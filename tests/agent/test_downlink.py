@@ -13,7 +13,6 @@ import urllib.request
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from test_agent import EDGELINE, ENV, ROOT, AgentProc, edgeline, free_port, http, wait_for  # noqa: E402
 
 from edgeline import codec  # noqa: E402

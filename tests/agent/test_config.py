@@ -751,7 +751,7 @@ def test_fuzz_yaml_text(text):
 
 # ------------------------------------------------------------------ every accepted setting acts
 # The agent built from a config holds each setting where it acts: the topics' logs, the
-# store, the uplink and the downlink (tests/host/test_config_keys.py names these tests as
+# store, the uplink and the downlink (tests/agent/test_config_keys.py names these tests as
 # the proof that a key docs/config.md lists is not ignored).
 
 ACTING = {

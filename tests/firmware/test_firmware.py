@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from integration import need_binary  # noqa: E402
 
 from edgeline_host.cli import main as cli_main  # noqa: E402

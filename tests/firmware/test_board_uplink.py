@@ -19,7 +19,6 @@ import threading
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from cligateway import CliGateway  # noqa: E402
 from integration import need_binary  # noqa: E402
 
@@ -291,7 +290,7 @@ def test_cpython_pull_cut_before_store_resumes_exactly_once(gateway, tmp_path):
 # ------------------------------------------------------------ MicroPython, the proof
 
 BOARD_SCRIPT = '''
-# What a board's main.py does with the uplink; run by tests/host/test_board_uplink.py.
+# What a board's main.py does with the uplink; run by tests/firmware/test_board_uplink.py.
 import gc
 import sys
 from binascii import unhexlify

@@ -64,28 +64,28 @@ REFUSED = {
     "edge.mesh.replicated_topics": (["a"], None, 12),
 }
 
-_C = "tests/host/test_config.py::"
+_C = "tests/agent/test_config.py::"
 _TOPICS = [_C + "test_agent_opens_each_topic_log_with_its_settings"]
 _UPLINK = _C + "test_agent_uplink_takes_the_sync_settings"
-_HTTP_INGEST = ["tests/host/test_agent.py::test_ingest_syncs_each_record_exactly_once_and_local_stays"]
-_MQTT_INGEST = ["tests/host/test_mqtt_ingest.py::test_routing_values_and_refusals",
-                "tests/host/test_mqtt_ingest.py::test_without_a_map_the_mqtt_topic_is_the_topic"]
+_HTTP_INGEST = ["tests/agent/test_agent.py::test_ingest_syncs_each_record_exactly_once_and_local_stays"]
+_MQTT_INGEST = ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals",
+                "tests/agent/test_mqtt_ingest.py::test_without_a_map_the_mqtt_topic_is_the_topic"]
 _RETRY = [_UPLINK, _C + "test_retry_delay"]
-_BREAKER = [_UPLINK, "tests/host/test_uplink.py::test_gateway_down_then_up_and_the_breaker"]
+_BREAKER = [_UPLINK, "tests/agent/test_uplink.py::test_gateway_down_then_up_and_the_breaker"]
 
 # key -> tests that fail if the key is ignored
 ACTED_ON = {
-    "edge.node_id": [_UPLINK, "tests/host/test_agent.py::test_ingest_syncs_each_record_exactly_once_and_local_stays"],
+    "edge.node_id": [_UPLINK, "tests/agent/test_agent.py::test_ingest_syncs_each_record_exactly_once_and_local_stays"],
     "edge.data_dir": [_C + "test_agent_opens_each_topic_log_with_its_settings",
                       _C + "test_load_config_resolves_paths_against_the_file"],
-    "edge.key": [_UPLINK, "tests/host/test_uplink.py::test_from_config"],
-    "edge.key_file": [_UPLINK, "tests/host/test_agent.py::test_missing_key_file_says_how_to_make_one"],
-    "edge.cloud_endpoint": [_UPLINK, "tests/host/test_uplink.py::test_from_config",
-                            "tests/host/test_mqtt_uplink.py::test_from_config_mqtt_and_mqtts_refused"],
+    "edge.key": [_UPLINK, "tests/agent/test_uplink.py::test_from_config"],
+    "edge.key_file": [_UPLINK, "tests/agent/test_agent.py::test_missing_key_file_says_how_to_make_one"],
+    "edge.cloud_endpoint": [_UPLINK, "tests/agent/test_uplink.py::test_from_config",
+                            "tests/transports/test_mqtt_uplink.py::test_from_config_mqtt_and_mqtts_refused"],
     "edge.sync.enabled": [_UPLINK],
-    "edge.sync.interval_secs": [_UPLINK, "tests/host/test_uplink.py::test_interval_finds_records_nobody_notified_about"],
-    "edge.sync.batch_size": [_UPLINK, "tests/host/test_uplink.py::test_from_config"],
-    "edge.sync.bandwidth_limit": [_UPLINK, "tests/host/test_uplink.py::test_bandwidth_limit_is_respected"],
+    "edge.sync.interval_secs": [_UPLINK, "tests/agent/test_uplink.py::test_interval_finds_records_nobody_notified_about"],
+    "edge.sync.batch_size": [_UPLINK, "tests/agent/test_uplink.py::test_from_config"],
+    "edge.sync.bandwidth_limit": [_UPLINK, "tests/agent/test_uplink.py::test_bandwidth_limit_is_respected"],
     "edge.sync.max_queue_size": [_C + "test_max_queue_size_refuses_ingest_beyond_it"],
     "edge.sync.retry": _RETRY,
     "edge.sync.retry.initial_ms": _RETRY,
@@ -112,7 +112,7 @@ ACTED_ON = {
     "edge.ingest.mqtt": _MQTT_INGEST,
     "edge.ingest.mqtt.broker": _MQTT_INGEST,
     "edge.ingest.mqtt.topics": _MQTT_INGEST,
-    "edge.ingest.mqtt.map": ["tests/host/test_mqtt_ingest.py::test_routing_values_and_refusals"],
+    "edge.ingest.mqtt.map": ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals"],
 }
 
 

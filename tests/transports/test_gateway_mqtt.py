@@ -1,6 +1,6 @@
 """The gateway over MQTT: a real Mosquitto, the gateway in-process, edges on paho clients.
 
-Each test starts its own broker (tests/host/mosquitto.py) on a free port and an aiohttp
+Each test starts its own broker (tests/support/mosquitto.py) on a free port and an aiohttp
 test server of the gateway with the MQTT transport attached (``attach_mqtt``). An edge is a
 CPython ``sync.EdgeConnection`` on a paho client of its own: it publishes to
 ``edgeline/<node>/up`` and reads ``edgeline/<node>/down``, following the edge's part

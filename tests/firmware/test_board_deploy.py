@@ -5,7 +5,7 @@ resets, status reads, hard resets, power cuts, at moments nobody picks -- loses 
 it had acknowledged. Two profiles, two ways the library gets there: the Pico's .mpy
 files copied to /lib, and the ESP32's frozen into its firmware (a ROMFS image the
 emulator mounts, as its flash). The emulator is emulator/board.py
-(tests/host/test_board_emulator.py)."""
+(tests/emulator/test_board_emulator.py)."""
 import json
 import os
 import random
@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from emuboard import ROOT, EmulatedBoard, Terminal, mpremote, need_board_tools  # noqa: E402
 from test_board_uplink import CliGateway  # noqa: E402
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from integration import REQUIRED  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

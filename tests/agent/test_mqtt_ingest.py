@@ -1,4 +1,4 @@
-"""MQTT ingest at the edge agent: a real Mosquitto (tests/host/mosquitto.py), the agent
+"""MQTT ingest at the edge agent: a real Mosquitto (tests/support/mosquitto.py), the agent
 in-process (or as a process, SIGKILLed), publishers on paho clients.
 
 What is checked: routing (first matching filter wins; no map: the MQTT topic is the

@@ -7,7 +7,7 @@ reports on that board) for everything it allocates; the code is the .mpy-compile
   .mpy files imported from a file system -- the profiles' ``deploy: mpy`` -- so the
   bytecode itself is loaded into that heap. A deterministic program that passes with H
   bytes of heap passes with more, so the smallest heap is the binding one; running the
-  suite again at each larger heap would only repeat it. (tests/host/test_micropython.py
+  suite again at each larger heap would only repeat it. (tests/mp/micropython_test.py
   runs the same suite at the 64 KB floor the core claims, code in ROMFS.)
 * The soak (tests/mp/soak.py) runs on every profile, with that profile's own settings
   (segment size, group commit, batch size, flash size and block size): those differ per
@@ -39,7 +39,6 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from cligateway import CliGateway  # noqa: E402
 from integration import need_binary  # noqa: E402
 

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from emuboard import ROOT, EmulatedBoard, Terminal, mpremote, need_board_tools  # noqa: E402
 
 sys.path.insert(0, ROOT)

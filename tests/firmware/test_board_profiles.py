@@ -18,7 +18,6 @@ import time
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from integration import need_binary  # noqa: E402
 from test_board_uplink import KEY, CliGateway  # noqa: E402
 
