@@ -43,9 +43,7 @@ one JSON line when listening and one with its counters when it stops.
 """
 import asyncio
 import collections
-import json
 import random
-import signal
 import socket
 import struct
 import sys
@@ -53,6 +51,8 @@ import sys
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+
+from edgeline_host.faultlink import host_port, run_as_process
 
 # Headers that belong to one hop (RFC 9110 section 7.6.1), and those aiohttp sets itself.
 _HOP = frozenset(h.lower() for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
@@ -284,30 +284,13 @@ class HttpFaultProxy:
 # ---------------------------------------------------------------------- as a process
 
 
-def _addr(text, default_host):
-    host, _, port = text.rpartition(":")
-    if not port.isdigit():
-        raise SystemExit("httpproxy: expected [HOST:]PORT, got %r" % text)
-    return host or default_host, int(port)
-
-
 async def _main(args):
-    host, port = _addr(args.listen, "127.0.0.1")
+    host, port = host_port(args.listen, "127.0.0.1", "httpproxy")
     proxy = HttpFaultProxy(args.target, listen_host=host, listen_port=port, seed=args.seed,
                            drop_request=args.drop_request, drop_response=args.drop_response,
                            duplicate=args.duplicate, delay=args.delay, delay_ms=args.delay_ms, hold=args.hold,
                            replay=args.replay)
-    await proxy.start()
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR1, proxy.cut)
-    loop.add_signal_handler(signal.SIGUSR2, proxy.restore)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    print(json.dumps({"listening": "%s:%d" % (host, proxy.port), "target": proxy.target_url}), flush=True)
-    await done.wait()
-    await proxy.stop()
-    print(json.dumps(proxy.stats()), flush=True)
+    await run_as_process(proxy, lambda: {"listening": "%s:%d" % (host, proxy.port), "target": proxy.target_url})
 
 
 def main(argv=None):

@@ -185,17 +185,25 @@ class FaultLink:
 # ---------------------------------------------------------------------- as a process
 
 
-def _addr(text, default_host):
+def host_port(text, default_host, prog="faultlink"):
+    """(host, port) of a ``[HOST:]PORT`` argument; a bad one exits with one line."""
     host, _, port = text.rpartition(":")
     if not port.isdigit():
-        raise SystemExit("faultlink: expected [HOST:]PORT, got %r" % text)
+        raise SystemExit("%s: expected [HOST:]PORT, got %r" % (prog, text))
     return host or default_host, int(port)
 
 
 async def _main(args):
-    lh, lp = _addr(args.listen, "127.0.0.1")
-    th, tp = _addr(args.target, "127.0.0.1")
+    lh, lp = host_port(args.listen, "127.0.0.1")
+    th, tp = host_port(args.target, "127.0.0.1")
     proxy = FaultLink(lp, th, tp, listen_host=lh, delay_ms=args.delay_ms, drop_connection_prob=args.drop_prob)
+    await run_as_process(proxy, lambda: {"listening": "%s:%d" % (lh, proxy.port), "target": "%s:%d" % (th, tp)})
+
+
+async def run_as_process(proxy, banner):
+    """A link (or any proxy with start/stop/cut/restore/stats) as a process of its own:
+    started, ``banner()`` printed as a JSON line, SIGUSR1 cuts and SIGUSR2 restores the
+    network, SIGINT/SIGTERM stop it and print its stats as a JSON line."""
     await proxy.start()
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -203,7 +211,7 @@ async def _main(args):
     loop.add_signal_handler(signal.SIGUSR2, proxy.restore)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
-    print(json.dumps({"listening": "%s:%d" % (lh, proxy.port), "target": "%s:%d" % (th, tp)}), flush=True)
+    print(json.dumps(banner()), flush=True)
     await done.wait()
     await proxy.stop()
     print(json.dumps(proxy.stats()), flush=True)

@@ -1,6 +1,5 @@
 """tools/lint_stubs.py: core/ passes it, and the lint itself catches what a board lacks."""
 import os
-import re
 import shutil
 import subprocess
 import sys
