@@ -1,6 +1,6 @@
 """``machine`` on the emulated board: the unix port's module plus ``reset()``.
 
-emulator/board.py packs this file into the board's ROM as ``machine.mpy``; ``machine``
+emulator/ptyboard.py packs this file into the board's ROM as ``machine.mpy``; ``machine``
 is one of MicroPython's extensible built-in modules, so importing it finds this file, and
 ``umachine`` is still the built-in one. A hard reset is what ``mpremote reset`` asks for
 (``machine.reset()``): the process is killed -- unflushed data is lost, as when a real

@@ -1,8 +1,8 @@
-"""The emulated board's firmware: what runs inside ``micropython`` for emulator/board.py.
+"""The emulated board's firmware: what runs inside ``micropython`` for emulator/ptyboard.py.
 
 Theory of operation
 -------------------
-emulator/board.py (CPython) owns the serial line -- a pseudo-terminal on which it speaks
+emulator/ptyboard.py (CPython) owns the serial line -- a pseudo-terminal on which it speaks
 MicroPython's REPL protocol to mpremote or a person. This module is the half that a real
 board has in its firmware. It runs in a ``micropython -X heapsize=N`` process (the unix
 port), loaded from a ROMFS image that sits in the bottom of the heap and executes in
@@ -47,7 +47,7 @@ Control messages, each ``op (1 byte) + length (4 bytes, little-endian) + payload
     ``Q``  ready to exit (after ``q``)
 
 Ctrl-C is a signal that makes the interpreter raise KeyboardInterrupt at its next
-bytecode check (emulator/board.py). The bridge sends it only between ``B`` and ``F``,
+bytecode check (emulator/ptyboard.py). The bridge sends it only between ``B`` and ``F``,
 while the user's code runs; the F/S exchange makes the rest safe. A KeyboardInterrupt
 can surface at any later jump of this module (with a native binary's asynchronous
 SIGINT: anywhere, even right after a read has taken bytes from a pipe) until the one

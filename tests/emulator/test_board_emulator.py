@@ -1,6 +1,6 @@
-"""The emulated board (emulator/board.py) against the real mpremote CLI and raw bytes.
+"""The emulated board (emulator/ptyboard.py) against the real mpremote CLI and raw bytes.
 
-Every test starts ``python -m emulator.board`` as a process: a pseudo-terminal serving
+Every test starts ``python -m emulator.ptyboard`` as a process: a pseudo-terminal serving
 MicroPython's REPL, the unix port with a board's heap behind it, a littlefs2 flash
 image. mpremote connects to the pty as to a USB board.
 """
@@ -15,7 +15,7 @@ import pytest
 from emuboard import ROOT, EmulatedBoard, Terminal, mpremote, need_board_tools  # noqa: E402
 
 sys.path.insert(0, ROOT)
-from emulator.board import needs_more_input  # noqa: E402
+from emulator.ptyboard import needs_more_input  # noqa: E402
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_interrupts_racing_the_end_of_the_code(board):
             assert t.exec_raw(b"print(%d)" % i) == (b"%d\n" % i, b"")
     finally:
         t.close()
-    assert "emulator.board:" not in board.errors()  # no reboot, no unknown message
+    assert "emulator.ptyboard:" not in board.errors()  # no reboot, no unknown message
 
 
 def test_interrupts_during_flash_writes_leave_littlefs_intact(board):
@@ -298,7 +298,7 @@ def test_bad_invocations_are_one_line(tmp_path):
     import subprocess
 
     def run(*args):
-        p = subprocess.run([sys.executable, "-m", "emulator.board"] + list(args), cwd=ROOT, capture_output=True,
+        p = subprocess.run([sys.executable, "-m", "emulator.ptyboard"] + list(args), cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1, p.stderr

@@ -4,7 +4,7 @@ gateway exactly once, status reads the queue back, and interrupting the board --
 resets, status reads, hard resets, power cuts, at moments nobody picks -- loses nothing
 it had acknowledged. Two profiles, two ways the library gets there: the Pico's .mpy
 files copied to /lib, and the ESP32's frozen into its firmware (a ROMFS image the
-emulator mounts, as its flash). The emulator is emulator/board.py
+emulator mounts, as its flash). The emulator is emulator/ptyboard.py
 (tests/emulator/test_board_emulator.py)."""
 import json
 import os

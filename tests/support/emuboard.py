@@ -1,4 +1,4 @@
-"""The emulated board (emulator/board.py) as a real process for tests, and mpremote."""
+"""The emulated board (emulator/ptyboard.py) as a real process for tests, and mpremote."""
 import os
 import select
 import signal
@@ -18,13 +18,13 @@ def need_board_tools():
 
 
 class EmulatedBoard:
-    """``python -m emulator.board ARGS --link DIR/board.tty`` until stop()."""
+    """``python -m emulator.ptyboard ARGS --link DIR/board.tty`` until stop()."""
 
     def __init__(self, tmp_path, *args, flash=None, flash_size="256k"):
         need_board_tools()
         self.flash = str(flash or tmp_path / "flash.img")
         self.link = str(tmp_path / "board.tty")
-        cmd = [sys.executable, "-m", "emulator.board", "--flash", self.flash, "--link", self.link] + list(args)
+        cmd = [sys.executable, "-m", "emulator.ptyboard", "--flash", self.flash, "--link", self.link] + list(args)
         if flash_size and not os.path.exists(self.flash):
             cmd += ["--flash-size", flash_size]
         self.log = open(str(tmp_path / "emulator.log"), "w+")

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 This module runs inside MicroPython (the unix port), not in the host's CPython: the
 emulated board -- ``edgeline firmware run`` (firmware/unixport.py) and the pty board of
-the test suite (emulator/board.py) -- mounts its flash through it, and so do the
+the test suite (emulator/ptyboard.py) -- mounts its flash through it, and so do the
 MicroPython tests (tests/mp). It is the only file-backed block device of the project;
 emulator/flash.py keeps the one whose bytes live in the heap.
 

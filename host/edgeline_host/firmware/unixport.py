@@ -20,7 +20,7 @@ in RAM at rest. The unix port is 64-bit: its objects are larger than on a 32-bit
 and a program that fits a board-sized heap here fits the board. What this does not
 emulate: the radio, the board's sensors (main.py falls back to simulated readings when
 ``machine.ADC``/``esp32`` are missing), deep sleep, and a board's serial REPL: the test
-suite's pty board for mpremote (emulator/board.py) adds that on top of this module's
+suite's pty board for mpremote (emulator/ptyboard.py) adds that on top of this module's
 ``board_of``, ``prepare_flash``, ``micropython_exe`` and flashfile.py.
 """
 import json

@@ -1,6 +1,6 @@
 """An emulated MicroPython board on a pseudo-terminal, that the real mpremote can talk to.
 
-    python -m emulator.board (--profile NAME | --heap SIZE) --flash FILE [--flash-size SIZE]
+    python -m emulator.ptyboard (--profile NAME | --heap SIZE) --flash FILE [--flash-size SIZE]
                              [--frozen ROMFS-IMAGE] [--link PATH] [--micropython EXE]
 
 prints the port (the pty, or the symlink made at ``--link``) on its first line of output
@@ -278,7 +278,7 @@ class EmulatedBoard:
         self.machine = machine
         self._argv, self._kbd_signal = interpreter(micropython)
         self.link = link
-        self.log = log or (lambda msg: sys.stderr.write("emulator.board: %s\n" % msg))
+        self.log = log or (lambda msg: sys.stderr.write("emulator.ptyboard: %s\n" % msg))
         self.port = None
         self.version = ""
         self.proc = None
@@ -998,7 +998,7 @@ class EmulatedBoard:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m emulator.board", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m emulator.ptyboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", help="a board profile (boards/<name>/profile.json): its heap and flash")
     ap.add_argument("--heap", help="the board's heap (bytes, or 64k, 180k, ...); overrides the profile's")
     ap.add_argument("--flash", required=True, help="the flash image file (created erased if missing)")
@@ -1033,7 +1033,7 @@ def main(argv=None):
         finally:
             board.close()
     except BoardError as e:
-        sys.stderr.write("emulator.board: error: %s\n" % e)
+        sys.stderr.write("emulator.ptyboard: error: %s\n" % e)
         return 2
     return 0
 
