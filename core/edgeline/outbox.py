@@ -97,7 +97,7 @@ class Outbox:
             )
         self._slotbuf = bytearray(_SLOT)
         self._h = None
-        log._consumers.append(self)
+        log.add_consumer(self)
 
     @property
     def acked(self):
@@ -201,5 +201,4 @@ class Outbox:
         if self._h is not None:
             self._h.close()
             self._h = None
-        if self in self.log._consumers:
-            self.log._consumers.remove(self)
+        self.log.remove_consumer(self)
