@@ -34,6 +34,12 @@ _tuple_new = tuple.__new__
 
 
 def append_cpython(self, value, ts=0, key=None, now_ms=None):
+    """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
+
+    ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
+    record's HLC timestamp (an int, 0..2**64-1). The record is durable when this
+    returns under sync ``every``; otherwise at the next commit (see the class doc).
+    """
     # CPython: pack straight into the write buffer and CRC one memoryview slice.
     if key is None:
         klen = 0

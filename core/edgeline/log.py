@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 A log is a directory of segment files named by the seq of their first record
-(docs/spec/log.md has the bytes). Records are framed — length, seq, ts, key, value,
-CRC32 — into one preallocated write buffer and reach the tail segment's file when the
-buffer fills or at a commit point. ``flush()`` is the commit point: it writes the buffer
-and syncs the file; only then is a record *durable* (``durable_seq``). The sync policy
-decides how often appends commit on their own: every append, every N records or T ms
-(group commit; the time comes from the caller), or never (the caller flushes).
+(docs/spec/log.md has the bytes; logformat.py packs, parses and scans them). Records are
+framed — length, seq, ts, key, value, CRC32 — into one preallocated write buffer and
+reach the tail segment's file when the buffer fills or at a commit point. ``flush()`` is
+the commit point: it writes the buffer and syncs the file; only then is a record
+*durable* (``durable_seq``). The sync policy decides how often appends commit on their
+own: every append, every N records or T ms (group commit; the time comes from the
+caller), or never (the caller flushes).
 
 A full segment is synced and sealed, and the next append begins a new one. Sealed
 segments are immutable, so opening a log after a power cut reads only the tail segment:
@@ -21,6 +22,8 @@ shared by priority. Space is reclaimed first from segments every consumer (outbo
 acknowledged; then the full policy decides: ``drop_oldest`` evicts the oldest segment,
 ``reject`` raises LogFull, ``drop_newest`` refuses the new record. Records removed before
 a consumer acknowledged them surface as gaps in its outbox; every drop is counted.
+The store and the outboxes reach the log only through its public API (``consumers``,
+``claimed_bytes``, ``remove_oldest``: docs/core.md).
 
 The append path allocates nothing per record on MicroPython after warm-up: the frame
 header is packed into a fixed bytearray, the CRC is computed over whole objects (a
@@ -44,11 +47,6 @@ except ImportError:
 
 
 from .errors import ConfigError, LogFull, StorageError
-
-# storage before logformat: with this order the imports leave the 64 KB test heap less
-# fragmented (tests/core/test_sync.py at 64 KB under tests/host/test_micropython.py
-# failed to find 1.5 KB contiguous with the other order; measured, not derived).
-from .storage import FileStorage
 from .logformat import (
     FRAME_CRC_BYTES,
     FRAME_HEADER_BYTES,
@@ -152,7 +150,13 @@ class RingLog:
         if group_records < 1 or group_ms < 0 or retention_ms < 0:
             raise ConfigError("group_records must be >= 1, group_ms and retention_ms >= 0")
         self.path = path
-        self.storage = storage if storage is not None else FileStorage()
+        if storage is None:
+            # Imported here: modules that need only Record (sync.py, a gateway's
+            # side) do not load the file storage onto a small heap.
+            from .storage import FileStorage
+
+            storage = FileStorage()
+        self.storage = storage
         self.segment_bytes = segment_bytes
         self.budget_bytes = budget_bytes
         self.full_policy = full_policy
@@ -182,7 +186,10 @@ class RingLog:
         self.reclaimed = 0  # removed after every consumer acknowledged them
         self.dropped = 0  # refused by drop_newest (never given a seq)
         self.corrupt = 0  # found rotted in a sealed segment and skipped
-        self._consumers = []
+        # The registered consumers (outboxes): objects with ``acked``, the highest seq
+        # they acknowledged, and ``close()``. An outbox adds itself and removes itself
+        # when closed; segments are reclaimed without loss only once all acknowledged.
+        self.consumers = []
         self._reported = {}  # (base, offset) of corruption already counted
         self._tail = None  # append handle of the tail segment
         self._tail_needs_header = False
@@ -459,12 +466,8 @@ class RingLog:
     else:
         append = append_cpython
         _fill_buffer = fill_buffer
-        append.__doc__ = """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
-
-        ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
-        record's HLC timestamp (an int, 0..2**64-1). The record is durable when this
-        returns under sync ``every``; otherwise at the next commit (see the class doc).
-        """
+        # append's documentation is append_cpython's docstring (docs/core.md too): kept
+        # there, a board never loads its text.
 
     def append_many(self, values, ts=0, keys=None, now_ms=None):
         """Append records ``values[i]`` (keys ``keys[i]``, or none); return the seq of the
@@ -579,7 +582,7 @@ class RingLog:
     def _make_room(self, need):
         store = self.store
         while self._size + self._wpos + need > self.budget_bytes:
-            if not self.reclaim_oldest() and not (self.full_policy == DROP_OLDEST and self.evict_oldest()):
+            if not self.remove_oldest() and not (self.full_policy == DROP_OLDEST and self.remove_oldest(True)):
                 return self._refuse()
         if store is not None:
             while store.used_bytes() + need > store.budget_bytes:
@@ -596,10 +599,10 @@ class RingLog:
         return False
 
     def _min_acked(self):
-        if not self._consumers:
+        if not self.consumers:
             return 0
-        m = self._consumers[0].acked
-        for c in self._consumers:
+        m = self.consumers[0].acked
+        for c in self.consumers:
             if c.acked < m:
                 m = c.acked
         return m
@@ -756,7 +759,7 @@ class RingLog:
         and its outboxes are unusable afterwards."""
         if self._closed:
             return
-        for c in list(self._consumers):
+        for c in list(self.consumers):
             c.close()
         if self._failed is None:
             self.flush()
@@ -774,18 +777,6 @@ class RingLog:
     # the outboxes that consume it (docs/core.md, "How the log, its outboxes and the
     # store work together"). They use these and the public properties, nothing else.
 
-    def add_consumer(self, outbox):
-        """Register a consumer (an Outbox): an object with ``acked``, the highest seq it
-        has acknowledged, and ``close()``. A sealed segment is reclaimed without loss
-        only once every registered consumer's ``acked`` covers it; ``close()`` closes the
-        consumers still registered."""
-        self._consumers.append(outbox)
-
-    def remove_consumer(self, outbox):
-        """Unregister a consumer: segments no longer wait for it. No-op if unknown."""
-        if outbox in self._consumers:
-            self._consumers.remove(outbox)
-
     @property
     def claimed_bytes(self):
         """What the log counts against a device budget: ``size_bytes`` (buffered bytes
@@ -793,23 +784,18 @@ class RingLog:
         An append that needs more asks (``Store.reclaim_for``) and renews the lease."""
         return self._size + self._allowed_end
 
-    def reclaim_oldest(self):
-        """Remove the oldest sealed segment if every consumer acknowledged all of it
-        (nothing is lost; counted as reclaimed). True if a segment was removed."""
+    def remove_oldest(self, evict=False):
+        """Remove the oldest sealed segment. Without ``evict``, only if every consumer
+        acknowledged all of it (nothing is lost: counted as reclaimed); with ``evict``,
+        whatever they acknowledged (records not acknowledged by all are counted as
+        evicted and become gaps in the outboxes behind). True if a segment was removed;
+        the tail never is (I2)."""
         segs = self._segs
-        if len(segs) < 2 or not self._consumers or self._min_acked() < segs[1][_S_BASE] - 1:
+        if len(segs) < 2:
             return False
-        self._remove_oldest("reclaimed")
-        return True
-
-    def evict_oldest(self):
-        """Remove the oldest sealed segment whatever its consumers acknowledged: records
-        not yet acknowledged by all are counted as evicted and become gaps in the
-        outboxes behind. True if a segment was removed; False if only the tail is left
-        (it is never removed, I2)."""
-        if len(self._segs) < 2:
+        if not evict and (not self.consumers or self._min_acked() < segs[1][_S_BASE] - 1):
             return False
-        self._remove_oldest("evicted")
+        self._remove_oldest("evicted" if evict else "reclaimed")
         return True
 
     # ------------------------------------------------------------------ read

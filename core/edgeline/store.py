@@ -90,14 +90,14 @@ class Store:
         appender's full policy then decides). RingLog calls this when it needs room."""
         by_prio = sorted(self.logs.values(), key=lambda lg: lg.priority)
         for lg in by_prio:
-            if lg.reclaim_oldest():
+            if lg.remove_oldest():
                 return True
         for lg in by_prio:
             if lg.priority >= appender.priority:
                 break
-            if lg.full_policy == DROP_OLDEST and lg.evict_oldest():
+            if lg.full_policy == DROP_OLDEST and lg.remove_oldest(True):
                 return True
-        return appender.full_policy == DROP_OLDEST and appender.evict_oldest()
+        return appender.full_policy == DROP_OLDEST and appender.remove_oldest(True)
 
     def flush(self):
         for lg in self.logs.values():

@@ -69,18 +69,18 @@ def test_reclaim_waits_for_every_consumer():
     log = RingLog(d, segment_bytes=256, budget_bytes=1 << 20)
     fill(log, 40)
     assert log.segment_count > 2
-    assert not log.reclaim_oldest()  # no consumer: nothing is acknowledged
+    assert not log.remove_oldest()  # no consumer: nothing is acknowledged
     a = Outbox(log, "a")
     b = Outbox(log, "b")
     a.ack(40)
-    assert not log.reclaim_oldest()  # b has acknowledged nothing
+    assert not log.remove_oldest()  # b has acknowledged nothing
     b.ack(40)
     segments = log.segment_count
-    assert log.reclaim_oldest()
+    assert log.remove_oldest()
     assert log.segment_count == segments - 1 and log.evicted == 0 and log.reclaimed > 0
-    log.remove_consumer(b)
-    log.remove_consumer(b)  # unknown now: a no-op
     b.close()
+    assert log.consumers == [a]
+    b.close()  # closing twice is harmless
     log.close()
     rmtree(d)
 
@@ -90,7 +90,7 @@ def test_evict_counts_what_no_consumer_acknowledged_and_keeps_the_tail():
     log = RingLog(d, segment_bytes=256, budget_bytes=1 << 20)
     ob = Outbox(log)
     fill(log, 40)
-    while log.evict_oldest():
+    while log.remove_oldest(True):
         pass
     assert log.segment_count == 1  # the tail stays (I2)
     assert log.evicted == log.first_seq - 1 and log.reclaimed == 0
