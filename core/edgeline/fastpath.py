@@ -8,45 +8,54 @@ slice (which allocates: fine here, forbidden on a microcontroller's hot path).
 ``fill_buffer`` frames a whole batch in one loop with its state in local variables;
 ``read_segment`` reads in 64 KB chunks and parses valid frames inline, handing anything
 unusual (a bad frame, a frame larger than a chunk) to log.py's general reader.
-Microcontrollers never import this module; log.py's ``_append_small`` is their path and
-the fallback for frames larger than the write buffer. Both are methods of RingLog,
-installed by log.py; tests check the bytes are identical
-(tests/core/test_log.py::test_append_many_matches_single_appends).
+Microcontrollers never import this module; log.py's ``_append_portable`` is their path
+and the fallback for frames larger than the write buffer. These functions are methods of
+RingLog, installed by log.py; the bytes they write are logformat's, and tests check they
+are identical (tests/core/test_log.py::test_append_many_matches_single_appends).
 """
 import struct
 from binascii import crc32
 
 from .errors import ConfigError
+from .logformat import (
+    FRAME_CRC_BYTES,
+    FRAME_HEADER_BYTES,
+    FRAME_OVERHEAD_BYTES,
+    NO_KEY,
+    SEGMENT_HEADER_BYTES,
+    pack_frame_crc,
+    pack_frame_header,
+    unpack_frame_crc,
+    unpack_frame_header,
+)
 
-_FRAME_HDR = 22
-_OVERHEAD = 26
-_NO_KEY = 0xFFFF
-_SEG_HDR = 32
 _READ_CHUNK = 65536
-_pack_frame_hdr = struct.Struct("<IQQH").pack_into
-_pack_u32 = struct.Struct("<I").pack_into
-_unpack_frame_hdr = struct.Struct("<IQQH").unpack_from
-_unpack_u32 = struct.Struct("<I").unpack_from
 _tuple_new = tuple.__new__
 
 
 def append_cpython(self, value, ts=0, key=None, now_ms=None):
+    """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
+
+    ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
+    record's HLC timestamp (an int, 0..2**64-1). The record is durable when this
+    returns under sync ``every``; otherwise at the next commit (see the class doc).
+    """
     # CPython: pack straight into the write buffer and CRC one memoryview slice.
     if key is None:
         klen = 0
-        kfield = _NO_KEY
+        kfield = NO_KEY
     else:
         klen = len(key)
         kfield = klen
-        if klen >= _NO_KEY:
+        if klen >= NO_KEY:
             raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
     vlen = len(value)
-    flen = _OVERHEAD + klen + vlen
+    flen = FRAME_OVERHEAD_BYTES + klen + vlen
     pos = self._wpos
     end = pos + flen
     if end > self._wlimit:
         if flen > self._wcap:
-            return self._append_small(value, ts, key, now_ms)
+            return self._append_portable(value, ts, key, now_ms)
         if not self._make_space(flen, ts):
             self.dropped += 1
             return 0
@@ -57,16 +66,16 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
     try:
         if ts < 0:
             raise ValueError
-        _pack_frame_hdr(buf, pos, flen, seq, ts, kfield)
+        pack_frame_header(buf, pos, flen, seq, ts, kfield)
     except (struct.error, TypeError, ValueError):
         raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
-    p = pos + _FRAME_HDR
+    p = pos + FRAME_HEADER_BYTES
     if klen:
         buf[p:p + klen] = key
         p += klen
     q = p + vlen
     buf[p:q] = value
-    _pack_u32(buf, q, crc32(self._wmv[pos:q]))
+    pack_frame_crc(buf, q, crc32(self._wmv[pos:q]))
     self._wpos = end
     self._next_seq = seq + 1
     self.last_ts = ts
@@ -100,7 +109,7 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
         stop = n
     t = ts
     k = None
-    kfield = _NO_KEY
+    kfield = NO_KEY
     klen = 0
     last = i
     if keys is None and one_ts and t >= 0:
@@ -108,13 +117,13 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
         try:
             while last < stop:
                 v = values[last]
-                end = pos + _OVERHEAD + len(v)
+                end = pos + FRAME_OVERHEAD_BYTES + len(v)
                 if end > limit:
                     break
-                _pack_frame_hdr(buf, pos, end - pos, seq, t, _NO_KEY)
-                q = end - 4
-                buf[pos + _FRAME_HDR:q] = v
-                _pack_u32(buf, q, crc32(mv[pos:q]))
+                pack_frame_header(buf, pos, end - pos, seq, t, NO_KEY)
+                q = end - FRAME_CRC_BYTES
+                buf[pos + FRAME_HEADER_BYTES:q] = v
+                pack_frame_crc(buf, q, crc32(mv[pos:q]))
                 pos = end
                 seq += 1
                 last += 1
@@ -127,27 +136,27 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
             if keys is not None:
                 k = keys[last]
                 if k is None:
-                    kfield = _NO_KEY
+                    kfield = NO_KEY
                     klen = 0
                 else:
                     klen = len(k)
-                    if klen >= _NO_KEY:
+                    if klen >= NO_KEY:
                         break  # append() raises the error
                     kfield = klen
             if not one_ts:
                 t = ts[last]
             vlen = len(v)
-            end = pos + _OVERHEAD + klen + vlen
+            end = pos + FRAME_OVERHEAD_BYTES + klen + vlen
             if end > limit or t < 0:
                 break
-            _pack_frame_hdr(buf, pos, end - pos, seq, t, kfield)
-            p = pos + _FRAME_HDR
+            pack_frame_header(buf, pos, end - pos, seq, t, kfield)
+            p = pos + FRAME_HEADER_BYTES
             if klen:
                 buf[p:p + klen] = k
                 p += klen
             q = p + vlen
             buf[p:q] = v
-            _pack_u32(buf, q, crc32(mv[pos:q]))
+            pack_frame_crc(buf, q, crc32(mv[pos:q]))
             pos = end
             seq += 1
             last += 1
@@ -160,18 +169,15 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
     return last
 
 
-def read_segment(self, seg, nxt, from_seq, max_records, max_bytes, out, nbytes):
-    # The happy path of RingLog._read_segment: valid, consecutive frames. At the first
-    # frame that is not, it leaves the read cache where it stopped and lets the general
-    # reader (which resyncs, counts and warns) go on from there.
-    base = seg[0]
-    end = seg[1]
-    max_frame = seg[3] - _SEG_HDR
+def read_segment(self, base, end, max_frame, nxt, from_seq, max_records, max_bytes, out, nbytes):
+    # The happy path of RingLog._read_segment (same arguments): valid, consecutive
+    # frames. At the first frame that is not, it leaves the read cache where it stopped
+    # and lets the general reader (which resyncs, counts and warns) go on from there.
     if self._cache_seg == base and self._cache_seq <= from_seq:
         off = self._cache_off
         expect = self._cache_seq
     else:
-        off = _SEG_HDR
+        off = SEGMENT_HEADER_BYTES
         expect = base
     Record = self._record_type
     general = False
@@ -186,25 +192,25 @@ def read_segment(self, seg, nxt, from_seq, max_records, max_bytes, out, nbytes):
             data = bytes(buf[:n])
             mv = memoryview(data)
             rel = 0
-            while rel + _OVERHEAD <= n:
-                flen, seq, ts, kfield = _unpack_frame_hdr(data, rel)
-                if rel + flen > n and _OVERHEAD <= flen <= max_frame:
+            while rel + FRAME_OVERHEAD_BYTES <= n:
+                flen, seq, ts, kfield = unpack_frame_header(data, rel)
+                if rel + flen > n and FRAME_OVERHEAD_BYTES <= flen <= max_frame:
                     break  # continues in the next chunk
-                q = rel + flen - 4
+                q = rel + flen - FRAME_CRC_BYTES
                 if (
                     seq != expect
-                    or flen < _OVERHEAD
+                    or flen < FRAME_OVERHEAD_BYTES
                     or flen > max_frame
-                    or (kfield != _NO_KEY and kfield > flen - _OVERHEAD)
-                    or _unpack_u32(data, q)[0] != crc32(mv[rel:q])
+                    or (kfield != NO_KEY and kfield > flen - FRAME_OVERHEAD_BYTES)
+                    or unpack_frame_crc(data, q)[0] != crc32(mv[rel:q])
                 ):
                     general = True
                     break
                 rel += flen
                 expect = seq + 1
                 if seq >= from_seq:
-                    p = rel - flen + _FRAME_HDR
-                    if kfield == _NO_KEY:
+                    p = rel - flen + FRAME_HEADER_BYTES
+                    if kfield == NO_KEY:
                         key = None
                     else:
                         key = data[p:p + kfield]
@@ -224,5 +230,5 @@ def read_segment(self, seg, nxt, from_seq, max_records, max_bytes, out, nbytes):
     self._cache_off = off
     self._cache_seq = expect
     if general and len(out) < max_records and nbytes < max_bytes:
-        return self._read_segment(seg, nxt, expect, max_records, max_bytes, out, nbytes)
+        return self._read_segment(base, end, max_frame, nxt, expect, max_records, max_bytes, out, nbytes)
     return nbytes

@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 A log is a directory of segment files named by the seq of their first record
-(docs/spec/log.md has the bytes). Records are framed — length, seq, ts, key, value,
-CRC32 — into one preallocated write buffer and reach the tail segment's file when the
-buffer fills or at a commit point. ``flush()`` is the commit point: it writes the buffer
-and syncs the file; only then is a record *durable* (``durable_seq``). The sync policy
-decides how often appends commit on their own: every append, every N records or T ms
-(group commit; the time comes from the caller), or never (the caller flushes).
+(docs/spec/log.md has the bytes; logformat.py packs, parses and scans them). Records are
+framed — length, seq, ts, key, value, CRC32 — into one preallocated write buffer and
+reach the tail segment's file when the buffer fills or at a commit point. ``flush()`` is
+the commit point: it writes the buffer and syncs the file; only then is a record
+*durable* (``durable_seq``). The sync policy decides how often appends commit on their
+own: every append, every N records or T ms (group commit; the time comes from the
+caller), or never (the caller flushes).
 
 A full segment is synced and sealed, and the next append begins a new one. Sealed
 segments are immutable, so opening a log after a power cut reads only the tail segment:
@@ -21,13 +22,15 @@ shared by priority. Space is reclaimed first from segments every consumer (outbo
 acknowledged; then the full policy decides: ``drop_oldest`` evicts the oldest segment,
 ``reject`` raises LogFull, ``drop_newest`` refuses the new record. Records removed before
 a consumer acknowledged them surface as gaps in its outbox; every drop is counted.
+The store and the outboxes reach the log only through its public API (``consumers``,
+``claimed_bytes``, ``remove_oldest``: docs/core.md).
 
 The append path allocates nothing per record on MicroPython after warm-up: the frame
 header is packed into a fixed bytearray, the CRC is computed over whole objects (a
 memoryview slice would allocate), and bytes are copied into the write buffer by slice
 assignment.
 """
-import struct
+import sys
 from binascii import crc32
 
 try:
@@ -43,8 +46,21 @@ except ImportError:
         return x
 
 
-from .errors import ConfigError, CorruptRecord, LogFull, StorageError
-from .storage import FileStorage
+from .errors import ConfigError, LogFull, StorageError
+from .logformat import (
+    FRAME_CRC_BYTES,
+    FRAME_HEADER_BYTES,
+    FRAME_OVERHEAD_BYTES,
+    NO_KEY,
+    SEGMENT_HEADER_BYTES,
+    FrameScanner,
+    pack_frame_crc,
+    pack_frame_header,
+    pack_segment_header,
+    parse_segment_header,
+    parse_segment_name,
+    segment_name,
+)
 
 SYNC_EVERY = "every"
 SYNC_GROUP = "group"
@@ -55,17 +71,6 @@ DROP_NEWEST = "drop_newest"
 
 _SYNC_POLICIES = (SYNC_NONE, SYNC_GROUP, SYNC_EVERY)  # index = the policy's code
 _FULL_POLICIES = (DROP_OLDEST, REJECT, DROP_NEWEST)
-
-_MAGIC = b"ELOG"
-_VERSION = const(1)
-_SEG_HDR = const(32)
-_FRAME_HDR = const(22)
-_OVERHEAD = const(26)
-_NO_KEY = const(0xFFFF)
-_SEG_SUFFIX = ".seg"
-_NAME_DIGITS = const(20)
-
-import sys
 
 # On microcontrollers buffers stay small; the write buffer can be raised per log.
 _SMALL = sys.implementation.name in ("micropython", "circuitpython")
@@ -79,159 +84,8 @@ _S_CAP = const(3)  # capacity from the header
 _S_BAD = const(4)  # header unreadable: the whole segment counts as corrupt
 
 
-try:
-    # CPython: precompiled formats are measurably faster on the append path.
-    _pack_frame_hdr = struct.Struct("<IQQH").pack_into
-    _pack_u32 = struct.Struct("<I").pack_into
-    _unpack_frame_hdr = struct.Struct("<IQQH").unpack_from
-    _unpack_u32 = struct.Struct("<I").unpack_from
-except AttributeError:  # MicroPython has no struct.Struct
-
-    def _unpack_frame_hdr(buf, off):
-        return struct.unpack_from("<IQQH", buf, off)
-
-    def _unpack_u32(buf, off):
-        return struct.unpack_from("<I", buf, off)
-
-    def _pack_frame_hdr(buf, off, flen, seq, ts, kfield):
-        struct.pack_into("<IQQH", buf, off, flen, seq, ts, kfield)
-
-    def _pack_u32(buf, off, v):
-        struct.pack_into("<I", buf, off, v)
-
-
 def _warn(msg):
     print("edgeline warning: " + msg)
-
-
-def segment_name(base_seq):
-    s = str(base_seq)
-    return "0" * (_NAME_DIGITS - len(s)) + s + _SEG_SUFFIX
-
-
-def _parse_segment_name(name):
-    if len(name) != _NAME_DIGITS + 4 or not name.endswith(_SEG_SUFFIX):
-        return 0
-    digits = name[:_NAME_DIGITS]
-    for c in digits:
-        if c < "0" or c > "9":
-            return 0
-    return int(digits)
-
-
-def pack_segment_header(base_seq, first_ts, capacity):
-    """The 32 header bytes of a segment (docs/spec/log.md, "Segment header")."""
-    hdr = bytearray(_SEG_HDR)
-    hdr[0:4] = _MAGIC
-    struct.pack_into("<BBHQQI", hdr, 4, _VERSION, 0, _SEG_HDR, base_seq, first_ts, capacity)
-    struct.pack_into("<I", hdr, 28, crc32(memoryview(hdr)[:28]))
-    return hdr
-
-
-def parse_segment_header(hdr, name=""):
-    """(base_seq, first_ts, capacity) of a 32-byte header, or None if it is not valid.
-
-    Raises CorruptRecord for a valid header of an unknown version or flags (I9).
-    """
-    if len(hdr) < _SEG_HDR or bytes(hdr[0:4]) != _MAGIC:
-        return None
-    if struct.unpack_from("<I", hdr, 28)[0] != crc32(memoryview(hdr)[:28]):
-        return None
-    version, flags, hlen, base, first_ts, cap = struct.unpack_from("<BBHQQI", hdr, 4)
-    if version != _VERSION or flags != 0 or hlen != _SEG_HDR:
-        raise CorruptRecord(
-            "segment %s: format version %d flags %d is not supported (this is version 1)"
-            % (name, version, flags)
-        )
-    return base, first_ts, cap
-
-
-def encode_frame(seq, ts, key, value):
-    """One frame as bytes (for tools and golden files; the log itself uses its buffer)."""
-    klen = 0 if key is None else len(key)
-    flen = _OVERHEAD + klen + len(value)
-    out = bytearray(flen)
-    struct.pack_into("<IQQH", out, 0, flen, seq, ts, _NO_KEY if key is None else klen)
-    if key is not None:
-        out[_FRAME_HDR:_FRAME_HDR + klen] = key
-    out[_FRAME_HDR + klen:flen - 4] = value
-    struct.pack_into("<I", out, flen - 4, crc32(memoryview(out)[:flen - 4]))
-    return bytes(out)
-
-
-class _Scanner:
-    """Reads the frames of one segment file through one reusable chunk buffer.
-
-    A log keeps one scanner for all its reads (``reset`` per file): on a small heap,
-    a fresh object and buffer per read would fragment it."""
-
-    def __init__(self, chunk):
-        self.chunk = chunk
-        self.buf = bytearray(chunk)
-        self.mv = memoryview(self.buf)
-        self.reset(None, 0, 0)
-
-    def reset(self, h, end, max_frame):
-        self.h = h
-        self.end = end
-        self.max_frame = max_frame
-        if len(self.buf) > self.chunk:  # grown for one big frame: give it back
-            self.buf = bytearray(self.chunk)
-            self.mv = memoryview(self.buf)
-        self.start = 0  # file offset of buf[0]
-        self.have = 0  # valid bytes in buf
-        self.rel = 0  # offset in buf of the frame frame() last returned
-        return self
-
-    def _fill(self, off):
-        h = self.h
-        h.seek(off)
-        lim = self.end - off
-        if lim > len(self.buf):
-            lim = len(self.buf)
-        mv = self.mv
-        have = 0
-        while have < lim:
-            k = h.readinto(mv[have:lim])
-            if not k:
-                break
-            have += k
-        self.start = off
-        self.have = have
-
-    def frame(self, off):
-        """The header (flen, seq, ts, key_field) of a valid frame at file offset off, its
-        offset in self.buf left in self.rel; None if the bytes there are not a complete
-        valid frame. One unpack and one CRC per frame: this is the read hot path."""
-        rel = off - self.start
-        if rel < 0 or rel + _OVERHEAD > self.have:
-            self._fill(off)
-            rel = 0
-            if self.have < _OVERHEAD:
-                return None
-        buf = self.buf
-        h = _unpack_frame_hdr(buf, rel)
-        flen = h[0]
-        if flen < _OVERHEAD or flen > self.max_frame:
-            return None
-        if rel + flen > self.have:
-            if off + flen > self.end:
-                return None
-            if flen > len(buf):
-                buf = self.buf = bytearray(flen)
-                self.mv = memoryview(buf)
-            self._fill(off)
-            rel = 0
-        kfield = h[3]
-        if kfield != _NO_KEY and _OVERHEAD + kfield > flen:
-            return None
-        q = rel + flen - 4
-        if _unpack_u32(buf, q)[0] != crc32(self.mv[rel:q]):
-            return None
-        self.rel = rel
-        return h
-
-
 
 
 # One record read back from a log: seq, ts, key (bytes or None), value (bytes).
@@ -283,20 +137,26 @@ class RingLog:
             raise ConfigError("full_policy must be one of drop_oldest, reject, drop_newest, not %r" % (full_policy,))
         if sync not in _SYNC_POLICIES:
             raise ConfigError("sync must be one of every, group, none, not %r" % (sync,))
-        if segment_bytes < _SEG_HDR + _OVERHEAD + 16:
-            raise ConfigError("segment_bytes must be at least %d, not %d" % (_SEG_HDR + _OVERHEAD + 16, segment_bytes))
+        if segment_bytes < SEGMENT_HEADER_BYTES + FRAME_OVERHEAD_BYTES + 16:
+            raise ConfigError("segment_bytes must be at least %d, not %d" % (SEGMENT_HEADER_BYTES + FRAME_OVERHEAD_BYTES + 16, segment_bytes))
         if segment_bytes > 0x7FFFFFFF:
             raise ConfigError("segment_bytes must be below 2 GiB")
         if budget_bytes < 2 * segment_bytes:
             raise ConfigError(
                 "budget_bytes (%d) must hold at least 2 segments of segment_bytes (%d)" % (budget_bytes, segment_bytes)
             )
-        if buffer_bytes is not None and buffer_bytes < _SEG_HDR + _OVERHEAD:
-            raise ConfigError("buffer_bytes must be at least %d, not %d" % (_SEG_HDR + _OVERHEAD, buffer_bytes))
+        if buffer_bytes is not None and buffer_bytes < SEGMENT_HEADER_BYTES + FRAME_OVERHEAD_BYTES:
+            raise ConfigError("buffer_bytes must be at least %d, not %d" % (SEGMENT_HEADER_BYTES + FRAME_OVERHEAD_BYTES, buffer_bytes))
         if group_records < 1 or group_ms < 0 or retention_ms < 0:
             raise ConfigError("group_records must be >= 1, group_ms and retention_ms >= 0")
         self.path = path
-        self.storage = storage if storage is not None else FileStorage()
+        if storage is None:
+            # Imported here: modules that need only Record (sync.py, a gateway's
+            # side) do not load the file storage onto a small heap.
+            from .storage import FileStorage
+
+            storage = FileStorage()
+        self.storage = storage
         self.segment_bytes = segment_bytes
         self.budget_bytes = budget_bytes
         self.full_policy = full_policy
@@ -318,7 +178,7 @@ class RingLog:
         self._wmv = memoryview(self._wbuf)
         self._wcap = buffer_bytes
         self._wpos = 0
-        self._hdr = bytearray(_FRAME_HDR)
+        self._hdr = bytearray(FRAME_HEADER_BYTES)
         self._crcbuf = bytearray(4)
         # Counters: every record that leaves other than by acknowledgement is counted.
         self.evicted = 0  # removed by drop_oldest before being acknowledged by all consumers
@@ -326,7 +186,10 @@ class RingLog:
         self.reclaimed = 0  # removed after every consumer acknowledged them
         self.dropped = 0  # refused by drop_newest (never given a seq)
         self.corrupt = 0  # found rotted in a sealed segment and skipped
-        self._consumers = []
+        # The registered consumers (outboxes): objects with ``acked``, the highest seq
+        # they acknowledged, and ``close()``. An outbox adds itself and removes itself
+        # when closed; segments are reclaimed without loss only once all acknowledged.
+        self.consumers = []
         self._reported = {}  # (base, offset) of corruption already counted
         self._tail = None  # append handle of the tail segment
         self._tail_needs_header = False
@@ -343,9 +206,9 @@ class RingLog:
     # ------------------------------------------------------------------ recovery
 
     def _scanner(self, h, end, max_frame):
-        # One scanner per log, made on first use and kept (see _Scanner).
+        # One scanner per log, made on first use and kept (see FrameScanner).
         if self._sc is None:
-            self._sc = _Scanner(self._chunk)
+            self._sc = FrameScanner(self._chunk)
         return self._sc.reset(h, end, max_frame)
 
     def _seg_path(self, base):
@@ -388,7 +251,7 @@ class RingLog:
         names = st.iterdir(self.path) if hasattr(st, "iterdir") else st.listdir(self.path)
         leftovers = None
         for name in names:
-            base = _parse_segment_name(name)
+            base = parse_segment_name(name)
             if base:
                 bases.append(base)
             elif name.endswith(".seg.tmp"):  # an interrupted truncate-by-copy
@@ -403,7 +266,7 @@ class RingLog:
         for base in bases:
             p = self._seg_path(base)
             size = st.size(p)
-            hdr = self._read_exact(p, 0, _SEG_HDR) if size >= _SEG_HDR else b""
+            hdr = self._read_exact(p, 0, SEGMENT_HEADER_BYTES) if size >= SEGMENT_HEADER_BYTES else b""
             parsed = parse_segment_header(hdr, segment_name(base)) if hdr else None
             if parsed is not None and parsed[0] != base:
                 parsed = None
@@ -446,12 +309,12 @@ class RingLog:
     def _scan_tail(self, tail):
         base = tail[_S_BASE]
         p = self._seg_path(base)
-        off = _SEG_HDR
+        off = SEGMENT_HEADER_BYTES
         expect = base
         last_ts = tail[_S_TS]
         h = self.storage.open_read(p)
         try:
-            sc = self._scanner(h, tail[_S_SIZE], tail[_S_CAP] - _SEG_HDR)
+            sc = self._scanner(h, tail[_S_SIZE], tail[_S_CAP] - SEGMENT_HEADER_BYTES)
             while off < sc.end:
                 f = sc.frame(off)
                 if f is None or f[1] != expect:
@@ -537,20 +400,21 @@ class RingLog:
     # Both rely on _wlimit: frames may be placed in the write buffer up to it without
     # any check (see _prepare).
 
-    def _append_small(self, value, ts=0, key=None, now_ms=None):
-        # Allocation-free (MicroPython; also CPython's frames bigger than the buffer):
-        # the header is packed apart and the CRC runs over whole objects, because a
-        # memoryview slice would allocate.
+    def _append_portable(self, value, ts=0, key=None, now_ms=None):
+        # The append of every runtime: allocation-free (MicroPython's append) and for
+        # frames of any size (CPython's append_cpython hands it frames bigger than the
+        # write buffer, which go to the file in pieces). The header is packed apart and
+        # the CRC runs over whole objects, because a memoryview slice would allocate.
         if key is None:
             klen = 0
-            kfield = _NO_KEY
+            kfield = NO_KEY
         else:
             klen = len(key)
             kfield = klen
-            if klen >= _NO_KEY:
+            if klen >= NO_KEY:
                 raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
         vlen = len(value)
-        flen = _OVERHEAD + klen + vlen
+        flen = FRAME_OVERHEAD_BYTES + klen + vlen
         pos = self._wpos
         end = pos + flen
         if end > self._wlimit:
@@ -564,7 +428,7 @@ class RingLog:
         try:
             if ts < 0:
                 raise ValueError
-            _pack_frame_hdr(hdr, 0, flen, seq, ts, kfield)
+            pack_frame_header(hdr, 0, flen, seq, ts, kfield)
         except (OverflowError, ValueError, TypeError):
             raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
         crc = crc32(hdr)
@@ -575,13 +439,13 @@ class RingLog:
             self._write_direct(flen, key, value, crc)
         else:
             buf = self._wbuf
-            p = pos + _FRAME_HDR
+            p = pos + FRAME_HEADER_BYTES
             buf[pos:p] = hdr
             if klen:
                 buf[p:p + klen] = key
                 p += klen
             buf[p:p + vlen] = value
-            _pack_u32(buf, p + vlen, crc)
+            pack_frame_crc(buf, p + vlen, crc)
             self._wpos = end
         self._next_seq = seq + 1
         self.last_ts = ts
@@ -598,16 +462,12 @@ class RingLog:
         return seq
 
     if _SMALL:
-        append = _append_small
+        append = _append_portable
     else:
         append = append_cpython
         _fill_buffer = fill_buffer
-        append.__doc__ = """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
-
-        ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
-        record's HLC timestamp (an int, 0..2**64-1). The record is durable when this
-        returns under sync ``every``; otherwise at the next commit (see the class doc).
-        """
+        # append's documentation is append_cpython's docstring (docs/core.md too): kept
+        # there, a board never loads its text.
 
     def append_many(self, values, ts=0, keys=None, now_ms=None):
         """Append records ``values[i]`` (keys ``keys[i]``, or none); return the seq of the
@@ -666,11 +526,11 @@ class RingLog:
         self._ensure_open()
         h = self._tail
         try:
-            h.write(self._hdr, _FRAME_HDR)
+            h.write(self._hdr, FRAME_HEADER_BYTES)
             if key is not None and len(key):
                 h.write(key, len(key))
             h.write(value, len(value))
-            _pack_u32(self._crcbuf, 0, crc)
+            pack_frame_crc(self._crcbuf, 0, crc)
             h.write(self._crcbuf, 4)
         except OSError as e:
             self._fail(e)
@@ -687,7 +547,7 @@ class RingLog:
             raise StorageError("log %s is closed" % self.path)
         if not isinstance(ts, int) or ts < 0 or ts > 0xFFFFFFFFFFFFFFFF:
             raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
-        if flen > self.segment_bytes - _SEG_HDR:
+        if flen > self.segment_bytes - SEGMENT_HEADER_BYTES:
             raise ConfigError(
                 "record of %d bytes does not fit in a segment of %d bytes" % (flen, self.segment_bytes)
             )
@@ -696,7 +556,7 @@ class RingLog:
             tail is None
             or (not self._tail_needs_header and tail[_S_SIZE] + self._wpos + flen > tail[_S_CAP])
         )
-        need = flen + _SEG_HDR if (rotate or self._tail_needs_header) else flen
+        need = flen + SEGMENT_HEADER_BYTES if (rotate or self._tail_needs_header) else flen
         if not self._make_room(need):
             return False
         if rotate:
@@ -722,11 +582,11 @@ class RingLog:
     def _make_room(self, need):
         store = self.store
         while self._size + self._wpos + need > self.budget_bytes:
-            if not self._free_oldest(True):
+            if not self.remove_oldest() and not (self.full_policy == DROP_OLDEST and self.remove_oldest(True)):
                 return self._refuse()
         if store is not None:
             while store.used_bytes() + need > store.budget_bytes:
-                if not store._reclaim_for(self):
+                if not store.reclaim_for(self):
                     return self._refuse()
         return True
 
@@ -739,32 +599,13 @@ class RingLog:
         return False
 
     def _min_acked(self):
-        if not self._consumers:
+        if not self.consumers:
             return 0
-        m = self._consumers[0].acked
-        for c in self._consumers:
+        m = self.consumers[0].acked
+        for c in self.consumers:
             if c.acked < m:
                 m = c.acked
         return m
-
-    def _reclaimable(self):
-        """True if the oldest sealed segment is acknowledged by every consumer."""
-        segs = self._segs
-        if len(segs) < 2 or not self._consumers:
-            return False
-        return self._min_acked() >= segs[1][_S_BASE] - 1
-
-    def _free_oldest(self, by_policy):
-        """Remove the oldest sealed segment if allowed; True if one was removed."""
-        if len(self._segs) < 2:
-            return False
-        if self._reclaimable():
-            self._remove_oldest("reclaimed")
-            return True
-        if by_policy and self.full_policy == DROP_OLDEST:
-            self._remove_oldest("evicted")
-            return True
-        return False
 
     def _remove_oldest(self, why):
         seg = self._segs[0]
@@ -822,8 +663,8 @@ class RingLog:
         tail[_S_TS] = ts
         tail[_S_CAP] = self.segment_bytes
         hdr = pack_segment_header(tail[_S_BASE], ts, self.segment_bytes)
-        self._wbuf[0:_SEG_HDR] = hdr
-        self._wpos = _SEG_HDR
+        self._wbuf[0:SEGMENT_HEADER_BYTES] = hdr
+        self._wpos = SEGMENT_HEADER_BYTES
         self._tail_needs_header = False
 
     def _ensure_open(self):
@@ -918,7 +759,7 @@ class RingLog:
         and its outboxes are unusable afterwards."""
         if self._closed:
             return
-        for c in list(self._consumers):
+        for c in list(self.consumers):
             c.close()
         if self._failed is None:
             self.flush()
@@ -928,7 +769,34 @@ class RingLog:
         self._closed = True
         self._set_room(0)
         if self.store is not None:
-            self.store._forget(self)
+            self.store.forget(self)
+
+    # ------------------------------------------------------------------ store and outboxes
+    #
+    # The contract between a log, the Store that shares a device budget among logs, and
+    # the outboxes that consume it (docs/core.md, "How the log, its outboxes and the
+    # store work together"). They use these and the public properties, nothing else.
+
+    @property
+    def claimed_bytes(self):
+        """What the log counts against a device budget: ``size_bytes`` (buffered bytes
+        included) plus its lease, the room it may still fill without asking the store.
+        An append that needs more asks (``Store.reclaim_for``) and renews the lease."""
+        return self._size + self._allowed_end
+
+    def remove_oldest(self, evict=False):
+        """Remove the oldest sealed segment. Without ``evict``, only if every consumer
+        acknowledged all of it (nothing is lost: counted as reclaimed); with ``evict``,
+        whatever they acknowledged (records not acknowledged by all are counted as
+        evicted and become gaps in the outboxes behind). True if a segment was removed;
+        the tail never is (I2)."""
+        segs = self._segs
+        if len(segs) < 2:
+            return False
+        if not evict and (not self.consumers or self._min_acked() < segs[1][_S_BASE] - 1):
+            return False
+        self._remove_oldest("evicted" if evict else "reclaimed")
+        return True
 
     # ------------------------------------------------------------------ read
 
@@ -977,35 +845,42 @@ class RingLog:
             seg = segs[i]
             nxt = segs[i + 1][_S_BASE] if i + 1 < len(segs) else self._next_seq
             if seg[_S_BAD]:
-                self._report_corrupt(seg, 0, seg[_S_BASE], nxt - 1)
+                self._report_corrupt(seg[_S_BASE], 0, seg[_S_BASE], nxt - 1)
             elif from_seq < nxt:
-                nbytes = self._read_seg(seg, nxt, from_seq, max_records, max_bytes, out, nbytes)
+                nbytes = self._read_seg(
+                    seg[_S_BASE], seg[_S_SIZE], seg[_S_CAP] - SEGMENT_HEADER_BYTES, nxt,
+                    from_seq, max_records, max_bytes, out, nbytes,
+                )
             from_seq = nxt
             i += 1
         return out
 
-    def _read_segment(self, seg, nxt, from_seq, max_records, max_bytes, out, nbytes):
-        base = seg[_S_BASE]
+    def _read_segment(self, base, end, max_frame, nxt, from_seq, max_records, max_bytes, out, nbytes):
+        """Append to ``out`` the records of segment ``base`` (``end`` bytes long, frames of
+        at most ``max_frame`` bytes; the next segment begins at seq ``nxt``) from seq
+        ``from_seq`` on, within the limits; return ``nbytes`` plus the value bytes read.
+        Skips, counts and reports rotted frames (I8). The general reader: every runtime's,
+        and where CPython's fast reader (fastpath.read_segment) meets anything unusual."""
         if self._cache_seg == base and self._cache_seq <= from_seq:
             off = self._cache_off
             expect = self._cache_seq
         else:
-            off = _SEG_HDR
+            off = SEGMENT_HEADER_BYTES
             expect = base
         h = self.storage.open_read(self._seg_path(base))
         try:
-            sc = self._scanner(h, seg[_S_SIZE], seg[_S_CAP] - _SEG_HDR)
-            while off < sc.end and len(out) < max_records and nbytes < max_bytes:
+            sc = self._scanner(h, end, max_frame)
+            while off < end and len(out) < max_records and nbytes < max_bytes:
                 f = sc.frame(off)
                 if f is None or f[1] < expect or f[1] >= nxt:
                     # I8: a rotted frame. Scan forward for the next valid one.
-                    found = self._resync(h, off, sc.end, expect, nxt, sc.max_frame)
+                    found = sc.next_valid(off, expect, nxt)
                     if found is None:
-                        self._report_corrupt(seg, off, expect, nxt - 1)
-                        off = sc.end
+                        self._report_corrupt(base, off, expect, nxt - 1)
+                        off = end
                         expect = nxt
                         break
-                    self._report_corrupt(seg, off, expect, found[1] - 1)
+                    self._report_corrupt(base, off, expect, found[1] - 1)
                     off = found[0]
                     expect = found[1]
                     continue
@@ -1013,13 +888,13 @@ class RingLog:
                 if seq >= from_seq:
                     rel = sc.rel
                     mv = sc.mv
-                    p = rel + _FRAME_HDR
-                    if klen == _NO_KEY:
+                    p = rel + FRAME_HEADER_BYTES
+                    if klen == NO_KEY:
                         key = None
                     else:
                         key = bytes(mv[p:p + klen])
                         p += klen
-                    value = bytes(mv[p:rel + flen - 4])
+                    value = bytes(mv[p:rel + flen - FRAME_CRC_BYTES])
                     out.append(Record(seq, ts, key, value))
                     nbytes += len(value)
                 off += flen
@@ -1037,27 +912,13 @@ class RingLog:
     else:
         _read_seg = read_segment
 
-    def _resync(self, h, off, end, expect, nxt, max_frame):
-        """Find (offset, seq) of the next valid frame after a bad one at off, or None.
-
-        Only runs when corruption was found, so it may be slow: it tries every offset.
-        """
-        sc = _Scanner(self._chunk).reset(h, end, max_frame)  # not the log's: a read is using it
-        pos = off + 1
-        while pos + _OVERHEAD <= end:
-            f = sc.frame(pos)
-            if f is not None and expect < f[1] < nxt:
-                return pos, f[1]
-            pos += 1
-        return None
-
-    def _report_corrupt(self, seg, off, first, last):
-        k = (seg[_S_BASE], off)
+    def _report_corrupt(self, base, off, first, last):
+        k = (base, off)
         if k in self._reported or last < first:
             return
         self._reported[k] = True
         self.corrupt += last - first + 1
         self.warn(
             "log %s: corrupt data in segment %s at byte %d; records %d..%d are lost"
-            % (self.path, segment_name(seg[_S_BASE]), off, first, last)
+            % (self.path, segment_name(base), off, first, last)
         )

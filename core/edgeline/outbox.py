@@ -20,6 +20,10 @@ receiver has already stored.
 The cursor lives in a 32-byte two-slot file (docs/spec/log.md, "Outbox cursor file"):
 each update writes the slot that does not hold the current value and syncs, so a torn
 update leaves the previous value readable and the cursor can never rewind.
+
+The outbox registers in its log's ``consumers``: the log then keeps every segment holding
+records after the cursor unless its full policy evicts them. It uses only the log's
+public API (docs/core.md).
 """
 import struct
 from binascii import crc32
@@ -97,7 +101,7 @@ class Outbox:
             )
         self._slotbuf = bytearray(_SLOT)
         self._h = None
-        log._consumers.append(self)
+        log.consumers.append(self)
 
     @property
     def acked(self):
@@ -201,5 +205,5 @@ class Outbox:
         if self._h is not None:
             self._h.close()
             self._h = None
-        if self in self.log._consumers:
-            self.log._consumers.remove(self)
+        if self in self.log.consumers:
+            self.log.consumers.remove(self)

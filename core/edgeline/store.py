@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-Each topic has its own RingLog in ``<root>/<topic dir>``. The store keeps the sum of
-their sizes; a log asks the store for room before it grows (RingLog._make_room), and the
-store reclaims in the order docs/spec/log.md gives: fully acknowledged segments of any
-log (lowest priority first), then the oldest segment of a lower-priority ``drop_oldest``
-log, then the appending log's own policy.
+Each topic has its own RingLog in ``<root>/<topic dir>``. What the device uses is the sum
+of the logs' claims (``RingLog.claimed_bytes``: their bytes, buffered ones included, plus
+the room each may still fill without asking). A log that needs more than its lease asks
+the store (``reclaim_for``), which frees one segment at a time in the order
+docs/spec/log.md gives: fully acknowledged segments of any log (lowest priority first),
+then the oldest segment of a lower-priority ``drop_oldest`` log, then the appending
+log's own policy. The store uses only RingLog's public API (docs/core.md).
 """
 from .errors import ConfigError
 from .log import DROP_OLDEST, RingLog
@@ -57,7 +59,7 @@ class Store:
         """Bytes occupied plus the room each log may still fill without asking (its lease)."""
         n = 0
         for lg in self.logs.values():
-            n += lg._size + lg._allowed_end
+            n += lg.claimed_bytes
         return n
 
     def log(self, topic, origin=None, **options):
@@ -76,27 +78,26 @@ class Store:
         self.logs[name] = lg
         return lg
 
-    def _forget(self, lg):
+    def forget(self, lg):
+        """Stop counting a log against the budget (RingLog.close calls this)."""
         for t in list(self.logs):
             if self.logs[t] is lg:
                 del self.logs[t]
 
-    def _reclaim_for(self, appender):
+    def reclaim_for(self, appender):
+        """Free one segment so the log ``appender`` can grow within the device budget, in
+        docs/spec/log.md's order; True if one was removed, False if none may be (the
+        appender's full policy then decides). RingLog calls this when it needs room."""
         by_prio = sorted(self.logs.values(), key=lambda lg: lg.priority)
         for lg in by_prio:
-            if lg._reclaimable():
-                lg._remove_oldest("reclaimed")
+            if lg.remove_oldest():
                 return True
         for lg in by_prio:
             if lg.priority >= appender.priority:
                 break
-            if lg.full_policy == DROP_OLDEST and len(lg._segs) >= 2:
-                lg._remove_oldest("evicted")
+            if lg.full_policy == DROP_OLDEST and lg.remove_oldest(True):
                 return True
-        if appender.full_policy == DROP_OLDEST and len(appender._segs) >= 2:
-            appender._remove_oldest("evicted")
-            return True
-        return False
+        return appender.full_policy == DROP_OLDEST and appender.remove_oldest(True)
 
     def flush(self):
         for lg in self.logs.values():

@@ -3,7 +3,8 @@ import os
 import struct
 
 from edgeline.errors import ConfigError, CorruptRecord
-from edgeline.log import RingLog, segment_name, encode_frame, pack_segment_header
+from edgeline.log import RingLog
+from edgeline.logformat import encode_frame, pack_segment_header, segment_name
 from support import raises, tempdir, rmtree
 
 
@@ -151,7 +152,7 @@ def test_tail_with_header_only_or_garbage_header():
 
 def test_erased_bytes_never_parse():
     # I6: all-0x00 and all-0xFF after a valid header are not frames; such headers are invalid
-    from edgeline.log import parse_segment_header
+    from edgeline.logformat import parse_segment_header
 
     assert parse_segment_header(b"\x00" * 32) is None
     assert parse_segment_header(b"\xff" * 32) is None

@@ -2,7 +2,8 @@
 import os
 
 from edgeline.errors import LogFull
-from edgeline.log import RingLog, segment_name
+from edgeline.log import RingLog
+from edgeline.logformat import segment_name
 from edgeline.outbox import Outbox
 from edgeline.store import Store
 from support import check_contiguous, fill, rmtree, tempdir, value_of

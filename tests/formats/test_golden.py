@@ -24,7 +24,8 @@ import cbor2
 import pytest
 
 from edgeline import codec
-from edgeline.log import RingLog, encode_frame, pack_segment_header, parse_segment_header
+from edgeline.log import RingLog
+from edgeline.logformat import encode_frame, pack_segment_header, parse_segment_header
 from edgeline.outbox import Outbox, pack_cursor_slot, parse_cursor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

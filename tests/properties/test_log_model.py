@@ -58,8 +58,8 @@ from edgeline.log import (
     SYNC_GROUP,
     SYNC_NONE,
     RingLog,
-    segment_name,
 )
+from edgeline.logformat import segment_name
 from edgeline.outbox import Outbox
 from edgeline.storage import FileStorage
 

@@ -5,7 +5,7 @@ written raw to a plain file with the same fsync pattern.
 
 (a) group commit: RingLog(sync="group", group_records=1000) -- one append() per record,
     and append_many() in batches of 100 -- vs raw writes of the same
-    frames (precomputed with edgeline.log.encode_frame) with an fsync every 1000
+    frames (precomputed with edgeline.logformat.encode_frame) with an fsync every 1000
     records. Two raw baselines: one write() per 1000 frames (the physical limit: the
     fewest syscalls possible, no per-record work at all) and one write() per frame
     (what an unbuffered naive logger does). Target: RingLog >= 50 % of the limit.
@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 harness.use_core()
-from edgeline.log import RingLog, encode_frame  # noqa: E402
+from edgeline.log import RingLog  # noqa: E402
+from edgeline.logformat import encode_frame  # noqa: E402
 
 VALUE = bytes(range(64))
 GROUP = 1000

@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 harness.use_core()
-from edgeline.log import RingLog, encode_frame  # noqa: E402
+from edgeline.log import RingLog  # noqa: E402
+from edgeline.logformat import encode_frame  # noqa: E402
 
 VALUE = bytes(range(64))
 FRAME = 26 + len(VALUE)

@@ -62,7 +62,7 @@ from aiohttp import web
 from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
-from edgeline.log import encode_frame, pack_segment_header
+from edgeline.logformat import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store
 
