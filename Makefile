@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo demo-log test lint bench venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -30,6 +30,12 @@ from binascii import crc32
 
 from .errors import ConfigError, StorageError
 
+# Why seqs after the cursor are missing, as the GAP reasons of the wire (wire.md, GAP):
+# gap_reason returns one of these; the sender adds its own (sender.GATEWAY_LOST).
+EVICTED = "evicted"  # removed by the log's full policy before they were sent
+EXPIRED = "expired"  # removed by retention before they were sent
+CORRUPT = "corrupt"  # rotted on flash
+
 _SLOT = 16
 
 
@@ -142,8 +148,8 @@ class Outbox:
         """
         log = self.log
         if first >= log.first_seq:
-            return "corrupt"
-        return "expired" if log.expired and not log.evicted else "evicted"
+            return CORRUPT
+        return EXPIRED if log.expired and not log.evicted else EVICTED
 
     def peek(self, max_records=100, max_bytes=65536):
         """The records right after the cursor, in order and contiguous, up to the limits.

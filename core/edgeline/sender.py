@@ -57,10 +57,8 @@ except ImportError:
         return x
 
 
-# GAP reasons (wire.md, GAP): why the seqs of a GAP are missing.
-EVICTED = "evicted"  # removed by the log's full policy before they were sent
-EXPIRED = "expired"  # removed by retention before they were sent
-CORRUPT = "corrupt"  # rotted on flash
+# The GAP reason of the sender's own (wire.md, GAP); the outbox's are outbox.EVICTED,
+# EXPIRED and CORRUPT (Outbox.gap_reason).
 GATEWAY_LOST = "gateway_lost"  # acknowledged by the gateway, which no longer holds them
 
 # What the gateway's mark means for a topic (TopicSender.welcome and on_ack).

@@ -3,8 +3,8 @@ outbox, and what is sent next -- every case as a table row. Plain functions; CPy
 MicroPython (docs/spec/wire.md, "Sender rules")."""
 from edgeline.errors import RemoteProtocolError
 from edgeline.log import RingLog
-from edgeline.outbox import Outbox
-from edgeline.sender import (ACKNOWLEDGE, EVICTED, GATEWAY_BEHIND, GATEWAY_LOST, IN_STEP, PAST_END,
+from edgeline.outbox import EVICTED, Outbox
+from edgeline.sender import (ACKNOWLEDGE, GATEWAY_BEHIND, GATEWAY_LOST, IN_STEP, PAST_END,
                              TopicSender)
 from edgeline.sync import Batch, Gap
 from support import fill, raises, rmtree, tempdir
