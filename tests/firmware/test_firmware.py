@@ -155,6 +155,7 @@ def test_board_config_is_checked():
     cases = [
         (dict(cfg, key="abc"), "key: must be the node's 32-byte key as 64 hex digits"),
         (dict(cfg, node_id="no spaces"), "node_id: must be 1-64 characters"),
+        (dict(cfg, node_id=".."), "node_id: must be 1-64 characters"),  # the protocol's rule: not a path step
         (dict(cfg, gateway={"host": "h", "port": 70000}), "gateway.port: must be an integer from 1 to 65535"),
         (dict(cfg, wifi={"ssid": "s", "password": "p", "country": "gb"}), "wifi.country: must be a two-letter"),
         (dict(cfg, profile="pico"), "profile: is 'pico', but this is the pico-w profile"),

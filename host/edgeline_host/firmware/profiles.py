@@ -18,6 +18,7 @@ import json
 import os
 import re
 
+from edgeline.sync import is_node_id
 
 
 def _boards_dir():
@@ -41,7 +42,6 @@ MPY_ARCHS = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", 
              "xtensawin", "rv32imc", "rv64imc")
 FULL_POLICIES = ("drop_oldest", "reject", "drop_newest")
 SYNC_POLICIES = ("every", "group", "none")
-NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -174,8 +174,8 @@ def check_board_config(cfg, source="edgeline.json", profile=None):
     ctx = _Ctx(source)
     _obj(ctx, "", cfg, ("profile", "node_id", "key") + DEFAULT_KEYS, ("gateway", "wifi", "samples"))
     _str(ctx, "profile", cfg["profile"])
-    if not isinstance(cfg["node_id"], str) or not NODE_ID.match(cfg["node_id"]):
-        ctx.fail("node_id", "must be 1-64 characters of A-Z a-z 0-9 . _ - (got %s)" % _show(cfg["node_id"]))
+    if not is_node_id(cfg["node_id"]):  # the protocol's rule (docs/spec/wire.md): what the gateway accepts
+        ctx.fail("node_id", "must be 1-64 characters of A-Z a-z 0-9 . _ -, not . or .. (got %s)" % _show(cfg["node_id"]))
     key = cfg["key"]
     if not isinstance(key, str) or not re.match(r"^[0-9a-fA-F]{64}$", key):
         ctx.fail("key", "must be the node's 32-byte key as 64 hex digits")
