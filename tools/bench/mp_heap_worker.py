@@ -46,6 +46,7 @@ def main(argv):
     pre = gc.mem_alloc()
     from edgeline.log import RingLog
     from edgeline.outbox import Outbox
+    from edgeline import storage  # noqa: F401 -- RingLog(path) opens with it (imported at open since the logformat split)
 
     records = int(records)
     chunk = int(chunk)
