@@ -591,7 +591,8 @@ class FleetDemo:
             rows = await self.read_back(session, BOARD, BOARD_TOPIC)
             produced = b.done[0] if b.done else b.durable
             r = dict(produced=produced, stored=0, lost=0, duplicated=0, unacknowledged=0, phantom=0,
-                     stored_total=len(rows), retries=b.retries, last_retry=b.last_retry, finished=b.done is not None)
+                     stored_total=len(rows), retries=b.retries, last_retry=b.last_retry, finished=b.done is not None,
+                     output=list(b.output[-20:]))  # what the board printed besides its protocol lines
             seen = {}
             by_seq = {}
             board_lags = []
@@ -674,6 +675,9 @@ class FleetDemo:
         if b is not None:
             out("  board: %d retries on UplinkError%s" % (b["retries"], " (last: %s)" % b["last_retry"]
                                                           if b["last_retry"] else ""))
+            if b["lost"] or not b["finished"]:  # the board's own words: a traceback, a MemoryError
+                for line in b["output"]:
+                    out("  board said: " + line)
         elif r["board"]:
             out("  " + r["board"])
         if not r["drained"]:
