@@ -49,6 +49,7 @@ edgeline's modules take about 40 KB even run from flash: a 500-record sync then 
 about 58 KB of heap (16 records: about 64 KB). Boards with more RAM raise them. ``sync_once`` keeps the connection open for the next
 call; ``close()`` ends it (before a deep sleep, say).
 """
+import gc
 import os
 
 from edgeline import sync
@@ -316,10 +317,19 @@ class BoardUplink:
 
     def _fail(self, e, doing):
         # Close, then one line: network and protocol errors become UplinkError; local
-        # storage and configuration errors propagate as they are.
+        # storage and configuration errors propagate as they are. A MemoryError is a
+        # failed round too: on a board's small heap a message or a read can find no block
+        # big enough (the heap fragments), and the producer must not die of it. Closing
+        # drops the connection's buffers; the caller retries later, as after a network
+        # error, and the gateway's marks make the resend exact (a cursor write cut by it
+        # is a cut like any other).
         self.close()
         if isinstance(e, UplinkError):
             raise e
+        if isinstance(e, MemoryError):
+            e = None
+            gc.collect()
+            raise UplinkError("%s: out of memory, connection closed to free it" % doing)
         if isinstance(e, OSError):
             raise UplinkError("%s to %s:%s failed: %s" % (doing, self.host, self.port, _os_error(e)))
         if isinstance(e, RemoteProtocolError):

@@ -162,6 +162,31 @@ def test_cpython_ack_lost_before_cursor_write_resumes_from_marks(gateway, tmp_pa
     assert [s for s, _ in stored(gateway)] == list(range(1, 101))
 
 
+class HeapRunsOut(uplink.BoardUplink):
+    """The heap finds no block for the nth message (a fragmented board heap)."""
+
+    fail_at = 4  # HELLO, AUTH, the first BATCH, then the second BATCH
+
+    def _send(self, event):
+        self.fail_at -= 1
+        if self.fail_at == 0:
+            raise MemoryError("memory allocation failed, allocating 293 bytes")
+        uplink.BoardUplink._send(self, event)
+
+
+def test_cpython_out_of_memory_mid_sync_is_a_failed_round_then_resumes(gateway, tmp_path):
+    # A fleet-demo board died of this: the MemoryError left sync_once as it was and ended
+    # the producer's loop. It is a failed round: closed, one line, retried exactly.
+    lg, ob = open_topic(tmp_path / "temp")
+    append(lg, 1, 50)
+    up = HeapRunsOut("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
+    with pytest.raises(uplink.UplinkError, match="^sync: out of memory") as e:
+        up.sync_once()
+    assert "\n" not in str(e.value) and not up.connected and ob.acked == 8
+    assert up.sync_once() == 42 and up.pending == 0
+    assert [s for s, _ in stored(gateway)] == list(range(1, 51))
+
+
 def test_cpython_errors_are_one_line(gateway, tmp_path):
     lg, ob = open_topic(tmp_path / "temp")
     append(lg, 1, 5)
