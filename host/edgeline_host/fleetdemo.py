@@ -238,6 +238,7 @@ class Board:
         self.durable_ms = {}  # seq -> when the demo saw it committed
         self.acked = 0
         self.retries = 0
+        self.out_of_memory = 0  # of the retries: rounds the board's heap could not hold
         self.last_retry = None
         self.done = None
         self.output = []
@@ -382,6 +383,8 @@ class FleetDemo:
             elif w[0] == "RETRY":
                 b.retries += 1
                 b.last_retry = text[6:]
+                if "out of memory" in text:
+                    b.out_of_memory += 1
             elif w[0] == "DONE":
                 b.done = (int(w[1]), int(w[2]))
             else:
@@ -591,7 +594,8 @@ class FleetDemo:
             rows = await self.read_back(session, BOARD, BOARD_TOPIC)
             produced = b.done[0] if b.done else b.durable
             r = dict(produced=produced, stored=0, lost=0, duplicated=0, unacknowledged=0, phantom=0,
-                     stored_total=len(rows), retries=b.retries, last_retry=b.last_retry, finished=b.done is not None,
+                     stored_total=len(rows), retries=b.retries, out_of_memory=b.out_of_memory,
+                     last_retry=b.last_retry, finished=b.done is not None,
                      output=list(b.output[-20:]))  # what the board printed besides its protocol lines
             seen = {}
             by_seq = {}
@@ -673,8 +677,9 @@ class FleetDemo:
                     "sync over TCP" if node == BOARD else "sync over HTTP, headers included"))
         b = r["edges"].get(BOARD)
         if b is not None:
-            out("  board: %d retries on UplinkError%s" % (b["retries"], " (last: %s)" % b["last_retry"]
-                                                          if b["last_retry"] else ""))
+            oom = " (%d of them out of memory)" % b["out_of_memory"] if b["out_of_memory"] else ""
+            out("  board: %d retries on UplinkError%s%s" % (b["retries"], oom, " (last: %s)" % b["last_retry"]
+                                                            if b["last_retry"] else ""))
             if b["lost"] or not b["finished"]:  # the board's own words: a traceback, a MemoryError
                 for line in b["output"]:
                     out("  board said: " + line)
