@@ -52,7 +52,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from edgeline_host.faultlink import host_port, run_as_process
+from edgeline_host.faultlink import Outages, host_port, run_as_process
 
 # Headers that belong to one hop (RFC 9110 section 7.6.1), and those aiohttp sets itself.
 _HOP = frozenset(h.lower() for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE",
@@ -82,7 +82,7 @@ def _reset(request):
     transport.abort()
 
 
-class HttpFaultProxy:
+class HttpFaultProxy(Outages):
     """HttpFaultProxy(target_url, ...): see the module's docstring. ``listen_port`` 0
     picks a free port; ``port`` and ``url`` are the bound ones after ``start()``.
     Probabilities are per request, in [0, 1]; ``seed`` seeds the proxy's own RNG
@@ -159,16 +159,6 @@ class HttpFaultProxy:
             self.counts["cut_in_flight"] += 1
             _reset(request)
         self._in_flight.clear()
-
-    def restore(self):
-        self.is_cut = False
-
-    async def outage(self, seconds):
-        self.cut()
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self.restore()
 
     async def replay_held(self):
         """Send every held copy to the target now, oldest first, and forget them (the

@@ -49,7 +49,29 @@ class _Conn:
                 w.transport.abort()  # an RST, as a dead link looks to both ends
 
 
-class FaultLink:
+class Outages:
+    """An outage on a link: ``cut()`` (the link's own: reset what is in flight and, until
+    ``restore()``, new connections), ``restore()``, and ``outage(seconds)`` between them.
+    FaultLink and emulator/httpproxy.py's HTTP proxy share it."""
+
+    is_cut = False
+
+    def cut(self):
+        raise NotImplementedError
+
+    def restore(self):
+        """End the outage: forward new connections again."""
+        self.is_cut = False
+
+    async def outage(self, seconds):
+        self.cut()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.restore()
+
+
+class FaultLink(Outages):
     """FaultLink(listen_port, target_host, target_port): see the module's docstring.
     ``listen_port`` 0 picks a free port; ``port`` is the one bound after ``start()``."""
 
@@ -96,17 +118,6 @@ class FaultLink:
             self.cuts += 1
         self.is_cut = True
         self._abort_all()
-
-    def restore(self):
-        """End the outage: forward new connections again."""
-        self.is_cut = False
-
-    async def outage(self, seconds):
-        self.cut()
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self.restore()
 
     def stats(self):
         return {"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "connections": self.connections,
