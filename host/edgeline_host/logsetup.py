@@ -94,6 +94,15 @@ def setup(level=None, fmt=None, stream=None, environ=None):
     return handler
 
 
+def reset():
+    """Remove the handler ``setup`` installed and give the root logger its default level."""
+    global _installed
+    if _installed is not None:
+        logging.getLogger().removeHandler(_installed)
+        logging.getLogger().setLevel(logging.WARNING)
+        _installed = None
+
+
 def service_print(name):
     """A ``print_fn`` for a service's status lines (started, listening, stopped): logged
     at INFO under ``name`` once ``setup`` ran, so they carry a time and a level."""
