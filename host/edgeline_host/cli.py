@@ -753,6 +753,9 @@ def board_status(port, as_json, no_restart, timeout_s):
     b = st["board"]
     click.echo("%s on %s: %d topic%s, %d pending" % (st["node_id"], port, len(st["topics"]),
                                                       "" if len(st["topics"]) == 1 else "s", st["pending"]))
+    click.echo("health: %s" % st.get("status", "ok"))
+    for r in st.get("reasons") or ():
+        click.echo("%s: %s [%s]" % (r["severity"], r["line"], r["code"]))
     click.echo("%-20s %10s %10s %10s %-14s %21s %8s %8s" % ("topic", "last seq", "acked", "pending", "gap",
                                                           "size / budget", "evicted", "dropped"))
     for name in sorted(st["topics"]):

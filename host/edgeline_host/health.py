@@ -176,3 +176,47 @@ def lines(h):
     for r in h.get("reasons", ()):
         out.append("%s: %s [%s]" % (r["severity"], r["line"], r["code"]))
     return out
+
+
+# ---------------------------------------------------------------------------- boards
+
+
+def board_reasons(status=None, lines=()):
+    """The reasons a MicroPython board is not ok, from what the host can read of it,
+    without a byte more of the board's RAM: ``status`` (``edgeline board status``: per
+    topic sizes and ``corrupt`` counts, the storage budget) and ``lines`` the board
+    printed while it ran (its status lines: ``edgeline: sync failed: gateway sent ERROR
+    bad_proof: ...``, the log's ``corrupt data in segment ... records a..b are lost``).
+    The board knows no wall-clock duration of an outage: a failing uplink shows as its
+    retry lines, not as ``uplink_failing``."""
+    reasons = []
+    refused = None
+    corrupt = {}
+    for line in lines:
+        if "ERROR bad_proof" in line or "ERROR unknown_node" in line:
+            refused = ("bad_proof" if "bad_proof" in line else "unknown_node", line)
+        elif line.startswith("ACKED") or line.startswith("edgeline: done"):
+            refused = None  # an exchange went through since
+        if "has a corrupt header" in line:  # a whole segment unreadable: at least one record
+            i = line.find("log ")
+            name = line[i + 4:].split(":", 1)[0].rstrip("/").rsplit("/", 1)[-1] if i >= 0 else "?"
+            corrupt[name] = corrupt.get(name, 0) + 1
+        if "corrupt data in segment" in line and "records " in line:
+            try:
+                first, last = line.rsplit("records ", 1)[1].split(" ", 1)[0].split("..")
+                i = line.find("log ")  # "edgeline warning: log <dir>: corrupt data ..."
+                name = line[i + 4:].split(":", 1)[0].rstrip("/").rsplit("/", 1)[-1] if i >= 0 else "?"
+                corrupt[name] = corrupt.get(name, 0) + int(last) - int(first) + 1
+            except (ValueError, IndexError):
+                corrupt["?"] = corrupt.get("?", 0) + 1
+    if refused is not None:
+        reasons += auth_refused(refused[0], refused[1])
+    if status:
+        topics = status.get("topics") or {}
+        for name, t in topics.items():
+            if t.get("corrupt"):
+                corrupt[name] = corrupt.get(name, 0) + t["corrupt"]
+        used = sum(t.get("size_bytes", 0) for t in topics.values())
+        reasons += storage_nearly_full(used, status.get("storage_budget_bytes") or 0)
+    reasons += corrupt_records(corrupt)
+    return reasons

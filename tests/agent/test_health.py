@@ -60,6 +60,22 @@ def test_rules_and_summary():
     assert H.lines(both)[0] == "failing" and H.lines(both)[2].startswith("failing: the gateway refuses")
 
 
+def test_board_reasons_from_its_status_and_its_lines():
+    """A board's health as the host reads it, with no byte more of the board's RAM."""
+    st = {"storage_budget_bytes": 1000, "topics": {"t": {"size_bytes": 950, "corrupt": 0}}}
+    assert [r["code"] for r in H.board_reasons(st)] == ["storage_full"]
+    st["topics"]["t"]["size_bytes"] = 10
+    assert H.board_reasons(st) == []
+    lines = ["edgeline: sync failed: gateway sent ERROR bad_proof: AUTH proof for node 'b1' is wrong; retry in 500 ms",
+             "edgeline warning: log /data/telemetry: corrupt data in segment 00000001 at byte 40; records 3..5 are lost"]
+    r = H.summarize(H.board_reasons(st, lines))
+    assert r["status"] == "failing" and [x["code"] for x in r["reasons"]] == ["auth_refused", "corrupt_records"]
+    assert "3 corrupt record(s) skipped in telemetry (3)" in r["reasons"][1]["line"]
+    assert H.board_reasons(None, lines[:1] + ["ACKED 7"]) == []  # accepted since
+    assert H.board_reasons(None, ["RETRY gateway sent ERROR unknown_node: no key for node 'b1'"])[0]["code"] == \
+        "auth_refused"
+
+
 # ---------------------------------------------------------------------------- agent, in-process
 
 

@@ -80,6 +80,11 @@ RETENTION_EVERY_MS = 10000  # how often age retention runs
 _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
 
 
+def _log_warning(line):
+    # The core's logs warn through a function (print on a board); here, the log.
+    logging.getLogger("edgeline.log").warning("%s", line)
+
+
 def wall_ms():
     return int(time.time() * 1000)
 
@@ -127,11 +132,11 @@ class Agent:
                 down = None
                 if t.direction == "cloud_to_edge":
                     # Only the cloud writes this topic: its log holds the cloud's records.
-                    lg = down = self.store.log(t.name, **down_options(t))
+                    lg = down = self.store.log(t.name, warn=_log_warning, **down_options(t))
                 else:
-                    lg = self.store.log(t.name, **t.log_options())
+                    lg = self.store.log(t.name, warn=_log_warning, **t.log_options())
                     if t.receives:
-                        down = self.store.log(t.name, origin=sync.CLOUD_ORIGIN, **down_options(t))
+                        down = self.store.log(t.name, origin=sync.CLOUD_ORIGIN, warn=_log_warning, **down_options(t))
                 ob = Outbox(lg, "uplink") if (t.sends and self.sending) else None
                 self.topics[t.name] = _TopicState(t, lg, ob, down)
         except BaseException:
