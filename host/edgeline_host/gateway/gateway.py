@@ -42,6 +42,7 @@ from .store import Delivered, GatewayStore, Publish
 log = logging.getLogger("edgeline.gateway")
 
 REFUSAL_LOG_EVERY_S = 60  # a refused node is logged at most once a minute (per node and reason)
+MAX_REFUSED_NODES = 1000  # refused node ids remembered (HELLOs name any id: bounded, the stalest go)
 HEALTH_WINDOW_S = 600  # refusals and store errors this recent make the gateway's health degraded
 _AUTH_REFUSALS = ("bad_proof", "unknown_node")
 _ENTRY_OVERHEAD = 28  # the most a DATA entry adds to its key and value: array, ts delta, two heads
@@ -130,6 +131,8 @@ class Gateway:
         now = self._monotonic()
         r = self._refused.get(node)
         if r is None or r[0] != why:
+            if r is None and len(self._refused) >= MAX_REFUSED_NODES:
+                del self._refused[min(self._refused, key=lambda n: self._refused[n][2])]
             r = self._refused[node] = [why, 0, now, None, now_ms()]
         r[1] += 1
         r[2] = now
