@@ -67,7 +67,8 @@ def test_board_reasons_from_its_status_and_its_lines():
     st["topics"]["t"]["size_bytes"] = 10
     assert H.board_reasons(st) == []
     lines = ["edgeline: sync failed: gateway sent ERROR bad_proof: AUTH proof for node 'b1' is wrong; retry in 500 ms",
-             "edgeline warning: log /data/telemetry: corrupt data in segment 00000001 at byte 40; records 3..5 are lost"]
+             "edgeline warning: log /data/telemetry: corrupt data in segment 00000001 at byte 40; "
+             "records 3..5 are lost"]
     r = H.summarize(H.board_reasons(st, lines))
     assert r["status"] == "failing" and [x["code"] for x in r["reasons"]] == ["auth_refused", "corrupt_records"]
     assert "3 corrupt record(s) skipped in telemetry (3)" in r["reasons"][1]["line"]
