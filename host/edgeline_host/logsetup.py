@@ -90,6 +90,8 @@ def setup(level=None, fmt=None, stream=None, environ=None):
         root.removeHandler(_installed)
     root.addHandler(handler)
     root.setLevel(getattr(logging, lv.upper()))
+    # aiohttp's access log (the gateway's HTTP server) is a line per request: debug only.
+    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if lv == "debug" else logging.WARNING)
     _installed = handler
     return handler
 
@@ -100,6 +102,7 @@ def reset():
     if _installed is not None:
         logging.getLogger().removeHandler(_installed)
         logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.NOTSET)
         _installed = None
 
 

@@ -327,6 +327,10 @@ def test_log_json_format_and_level_filter():
             ("warning", "edgeline.test", "node n1 refused"), ("error", "edgeline.test", "boom")]
         assert all(set(d) == {"ts", "level", "logger", "msg"} and d["ts"].endswith("Z") for d in lines)
 
+        logsetup.setup("info", "json", stream=out, environ={})
+        logging.getLogger("aiohttp.access").info("GET /v1/health 200")  # a line per request: debug only
+        assert out.getvalue().count("\n") == 2
+
         out2 = io.StringIO()
         logsetup.setup(stream=out2, environ={"EDGELINE_LOG_LEVEL": "debug"})  # text, the environment's level
         lg.debug("fine detail")
