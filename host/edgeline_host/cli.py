@@ -14,8 +14,28 @@ from edgeline.errors import EdgelineError
 
 @click.group()
 @click.version_option(package_name="edgeline")
-def cli():
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default=None, help="Level of the services' log lines on stderr ($EDGELINE_LOG_LEVEL; default info).")
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False), default=None,
+              help="text (time, level, logger, message) or json (one object per line: ts, level, logger, msg) "
+                   "($EDGELINE_LOG_FORMAT; default text).")
+@click.pass_context
+def cli(ctx, log_level, log_format):
     """edgeline: an edge-first data pipeline (ring log, outbox, sync)."""
+    ctx.obj = {"log_level": log_level, "log_format": log_format}
+
+
+def _setup_logging():
+    """The long-running commands (agent, gateway, firmware run) log with levels and
+    times (logsetup.py), as the group's --log-level / --log-format say."""
+    from edgeline_host import logsetup
+
+    ctx = click.get_current_context()
+    opts = ctx.find_root().obj or {}
+    try:
+        logsetup.setup(opts.get("log_level"), opts.get("log_format"))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @cli.command()
@@ -36,8 +56,9 @@ def demo(seconds, data_dir, as_json):
         sys.exit(1)
 
 
-@cli.command()
-@click.option("--keys", "keys_file", required=True, help="YAML file of node_id: key (64 hex digits or base64).")
+@cli.group(invoke_without_command=True)
+@click.option("--keys", "keys_file", default=None,
+              help="YAML file of node_id: key (64 hex digits or base64); required to run the gateway.")
 @click.option("--db", default="edgeline-gateway.db", show_default=True, help="SQLite store (created if missing).")
 @click.option("--listen", default="127.0.0.1:8700", show_default=True, help="host:port for HTTP.")
 @click.option("--tcp", "tcp_listen", default=None, help="host:port to also serve sync over plain TCP (boards).")
@@ -48,9 +69,16 @@ def demo(seconds, data_dir, as_json):
               help="YAML file of the cloud-to-edge topics the gateway publishes (docs/gateway.md).")
 @click.option("--publish-token-file", default=None,
               help="File holding the token the publish API requires (default: loopback clients only).")
-def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
+@click.pass_context
+def gateway(ctx, keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
     """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once,
-    publishes cloud-to-edge topics."""
+    publishes cloud-to-edge topics. `edgeline gateway health` asks a running one how it is."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if keys_file is None:
+        raise click.UsageError("Missing option '--keys'.")
+    _setup_logging()
+    from edgeline_host import logsetup
     from edgeline_host.gateway.service import serve
     from edgeline_host.gateway.topics import load_topics
     from edgeline_host.nodekeys import load_keys, load_token
@@ -61,7 +89,35 @@ def gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_
     keys = load_keys(keys_file)
     topics = load_topics(topics_file, keys) if topics_file else None
     token = load_token(publish_token_file) if publish_token_file else None
-    serve(db, keys, host, port, print_fn=click.echo, tcp=tcp, mqtt=mqtt, topics=topics, publish_token=token)
+    serve(db, keys, host, port, print_fn=logsetup.service_print("edgeline.gateway"), tcp=tcp, mqtt=mqtt,
+          topics=topics, publish_token=token)
+
+
+@gateway.command("health")
+@click.option("--gateway", "gateway_url", envvar="EDGELINE_GATEWAY", default="http://127.0.0.1:8700",
+              show_default=True, help="The gateway's HTTP address ($EDGELINE_GATEWAY).")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+def gateway_health(gateway_url, as_json):
+    """Is the gateway well: ok, degraded or failing, and why (one line per reason); edges'
+    protocol errors per reason and the refused nodes. Exit status: 0 ok, 1 degraded,
+    2 failing, 3 the gateway cannot be reached."""
+    from edgeline_host import health as H
+
+    h = _call_for_health("gateway", gateway_url, "/v1/health")
+    if as_json:
+        click.echo(json.dumps(h, indent=2))
+    else:
+        click.echo("%s: %d session(s), %d commit(s), %d store failure(s), %d exchange(s) refused" % (
+            h["status"], h.get("sessions", 0), h.get("commits", 0), h.get("store_failures", 0), h.get("rejected", 0)))
+        for line in H.lines(h)[1:]:
+            click.echo(line)
+        if h.get("errors_by_reason"):
+            click.echo("edges' protocol errors: %s" % ", ".join(
+                "%s %d" % (k, v) for k, v in sorted(h["errors_by_reason"].items())))
+        for r in h.get("refused_nodes") or ():
+            click.echo("refused node %s: %s, %d time(s), last %s" % (r["node"], r["reason"], r["count"],
+                                                                      _ago(r["last_ms"])))
+    sys.exit(H.exit_code(h["status"]))
 
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8700"
@@ -123,9 +179,11 @@ def _host_port(option, text):
 @click.option("--config", "config_path", required=True, help="The node's edge.yaml (docs/config.md).")
 def agent(config_path):
     """Run the edge agent: HTTP ingest into the logs, uplink to the gateway, control API."""
+    from edgeline_host import logsetup
     from edgeline_host.agent.service import run_agent
 
-    run_agent(config_path, print_fn=lambda s: click.echo(s, err=True))
+    _setup_logging()
+    run_agent(config_path, print_fn=logsetup.service_print("edgeline.agent"))
 
 
 @cli.command()
@@ -324,14 +382,19 @@ def edge_records(topic, after, limit, wait_s, origin, agent_url, as_json):
 @edge.command("health")
 @_agent_option
 def edge_health(agent_url, as_json):
-    """Is the agent well: uptime, storage used against budget, uplink state, last error."""
-    h = _call_agent(agent_url, "GET", "/v1/health")
+    """Is the agent well: ok, degraded or failing, and why (one line per reason); uptime,
+    storage, uplink. Exit status: 0 ok, 1 degraded, 2 failing, 3 the agent cannot be reached."""
+    from edgeline_host import health as H
+
+    h = _call_for_health("agent", agent_url, "/v1/health")
     if as_json:
         click.echo(json.dumps(h, indent=2))
     else:
         click.echo("%s: node %s, up %ds, storage %s of %s, uplink %s, pending %d" % (
-            "ok" if h["ok"] else "NOT OK", h["node_id"], h["uptime_s"], _size(h["storage"]["used_bytes"]),
+            h["status"], h["node_id"], h["uptime_s"], _size(h["storage"]["used_bytes"]),
             _size(h["storage"]["budget_bytes"]), h["uplink"], h["pending"]))
+        for line in H.lines(h)[1:]:
+            click.echo(line)
         m = h.get("mqtt")
         if m:
             click.echo("mqtt ingest %s: %s, received %d, stored %d, refused %d, unacknowledged %d%s" % (
@@ -339,12 +402,23 @@ def edge_health(agent_url, as_json):
                 m["refused"], m["unacknowledged"], ", held: %s" % m["held"] if m["held"] else ""))
             if m.get("last_refusal"):
                 click.echo("last refused: %s" % m["last_refusal"])
-        if h.get("failed_topics"):
-            click.echo("failed topics: %s" % ", ".join(h["failed_topics"]))
         if h.get("last_error"):
             click.echo("last error: %s" % h["last_error"])
-    if not h["ok"]:
-        sys.exit(1)
+    sys.exit(H.exit_code(h["status"]))
+
+
+def _call_for_health(what, url, path):
+    """A health answer; exit 3 (health.EXIT_UNREACHABLE) with one line when there is none."""
+    from edgeline_host import health as H
+
+    try:
+        h = _call_json(what, url, "GET", path)
+        if not isinstance(h, dict) or h.get("status") not in H.EXIT_CODES:
+            raise click.ClickException("the %s at %s gave no health status" % (what, url))
+        return h
+    except click.ClickException as e:
+        click.echo("edgeline: error: %s" % e.format_message(), err=True)
+        sys.exit(H.EXIT_UNREACHABLE)
 
 
 @cli.command("fleet-demo")
@@ -679,6 +753,9 @@ def board_status(port, as_json, no_restart, timeout_s):
     b = st["board"]
     click.echo("%s on %s: %d topic%s, %d pending" % (st["node_id"], port, len(st["topics"]),
                                                       "" if len(st["topics"]) == 1 else "s", st["pending"]))
+    click.echo("health: %s" % st.get("status", "ok"))
+    for r in st.get("reasons") or ():
+        click.echo("%s: %s [%s]" % (r["severity"], r["line"], r["code"]))
     click.echo("%-20s %10s %10s %10s %-14s %21s %8s %8s" % ("topic", "last seq", "acked", "pending", "gap",
                                                           "size / budget", "evicted", "dropped"))
     for name in sorted(st["topics"]):

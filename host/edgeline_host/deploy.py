@@ -266,4 +266,7 @@ def status(port, restart=True, timeout_s=5):
         raise BoardError("the board on %s answered, but not with its status: %s"
                          % (port, lines[-1][:80] if lines else "nothing"))
     logs["board"] = board
+    from .health import board_reasons, summarize
+
+    logs.update(summarize(board_reasons(logs, out.splitlines())))  # status, reasons
     return logs

@@ -59,6 +59,7 @@ import tempfile
 import time
 
 from edgeline_host import demo as log_demo
+from edgeline_host.health import board_reasons, summarize
 
 
 AGENTS = ("edge-1", "edge-2")
@@ -597,6 +598,9 @@ class FleetDemo:
                      stored_total=len(rows), retries=b.retries, out_of_memory=b.out_of_memory,
                      last_retry=b.last_retry, finished=b.done is not None,
                      output=list(b.output[-20:]))  # what the board printed besides its protocol lines
+            # Its health as its lines tell it (health.board_reasons): a refused key, corrupt records.
+            r.update(summarize(board_reasons(None, list(b.output) + (
+                ["RETRY " + b.last_retry] if b.last_retry and b.done is None else []))))
             seen = {}
             by_seq = {}
             board_lags = []
@@ -680,6 +684,8 @@ class FleetDemo:
             oom = " (%d of them out of memory)" % b["out_of_memory"] if b["out_of_memory"] else ""
             out("  board: %d retries on UplinkError%s%s" % (b["retries"], oom, " (last: %s)" % b["last_retry"]
                                                             if b["last_retry"] else ""))
+            for reason in b.get("reasons") or ():  # health.board_reasons: a refused key, corrupt records
+                out("  board health %s: %s [%s]" % (reason["severity"], reason["line"], reason["code"]))
             if b["lost"] or not b["finished"]:  # the board's own words: a traceback, a MemoryError
                 for line in b["output"]:
                     out("  board said: " + line)

@@ -664,7 +664,8 @@ def test_documented_defaults_are_the_defaults():
     assert documented == implicit
     # and the block sets every key the parser knows, save those with no default
     for keys in (cfgmod.EDGE_KEYS, cfgmod.SYNC_KEYS, cfgmod.RETRY_KEYS, cfgmod.BREAKER_KEYS,
-                 cfgmod.RESOURCE_KEYS, cfgmod.LOCAL_TOPIC_KEYS, cfgmod.MESH_KEYS, cfgmod.HTTP_KEYS, cfgmod.MQTT_KEYS):
+                 cfgmod.RESOURCE_KEYS, cfgmod.LOCAL_TOPIC_KEYS, cfgmod.MESH_KEYS, cfgmod.HTTP_KEYS, cfgmod.MQTT_KEYS,
+                 cfgmod.HEALTH_KEYS):
         for k in keys:
             assert re.search(r"^\s*(- |# )?%s:" % k, block, re.M), "the defaults block lacks %s" % k
 

@@ -41,6 +41,7 @@ SCHEMA = {
     "INGEST_KEYS": "edge.ingest",
     "HTTP_KEYS": "edge.ingest.http",
     "MQTT_KEYS": "edge.ingest.mqtt",
+    "HEALTH_KEYS": "edge.health",
 }
 
 # key -> (a value that is refused, the value that is accepted as "what edgeline does
@@ -113,6 +114,12 @@ ACTED_ON = {
     "edge.ingest.mqtt.broker": _MQTT_INGEST,
     "edge.ingest.mqtt.topics": _MQTT_INGEST,
     "edge.ingest.mqtt.map": ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals"],
+    "edge.health.uplink_failing_secs": [
+        "tests/agent/test_health.py::test_uplink_failing_past_its_threshold_is_degraded_then_ok_again"],
+    "edge.health.storage_full_percent": [
+        "tests/agent/test_health.py::test_lost_lock_is_failing_and_disk_and_storage_thresholds_act"],
+    "edge.health.min_free_disk": [
+        "tests/agent/test_health.py::test_lost_lock_is_failing_and_disk_and_storage_thresholds_act"],
 }
 
 

@@ -122,6 +122,7 @@ def test_deploy_runs_main_and_its_records_reach_the_gateway_exactly_once(pico, g
     st = json.loads(ok(edgeline("board", "status", "--port", board.port, "--json", "--no-restart")))
     t = st["topics"]["telemetry"]
     assert st["node_id"] == "board-1" and st["pending"] == 0
+    assert (st["status"], st["reasons"]) == ("ok", [])  # health.board_reasons: nothing wrong
     assert (t["last_seq"], t["acked"], t["pending"], t["gap"]) == (60, 60, 0, None)
     assert 0 < st["board"]["heap_free"] <= 209936 and st["board"]["flash_free_bytes"] < st["board"]["flash_bytes"]
     # what is on the board: the core compiled for the Pico (.mpy in /lib), main.py, the settings
@@ -133,6 +134,7 @@ def test_deploy_runs_main_and_its_records_reach_the_gateway_exactly_once(pico, g
     text = ok(edgeline("board", "status", "--port", board.port))
     assert text.startswith("board-1 on %s: 1 topic, " % board.port)
     assert "telemetry" in text and "heap " in text and " free; flash " in text
+    assert "\nhealth: ok\n" in text
     wait_mark(gateway, 120)
     check_exactly_once(gateway, 120)
     # deploying again copies nothing that is already there (mpremote compares SHA-256)

@@ -30,6 +30,7 @@ def test_fleet_demo_loses_nothing_through_an_outage_and_a_kill():
     # the board's records arrived, through its own retries
     b = edges["board-1"]
     assert b["finished"] and b["stored"] == b["produced"] >= 500 and b["retries"] >= 1
+    assert (b["status"], b["reasons"]) == ("ok", [])  # health.board_reasons: its key was taken, nothing corrupt
     # the outage and the kill happened, in that order
     kinds = [ev["event"] for ev in r["events"]]
     assert r["outage"] and r["kill"]

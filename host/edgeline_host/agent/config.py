@@ -142,6 +142,7 @@ EDGE_KEYS = (
     "local_topics",
     "mesh",
     "ingest",
+    "health",
 )
 SYNC_KEYS = (
     "enabled",
@@ -178,6 +179,7 @@ TOPIC_KEYS = (
     "conflict_resolution",
 )
 LOCAL_TOPIC_KEYS = tuple(k for k in TOPIC_KEYS if k != "direction")
+HEALTH_KEYS = ("uplink_failing_secs", "storage_full_percent", "min_free_disk")
 MESH_KEYS = ("enabled", "discovery", "peers", "listen", "max_peers", "gossip_interval_secs", "replicated_topics")
 INGEST_KEYS = ("http", "mqtt")
 HTTP_KEYS = ("listen",)
@@ -265,6 +267,15 @@ class SyncSettings:
 class ResourceLimits:
     max_storage_bytes: int = 1 * GiB  # the device budget the topics' logs share
     eviction_policy: str = "oldest"
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """When ``/v1/health`` says degraded (edgeline_host.health has the rules)."""
+
+    uplink_failing_ms: int = 300 * 1000  # the uplink failing this long: degraded
+    storage_full_percent: int = 90  # storage used over this share of max_storage: degraded
+    min_free_disk_bytes: int = 64 * MiB  # less free on the data directory's disk: degraded
 
 
 @dataclass(frozen=True)
@@ -357,6 +368,7 @@ class EdgeConfig:
     resources: ResourceLimits = ResourceLimits()
     topics: Tuple[TopicConfig, ...] = ()  # sync_topics in order, then local_topics
     ingest: IngestSettings = IngestSettings()
+    health: HealthSettings = HealthSettings()
 
     def topic(self, name):
         """The TopicConfig named ``name``, or None."""
@@ -878,6 +890,20 @@ def _resolve(base_dir, p):
     return os.path.normpath(os.path.join(base_dir, p))
 
 
+def _parse_health(ctx, value):
+    path = "edge.health"
+    m = _mapping(ctx, path, value, HEALTH_KEYS)
+    d = HealthSettings()
+    return HealthSettings(
+        uplink_failing_ms=_duration_field(ctx, path + ".uplink_failing_secs", m.get("uplink_failing_secs"),
+                                          d.uplink_failing_ms, _SECOND, 0, 7 * _DAY),
+        storage_full_percent=_int(ctx, path + ".storage_full_percent", m.get("storage_full_percent"),
+                                  d.storage_full_percent, 1, 100),
+        min_free_disk_bytes=_size_field(ctx, path + ".min_free_disk", m.get("min_free_disk"),
+                                        d.min_free_disk_bytes, 0),
+    )
+
+
 def parse_config(mapping, source="edge.yaml", base_dir=None):
     """An EdgeConfig from the mapping a YAML file holds (``{"edge": {...}}``).
 
@@ -913,6 +939,7 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
     topics = _parse_topics(ctx, edge, resources)
     _check_mesh(ctx, edge.get("mesh"))
     ingest = _parse_ingest(ctx, edge.get("ingest"), topics)
+    health = _parse_health(ctx, edge.get("health"))
 
     if sync.enabled and gateway is None and any(not t.is_local for t in topics):
         ctx.fail("edge.cloud_endpoint", "required: sync is enabled and sync_topics is not empty "
@@ -929,6 +956,7 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
         resources=resources,
         topics=topics,
         ingest=ingest,
+        health=health,
     )
 
 

@@ -53,6 +53,7 @@ them, and any topic's own durable records, with ``GET /v1/topics/{topic}/records
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -77,6 +78,11 @@ MAX_WAIT_MS = 60000  # the longest long poll of the read API
 RETRY_AFTER_S = 1  # what a 503 asks the producer to wait
 RETENTION_EVERY_MS = 10000  # how often age retention runs
 _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
+
+
+def _log_warning(line):
+    # The core's logs warn through a function (print on a board); here, the log.
+    logging.getLogger("edgeline.log").warning("%s", line)
 
 
 def wall_ms():
@@ -126,11 +132,11 @@ class Agent:
                 down = None
                 if t.direction == "cloud_to_edge":
                     # Only the cloud writes this topic: its log holds the cloud's records.
-                    lg = down = self.store.log(t.name, **down_options(t))
+                    lg = down = self.store.log(t.name, warn=_log_warning, **down_options(t))
                 else:
-                    lg = self.store.log(t.name, **t.log_options())
+                    lg = self.store.log(t.name, warn=_log_warning, **t.log_options())
                     if t.receives:
-                        down = self.store.log(t.name, origin=sync.CLOUD_ORIGIN, **down_options(t))
+                        down = self.store.log(t.name, origin=sync.CLOUD_ORIGIN, warn=_log_warning, **down_options(t))
                 ob = Outbox(lg, "uplink") if (t.sends and self.sending) else None
                 self.topics[t.name] = _TopicState(t, lg, ob, down)
         except BaseException:
@@ -158,6 +164,9 @@ class Agent:
         self.rejected = 0
         self._stop = None
         self._closing = False
+        # A callable returning True once the data directory's lock is lost (the lock's
+        # ``lock_lost``), set by whoever takes the lock; health reports it.
+        self.lock_lost = None
 
     def _check_key(self):
         cfg = self.cfg
@@ -475,13 +484,48 @@ class Agent:
     async def handle_queue(self, _request):
         return web.json_response(self.queue())
 
+    def health_reasons(self, up, failed):
+        """The reasons (edgeline_host.health) this agent is not ok, from its facts: the
+        uplink's status ``up``, the ``failed`` topics, the logs' counters, storage, disk
+        and lock."""
+        from .. import health as H
+
+        hc = self.cfg.health
+        reasons = []
+        reasons += H.failed_topics(failed)
+        reasons += H.lock_lost(self.lock_lost)
+        reasons += H.auth_refused(up.get("refused"), up.get("last_error"))
+        failing_ms = up.get("failing_for_ms")
+        reasons += H.uplink_failing(failing_ms / 1000.0 if failing_ms is not None else None,
+                                    hc.uplink_failing_ms / 1000.0, up.get("last_error"))
+        corrupt = {}
+        for name, st in self.topics.items():
+            n = st.log.stats()["corrupt"]
+            if st.down is not None and st.down is not st.log:
+                n += st.down.stats()["corrupt"]
+            corrupt[name] = n
+        reasons += H.corrupt_records(corrupt)
+        reasons += H.storage_nearly_full(self.store.size_bytes, self.store.budget_bytes,
+                                         hc.storage_full_percent / 100.0)
+        try:
+            free = shutil.disk_usage(self.cfg.data_dir).free
+        except OSError:
+            free = None
+        reasons += H.disk_low(free, hc.min_free_disk_bytes)
+        return reasons
+
     def health(self):
+        from .. import health as H
+
         failed = [n for n, st in self.topics.items()
                   if st.log.failure is not None or (st.down is not None and st.down.failure is not None)]
         up = self.uplink.status() if self.uplink is not None else self._no_uplink()
         last_error = self.last_error or up.get("last_error")
+        summary = H.summarize(self.health_reasons(up, failed))
         return {
-            "ok": not failed,
+            "status": summary["status"],
+            "reasons": summary["reasons"],
+            "ok": summary["status"] == H.OK,
             "node_id": self.cfg.node_id,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "storage": {"used_bytes": self.store.size_bytes, "budget_bytes": self.store.budget_bytes},
@@ -599,8 +643,13 @@ def board_config_path(beside, argv=None, environ=None):
 
 def board_main(beside):
     """A Linux board's main.py: run the agent on board_config_path; one-line errors."""
+    from .. import logsetup
+
     try:
-        run_agent(board_config_path(beside), print_fn=lambda s: print(s, file=sys.stderr))
+        logsetup.setup()  # $EDGELINE_LOG_LEVEL, $EDGELINE_LOG_FORMAT
+        run_agent(board_config_path(beside), print_fn=logsetup.service_print("edgeline.agent"))
+    except ValueError as e:
+        sys.exit("edgeline: error: %s" % e)
     except (EdgelineError, OSError) as e:
         sys.exit("edgeline: error: %s" % e)
 

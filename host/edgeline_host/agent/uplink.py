@@ -194,6 +194,8 @@ class Uplink:
         self._retry_at_ms = None
         self.last_error = None
         self.last_error_ms = None
+        self.failing_since_ms = None  # now_ms() of the first failure of the current streak (health)
+        self.refused = None  # the gateway's ERROR name refusing this node (bad_proof, unknown_node) until a WELCOME
         self.bytes_sent = 0  # request bodies, handshakes included
         self.requests = 0
         self.sessions = 0
@@ -249,6 +251,8 @@ class Uplink:
             "next_attempt_in_ms": max(0, wait_until - now) if wait_until is not None else None,
             "last_error": self.last_error,
             "last_error_ms": self.last_error_ms,
+            "failing_for_ms": now - self.failing_since_ms if self.failing_since_ms is not None else None,
+            "refused": self.refused,
             "bytes_sent": self.bytes_sent,
             "requests": self.requests,
             "sessions": self.sessions,
@@ -371,6 +375,7 @@ class Uplink:
         if self.failures or self.breaker_state != "closed":
             log.info("uplink: gateway %s reachable again", self.url)
         self.failures = 0
+        self.failing_since_ms = None
         self.breaker_state = "closed"
         self._open_until_ms = None
         self.state = "connected"
@@ -382,9 +387,11 @@ class Uplink:
             line = "%s: %s" % (type(e).__name__, line)
         self.last_error = line
         self.last_error_ms = int(time.time() * 1000)
+        now = self._now_ms()
+        if self.failures == 0 or self.failing_since_ms is None:
+            self.failing_since_ms = now
         self.failures += 1
         self.total_failures += 1
-        now = self._now_ms()
         b = self.breaker
         if self.breaker_state == "half_open" or (b.failures and self.failures >= b.failures):
             self.breaker_state = "open"
@@ -422,6 +429,8 @@ class Uplink:
             try:
                 ev = conn.next_event()
             except RemoteProtocolError as e:
+                if str(e).startswith("bad_proof:"):  # the gateway's WELCOME proof: it holds another key
+                    self.refused = "bad_proof"
                 raise UplinkError("bad answer from the gateway: %s" % e) from None
             if ev is sync.NEED_DATA:
                 break
@@ -429,6 +438,8 @@ class Uplink:
                 name = sync.ERROR_NAMES[ev.code] if ev.code < len(sync.ERROR_NAMES) else "?"
                 if self.transport.lost_session(ev.code):
                     raise _SessionLost()
+                if name in ("bad_proof", "unknown_node"):
+                    self.refused = name
                 if errors_ok:
                     events.append(ev)
                     break
@@ -449,6 +460,7 @@ class Uplink:
         if not evs or type(evs[0]) is not sync.Welcome:
             raise UplinkError("expected WELCOME, got %s" % _names(evs))
         self.sessions += 1
+        self.refused = None
         marks = self._conn.marks or {}
         for t in self._topics:
             self._heard(t, t.sender.welcome(marks.get(t.name, 0)), "WELCOME")

@@ -14,7 +14,8 @@ around the gateway:
   must carry ``Authorization: Bearer <token>``.
 * ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
   ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
-  ``GET /healthz``. Values are decoded from CBOR where they are CBOR, else given as
+  ``GET /healthz`` (and ``GET /v1/health``, the same: ``status`` ok/degraded/failing with
+  its ``reasons``, ``ok``, the counters, edges' protocol errors per reason, refused nodes). Values are decoded from CBOR where they are CBOR, else given as
   base64 (``jsonrecords.value_to_json``).
 
 A refused request is a one-line JSON error with its status. The application starts the
@@ -50,6 +51,7 @@ class GatewayApi:
         app.router.add_get("/v1/status", self.handle_status)
         app.router.add_get("/v1/gaps", self.handle_gaps)
         app.router.add_get("/healthz", self.handle_health)
+        app.router.add_get("/v1/health", self.handle_health)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -111,7 +113,7 @@ class GatewayApi:
         try:
             first, last = await gw.publish(name, values, keys)
         except Exception as e:  # noqa: BLE001 - nothing of the request was stored
-            gw.store_failures += 1
+            gw.store_failed(e)
             raise RequestError(503, "could not store: %s" % (str(e).splitlines() or ["?"])[0],
                                {"Retry-After": "1"}) from None
         return {"topic": name, "origin": sync.CLOUD_ORIGIN, "first_seq": first, "last_seq": last, "durable": True}
@@ -155,7 +157,9 @@ class GatewayApi:
 
     async def handle_health(self, _request):
         gw = self.gateway
-        return web.json_response({"ok": True, "sessions": len(self.sync.sessions), "commits": gw.committer.commits,
-                                  "items": gw.committer.items, "rejected": gw.rejected,
-                                  "store_failures": gw.store_failures, "published": gw.published,
-                                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls})
+        h = gw.health()  # status, reasons, ok (true only when status is ok), errors_by_reason, refused_nodes
+        h.update({"sessions": len(self.sync.sessions), "commits": gw.committer.commits,
+                  "items": gw.committer.items, "rejected": gw.rejected,
+                  "store_failures": gw.store_failures, "published": gw.published,
+                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls})
+        return web.json_response(h)

@@ -25,6 +25,7 @@ The PULL's ``after_seq`` is the node's acknowledgement; it is kept per node and 
 wires the gateway, its HTTP API and the transports into one process.
 """
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -40,6 +41,10 @@ from .store import Delivered, GatewayStore, Publish
 
 log = logging.getLogger("edgeline.gateway")
 
+REFUSAL_LOG_EVERY_S = 60  # a refused node is logged at most once a minute (per node and reason)
+MAX_REFUSED_NODES = 1000  # refused node ids remembered (HELLOs name any id: bounded, the stalest go)
+HEALTH_WINDOW_S = 600  # refusals and store errors this recent make the gateway's health degraded
+_AUTH_REFUSALS = ("bad_proof", "unknown_node")
 _ENTRY_OVERHEAD = 28  # the most a DATA entry adds to its key and value: array, ts delta, two heads
 
 
@@ -56,7 +61,7 @@ class Gateway:
     """
 
     def __init__(self, db_path, keys, max_message_bytes=1 << 20, max_batch_records=10000, session_idle_s=300,
-                 topics=None, publish_token=None):
+                 topics=None, publish_token=None, health_window_s=HEALTH_WINDOW_S, monotonic=time.monotonic):
         check_keys(keys)
         self.store = GatewayStore(db_path)
         self.keys = keys  # node_id -> 32-byte key
@@ -74,6 +79,17 @@ class Gateway:
         self.refused_pulls = 0  # PULLs answered with ERROR (topic not served to the node, record too large)
         self._last_pull_ms = {}  # (node, topic) -> wall ms of its last PULL
         self._warned = set()
+        # Health (edgeline_host.health): protocol errors of edges counted per reason, the
+        # nodes refused recently, the store's recent failures. ``monotonic`` (seconds) is
+        # the clock of the rate limit and the window; tests replace it.
+        self.health_window_s = health_window_s
+        self._monotonic = monotonic
+        self.errors_by_reason = {}  # ERROR name (bad_proof, unknown_node, malformed, ...) -> count
+        self._refused = {}  # node -> [reason, count, last monotonic s, last logged monotonic s, wall ms]
+        self._store_failed_at = collections.deque(maxlen=1000)  # monotonic s of recent store failures
+        self.last_store_error = None
+        self.store_ok = True  # False from a failed commit until one succeeds
+        self.lock_lost = None  # a callable: True once the store directory's lock is lost (whoever locks sets it)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,10 +103,73 @@ class Gateway:
     # ------------------------------------------------------------------ sync
 
     def new_connection(self):
-        return sync.GatewayConnection(
-            self.keys.get, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records,
+        def lookup(node_id):
+            conn.hello_node = node_id  # the node a HELLO named, known or not (refusals name it)
+            return self.keys.get(node_id)
+
+        conn = sync.GatewayConnection(
+            lookup, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records,
             codec=fastcbor.CODEC,  # the C-accelerated CBOR
         )
+        conn.hello_node = None
+        return conn
+
+    def protocol_error(self, conn, error):
+        """An edge's exchange ended in RemoteProtocolError ``error``: count it by reason;
+        a refused node (bad proof, unknown node) is remembered for health and logged, at
+        most once a minute per node and reason."""
+        self.rejected += 1
+        text = str(error)
+        why = text.split(":", 1)[0] if ":" in text else "malformed"
+        if why not in sync.ERROR_NAMES:
+            why = "malformed"
+        self.errors_by_reason[why] = self.errors_by_reason.get(why, 0) + 1
+        if why not in _AUTH_REFUSALS:
+            return
+        node = conn.node_id if why == "bad_proof" else getattr(conn, "hello_node", None)
+        node = node if node is not None else "?"
+        now = self._monotonic()
+        r = self._refused.get(node)
+        if r is None or r[0] != why:
+            if r is None and len(self._refused) >= MAX_REFUSED_NODES:
+                del self._refused[min(self._refused, key=lambda n: self._refused[n][2])]
+            r = self._refused[node] = [why, 0, now, None, now_ms()]
+        r[1] += 1
+        r[2] = now
+        r[4] = now_ms()
+        if r[3] is None or now - r[3] >= REFUSAL_LOG_EVERY_S:
+            r[3] = now
+            log.warning("gateway: refused node %r: %s (%d time(s) since the gateway started%s)", node, text, r[1],
+                        "" if r[1] == 1 else "; logged at most once a minute")
+
+    def store_failed(self, error):
+        """A commit (records, gaps, a publish) failed: counted, and in health."""
+        self.store_failures += 1
+        self.store_ok = False
+        self._store_failed_at.append(self._monotonic())
+        self.last_store_error = (str(error).splitlines() or ["?"])[0]
+        log.error("gateway: the store could not commit: %s", self.last_store_error)
+
+    def health(self):
+        """``status``, ``reasons`` (edgeline_host.health), ``ok`` and the counters."""
+        from .. import health as H
+
+        now = self._monotonic()
+        since = now - self.health_window_s
+        recent = {n: r[0] for n, r in self._refused.items() if r[2] >= since}
+        failures = sum(1 for t in self._store_failed_at if t >= since)
+        reasons = H.lock_lost(self.lock_lost)
+        reasons += H.store_errors(failures, self.health_window_s, self.last_store_error, failing_now=not self.store_ok)
+        reasons += H.refused_nodes(recent, self.health_window_s)
+        summary = H.summarize(reasons)
+        return {
+            "status": summary["status"],
+            "reasons": summary["reasons"],
+            "ok": summary["status"] == H.OK,
+            "errors_by_reason": dict(self.errors_by_reason),
+            "refused_nodes": [{"node": n, "reason": r[0], "count": r[1], "last_ms": r[4]}
+                              for n, r in sorted(self._refused.items())],
+        }
 
     async def process(self, conn, data, unit=None):
         """Feed bytes from an edge into its connection and answer every event.
@@ -120,8 +199,8 @@ class Gateway:
         while True:
             try:
                 ev = conn.next_event()
-            except RemoteProtocolError:
-                self.rejected += 1
+            except RemoteProtocolError as e:
+                self.protocol_error(conn, e)
                 return conn.pending_error_bytes(), True
             if ev is sync.NEED_DATA:
                 if unit and conn.buffered_bytes:
@@ -162,11 +241,12 @@ class Gateway:
             try:
                 marks = await self.committer.submit(items)
             except Exception as e:  # noqa: BLE001 - the edge must hear it, then retry
-                self.store_failures += 1
+                self.store_failed(e)
                 if conn.state == "ERROR":
                     return bytes(out), True
                 out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
                 return bytes(out), True
+            self.store_ok = True
             if conn.state == "ERROR":
                 # Another exchange on this connection ended it while the commit ran
                 # (a transport that lets two run at once): no ACK can be sent. The
@@ -243,6 +323,7 @@ class Gateway:
         now = now_ms()
         entries = [(self.clock.now(now), k, v) for k, v in zip(keys, values)]
         marks = await self.committer.submit([(sync.CLOUD_ORIGIN, Publish(topic, entries))])
+        self.store_ok = True
         self.published += len(entries)
         return marks[0] - len(entries) + 1, marks[0]
 
