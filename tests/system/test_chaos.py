@@ -14,9 +14,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -25,10 +22,10 @@ import aiohttp
 from edgeline.log import RingLog
 
 from emulator.httpproxy import HttpFaultProxy
+from procs import Proc, free_port, process_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
-ENV.pop("EDGELINE_AGENT", None)
+ENV = process_env(ROOT)
 EDGELINE = [sys.executable, "-m", "edgeline_host.cli"]
 NODE = "edge-1"
 SEED = int(os.environ.get("EDGELINE_CHAOS_SEED", "20240611"))
@@ -53,74 +50,6 @@ edge:
   ingest:
     http: {listen: "127.0.0.1:%(port)d"}
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """A real process on a fixed port: started, SIGKILLed, started again; its output
-    (every run) in one log file."""
-
-    def __init__(self, name, argv, port, health_path, log_path):
-        self.name = name
-        self.argv = argv
-        self.port = port
-        self.health = "http://127.0.0.1:%d%s" % (port, health_path)
-        self.log_path = log_path
-        self.proc = None
-        self.starts = 0
-        self.kills = 0
-
-    async def start(self, http):
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=ENV, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        self.starts += 1
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError("%s exited at start: %s" % (self.name, self.log_tail()))
-            try:
-                async with http.get(self.health, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status == 200:
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                pass
-            assert time.monotonic() < deadline, "%s did not come up: %s" % (self.name, self.log_tail())
-            await asyncio.sleep(0.05)
-
-    def kill(self):
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-        self.kills += 1
-
-    def stop(self):
-        """SIGTERM (SIGKILL if it lingers); the exit status, or None if not running."""
-        p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return None if p is None else p.returncode
-        p.send_signal(signal.SIGTERM)
-        try:
-            return p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            return None
-
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, n=3000):
-        return self.log_text()[-n:]
 
 
 class Producer:
@@ -213,7 +142,7 @@ async def _chaos(tmp_path):
     gw_base = "http://127.0.0.1:%d" % gw_port
     gateway = Proc("gateway", EDGELINE + ["gateway", "--keys", str(tmp_path / "keys.yaml"), "--db",
                                           str(tmp_path / "gw.db"), "--listen", "127.0.0.1:%d" % gw_port],
-                   gw_port, "/healthz", str(tmp_path / "gateway.log"))
+                   gw_port, "/healthz", str(tmp_path / "gateway.log"), ENV)
     proxy = HttpFaultProxy(gw_base, seed=SEED, drop_request=0.05, drop_response=0.08, duplicate=0.1, delay=0.2,
                            delay_ms=150, hold=0.15, replay=0.1)
     await proxy.start()
@@ -221,7 +150,7 @@ async def _chaos(tmp_path):
     cfg.write_text(CONFIG % dict(TELEMETRY, node=NODE, data=tmp_path / "data", key=tmp_path / "node.key",
                                  endpoint=proxy.url, port=agent_port))
     agent = Proc("agent", EDGELINE + ["agent", "--config", str(cfg)], agent_port, "/v1/health",
-                 str(tmp_path / "agent.log"))
+                 str(tmp_path / "agent.log"), ENV)
     agent_url = "http://127.0.0.1:%d" % agent_port
     producers = [Producer(0, "orders", agent_url, random.Random(rng.random()), 5),
                  Producer(1, "orders", agent_url, random.Random(rng.random()), 3),
