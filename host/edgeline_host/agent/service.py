@@ -66,6 +66,7 @@ from edgeline.logformat import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store
 
+from ..dirlock import DirInUse, DirLock
 from ..jsonrecords import RequestError, parse_records, record_to_json
 
 log = logging.getLogger("edgeline.agent")
@@ -119,7 +120,13 @@ class Agent:
                               "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
         from .downlink import log_options as down_options
 
-        self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
+        # One agent per data directory: a second one is refused here, before any log opens.
+        self.dirlock = DirLock.for_dir(cfg.data_dir).acquire()
+        try:
+            self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
+        except BaseException:
+            self.dirlock.release()
+            raise
         self.topics = {}
         try:
             for t in cfg.topics:
@@ -135,6 +142,7 @@ class Agent:
                 self.topics[t.name] = _TopicState(t, lg, ob, down)
         except BaseException:
             self.store.close()
+            self.dirlock.release()
             raise
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
@@ -494,6 +502,11 @@ class Agent:
             "last_error": last_error,
         }
 
+    def lock_lost(self):
+        """True when the data directory's LOCK file was deleted or replaced under us
+        (another agent could now start on it): for health."""
+        return self.dirlock.lock_lost()
+
     async def handle_health(self, _request):
         return web.json_response(self.health())
 
@@ -577,6 +590,7 @@ class Agent:
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     pass
             self.store.close()
+            self.dirlock.release()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -601,6 +615,8 @@ def board_main(beside):
     """A Linux board's main.py: run the agent on board_config_path; one-line errors."""
     try:
         run_agent(board_config_path(beside), print_fn=lambda s: print(s, file=sys.stderr))
+    except DirInUse as e:
+        sys.exit("edgeline: %s" % e)
     except (EdgelineError, OSError) as e:
         sys.exit("edgeline: error: %s" % e)
 

@@ -74,6 +74,7 @@ class Gateway:
         self.refused_pulls = 0  # PULLs answered with ERROR (topic not served to the node, record too large)
         self._last_pull_ms = {}  # (node, topic) -> wall ms of its last PULL
         self._warned = set()
+        self.dirlock = None  # the store's DirLock when service.serve runs it (lock_lost() for health)
 
     # ------------------------------------------------------------------ lifecycle
 
