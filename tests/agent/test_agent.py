@@ -375,6 +375,8 @@ def test_bad_input_is_refused_and_nothing_is_stored(node):
         ("telemetry", b"{not json", 400, "not valid JSON"),
         ("telemetry", b"[]", 400, "no records"),
         ("telemetry", {"key": 7, "value": 1}, 400, "key"),
+        ("telemetry", b'[1, {"t": NaN}]', 400, "record 1: NaN is not a finite number"),
+        ("telemetry", b'[{"t": 1e999}]', 400, "record 0: 1e999 is not a finite number"),
         ("setpoints", {"x": 1}, 409, "cloud_to_edge"),
         ("telemetry", b'"' + b"x" * (1 << 20) + b'"', 413, "over 1048576 bytes"),
         ("tiny", [1, "y" * 2000], 413, "does not fit in a segment"),

@@ -36,3 +36,20 @@ def test_parse_records_and_payloads():
     assert e.value.status == 400
     assert record_from_payload(b"\xff\x00") == (None, codec.dumps(b"\xff\x00"))
     assert record_from_payload(b'{"key": "k", "value": 3}') == (b"k", codec.dumps(3))
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999", "-1E400"])
+def test_not_finite_numbers_are_refused_naming_the_record(literal):
+    body = '[1, {"ok": 2.5}, {"key": "k", "value": {"deep": [0, %s]}}]' % literal
+    with pytest.raises(RequestError) as e:
+        parse_records(body.encode())
+    assert e.value.status == 400
+    assert str(e.value).startswith("record 2: %s is not a finite number" % literal), str(e.value)
+    with pytest.raises(RequestError, match="record 0: NaN"):
+        parse_records(b'{"records": [NaN]}')
+    with pytest.raises(RequestError) as e:
+        record_from_payload(('{"t": %s}' % literal).encode())
+    assert e.value.status == 400 and "%s is not a finite number" % literal in str(e.value)
+    # Large but finite numbers, and floats in general, are kept as they are.
+    keys, values = parse_records(b'[1.7976931348623157e308, 0.1, -2.5e-300]')
+    assert [codec.loads(v) for v in values] == [1.7976931348623157e308, 0.1, -2.5e-300]
