@@ -141,6 +141,7 @@ def agent(config_path):
 @click.option("--force", is_flag=True, help="Replace an existing key file (the gateway must get the new key).")
 def keygen(path, force):
     """Write a new node key to PATH (32 random bytes as hex, mode 0600) and print it.
+    Missing parent directories are created (mode 0700).
 
     The printed hex goes into the gateway's keys file as `<node_id>: <hex>`.
     """
@@ -150,6 +151,9 @@ def keygen(path, force):
     key = secrets.token_hex(32)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, 0o700)  # the agent's own hint names key_file, wherever it is
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise click.ClickException("%s exists; keep it, or give --force to replace it" % path) from None

@@ -424,6 +424,21 @@ def test_missing_key_file_says_how_to_make_one(tmp_path):
     assert not (tmp_path / "data").exists()  # refused before anything was opened
 
 
+def test_keygen_creates_parent_directories(tmp_path):
+    """The agent's hint names key_file wherever it is (/etc/edgeline/node.key on a fresh
+    device): `edgeline keygen` makes the directories it needs, private."""
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text((CONFIG % {"node": NODE, "gw_port": free_port(), "port": free_port()})
+                   .replace("key_file: ./node.key", "key_file: ./etc/edgeline/node.key"))
+    p = edgeline("agent", "--config", cfg)
+    hint = p.stderr.split("create it with `", 1)[1].split("`", 1)[0]
+    assert hint.startswith("edgeline keygen ")
+    p = edgeline(*hint.split()[1:], check=True)
+    assert (tmp_path / "etc/edgeline/node.key").read_text().strip() == p.stdout.strip()
+    assert stat.S_IMODE(os.stat(tmp_path / "etc/edgeline").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "etc/edgeline/node.key").st_mode) == 0o600
+
+
 def _one_line_refusal(p, holder_pid, what):
     assert p.returncode not in (0, None), p.stderr
     lines = p.stderr.strip().splitlines()
