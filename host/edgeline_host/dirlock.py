@@ -45,7 +45,7 @@ class DirLock:
     def __init__(self, path, what=None):
         self.path = path
         self.what = what if what is not None else os.path.dirname(path) or "."
-        self.fd = None
+        self.file = None  # the locked file while held
         self.ident = None  # (st_dev, st_ino) of the file we locked
 
     @classmethod
@@ -76,7 +76,9 @@ class DirLock:
         except BaseException:
             os.close(fd)
             raise
-        self.fd = fd
+        # A file object, not a bare fd: a DirLock dropped without release() (a test's
+        # forgotten Agent) is released when it is collected, never leaked for the process.
+        self.file = os.fdopen(fd, "r+b", buffering=0)
         self.ident = (st.st_dev, st.st_ino)
         return self
 
@@ -84,7 +86,7 @@ class DirLock:
         """True when ``path`` no longer names the file we locked (deleted or replaced),
         so another process could take a lock beside ours; False while we hold it (and
         when we hold nothing)."""
-        if self.fd is None:
+        if self.file is None:
             return False
         try:
             st = os.stat(self.path)
@@ -94,12 +96,12 @@ class DirLock:
 
     def release(self):
         """Drop the lock (the file stays). Idempotent."""
-        fd, self.fd = self.fd, None
-        if fd is not None:
-            os.close(fd)
+        f, self.file = self.file, None
+        if f is not None:
+            f.close()
 
     def __enter__(self):
-        return self.acquire() if self.fd is None else self
+        return self.acquire() if self.file is None else self
 
     def __exit__(self, *exc):
         self.release()

@@ -80,6 +80,13 @@ RETENTION_EVERY_MS = 10000  # how often age retention runs
 _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
 
 
+def _size_text(n):
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return "%.1f %s" % (n / size, unit)
+    return "%d bytes" % n
+
+
 def wall_ms():
     return int(time.time() * 1000)
 
@@ -144,6 +151,7 @@ class Agent:
             self.store.close()
             self.dirlock.release()
             raise
+        self.disk_warning = self._check_disk()  # None, or the line printed (for health)
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
         self.uplink = None
@@ -166,6 +174,31 @@ class Agent:
         self.rejected = 0
         self._stop = None
         self._closing = False
+
+    def _check_disk(self):
+        """Warn (once, at start) when the storage budget is more than the disk under
+        data_dir can give -- its free bytes plus what the logs already hold: the disk then
+        fills first, and appends fail instead of the topics' full_policy acting."""
+        import shutil
+
+        cfg = self.cfg
+        try:
+            free = shutil.disk_usage(cfg.data_dir).free
+        except OSError:
+            return None
+        room = free + self.store.size_bytes
+        budget = cfg.resources.max_storage_bytes
+        if budget <= room:
+            return None
+        over = sorted(t.name for t in cfg.topics if t.budget_bytes > room and t.budget_bytes < budget)
+        line = ("edgeline agent: warning: resources.max_storage (%s) is more than the disk of %s can hold "
+                "(%s free, %s in the logs): the disk fills first, and then appends fail (500) instead of the "
+                "topics' full_policy acting; lower max_storage%s" % (
+                    _size_text(budget), cfg.data_dir, _size_text(free), _size_text(self.store.size_bytes),
+                    " and the budgets of %s" % ", ".join(over) if over else ""))
+        self.print(line)
+        log.warning("%s", line)
+        return line
 
     def _check_key(self):
         cfg = self.cfg
