@@ -41,7 +41,7 @@ def test_sigkilled_holder_never_blocks(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sys, time\n"
                                "from edgeline_host.dirlock import DirLock\n"
-                               "DirLock.for_dir(sys.argv[1]).acquire()\n"
+                               "lock = DirLock.for_dir(sys.argv[1]).acquire()\n"
                                "print('locked', flush=True)\n"
                                "time.sleep(600)\n", d], env=ENV, stdout=subprocess.PIPE, text=True)
     try:
