@@ -14,7 +14,7 @@ both ways, so every API takes and gives the same shapes:
   (``record_from_payload``) is one item when it is UTF-8 JSON, else a byte string.
   ``NaN``, ``Infinity`` and numbers beyond a double (``1e999``) are refused (400, naming
   the record): Python's json takes them, but no API could give them back as JSON.
-* Out (``record_to_json``, ``value_to_json``): CBOR decoded to JSON by ``jsonable``:
+* Out (``record_to_json``; ``row_to_json`` for a gateway row): CBOR decoded to JSON by ``jsonable``:
   bytes become ``{"base64": ...}``, map keys text, and numbers JSON cannot carry (NaN,
   +-Infinity) become ``null`` -- the answer is always valid JSON, which strict parsers
   (browsers, Go, jq) refuse otherwise. A value that is not CBOR, or a key that is not
@@ -28,6 +28,7 @@ import json
 
 from edgeline import codec
 from edgeline.errors import EdgelineError
+from edgeline.log import Record
 
 
 class RequestError(Exception):
@@ -198,10 +199,11 @@ def record_to_json(r):
     return out
 
 
-def value_to_json(raw):
-    """A stored value for the gateway's query API: ``{"cbor": <the decoded value>}``, or
-    ``{"base64": ...}`` when it is not CBOR."""
-    try:
-        return {"cbor": jsonable(codec.loads(raw))}
-    except EdgelineError:
-        return {"base64": base64.b64encode(raw).decode()}
+def row_to_json(row):
+    """A row of the gateway's store (``GatewayStore.records``) for its query API: the
+    record in the form ``record_to_json`` gives the agent's read API, with the row's
+    ``origin``, ``topic`` and ``stored_ms`` besides."""
+    out = {"origin": row["origin"], "topic": row["topic"]}
+    out.update(record_to_json(Record(row["seq"], row["ts"], row["key"], row["value"])))
+    out["stored_ms"] = row["stored_ms"]
+    return out

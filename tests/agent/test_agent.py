@@ -182,7 +182,7 @@ def node(tmp_path):
 
 
 def values(records):
-    return [r["value"]["cbor"] for r in records]
+    return [r["value"] for r in records]
 
 
 def test_parse_records_shapes():
@@ -232,7 +232,7 @@ def test_ingest_syncs_each_record_exactly_once_and_local_stays(node):
     assert values(tel) == [{"t": 21.5}, {"t": 1}, {"t": 2}, {"t": 3}]
     assert [r["ts"] for r in tel] == sorted(set(r["ts"] for r in tel))  # HLC: strictly increasing
     al = gw.records("alarms")
-    assert [(r["seq"], r["key"], r["value"]["cbor"]) for r in al] == [(1, "ZG9vcg==", "open"), (2, "ZG9vcg==", "shut")]
+    assert [(r["seq"], r["key"], r["value"]) for r in al] == [(1, "door", "open"), (2, "door", "shut")]
     assert gw.records("debug.raw") == [] and gw.records("scratch") == []
     assert {s["topic"] for s in gw.get("/v1/status?origin=" + NODE)["streams"]} == {"telemetry", "alarms"}
     q = agent.get("/v1/queue")["topics"]

@@ -9,7 +9,7 @@ import pytest
 from edgeline import codec
 from edgeline.log import Record
 from edgeline_host.jsonrecords import (RequestError, jsonable, parse_records, record_from_payload, record_to_json,
-                                       value_to_json)
+                                       row_to_json)
 
 
 def test_jsonable_gives_valid_json_for_every_float():
@@ -21,9 +21,12 @@ def test_jsonable_gives_valid_json_for_every_float():
 
 def test_agent_and_gateway_render_a_value_alike():
     raw = codec.dumps({"t": math.inf, "n": 1})
-    assert value_to_json(raw) == {"cbor": {"t": None, "n": 1}}
-    assert record_to_json(Record(1, 2, None, raw))["value"] == {"t": None, "n": 1}
-    assert value_to_json(b"\xff") == {"base64": "/w=="}
+    row = {"origin": "e1", "topic": "t", "seq": 1, "ts": 2, "key": b"k", "value": raw, "stored_ms": 3}
+    assert row_to_json(row) == dict(record_to_json(Record(1, 2, b"k", raw)), origin="e1", topic="t", stored_ms=3)
+    assert record_to_json(Record(1, 2, b"k", raw))["value"] == {"t": None, "n": 1}
+    assert row_to_json(dict(row, key=b"\xff", value=b"\xff")) == {
+        "origin": "e1", "topic": "t", "seq": 1, "ts": 2, "key": None, "value": None, "key_base64": "/w==",
+        "value_base64": "/w==", "stored_ms": 3}
     assert record_to_json(Record(1, 2, b"\xff", b"\xff")) == {"seq": 1, "ts": 2, "key": None, "value": None,
                                                             "key_base64": "/w==", "value_base64": "/w=="}
 

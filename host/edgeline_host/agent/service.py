@@ -67,6 +67,7 @@ from edgeline.outbox import Outbox
 from edgeline.store import Store
 
 from ..dirlock import DirInUse, DirLock
+from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
 
 log = logging.getLogger("edgeline.agent")
@@ -212,7 +213,7 @@ class Agent:
     # ------------------------------------------------------------------ HTTP app
 
     def app(self):
-        app = web.Application(client_max_size=self.max_body_bytes)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[json_errors])
         app.router.add_post("/v1/topics/{topic}/records", self.handle_ingest)
         app.router.add_get("/v1/topics/{topic}/records", self.handle_read)
         app.router.add_get("/v1/sync/status", self.handle_sync_status)
