@@ -168,6 +168,9 @@ class Agent:
                                                max_records=cfg.sync.batch_size, on_records=self._received,
                                                **options.pop("downlink_options", {}))
             self.uplink = from_config(cfg, sending, **options)
+        self.housekeeping_ms = RETENTION_EVERY_MS  # tests shorten it
+        self.recovered = 0  # logs reopened after a write error
+        self.unflushed = {}  # topic -> why its final commit failed (shutdown)
         self.started_ms = wall_ms()
         self.started_mono = time.monotonic()
         self.last_error = None
@@ -271,13 +274,14 @@ class Agent:
         if self._closing:
             raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         st = self._writable(name)
-        lg = st.log
         try:
             first, n = self.append(st, keys, values)
         except RequestError as e:
-            if e.stored:
-                await self.wait_durable(st, lg.last_seq)  # the part that went in, as the policy has it
+            if e.stored:  # the part that went in, as the policy has it (a failed log: what it made durable)
+                lg = st.log
+                await self.wait_durable(st, lg.last_seq if lg.failure is None else lg.durable_seq)
             raise
+        lg = st.log  # after append: it may have reopened the log (recover)
         answer = {"topic": name, "first_seq": first if n else None, "last_seq": lg.last_seq if n else None}
         if n < len(values):
             answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
@@ -294,6 +298,9 @@ class Agent:
         ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
         topic filling up part way says how many went in (``e.stored``)."""
         name = st.cfg.name
+        if st.log.failure is not None and not self.recover(st):  # a write error earlier: reopen the log first
+            raise RequestError(503, "the log of topic %r failed a write and cannot be reopened yet (%s); the agent "
+                                    "tries again" % (name, self.last_error), {"Retry-After": str(RETRY_AFTER_S)})
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -322,10 +329,72 @@ class Agent:
                               stored=n) from None
         except EdgelineError as e:
             self.last_error = "%s: %s" % (name, e)
-            raise RequestError(500, "%s" % e) from None
+            raise self._write_failed(lg, before, e) from None
         n = lg.last_seq - before
         self._appended(st, n)
         return before + 1, n
+
+    @staticmethod
+    def _write_failed(lg, before, e):
+        """The 500 of an append that failed on a write error, saying what of the request
+        is durable (under ``sync: every`` the records before the failing one were each
+        committed) -- a producer that retries then knows what it would store twice."""
+        done = lg.durable_seq - before if lg.durable_seq > before else 0
+        if not done:
+            return RequestError(500, "%s; nothing of the request was stored" % e)
+        return RequestError(500, "%s; records 0..%d of the request were stored as seqs %d..%d (durable), the rest "
+                                 "were not" % (e, done - 1, before + 1, before + done), stored=done)
+
+    def recover(self, st):
+        """After a write error (``st.log.failure``), reopen topic ``st``'s log from disk --
+        recovery keeps every durable record and cuts a torn tail -- and re-attach its
+        outbox (and the uplink to them). Called by the next append to the topic and by
+        housekeeping, so the agent heals by itself once the cause is gone (a full disk
+        with room again). True when the log takes writes; False (and ``last_error``) when
+        it cannot be reopened yet: the next try comes with the next append or round."""
+        old = st.log
+        if old.failure is None:
+            return True
+        if st.cfg.direction == "cloud_to_edge":
+            return False  # the downlink's log: it is written by the downlink, not by ingest
+        name = st.cfg.name
+        why = old.failure
+        durable = old.durable_seq
+        for _, fut in st.waiters:  # what they waited for was never committed
+            if not fut.done():
+                fut.set_exception(RequestError(500, "commit failed: %s" % why))
+        st.waiters = []
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        try:
+            old.close()  # no flush (it failed); closes the outbox's cursor, leaves the store
+        except (EdgelineError, OSError):
+            pass
+        try:
+            lg = self.store.log(name, **st.cfg.log_options())
+            ob = Outbox(lg, "uplink") if st.outbox is not None else None
+        except (EdgelineError, OSError) as e:
+            self.last_error = "%s: cannot reopen the log after a write error: %s" % (name, e)
+            log.error("agent: topic %s: cannot reopen the log after a write error (%s): %s; trying again later",
+                      name, why, e)
+            return False
+        st.log = lg
+        if ob is not None:
+            st.outbox = ob
+            if self.uplink is not None:
+                self.uplink.reattach(name, lg, ob)
+        self.recovered += 1
+        kept = ""
+        if lg.last_seq > durable:
+            # Written before the error but never answered durable: whole on disk, kept.
+            kept = "; seqs %d..%d, written before the error but not answered durable, were found whole and kept" % (
+                durable + 1, lg.last_seq)
+        line = "agent: topic %s: log reopened after a write error (%s); it takes writes again from seq %d%s" % (
+            name, why, lg.next_seq, kept)
+        log.warning("%s", line)
+        self.print("edgeline " + line)
+        return True
 
     def _appended(self, st, n):
         self.ingested += n
@@ -551,17 +620,49 @@ class Agent:
             self._stop.set()
 
     async def _housekeeping(self):
-        """Age retention, now and then."""
+        """Age retention, now and then; and logs that failed a write reopened."""
         while True:
-            await asyncio.sleep(RETENTION_EVERY_MS / 1000.0)
+            await asyncio.sleep(self.housekeeping_ms / 1000.0)
             now = wall_ms()
             for st in self.topics.values():
+                if st.log.failure is not None:
+                    self.recover(st)
                 if st.cfg.retention_ms:
                     for lg in (st.log, st.down) if st.down is not None and st.down is not st.log else (st.log,):
                         try:
                             lg.apply_retention(now)
                         except EdgelineError as e:
                             self.last_error = "%s: %s" % (st.cfg.name, e)
+
+    def _final_commit(self):
+        """Shutdown: commit every log, answer the waiting producers. A log that failed a
+        write is reopened first (its durable records are what it holds; nothing is
+        owed). What could not be committed is in ``unflushed`` (topic -> why), for the
+        stop line -- which then does not claim the logs were flushed."""
+        self.unflushed = {}
+        for st in self.topics.values():
+            if st.timer is not None:
+                st.timer.cancel()
+                st.timer = None
+            if st.log.failure is not None:
+                self.recover(st)
+            try:
+                st.log.flush(wall_ms())
+            except EdgelineError as e:
+                self.unflushed[st.cfg.name] = "%s (durable up to seq %d)" % (e, st.log.durable_seq)
+                log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
+                for _, fut in st.waiters:
+                    if not fut.done():
+                        fut.set_exception(RequestError(500, "commit failed: %s" % e))
+                st.waiters = []
+            self._wake(st)
+
+    def stop_line(self):
+        """What the agent says once stopped: true to what the final commit did."""
+        if not self.unflushed:
+            return "edgeline agent: stopped; logs flushed and closed"
+        return "edgeline agent: stopped; logs closed, but not every record was made durable: %s" % "; ".join(
+            "topic %s: %s" % kv for kv in sorted(self.unflushed.items()))
 
     async def run(self, install_signals=True):
         """Serve until ``stop()`` (or SIGTERM/SIGINT); then shut down cleanly."""
@@ -602,15 +703,7 @@ class Agent:
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
-            for st in self.topics.values():
-                if st.timer is not None:
-                    st.timer.cancel()
-                    st.timer = None
-                try:
-                    st.log.flush(wall_ms())
-                except EdgelineError as e:
-                    log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
-                self._wake(st)
+            self._final_commit()
             await asyncio.sleep(0)
             if self.mqtt is not None:
                 await self.mqtt.close()  # acknowledges what the commit covered, then disconnects
@@ -662,4 +755,4 @@ def run_agent(config_path, print_fn=print):
     cfg = load_config(config_path)
     agent = Agent(cfg, print_fn=print_fn)
     asyncio.run(agent.run())
-    print_fn("edgeline agent: stopped; logs flushed and closed")
+    print_fn(agent.stop_line())
