@@ -329,7 +329,10 @@ class Agent:
                               stored=n) from None
         except EdgelineError as e:
             self.last_error = "%s: %s" % (name, e)
-            raise self._write_failed(lg, before, e) from None
+            err = self._write_failed(lg, before, e)
+            if err.stored:
+                self._appended(st, err.stored)
+            raise err from None
         n = lg.last_seq - before
         self._appended(st, n)
         return before + 1, n
@@ -341,9 +344,9 @@ class Agent:
         committed) -- a producer that retries then knows what it would store twice."""
         done = lg.durable_seq - before if lg.durable_seq > before else 0
         if not done:
-            return RequestError(500, "%s; nothing of the request was stored" % e)
+            return RequestError(500, "%s; nothing of the request was made durable" % e)
         return RequestError(500, "%s; records 0..%d of the request were stored as seqs %d..%d (durable), the rest "
-                                 "were not" % (e, done - 1, before + 1, before + done), stored=done)
+                                 "were not made durable" % (e, done - 1, before + 1, before + done), stored=done)
 
     def recover(self, st):
         """After a write error (``st.log.failure``), reopen topic ``st``'s log from disk --
