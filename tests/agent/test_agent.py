@@ -455,6 +455,7 @@ def test_two_agents_on_one_data_dir(node):
     agent.start()
     s, _, a = agent.post("telemetry", [{"n": 1}, {"n": 2}])
     assert (s, a["last_seq"], a["durable"]) == (200, 2, True)
+    wait_for(lambda: agent.get("/v1/queue")["pending"] == 0, what="acks")  # the first agent's writes are done
     data = str(cfg.parent / "data")
     before = {f: os.path.getsize(os.path.join(data, "telemetry", f)) for f in os.listdir(os.path.join(data, "telemetry"))}
 
