@@ -10,6 +10,7 @@ import sys
 import click
 
 from edgeline.errors import EdgelineError
+from edgeline_host.dirlock import DirInUse
 
 
 @click.group()
@@ -57,26 +58,33 @@ def demo(seconds, data_dir, as_json):
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--keys", "keys_file", default=None,
+@click.option("--keys", "keys_file", default=None, envvar="EDGELINE_GATEWAY_KEYS", show_envvar=True,
               help="YAML file of node_id: key (64 hex digits or base64); required to run the gateway.")
-@click.option("--db", default="edgeline-gateway.db", show_default=True, help="SQLite store (created if missing).")
-@click.option("--listen", default="127.0.0.1:8700", show_default=True, help="host:port for HTTP.")
-@click.option("--tcp", "tcp_listen", default=None, help="host:port to also serve sync over plain TCP (boards).")
-@click.option("--mqtt", "mqtt_broker", default=None, help="host:port of an MQTT broker to also serve sync through.")
-@click.option("--mqtt-prefix", default="edgeline", show_default=True,
+@click.option("--db", default="edgeline-gateway.db", show_default=True, envvar="EDGELINE_GATEWAY_DB", show_envvar=True,
+              help="SQLite store (created if missing).")
+@click.option("--listen", default="127.0.0.1:8700", show_default=True, envvar="EDGELINE_GATEWAY_LISTEN",
+              show_envvar=True, help="host:port for HTTP.")
+@click.option("--tcp", "tcp_listen", default=None, envvar="EDGELINE_GATEWAY_TCP", show_envvar=True,
+              help="host:port to also serve sync over plain TCP (boards).")
+@click.option("--mqtt", "mqtt_broker", default=None, envvar="EDGELINE_GATEWAY_MQTT", show_envvar=True,
+              help="host:port of an MQTT broker to also serve sync through.")
+@click.option("--mqtt-prefix", default="edgeline", show_default=True, envvar="EDGELINE_GATEWAY_MQTT_PREFIX",
+              show_envvar=True,
               help="MQTT topic prefix: edges publish to <prefix>/<node_id>/up, read <prefix>/<node_id>/down.")
-@click.option("--topics", "topics_file", default=None,
+@click.option("--topics", "topics_file", default=None, envvar="EDGELINE_GATEWAY_TOPICS", show_envvar=True,
               help="YAML file of the cloud-to-edge topics the gateway publishes (docs/gateway.md).")
-@click.option("--publish-token-file", default=None,
+@click.option("--publish-token-file", default=None, envvar="EDGELINE_GATEWAY_PUBLISH_TOKEN_FILE", show_envvar=True,
               help="File holding the token the publish API requires (default: loopback clients only).")
 @click.pass_context
 def gateway(ctx, keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
     """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once,
-    publishes cloud-to-edge topics. `edgeline gateway health` asks a running one how it is."""
+    publishes cloud-to-edge topics. Each option can come from its EDGELINE_GATEWAY_* variable
+    (boards/x86-gateway/gateway.env); an option given overrides it. `edgeline gateway health`
+    asks a running one how it is."""
     if ctx.invoked_subcommand is not None:
         return
     if keys_file is None:
-        raise click.UsageError("Missing option '--keys'.")
+        raise click.UsageError("Missing option '--keys' (or EDGELINE_GATEWAY_KEYS).")
     _setup_logging()
     from edgeline_host import logsetup
     from edgeline_host.gateway.service import serve
@@ -191,6 +199,7 @@ def agent(config_path):
 @click.option("--force", is_flag=True, help="Replace an existing key file (the gateway must get the new key).")
 def keygen(path, force):
     """Write a new node key to PATH (32 random bytes as hex, mode 0600) and print it.
+    Missing parent directories are created (mode 0700).
 
     The printed hex goes into the gateway's keys file as `<node_id>: <hex>`.
     """
@@ -200,6 +209,9 @@ def keygen(path, force):
     key = secrets.token_hex(32)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, 0o700)  # the agent's own hint names key_file, wherever it is
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
         raise click.ClickException("%s exists; keep it, or give --force to replace it" % path) from None
@@ -773,15 +785,36 @@ def log():
     """Inspect a log directory."""
 
 
+def _lock_for(path):
+    """The DirLock ``edgeline log`` takes on the log at ``path``: its agent's data
+    directory (the parent, when it holds a LOCK), else the log's own directory. Opening
+    a log recovers it (it may cut a torn tail), a write that must never race a running
+    agent: the command is refused while one holds the directory."""
+    import os
+
+    from edgeline_host.dirlock import LOCK_NAME, DirLock
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(os.path.join(parent, LOCK_NAME)):
+        return DirLock(os.path.join(parent, LOCK_NAME), what=os.path.dirname(path.rstrip("/")) or parent)
+    return DirLock(os.path.join(path, LOCK_NAME), what=path)
+
+
 def _open(path):
+    """(RingLog, DirLock) of the log at ``path``; close both."""
     import os
 
     from edgeline.log import RingLog
 
     if not os.path.isdir(path):
         raise click.ClickException("%s is not a log directory" % path)
-    # A huge budget: inspecting must never evict anything.
-    return RingLog(path, budget_bytes=1 << 62, segment_bytes=65536)
+    lock = _lock_for(path).acquire()
+    try:
+        # A huge budget: inspecting must never evict anything.
+        return RingLog(path, budget_bytes=1 << 62, segment_bytes=65536), lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 @log.command("stat")
@@ -793,7 +826,7 @@ def log_stat(path, as_json):
 
     from edgeline.outbox import Outbox
 
-    lg = _open(path)
+    lg, lock = _open(path)
     st = lg.stats()
     st["consumers"] = {}
     for name in sorted(os.listdir(path)):
@@ -801,6 +834,7 @@ def log_stat(path, as_json):
             ob = Outbox(lg, name[:-4])
             st["consumers"][ob.name] = {"acked": ob.acked, "owes": ob.depth, "gap": ob.gap()}
     lg.close()
+    lock.release()
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -818,7 +852,7 @@ def log_read(path, from_seq, limit):
     """Print records of the log at PATH, values decoded from CBOR where possible."""
     from edgeline import codec
 
-    lg = _open(path)
+    lg, lock = _open(path)
     for r in lg.read(from_seq, limit, 1 << 30):
         try:
             v = codec.loads(r.value)
@@ -826,6 +860,7 @@ def log_read(path, from_seq, limit):
             v = r.value
         click.echo(json.dumps({"seq": r.seq, "ts": r.ts, "key": r.key.decode("utf-8", "replace") if r.key is not None else None, "value": v}, default=repr))
     lg.close()
+    lock.release()
 
 
 def main(argv=None):
@@ -837,6 +872,9 @@ def main(argv=None):
     except click.ClickException as e:
         click.echo("edgeline: error: %s" % e.format_message(), err=True)
         sys.exit(e.exit_code)
+    except DirInUse as e:
+        click.echo("edgeline: %s" % e, err=True)
+        sys.exit(3)
     except EdgelineError as e:
         click.echo("edgeline: error: %s" % e, err=True)
         sys.exit(2)

@@ -555,7 +555,7 @@ class FleetDemo:
                 seen_n = {}
                 for row in rows:
                     by_seq[row["seq"]] = row
-                    v = row["value"].get("cbor")
+                    v = row["value"]
                     n = v.get("n") if isinstance(v, dict) else None
                     seen_n[n] = seen_n.get(n, 0) + 1
                     doc = {"node": node, "topic": topic, "seq": row["seq"], "ts": row["ts"] >> 16}
@@ -570,7 +570,7 @@ class FleetDemo:
                         continue
                     acked_seqs.add(seq)
                     row = by_seq.get(seq)
-                    if row is None or row["value"].get("cbor") != value:
+                    if row is None or row["value"] != value:
                         r["lost"] += 1
                         continue
                     r["stored"] += 1
@@ -578,7 +578,7 @@ class FleetDemo:
                 for seq, row in by_seq.items():
                     if seq in acked_seqs:
                         continue
-                    v = row["value"].get("cbor")
+                    v = row["value"]
                     if isinstance(v, dict) and (topic, v.get("n")) in e.unanswered:
                         r["unacknowledged"] += 1
                     else:
@@ -605,7 +605,7 @@ class FleetDemo:
             by_seq = {}
             board_lags = []
             for row in rows:
-                v = row["value"].get("cbor")
+                v = row["value"]
                 by_seq[row["seq"]] = v
                 key = v[0] if isinstance(v, list) and v else None
                 seen[key] = seen.get(key, 0) + 1

@@ -12,7 +12,9 @@ both ways, so every API takes and gives the same shapes:
   (an object with a ``value`` and at most a ``key`` besides) for a keyed record. Each
   becomes (key as UTF-8 bytes or None, value as CBOR). An MQTT payload
   (``record_from_payload``) is one item when it is UTF-8 JSON, else a byte string.
-* Out (``record_to_json``, ``value_to_json``): CBOR decoded to JSON by ``jsonable``:
+  ``NaN``, ``Infinity`` and numbers beyond a double (``1e999``) are refused (400, naming
+  the record): Python's json takes them, but no API could give them back as JSON.
+* Out (``record_to_json``; ``row_to_json`` for a gateway row): CBOR decoded to JSON by ``jsonable``:
   bytes become ``{"base64": ...}``, map keys text, and numbers JSON cannot carry (NaN,
   +-Infinity) become ``null`` -- the answer is always valid JSON, which strict parsers
   (browsers, Go, jq) refuse otherwise. A value that is not CBOR, or a key that is not
@@ -26,6 +28,7 @@ import json
 
 from edgeline import codec
 from edgeline.errors import EdgelineError
+from edgeline.log import Record
 
 
 class RequestError(Exception):
@@ -46,7 +49,7 @@ def parse_records(body):
     besides). RequestError(400) when it is none of these.
     """
     try:
-        doc = json.loads(body.decode("utf-8"))
+        doc, not_finite = _loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise RequestError(400, "the body is not valid JSON: %s" % e) from None
     except RecursionError:  # json's C parser recurses per level: deep input was a 500
@@ -61,6 +64,12 @@ def parse_records(body):
         items = [doc]
     if not items:
         raise RequestError(400, "no records in the body")
+    if not_finite:
+        for i, item in enumerate(items):
+            bad = _not_finite_in(item)
+            if bad is not None:
+                raise RequestError(400, "record %d: %s" % (i, _not_finite_message(bad)))
+        raise RequestError(400, _not_finite_message(not_finite[0]))  # outside the records
     keys = []
     values = []
     for i, item in enumerate(items):
@@ -102,10 +111,60 @@ def record_from_payload(payload):
     other payload (not UTF-8, not JSON, empty) is stored as it is, a byte string.
     RequestError(400) for a JSON key that is not text."""
     try:
-        doc = json.loads(bytes(payload).decode("utf-8"))
+        doc, not_finite = _loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None, codec.dumps(bytes(payload))
+    if not_finite:
+        raise RequestError(400, _not_finite_message(not_finite[0]))
     return parse_item(doc)
+
+
+class _NotFinite:
+    """Where a JSON text had NaN, Infinity, -Infinity or a number too large for a
+    double (1e999): Python's json takes them, as floats that no strict JSON reader
+    would give back. ``_loads`` puts this in their place, so the error can name them."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
+def _loads(text):
+    """(document, [_NotFinite found]): json.loads that marks non-finite numbers."""
+    found = []
+
+    def constant(name):
+        found.append(_NotFinite(name))
+        return found[-1]
+
+    def number(text):
+        f = float(text)
+        if f - f != 0.0:  # inf (or nan): the literal overflowed a double
+            found.append(_NotFinite(text))
+            return found[-1]
+        return f
+
+    return json.loads(text, parse_constant=constant, parse_float=number), found
+
+
+def _not_finite_in(item):
+    """The first _NotFinite inside a decoded JSON item, or None."""
+    if isinstance(item, _NotFinite):
+        return item
+    if isinstance(item, dict):
+        item = item.values()
+    if isinstance(item, (list, type({}.values()))):
+        for x in item:
+            bad = _not_finite_in(x)
+            if bad is not None:
+                return bad
+    return None
+
+
+def _not_finite_message(bad):
+    return ("%s is not a finite number: JSON has none, and edgeline stores only what every API can give back "
+            "(send null or a string instead)" % bad.text)
 
 
 def jsonable(v):
@@ -140,10 +199,11 @@ def record_to_json(r):
     return out
 
 
-def value_to_json(raw):
-    """A stored value for the gateway's query API: ``{"cbor": <the decoded value>}``, or
-    ``{"base64": ...}`` when it is not CBOR."""
-    try:
-        return {"cbor": jsonable(codec.loads(raw))}
-    except EdgelineError:
-        return {"base64": base64.b64encode(raw).decode()}
+def row_to_json(row):
+    """A row of the gateway's store (``GatewayStore.records``) for its query API: the
+    record in the form ``record_to_json`` gives the agent's read API, with the row's
+    ``origin``, ``topic`` and ``stored_ms`` besides."""
+    out = {"origin": row["origin"], "topic": row["topic"]}
+    out.update(record_to_json(Record(row["seq"], row["ts"], row["key"], row["value"])))
+    out["stored_ms"] = row["stored_ms"]
+    return out

@@ -182,7 +182,7 @@ def node(tmp_path):
 
 
 def values(records):
-    return [r["value"]["cbor"] for r in records]
+    return [r["value"] for r in records]
 
 
 def test_parse_records_shapes():
@@ -232,7 +232,7 @@ def test_ingest_syncs_each_record_exactly_once_and_local_stays(node):
     assert values(tel) == [{"t": 21.5}, {"t": 1}, {"t": 2}, {"t": 3}]
     assert [r["ts"] for r in tel] == sorted(set(r["ts"] for r in tel))  # HLC: strictly increasing
     al = gw.records("alarms")
-    assert [(r["seq"], r["key"], r["value"]["cbor"]) for r in al] == [(1, "ZG9vcg==", "open"), (2, "ZG9vcg==", "shut")]
+    assert [(r["seq"], r["key"], r["value"]) for r in al] == [(1, "door", "open"), (2, "door", "shut")]
     assert gw.records("debug.raw") == [] and gw.records("scratch") == []
     assert {s["topic"] for s in gw.get("/v1/status?origin=" + NODE)["streams"]} == {"telemetry", "alarms"}
     q = agent.get("/v1/queue")["topics"]
@@ -376,6 +376,8 @@ def test_bad_input_is_refused_and_nothing_is_stored(node):
         ("telemetry", b"{not json", 400, "not valid JSON"),
         ("telemetry", b"[]", 400, "no records"),
         ("telemetry", {"key": 7, "value": 1}, 400, "key"),
+        ("telemetry", b'[1, {"t": NaN}]', 400, "record 1: NaN is not a finite number"),
+        ("telemetry", b'[{"t": 1e999}]', 400, "record 0: 1e999 is not a finite number"),
         ("setpoints", {"x": 1}, 409, "cloud_to_edge"),
         ("telemetry", b'"' + b"x" * (1 << 20) + b'"', 413, "over 1048576 bytes"),
         ("tiny", [1, "y" * 2000], 413, "does not fit in a segment"),
@@ -421,3 +423,109 @@ def test_missing_key_file_says_how_to_make_one(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1
     assert "edge.key_file" in p.stderr and "edgeline keygen" in p.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_keygen_creates_parent_directories(tmp_path):
+    """The agent's hint names key_file wherever it is (/etc/edgeline/node.key on a fresh
+    device): `edgeline keygen` makes the directories it needs, private."""
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text((CONFIG % {"node": NODE, "gw_port": free_port(), "port": free_port()})
+                   .replace("key_file: ./node.key", "key_file: ./etc/edgeline/node.key"))
+    p = edgeline("agent", "--config", cfg)
+    hint = p.stderr.split("create it with `", 1)[1].split("`", 1)[0]
+    assert hint.startswith("edgeline keygen ")
+    p = edgeline(*hint.split()[1:], check=True)
+    assert (tmp_path / "etc/edgeline/node.key").read_text().strip() == p.stdout.strip()
+    assert stat.S_IMODE(os.stat(tmp_path / "etc/edgeline").st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(tmp_path / "etc/edgeline/node.key").st_mode) == 0o600
+
+
+def _one_line_refusal(p, holder_pid, what):
+    assert p.returncode not in (0, None), p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("edgeline: %s is in use by pid %d (started " % (what, holder_pid)), lines[0]
+    assert lines[0].endswith("; stop it first"), lines[0]
+
+
+def test_two_agents_on_one_data_dir(node):
+    """Issue 9, hole 1: the second agent is refused before it opens a log; the first keeps
+    working, nothing is corrupt; a SIGKILLed holder's lock never blocks the next start."""
+    cfg, _, gw, agent = node
+    gw.start()
+    agent.start()
+    s, _, a = agent.post("telemetry", [{"n": 1}, {"n": 2}])
+    assert (s, a["last_seq"], a["durable"]) == (200, 2, True)
+    wait_for(lambda: agent.get("/v1/queue")["pending"] == 0, what="acks")  # the first agent's writes are done
+    data = str(cfg.parent / "data")
+    before = {f: os.path.getsize(os.path.join(data, "telemetry", f)) for f in os.listdir(os.path.join(data, "telemetry"))}
+
+    second = cfg.parent / "edge2.yaml"
+    second.write_text(cfg.read_text().replace("127.0.0.1:%d\"" % agent.port, "127.0.0.1:%d\"" % free_port()))
+    p = edgeline("agent", "--config", second)
+    _one_line_refusal(p, agent.proc.pid, data)
+    after = {f: os.path.getsize(os.path.join(data, "telemetry", f)) for f in os.listdir(os.path.join(data, "telemetry"))}
+    assert after == before  # it touched nothing
+
+    # Inspecting the log with the CLI recovers it (a write): refused as well while the agent runs.
+    p = edgeline("log", "stat", os.path.join(data, "telemetry"))
+    _one_line_refusal(p, agent.proc.pid, data)
+
+    s, _, a = agent.post("telemetry", [{"n": 3}, {"n": 4}])
+    assert (s, a["first_seq"], a["last_seq"], a["durable"]) == (200, 3, 4, True)
+    wait_for(lambda: len(gw.records("telemetry")) == 4, what="sync")
+    assert values(gw.records("telemetry")) == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    assert agent.get("/v1/queue")["topics"]["telemetry"]["corrupt"] == 0
+
+    agent.proc.send_signal(signal.SIGKILL)  # a stale LOCK file now names a dead pid
+    agent.proc.wait(10)
+    agent.proc = None
+    agent.start()
+    s, _, a = agent.post("telemetry", {"n": 5})
+    assert (s, a["first_seq"]) == (200, 5)
+    agent.stop(signal.SIGTERM)
+    p = edgeline("log", "stat", os.path.join(data, "telemetry"), "--json", check=True)
+    st = json.loads(p.stdout)
+    assert (st["last_seq"], st["corrupt"]) == (5, 0)
+
+
+def test_two_gateways_on_one_store(node):
+    _, _, gw, _ = node
+    gw.start()
+    p = edgeline("gateway", "--keys", gw.keys, "--db", gw.db, "--listen", "127.0.0.1:%d" % free_port())
+    _one_line_refusal(p, gw.proc.pid, str(gw.db))
+    assert gw.get("/healthz")["ok"]
+    gw.proc.send_signal(signal.SIGKILL)
+    gw.proc.wait(10)
+    gw.proc = None
+    gw.start()  # the dead holder's lock does not block
+    assert gw.get("/healthz")["ok"]
+
+
+def test_gateway_reads_its_edgeline_gateway_variables(tmp_path):
+    """The settings boards/x86-gateway/gateway.env documents work with `edgeline gateway`
+    itself (systemd EnvironmentFile=); an option given on the command line wins."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("%s: \"%s\"\n" % (NODE, "ab" * 32))
+    port = free_port()
+    env = dict(ENV, EDGELINE_GATEWAY_KEYS=str(keys), EDGELINE_GATEWAY_DB=str(tmp_path / "env.db"),
+               EDGELINE_GATEWAY_LISTEN="127.0.0.1:%d" % free_port(), EDGELINE_GATEWAY_TCP="127.0.0.1:%d" % free_port())
+    proc = subprocess.Popen(EDGELINE + ["gateway", "--listen", "127.0.0.1:%d" % port], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def up():
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                return http("GET", "http://127.0.0.1:%d/healthz" % port)[2]
+            except OSError:
+                return None
+
+        assert wait_for(up, what="the gateway")["ok"]
+        assert os.path.exists(tmp_path / "env.db")  # EDGELINE_GATEWAY_DB
+        socket.create_connection(("127.0.0.1", int(env["EDGELINE_GATEWAY_TCP"].rsplit(":", 1)[1])), 5).close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert "1 node(s), store %s" % (tmp_path / "env.db") in out
+    p = edgeline("gateway", "--help", check=True)
+    assert "EDGELINE_GATEWAY_KEYS" in p.stdout

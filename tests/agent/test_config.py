@@ -848,3 +848,36 @@ def test_max_queue_size_refuses_ingest_beyond_it(tmp_path):
         assert agent.append(agent.topics["loc"], [None] * 5, [codec.dumps(i) for i in range(5)]) == (1, 5)
     finally:
         agent.store.close()
+
+
+def test_a_budget_over_the_free_disk_is_warned_at_start(tmp_path):
+    """Issue 9: max_storage beyond the disk's free space fills the disk before the budget,
+    and appends then fail rather than evict: one warning line at start (shutil.disk_usage
+    once), none when it fits."""
+    import shutil
+
+    from edgeline_host.agent.service import Agent
+
+    free = shutil.disk_usage(str(tmp_path)).free
+    huge = "%dGB" % (free // GiB + 1024)
+    lines = []
+    d = copy.deepcopy(ACTING)
+    d.update(key=KEY_HEX, data_dir="big", resources={"max_storage": huge, "eviction_policy": "priority"})
+    d["local_topics"] = [{"topic": "loc", "budget": "1GB", "full_policy": "drop_newest", "sync": "none"}]
+    agent = Agent(parse({"edge": d}, base_dir=str(tmp_path)), print_fn=lines.append)
+    try:
+        assert len(lines) == 1 and lines[0] == agent.disk_warning
+        assert lines[0].startswith("edgeline agent: warning: resources.max_storage (")
+        assert os.path.join(str(tmp_path), "big") in lines[0] and "free" in lines[0]
+        assert "budgets of up, down, both" not in lines[0]  # only topics whose own budget is over
+    finally:
+        agent.store.close()
+        agent.dirlock.release()
+    lines.clear()
+    agent = acting_agent(tmp_path, key=KEY_HEX, data_dir="small")  # 8 MiB: fits
+    agent.print = lines.append
+    try:
+        assert agent.disk_warning is None
+    finally:
+        agent.store.close()
+        agent.dirlock.release()

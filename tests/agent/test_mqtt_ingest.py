@@ -170,6 +170,7 @@ def test_routing_values_and_refusals(tmp_path, broker):
             ("sensors/c/hum", b"55", 0),  # QoS 0 is stored too
             ("other/x", b"1", 1),  # subscribed, but no map entry: refused
             ("sensors/b/temp", b'{"key": 5, "value": 1}', 1),  # a bad key: refused
+            ("sensors/b/door", b'{"t": NaN}', 1),  # no API could give NaN back as JSON: refused
             ("sensors/b/door", b'"' + b"x" * 70000 + b'"', 1),  # over a segment: refused
             ("sensors/z/temp", b'{"t": 22}', 1),
         ]
@@ -180,8 +181,8 @@ def test_routing_values_and_refusals(tmp_path, broker):
         assert values(agent, "temp") == [(None, {"t": 21.5}), (None, b"\xff\x00binary"), (None, {"t": 22})]
         assert values(agent, "raw") == [("door", "open"), (None, 55)]
         s = agent.health()["mqtt"]
-        assert (s["received"], s["stored"], s["refused"], s["dropped"]) == (8, 5, 3, 0)
-        assert s["refusals"] == {"unmapped": 1, "bad_value": 1, "too_large": 1}
+        assert (s["received"], s["stored"], s["refused"], s["dropped"]) == (9, 5, 4, 0)
+        assert s["refusals"] == {"unmapped": 1, "bad_value": 2, "too_large": 1}
         assert "too_large" in s["refusals"] and "does not fit in a segment" in s["last_refusal"]
         assert s["connected"] and s["subscribed"] and s["topics"] == ["sensors/#", "other/#"]
         assert agent.health()["ingested"] == 5

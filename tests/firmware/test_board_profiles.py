@@ -69,7 +69,7 @@ def check_gateway(gw, node, last):
     rows = gw.records(node, "telemetry")
     assert [r["seq"] for r in rows] == list(range(1, last + 1))  # each once, in order
     for r in rows:
-        assert r["value"] == {"cbor": {"temp_c": 20 + (r["seq"] % 50) / 10}}
+        assert r["value"] == {"temp_c": 20 + (r["seq"] % 50) / 10}
     ts = [r["ts"] for r in rows]
     assert ts == sorted(ts) and len(set(ts)) == len(ts)  # hybrid clock: strictly increasing
     st = gw.get("/v1/status?origin=%s" % node)["streams"]

@@ -198,7 +198,7 @@ def test_soak_with_power_cuts(mpy_tree, romfs_image, profile, tmp_path):
             assert rows, seq
             for r in rows:
                 assert r["seq"] == seq and r["ts"] == seq << 16, (r, seq)
-                assert r["value"] == {"cbor": [seq, (seq % 4000) * 0.01]}, (r, seq)
+                assert r["value"] == [seq, (seq % 4000) * 0.01], (r, seq)
                 seq += 1
         assert seq == records + 1
     finally:

@@ -51,7 +51,7 @@ def test_records_arrive_once_and_in_order(tmp_path):
         async with http.get(server.make_url("/v1/records"), params={"topic": "t", "origin": "edge-1"}) as r:
             rows = (await r.json())["records"]
         assert [x["seq"] for x in rows] == list(range(1, 13)) + [21, 22]
-        assert rows[0]["value"] == {"cbor": {"n": 1}}
+        assert rows[0]["value"] == {"n": 1} and rows[0]["key"] is None  # the agent's read API's form
         async with http.get(server.make_url("/v1/status")) as r:
             st = (await r.json())["streams"]
         assert st == [{"origin": "edge-1", "topic": "t", "mark": 22, "records": 14, "lost": 8, "updated_ms": st[0]["updated_ms"]}]
@@ -300,5 +300,55 @@ def test_stale_replays_change_nothing(tmp_path):
         assert gw.store.status()[0]["mark"] == 25 and gw.store.status()[0]["records"] == 20
         # the new session goes on
         assert await new.exchange(sync.batch_from_records("t", records(26, 2))) == [sync.Ack("t", 27)]
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_every_error_is_json(tmp_path):
+    """Issue 9: aiohttp's own 404/405/413 and an unexpected failure are {"error": ...} too."""
+    async def fn(gw, http, url, server):
+        async def call(method, path, **kw):
+            async with http.request(method, server.make_url(path), **kw) as r:
+                assert r.content_type == "application/json", (path, r.status, await r.text())
+                body = await r.json()
+                assert list(body) == ["error"] and "\n" not in body["error"], body
+                return r.status, r.headers, body["error"]
+
+        s, _, e = await call("GET", "/nope")
+        assert (s, e) == (404, "no such path: GET /nope")
+        s, h, e = await call("GET", "/v1/sync")
+        assert s == 405 and h["Allow"] == "POST" and e == "method GET is not allowed on /v1/sync (allowed: POST)"
+        s, _, e = await call("GET", "/v1/records")
+        assert s == 400 and e.startswith("topic is required")
+        s, _, e = await call("GET", "/v1/records", params={"topic": "t", "limit": "x"})
+        assert (s, e) == (400, "limit must be an integer, got 'x'")
+        s, _, e = await call("POST", "/v1/sync", data=b"\0" * (gw.max_message_bytes * 4 + 1))
+        assert s == 413 and "exceeded" in e
+        s, _, e = await call("POST", "/v1/topics/x/publish", data=b"[NaN]")
+        assert s == 404  # unknown topic first
+        gw.store.status = None  # a bug: the handler fails
+        s, _, e = await call("GET", "/v1/status")
+        assert (s, e) == (500, "internal error: TypeError: 'NoneType' object is not callable")
+        async with http.get(server.make_url("/healthz")) as r:  # and it keeps serving
+            assert r.status == 200 and (await r.json())["ok"]
+
+    asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_records_api_gives_the_agents_form(tmp_path):
+    async def fn(gw, http, url, server):
+        c = HttpEdgeClient(http, url, "edge-1", KEY)
+        await c.connect()
+        recs = [Record(1, 1001, b"door", codec.dumps({"t": 1.5, "b": b"\x01"})), Record(2, 1002, b"\xff", b"\xff")]
+        await c.exchange(sync.batch_from_records("t", recs))
+        async with http.get(server.make_url("/v1/records"), params={"topic": "t", "origin": "edge-1"}) as r:
+            rows = (await r.json())["records"]
+        for row in rows:
+            assert row.pop("stored_ms") > 0
+        assert rows == [
+            {"origin": "edge-1", "topic": "t", "seq": 1, "ts": 1001, "key": "door", "value": {"t": 1.5, "b": {"base64": "AQ=="}}},
+            {"origin": "edge-1", "topic": "t", "seq": 2, "ts": 1002, "key": None, "value": None, "key_base64": "/w==",
+             "value_base64": "/w=="},
+        ]
 
     asyncio.run(with_gateway(tmp_path, fn))

@@ -302,8 +302,8 @@ def test_bad_input_at_the_http_sync_port():
                     ("POST", b"\x80" * (4 * MAX_MESSAGE + 1), {SESSION_HEADER: good["sid"]}, 413,
                      "Maximum request body"),
                     ("POST", b"\x80", {SESSION_HEADER: "s" * 9000}, 400, "Got more than 8190 bytes"),
-                    ("GET", None, {}, 405, "Method Not Allowed"),
-                    ("PUT", b"x", {}, 405, "Method Not Allowed"),
+                    ("GET", None, {}, 405, "{\"error\": \"method GET is not allowed on /v1/sync (allowed: POST)\"}"),
+                    ("PUT", b"x", {}, 405, "{\"error\": \"method PUT is not allowed on /v1/sync"),
                 ):
                     async with http.request(method, url, data=data, headers=headers) as r:
                         body = await r.text()

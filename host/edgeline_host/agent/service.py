@@ -67,6 +67,8 @@ from edgeline.logformat import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store
 
+from ..dirlock import DirInUse, DirLock
+from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
 
 log = logging.getLogger("edgeline.agent")
@@ -83,6 +85,13 @@ _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
 def _log_warning(line):
     # The core's logs warn through a function (print on a board); here, the log.
     logging.getLogger("edgeline.log").warning("%s", line)
+
+
+def _size_text(n):
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return "%.1f %s" % (n / size, unit)
+    return "%d bytes" % n
 
 
 def wall_ms():
@@ -125,7 +134,13 @@ class Agent:
                               "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
         from .downlink import log_options as down_options
 
-        self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
+        # One agent per data directory: a second one is refused here, before any log opens.
+        self.dirlock = DirLock.for_dir(cfg.data_dir).acquire()
+        try:
+            self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
+        except BaseException:
+            self.dirlock.release()
+            raise
         self.topics = {}
         try:
             for t in cfg.topics:
@@ -141,7 +156,9 @@ class Agent:
                 self.topics[t.name] = _TopicState(t, lg, ob, down)
         except BaseException:
             self.store.close()
+            self.dirlock.release()
             raise
+        self.disk_warning = self._check_disk()  # None, or the line printed (for health)
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
         self.uplink = None
@@ -157,6 +174,9 @@ class Agent:
                                                max_records=cfg.sync.batch_size, on_records=self._received,
                                                **options.pop("downlink_options", {}))
             self.uplink = from_config(cfg, sending, **options)
+        self.housekeeping_ms = RETENTION_EVERY_MS  # tests shorten it
+        self.recovered = 0  # logs reopened after a write error
+        self.unflushed = {}  # topic -> why its final commit failed (shutdown)
         self.started_ms = wall_ms()
         self.started_mono = time.monotonic()
         self.last_error = None
@@ -164,9 +184,31 @@ class Agent:
         self.rejected = 0
         self._stop = None
         self._closing = False
-        # A callable returning True once the data directory's lock is lost (the lock's
-        # ``lock_lost``), set by whoever takes the lock; health reports it.
-        self.lock_lost = None
+
+    def _check_disk(self):
+        """Warn (once, at start) when the storage budget is more than the disk under
+        data_dir can give -- its free bytes plus what the logs already hold: the disk then
+        fills first, and appends fail instead of the topics' full_policy acting."""
+        import shutil
+
+        cfg = self.cfg
+        try:
+            free = shutil.disk_usage(cfg.data_dir).free
+        except OSError:
+            return None
+        room = free + self.store.size_bytes
+        budget = cfg.resources.max_storage_bytes
+        if budget <= room:
+            return None
+        over = sorted(t.name for t in cfg.topics if t.budget_bytes > room and t.budget_bytes < budget)
+        line = ("edgeline agent: warning: resources.max_storage (%s) is more than the disk of %s can hold "
+                "(%s free, %s in the logs): the disk fills first, and then appends fail (500) instead of the "
+                "topics' full_policy acting; lower max_storage%s" % (
+                    _size_text(budget), cfg.data_dir, _size_text(free), _size_text(self.store.size_bytes),
+                    " and the budgets of %s" % ", ".join(over) if over else ""))
+        self.print(line)
+        log.warning("%s", line)
+        return line
 
     def _check_key(self):
         cfg = self.cfg
@@ -180,7 +222,7 @@ class Agent:
     # ------------------------------------------------------------------ HTTP app
 
     def app(self):
-        app = web.Application(client_max_size=self.max_body_bytes)
+        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[json_errors])
         app.router.add_post("/v1/topics/{topic}/records", self.handle_ingest)
         app.router.add_get("/v1/topics/{topic}/records", self.handle_read)
         app.router.add_get("/v1/sync/status", self.handle_sync_status)
@@ -238,13 +280,14 @@ class Agent:
         if self._closing:
             raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         st = self._writable(name)
-        lg = st.log
         try:
             first, n = self.append(st, keys, values)
         except RequestError as e:
-            if e.stored:
-                await self.wait_durable(st, lg.last_seq)  # the part that went in, as the policy has it
+            if e.stored:  # the part that went in, as the policy has it (a failed log: what it made durable)
+                lg = st.log
+                await self.wait_durable(st, lg.last_seq if lg.failure is None else lg.durable_seq)
             raise
+        lg = st.log  # after append: it may have reopened the log (recover)
         answer = {"topic": name, "first_seq": first if n else None, "last_seq": lg.last_seq if n else None}
         if n < len(values):
             answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
@@ -261,6 +304,9 @@ class Agent:
         ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
         topic filling up part way says how many went in (``e.stored``)."""
         name = st.cfg.name
+        if st.log.failure is not None and not self.recover(st):  # a write error earlier: reopen the log first
+            raise RequestError(503, "the log of topic %r failed a write and cannot be reopened yet (%s); the agent "
+                                    "tries again" % (name, self.last_error), {"Retry-After": str(RETRY_AFTER_S)})
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -289,10 +335,75 @@ class Agent:
                               stored=n) from None
         except EdgelineError as e:
             self.last_error = "%s: %s" % (name, e)
-            raise RequestError(500, "%s" % e) from None
+            err = self._write_failed(lg, before, e)
+            if err.stored:
+                self._appended(st, err.stored)
+            raise err from None
         n = lg.last_seq - before
         self._appended(st, n)
         return before + 1, n
+
+    @staticmethod
+    def _write_failed(lg, before, e):
+        """The 500 of an append that failed on a write error, saying what of the request
+        is durable (under ``sync: every`` the records before the failing one were each
+        committed) -- a producer that retries then knows what it would store twice."""
+        done = lg.durable_seq - before if lg.durable_seq > before else 0
+        if not done:
+            return RequestError(500, "%s; nothing of the request was made durable" % e)
+        return RequestError(500, "%s; records 0..%d of the request were stored as seqs %d..%d (durable), the rest "
+                                 "were not made durable" % (e, done - 1, before + 1, before + done), stored=done)
+
+    def recover(self, st):
+        """After a write error (``st.log.failure``), reopen topic ``st``'s log from disk --
+        recovery keeps every durable record and cuts a torn tail -- and re-attach its
+        outbox (and the uplink to them). Called by the next append to the topic and by
+        housekeeping, so the agent heals by itself once the cause is gone (a full disk
+        with room again). True when the log takes writes; False (and ``last_error``) when
+        it cannot be reopened yet: the next try comes with the next append or round."""
+        old = st.log
+        if old.failure is None:
+            return True
+        if st.cfg.direction == "cloud_to_edge":
+            return False  # the downlink's log: it is written by the downlink, not by ingest
+        name = st.cfg.name
+        why = old.failure
+        durable = old.durable_seq
+        for _, fut in st.waiters:  # what they waited for was never committed
+            if not fut.done():
+                fut.set_exception(RequestError(500, "commit failed: %s" % why))
+        st.waiters = []
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        try:
+            old.close()  # no flush (it failed); closes the outbox's cursor, leaves the store
+        except (EdgelineError, OSError):
+            pass
+        try:
+            lg = self.store.log(name, **st.cfg.log_options())
+            ob = Outbox(lg, "uplink") if st.outbox is not None else None
+        except (EdgelineError, OSError) as e:
+            self.last_error = "%s: cannot reopen the log after a write error: %s" % (name, e)
+            log.error("agent: topic %s: cannot reopen the log after a write error (%s): %s; trying again later",
+                      name, why, e)
+            return False
+        st.log = lg
+        if ob is not None:
+            st.outbox = ob
+            if self.uplink is not None:
+                self.uplink.reattach(name, lg, ob)
+        self.recovered += 1
+        kept = ""
+        if lg.last_seq > durable:
+            # Written before the error but never answered durable: whole on disk, kept.
+            kept = "; seqs %d..%d, written before the error but not answered durable, were found whole and kept" % (
+                durable + 1, lg.last_seq)
+        line = "agent: topic %s: log reopened after a write error (%s); it takes writes again from seq %d%s" % (
+            name, why, lg.next_seq, kept)
+        log.warning("%s", line)
+        self.print("edgeline " + line)
+        return True
 
     def _appended(self, st, n):
         self.ingested += n
@@ -538,6 +649,11 @@ class Agent:
             "last_error": last_error,
         }
 
+    def lock_lost(self):
+        """True when the data directory's LOCK file was deleted or replaced under us
+        (another agent could now start on it): for health."""
+        return self.dirlock.lock_lost()
+
     async def handle_health(self, _request):
         return web.json_response(self.health())
 
@@ -548,17 +664,49 @@ class Agent:
             self._stop.set()
 
     async def _housekeeping(self):
-        """Age retention, now and then."""
+        """Age retention, now and then; and logs that failed a write reopened."""
         while True:
-            await asyncio.sleep(RETENTION_EVERY_MS / 1000.0)
+            await asyncio.sleep(self.housekeeping_ms / 1000.0)
             now = wall_ms()
             for st in self.topics.values():
+                if st.log.failure is not None:
+                    self.recover(st)
                 if st.cfg.retention_ms:
                     for lg in (st.log, st.down) if st.down is not None and st.down is not st.log else (st.log,):
                         try:
                             lg.apply_retention(now)
                         except EdgelineError as e:
                             self.last_error = "%s: %s" % (st.cfg.name, e)
+
+    def _final_commit(self):
+        """Shutdown: commit every log, answer the waiting producers. A log that failed a
+        write is reopened first (its durable records are what it holds; nothing is
+        owed). What could not be committed is in ``unflushed`` (topic -> why), for the
+        stop line -- which then does not claim the logs were flushed."""
+        self.unflushed = {}
+        for st in self.topics.values():
+            if st.timer is not None:
+                st.timer.cancel()
+                st.timer = None
+            if st.log.failure is not None:
+                self.recover(st)
+            try:
+                st.log.flush(wall_ms())
+            except EdgelineError as e:
+                self.unflushed[st.cfg.name] = "%s (durable up to seq %d)" % (e, st.log.durable_seq)
+                log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
+                for _, fut in st.waiters:
+                    if not fut.done():
+                        fut.set_exception(RequestError(500, "commit failed: %s" % e))
+                st.waiters = []
+            self._wake(st)
+
+    def stop_line(self):
+        """What the agent says once stopped: true to what the final commit did."""
+        if not self.unflushed:
+            return "edgeline agent: stopped; logs flushed and closed"
+        return "edgeline agent: stopped; logs closed, but not every record was made durable: %s" % "; ".join(
+            "topic %s: %s" % kv for kv in sorted(self.unflushed.items()))
 
     async def run(self, install_signals=True):
         """Serve until ``stop()`` (or SIGTERM/SIGINT); then shut down cleanly."""
@@ -599,15 +747,7 @@ class Agent:
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
-            for st in self.topics.values():
-                if st.timer is not None:
-                    st.timer.cancel()
-                    st.timer = None
-                try:
-                    st.log.flush(wall_ms())
-                except EdgelineError as e:
-                    log.error("agent: topic %s: final commit failed: %s", st.cfg.name, e)
-                self._wake(st)
+            self._final_commit()
             await asyncio.sleep(0)
             if self.mqtt is not None:
                 await self.mqtt.close()  # acknowledges what the commit covered, then disconnects
@@ -621,6 +761,7 @@ class Agent:
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     pass
             self.store.close()
+            self.dirlock.release()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -648,6 +789,8 @@ def board_main(beside):
     try:
         logsetup.setup()  # $EDGELINE_LOG_LEVEL, $EDGELINE_LOG_FORMAT
         run_agent(board_config_path(beside), print_fn=logsetup.service_print("edgeline.agent"))
+    except DirInUse as e:
+        sys.exit("edgeline: %s" % e)
     except ValueError as e:
         sys.exit("edgeline: error: %s" % e)
     except (EdgelineError, OSError) as e:
@@ -661,4 +804,4 @@ def run_agent(config_path, print_fn=print):
     cfg = load_config(config_path)
     agent = Agent(cfg, print_fn=print_fn)
     asyncio.run(agent.run())
-    print_fn("edgeline agent: stopped; logs flushed and closed")
+    print_fn(agent.stop_line())

@@ -224,6 +224,16 @@ class Uplink:
         nobody notifies about)."""
         self._wake.set()
 
+    def reattach(self, name, ringlog, outbox):
+        """Topic ``name``'s log was reopened (the agent's recovery after a write error):
+        send from ``ringlog`` through ``outbox`` from now on. The sender's session state
+        (the gateway's mark, the message in flight) stays: the new outbox reads the same
+        cursor file, and an ACK in flight lands on it."""
+        t = self._by_name[name]
+        t.log = ringlog
+        t.outbox = outbox
+        t.sender.outbox = outbox
+
     def stop(self):
         """Make ``run()`` return (after the exchange in flight, if any)."""
         self._stopping = True

@@ -15,20 +15,23 @@ around the gateway:
 * ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
   ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
   ``GET /healthz`` (and ``GET /v1/health``, the same: ``status`` ok/degraded/failing with
-  its ``reasons``, ``ok``, the counters, edges' protocol errors per reason, refused nodes). Values are decoded from CBOR where they are CBOR, else given as
-  base64 (``jsonrecords.value_to_json``).
+  its ``reasons``, ``ok``, the counters, edges' protocol errors per reason, refused nodes).
+  A record is given in the form of the agent's read API (``jsonrecords.row_to_json``): key
+  as text, value decoded from CBOR, either as base64 beside it (``key_base64``,
+  ``value_base64``) when it is not UTF-8 / CBOR.
 
-A refused request is a one-line JSON error with its status. The application starts the
+A refused request is a one-line JSON error with its status (``{"error": ...}``), also
+for a path or method with no route and an unexpected failure (httperrors.py). The application starts the
 gateway (its committer) on startup and closes it (and its store) on cleanup.
 """
-import base64
 import hmac
 
 from aiohttp import web
 
 from edgeline import sync
 
-from ..jsonrecords import RequestError, parse_records, value_to_json
+from ..httperrors import json_errors
+from ..jsonrecords import RequestError, parse_records, row_to_json
 from ..transports.http import HttpGatewayTransport
 
 MAX_PUBLISH_BODY_BYTES = 1 << 20  # a publish request's body; larger is 413
@@ -44,7 +47,7 @@ class GatewayApi:
 
     def app(self):
         gw = self.gateway
-        app = web.Application(client_max_size=gw.max_message_bytes * 4)
+        app = web.Application(client_max_size=gw.max_message_bytes * 4, middlewares=[json_errors])
         self.sync.attach(app)
         app.router.add_post("/v1/topics/{topic}/publish", self.handle_publish)
         app.router.add_get("/v1/records", self.handle_records)
@@ -128,12 +131,12 @@ class GatewayApi:
         try:
             return int(v)
         except ValueError:
-            raise web.HTTPBadRequest(text="%s must be an integer, got %r\n" % (name, v))
+            raise RequestError(400, "%s must be an integer, got %r" % (name, v)) from None
 
     async def handle_records(self, request):
         topic = request.query.get("topic")
         if not topic:
-            raise web.HTTPBadRequest(text="topic is required\n")
+            raise RequestError(400, "topic is required: /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]")
         rows = self.gateway.store.records(
             topic,
             origin=request.query.get("origin"),
@@ -141,10 +144,7 @@ class GatewayApi:
             to_seq=self._int(request, "to", None),
             limit=min(self._int(request, "limit", 1000), MAX_QUERY_RECORDS),
         )
-        for r in rows:
-            r["value"] = value_to_json(r["value"])
-            r["key"] = base64.b64encode(r["key"]).decode() if r["key"] is not None else None
-        return web.json_response({"records": rows})
+        return web.json_response({"records": [row_to_json(r) for r in rows]})
 
     async def handle_status(self, request):
         origin = request.query.get("origin")

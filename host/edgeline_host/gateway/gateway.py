@@ -89,7 +89,8 @@ class Gateway:
         self._store_failed_at = collections.deque(maxlen=1000)  # monotonic s of recent store failures
         self.last_store_error = None
         self.store_ok = True  # False from a failed commit until one succeeds
-        self.lock_lost = None  # a callable: True once the store directory's lock is lost (whoever locks sets it)
+        self.lock_lost = None  # a callable: True once the store's lock is lost (service.serve sets it)
+        self.dirlock = None  # the store's DirLock when service.serve runs it
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -3,10 +3,12 @@
 ``serve`` builds the ``Gateway`` (gateway.py), its HTTP API (api.py, which carries
 ``POST /v1/sync``), and attaches the TCP and MQTT transports (transports/) to the API's
 aiohttp application, so they start after the gateway and stop before its store closes;
-then it runs until SIGINT/SIGTERM.
+then it runs until SIGINT/SIGTERM. It holds ``<db>.lock`` (dirlock.py) while it runs:
+a second gateway on the same store is refused with one line naming the holder.
 """
 from aiohttp import web
 
+from ..dirlock import DirLock
 from ..transports.mqtt import attach_mqtt
 from ..transports.tcp import attach_tcp
 from .api import GatewayApi
@@ -17,7 +19,15 @@ def serve(db_path, keys, host, port, print_fn=print, tcp=None, mqtt=None, topics
     """Run the gateway until interrupted; tcp=(host, port) also serves sync over TCP,
     mqtt=(host, port) or (host, port, prefix) through that MQTT broker; topics are the
     cloud-to-edge topics it publishes (topics.load_topics)."""
-    gw = Gateway(db_path, keys, topics=topics, publish_token=publish_token)
+    # One gateway per store: a second one is refused (DirInUse) before the store opens.
+    lock = DirLock(str(db_path) + ".lock", what=str(db_path)).acquire()
+    try:
+        gw = Gateway(db_path, keys, topics=topics, publish_token=publish_token)
+    except BaseException:
+        lock.release()
+        raise
+    gw.dirlock = lock
+    gw.lock_lost = lock.lock_lost  # health: failing once the lock file is gone or replaced
     print_fn("edgeline gateway: %d node(s), store %s, listening on http://%s:%d/v1/sync" % (len(keys), db_path, host, port))
     down = sorted(n for n, t in gw.topics.items() if t.publishes)
     if down:
@@ -28,4 +38,7 @@ def serve(db_path, keys, host, port, print_fn=print, tcp=None, mqtt=None, topics
         attach_tcp(app, gw, tcp[0], tcp[1], print_fn)
     if mqtt is not None:
         attach_mqtt(app, gw, *mqtt, print_fn=print_fn)
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    try:
+        web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+    finally:
+        lock.release()
