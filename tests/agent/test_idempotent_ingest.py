@@ -147,6 +147,26 @@ def test_a_refused_request_leaves_no_entry(tmp_path):
         s, a = await post(c, "tiny", ["y"], Idempotency_Key="k1")
         assert s == 503
         assert agent.topics["tiny"].window.lookup("k:k1") is None  # the retry will store it
+        assert n >= 1
+
+    run(tmp_path, body)
+
+
+def test_a_request_the_topic_took_in_part_keeps_its_key_for_that_part(tmp_path):
+    """A reject topic fills up part way through a keyed request: the 503 says which
+    records went in, the key names them; a retry while it is still full stores nothing
+    more (and none of them twice), the key still names the stored part."""
+    async def body(c, agent):
+        st = agent.topics["tiny"]
+        big = ["x" * 300] * 12
+        s, a = await post(c, "tiny", big, Idempotency_Key="part")
+        assert s == 503 and "were stored" in a["error"]
+        have = st.log.last_seq
+        assert 1 <= have < 12
+        assert st.window.lookup("k:part")[:2] == (1, have)
+        s, a = await post(c, "tiny", big, Idempotency_Key="part")
+        assert s == 503 and st.log.last_seq == have
+        assert st.window.lookup("k:part")[:2] == (1, have)
 
     run(tmp_path, body)
 

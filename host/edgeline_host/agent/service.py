@@ -308,7 +308,11 @@ class Agent:
             first, n = self.append(st, keys, values)
         except BaseException as e:
             if idem is not None:
-                w.discard(idem[0])  # not (all) stored: a retry stores it again
+                stored = e.stored if isinstance(e, RequestError) else 0
+                if stored:  # a reject topic filled up part way: the key keeps that part,
+                    w.add(idem[0], lg.last_seq - stored + 1, lg.last_seq, idem[1])  # a retry appends the rest
+                else:
+                    w.discard(idem[0])  # nothing stored: a retry stores it
             if isinstance(e, RequestError) and e.stored:
                 await self.wait_durable(st, lg.last_seq)  # the part that went in, as the policy has it
             raise
@@ -347,8 +351,8 @@ class Agent:
             w.add(key, first, first + len(values) - 1, digest)
             try:
                 _, n = self.append(st, keys[have:], values[have:])
-            except BaseException:
-                w.add(key, first, last, digest)
+            except BaseException as e:
+                w.add(key, first, last + (e.stored if isinstance(e, RequestError) else 0), digest)
                 raise
             if have + n < len(values):
                 w.add(key, first, last + n, digest)
