@@ -254,7 +254,7 @@ class Agent:
         if not 1 <= len(pid) <= MAX_PRODUCER_ID or not all(c.isascii() and (c.isalnum() or c in "._-") for c in pid):
             raise RequestError(400, "Edgeline-Producer-Id must be 1 to %d characters of [A-Za-z0-9._-]"
                               % MAX_PRODUCER_ID)
-        if not rseq.isdigit() or len(rseq) > 18:
+        if not (rseq.isascii() and rseq.isdigit()) or len(rseq) > 18:
             raise RequestError(400, "Edgeline-Request-Seq must be a decimal integer from 0 to 10**18 - 1, got %r"
                               % rseq[:40])
         return producer_key(pid, int(rseq)), digest, pid, int(rseq)
@@ -297,10 +297,11 @@ class Agent:
             hit = w.lookup(key)
             if hit is not None:
                 return await self._duplicate(st, hit, idem, keys, values)
-            if pid is not None and rseq <= w.floor(pid):
+            floor = w.floor(pid) if pid is not None else None
+            if floor is not None and rseq <= floor:
                 raise RequestError(409, "request seq %d of producer %r is older than the dedupe window (it "
                                   "holds seqs above %d): it cannot be told from a new request; it was not "
-                                  "stored" % (rseq, pid, w.floor(pid)))
+                                  "stored" % (rseq, pid, floor))
             w.add(key, lg.last_seq + 1, lg.last_seq + len(values), digest)
         else:
             idem = None
