@@ -16,8 +16,15 @@ Failure modes first
 * The device is full and the topic's policy is ``reject`` (or ``sync.max_queue_size``
   records are owed): 503 with ``Retry-After`` -- backpressure. ``drop_newest`` drops and
   says how many in the answer; ``drop_oldest`` evicts and the uplink reports the gap.
+* A producer retries a request whose answer it lost: with an ``Idempotency-Key`` (or
+  ``Edgeline-Producer-Id`` + ``Edgeline-Request-Seq``) the retry is answered from the
+  topic's dedupe window (idempotency.py) with the seqs the records already got, after a
+  crash too: the window is synced before every fsync of the log (``SyncFirstStorage``),
+  so records durable implies their key durable.
 * MQTT ingest (mqtt_ingest.py) acknowledges a message to the broker only once its
-  record is durable, in a session that outlives the agent: at least once into the log.
+  record is durable, in a session that outlives the agent, and recognises the broker's
+  resend of a message it already stored (packet id and payload digest, in the same
+  window): exactly once into the log.
 * SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers,
   acknowledge to the MQTT broker what the commit covered, stop the uplink after its
   exchange in flight, close the logs and cursors.
