@@ -42,6 +42,7 @@ SCHEMA = {
     "HTTP_KEYS": "edge.ingest.http",
     "MQTT_KEYS": "edge.ingest.mqtt",
     "HEALTH_KEYS": "edge.health",
+    "DEDUPE_KEYS": "edge.ingest.dedupe",
 }
 
 # key -> (a value that is refused, the value that is accepted as "what edgeline does
@@ -72,6 +73,7 @@ _HTTP_INGEST = ["tests/agent/test_agent.py::test_ingest_syncs_each_record_exactl
 _MQTT_INGEST = ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals",
                 "tests/agent/test_mqtt_ingest.py::test_without_a_map_the_mqtt_topic_is_the_topic"]
 _RETRY = [_UPLINK, _C + "test_retry_delay"]
+_DEDUPE = ["tests/agent/test_idempotent_ingest.py::test_producer_id_and_request_seq_and_the_window_bound"]
 _BREAKER = [_UPLINK, "tests/agent/test_uplink.py::test_gateway_down_then_up_and_the_breaker"]
 
 # key -> tests that fail if the key is ignored
@@ -120,6 +122,9 @@ ACTED_ON = {
         "tests/agent/test_health.py::test_lost_lock_is_failing_and_disk_and_storage_thresholds_act"],
     "edge.health.min_free_disk": [
         "tests/agent/test_health.py::test_lost_lock_is_failing_and_disk_and_storage_thresholds_act"],
+    "edge.ingest.dedupe": _DEDUPE,
+    "edge.ingest.dedupe.max_entries": _DEDUPE,
+    "edge.ingest.dedupe.max_age_secs": _DEDUPE,
 }
 
 
@@ -156,7 +161,7 @@ def doc_keys():
 
 def test_doc_tables_are_found():
     tables = doc_tables()
-    assert set(tables) == set(SCHEMA.values()) - {"", "edge.ingest.http", "edge.ingest.mqtt"}
+    assert set(tables) == set(SCHEMA.values()) - {"", "edge.ingest.http", "edge.ingest.mqtt", "edge.ingest.dedupe"}
     assert len(doc_keys()) >= 40
 
 
