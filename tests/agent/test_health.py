@@ -96,7 +96,7 @@ def test_corrupt_records_make_the_agent_degraded(tmp_path):
     a.append(st, [None] * 100, [b"\x18\x2a" * 20] * 100)  # many segments of 1 KiB
     h = a.health()
     assert (h["status"], h["reasons"], h["ok"]) == ("ok", [], True)
-    a.store.close()
+    a.close()
     d = tmp_path / "data" / topic_dirname("t")
     first = sorted(p for p in os.listdir(d) if not p.endswith(".cur"))[0]
     with open(d / first, "r+b") as f:  # rot inside a sealed segment's first record
@@ -113,7 +113,7 @@ def test_corrupt_records_make_the_agent_degraded(tmp_path):
         assert [r["code"] for r in h["reasons"]] == ["corrupt_records"]
         assert "corrupt record(s) skipped in t" in h["reasons"][0]["line"]
     finally:
-        a.store.close()
+        a.close()
 
 
 def test_lost_lock_is_failing_and_disk_and_storage_thresholds_act(tmp_path):
@@ -128,12 +128,12 @@ def test_lost_lock_is_failing_and_disk_and_storage_thresholds_act(tmp_path):
         h = a.health()
         assert h["status"] == "failing" and "lock_lost" in [r["code"] for r in h["reasons"]]
     finally:
-        a.store.close()
+        a.close()
     a = _agent(tmp_path)  # the defaults: 90 % of 1 GiB, 64 MiB free
     try:
         assert a.health()["status"] == "ok"
     finally:
-        a.store.close()
+        a.close()
 
 
 # ---------------------------------------------------------------------------- processes

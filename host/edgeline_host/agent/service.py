@@ -234,6 +234,14 @@ class Agent:
         log.warning("%s", line)
         return line
 
+    def close(self):
+        """Close the logs, the dedupe windows and the data directory's lock, without a
+        final commit (``run`` commits before it closes; an Agent that never ran -- a test,
+        a tool -- closes with this)."""
+        self.store.close()
+        self._close_windows()
+        self.dirlock.release()
+
     def _close_windows(self):
         for w in self.windows:
             try:
@@ -897,9 +905,7 @@ class Agent:
                     await asyncio.wait_for(uplink_task, 5)
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     pass
-            self.store.close()
-            self._close_windows()
-            self.dirlock.release()
+            self.close()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
