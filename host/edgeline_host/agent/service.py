@@ -25,7 +25,9 @@ Failure modes first
 Theory of operation
 -------------------
 One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
-ingest handlers, the group-commit timers and the uplink all call them from the loop.
+ingest handlers, the group-commit timers and the uplink all call them from the loop;
+the one exception is a group commit's fsync, which a worker thread runs on a file
+handle whose bytes the loop wrote before (see ``group`` below).
 An ingest request is parsed and checked whole (jsonrecords.py), then appended with one
 ``append_many`` (one HLC timestamp per record) by ``append``. The ingest surface every
 source uses is public: ``ingest(topic, keys, values)`` (append, then wait as the topic's
@@ -35,10 +37,16 @@ must know at once whether a message was taken, and acknowledges it only later),
 the answer waits for depends on the topic's ``sync`` policy:
 
 * ``every``: each append is committed before ``append_many`` returns; answer at once.
-* ``group``: the log commits by count inside ``append_many``; otherwise the request
-  registers a waiter ``(last_seq, future)`` and the topic's commit timer flushes the
-  log ``group_ms`` after the first waiter arrived, then wakes every waiter whose
-  ``last_seq <= durable_seq``. Many concurrent requests share one fsync.
+* ``group``: leader/follower group commit, as databases do it. A request that waits
+  registers ``(last_seq, future)``; if no commit of the topic is running, one starts at
+  once (``_start_commit``: the buffer is written out on the loop thread, the fsync runs
+  in a worker thread -- fastpath's ``begin_commit``/``sync_commit``/``end_commit`` -- while
+  appends go on). Requests arriving during that fsync join the next commit, which starts
+  as soon as the running one ends; ``_commit_done`` publishes ``durable_seq`` and wakes
+  every waiter whose ``last_seq <= durable_seq``. One commit in flight per topic, so
+  many concurrent requests share one fsync and nobody waits for a timer. For records no
+  one waits for, ``group_records`` (inside the log's append) and ``group_ms`` (a timer
+  armed by ``_appended``) stay the upper bounds.
 * ``none``: answer at once with ``"durable": false`` (the record becomes durable at
   the next flush: the uplink's ``peek`` commits before it sends, and shutdown flushes).
 
@@ -56,12 +64,14 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from edgeline import sync
 from edgeline.clock import HybridClock
-from edgeline.errors import ConfigError, EdgelineError, LogFull
+from edgeline.errors import ConfigError, EdgelineError, LogFull, StorageError
+from edgeline.fastpath import begin_commit, end_commit, sync_commit
 from edgeline.logformat import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store
@@ -93,7 +103,9 @@ class _TopicState:
         self.outbox = outbox
         self.down = down
         self.waiters = []  # (last_seq, future) of answers waiting for a commit
-        self.timer = None  # the pending group-commit call (asyncio.TimerHandle)
+        self.timer = None  # the group_ms bound for records nobody waits for (asyncio.TimerHandle)
+        self.commit = None  # the fsync in flight (an asyncio future of a worker thread)
+        self.urgent = False  # commit_now came during a commit: the next starts as it ends
 
 
 class Agent:
@@ -158,6 +170,8 @@ class Agent:
         self.rejected = 0
         self._stop = None
         self._closing = False
+        self._closed_logs = False  # shutdown settled the commits: no more start
+        self._commit_pool = None  # the worker threads that fsync (made at the first commit)
 
     def _check_key(self):
         cfg = self.cfg
@@ -287,19 +301,30 @@ class Agent:
 
     def _appended(self, st, n):
         self.ingested += n
-        self._wake(st)  # a commit by count may have covered earlier waiters (and readers)
+        self._wake(st)  # a commit by count or a seal may have covered earlier waiters (and readers)
+        lg = st.log
+        if n and lg.sync == "group" and st.commit is None and st.timer is None and lg.durable_seq < lg.last_seq:
+            # Nobody may wait for these: they are committed at the latest group_ms from now
+            # (or at group_records, inside the log's append).
+            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._start_commit, st)
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
 
     def commit_now(self, st):
-        """Commit topic ``st`` now rather than at its group-commit timer (MQTT ingest:
-        the broker sends nothing more until what it sent is acknowledged)."""
-        if st.timer is not None:
-            st.timer.cancel()
-        self._commit(st)
+        """Commit topic ``st`` now rather than at its group-commit bounds (MQTT ingest:
+        the broker sends nothing more until what it sent is acknowledged). Starts a
+        commit unless one is running (then the next starts as it ends); its waiters are
+        answered when it ends."""
+        st.urgent = True
+        if st.commit is None:
+            self._start_commit(st)
 
     async def wait_durable(self, st, seq):
-        """Wait until seq is committed, as the topic's sync policy has it; True if it is."""
+        """Wait until seq is committed, as the topic's sync policy has it; True if it is.
+
+        Leader/follower group commit: a waiter arriving while no commit runs starts one at
+        once; one arriving during a commit's fsync is answered by the next, which starts as
+        soon as the running one ends. Never a timer while someone waits."""
         lg = st.log
         if lg.durable_seq >= seq:
             return True
@@ -307,24 +332,77 @@ class Agent:
             return False
         fut = asyncio.get_running_loop().create_future()
         st.waiters.append((seq, fut))
-        if st.timer is None:
-            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._commit, st)
+        if st.commit is None:
+            self._start_commit(st)
         return await fut
 
-    def _commit(self, st):
-        """The group-commit timer: flush the log, answer the waiters it covered."""
-        st.timer = None
+    def _start_commit(self, st):
+        """Begin a commit of topic ``st``: the buffer is written out here, on the loop
+        thread; the fsync runs in a worker thread (one commit in flight per topic) while
+        appends go on; ``_commit_done`` publishes ``durable_seq`` and answers the waiters."""
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        st.urgent = False
+        if st.commit is not None or self._closed_logs:
+            return
         try:
-            st.log.flush(wall_ms())
+            token = begin_commit(st.log, wall_ms())
         except EdgelineError as e:
-            self.last_error = "%s: %s" % (st.cfg.name, e)
-            log.error("agent: topic %s: commit failed: %s", st.cfg.name, e)
-            waiters, st.waiters = st.waiters, []
-            for _, fut in waiters:
-                if not fut.done():
-                    fut.set_exception(RequestError(500, "commit failed: %s" % e))
+            self._commit_failed(st, e)
+            return
+        if token is None:
+            self._wake(st)
+            return
+        if self._commit_pool is None:
+            self._commit_pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.topics), 8)),
+                                                   thread_name_prefix="edgeline-commit")
+        loop = asyncio.get_running_loop()
+        st.commit = loop.run_in_executor(self._commit_pool, sync_commit, token)
+        st.commit.add_done_callback(lambda f: self._commit_done(st, token, f))
+
+    def _commit_done(self, st, token, fut):
+        st.commit = None
+        error = None if fut.cancelled() else fut.exception()
+        if fut.cancelled():
+            error = StorageError("commit cancelled")
+        try:
+            end_commit(st.log, token, error)
+        except EdgelineError as e:
+            self._commit_failed(st, e)
             return
         self._wake(st)
+        lg = st.log
+        if lg.durable_seq < lg.last_seq:
+            if st.waiters or st.urgent:
+                self._start_commit(st)  # those who came during the fsync: the next commit, now
+            elif st.timer is None and lg.sync == "group" and not self._closed_logs:
+                st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._start_commit, st)
+
+    def _commit_failed(self, st, e):
+        self.last_error = "%s: %s" % (st.cfg.name, e)
+        log.error("agent: topic %s: commit failed: %s", st.cfg.name, e)
+        waiters, st.waiters = st.waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(RequestError(500, "commit failed: %s" % e))
+
+    async def _settle_commits(self):
+        """Shutdown: wait for the commits in flight (their fsync runs in a worker)."""
+        for st in self.topics.values():
+            if st.timer is not None:
+                st.timer.cancel()
+                st.timer = None
+            while st.commit is not None:
+                try:
+                    await asyncio.shield(st.commit)
+                except Exception:
+                    pass  # _commit_done reported it
+                await asyncio.sleep(0)
+        self._closed_logs = True
+        if self._commit_pool is not None:
+            self._commit_pool.shutdown(wait=False)
+            self._commit_pool = None
 
     def _wake(self, st):
         self._notify_readers()
@@ -555,10 +633,8 @@ class Agent:
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
+            await self._settle_commits()
             for st in self.topics.values():
-                if st.timer is not None:
-                    st.timer.cancel()
-                    st.timer = None
                 try:
                     st.log.flush(wall_ms())
                 except EdgelineError as e:
