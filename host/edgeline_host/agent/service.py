@@ -70,7 +70,7 @@ from aiohttp import web
 
 from edgeline import sync
 from edgeline.clock import HybridClock
-from edgeline.errors import ConfigError, EdgelineError, LogFull, StorageError
+from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.fastpath import begin_commit, end_commit, sync_commit
 from edgeline.logformat import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
@@ -104,8 +104,9 @@ class _TopicState:
         self.down = down
         self.waiters = []  # (last_seq, future) of answers waiting for a commit
         self.timer = None  # the group_ms bound for records nobody waits for (asyncio.TimerHandle)
-        self.commit = None  # the fsync in flight (an asyncio future of a worker thread)
+        self.commit = None  # the token of the commit whose fsync is in flight in a worker thread
         self.urgent = False  # commit_now came during a commit: the next starts as it ends
+        self.woke_seq = -1  # durable_seq at the last _wake
 
 
 class Agent:
@@ -303,10 +304,11 @@ class Agent:
         self.ingested += n
         self._wake(st)  # a commit by count or a seal may have covered earlier waiters (and readers)
         lg = st.log
-        if n and lg.sync == "group" and st.commit is None and st.timer is None and lg.durable_seq < lg.last_seq:
+        if n and st.timer is None and lg.sync == "group" and lg.durable_seq < lg.last_seq:
             # Nobody may wait for these: they are committed at the latest group_ms from now
-            # (or at group_records, inside the log's append).
-            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._start_commit, st)
+            # (or at group_records, inside the log's append). Armed once per group_ms at
+            # most, never cancelled by the commits waiters start: a request costs no timer.
+            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._group_ms_passed, st)
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
 
@@ -336,13 +338,18 @@ class Agent:
             self._start_commit(st)
         return await fut
 
+    def _group_ms_passed(self, st):
+        st.timer = None
+        lg = st.log
+        if lg.durable_seq < lg.last_seq:
+            st.urgent = True  # the running commit may not cover them: the next one starts as it ends
+            if st.commit is None:
+                self._start_commit(st)
+
     def _start_commit(self, st):
         """Begin a commit of topic ``st``: the buffer is written out here, on the loop
         thread; the fsync runs in a worker thread (one commit in flight per topic) while
         appends go on; ``_commit_done`` publishes ``durable_seq`` and answers the waiters."""
-        if st.timer is not None:
-            st.timer.cancel()
-            st.timer = None
         st.urgent = False
         if st.commit is not None or self._closed_logs:
             return
@@ -357,15 +364,24 @@ class Agent:
         if self._commit_pool is None:
             self._commit_pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.topics), 8)),
                                                    thread_name_prefix="edgeline-commit")
-        loop = asyncio.get_running_loop()
-        st.commit = loop.run_in_executor(self._commit_pool, sync_commit, token)
-        st.commit.add_done_callback(lambda f: self._commit_done(st, token, f))
+        st.commit = token
+        self._commit_pool.submit(self._fsync, asyncio.get_running_loop(), st, token)
 
-    def _commit_done(self, st, token, fut):
+    def _fsync(self, loop, st, token):
+        # The worker thread: the fsync, then straight back to the loop (one hop, not
+        # run_in_executor's two: the loop is busiest exactly when commits queue up).
+        error = None
+        try:
+            sync_commit(token)
+        except BaseException as e:  # any failure fails the commit, never the worker
+            error = e
+        try:
+            loop.call_soon_threadsafe(self._commit_done, st, token, error)
+        except RuntimeError:
+            pass  # the loop is closed: the process is ending
+
+    def _commit_done(self, st, token, error):
         st.commit = None
-        error = None if fut.cancelled() else fut.exception()
-        if fut.cancelled():
-            error = StorageError("commit cancelled")
         try:
             end_commit(st.log, token, error)
         except EdgelineError as e:
@@ -377,7 +393,7 @@ class Agent:
             if st.waiters or st.urgent:
                 self._start_commit(st)  # those who came during the fsync: the next commit, now
             elif st.timer is None and lg.sync == "group" and not self._closed_logs:
-                st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._start_commit, st)
+                st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._group_ms_passed, st)
 
     def _commit_failed(self, st, e):
         self.last_error = "%s: %s" % (st.cfg.name, e)
@@ -393,20 +409,19 @@ class Agent:
             if st.timer is not None:
                 st.timer.cancel()
                 st.timer = None
-            while st.commit is not None:
-                try:
-                    await asyncio.shield(st.commit)
-                except Exception:
-                    pass  # _commit_done reported it
-                await asyncio.sleep(0)
+            while st.commit is not None:  # _commit_done clears it (and reports a failure)
+                await asyncio.sleep(0.001)
         self._closed_logs = True
         if self._commit_pool is not None:
             self._commit_pool.shutdown(wait=False)
             self._commit_pool = None
 
     def _wake(self, st):
-        self._notify_readers()
         durable = st.log.durable_seq
+        if durable == st.woke_seq:
+            return  # nothing became durable: no waiter or reader to answer (a waiter's seq is above)
+        st.woke_seq = durable
+        self._notify_readers()
         left = []
         for seq, fut in st.waiters:
             if seq <= durable:
