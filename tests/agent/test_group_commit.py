@@ -189,3 +189,42 @@ def test_every_stays_durable_before_the_answer(tmp_path, monkeypatch):
         assert a["durable"] is True and st.log.durable_seq == 1 and not gated.calls
 
     run(agent, fn)
+
+
+def test_shutdown_waits_for_the_fsync_in_flight_and_answers_everyone(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gated = GatedSync()
+    monkeypatch.setattr(service, "sync_commit", gated)
+    cfg = parse_config({"edge": {
+        "node_id": "edge-1", "data_dir": str(tmp_path / "data"), "sync": {"enabled": False},
+        "local_topics": [{"topic": "t", "group_ms": "1h"}],
+        "ingest": {"http": {"listen": "127.0.0.1:%d" % port}},
+    }}, base_dir=str(tmp_path))
+    agent = Agent(cfg, print_fn=lambda *_: None)
+    st = agent.topics["t"]
+
+    async def main():
+        task = asyncio.ensure_future(agent.run(install_signals=False))
+        await until(lambda: agent._stop is not None, "the agent to start")
+        first = asyncio.ensure_future(agent.ingest("t", [None], [value(1)]))
+        await until(lambda: len(gated.calls) == 1, "the commit")
+        second = asyncio.ensure_future(agent.ingest("t", [None], [value(2)]))
+        await until(lambda: st.log.last_seq == 2, "the follower's append")
+        agent.stop()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # it waits for the fsync in flight
+        gated.open(0)
+        await asyncio.wait_for(task, WAIT_S)
+        assert (await first)["durable"] is True and (await second)["durable"] is True
+        assert len(gated.calls) == 1  # the follower was covered by the final flush, not a new commit
+
+    asyncio.run(main())
+    from edgeline.log import RingLog
+
+    reopened = RingLog(str(tmp_path / "data" / "t"))
+    assert reopened.last_seq == reopened.durable_seq == 2
+    reopened.close()

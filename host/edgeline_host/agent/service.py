@@ -404,14 +404,15 @@ class Agent:
                 fut.set_exception(RequestError(500, "commit failed: %s" % e))
 
     async def _settle_commits(self):
-        """Shutdown: wait for the commits in flight (their fsync runs in a worker)."""
+        """Shutdown: start no more commits, wait for those in flight (their fsync runs in
+        a worker); the final flush then covers the rest."""
+        self._closed_logs = True
         for st in self.topics.values():
             if st.timer is not None:
                 st.timer.cancel()
                 st.timer = None
             while st.commit is not None:  # _commit_done clears it (and reports a failure)
                 await asyncio.sleep(0.001)
-        self._closed_logs = True
         if self._commit_pool is not None:
             self._commit_pool.shutdown(wait=False)
             self._commit_pool = None
