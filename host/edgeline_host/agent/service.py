@@ -72,7 +72,7 @@ from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.fastpath import begin_commit, end_commit, sync_commit
-from edgeline.logformat import encode_frame, pack_segment_header
+from edgeline.logformat import FRAME_OVERHEAD_BYTES, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store
 
@@ -270,7 +270,7 @@ class Agent:
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
-            if len(encode_frame(1, 0, k, v)) > room:
+            if FRAME_OVERHEAD_BYTES + (0 if k is None else len(k)) + len(v) > room:  # the frame's length
                 raise RequestError(413, "record %d does not fit in a segment of topic %r (%d bytes)"
                                   % (i, name, lg.segment_bytes))
         limit = self.cfg.sync.max_queue_records
