@@ -288,4 +288,8 @@ def end_commit(self, token, error=None):
             self._fail(error)  # the log takes no more writes; raises StorageError
         raise StorageError("log %s: commit failed (%s); records not yet durable were not stored" % (self.path, error))
     if last > self._durable_seq:
+        if self._failed is not None:
+            # A write failed during the fsync and closed the handle: its descriptor may
+            # have been reused under the worker, so what it synced is not known.
+            raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
         self._durable_seq = last

@@ -130,3 +130,37 @@ def test_durable_seq_waits_for_end_commit():
     assert begin_commit(log, 0)[1] == 4
     log.close()
     assert begin_commit(RingLog(_DIR + "x", storage=FaultStorage(), **_OPTS), 0) is None
+
+
+def test_a_write_failure_during_the_fsync_publishes_nothing():
+    # The handle is closed by the failure; what the worker synced is unknown.
+    if not _CPYTHON:
+        return
+    from edgeline.errors import StorageError
+    from edgeline.fastpath import begin_commit, end_commit, sync_commit
+
+    fs = FaultStorage()
+    log = RingLog(_DIR + "f", storage=fs, **_OPTS)
+    log.append(b"r1", ts=1)
+    token = begin_commit(log, 0)
+    fs.full_at_bytes = 0  # the next write fails: ENOSPC
+    try:
+        for i in range(20):
+            log.append(b"x" * 40, ts=1)
+        assert False, "the write did not fail"
+    except StorageError:
+        pass
+    try:
+        sync_commit(token)  # the failure closed the handle under the worker
+        error = None
+    except ValueError as e:
+        error = e
+    # Whether the worker's sync failed (ValueError here) or seemed to succeed (on a
+    # descriptor reused by another file), nothing is published.
+    for err in (error, None):
+        try:
+            end_commit(log, token, err)
+            assert False, "end_commit published after a failure"
+        except StorageError:
+            pass
+        assert log.durable_seq == 0
