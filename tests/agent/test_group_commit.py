@@ -228,3 +228,25 @@ def test_shutdown_waits_for_the_fsync_in_flight_and_answers_everyone(tmp_path, m
     reopened = RingLog(str(tmp_path / "data" / "t"))
     assert reopened.last_seq == reopened.durable_seq == 2
     reopened.close()
+
+
+def test_many_producers_share_two_commits(tmp_path, monkeypatch):
+    """200 producers at once on real files: the first leads a commit, the other 199 --
+    all appended while its fsync runs (asyncio runs them before the worker's answer) --
+    share the next. Every answer is durable; seqs are unique and consecutive."""
+    calls = []
+
+    def counting(token):
+        calls.append(token[1])
+        fastpath.sync_commit(token)
+
+    monkeypatch.setattr(service, "sync_commit", counting)
+    agent = Agent(config(tmp_path, group_ms="1h", group_records=1000000), print_fn=lambda *_: None)
+
+    async def fn():
+        answers = await asyncio.gather(*[agent.ingest("t", [None], [value(i)]) for i in range(200)])
+        assert all(a["durable"] for a in answers)
+        assert sorted(a["first_seq"] for a in answers) == list(range(1, 201))
+        assert calls == [1, 200]
+
+    run(agent, fn)

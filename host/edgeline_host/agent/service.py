@@ -350,9 +350,9 @@ class Agent:
         """Begin a commit of topic ``st``: the buffer is written out here, on the loop
         thread; the fsync runs in a worker thread (one commit in flight per topic) while
         appends go on; ``_commit_done`` publishes ``durable_seq`` and answers the waiters."""
-        st.urgent = False
         if st.commit is not None or self._closed_logs:
             return
+        st.urgent = False
         try:
             token = begin_commit(st.log, wall_ms())
         except EdgelineError as e:
