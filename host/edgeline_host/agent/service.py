@@ -308,7 +308,10 @@ class Agent:
             # Nobody may wait for these: they are committed at the latest group_ms from now
             # (or at group_records, inside the log's append). Armed once per group_ms at
             # most, never cancelled by the commits waiters start: a request costs no timer.
-            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._group_ms_passed, st)
+            try:
+                st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._group_ms_passed, st)
+            except RuntimeError:
+                pass  # called outside the agent's loop (a tool, a test): the log's own bounds apply
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
 
