@@ -16,7 +16,7 @@ are identical (tests/core/test_log.py::test_append_many_matches_single_appends).
 import struct
 from binascii import crc32
 
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .logformat import (
     FRAME_CRC_BYTES,
     FRAME_HEADER_BYTES,
@@ -232,3 +232,64 @@ def read_segment(self, base, end, max_frame, nxt, from_seq, max_records, max_byt
     if general and len(out) < max_records and nbytes < max_bytes:
         return self._read_segment(base, end, max_frame, nxt, expect, max_records, max_bytes, out, nbytes)
     return nbytes
+
+
+# ---------------------------------------------------------------------- split commit
+#
+# The agent's group commit runs the fsync in a worker thread while the loop keeps
+# appending (edgeline_host.agent.service). The log is not thread-safe, so the commit is
+# split in three: ``begin_commit`` on the loop thread writes the buffer to the tail file
+# and records what that file then holds; ``sync_commit`` in the worker only syncs that
+# handle; ``end_commit`` back on the loop thread publishes ``durable_seq`` -- never
+# beyond what the synced file held when the commit began. Module functions, not methods:
+# a board never loads them (RingLog's class body is a board's RAM). Their first
+# argument is the RingLog, named ``self`` as in the fast paths above.
+
+
+def begin_commit(self, now_ms=None):
+    """On the thread that appends: write out the buffer; return a token
+    ``(handle, last_seq)`` for ``sync_commit``, or None if nothing awaits a commit.
+    StorageError if the log failed (as ``flush``)."""
+    if self._failed is not None:
+        raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
+    if now_ms is not None:
+        self._commit_ms = now_ms
+    last = self._next_seq - 1
+    if self._durable_seq >= last and not self._wpos:
+        return None
+    self._write_out()
+    if self._tail is None:  # nothing left to sync apart (cannot happen: defensive)
+        self.flush()
+        return None
+    if self._sync_code == 1:
+        # The count bound runs from what this commit covers: records appended during
+        # its fsync count towards the next one.
+        self._commit_seq = last + self.group_records
+    return (self._tail, last)
+
+
+def sync_commit(token):
+    """In any thread: make durable what the token's handle held at ``begin_commit``."""
+    if token[0] is not None:
+        token[0].sync()
+
+
+def end_commit(self, token, error=None):
+    """On the thread that appends, after ``sync_commit`` returned (``error``: the
+    exception it raised, if any): publish ``durable_seq``; StorageError if the sync failed
+    and nothing else made the records durable (the log is then failed, as ``flush``)."""
+    last = token[1]
+    if error is not None:
+        if self._durable_seq >= last and self._tail is not token[0]:
+            # The handle was sealed (synced, then closed) under the worker: the seal
+            # made these records durable.
+            return
+        if self._failed is None:
+            self._fail(error)  # the log takes no more writes; raises StorageError
+        raise StorageError("log %s: commit failed (%s); records not yet durable were not stored" % (self.path, error))
+    if last > self._durable_seq:
+        if self._failed is not None:
+            # A write failed during the fsync and closed the handle: its descriptor may
+            # have been reused under the worker, so what it synced is not known.
+            raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
+        self._durable_seq = last

@@ -639,8 +639,9 @@ class RingLog:
             except OSError as e:
                 self._fail(e)
             self._tail = None
+        # The count boundary stays where the last commit put it: moved here, a batch
+        # straddling the seal would wait out group_ms instead of reaching it.
         self._durable_seq = self._next_seq - 1
-        self._renew_commit()
 
     def _begin_segment(self, ts):
         base = self._next_seq

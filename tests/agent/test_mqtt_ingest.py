@@ -216,18 +216,35 @@ def test_without_a_map_the_mqtt_topic_is_the_topic(tmp_path, broker):
     pub.close()
 
 
-def test_qos1_is_acknowledged_only_once_durable(tmp_path, broker):
-    """A long group_ms: the records wait for their commit, and so do the PUBACKs -- as
+def test_qos1_is_acknowledged_only_once_durable(tmp_path, broker, monkeypatch):
+    """An fsync that does not return (the commit starts at once: the acknowledgements
+    wait for it): the records wait for their commit, and so do the PUBACKs -- as
     the broker sees it: a client that takes the agent's session over (same client id)
     is sent all five again. The agent reconnects, gets them again (DUP, same packet ids),
     finds each in the dedupe window -- its record appended, not yet durable -- and stores
     none twice; it owes nothing on the dead connection, and a commit acknowledges them
     all."""
+    from edgeline import fastpath
+    from edgeline_host.agent import service
+
+    gate = threading.Event()
+
+    def gated_sync(token):
+        gate.wait(30)
+        fastpath.sync_commit(token)
+
+    monkeypatch.setattr(service, "sync_commit", gated_sync)
     cfg = config(tmp_path, broker, {"map": {"m/#": "slow"}},
                  topics=[{"topic": "slow", "group_ms": "1h", "group_records": 1000000}])
     pub = Publisher(broker.port)
 
     async def fn(agent):
+        try:
+            await qos1_fn(agent)
+        finally:
+            gate.set()
+
+    async def qos1_fn(agent):
         st = agent.topics["slow"]
         for i in range(5):
             pub.wait(pub.publish("m/x", b"%d" % i))
@@ -252,6 +269,7 @@ def test_qos1_is_acknowledged_only_once_durable(tmp_path, broker):
         await until(lambda: agent.mqtt.redeliveries_dropped == 5, what="the agent to get them again")
         s = agent.mqtt.stats()
         assert (s["redelivered"], s["acks_lost"], s["unacknowledged"], s["stored"]) == (5, 5, 5, 5)
+        gate.set()
         agent.commit_now(st)
         await until(lambda: agent.mqtt.stats()["unacknowledged"] == 0, what="acknowledgements after the commit")
         assert [v for _, v in values(agent, "slow")] == [0, 1, 2, 3, 4]

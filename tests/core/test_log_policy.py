@@ -38,6 +38,28 @@ def test_group_commit_by_count_and_time():
     rmtree(d)
 
 
+def test_rotation_does_not_move_the_count_boundary():
+    # A seal commits the old segment, but commits by count stay every group_records
+    # appends: moved to "seal + group_records", a batch straddling the seal would miss
+    # it and wait out group_ms (issue 9, hole 5: alternating 5 ms and 995 ms rounds).
+    for many in (False, True):
+        d = tempdir("log")
+        log = RingLog(d, segment_bytes=300, budget_bytes=1 << 20, sync="group", group_records=10, group_ms=10 ** 9)
+        sealed = 0
+        for batch in range(12):
+            if many:
+                log.append_many([b"v%03d" % i for i in range(5)], ts=batch, now_ms=0)
+            else:
+                for i in range(5):
+                    log.append(b"v%03d" % i, ts=batch, now_ms=0)
+            if batch % 2:
+                assert log.durable_seq == log.last_seq == 5 * (batch + 1), (many, batch, log.durable_seq)
+            sealed = log.segment_count
+        assert sealed > 3  # segments of 300 bytes: rotation in the middle of batches
+        log.close()
+        rmtree(d)
+
+
 def test_sync_none_is_durable_only_at_flush():
     d = tempdir("log")
     log = RingLog(d, segment_bytes=4096, budget_bytes=1 << 20, sync="none")

@@ -13,7 +13,8 @@ spec's budget and retention rules work on ("Budgets, policies and retention").
 The model is written from the spec, not from log.py: segment rotation when the next frame
 would not fit, the reclaim order (fully acknowledged sealed segments first, then the full
 policy), retention by the successor's first_ts, and the durability rules (a record is
-durable after flush or after its segment is sealed; peek and ack commit first).
+durable after flush or after its segment is sealed; peek and ack commit first; a seal does
+not move the count boundary of group commit).
 
 Crashes. Over real files (`FileStorage` in a temp dir) a crash is emulated the way SIGKILL
 leaves things: the log object is dropped without flush or close — its write buffer is
@@ -107,6 +108,7 @@ class Model:
         self.segs = []
         self.next_seq = 1
         self.durable = 0
+        self.counted = 0  # last_seq at the last commit: commits by count run from here, not from a seal
         self.commit_ms = None
         self.acked = [0] * consumers
         self.reset_counters()
@@ -159,6 +161,8 @@ class Model:
     def flush(self, now_ms=None):
         if now_ms is not None:
             self.commit_ms = now_ms
+        if self.durable < self.last_seq:  # a flush with nothing to commit moves no boundary
+            self.counted = self.last_seq
         self.durable = self.last_seq
 
     def tick(self, now_ms):
@@ -223,7 +227,7 @@ class Model:
         if self.sync == SYNC_EVERY:
             self.flush()
         elif self.sync == SYNC_GROUP:
-            if self.pending >= self.group_records:
+            if self.last_seq - self.counted >= self.group_records:
                 self.flush(now_ms)
             elif now_ms is not None:
                 if self.commit_ms is None:
@@ -278,6 +282,7 @@ class Model:
         assert self.durable == self.last_seq  # close() flushed
         self.full_policy = full_policy
         self.sync = sync
+        self.counted = self.durable
         self.commit_ms = None
         self.reset_counters()
 
@@ -303,6 +308,7 @@ class Model:
                 )
         self.next_seq = new_last + 1
         self.durable = new_last
+        self.counted = new_last
         self.commit_ms = None
         self.reset_counters()
 

@@ -30,6 +30,7 @@ BENCHES = [
     ("bench_downlink", [], ["--backlog", "20000", "--reps", "1"]),
     ("bench_mqtt_ingest", [], ["--records", "2000", "--reps", "1"]),
     ("bench_idempotency", [], ["--requests", "640", "--every-requests", "100", "--reps", "1"]),
+    ("bench_producers", ["--seconds", "2", "--reps", "2"], ["--seconds", "0.5", "--reps", "1"]),
 ]
 
 

@@ -63,8 +63,10 @@ requests are served in between.
 
 The agent announces a receive maximum of ``window`` (MQTT 5 Receive Maximum): the broker
 has at most that many messages unacknowledged with it, so at most that many wait here.
-When all of them are owed, the broker sends nothing more until some are acknowledged:
-waiting out ``group_ms`` would only stall, so the topics they went to commit at once.
+When all of them are owed, the broker sends nothing more until some are acknowledged.
+Under ``sync: group`` nothing waits for ``group_ms`` anyway: the wait of a pass is a
+commit waiter like an HTTP answer, so it starts a commit at once or joins the next
+(leader/follower, service.py); ``commit_now`` on a full window makes sure of it.
 
 Connections are numbered (the paho bridge's ``generation``, bumped by paho's thread on
 connect and on disconnect, under its ``lock``); an entry keeps the number of the connection its message

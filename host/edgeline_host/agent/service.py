@@ -32,7 +32,9 @@ Failure modes first
 Theory of operation
 -------------------
 One asyncio loop owns everything: the core's logs and outboxes are not thread-safe, so
-ingest handlers, the group-commit timers and the uplink all call them from the loop.
+ingest handlers, the group-commit timers and the uplink all call them from the loop;
+the one exception is a group commit's fsync, which a worker thread runs on a file
+handle whose bytes the loop wrote before (see ``group`` below).
 An ingest request is parsed and checked whole (jsonrecords.py), then appended with one
 ``append_many`` (one HLC timestamp per record) by ``append``. The ingest surface every
 source uses is public: ``ingest(topic, keys, values)`` (append, then wait as the topic's
@@ -42,10 +44,16 @@ must know at once whether a message was taken, and acknowledges it only later),
 the answer waits for depends on the topic's ``sync`` policy:
 
 * ``every``: each append is committed before ``append_many`` returns; answer at once.
-* ``group``: the log commits by count inside ``append_many``; otherwise the request
-  registers a waiter ``(last_seq, future)`` and the topic's commit timer flushes the
-  log ``group_ms`` after the first waiter arrived, then wakes every waiter whose
-  ``last_seq <= durable_seq``. Many concurrent requests share one fsync.
+* ``group``: leader/follower group commit, as databases do it. A request that waits
+  registers ``(last_seq, future)``; if no commit of the topic is running, one starts at
+  once (``_start_commit``: the buffer is written out on the loop thread, the fsync runs
+  in a worker thread -- fastpath's ``begin_commit``/``sync_commit``/``end_commit`` -- while
+  appends go on). Requests arriving during that fsync join the next commit, which starts
+  as soon as the running one ends; ``_commit_done`` publishes ``durable_seq`` and wakes
+  every waiter whose ``last_seq <= durable_seq``. One commit in flight per topic, so
+  many concurrent requests share one fsync and nobody waits for a timer. For records no
+  one waits for, ``group_records`` (inside the log's append) and ``group_ms`` (a timer
+  armed by ``_appended``) stay the upper bounds.
 * ``none``: answer at once with ``"durable": false`` (the record becomes durable at
   the next flush: the uplink's ``peek`` commits before it sends, and shutdown flushes).
 
@@ -65,13 +73,15 @@ import shutil
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
-from edgeline.logformat import encode_frame, pack_segment_header
+from edgeline.fastpath import begin_commit, end_commit, sync_commit
+from edgeline.logformat import FRAME_OVERHEAD_BYTES, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store, topic_dirname
 
@@ -120,7 +130,10 @@ class _TopicState:
         self.down = down
         self.window = window  # the ingest dedupe window (idempotency.py); None: cloud_to_edge
         self.waiters = []  # (last_seq, future) of answers waiting for a commit
-        self.timer = None  # the pending group-commit call (asyncio.TimerHandle)
+        self.timer = None  # the group_ms bound for records nobody waits for (asyncio.TimerHandle)
+        self.commit = None  # the token of the commit whose fsync is in flight in a worker thread
+        self.urgent = False  # commit_now came during a commit: the next starts as it ends
+        self.woke_seq = -1  # durable_seq at the last _wake
 
 
 class Agent:
@@ -208,6 +221,8 @@ class Agent:
         self.duplicates = 0  # keyed requests answered from the dedupe window, not stored again
         self._stop = None
         self._closing = False
+        self._closed_logs = False  # shutdown settled the commits: no more start
+        self._commit_pool = None  # the worker threads that fsync (made at the first commit)
 
     def _check_disk(self):
         """Warn (once, at start) when the storage budget is more than the disk under
@@ -445,7 +460,7 @@ class Agent:
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
-            if len(encode_frame(1, 0, k, v)) > room:
+            if FRAME_OVERHEAD_BYTES + (0 if k is None else len(k)) + len(v) > room:  # the frame's length
                 raise RequestError(413, "record %d does not fit in a segment of topic %r (%d bytes)"
                                   % (i, name, lg.segment_bytes))
         limit = self.cfg.sync.max_queue_records
@@ -510,6 +525,11 @@ class Agent:
             return False  # the downlink's log: it is written by the downlink, not by ingest
         name = st.cfg.name
         why = old.failure
+        if st.commit is not None:
+            # A worker thread still syncs this log's file: it is closed only once that
+            # commit is done (_commit_done); the next append or round tries again.
+            self.last_error = "%s: %s; reopening once the commit in flight ends" % (name, why)
+            return False
         durable = old.durable_seq
         for _, fut in st.waiters:  # what they waited for was never committed
             if not fut.done():
@@ -551,19 +571,34 @@ class Agent:
 
     def _appended(self, st, n):
         self.ingested += n
-        self._wake(st)  # a commit by count may have covered earlier waiters (and readers)
+        self._wake(st)  # a commit by count or a seal may have covered earlier waiters (and readers)
+        lg = st.log
+        if n and st.timer is None and lg.sync == "group" and lg.durable_seq < lg.last_seq:
+            # Nobody may wait for these: they are committed at the latest group_ms from now
+            # (or at group_records, inside the log's append). Armed once per group_ms at
+            # most, never cancelled by the commits waiters start: a request costs no timer.
+            try:
+                st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._group_ms_passed, st)
+            except RuntimeError:
+                pass  # called outside the agent's loop (a tool, a test): the log's own bounds apply
         if self.uplink is not None and st.outbox is not None and n:
             self.uplink.notify()
 
     def commit_now(self, st):
-        """Commit topic ``st`` now rather than at its group-commit timer (MQTT ingest:
-        the broker sends nothing more until what it sent is acknowledged)."""
-        if st.timer is not None:
-            st.timer.cancel()
-        self._commit(st)
+        """Commit topic ``st`` now rather than at its group-commit bounds (MQTT ingest:
+        the broker sends nothing more until what it sent is acknowledged). Starts a
+        commit unless one is running (then the next starts as it ends); its waiters are
+        answered when it ends."""
+        st.urgent = True
+        if st.commit is None:
+            self._start_commit(st)
 
     async def wait_durable(self, st, seq):
-        """Wait until seq is committed, as the topic's sync policy has it; True if it is."""
+        """Wait until seq is committed, as the topic's sync policy has it; True if it is.
+
+        Leader/follower group commit: a waiter arriving while no commit runs starts one at
+        once; one arriving during a commit's fsync is answered by the next, which starts as
+        soon as the running one ends. Never a timer while someone waits."""
         lg = st.log
         if lg.durable_seq >= seq:
             return True
@@ -571,28 +606,95 @@ class Agent:
             return False
         fut = asyncio.get_running_loop().create_future()
         st.waiters.append((seq, fut))
-        if st.timer is None:
-            st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._commit, st)
+        if st.commit is None:
+            self._start_commit(st)
         return await fut
 
-    def _commit(self, st):
-        """The group-commit timer: flush the log, answer the waiters it covered."""
+    def _group_ms_passed(self, st):
         st.timer = None
+        lg = st.log
+        if lg.durable_seq < lg.last_seq:
+            st.urgent = True  # the running commit may not cover them: the next one starts as it ends
+            if st.commit is None:
+                self._start_commit(st)
+
+    def _start_commit(self, st):
+        """Begin a commit of topic ``st``: the buffer is written out here, on the loop
+        thread; the fsync runs in a worker thread (one commit in flight per topic) while
+        appends go on; ``_commit_done`` publishes ``durable_seq`` and answers the waiters."""
+        if st.commit is not None or self._closed_logs:
+            return
+        st.urgent = False
         try:
-            st.log.flush(wall_ms())
+            token = begin_commit(st.log, wall_ms())
         except EdgelineError as e:
-            self.last_error = "%s: %s" % (st.cfg.name, e)
-            log.error("agent: topic %s: commit failed: %s", st.cfg.name, e)
-            waiters, st.waiters = st.waiters, []
-            for _, fut in waiters:
-                if not fut.done():
-                    fut.set_exception(RequestError(500, "commit failed: %s" % e))
+            self._commit_failed(st, e)
+            return
+        if token is None:
+            self._wake(st)
+            return
+        if self._commit_pool is None:
+            self._commit_pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.topics), 8)),
+                                                   thread_name_prefix="edgeline-commit")
+        st.commit = token
+        self._commit_pool.submit(self._fsync, asyncio.get_running_loop(), st, token)
+
+    def _fsync(self, loop, st, token):
+        # The worker thread: the fsync, then straight back to the loop (one hop, not
+        # run_in_executor's two: the loop is busiest exactly when commits queue up).
+        error = None
+        try:
+            sync_commit(token)
+        except BaseException as e:  # any failure fails the commit, never the worker
+            error = e
+        try:
+            loop.call_soon_threadsafe(self._commit_done, st, token, error)
+        except RuntimeError:
+            pass  # the loop is closed: the process is ending
+
+    def _commit_done(self, st, token, error):
+        st.commit = None
+        try:
+            end_commit(st.log, token, error)
+        except EdgelineError as e:
+            self._commit_failed(st, e)
             return
         self._wake(st)
+        lg = st.log
+        if lg.durable_seq < lg.last_seq:
+            if st.waiters or st.urgent:
+                self._start_commit(st)  # those who came during the fsync: the next commit, now
+            elif st.timer is None and lg.sync == "group" and not self._closed_logs:
+                st.timer = asyncio.get_running_loop().call_later(lg.group_ms / 1000.0, self._group_ms_passed, st)
+
+    def _commit_failed(self, st, e):
+        self.last_error = "%s: %s" % (st.cfg.name, e)
+        log.error("agent: topic %s: commit failed: %s", st.cfg.name, e)
+        waiters, st.waiters = st.waiters, []
+        for _, fut in waiters:
+            if not fut.done():
+                fut.set_exception(RequestError(500, "commit failed: %s" % e))
+
+    async def _settle_commits(self):
+        """Shutdown: start no more commits, wait for those in flight (their fsync runs in
+        a worker); the final flush then covers the rest."""
+        self._closed_logs = True
+        for st in self.topics.values():
+            if st.timer is not None:
+                st.timer.cancel()
+                st.timer = None
+            while st.commit is not None:  # _commit_done clears it (and reports a failure)
+                await asyncio.sleep(0.001)
+        if self._commit_pool is not None:
+            self._commit_pool.shutdown(wait=False)
+            self._commit_pool = None
 
     def _wake(self, st):
-        self._notify_readers()
         durable = st.log.durable_seq
+        if durable == st.woke_seq:
+            return  # nothing became durable: no waiter or reader to answer (a waiter's seq is above)
+        st.woke_seq = durable
+        self._notify_readers()
         left = []
         for seq, fut in st.waiters:
             if seq <= durable:
@@ -892,6 +994,7 @@ class Agent:
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
+            await self._settle_commits()  # no worker thread syncs a log while it is flushed and closed
             self._final_commit()
             await asyncio.sleep(0)
             if self.mqtt is not None:

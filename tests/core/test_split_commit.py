@@ -1,0 +1,166 @@
+"""Crash tests of the split group commit (fastpath.begin_commit / sync_commit /
+end_commit: the agent runs the middle one in a worker thread while appends go on).
+CPython only -- fastpath is never loaded on a board; under MicroPython the tests return.
+
+The scenarios interleave appends, buffer write-outs, segment seals and a synchronous
+flush with a commit in flight, and are cut at every write point, crashed each way and
+checked with test_crash's invariants (G1-G3): ``durable_seq`` as it was seen after every
+call that returned -- end_commit's in particular -- is really on storage, so a power cut
+between begin and end loses nothing acknowledged.
+"""
+import sys
+
+from edgeline.log import RingLog
+
+_CPYTHON = sys.implementation.name == "cpython"
+if _CPYTHON:  # a board's heap is spared test_crash's scenarios
+    from emulator.faultfs import FaultStorage, PowerCut
+    from test_crash import CRASHES, _DIR, _append, _check, _note, _Obs
+
+
+def _play(fs, sc, o):
+    from edgeline.fastpath import begin_commit, end_commit, sync_commit
+
+    log = RingLog(_DIR, storage=fs, warn=o.warnings.append, **sc[1])
+    token = error = None
+    for step in sc[2]:
+        op = step[0]
+        if op == "append":
+            for _ in range(step[1]):
+                _append(o, log)
+        elif op == "begin":
+            token = begin_commit(log, 0)
+            error = None
+        elif op == "sync":  # the worker's part: it may find its handle sealed and closed
+            try:
+                sync_commit(token)
+            except PowerCut:
+                raise
+            except Exception as e:
+                error = e
+        elif op == "end":
+            if token is not None:
+                end_commit(log, token, error)
+            token = None
+        elif op == "flush":  # e.g. the uplink's peek, with a commit in flight
+            log.flush()
+        elif op == "close":
+            log.close()
+        _note(o, log)
+
+
+def _run(fs, sc, o):
+    try:
+        _play(fs, sc, o)
+    except PowerCut:
+        return True
+    return False
+
+
+def _explore(sc):
+    fs = FaultStorage()
+    o = _Obs()
+    assert not _run(fs, sc, o), sc[0]
+    total = fs.write_points
+    assert total > 3 and o.durable == o.max_seq, (sc[0], total, o.durable, o.max_seq)
+    opts = (sc[0], sc[1], False)
+    _check(fs.crash("lost"), opts, o, sc[0] + " uncut")
+    for n in range(1, total + 1):
+        fs = FaultStorage(cut_at=n)
+        o = _Obs()
+        assert _run(fs, sc, o), "%s: point %d was not cut" % (sc[0], n)
+        for mode, torn in CRASHES:
+            _check(fs.crash(mode, torn_bytes=torn), opts, _Obs(o), "%s, %s, %s/%s" % (sc[0], fs.cut, mode, torn))
+    return total
+
+
+# Group commit with bounds out of reach (the agent's waiters drive the commits); small
+# segments and a 64-byte buffer: appends during a commit write out, seal and rotate.
+_OPTS = {"segment_bytes": 160, "budget_bytes": 4096, "sync": "group", "group_records": 1000,
+         "group_ms": 10 ** 9, "buffer_bytes": 64}
+
+# Appends between begin and sync (the fsync in flight); the next commit starts as one ends.
+FOLLOWERS = ("followers", _OPTS, [
+    ("append", 2), ("begin",), ("append", 2), ("sync",), ("append", 1), ("end",),
+    ("begin",), ("sync",), ("end",), ("append", 1), ("begin",), ("sync",), ("end",), ("close",)])
+
+# A seal during the fsync: the worker's handle is synced and closed under it.
+SEALED = ("sealed", _OPTS, [
+    ("append", 1), ("begin",), ("append", 6), ("sync",), ("end",),
+    ("begin",), ("append", 5), ("sync",), ("end",), ("begin",), ("sync",), ("end",), ("close",)])
+
+# A synchronous flush (the uplink's peek) while a commit is in flight, then its end.
+FLUSHED = ("flushed", _OPTS, [
+    ("append", 3), ("begin",), ("append", 2), ("flush",), ("append", 1), ("sync",), ("end",),
+    ("begin",), ("sync",), ("end",), ("close",)])
+
+
+def test_split_commit_followers():
+    if _CPYTHON:
+        _explore(FOLLOWERS)
+
+
+def test_split_commit_sealed_under_the_worker():
+    if _CPYTHON:
+        _explore(SEALED)
+
+
+def test_split_commit_with_a_flush_in_flight():
+    if _CPYTHON:
+        _explore(FLUSHED)
+
+
+def test_durable_seq_waits_for_end_commit():
+    # Between begin and end nothing new is claimed durable, and end publishes only what
+    # begin covered -- not the appends that came during the fsync.
+    if not _CPYTHON:
+        return
+    from edgeline.fastpath import begin_commit, end_commit, sync_commit
+
+    log = RingLog(_DIR + "x", storage=FaultStorage(), **_OPTS)
+    for i in range(3):
+        log.append(b"r%d" % i, ts=1)
+    token = begin_commit(log, 0)
+    assert token[1] == 3 and log.durable_seq == 0
+    log.append(b"r3", ts=1)
+    sync_commit(token)
+    assert log.durable_seq == 0
+    end_commit(log, token)
+    assert log.durable_seq == 3 and log.last_seq == 4
+    assert begin_commit(log, 0)[1] == 4
+    log.close()
+    assert begin_commit(RingLog(_DIR + "x", storage=FaultStorage(), **_OPTS), 0) is None
+
+
+def test_a_write_failure_during_the_fsync_publishes_nothing():
+    # The handle is closed by the failure; what the worker synced is unknown.
+    if not _CPYTHON:
+        return
+    from edgeline.errors import StorageError
+    from edgeline.fastpath import begin_commit, end_commit, sync_commit
+
+    fs = FaultStorage()
+    log = RingLog(_DIR + "f", storage=fs, **_OPTS)
+    log.append(b"r1", ts=1)
+    token = begin_commit(log, 0)
+    fs.full_at_bytes = 0  # the next write fails: ENOSPC
+    try:
+        for i in range(20):
+            log.append(b"x" * 40, ts=1)
+        assert False, "the write did not fail"
+    except StorageError:
+        pass
+    try:
+        sync_commit(token)  # the failure closed the handle under the worker
+        error = None
+    except ValueError as e:
+        error = e
+    # Whether the worker's sync failed (ValueError here) or seemed to succeed (on a
+    # descriptor reused by another file), nothing is published.
+    for err in (error, None):
+        try:
+            end_commit(log, token, err)
+            assert False, "end_commit published after a failure"
+        except StorageError:
+            pass
+        assert log.durable_seq == 0
