@@ -225,3 +225,61 @@ def test_power_cut_at_every_write_point():
             w.close()
             checked += 1
     assert checked == 4 * points
+
+
+class _GatedSyncStorage:
+    """FileStorage whose append handles' sync() waits at a gate (and counts)."""
+
+    def __init__(self, inner):
+        import threading
+        self.inner = inner
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.syncs = 0
+
+    def open_append(self, path):
+        h = self.inner.open_append(path)
+        outer = self
+
+        class H:
+            def write(self, buf, n):
+                return h.write(buf, n)
+
+            def sync(self):
+                outer.syncs += 1
+                outer.entered.set()
+                outer.gate.wait(10)
+                h.sync()
+
+            def close(self):
+                h.close()
+
+        return H()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_an_entry_written_during_another_threads_sync_is_synced_by_the_next(tmp_path):
+    # The agent's commit worker syncs the window (before the log's fsync) while the loop
+    # thread adds entries. An entry added during that fsync is not covered by it and must
+    # not be taken as synced: the next commit's sync has to fsync it.
+    import threading
+    from edgeline.storage import FileStorage
+    st = _GatedSyncStorage(FileStorage())
+    w = DedupeWindow(str(tmp_path / "w.dw"), storage=st, clock=Clock())
+    w.add(b"k1", 1, 1, _digest(b"1"))
+    st.gate.clear()
+    worker = threading.Thread(target=w.sync)
+    worker.start()
+    assert st.entered.wait(10)
+    w.add(b"k2", 2, 2, _digest(b"2"))  # during the worker's fsync
+    before = st.syncs
+    st.gate.set()
+    worker.join(10)
+    w.sync()
+    assert st.syncs == before + 1, "k2 was taken as synced by an fsync that began before it"
+    w.sync()
+    assert st.syncs == before + 1  # nothing new: no I/O
+    w.close()

@@ -31,6 +31,7 @@ points.
 import collections
 import os
 import struct
+import threading
 import time
 import zlib
 
@@ -126,7 +127,12 @@ class DedupeWindow:
         self._entries = collections.OrderedDict()  # key -> (first, last, digest, added_ms)
         self._floors = collections.OrderedDict()  # producer id -> (floor seq, added_ms)
         self._fh = None
-        self._dirty = False
+        # Entries written and entries known durable: sync() may run in another thread
+        # (the agent's commit worker, through SyncFirstStorage) while add() writes, so a
+        # count, not a flag -- an entry written during an fsync stays owed to the next.
+        self._written = 0
+        self._synced = 0
+        self._io = threading.Lock()  # held by sync() over its fsync and by a handle swap
         self._in_file = 0  # entries in the file (live or not): compaction trigger
         self._needs_rewrite = False
         self._closed = False
@@ -247,10 +253,15 @@ class DedupeWindow:
         self._maybe_compact()
 
     def sync(self):
-        """Make every entry written so far durable (fsync; nothing to do: no I/O)."""
-        if self._dirty and self._fh is not None:
-            self._fh.sync()
-            self._dirty = False
+        """Make every entry written so far durable (fsync; nothing to do: no I/O). Safe
+        from another thread than the writer's: what was written before the call is
+        durable when it returns."""
+        with self._io:
+            fh, n = self._fh, self._written
+            if fh is None or n == self._synced:
+                return
+            fh.sync()
+            self._synced = n
 
     def close(self):
         if self._closed:
@@ -260,8 +271,9 @@ class DedupeWindow:
             try:
                 self.sync()
             finally:
-                self._fh.close()
-                self._fh = None
+                with self._io:
+                    self._fh.close()
+                    self._fh = None
 
     # ------------------------------------------------------------------ bounds and file
 
@@ -290,7 +302,7 @@ class DedupeWindow:
         if self._fh is None:
             self._create()
         self._fh.write(entry, len(entry))
-        self._dirty = True
+        self._written += 1
         self._in_file += 1
 
     def _create(self):
@@ -310,15 +322,16 @@ class DedupeWindow:
         """Rewrite the file with the live entries only, atomically (tmp, fsync, rename)."""
         parts = [pack_entry(KIND_FLOOR, pid, f[0], f[0], f[1]) for pid, f in self._floors.items()]
         parts += [pack_entry(KIND_ENTRY, k, e[0], e[1], e[3], e[2]) for k, e in self._entries.items()]
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        d = os.path.dirname(self.path)
-        if d:
-            self.storage.makedirs(d)
-        self._rewrite(parts)
-        self._fh = self.storage.open_append(self.path)
-        self._dirty = False
+        with self._io:  # not under an fsync of another thread
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            d = os.path.dirname(self.path)
+            if d:
+                self.storage.makedirs(d)
+            self._rewrite(parts)  # written and synced whole
+            self._fh = self.storage.open_append(self.path)
+            self._synced = self._written
         self._in_file = len(parts)
         self._needs_rewrite = False
 
