@@ -8,6 +8,7 @@
 # a warm-up (the segment begun, its file open). Timestamps and values are made before
 # the measurement, so only append's own allocations count -- except in the "clock.now"
 # case, which adds what the application's HybridClock.now(now_ms) allocates per record.
+# Drain: the same count over an Outbox's peek(16 records) + ack(last) per record read.
 import gc
 import sys
 
@@ -56,8 +57,38 @@ def per_record(RingLog, HybridClock, path, records, sync, ts_kind, value, key):
     return (after - before) / records
 
 
+def drain(RingLog, Outbox, path, records, ts_kind):
+    # Bytes allocated per record by the outbox's drain: peek(16 records) + ack(last), the
+    # sender's per-record work before encoding (the Records peek returns are the API's).
+    lg = _log(RingLog, path, "none")
+    base = 1000 if ts_kind == "small" else EPOCH_MS << 16
+    for i in range(records + 16):
+        lg.append(VALUE64, base + i, None, 0)
+    lg.flush()
+    ob = Outbox(lg, "uplink")
+    recs = ob.peek(16, 4096)  # warm-up
+    ob.ack(recs[-1].seq)
+    recs = None
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    n = 0
+    while True:
+        recs = ob.peek(16, 4096)
+        if not recs:
+            break
+        n += len(recs)
+        ob.ack(recs[-1].seq)
+    after = gc.mem_alloc()
+    recs = None
+    gc.enable()
+    ob.close()
+    lg.close()
+    return (after - before) / n
+
+
 def rate(RingLog, path, records):
-    lg = RingLog(path, segment_bytes=1 << 20, budget_bytes=1 << 40, sync="group", group_records=1000)
+    lg = RingLog(path, segment_bytes=1 << 20, budget_bytes=1 << 40, sync="none")
     append = lg.append
     t0 = ticks_us()
     for _ in range(records):
@@ -74,6 +105,7 @@ def main(argv):
     sys.path.insert(0, lib)
     from edgeline.clock import HybridClock
     from edgeline.log import RingLog
+    from edgeline.outbox import Outbox
 
     records = int(records)
     rate_records = int(rate_records)
@@ -90,6 +122,11 @@ def main(argv):
                 n += 1
                 b = per_record(RingLog, HybridClock, "%s/a%d" % (path, n), records, sync, ts_kind, value, key)
                 out.append('{"sync": "%s", "ts": "%s", "value": "%s", "bytes": %.2f}' % (sync, ts_kind, vname, b))
+    drains = []
+    for ts_kind in ("small", "hlc"):
+        n += 1
+        b = drain(RingLog, Outbox, "%s/d%d" % (path, n), records, ts_kind)
+        drains.append('{"ts": "%s", "bytes": %.2f}' % (ts_kind, b))
     r, ok = rate(RingLog, path + "/rate", rate_records)
-    print('{"maxsize": %d, "alloc": [%s], "rate": %.1f, "rate_ok": %s}'
-          % (sys.maxsize, ", ".join(out), r, "true" if ok else "false"))
+    print('{"maxsize": %d, "alloc": [%s], "drain": [%s], "rate": %.1f, "rate_ok": %s}'
+          % (sys.maxsize, ", ".join(out), ", ".join(drains), r, "true" if ok else "false"))
