@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+MP32   := tools/mp32/node_modules/.package-lock.json
 
 .PHONY: demo demo-log test lint bench venv clean
 
@@ -18,7 +19,14 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) tools/lint_stubs.py --install
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The 32-bit MicroPython lane (tests/firmware/test_mp32.py): MicroPython's WebAssembly
+# port from npm, pinned in tools/mp32/package-lock.json. Without node/npm the lane's
+# tests skip with the reason (fail under EDGELINE_REQUIRE_INTEGRATION=1).
+$(MP32): tools/mp32/package.json tools/mp32/package-lock.json
+	@if command -v npm >/dev/null; then cd tools/mp32 && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the 32-bit MicroPython lane will be skipped"; fi
+
+venv: $(STAMP) $(MP32)
 
 demo: $(STAMP)
 	$(VENV)/bin/edgeline fleet-demo
@@ -26,7 +34,7 @@ demo: $(STAMP)
 demo-log: $(STAMP)
 	$(VENV)/bin/edgeline demo
 
-test: $(STAMP)
+test: $(STAMP) $(MP32)
 	$(VENV)/bin/pytest -q tests
 
 lint: $(STAMP)

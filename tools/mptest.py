@@ -59,7 +59,7 @@ def _import_compact(name):
         return mod
 
 
-def main(argv):
+def _parse(argv):
     only = None
     verbose = False
     files = []
@@ -85,8 +85,30 @@ def main(argv):
         front = [root, root + "/tests/core", root + "/core"]
     for p in front:
         sys.path.insert(0, p)
-    passed = 0
-    failed = 0
+    return only, verbose, files
+
+
+def _run_test(path, n, fn, verbose, counts):
+    if gc:
+        gc.collect()
+    try:
+        fn()
+        counts[0] += 1
+        if verbose and gc:
+            gc.collect()
+            print("ok %s (free %d)" % (n, gc.mem_free()))
+    except Exception as e:  # noqa: BLE001 - a runner reports everything
+        counts[1] += 1
+        print("FAILED %s::%s: %s: %s" % (path, n, type(e).__name__, e))
+        if hasattr(sys, "print_exception"):
+            sys.print_exception(e)
+        else:
+            import traceback
+            traceback.print_exc()
+
+
+def _tests(files, only):
+    # Yields (path, name, function), importing each file when its turn comes.
     for path in files:
         d = _dirname(path)
         if d not in sys.path:
@@ -96,25 +118,41 @@ def main(argv):
         for n in names:
             if only and only not in n:
                 continue
-            fn = getattr(mod, n)
-            if gc:
-                gc.collect()
-            try:
-                fn()
-                passed += 1
-                if verbose and gc:
-                    gc.collect()
-                    print("ok %s (free %d)" % (n, gc.mem_free()))
-            except Exception as e:  # noqa: BLE001 - a runner reports everything
-                failed += 1
-                print("FAILED %s::%s: %s: %s" % (path, n, type(e).__name__, e))
-                if hasattr(sys, "print_exception"):
-                    sys.print_exception(e)
-                else:
-                    import traceback
-                    traceback.print_exc()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+            yield path, n, getattr(mod, n)
+
+
+def _summary(counts):
+    print("%d passed, %d failed" % (counts[0], counts[1]))
+    return 1 if counts[1] else 0
+
+
+def main(argv):
+    only, verbose, files = _parse(argv)
+    counts = [0, 0]
+    for path, n, fn in _tests(files, only):
+        _run_test(path, n, fn, verbose, counts)
+    return _summary(counts)
+
+
+# Stepwise, for a host that must regain control between tests: MicroPython's WebAssembly
+# port collects garbage only when its JavaScript host's call into it returns
+# (tools/mp32/run.mjs). start(argv) takes main's arguments; each step() runs one test and
+# returns; after the last, step() raises SystemExit with main's exit status.
+_state = []
+
+
+def start(argv):
+    only, verbose, files = _parse(argv)
+    _state[:] = [_tests(files, only), verbose, [0, 0]]
+
+
+def step():
+    tests, verbose, counts = _state
+    try:
+        path, n, fn = next(tests)
+    except StopIteration:
+        sys.exit(_summary(counts))
+    _run_test(path, n, fn, verbose, counts)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,14 @@ import os
 
 _counter = [0]
 
+try:
+    _urandom = os.urandom
+except AttributeError:  # MicroPython's WebAssembly port (the 32-bit lane) has none
+    import random
+
+    def _urandom(n):
+        return bytes(random.getrandbits(8) for _ in range(n))
+
 
 def _rmtree(path):
     try:
@@ -26,7 +34,7 @@ def _rmtree(path):
 def tempdir(tag="t"):
     """Make a fresh empty directory under /tmp and return its path."""
     _counter[0] += 1
-    rnd = os.urandom(4)
+    rnd = _urandom(4)
     suffix = "".join("%02x" % b for b in rnd)
     path = "/tmp/edgeline-test-%s-%d-%s" % (tag, _counter[0], suffix)
     _rmtree(path)

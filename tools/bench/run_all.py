@@ -25,6 +25,7 @@ BENCHES = [
     ("bench_micropython", [], ["--records", "10000", "--reps", "1"]),
     ("bench_reopen", [], ["--mbytes", "8", "--reps", "2"]),
     ("bench_heap", [], ["--records", "10000", "--search-records", "0"]),
+    ("bench_mp32", [], ["--records", "500", "--rate-records", "10000", "--reps", "1"]),
     ("bench_gateway", [], ["--records", "20000", "--reps", "1"]),
     ("bench_sync", [], ["--seconds", "2", "--backlog", "20000", "--records", "5000", "--reps", "1"]),
     ("bench_downlink", [], ["--backlog", "20000", "--reps", "1"]),
