@@ -46,8 +46,11 @@ except ImportError:
         return x
 
 
-from .errors import ConfigError, LogFull, StorageError
+from .errors import ConfigError, CorruptRecord, LogFull, StorageError
 from .logformat import (
+    INCARNATION_BYTES,
+    INCARNATION_FILE,
+    LEGACY_INCARNATION,
     FRAME_CRC_BYTES,
     FRAME_HEADER_BYTES,
     FRAME_OVERHEAD_BYTES,
@@ -56,7 +59,9 @@ from .logformat import (
     FrameScanner,
     pack_frame_crc,
     pack_frame_header,
+    pack_incarnation,
     pack_segment_header,
+    parse_incarnation,
     parse_segment_header,
     parse_segment_name,
     segment_name,
@@ -92,6 +97,60 @@ def _warn(msg):
 # A namedtuple, not a class: on MicroPython an instance of a plain class carries its own
 # attribute dict, several times the size of a tuple, and a batch holds many records.
 Record = namedtuple("Record", ("seq", "ts", "key", "value"))
+
+
+def _random_id():
+    try:
+        from os import urandom
+
+        return bytes(urandom(INCARNATION_BYTES))
+    except (ImportError, AttributeError):  # a port without os.urandom
+        from random import getrandbits
+
+        return bytes((getrandbits(8) for _ in range(INCARNATION_BYTES)))
+
+
+def open_incarnation(st, path, has_segments):
+    """The log's incarnation id (8 bytes), from ``<path>/incarnation`` (docs/spec/log.md,
+    "Incarnation"). A log with no segment and no valid file is new: a random id is written
+    to a temporary file, synced and renamed into place -- before any segment can exist, so
+    a segment never exists without its log's id. A log with segments and no file was
+    made before version 2: it is upgraded to the fixed legacy id (all zeros), the identity
+    its records already have at the gateway. Module-level, not a RingLog method: a
+    board's RAM at rest pays for every method of the class."""
+    p = path + "/" + INCARNATION_FILE
+    tmp = p + ".tmp"
+    if st.exists(tmp):  # a creation cut short: never renamed, so never the log's id
+        st.remove(tmp)
+    if st.exists(p):
+        h = st.open_read(p)
+        try:
+            buf = bytearray(24)
+            n = h.readinto(buf)
+        finally:
+            h.close()
+        inc = parse_incarnation(buf[:n], p)
+        if inc is not None:
+            return inc
+        if has_segments:
+            raise CorruptRecord("%s is corrupt: the log's incarnation is unknown (remove the file to treat the log "
+                                "as a legacy one, or the whole log directory to begin a new one)" % p)
+        st.remove(p)
+    inc = LEGACY_INCARNATION if has_segments else _random_id()
+    while inc == LEGACY_INCARNATION and not has_segments:
+        inc = _random_id()
+    try:
+        h = st.open_append(tmp)
+        try:
+            b = pack_incarnation(inc)
+            h.write(b, len(b))
+            h.sync()
+        finally:
+            h.close()
+        st.rename(tmp, p)
+    except OSError as e:
+        raise StorageError("log %s: cannot write its incarnation file (%s)" % (path, e))
+    return inc
 
 
 if not _SMALL:
@@ -263,6 +322,7 @@ class RingLog:
             for name in leftovers:
                 st.remove(self.path + "/" + name)
         bases.sort()
+        self.incarnation = open_incarnation(st, self.path, len(bases) > 0)
         for base in bases:
             p = self._seg_path(base)
             size = st.size(p)
