@@ -54,7 +54,8 @@ def test_records_arrive_once_and_in_order(tmp_path):
         assert rows[0]["value"] == {"cbor": {"n": 1}}
         async with http.get(server.make_url("/v1/status")) as r:
             st = (await r.json())["streams"]
-        assert st == [{"origin": "edge-1", "topic": "t", "mark": 22, "records": 14, "lost": 8, "updated_ms": st[0]["updated_ms"]}]
+        assert st == [{"origin": "edge-1", "topic": "t", "incarnation": "0000000000000000", "current": True, "mark": 22,
+                   "records": 14, "lost": 8, "updated_ms": st[0]["updated_ms"]}]
         async with http.get(server.make_url("/v1/gaps")) as r:
             assert [(g["first"], g["last"]) for g in (await r.json())["gaps"]] == [(13, 20)]
 

@@ -21,7 +21,8 @@ Failure modes first
 * The gateway's mark is below this node's cursor (it lost data it had acknowledged): a
   warning, and a GAP ``gateway_lost`` from its mark to the cursor so the stream can
   continue; nothing is rewound.
-* The gateway's mark is past the log's end (the log was wiped or replaced): the topic
+* The gateway's mark is past the log's end (the log was restored from an older copy; a
+  wiped or replaced log has a new incarnation, which the HELLO names, and starts at mark 0): the topic
   sends nothing in that session (its records would be dropped as duplicates), logged
   as an error and shown as the topic's ``error`` in ``status()``; the other topics go on.
   A gateway whose ACK contradicts the receiver rules is a failed exchange.
@@ -442,7 +443,10 @@ class Uplink:
         self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes,
                                          codec=fastcbor.CODEC)
         caps = {"pull": True} if self.downlink is not None else None
-        evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
+        # Each topic's log incarnation: the gateway keeps marks per (node, topic, incarnation),
+        # so a wiped log's new seqs are never taken for the old log's (docs/spec/wire.md).
+        incs = {t.name: t.log.incarnation for t in self._topics}
+        evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps, incarnations=incs)))
         if not evs or type(evs[0]) is not sync.Challenge:
             raise UplinkError("expected CHALLENGE, got %s" % _names(evs))
         evs = await self._exchange(self._conn.send(sync.Auth()))

@@ -138,6 +138,7 @@ class GatewayApi:
             from_seq=self._int(request, "from", 1),
             to_seq=self._int(request, "to", None),
             limit=min(self._int(request, "limit", 1000), MAX_QUERY_RECORDS),
+            incarnation=request.query.get("incarnation"),
         )
         for r in rows:
             r["value"] = value_to_json(r["value"])
@@ -147,7 +148,8 @@ class GatewayApi:
     async def handle_status(self, request):
         origin = request.query.get("origin")
         gw = self.gateway
-        return web.json_response({"streams": gw.store.status(origin), "downlinks": gw.downlinks(origin)})
+        return web.json_response({"streams": gw.store.status(origin), "downlinks": gw.downlinks(origin),
+                                  "incarnations": gw.store.incarnation_report(origin)})
 
     async def handle_gaps(self, request):
         return web.json_response({"gaps": self.gateway.store.gaps(request.query.get("origin"),
