@@ -62,14 +62,18 @@ SEGMENTS = [(1, (1, 2, 3, 4)), (5, (5, 6)), (7, (7, 8))]
 def write_log(path):
     """Write the golden log into the directory path (created; must hold no log)."""
     from edgeline.log import RingLog
-    from edgeline.logformat import INCARNATION_FILE, pack_incarnation
     from edgeline.outbox import Outbox
     from edgeline.storage import FileStorage
 
     os.makedirs(path, exist_ok=True)
-    if not os.path.exists(os.path.join(path, INCARNATION_FILE)):
-        with open(os.path.join(path, INCARNATION_FILE), "wb") as f:
-            f.write(pack_incarnation(INCARNATION))
+    inc_path = os.path.join(path, "incarnation")
+    if not os.path.exists(inc_path):
+        # docs/spec/log.md, "Incarnation file": what a new log writes, with a fixed id
+        import zlib
+
+        head = b"EINC" + struct.pack("<BBH", 1, 0, 0) + INCARNATION
+        with open(inc_path, "wb") as f:
+            f.write(head + struct.pack("<I", zlib.crc32(head)))
     log = RingLog(path, storage=FileStorage(), segment_bytes=SEGMENT_BYTES, budget_bytes=BUDGET_BYTES,
                   full_policy="reject", sync="none")
     if log.last_seq:

@@ -30,6 +30,7 @@ header is packed into a fixed bytearray, the CRC is computed over whole objects 
 memoryview slice would allocate), and bytes are copied into the write buffer by slice
 assignment.
 """
+import struct
 import sys
 from binascii import crc32
 
@@ -48,9 +49,6 @@ except ImportError:
 
 from .errors import ConfigError, CorruptRecord, LogFull, StorageError
 from .logformat import (
-    INCARNATION_BYTES,
-    INCARNATION_FILE,
-    LEGACY_INCARNATION,
     FRAME_CRC_BYTES,
     FRAME_HEADER_BYTES,
     FRAME_OVERHEAD_BYTES,
@@ -59,9 +57,7 @@ from .logformat import (
     FrameScanner,
     pack_frame_crc,
     pack_frame_header,
-    pack_incarnation,
     pack_segment_header,
-    parse_incarnation,
     parse_segment_header,
     parse_segment_name,
     segment_name,
@@ -99,26 +95,17 @@ def _warn(msg):
 Record = namedtuple("Record", ("seq", "ts", "key", "value"))
 
 
-def _random_id():
-    try:
-        from os import urandom
-
-        return bytes(urandom(INCARNATION_BYTES))
-    except (ImportError, AttributeError):  # a port without os.urandom
-        from random import getrandbits
-
-        return bytes((getrandbits(8) for _ in range(INCARNATION_BYTES)))
-
-
 def open_incarnation(st, path, has_segments):
-    """The log's incarnation id (8 bytes), from ``<path>/incarnation`` (docs/spec/log.md,
-    "Incarnation"). A log with no segment and no valid file is new: a random id is written
-    to a temporary file, synced and renamed into place -- before any segment can exist, so
-    a segment never exists without its log's id. A log with segments and no file was
-    made before version 2: it is upgraded to the fixed legacy id (all zeros), the identity
-    its records already have at the gateway. Module-level, not a RingLog method: a
-    board's RAM at rest pays for every method of the class."""
-    p = path + "/" + INCARNATION_FILE
+    """The log's incarnation id (8 bytes) from ``<path>/incarnation`` (docs/spec/log.md,
+    "Incarnation file": magic, version 1, flags 0, 2 reserved bytes, the id, CRC32 of the
+    16 bytes before it). A log with no segment and no valid file is new: a random id is
+    written to a temporary file, synced and renamed into place -- before any segment can
+    exist, so a segment never exists without its log's id (I10). A log with segments and
+    no file was made before version 2: it is upgraded to the legacy id (all zeros), the
+    identity its records already have at the gateway. One module-level function with
+    the bytes inline, no new names: on a board, every new name (a qstr) costs RAM at rest,
+    and so would a method of RingLog."""
+    p = path + "/incarnation"
     tmp = p + ".tmp"
     if st.exists(tmp):  # a creation cut short: never renamed, so never the log's id
         st.remove(tmp)
@@ -129,27 +116,32 @@ def open_incarnation(st, path, has_segments):
             n = h.readinto(buf)
         finally:
             h.close()
-        inc = parse_incarnation(buf[:n], p)
-        if inc is not None:
-            return inc
+        if (n == 20 and buf[0:6] == b"EINC\x01\x00"
+                and struct.unpack_from("<I", buf, 16)[0] == crc32(memoryview(buf)[:16])):
+            return bytes(buf[8:16])
         if has_segments:
-            raise CorruptRecord("%s is corrupt: the log's incarnation is unknown (remove the file to treat the log "
-                                "as a legacy one, or the whole log directory to begin a new one)" % p)
+            raise CorruptRecord("%s: %s" % (p, "corrupt"))
         st.remove(p)
-    inc = LEGACY_INCARNATION if has_segments else _random_id()
-    while inc == LEGACY_INCARNATION and not has_segments:
-        inc = _random_id()
+    inc = bytes(8)  # the legacy incarnation
+    if not has_segments:
+        from os import urandom
+
+        while inc == bytes(8):
+            inc = bytes(urandom(8))
+    buf = bytearray(20)
+    buf[0:5] = b"EINC\x01"
+    buf[8:16] = inc
+    struct.pack_into("<I", buf, 16, crc32(memoryview(buf)[:16]))
     try:
         h = st.open_append(tmp)
         try:
-            b = pack_incarnation(inc)
-            h.write(b, len(b))
+            h.write(buf, 20)
             h.sync()
         finally:
             h.close()
         st.rename(tmp, p)
     except OSError as e:
-        raise StorageError("log %s: cannot write its incarnation file (%s)" % (path, e))
+        raise StorageError("log %s: write failed (%s); records not yet flushed were not stored" % (path, e))
     return inc
 
 

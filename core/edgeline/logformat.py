@@ -41,11 +41,6 @@ FRAME_CRC_BYTES = const(4)
 FRAME_OVERHEAD_BYTES = const(26)  # header and CRC: a frame with an empty value and no key
 NO_KEY = const(0xFFFF)  # key_len of a record without a key; keys are at most NO_KEY - 1 bytes
 _SEGMENT_SUFFIX = ".seg"
-INCARNATION_FILE = "incarnation"  # the log's incarnation id (docs/spec/log.md, "Incarnation file")
-INCARNATION_BYTES = const(8)
-LEGACY_INCARNATION = b"\x00\x00\x00\x00\x00\x00\x00\x00"  # of a log made before version 2
-_INC_MAGIC = b"EINC"
-_INC_FILE_BYTES = const(20)
 _SEGMENT_NAME_DIGITS = const(20)
 
 try:
@@ -117,30 +112,6 @@ def parse_segment_header(hdr, name=""):
             % (name, version, flags)
         )
     return base, first_ts, cap
-
-
-def pack_incarnation(incarnation):
-    """The 20 bytes of a log's incarnation file: magic, version 1, flags 0, 2 reserved
-    bytes, the 8-byte id, CRC32 of the 16 bytes before it."""
-    out = bytearray(_INC_FILE_BYTES)
-    out[0:4] = _INC_MAGIC
-    out[4] = 1
-    out[8:16] = incarnation
-    struct.pack_into("<I", out, 16, crc32(memoryview(out)[:16]))
-    return out
-
-
-def parse_incarnation(buf, name=""):
-    """The 8-byte incarnation id an incarnation file holds, or None if it is not a valid
-    one (torn, empty). Raises CorruptRecord for a valid file of an unknown version."""
-    if len(buf) != _INC_FILE_BYTES or bytes(buf[0:4]) != _INC_MAGIC:
-        return None
-    if struct.unpack_from("<I", buf, 16)[0] != crc32(memoryview(buf)[:16]):
-        return None
-    if buf[4] != 1 or buf[5] != 0:
-        raise CorruptRecord("%s: incarnation file version %d flags %d is not supported (this is version 1)"
-                            % (name, buf[4], buf[5]))
-    return bytes(buf[8:16])
 
 
 def encode_frame(seq, ts, key, value):

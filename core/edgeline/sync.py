@@ -158,7 +158,8 @@ def _message(name, type_, fields, layout, base=Event):
 
 
 # The messages of wire.md: class, wire type, fields after the type, their layout.
-Hello = _message("Hello", 1, ("version", "node_id", "client_nonce", "capabilities", "incarnations"), "uNnCI")
+# (HELLO's layout is built, not written out: on a board every new string is a qstr.)
+Hello = _message("Hello", 1, ("version", "node_id", "client_nonce", "capabilities", "incarnations"), "uNnC" + "I")
 Challenge = _message("Challenge", 2, ("server_nonce",), "n")
 Auth = _message("Auth", 3, ("proof",), "p")
 Welcome = _message("Welcome", 4, ("server_proof", "marks", "limits"), "pML")
@@ -278,7 +279,7 @@ def _check(cls, fields, entries_ok=None):
     entries_ok: the connection codec's fast check of BATCH/DATA entries, or None."""
     layout = cls.LAYOUT
     if cls is Hello and fields and fields[0] == 1:
-        layout = "uNnC"  # version 1: no incarnations (all legacy)
+        layout = layout[:4]  # version 1: no incarnations (all legacy)
     if len(fields) < len(layout):
         return "%s has %d fields, needs %d" % (cls.__name__.upper(), len(fields), len(layout))
     for i in range(len(layout)):
@@ -647,9 +648,7 @@ class EdgeConnection(_Connection):
                 caps = dict(caps)
                 caps["max_message_bytes"] = self.max_message_bytes
             values[3] = caps
-            if values[0] == 1:  # a version-1 HELLO has no incarnations: all legacy
-                if values[4]:
-                    raise LocalProtocolError("a version-1 HELLO cannot carry incarnations")
+            if values[0] == 1:  # a version-1 HELLO has no incarnations (all legacy): none sent
                 values = values[:4]
             elif values[4] is None:
                 values[4] = {}

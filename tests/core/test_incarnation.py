@@ -4,7 +4,18 @@ becomes the legacy incarnation. Power cuts at every write point of a log's first
 first append and flush. Plain functions; CPython and MicroPython."""
 from edgeline.errors import CorruptRecord
 from edgeline.log import RingLog
-from edgeline.logformat import INCARNATION_FILE, LEGACY_INCARNATION, pack_incarnation
+import struct
+from binascii import crc32
+
+INCARNATION_FILE = "incarnation"
+LEGACY_INCARNATION = bytes(8)
+
+
+def pack_incarnation(inc):
+    # docs/spec/log.md, "Incarnation file"
+    head = b"EINC" + struct.pack("<BBH", 1, 0, 0) + inc
+    return head + struct.pack("<I", crc32(head))
+
 from emulator.faultfs import FaultStorage, PowerCut
 from support import raises
 

@@ -28,9 +28,9 @@ import cbor2
 import pytest
 
 from edgeline import codec
+from edgeline.errors import CorruptRecord
 from edgeline.log import RingLog
-from edgeline.logformat import (LEGACY_INCARNATION, encode_frame, pack_incarnation, pack_segment_header,
-                                parse_incarnation, parse_segment_header)
+from edgeline.logformat import encode_frame, pack_segment_header, parse_segment_header
 from edgeline.outbox import Outbox, pack_cursor_slot, parse_cursor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -191,8 +191,8 @@ def test_code_reads_every_record_and_the_cursor(golden_copy):
     # log is upgraded: the legacy incarnation (all zeros) is written beside it.
     for name in FORMAT_FILES + ["README.md"]:
         assert _read(os.path.join(golden_copy, name)) == _read(os.path.join(GOLDEN, name))
-    assert log.incarnation == LEGACY_INCARNATION == bytes(8)
-    assert _read(os.path.join(golden_copy, "incarnation")) == pack_incarnation(LEGACY_INCARNATION)
+    assert log.incarnation == bytes(8)
+    assert _read(os.path.join(golden_copy, "incarnation")) == spec_incarnation_file(bytes(8))
     # And the log continues right after the tail's last frame (I5, G3).
     assert log.append(b"next", ts=mg.RECORDS[-1][1] + 1) == 9
     ob.close()
@@ -214,15 +214,26 @@ def test_code_reads_the_v2_golden_log(tmp_path):
         assert _read(os.path.join(path, name)) == _read(os.path.join(GOLDEN_V2, name)), name
 
 
-def test_spec_parser_reads_the_incarnation_file():
+def test_spec_parser_reads_the_incarnation_file(tmp_path):
     data = _read(os.path.join(GOLDEN_V2, "incarnation"))
     # docs/spec/log.md, "Incarnation file": magic, version, flags, reserved, id, crc
     magic, version, flags, reserved, inc, crc = struct.unpack("<4sBBH8sI", data)
     assert (magic, version, flags, reserved) == (b"EINC", 1, 0, 0)
     assert crc == zlib.crc32(data[:16])
-    assert inc == mg.INCARNATION == parse_incarnation(data)
-    assert parse_incarnation(b"\x00" * 20) is None and parse_incarnation(b"\xff" * 20) is None
-    assert parse_incarnation(data[:19]) is None
+    assert inc == mg.INCARNATION and data == spec_incarnation_file(inc)
+    # erased or zeroed, torn or rotted: not a valid file, so a log with segments refuses it
+    for bad in (b"\x00" * 20, b"\xff" * 20, data[:19], data[:12] + b"\x00" + data[13:]):
+        path = str(tmp_path / ("bad%d" % len(os.listdir(str(tmp_path)))))
+        shutil.copytree(GOLDEN_V2, path)
+        _write(os.path.join(path, "incarnation"), bad)
+        with pytest.raises(CorruptRecord, match="incarnation: corrupt"):
+            RingLog(path)
+
+
+def spec_incarnation_file(inc):
+    # docs/spec/log.md, "Incarnation file", from its table alone
+    head = b"EINC" + struct.pack("<BBH", 1, 0, 0) + inc
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def test_code_helpers_match_the_golden_bytes():

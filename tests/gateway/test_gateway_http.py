@@ -303,3 +303,37 @@ def test_stale_replays_change_nothing(tmp_path):
         assert await new.exchange(sync.batch_from_records("t", records(26, 2))) == [sync.Ack("t", 27)]
 
     asyncio.run(with_gateway(tmp_path, fn))
+
+
+def test_a_version_1_edge_and_a_new_incarnation_side_by_side(tmp_path):
+    # An old board (wire version 1: no incarnations) is the legacy incarnation; the same
+    # node upgraded and with a fresh log names a new one: both streams are kept, the new
+    # one from seq 1, and status and records say which is which.
+    new = bytes.fromhex("0123456789abcdef")
+
+    async def fn(gw, http, url, server):
+        old = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await old.connect(version=1) == {}
+        assert old.conn.marks == {}
+        evs = await old.exchange(sync.batch_from_records("t", records(1, 10)))
+        assert evs[-1].seq == 10
+        again = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await again.connect(version=1) == {"t": 10}  # legacy marks for a v1 HELLO
+        assert await HttpEdgeClient(http, url, "edge-1", KEY).connect({"t": bytes(8)}) == {"t": 10}
+        fresh = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await fresh.connect({"t": new}) == {}
+        evs = await fresh.exchange(sync.batch_from_records("t", records(1, 3)))
+        assert evs[-1].seq == 3 and gw.new_incarnations == 1
+        async with http.get(server.make_url("/v1/records"), params={"topic": "t", "origin": "edge-1"}) as r:
+            rows = (await r.json())["records"]
+        assert [(x["incarnation"], x["seq"]) for x in rows] == \
+            [("0" * 16, s) for s in range(1, 11)] + [(new.hex(), s) for s in (1, 2, 3)]
+        async with http.get(server.make_url("/v1/status")) as r:
+            st = await r.json()
+        assert [(s["incarnation"], s["current"], s["mark"]) for s in st["streams"]] == \
+            [("0" * 16, False, 10), (new.hex(), True, 3)]
+        assert st["incarnations"][0]["incarnations"][0]["unknown_after"] == 10
+        async with http.get(server.make_url("/healthz")) as r:
+            assert (await r.json())["new_incarnations"] == 1
+
+    asyncio.run(with_gateway(tmp_path, fn))

@@ -259,6 +259,7 @@ class Uplink:
                     "acked": t.outbox.acked,
                     "pending": t.outbox.depth,
                     "last_seq": t.log.last_seq,
+                    "incarnation": t.log.incarnation.hex(),  # the gateway's mark is of this log incarnation
                     "gateway_mark": t.sender.mark,
                     "last_ack_ms": t.last_ack_ms,
                     "bytes_sent": t.bytes_sent,

@@ -12,7 +12,8 @@ around the gateway:
   (``first_seq``, ``last_seq``, ``"durable": true``) comes once they are durable.
   Without a publish token only loopback clients may publish; with one, the request
   must carry ``Authorization: Bearer <token>``.
-* ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
+* ``GET /v1/records?topic=T[&origin=O][&incarnation=HEX][&from=N][&to=N][&limit=N]``
+  (records of an origin's topic with two or more log incarnations carry theirs),
   ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
   ``GET /healthz``. Values are decoded from CBOR where they are CBOR, else given as
   base64 (``jsonrecords.value_to_json``).
@@ -160,4 +161,5 @@ class GatewayApi:
         return web.json_response({"ok": True, "sessions": len(self.sync.sessions), "commits": gw.committer.commits,
                                   "items": gw.committer.items, "rejected": gw.rejected,
                                   "store_failures": gw.store_failures, "published": gw.published,
-                                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls})
+                                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls,
+                                  "new_incarnations": gw.new_incarnations})

@@ -51,11 +51,10 @@ import cbor2
 
 from edgeline.errors import EdgelineError
 from edgeline.log import Record
-from edgeline.logformat import LEGACY_INCARNATION
 from edgeline.sync import CLOUD_ORIGIN, Batch, Gap, apply_gap, batch_window
 
 SCHEMA_VERSION = 3
-LEGACY = LEGACY_INCARNATION.hex()  # "0000000000000000"
+LEGACY = "0" * 16  # the legacy incarnation (all-zero bytes; docs/spec/log.md)
 _MIGRATE_CHUNK_RECORDS = 1000
 
 _SCHEMA = """
