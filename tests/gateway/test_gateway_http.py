@@ -320,6 +320,7 @@ def test_a_version_1_edge_and_a_new_incarnation_side_by_side(tmp_path):
         again = HttpEdgeClient(http, url, "edge-1", KEY)
         assert await again.connect(version=1) == {"t": 10}  # legacy marks for a v1 HELLO
         assert await HttpEdgeClient(http, url, "edge-1", KEY).connect({"t": bytes(8)}) == {"t": 10}
+        assert await HttpEdgeClient(http, url, "edge-1", KEY).connect({"t": new}) == {}  # reported once
         fresh = HttpEdgeClient(http, url, "edge-1", KEY)
         assert await fresh.connect({"t": new}) == {}
         evs = await fresh.exchange(sync.batch_from_records("t", records(1, 3)))

@@ -238,7 +238,7 @@ class Gateway:
         node = conn.node_id
         for topic, inc in sorted(incs.items()):
             known = self.store.incarnations_of(node, topic)
-            if known and inc not in known:
+            if known and inc not in known and ("incarnation", node, topic, inc) not in self._warned:
                 prev = known[-1]
                 last = self.store.mark(node, topic, prev)
                 lost = [g for g in self.store.gaps(node, topic) if g.get("incarnation", prev) == prev]
