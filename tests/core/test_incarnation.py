@@ -108,3 +108,35 @@ def test_corrupt_incarnation_of_a_log_with_records_is_one_clear_error():
     h.close()
     e = raises(CorruptRecord, RingLog, _DIR, storage=fs, **_OPTS)
     assert "incarnation" in str(e) and "\n" not in str(e)
+
+
+def test_power_cut_during_the_reopen_after_a_cut_creation():
+    # faults during recovery: the first open was cut at write point n, the reopen that
+    # cleans up and creates the file again is cut at its write point k; a third open
+    # always ends with one incarnation that then stays
+    points = FaultStorage()
+    try:
+        RingLog(_DIR, storage=points, **_OPTS)
+    except PowerCut:
+        pass
+    for n in range(1, points.write_points + 1):
+        first = FaultStorage(cut_at=n)
+        _first_use(first)
+        first = first.crash("torn")
+        probe = first.snapshot()
+        RingLog(_DIR, storage=probe, **_OPTS).close()
+        for k in range(1, probe.write_points + 1):
+            fs = first.snapshot()
+            fs.write_points = 0
+            fs.cut_at = k
+            try:
+                RingLog(_DIR, storage=fs, **_OPTS)
+            except PowerCut:
+                pass
+            fs = fs.crash("lost")
+            log = RingLog(_DIR, storage=fs, **_OPTS)
+            inc = log.incarnation
+            assert inc != LEGACY_INCARNATION and log.last_seq == 0, (n, k)
+            log.append(b"x", ts=1)
+            log.close()
+            assert RingLog(_DIR, storage=fs, **_OPTS).incarnation == inc
