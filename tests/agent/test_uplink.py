@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from edgeline import codec
+from edgeline import codec, sync
 from edgeline.log import RingLog
 from edgeline.outbox import Outbox
 from edgeline.sender import GATEWAY_LOST
@@ -658,3 +658,38 @@ def test_from_config(tmp_path):
     assert up.bandwidth_bytes_per_sec == cfg.sync.bandwidth_bytes_per_sec > 0
     assert up.breaker.failures == 3 and up.breaker.open_ms == 10000
     assert up.status()["state"] == "idle" and up.status()["topics"]["t"]["pending"] == 0
+
+
+class _WireV1GatewayConnection(sync.GatewayConnection):
+    """A gateway from before incarnations: it speaks wire version 1 only."""
+
+    def _received(self, event):
+        if type(event) is sync.Hello and event.version != 1:
+            raise self._fail(sync.ERR_UNSUPPORTED_VERSION, "HELLO version %d; this side speaks version 1" % event.version)
+        sync.GatewayConnection._received(self, event)
+
+
+def test_against_a_wire_version_1_gateway_the_agent_speaks_version_1(tmp_path, caplog):
+    # upgrade order gone wrong: the agent first. It falls back to version 1 (no
+    # incarnations: every topic is the legacy stream there), says so once, and syncs.
+    async def main():
+        gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
+        gw.gw.new_connection = lambda: _WireV1GatewayConnection(gw.gw.keys.get, os.urandom)
+        lg, ob = open_topic(tmp_path, "t")
+        append(lg, 1, 30)
+        up = make_uplink(gw.url, {"t": (lg, ob)})
+        task = asyncio.create_task(up.run())
+        try:
+            await until(lambda: ob.acked == 30)
+            assert gw.seqs("t") == list(range(1, 31))
+            assert gw.gw.store.incarnations_of(NODE, "t") == ["0" * 16]
+            st = up.status()
+            assert st["old_gateway"] is True and st["failures"] == 0
+        finally:
+            await stopped(up, task)
+            await gw.stop()
+
+    with caplog.at_level("WARNING", logger="edgeline.uplink"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "wire version 1 only" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
