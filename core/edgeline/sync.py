@@ -62,6 +62,11 @@ Codec. A connection encodes and decodes through its own ``Codec`` (``codec=``; t
 core's, ``CORE_CODEC``, by default), so a host process may run fast and core-codec
 connections side by side; nothing here is process-wide.
 
+Versions. This side sends version 2, whose HELLO names each topic's log incarnation
+(``Hello(incarnations={topic: 8 bytes})``: record identity is (origin, topic,
+incarnation, seq), wire.md "Incarnations"), and accepts a version-1 HELLO (no
+incarnations: all legacy); ``Hello(version=1)`` speaks to a version-1 gateway.
+
 ``batch_from_records``/``records_of`` convert between log Records and BATCH/DATA,
 ``apply_batch``/``apply_gap`` are the receiver rules W1-W3 as pure functions of a mark,
 and ``data_window`` is the edge's rule for DATA as a function of what its log holds
@@ -683,7 +688,10 @@ class GatewayConnection(_Connection):
     max_batch_records, codec).
 
     keys_lookup(node_id) returns the node's 32-byte key, or None for a node the gateway
-    does not know. After Auth: ``node_id`` is the authenticated node. The limits go to
+    does not know. After Hello: ``version`` (1 or 2) and ``incarnations`` (topic -> the
+    8-byte incarnation of the edge's log; a topic not in it, and every topic of a
+    version-1 HELLO, is the legacy incarnation). After Auth: ``node_id`` is the
+    authenticated node. The limits go to
     the edge in WELCOME (unless the Welcome event carries its own) and are enforced on
     every message received. An edge's HELLO capability ``max_message_bytes`` becomes
     ``peer_max_message_bytes``, enforced by send().
