@@ -1,17 +1,20 @@
-"""Write the golden files of the ring-log format, version 1 (docs/spec/log.md).
+"""Write the golden files of the ring-log format, version 2 (docs/spec/log.md).
 
     python tools/make_golden.py [--out DIR] [--force]
 
 Writes, with the real RingLog and Outbox over real files, a small log directory: two
 sealed segments and a tail, keyed, unkeyed and empty-keyed records, CBOR and raw values,
-an empty value, and the cursor file of consumer "uplink" after two acks (so both of its
-slots are valid), plus a README.md with an annotated hex dump of every file. Everything
+an empty value, the cursor file of consumer "uplink" after two acks (so both of its
+slots are valid) and the log's incarnation file (a fixed id, written before the log is
+opened, as a new log would have written a random one), plus a README.md with an annotated hex dump of every file. Everything
 is fixed — timestamps included, no clock is read — so two runs write identical bytes.
 
 The golden files are a compatibility contract: tests/formats/test_golden.py checks that the
 code still writes exactly these bytes, still reads them, and that a parser written from
 the spec's byte tables agrees. A format change gets a new version and a new directory
-(tests/golden/log-v2/); this one is never regenerated, hence --force.
+(tests/golden/log-vN/); they are never regenerated, hence --force. Version 2 added only
+the incarnation file: its segments and cursor are byte for byte those of
+tests/golden/log-v1/, which the test checks.
 """
 import os
 import struct
@@ -21,7 +24,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.join(_ROOT, "core") not in sys.path:
     sys.path.insert(0, os.path.join(_ROOT, "core"))
 
-DEFAULT_OUT = os.path.join(_ROOT, "tests", "golden", "log-v1")
+DEFAULT_OUT = os.path.join(_ROOT, "tests", "golden", "log-v2")
+INCARNATION = bytes.fromhex("0123456789abcdef")  # the golden log's incarnation id
 
 SEGMENT_BYTES = 256
 BUDGET_BYTES = 4096
@@ -61,6 +65,15 @@ def write_log(path):
     from edgeline.outbox import Outbox
     from edgeline.storage import FileStorage
 
+    os.makedirs(path, exist_ok=True)
+    inc_path = os.path.join(path, "incarnation")
+    if not os.path.exists(inc_path):
+        # docs/spec/log.md, "Incarnation file": what a new log writes, with a fixed id
+        import zlib
+
+        head = b"EINC" + struct.pack("<BBH", 1, 0, 0) + INCARNATION
+        with open(inc_path, "wb") as f:
+            f.write(head + struct.pack("<I", zlib.crc32(head)))
     log = RingLog(path, storage=FileStorage(), segment_bytes=SEGMENT_BYTES, budget_bytes=BUDGET_BYTES,
                   full_policy="reject", sync="none")
     if log.last_seq:
@@ -155,11 +168,25 @@ def _describe_cursor(name, data):
     return lines
 
 
+def _describe_incarnation(name, data):
+    magic, version, flags, _res, inc, crc = struct.unpack_from("<4sBBH8sI", data, 0)
+    lines = ["### %s" % name, "", "The log's incarnation id, written before its first segment.", "", "```"]
+    _rows(lines, 0, data[0:4], "magic %r" % magic.decode())
+    _rows(lines, 4, data[4:5], "version %d" % version)
+    _rows(lines, 5, data[5:6], "flags %d" % flags)
+    _rows(lines, 6, data[6:8], "reserved")
+    _rows(lines, 8, data[8:16], "incarnation %s" % inc.hex())
+    _rows(lines, 16, data[16:20], "crc 0x%08x (bytes 0-15)" % crc)
+    lines.append("```")
+    lines.append("")
+    return lines
+
+
 def write_readme(path):
     names = sorted(os.listdir(path))
     segs = [n for n in names if n.endswith(".seg")]
     lines = [
-        "# Golden files: ring log format version 1",
+        "# Golden files: ring log format version 2",
         "",
         "Written by `tools/make_golden.py` with the real RingLog and Outbox (segment_bytes %d,"
         % SEGMENT_BYTES,
@@ -173,6 +200,7 @@ def write_readme(path):
     for i, (base, seqs) in enumerate(SEGMENTS):
         lines.append("| `%s` | %s segment: records %d-%d |" % (
             segs[i], "sealed" if i < len(SEGMENTS) - 1 else "tail", seqs[0], seqs[-1]))
+    lines.append("| `incarnation` | the log's incarnation id %s |" % INCARNATION.hex())
     lines.append("| `%s.cur` | outbox cursor of %r: acked %d, both slots valid |" % (CONSUMER, CONSUMER, ACKS[-1]))
     lines += [
         "",
@@ -187,6 +215,8 @@ def write_readme(path):
             lines += _describe_segment(name, f.read(), i < len(segs) - 1)
     with open(os.path.join(path, CONSUMER + ".cur"), "rb") as f:
         lines += _describe_cursor(CONSUMER + ".cur", f.read())
+    with open(os.path.join(path, "incarnation"), "rb") as f:
+        lines += _describe_incarnation("incarnation", f.read())
     with open(os.path.join(path, "README.md"), "w") as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")
 
@@ -194,7 +224,7 @@ def write_readme(path):
 def main(argv=None):
     import argparse
 
-    ap = argparse.ArgumentParser(description="Write the ring-log v1 golden files.")
+    ap = argparse.ArgumentParser(description="Write the ring-log v2 golden files.")
     ap.add_argument("--out", default=DEFAULT_OUT, help="directory to write (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace the golden files already there")
     args = ap.parse_args(argv)
@@ -204,7 +234,7 @@ def main(argv=None):
             print("make_golden: %s is not empty; golden files are never regenerated (use --force)" % out)
             return 2
         for name in os.listdir(out):
-            if name.endswith((".seg", ".cur", ".md", ".tmp")):
+            if name.endswith((".seg", ".cur", ".md", ".tmp")) or name == "incarnation":
                 os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
     write_log(out)

@@ -1,4 +1,4 @@
-"""Write the golden messages of the sync protocol, version 1 (docs/spec/wire.md).
+"""Write the golden messages of the sync protocol, version 2 (docs/spec/wire.md).
 
     python tools/make_wire_golden.py [--out DIR] [--force]
 
@@ -12,8 +12,9 @@ The conversation itself is defined once, in tests/core/test_sync.py
 (golden_conversation), which replays it on CPython and MicroPython and asserts the
 encoder still writes exactly these bytes and the decoder reads them;
 tests/formats/test_wire_golden.py checks them against the spec with cbor2 and hmac. A wire
-change gets a new version and directory (tests/golden/wire-v2/); this one is never
-regenerated, hence --force.
+change gets a new version and directory (tests/golden/wire-vN/); they are never
+regenerated, hence --force. Version 2 changed only HELLO (its incarnations); the files of
+version 1 stay in tests/golden/wire-v1/, and its HELLO is still accepted.
 """
 import os
 import sys
@@ -23,7 +24,7 @@ for _p in (os.path.join(_ROOT, "core"), os.path.join(_ROOT, "tests", "core")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-DEFAULT_OUT = os.path.join(_ROOT, "tests", "golden", "wire-v1")
+DEFAULT_OUT = os.path.join(_ROOT, "tests", "golden", "wire-v2")
 
 
 def messages():
@@ -44,7 +45,7 @@ def readme(msgs):
     import test_sync
 
     out = [
-        "# Golden files: sync protocol (wire) version 1",
+        "# Golden files: sync protocol (wire) version 2",
         "",
         "Written by `tools/make_wire_golden.py` from the conversation in",
         "`tests/core/test_sync.py` (`golden_conversation`), replayed there on CPython and",
@@ -57,7 +58,8 @@ def readme(msgs):
         "client nonce bytes 0xc0..0xcf, server nonce bytes 0xd0..0xdf; the edge's",
         "max_message_bytes 16384, the gateway's defaults (1 MiB, 1000 records). Timestamps",
         "are `(ms << 16) | logical` with ms counted from %d; the batch's third entry" % test_sync.MS0,
-        "has a ts below base_ts (a negative ts_delta).",
+        "has a ts below base_ts (a negative ts_delta). The HELLO names topic `temp`'s",
+        "incarnation `0123456789abcdef`; `config` is not in it (legacy incarnation).",
         "",
         "| file | sender | bytes |",
         "|---|---|---|",

@@ -24,7 +24,8 @@ Failure modes first, then what is guaranteed:
   this node already had acknowledged, e.g. it was restored from a backup): the cursor
   never rewinds; the lost seqs are reported as a GAP with reason ``gateway_lost``, so
   the gateway's accounting is complete and the stream goes on;
-* the gateway's mark is past the log's end (the log was wiped and its seqs restarted):
+* the gateway's mark is past the log's end (the log came back from an older copy; a
+  wiped log has a new incarnation, which the HELLO names, and starts at mark 0):
   nothing of that topic is sent (the gateway would take its records for duplicates);
   the other topics sync, then ``sync_once`` raises ``UplinkError`` naming it;
 * a local storage failure (``StorageError`` from the log or the outbox) is not a
@@ -147,7 +148,9 @@ class BoardUplink:
             s.settimeout(self.timeout_s)
             s.connect(addr)
             self._conn = sync.EdgeConnection(self.node_id, self.key, self._nonce_source, self.max_message_bytes)
-            self._send(sync.Hello())
+            # each topic's log incarnation: the gateway dedupes per (node, topic, incarnation)
+            topics = self.topics
+            self._send(sync.Hello(incarnations={name: topics[name][0].incarnation for name in topics}))
             self._expect(sync.Challenge)
             self._send(sync.Auth())
             self._expect(sync.Welcome)

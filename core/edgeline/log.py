@@ -30,6 +30,7 @@ header is packed into a fixed bytearray, the CRC is computed over whole objects 
 memoryview slice would allocate), and bytes are copied into the write buffer by slice
 assignment.
 """
+import struct
 import sys
 from binascii import crc32
 
@@ -46,7 +47,7 @@ except ImportError:
         return x
 
 
-from .errors import ConfigError, LogFull, StorageError
+from .errors import ConfigError, CorruptRecord, LogFull, StorageError
 from .logformat import (
     FRAME_CRC_BYTES,
     FRAME_HEADER_BYTES,
@@ -92,6 +93,56 @@ def _warn(msg):
 # A namedtuple, not a class: on MicroPython an instance of a plain class carries its own
 # attribute dict, several times the size of a tuple, and a batch holds many records.
 Record = namedtuple("Record", ("seq", "ts", "key", "value"))
+
+
+def open_incarnation(st, path, has_segments):
+    """The log's incarnation id (8 bytes) from ``<path>/incarnation`` (docs/spec/log.md,
+    "Incarnation file": magic, version 1, flags 0, 2 reserved bytes, the id, CRC32 of the
+    16 bytes before it). A log with no segment and no valid file is new: a random id is
+    written to a temporary file, synced and renamed into place -- before any segment can
+    exist, so a segment never exists without its log's id (I10). A log with segments and
+    no file was made before version 2: it is upgraded to the legacy id (all zeros), the
+    identity its records already have at the gateway. One module-level function with
+    the bytes inline, no new names: on a board, every new name (a qstr) costs RAM at rest,
+    and so would a method of RingLog."""
+    p = path + "/incarnation"
+    tmp = p + ".tmp"
+    if st.exists(tmp):  # a creation cut short: never renamed, so never the log's id
+        st.remove(tmp)
+    if st.exists(p):
+        h = st.open_read(p)
+        try:
+            buf = bytearray(24)
+            n = h.readinto(buf)
+        finally:
+            h.close()
+        if (n == 20 and buf[0:6] == b"EINC\x01\x00"
+                and struct.unpack_from("<I", buf, 16)[0] == crc32(memoryview(buf)[:16])):
+            return bytes(buf[8:16])
+        if has_segments:
+            raise CorruptRecord("%s: %s" % (p, "corrupt"))
+        st.remove(p)
+    inc = bytes(8)  # the legacy incarnation
+    if not has_segments:
+        from os import urandom
+
+        while inc == bytes(8):
+            inc = bytes(urandom(8))
+    buf = bytearray(20)
+    buf[0:5] = b"EINC\x01"
+    buf[8:16] = inc
+    struct.pack_into("<I", buf, 16, crc32(memoryview(buf)[:16]))
+    try:
+        h = st.open_append(tmp)
+        try:
+            h.write(buf, 20)
+            h.sync()
+        finally:
+            h.close()
+        st.rename(tmp, p)
+    except OSError as e:
+        raise StorageError("log %s: write failed (%s); records not yet flushed were not stored" % (path, e))
+    return inc
 
 
 if not _SMALL:
@@ -263,6 +314,7 @@ class RingLog:
             for name in leftovers:
                 st.remove(self.path + "/" + name)
         bases.sort()
+        self.incarnation = open_incarnation(st, self.path, len(bases) > 0)
         for base in bases:
             p = self._seg_path(base)
             size = st.size(p)

@@ -29,7 +29,8 @@ gateway's mark as last heard):
   ``GAP(mark + 1, cursor, gateway_lost)`` so the gateway's accounting is complete, and the
   stream goes on after it.
 * ``PAST_END`` -- the mark is past the log's end: this log cannot be the one the gateway
-  acknowledged (it was wiped or replaced and its seqs started again). Records sent now
+  acknowledged (the same incarnation, restored from an older copy; a wiped or replaced
+  log has a new incarnation, which the gateway keeps apart: mark 0). Records sent now
   would be taken for duplicates of the old ones and dropped. The topic stops for the
   session: ``s.stalled`` says why in one line, ``next_message`` gives nothing and nothing
   is acknowledged. The caller surfaces it (the agent in its status and log, a board as
@@ -145,8 +146,8 @@ class TopicSender:
         end = ob.log.last_seq
         self.mark = seq
         if seq > end:
-            self.stalled = ("topic %s: the gateway holds up to seq %d but this log ends at %d: the log was wiped or"
-                            " replaced; nothing of the topic is sent (the gateway would drop seqs up to %d as"
+            self.stalled = ("topic %s: the gateway holds up to seq %d of this log's incarnation but the log ends at"
+                            " %d: it was restored from an older copy; nothing of the topic is sent (the gateway would drop seqs up to %d as"
                             " duplicates)" % (self.name, seq, end, seq))
             return PAST_END
         acked = ob.acked

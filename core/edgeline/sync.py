@@ -62,6 +62,11 @@ Codec. A connection encodes and decodes through its own ``Codec`` (``codec=``; t
 core's, ``CORE_CODEC``, by default), so a host process may run fast and core-codec
 connections side by side; nothing here is process-wide.
 
+Versions. This side sends version 2, whose HELLO names each topic's log incarnation
+(``Hello(incarnations={topic: 8 bytes})``: record identity is (origin, topic,
+incarnation, seq), wire.md "Incarnations"), and accepts a version-1 HELLO (no
+incarnations: all legacy); ``Hello(version=1)`` speaks to a version-1 gateway.
+
 ``batch_from_records``/``records_of`` convert between log Records and BATCH/DATA,
 ``apply_batch``/``apply_gap`` are the receiver rules W1-W3 as pure functions of a mark,
 and ``data_window`` is the edge's rule for DATA as a function of what its log holds
@@ -87,7 +92,7 @@ except ImportError:
         return x
 
 
-VERSION = const(1)
+VERSION = const(2)  # what this side sends; it accepts version 1 too (old boards: legacy incarnation)
 _DEFAULT_MAX_MESSAGE_BYTES = const(1048576)
 _DEFAULT_MAX_BATCH_RECORDS = const(1000)
 _NONCE_BYTES = const(16)
@@ -158,7 +163,8 @@ def _message(name, type_, fields, layout, base=Event):
 
 
 # The messages of wire.md: class, wire type, fields after the type, their layout.
-Hello = _message("Hello", 1, ("version", "node_id", "client_nonce", "capabilities"), "uNnC")
+# (HELLO's layout is built, not written out: on a board every new string is a qstr.)
+Hello = _message("Hello", 1, ("version", "node_id", "client_nonce", "capabilities", "incarnations"), "uNnC" + "I")
 Challenge = _message("Challenge", 2, ("server_nonce",), "n")
 Auth = _message("Auth", 3, ("proof",), "p")
 Welcome = _message("Welcome", 4, ("server_proof", "marks", "limits"), "pML")
@@ -243,7 +249,8 @@ def is_node_id(v) -> bool:
 
 def _field_ok(kind, v, low=0):
     # u uint64 (>= low), t text, T topic, N node id, n nonce, p proof, C capabilities,
-    # M marks (topic -> uint), L limits, e entries (checked further in _check)
+    # M marks (topic -> uint), L limits, I incarnations (topic -> 8 bytes), e entries
+    # (checked further in _check)
     if kind == "u":
         return type(v) is int and low <= v < _U64
     if kind == "t":
@@ -254,11 +261,14 @@ def _field_ok(kind, v, low=0):
         return is_node_id(v)
     if kind == "n" or kind == "p":
         return _is_bytes(v) and len(v) == (_NONCE_BYTES if kind == "n" else 32)
-    if kind == "M":
+    if kind == "M" or kind == "I":
         if type(v) is not dict:
             return False
         for k in v:
-            if not _field_ok("T", k) or not _field_ok("u", v[k]):
+            if not _field_ok("T", k):
+                return False
+            x = v[k]
+            if not (_field_ok("u", x) if kind == "M" else _is_bytes(x) and len(x) == 8):
                 return False
         return True
     if type(v) is dict:  # C or L; other keys are ignored
@@ -273,6 +283,8 @@ def _check(cls, fields, entries_ok=None):
     """None if fields (the elements after the type) make a valid cls message, else why.
     entries_ok: the connection codec's fast check of BATCH/DATA entries, or None."""
     layout = cls.LAYOUT
+    if cls is Hello and fields and fields[0] == 1:
+        layout = layout[:4]  # version 1: no incarnations (all legacy)
     if len(fields) < len(layout):
         return "%s has %d fields, needs %d" % (cls.__name__.upper(), len(fields), len(layout))
     for i in range(len(layout)):
@@ -521,12 +533,14 @@ class _Connection:
         if after is None:
             raise self._fail(ERR_UNEXPECTED, "%s not allowed in state %s" % (cls.__name__.upper(), self.state))
         fields = msg[1:]
-        if cls is Hello and fields and type(fields[0]) is int and fields[0] != VERSION:
+        if cls is Hello and fields and type(fields[0]) is int and fields[0] != VERSION and fields[0] != 1:
             raise self._fail(ERR_UNSUPPORTED_VERSION,
-                             "HELLO version %d; this side speaks version %d" % (fields[0], VERSION))
+                             "HELLO version %d; this side speaks versions 1 and %d" % (fields[0], VERSION))
         why = _check(cls, fields, self._entries_ok)
         if why:
             raise self._fail(ERR_MALFORMED, why)
+        if cls is Hello and fields[0] == 1:
+            fields = fields[:4] + [{}]  # a version-1 edge: every topic's incarnation is the legacy one
         event = cls(*fields[:len(cls.FIELDS)])
         if cls is Error:
             name = ERROR_NAMES[event.code] if event.code < len(ERROR_NAMES) else None
@@ -639,6 +653,10 @@ class EdgeConnection(_Connection):
                 caps = dict(caps)
                 caps["max_message_bytes"] = self.max_message_bytes
             values[3] = caps
+            if values[0] == 1:  # a version-1 HELLO has no incarnations (all legacy): none sent
+                values = values[:4]
+            elif values[4] is None:
+                values[4] = {}
         elif cls is Auth and values[0] is None:
             values[0] = client_proof(self._key, self.node_id, self.client_nonce, self.server_nonce)
         elif cls is Batch:
@@ -670,7 +688,10 @@ class GatewayConnection(_Connection):
     max_batch_records, codec).
 
     keys_lookup(node_id) returns the node's 32-byte key, or None for a node the gateway
-    does not know. After Auth: ``node_id`` is the authenticated node. The limits go to
+    does not know. After Hello: ``version`` (1 or 2) and ``incarnations`` (topic -> the
+    8-byte incarnation of the edge's log; a topic not in it, and every topic of a
+    version-1 HELLO, is the legacy incarnation). After Auth: ``node_id`` is the
+    authenticated node. The limits go to
     the edge in WELCOME (unless the Welcome event carries its own) and are enforced on
     every message received. An edge's HELLO capability ``max_message_bytes`` becomes
     ``peer_max_message_bytes``, enforced by send().
@@ -686,6 +707,8 @@ class GatewayConnection(_Connection):
             raise ConfigError("max_batch_records must be an int >= 1, got %r" % (max_batch_records,))
         self.max_batch_records = max_batch_records
         self._keys_lookup = keys_lookup
+        self.version = None
+        self.incarnations = {}  # from HELLO: topic -> incarnation id; a topic not in it is legacy
 
     def _prepare(self, event):
         values = _Connection._prepare(self, event)
@@ -718,6 +741,8 @@ class GatewayConnection(_Connection):
             self.node_id = event.node_id
             self.client_nonce = event.client_nonce
             self.peer_max_message_bytes = event.capabilities.get("max_message_bytes")
+            self.version = event.version
+            self.incarnations = event.incarnations
         elif cls is Auth:
             want = client_proof(self._key, self.node_id, self.client_nonce, self.server_nonce)
             if not digest_equal(want, event.proof):

@@ -828,6 +828,7 @@ def log_stat(path, as_json):
 
     lg, lock = _open(path)
     st = lg.stats()
+    st["incarnation"] = lg.incarnation.hex()  # the log's id: its seqs are (node, topic, incarnation)'s
     st["consumers"] = {}
     for name in sorted(os.listdir(path)):
         if name.endswith(".cur"):
@@ -838,7 +839,8 @@ def log_stat(path, as_json):
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    for k in ("first_seq", "last_seq", "durable_seq", "segments", "size_bytes", "evicted", "expired", "dropped", "corrupt"):
+    for k in ("incarnation", "first_seq", "last_seq", "durable_seq", "segments", "size_bytes", "evicted", "expired",
+              "dropped", "corrupt"):
         click.echo("%-12s %s" % (k, st[k]))
     for name, c in st["consumers"].items():
         click.echo("consumer %-10s acked %d, owes %d%s" % (name, c["acked"], c["owes"], ", gap %d..%d" % tuple(c["gap"]) if c["gap"] else ""))

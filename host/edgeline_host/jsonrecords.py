@@ -202,8 +202,11 @@ def record_to_json(r):
 def row_to_json(row):
     """A row of the gateway's store (``GatewayStore.records``) for its query API: the
     record in the form ``record_to_json`` gives the agent's read API, with the row's
-    ``origin``, ``topic`` and ``stored_ms`` besides."""
+    ``origin``, ``topic`` and ``stored_ms`` besides (and ``incarnation`` where the store
+    gives it: a stream with more than one log incarnation)."""
     out = {"origin": row["origin"], "topic": row["topic"]}
+    if "incarnation" in row:  # the stream has two or more log incarnations: which one
+        out["incarnation"] = row["incarnation"]
     out.update(record_to_json(Record(row["seq"], row["ts"], row["key"], row["value"])))
     out["stored_ms"] = row["stored_ms"]
     return out

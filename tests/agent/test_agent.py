@@ -91,14 +91,17 @@ class GatewayProc:
         return self.get("/v1/records?topic=%s&origin=%s&limit=100000" % (topic, NODE))["records"]
 
     def stop(self):
+        """Stop it; its output."""
+        out = ""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.communicate(timeout=15)
+                out, _ = self.proc.communicate(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.communicate()
+                out, _ = self.proc.communicate()
         self.proc = None
+        return out or ""
 
 
 class AgentProc:
@@ -529,3 +532,38 @@ def test_gateway_reads_its_edgeline_gateway_variables(tmp_path):
     assert "1 node(s), store %s" % (tmp_path / "env.db") in out
     p = edgeline("gateway", "--help", check=True)
     assert "EDGELINE_GATEWAY_KEYS" in p.stdout
+
+
+def test_a_wiped_data_dir_is_a_new_incarnation_and_its_records_are_stored(node, tmp_path):
+    # A Pi whose SD card was replaced: the agent's data directory is gone, the gateway
+    # keeps its store. The new logs restart at seq 1 under new incarnations; the gateway
+    # stores their records (it took them for duplicates before) and reports it.
+    import shutil
+
+    _, _, gw, agent = node
+    gw.start()
+    agent.start()
+    s, _, a = agent.post("telemetry", [{"old": i} for i in range(20)])
+    assert s == 200 and a["last_seq"] == 20
+    wait_for(lambda: agent.get("/v1/queue")["pending"] == 0, what="the first log to sync")
+    agent.stop()
+    shutil.rmtree(str(tmp_path / "data"))
+    agent.start()
+    s, _, a = agent.post("telemetry", [{"new": i} for i in range(5)])
+    assert s == 200 and (a["first_seq"], a["last_seq"]) == (1, 5)
+    wait_for(lambda: agent.get("/v1/queue")["pending"] == 0, what="the new log to sync")
+    recs = gw.records("telemetry")
+    old_inc, new_inc = recs[0]["incarnation"], recs[-1]["incarnation"]
+    assert old_inc != new_inc
+    assert [(r["incarnation"], r["seq"], r["value"]) for r in recs] == \
+        [(old_inc, i + 1, {"old": i}) for i in range(20)] + [(new_inc, i + 1, {"new": i}) for i in range(5)]
+    st = gw.get("/v1/status?origin=%s" % NODE)
+    rep = [x for x in st["incarnations"] if x["topic"] == "telemetry"][0]
+    assert [(i["incarnation"], i["current"], i["last_seq_seen"], i["unknown_after"]) for i in rep["incarnations"]] \
+        == [(old_inc, False, 20, 20), (new_inc, True, 5, None)]
+    assert gw.get("/healthz")["new_incarnations"] >= 1
+    one = gw.get("/v1/records?topic=telemetry&origin=%s&incarnation=%s&from=4" % (NODE, new_inc))["records"]
+    assert [r["seq"] for r in one] == [4, 5]
+    out = gw.stop()
+    assert out.count("new log incarnation %s" % new_inc) == 1, out[-3000:]
+    assert "previous incarnation %s ended at seq 20" % old_inc in out

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from edgeline import codec
+from edgeline import codec, sync
 from edgeline.log import RingLog
 from edgeline.outbox import Outbox
 from edgeline.sender import GATEWAY_LOST
@@ -330,10 +330,10 @@ def test_gateway_that_lost_data_gets_a_gap_and_the_stream_continues(tmp_path):
     asyncio.run(main())
 
 
-def test_a_wiped_log_sends_nothing_into_the_gateways_old_seqs_and_says_so(tmp_path):
-    # the gateway holds seqs 1..20 of t; the node's log of t was wiped and restarted at 1:
-    # its records would be dropped as duplicates, so t stalls with a one-line error
-    # (wire.md, "Sender rules") while the other topic syncs
+def test_a_wiped_log_is_a_new_incarnation_whose_records_are_stored(tmp_path):
+    # the gateway holds seqs 1..20 of t; the node's log of t was wiped and restarted at 1
+    # under a new incarnation: its records are stored as a new stream, not dropped as
+    # duplicates of the old seqs, and the gateway reports the new incarnation
     async def main():
         gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
         old = open_topic(tmp_path / "old", "t")
@@ -343,6 +343,50 @@ def test_a_wiped_log_sends_nothing_into_the_gateways_old_seqs_and_says_so(tmp_pa
         await until(lambda: old[1].acked == 20)
         await stopped(up, task)
         t, other = open_topic(tmp_path / "new", "t"), open_topic(tmp_path / "new", "other")
+        assert t[0].incarnation != old[0].incarnation
+        append(t[0], 1, 5)
+        append(other[0], 1, 7)
+        up = make_uplink(gw.url, {"t": t, "other": other})
+        task = asyncio.create_task(up.run())
+        try:
+            await until(lambda: t[1].acked == 5 and other[1].acked == 7)
+            st = up.status()
+            assert st["topics"]["t"]["error"] is None and st["failures"] == 0 and up.pending == 0
+            assert gw.seqs("t") == list(range(1, 21)) + list(range(1, 6))
+            store = gw.gw.store
+            olds, news = old[0].incarnation.hex(), t[0].incarnation.hex()
+            assert store.incarnations_of(NODE, "t") == [olds, news]
+            rows = store.records("t", origin=NODE, limit=100)
+            assert [(r["incarnation"], r["seq"]) for r in rows][19:21] == [(olds, 20), (news, 1)]
+            rep = store.incarnation_report(NODE)
+            assert [(i["incarnation"], i["current"], i["last_seq_seen"]) for i in rep[0]["incarnations"]] == \
+                [(olds, False, 20), (news, True, 5)]
+            assert gw.gw.new_incarnations == 1
+        finally:
+            await stopped(up, task)
+            await gw.stop()
+
+    asyncio.run(main())
+
+
+def test_a_log_restored_from_an_old_backup_sends_nothing_into_the_gateways_old_seqs(tmp_path):
+    # same incarnation (the log directory came back from an old backup), fewer seqs than
+    # the gateway holds: its records would be dropped as duplicates, so t stalls with a
+    # one-line error (wire.md, "Sender rules") while the other topic syncs
+    import shutil
+
+    async def main():
+        gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
+        old = open_topic(tmp_path / "old", "t")
+        append(old[0], 1, 20)
+        up = make_uplink(gw.url, {"t": old})
+        task = asyncio.create_task(up.run())
+        await until(lambda: old[1].acked == 20)
+        await stopped(up, task)
+        (tmp_path / "new" / "logs" / "t").mkdir(parents=True)
+        shutil.copy(str(tmp_path / "old" / "logs" / "t" / "incarnation"), str(tmp_path / "new" / "logs" / "t"))
+        t, other = open_topic(tmp_path / "new", "t"), open_topic(tmp_path / "new", "other")
+        assert t[0].incarnation == old[0].incarnation
         append(t[0], 1, 5)
         append(other[0], 1, 7)
         up = make_uplink(gw.url, {"t": t, "other": other})
@@ -373,7 +417,7 @@ def test_welcome_marks_acknowledge_what_the_gateway_holds(tmp_path):
         append(lg, 1, 50)
         async with aiohttp.ClientSession() as http:
             c = HttpEdgeClient(http, gw.url, NODE, KEY)
-            await c.connect()
+            await c.connect({"t": lg.incarnation})
             await c.exchange(sync.batch_from_records("t", lg.read(1, 30)))
         up = make_uplink(gw.url, {"t": (lg, ob)})
         task = asyncio.create_task(up.run())
@@ -614,3 +658,38 @@ def test_from_config(tmp_path):
     assert up.bandwidth_bytes_per_sec == cfg.sync.bandwidth_bytes_per_sec > 0
     assert up.breaker.failures == 3 and up.breaker.open_ms == 10000
     assert up.status()["state"] == "idle" and up.status()["topics"]["t"]["pending"] == 0
+
+
+class _WireV1GatewayConnection(sync.GatewayConnection):
+    """A gateway from before incarnations: it speaks wire version 1 only."""
+
+    def _received(self, event):
+        if type(event) is sync.Hello and event.version != 1:
+            raise self._fail(sync.ERR_UNSUPPORTED_VERSION, "HELLO version %d; this side speaks version 1" % event.version)
+        sync.GatewayConnection._received(self, event)
+
+
+def test_against_a_wire_version_1_gateway_the_agent_speaks_version_1(tmp_path, caplog):
+    # upgrade order gone wrong: the agent first. It falls back to version 1 (no
+    # incarnations: every topic is the legacy stream there), says so once, and syncs.
+    async def main():
+        gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
+        gw.gw.new_connection = lambda: _WireV1GatewayConnection(gw.gw.keys.get, os.urandom)
+        lg, ob = open_topic(tmp_path, "t")
+        append(lg, 1, 30)
+        up = make_uplink(gw.url, {"t": (lg, ob)})
+        task = asyncio.create_task(up.run())
+        try:
+            await until(lambda: ob.acked == 30)
+            assert gw.seqs("t") == list(range(1, 31))
+            assert gw.gw.store.incarnations_of(NODE, "t") == ["0" * 16]
+            st = up.status()
+            assert st["old_gateway"] is True and st["failures"] == 0
+        finally:
+            await stopped(up, task)
+            await gw.stop()
+
+    with caplog.at_level("WARNING", logger="edgeline.uplink"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "wire version 1 only" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]

@@ -246,6 +246,8 @@ def test_append_many_matches_single_appends():
     names = sorted(os.listdir(a))
     assert names == sorted(os.listdir(b))
     for name in names:
+        if name == "incarnation":  # each log's own random id
+            continue
         assert open(a + "/" + name, "rb").read() == open(b + "/" + name, "rb").read(), name
     la = RingLog(a, **opts)
     assert la.append_many([], ts=1) == 0

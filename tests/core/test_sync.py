@@ -2,7 +2,8 @@
 
 Conversations run through real EdgeConnection/GatewayConnection pairs; input is fed
 whole, one byte at a time, split at every position, and with trailing garbage. The
-golden files of tests/golden/wire-v1/ are replayed here: the encoder must produce them
+golden files of tests/golden/wire-v2/ are replayed here (and the version-1 HELLO of
+tests/golden/wire-v1/ is still accepted): the encoder must produce them
 byte for byte and the decoder must read them back.
 """
 from edgeline import codec
@@ -17,6 +18,7 @@ from support import raises
 KEY = bytes(range(0x20, 0x40))
 NODE = "node-1"
 MS0 = 1700000000000
+INCARNATION = bytes.fromhex("0123456789abcdef")
 
 
 def edge_nonce(n):
@@ -86,14 +88,14 @@ def remote_error(conn, data, name):
 def golden_conversation():
     """The conversation of the golden files: [(file stem, sender, event)].
 
-    Also the source tools/make_wire_golden.py writes tests/golden/wire-v1/ from."""
+    Also the source tools/make_wire_golden.py writes tests/golden/wire-v2/ from."""
     recs = [
         Record(5, MS0 << 16, None, b"\xa1bt1\x18\x15"),
         Record(6, (MS0 + 1000) << 16, b"s1", b"raw"),
         Record(7, ((MS0 - 1) << 16) | 3, b"", b""),  # ts below base_ts: a negative delta
     ]
     return [
-        ("hello", "edge", Hello(capabilities={"pull": True})),
+        ("hello", "edge", Hello(capabilities={"pull": True}, incarnations={"temp": INCARNATION})),
         ("challenge", "gateway", Challenge()),
         ("auth", "edge", Auth()),
         ("welcome", "gateway", Welcome(marks={"temp": 2, "config": 0})),
@@ -120,18 +122,19 @@ def replay(step=0):
     return out
 
 
-def _golden_path(stem):
+def _golden_path(stem, version=2):
     here = globals().get("__file__", "")
-    dirs = ["tests/golden/wire-v1"]
+    sub = "tests/golden/wire-v%d" % version
+    dirs = [sub]
     if "/tests/core/" in here:
-        dirs.insert(0, here[:here.rindex("/tests/core/")] + "/tests/golden/wire-v1")
+        dirs.insert(0, here[:here.rindex("/tests/core/")] + "/" + sub)
     for d in dirs:
         try:
             open(d + "/hello.cbor", "rb").close()
             return d + "/" + stem + ".cbor"
         except OSError:
             pass
-    raise AssertionError("tests/golden/wire-v1 not found")
+    raise AssertionError(sub + " not found")
 
 
 # ------------------------------------------------------------------ authentication
@@ -162,8 +165,8 @@ def test_full_conversation():
     e, g = pair()
     assert e.state == g.state == "START"
     hello = deliver(e, g, Hello())
-    assert hello.version == 1 and hello.node_id == NODE and hello.client_nonce == edge_nonce(16)
-    assert hello.capabilities == {"max_message_bytes": 16384}
+    assert hello.version == 2 and hello.node_id == NODE and hello.client_nonce == edge_nonce(16)
+    assert hello.capabilities == {"max_message_bytes": 16384} and hello.incarnations == {}
     assert (e.state, g.state) == ("HELLO_SENT", "HELLO_RECEIVED")
     assert deliver(g, e, Challenge()).server_nonce == gw_nonce(16)
     assert (e.state, g.state) == ("CHALLENGED", "CHALLENGED")
@@ -201,6 +204,36 @@ def test_golden_files():
         assert codec.loads(data)[1:] == ev.values(), stem
     # the edge ends on the gateway's ERROR: returned as an event, then the stop is sticky
     assert ev == Error(ERR_INTERNAL, "database down; retry later")
+
+
+def test_version_1_hello_is_accepted_as_the_legacy_incarnation():
+    # An edge from before version 2 (a board not yet upgraded): its golden HELLO.
+    with open(_golden_path("hello", 1), "rb") as f:
+        old = f.read()
+    assert codec.loads(old)[1] == 1 and len(codec.loads(old)) == 5
+    g = GatewayConnection({NODE: KEY}.get, gw_nonce)
+    g.receive_data(old)
+    hello = g.next_event()
+    assert hello.version == 1 and hello.incarnations == {} and g.incarnations == {} and g.version == 1
+    # and an edge may still speak version 1 itself (no incarnations then)
+    e, g = pair()
+    hello = deliver(e, g, Hello(version=1))
+    assert hello.version == 1 and hello.incarnations == {}
+    assert len(codec.loads(EdgeConnection(NODE, KEY, edge_nonce).send(Hello(version=1)))) == 5
+    assert len(codec.loads(EdgeConnection(NODE, KEY, edge_nonce).send(Hello(version=1, incarnations={"t": b"x" * 8})))) == 5
+
+
+def test_hello_incarnations_checked():
+    e, g = pair()
+    hello = deliver(e, g, Hello(incarnations={"temp": INCARNATION, "b": bytes(8)}))
+    assert g.incarnations == {"temp": INCARNATION, "b": bytes(8)} and g.version == 2
+    for bad in ({"temp": b"short"}, {"": INCARNATION}, {"t": 5}, [INCARNATION]):
+        raises(LocalProtocolError, EdgeConnection(NODE, KEY, edge_nonce).send, Hello(incarnations=bad))
+    # a gateway answers a HELLO of an unknown version with unsupported_version
+    g = GatewayConnection({NODE: KEY}.get, gw_nonce)
+    g.receive_data(codec.dumps([1, 3, NODE, edge_nonce(16), {}]))
+    e = raises(RemoteProtocolError, g.next_event)
+    assert "versions 1 and 2" in str(e)
 
 
 def test_every_message_one_byte_at_a_time():
@@ -334,8 +367,8 @@ def test_unknown_node_and_version():
     g = GatewayConnection({NODE: KEY}.get, gw_nonce)
     assert remote_error(g, e.send(Hello()), "unknown_node")[1] == 3
     g = GatewayConnection({NODE: KEY}.get, gw_nonce)
-    owed = remote_error(g, codec.dumps([1, 2, NODE, b"x" * 16, {}, "v2 field"]), "unsupported_version")
-    assert owed[1] == 2 and "version 1" in owed[2]
+    owed = remote_error(g, codec.dumps([1, 3, NODE, b"x" * 16, {}, "v3 field"]), "unsupported_version")
+    assert owed[1] == 2 and "versions 1 and 2" in owed[2]
 
 
 def test_keys_lookup_failure_keeps_the_message():

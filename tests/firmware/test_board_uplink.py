@@ -152,7 +152,7 @@ def test_cpython_ack_lost_before_cursor_write_resumes_from_marks(gateway, tmp_pa
     up = CutBeforeCursor("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
     with pytest.raises(uplink.UplinkError, match="simulated power cut"):
         up.sync_once()
-    assert not up.connected and ob.acked == 24 and gateway.gw.store.mark("board-1", "temp") == 32
+    assert not up.connected and ob.acked == 24 and gateway.gw.store.mark("board-1", "temp", lg.incarnation.hex()) == 32
     lg.close()
     lg, ob = open_topic(tmp_path / "temp")  # the board restarts
     up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
@@ -226,7 +226,7 @@ def test_cpython_gateway_lost_records_are_reported_as_a_gap(gateway, tmp_path):
     assert [(g["first"], g["last"], g["reason"]) for g in gaps] == [(1, 12, "gateway_lost")]
     assert [s for s, _ in stored(gateway)] == list(range(13, 31))
     # the same mid-session: the gateway's mark falls behind the cursor between rounds
-    gateway.gw.store._streams[("board-1", "temp")][1] = 20  # as if it had lost 21..30
+    gateway.gw.store._streams[("board-1", "temp", lg.incarnation.hex())][1] = 20  # as if it had lost 21..30
     append(lg, 31, 5)
     assert up.sync_once() == 5
     gaps = gateway.gw.store.gaps("board-1", "temp")
@@ -234,9 +234,9 @@ def test_cpython_gateway_lost_records_are_reported_as_a_gap(gateway, tmp_path):
     up.close()
 
 
-def test_cpython_a_wiped_log_is_not_sent_into_the_gateways_old_seqs(gateway, tmp_path):
-    # the gateway holds 1..20 of temp; the board's log of temp was wiped: nothing of it
-    # is sent (it would be dropped as duplicates), the other topic syncs, then one line
+def test_cpython_a_wiped_log_is_a_new_incarnation_and_is_stored(gateway, tmp_path):
+    # the gateway holds 1..20 of temp; the board's log of temp was wiped: its new log has
+    # a new incarnation, which the HELLO names, so its seqs 1..5 are stored beside the old
     old, ob_old = open_topic(tmp_path / "old")
     append(old, 1, 20)
     up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (old, ob_old)})
@@ -247,7 +247,32 @@ def test_cpython_a_wiped_log_is_not_sent_into_the_gateways_old_seqs(gateway, tmp
     other, ob_other = open_topic(tmp_path / "other")
     append(other, 1, 7)
     up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob), "other": (other, ob_other)})
-    with pytest.raises(uplink.UplinkError, match="holds up to seq 20 but this log ends at 5"):
+    assert up.sync_once() == 12
+    assert ob.acked == 5 and ob_other.acked == 7
+    assert [s for s, _ in stored(gateway)] == list(range(1, 21)) + list(range(1, 6))
+    assert gateway.gw.store.incarnations_of("board-1", "temp") == [old.incarnation.hex(), lg.incarnation.hex()]
+    up.close()
+
+
+def test_cpython_a_log_from_an_old_copy_is_not_sent_into_the_gateways_old_seqs(gateway, tmp_path):
+    # the same incarnation with fewer seqs than the gateway holds (an old copy of the
+    # log): nothing of it is sent (it would be dropped as duplicates), the other topic
+    # syncs, then one line
+    import shutil
+
+    old, ob_old = open_topic(tmp_path / "old")
+    append(old, 1, 20)
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (old, ob_old)})
+    up.sync_once()
+    up.close()
+    (tmp_path / "new").mkdir()
+    shutil.copy(str(tmp_path / "old" / "incarnation"), str(tmp_path / "new"))
+    lg, ob = open_topic(tmp_path / "new")
+    append(lg, 1, 5)
+    other, ob_other = open_topic(tmp_path / "other")
+    append(other, 1, 7)
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob), "other": (other, ob_other)})
+    with pytest.raises(uplink.UplinkError, match="holds up to seq 20 of this log's incarnation but the log ends at 5"):
         up.sync_once()
     assert not up.connected and ob.acked == 0 and ob_other.acked == 7
     assert [s for s, _ in stored(gateway, "other")] == list(range(1, 8))

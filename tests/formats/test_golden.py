@@ -1,4 +1,5 @@
-"""Golden files of the ring-log format v1 (tests/golden/log-v1/) against code and spec.
+"""Golden files of the ring-log format (tests/golden/log-v2/, and the v1 files of
+tests/golden/log-v1/ every newer reader still opens) against code and spec.
 
 Theory of operation
 -------------------
@@ -10,6 +11,9 @@ Three readers must agree on the same bytes:
   the cursor;
 * a parser written here from the byte tables of docs/spec/log.md alone (struct and
   zlib.crc32, nothing imported from edgeline) — so the spec and the code say the same.
+
+Version 2 added only the incarnation file; a v1 directory (no such file) opens as the
+legacy incarnation and is upgraded in place, its segments and cursor untouched.
 
 Then I6: erased flash (all 0xFF) and zero-filled space (all 0x00) never parse, neither as
 a header nor as a frame, by the spec parser or by the log.
@@ -24,12 +28,14 @@ import cbor2
 import pytest
 
 from edgeline import codec
+from edgeline.errors import CorruptRecord
 from edgeline.log import RingLog
 from edgeline.logformat import encode_frame, pack_segment_header, parse_segment_header
 from edgeline.outbox import Outbox, pack_cursor_slot, parse_cursor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "log-v1")
+GOLDEN_V2 = os.path.join(ROOT, "tests", "golden", "log-v2")
 
 
 def _load_make_golden():
@@ -142,11 +148,12 @@ def test_golden_directory_holds_what_the_readme_says():
 def test_code_writes_the_golden_bytes(tmp_path):
     out = str(tmp_path / "log")
     mg.write_log(out)
-    assert sorted(os.listdir(out)) == sorted(FORMAT_FILES)
+    assert sorted(os.listdir(out)) == sorted(FORMAT_FILES + ["incarnation"])
     for name in FORMAT_FILES:
         got = _read(os.path.join(out, name))
-        want = _read(os.path.join(GOLDEN, name))
-        assert got == want, "%s differs from the golden file: the v1 format changed" % name
+        assert got == _read(os.path.join(GOLDEN, name)), "%s differs from the v1 golden file" % name
+        assert got == _read(os.path.join(GOLDEN_V2, name)), "%s differs from the v2 golden file" % name
+    assert _read(os.path.join(out, "incarnation")) == _read(os.path.join(GOLDEN_V2, "incarnation"))
 
 
 def test_make_golden_refuses_to_overwrite(tmp_path, capsys):
@@ -154,8 +161,8 @@ def test_make_golden_refuses_to_overwrite(tmp_path, capsys):
     assert mg.main(["--out", str(out)]) == 0
     assert mg.main(["--out", str(out)]) == 2
     assert "never regenerated" in capsys.readouterr().out
-    for name in FORMAT_FILES + ["README.md"]:
-        assert _read(str(out / name)) == _read(os.path.join(GOLDEN, name))
+    for name in FORMAT_FILES + ["README.md", "incarnation"]:
+        assert _read(str(out / name)) == _read(os.path.join(GOLDEN_V2, name))
 
 
 # (b) the code reads them
@@ -180,9 +187,12 @@ def test_code_reads_every_record_and_the_cursor(golden_copy):
     assert (ob.acked, ob.depth, ob.gap()) == (5, 3, None)
     assert [r.seq for r in ob.peek()] == [6, 7, 8]
     assert log.stats()["corrupt"] == 0 and warnings == []
-    # Opening a clean log changes nothing on disk and leaves foreign files alone.
+    # Opening a clean log changes nothing on disk and leaves foreign files alone; a v1
+    # log is upgraded: the legacy incarnation (all zeros) is written beside it.
     for name in FORMAT_FILES + ["README.md"]:
         assert _read(os.path.join(golden_copy, name)) == _read(os.path.join(GOLDEN, name))
+    assert log.incarnation == bytes(8)
+    assert _read(os.path.join(golden_copy, "incarnation")) == spec_incarnation_file(bytes(8))
     # And the log continues right after the tail's last frame (I5, G3).
     assert log.append(b"next", ts=mg.RECORDS[-1][1] + 1) == 9
     ob.close()
@@ -190,6 +200,40 @@ def test_code_reads_every_record_and_the_cursor(golden_copy):
     tail = _read(os.path.join(golden_copy, SEG_NAMES[-1]))
     assert tail[:129] == _read(os.path.join(GOLDEN, SEG_NAMES[-1]))
     assert len(tail) == 129 + 26 + 4
+
+
+def test_code_reads_the_v2_golden_log(tmp_path):
+    path = str(tmp_path / "log")
+    shutil.copytree(GOLDEN_V2, path)
+    log = RingLog(path)
+    assert log.incarnation == mg.INCARNATION
+    assert [(r.seq, r.ts, r.key, r.value) for r in log.read(1, 100, 1 << 20)] == _expected_records()
+    assert Outbox(log, "uplink").acked == 5
+    log.close()
+    for name in os.listdir(GOLDEN_V2):
+        assert _read(os.path.join(path, name)) == _read(os.path.join(GOLDEN_V2, name)), name
+
+
+def test_spec_parser_reads_the_incarnation_file(tmp_path):
+    data = _read(os.path.join(GOLDEN_V2, "incarnation"))
+    # docs/spec/log.md, "Incarnation file": magic, version, flags, reserved, id, crc
+    magic, version, flags, reserved, inc, crc = struct.unpack("<4sBBH8sI", data)
+    assert (magic, version, flags, reserved) == (b"EINC", 1, 0, 0)
+    assert crc == zlib.crc32(data[:16])
+    assert inc == mg.INCARNATION and data == spec_incarnation_file(inc)
+    # erased or zeroed, torn or rotted: not a valid file, so a log with segments refuses it
+    for bad in (b"\x00" * 20, b"\xff" * 20, data[:19], data[:12] + b"\x00" + data[13:]):
+        path = str(tmp_path / ("bad%d" % len(os.listdir(str(tmp_path)))))
+        shutil.copytree(GOLDEN_V2, path)
+        _write(os.path.join(path, "incarnation"), bad)
+        with pytest.raises(CorruptRecord, match="incarnation: corrupt"):
+            RingLog(path)
+
+
+def spec_incarnation_file(inc):
+    # docs/spec/log.md, "Incarnation file", from its table alone
+    head = b"EINC" + struct.pack("<BBH", 1, 0, 0) + inc
+    return head + struct.pack("<I", zlib.crc32(head))
 
 
 def test_code_helpers_match_the_golden_bytes():

@@ -1,4 +1,5 @@
-"""Golden messages of the sync protocol v1 (tests/golden/wire-v1/) against the spec.
+"""Golden messages of the sync protocol v2 (tests/golden/wire-v2/) against the spec; the
+v1 files (tests/golden/wire-v1/) differ only in HELLO, which a gateway still accepts.
 
 Theory of operation
 -------------------
@@ -18,7 +19,8 @@ import os
 import cbor2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GOLDEN = os.path.join(ROOT, "tests", "golden", "wire-v1")
+GOLDEN = os.path.join(ROOT, "tests", "golden", "wire-v2")
+GOLDEN_V1 = os.path.join(ROOT, "tests", "golden", "wire-v1")
 
 # The fixed inputs, restated from the golden README (not imported from the test).
 KEY = bytes(range(0x20, 0x40))
@@ -76,7 +78,8 @@ def test_one_file_per_message_type():
 
 def test_handshake_fields():
     hello = _msg("hello")
-    assert len(hello) == 5 and hello[1] == 1 and hello[2] == NODE and hello[3] == CLIENT_NONCE
+    assert len(hello) == 6 and hello[1] == 2 and hello[2] == NODE and hello[3] == CLIENT_NONCE
+    assert hello[5] == {"temp": bytes.fromhex("0123456789abcdef")}  # incarnations: topic -> 8 bytes
     caps = hello[4]
     assert isinstance(caps, dict) and _uint(caps["max_message_bytes"]) and caps["pull"] is True
     assert _keys_in_rfc8949_order(caps)
@@ -90,6 +93,17 @@ def test_handshake_fields():
     assert all(_topic(k) and _uint(v) for k, v in marks.items()) and marks == {"temp": 2, "config": 0}
     assert _uint(limits["max_message_bytes"]) and _uint(limits["max_batch_records"])
     assert _keys_in_rfc8949_order(marks) and _keys_in_rfc8949_order(limits)
+
+
+def test_v1_files_differ_only_in_hello():
+    for stem in TYPES.values():
+        with open(os.path.join(GOLDEN_V1, stem + ".cbor"), "rb") as f:
+            old = f.read()
+        if stem == "hello":
+            v1 = cbor2.loads(old)
+            assert v1[1] == 1 and len(v1) == 5 and v1[:5] == [1, 1] + _msg("hello")[2:5]
+        else:
+            assert old == _read(stem), stem
 
 
 def test_proofs_match_hmac():

@@ -54,7 +54,8 @@ def test_records_arrive_once_and_in_order(tmp_path):
         assert rows[0]["value"] == {"n": 1} and rows[0]["key"] is None  # the agent's read API's form
         async with http.get(server.make_url("/v1/status")) as r:
             st = (await r.json())["streams"]
-        assert st == [{"origin": "edge-1", "topic": "t", "mark": 22, "records": 14, "lost": 8, "updated_ms": st[0]["updated_ms"]}]
+        assert st == [{"origin": "edge-1", "topic": "t", "incarnation": "0000000000000000", "current": True, "mark": 22,
+                   "records": 14, "lost": 8, "updated_ms": st[0]["updated_ms"]}]
         async with http.get(server.make_url("/v1/gaps")) as r:
             assert [(g["first"], g["last"]) for g in (await r.json())["gaps"]] == [(13, 20)]
 
@@ -350,5 +351,38 @@ def test_records_api_gives_the_agents_form(tmp_path):
             {"origin": "edge-1", "topic": "t", "seq": 2, "ts": 1002, "key": None, "value": None, "key_base64": "/w==",
              "value_base64": "/w=="},
         ]
+
+
+def test_a_version_1_edge_and_a_new_incarnation_side_by_side(tmp_path):
+    # An old board (wire version 1: no incarnations) is the legacy incarnation; the same
+    # node upgraded and with a fresh log names a new one: both streams are kept, the new
+    # one from seq 1, and status and records say which is which.
+    new = bytes.fromhex("0123456789abcdef")
+
+    async def fn(gw, http, url, server):
+        old = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await old.connect(version=1) == {}
+        assert old.conn.marks == {}
+        evs = await old.exchange(sync.batch_from_records("t", records(1, 10)))
+        assert evs[-1].seq == 10
+        again = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await again.connect(version=1) == {"t": 10}  # legacy marks for a v1 HELLO
+        assert await HttpEdgeClient(http, url, "edge-1", KEY).connect({"t": bytes(8)}) == {"t": 10}
+        assert await HttpEdgeClient(http, url, "edge-1", KEY).connect({"t": new}) == {}  # reported once
+        fresh = HttpEdgeClient(http, url, "edge-1", KEY)
+        assert await fresh.connect({"t": new}) == {}
+        evs = await fresh.exchange(sync.batch_from_records("t", records(1, 3)))
+        assert evs[-1].seq == 3 and gw.new_incarnations == 1
+        async with http.get(server.make_url("/v1/records"), params={"topic": "t", "origin": "edge-1"}) as r:
+            rows = (await r.json())["records"]
+        assert [(x["incarnation"], x["seq"]) for x in rows] == \
+            [("0" * 16, s) for s in range(1, 11)] + [(new.hex(), s) for s in (1, 2, 3)]
+        async with http.get(server.make_url("/v1/status")) as r:
+            st = await r.json()
+        assert [(s["incarnation"], s["current"], s["mark"]) for s in st["streams"]] == \
+            [("0" * 16, False, 10), (new.hex(), True, 3)]
+        assert st["incarnations"][0]["incarnations"][0]["unknown_after"] == 10
+        async with http.get(server.make_url("/healthz")) as r:
+            assert (await r.json())["new_incarnations"] == 1
 
     asyncio.run(with_gateway(tmp_path, fn))

@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from edgeline import sync
-from edgeline_host.gateway.store import GatewayStore
+from edgeline_host.gateway.store import LEGACY, GatewayStore
 
 
 def Batch(origin, topic, first, ents):
@@ -202,7 +202,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
     assert [r["value"] for r in st.records("t", "e2")] == [b"w1", b"w2", b"w3"]
     assert st.mark("e1", "t") == 2600 and st.gaps("e1")[0]["first"] == 11
     assert st._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'records'").fetchone()[0] == 0
-    assert st._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert st._db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert st.commit([Batch("e1", "t", 2601, entries(2601, 1))], 9) == [2601]
     st.close()
 
@@ -214,7 +214,7 @@ def test_a_newer_file_is_refused_untouched(tmp_path):
     db = sqlite3.connect(p)
     db.execute("PRAGMA user_version = 9")
     db.close()
-    with pytest.raises(StoreVersionError, match="schema version 9; this gateway knows up to 2"):
+    with pytest.raises(StoreVersionError, match="schema version 9; this gateway knows up to 3"):
         GatewayStore(p)
     db = sqlite3.connect(p)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 9
@@ -264,3 +264,79 @@ def test_publish_numbers_records_and_pull_reads_them_back(tmp_path):
     assert [r.value for r in st.pull("cmd", 5, 10)] == [b"last"] and st.last_published_ts() == 8000
     assert [r["seq"] for r in st.records("new-topic", "e1")] == [1]
     st.close()
+
+
+# ------------------------------------------------------------------ incarnations (schema 3)
+
+_GOLDEN_V2 = __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.dirname(
+    __import__("os").path.abspath(__file__))), "golden", "gateway-store-v2", "edgeline-gateway.db")
+NEW = "0123456789abcdef"
+
+
+def test_golden_schema_2_store_is_migrated_to_legacy_incarnations(tmp_path):
+    import shutil
+
+    p = str(tmp_path / "gw.db")
+    shutil.copy(_GOLDEN_V2, p)
+    db = sqlite3.connect(p)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    st = GatewayStore(p)
+    assert st._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert st._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'streams_v2'").fetchone()[0] == 0
+    # every stream is the legacy incarnation; marks, records, gaps, publishes unchanged
+    assert {(r["origin"], r["topic"], r["incarnation"], r["mark"], r["records"], r["lost"], r["current"])
+            for r in st.status()} == {("edge-1", "telemetry", LEGACY, 10, 7, 3, True),
+                                     ("edge-2", "telemetry", LEGACY, 3, 3, 0, True),
+                                     ("cloud", "config", LEGACY, 2, 2, 0, True)}
+    assert st.marks("edge-1") == {"telemetry": 10} == st.marks("edge-1", {"telemetry": LEGACY})
+    rows = st.records("telemetry", "edge-1")
+    assert [(r["seq"], r["value"]) for r in rows] == [(s, b"t%d" % s) for s in (1, 2, 3, 4, 5, 9, 10)]
+    assert "incarnation" not in rows[0]  # one incarnation: records look as they did
+    assert [(g["first"], g["last"], g["reason"]) for g in st.gaps("edge-1")] == [(6, 8, "evicted")]
+    assert [r.value for r in st.pull("config", 0, 10)] == [b"\x0a", b"\x0b"] and st.published("config") == 2
+    assert st.delivered("edge-1", "config")[0] == 2
+    # a replay of what the legacy log already sent changes nothing
+    assert st.commit([Batch("edge-1", "telemetry", 1, entries(1, 10))], 20) == [10]
+    # a new incarnation of edge-1's telemetry starts at mark 0 and is stored
+    assert st.marks("edge-1", {"telemetry": NEW}) == {}
+    assert st.commit([Batch("edge-1", "telemetry", 1, entries(1, 3, b"n")) + (NEW,)], 21) == [3]
+    st.close()
+    st = GatewayStore(p)  # reopened: all of it durable
+    assert st.marks("edge-1", {"telemetry": NEW}) == {"telemetry": 3} and st.mark("edge-1", "telemetry") == 10
+    assert st.incarnations_of("edge-1", "telemetry") == [LEGACY, NEW]
+    st.close()
+
+
+def test_new_incarnation_is_a_new_stream_and_reported(store):
+    store.commit([Batch("e1", "t", 1, entries(1, 5)), Gap("e1", "t", 6, 7, "evicted"),
+                  Batch("e1", "t", 8, entries(8, 2))], 10)
+    assert store.mark("e1", "t") == 9
+    # the wiped log's seqs restart at 1 under its new incarnation: stored, not duplicates
+    assert store.commit([Batch("e1", "t", 1, entries(1, 4, b"n")) + (NEW,)], 11) == [4]
+    assert store.commit([Batch("e1", "t", 1, entries(1, 4, b"n")) + (NEW,)], 12) == [4]  # its replay is one
+    assert store.mark("e1", "t") == 9 and store.mark("e1", "t", NEW) == 4
+    rows = store.records("t", "e1")
+    # default order: the incarnation first seen first, then the new one; each row says which
+    assert [(r["incarnation"], r["seq"], r["value"]) for r in rows] == \
+        [(LEGACY, s, b"v%d" % s) for s in (1, 2, 3, 4, 5, 8, 9)] + [(NEW, s, b"n%d" % s) for s in (1, 2, 3, 4)]
+    assert [r["seq"] for r in store.records("t", "e1", incarnation=NEW, from_seq=2)] == [2, 3, 4]
+    assert [(s["incarnation"], s["current"], s["mark"]) for s in store.status("e1")] == \
+        [(LEGACY, False, 9), (NEW, True, 4)]
+    assert store.gaps("e1")[0]["incarnation"] == LEGACY
+    rep = store.incarnation_report()
+    assert len(rep) == 1 and (rep[0]["origin"], rep[0]["topic"]) == ("e1", "t")
+    old, new = rep[0]["incarnations"]
+    assert (old["incarnation"], old["current"], old["last_seq_seen"], old["records"], old["lost"], old["gaps"],
+            old["unknown_after"]) == (LEGACY, False, 9, 7, 2, [[6, 7, "evicted"]], 9)
+    assert (new["incarnation"], new["current"], new["last_seq_seen"], new["unknown_after"]) == (NEW, True, 4, None)
+    assert new["first_seen_ms"] == 11
+
+
+def test_a_failed_commit_forgets_a_new_incarnation(store):
+    store.commit([Batch("e1", "t", 1, entries(1, 2))], 10)
+    bad = ("cloud", sync.Batch("t", 1, 0, []))
+    with pytest.raises(ValueError):
+        store.commit([Batch("e1", "t", 1, entries(1, 2)) + (NEW,), bad], 11)
+    assert store.incarnations_of("e1", "t") == [LEGACY] and store.incarnation_report() == []
+    assert store.commit([Batch("e1", "t", 1, entries(1, 2)) + (NEW,)], 12) == [2]

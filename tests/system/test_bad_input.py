@@ -59,7 +59,11 @@ def next_batch(topic, base_ts, entries, seq_type=int):
 # (what, the state the conversation is in when the bytes come, the bytes (or a function
 # of edge-1's mark on topic "t" giving them), the ERROR code, text in its message)
 GATEWAY_ROWS = [
-    ("HELLO of version 2", "start", codec.dumps([1, 2, "edge-1", N16, {}]), VERSION, "HELLO version 2"),
+    ("HELLO of version 3", "start", codec.dumps([1, 3, "edge-1", N16, {}, {}]), VERSION, "HELLO version 3"),
+    ("HELLO of version 2 without incarnations", "start", codec.dumps([1, 2, "edge-1", N16, {}]), M,
+     "HELLO has 4 fields, needs 5"),
+    ("HELLO: a 7-byte incarnation", "start", codec.dumps([1, 2, "edge-1", N16, {}, {"t": b"1234567"}]), M,
+     "HELLO field incarnations"),
     ("HELLO: node id not text", "start", codec.dumps([1, 1, 7, N16, {}]), M, "HELLO field node_id"),
     ("HELLO: node id with a space", "start", codec.dumps([1, 1, "edge 1", N16, {}]), M, "HELLO field node_id"),
     ("HELLO: 15-byte nonce", "start", codec.dumps([1, 1, "edge-1", b"n" * 15, {}]), M, "client_nonce"),

@@ -43,6 +43,7 @@ def test_log_stat_and_read(tmp_path):
     st = json.loads(proc.stdout)
     assert st["last_seq"] == 10 and st["consumers"]["uplink"]["acked"] == 4
     assert st["consumers"]["uplink"]["owes"] == 6
+    assert st["incarnation"] == RingLog(d, segment_bytes=4096, budget_bytes=65536).incarnation.hex() != "0" * 16
     proc = run("log", "read", d, "--from", "9")
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
     assert [x["seq"] for x in lines] == [9, 10]

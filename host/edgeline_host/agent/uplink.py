@@ -21,7 +21,8 @@ Failure modes first
 * The gateway's mark is below this node's cursor (it lost data it had acknowledged): a
   warning, and a GAP ``gateway_lost`` from its mark to the cursor so the stream can
   continue; nothing is rewound.
-* The gateway's mark is past the log's end (the log was wiped or replaced): the topic
+* The gateway's mark is past the log's end (the log was restored from an older copy; a
+  wiped or replaced log has a new incarnation, which the HELLO names, and starts at mark 0): the topic
   sends nothing in that session (its records would be dropped as duplicates), logged
   as an error and shown as the topic's ``error`` in ``status()``; the other topics go on.
   A gateway whose ACK contradicts the receiver rules is a failed exchange.
@@ -199,6 +200,7 @@ class Uplink:
         self.bytes_sent = 0  # request bodies, handshakes included
         self.requests = 0
         self.sessions = 0
+        self.old_gateway = False  # the gateway speaks wire version 1 only (no incarnations)
 
     # ------------------------------------------------------------------ control
 
@@ -266,12 +268,14 @@ class Uplink:
             "bytes_sent": self.bytes_sent,
             "requests": self.requests,
             "sessions": self.sessions,
+            "old_gateway": self.old_gateway,
             "bandwidth_bytes_per_sec": self.bandwidth_bytes_per_sec,
             "topics": {
                 t.name: {
                     "acked": t.outbox.acked,
                     "pending": t.outbox.depth,
                     "last_seq": t.log.last_seq,
+                    "incarnation": t.log.incarnation.hex(),  # the gateway's mark is of this log incarnation
                     "gateway_mark": t.sender.mark,
                     "last_ack_ms": t.last_ack_ms,
                     "bytes_sent": t.bytes_sent,
@@ -458,12 +462,33 @@ class Uplink:
         return events
 
     async def _connect(self):
-        self.state = "connecting"
-        self.transport.new_session()
-        self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom, max_message_bytes=self.max_message_bytes,
-                                         codec=fastcbor.CODEC)
         caps = {"pull": True} if self.downlink is not None else None
-        evs = await self._exchange(self._conn.send(sync.Hello(capabilities=caps)))
+        # Each topic's log incarnation: the gateway keeps marks per (node, topic, incarnation),
+        # so a wiped log's new seqs are never taken for the old log's (docs/spec/wire.md).
+        incs = {t.name: t.log.incarnation for t in self._topics}
+        for version in (None, 1):
+            self.state = "connecting"
+            self.transport.new_session()
+            self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom,
+                                             max_message_bytes=self.max_message_bytes, codec=fastcbor.CODEC)
+            evs = await self._exchange(self._conn.send(sync.Hello(version=version, capabilities=caps,
+                                                                  incarnations=incs)), errors_ok=True)
+            if evs and type(evs[0]) is sync.Error:
+                if version is None and evs[0].code == sync.ERR_UNSUPPORTED_VERSION:
+                    # A gateway from before incarnations (wire version 1): speak its
+                    # version. Every topic is then its legacy stream there; a wiped log
+                    # is stopped by the sender rules (mark past the log's end), not lost.
+                    if not self.old_gateway:
+                        log.warning("uplink: the gateway speaks wire version 1 only (%s): syncing without log "
+                                    "incarnations; upgrade the gateway", _one_line(evs[0].message))
+                    self.old_gateway = True
+                    continue
+                ev = evs[0]
+                name = sync.ERROR_NAMES[ev.code] if ev.code < len(sync.ERROR_NAMES) else "?"
+                raise UplinkError("gateway sent ERROR %s: %s" % (name, _one_line(ev.message)))
+            if version is None:
+                self.old_gateway = False
+            break
         if not evs or type(evs[0]) is not sync.Challenge:
             raise UplinkError("expected CHALLENGE, got %s" % _names(evs))
         evs = await self._exchange(self._conn.send(sync.Auth()))

@@ -12,7 +12,8 @@ around the gateway:
   (``first_seq``, ``last_seq``, ``"durable": true``) comes once they are durable.
   Without a publish token only loopback clients may publish; with one, the request
   must carry ``Authorization: Bearer <token>``.
-* ``GET /v1/records?topic=T[&origin=O][&from=N][&to=N][&limit=N]``,
+* ``GET /v1/records?topic=T[&origin=O][&incarnation=HEX][&from=N][&to=N][&limit=N]``
+  (records of an origin's topic with two or more log incarnations carry theirs),
   ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
   ``GET /healthz`` (and ``GET /v1/health``, the same: ``status`` ok/degraded/failing with
   its ``reasons``, ``ok``, the counters, edges' protocol errors per reason, refused nodes).
@@ -143,13 +144,15 @@ class GatewayApi:
             from_seq=self._int(request, "from", 1),
             to_seq=self._int(request, "to", None),
             limit=min(self._int(request, "limit", 1000), MAX_QUERY_RECORDS),
+            incarnation=request.query.get("incarnation"),
         )
         return web.json_response({"records": [row_to_json(r) for r in rows]})
 
     async def handle_status(self, request):
         origin = request.query.get("origin")
         gw = self.gateway
-        return web.json_response({"streams": gw.store.status(origin), "downlinks": gw.downlinks(origin)})
+        return web.json_response({"streams": gw.store.status(origin), "downlinks": gw.downlinks(origin),
+                                  "incarnations": gw.store.incarnation_report(origin)})
 
     async def handle_gaps(self, request):
         return web.json_response({"gaps": self.gateway.store.gaps(request.query.get("origin"),
@@ -161,5 +164,6 @@ class GatewayApi:
         h.update({"sessions": len(self.sync.sessions), "commits": gw.committer.commits,
                   "items": gw.committer.items, "rejected": gw.rejected,
                   "store_failures": gw.store_failures, "published": gw.published,
-                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls})
+                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls,
+                  "new_incarnations": gw.new_incarnations})
         return web.json_response(h)

@@ -37,7 +37,7 @@ from edgeline.errors import LocalProtocolError, RemoteProtocolError
 from .. import fastcbor
 from ..nodekeys import check_keys
 from .committer import Committer
-from .store import Delivered, GatewayStore, Publish
+from .store import LEGACY, Delivered, GatewayStore, Publish
 
 log = logging.getLogger("edgeline.gateway")
 
@@ -77,6 +77,7 @@ class Gateway:
         self.published = 0  # records published since start
         self.pulls = 0  # PULLs answered with DATA
         self.refused_pulls = 0  # PULLs answered with ERROR (topic not served to the node, record too large)
+        self.new_incarnations = 0  # topics an edge came back to with a new log (wiped, replaced)
         self._last_pull_ms = {}  # (node, topic) -> wall ms of its last PULL
         self._warned = set()
         # Health (edgeline_host.health): protocol errors of edges counted per reason, the
@@ -220,9 +221,10 @@ class Gateway:
             if cls is sync.Hello:
                 out += conn.send(sync.Challenge())
             elif cls is sync.Auth:
-                out += conn.send(sync.Welcome(marks=self.store.marks(conn.node_id)))
+                incs = self._incarnations(conn)
+                out += conn.send(sync.Welcome(marks=self.store.marks(conn.node_id, incs)))
             elif cls is sync.Batch or cls is sync.Gap:
-                items.append((conn.node_id, ev))
+                items.append((conn.node_id, ev, conn.incarnation_hex.get(ev.topic, LEGACY)))
                 if ev.topic not in acks:
                     acks.append(ev.topic)
             elif cls is sync.Pull:
@@ -254,7 +256,8 @@ class Gateway:
                 # records are stored; the edge learns its marks at the next WELCOME.
                 return bytes(out), True
             last = {}
-            for (_, ev), m in zip(items, marks):
+            for item, m in zip(items, marks):
+                ev = item[1]
                 if type(ev) is not Delivered:
                     last[ev.topic] = m
             for topic in acks:
@@ -306,6 +309,28 @@ class Gateway:
                     return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
                                            "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
                 rows = rows[:len(rows) // 2]
+
+    def _incarnations(self, conn):
+        """The HELLO's incarnations as hex ({topic: hex}), kept on the connection for its
+        batches; a topic of this node seen before under another incarnation is reported
+        (its log was wiped or replaced: the new seqs are stored as a new stream)."""
+        incs = {t: bytes(i).hex() for t, i in (conn.incarnations or {}).items()}
+        conn.incarnation_hex = incs
+        node = conn.node_id
+        for topic, inc in sorted(incs.items()):
+            known = self.store.incarnations_of(node, topic)
+            if known and inc not in known and ("incarnation", node, topic, inc) not in self._warned:
+                prev = known[-1]
+                last = self.store.mark(node, topic, prev)
+                lost = [g for g in self.store.gaps(node, topic) if g.get("incarnation", prev) == prev]
+                self.new_incarnations += 1
+                self._warn_once(("incarnation", node, topic, inc),
+                                "gateway: node %s topic %r has a new log incarnation %s (its log was wiped or "
+                                "replaced): its records are stored from seq 1 under it. The previous incarnation %s "
+                                "ended at seq %d; %d seqs of it were reported lost in gaps, and any seq it held above "
+                                "%d never arrived" % (node, topic, inc, prev, last,
+                                                     sum(g["last"] - g["first"] + 1 for g in lost), last))
+        return incs
 
     def _warn_once(self, key, line):
         if key not in self._warned:

@@ -2,9 +2,12 @@
 
 Theory of operation
 -------------------
-Every record the gateway accepts is identified by ``(origin, topic, seq)``. Per
-``(origin, topic)`` — a *stream* — the store keeps a high-water mark: every seq at or
-below it is held, either as a record or inside a gap the edge reported. The receiver
+Every record the gateway accepts is identified by ``(origin, topic, incarnation, seq)``:
+the incarnation is the id of the edge log that gave the seqs (docs/spec/log.md), so a
+wiped or replaced log, whose seqs begin again at 1, is a new stream, never duplicates of
+the old one. Per ``(origin, topic, incarnation)`` — a *stream* — the store keeps a
+high-water mark: every seq at or below it is held, either as a record or inside a gap
+the edge reported. The receiver
 rules of docs/spec/wire.md (W1–W3) follow from that one number:
 
 * entries at or below the mark are duplicates and change nothing;
@@ -19,7 +22,11 @@ transaction, so a busy gateway pays one fsync per group, not per batch (group co
 The marks it returns are durable when it returns: an ACK may be sent. SQLite runs in WAL
 mode with ``synchronous=FULL`` (the embedded default: no set-up, one file).
 
-Streams get a small integer id (table ``streams``). Records are stored as *chunks*: the
+Incarnations are kept as 16 hex digits; ``LEGACY`` (all zeros) is that of every record
+of a version-1 edge, of every stream of a store from before schema 3 (the migration gives
+it to them, so no identity changes), and of what the gateway publishes. Streams get a
+small integer id (table ``streams``), increasing: of two incarnations of one (origin,
+topic), the one first seen has the lower id, and queries list them in that order. Records are stored as *chunks*: the
 new part of each accepted batch is one row holding its entries CBOR-encoded exactly as the
 BATCH carried them, keyed by ``(stream, first seq)``. Dedupe is the mark, never a
 per-record lookup, so a row per record would only cost B-tree work (the bulk of ingest
@@ -46,7 +53,8 @@ from edgeline.errors import EdgelineError
 from edgeline.log import Record
 from edgeline.sync import CLOUD_ORIGIN, Batch, Gap, apply_gap, batch_window
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+LEGACY = "0" * 16  # the legacy incarnation (all-zero bytes; docs/spec/log.md)
 _MIGRATE_CHUNK_RECORDS = 1000
 
 _SCHEMA = """
@@ -54,11 +62,13 @@ CREATE TABLE IF NOT EXISTS streams (
     id INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
     topic TEXT NOT NULL,
+    incarnation TEXT NOT NULL DEFAULT '0000000000000000',
     mark INTEGER NOT NULL DEFAULT 0,
     records INTEGER NOT NULL DEFAULT 0,
     lost INTEGER NOT NULL DEFAULT 0,
     updated_ms INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (origin, topic)
+    created_ms INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (origin, topic, incarnation)
 );
 CREATE TABLE IF NOT EXISTS chunks (
     stream INTEGER NOT NULL,
@@ -123,9 +133,12 @@ class GatewayStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._upgrade()
         self._lock = threading.Lock()
-        self._streams = {}  # (origin, topic) -> [id, mark]
-        for sid, origin, topic, mark in self._db.execute("SELECT id, origin, topic, mark FROM streams"):
-            self._streams[(origin, topic)] = [sid, mark]
+        self._streams = {}  # (origin, topic, incarnation) -> [id, mark]
+        self._incs = {}  # (origin, topic) -> [incarnation, ...] in the order first seen
+        for sid, origin, topic, inc, mark in self._db.execute(
+                "SELECT id, origin, topic, incarnation, mark FROM streams ORDER BY id"):
+            self._streams[(origin, topic, inc)] = [sid, mark]
+            self._incs.setdefault((origin, topic), []).append(inc)
         self._delivered = {}  # (node, topic) -> (seq, pulled_ms)
         for node, topic, seq, ms in self._db.execute("SELECT node, topic, seq, pulled_ms FROM deliveries"):
             self._delivered[(node, topic)] = (seq, ms)
@@ -135,8 +148,9 @@ class GatewayStore:
             self._db.close()
 
     def _upgrade(self):
-        # Create the schema, or migrate a version-1 file (a row per record) in place, in one
-        # transaction (docs/spec/gateway-store.md, "Versions").
+        # Create the schema, or migrate a version-1 file (a row per record) or a version-2
+        # one (streams without incarnations) in place, in one transaction
+        # (docs/spec/gateway-store.md, "Versions").
         db = self._db
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -154,6 +168,9 @@ class GatewayStore:
                     db.execute(stmt)
             if old:
                 self._migrate_v1()
+            cols = [r[1] for r in db.execute("PRAGMA table_info(streams)")]
+            if "incarnation" not in cols:
+                self._migrate_v2()
             db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
             db.execute("COMMIT")
         except BaseException:
@@ -181,32 +198,55 @@ class GatewayStore:
         flush()
         db.execute("DROP TABLE records")
 
+    def _migrate_v2(self):
+        # Streams get their incarnation: every one held so far is the legacy incarnation
+        # (a version-1 edge's, and a version-2 edge's pre-upgrade log's), so no record's
+        # identity changes. The UNIQUE constraint changes, so the table is rebuilt; ids are
+        # kept (chunks and gaps refer to them).
+        db = self._db
+        db.execute("ALTER TABLE streams RENAME TO streams_v2")
+        db.execute(_SCHEMA.split(";")[0])
+        db.execute("INSERT INTO streams (id, origin, topic, incarnation, mark, records, lost, updated_ms, created_ms) "
+                   "SELECT id, origin, topic, ?, mark, records, lost, updated_ms, 0 FROM streams_v2", (LEGACY,))
+        db.execute("DROP TABLE streams_v2")
+
     # ------------------------------------------------------------------ marks
 
-    def mark(self, origin, topic):
-        """Highest seq of (origin, topic) held as a record or a reported gap; 0 if none."""
-        s = self._streams.get((origin, topic))
+    def mark(self, origin, topic, incarnation=LEGACY):
+        """Highest seq of the stream held as a record or a reported gap; 0 if none."""
+        s = self._streams.get((origin, topic, incarnation))
         return s[1] if s else 0
 
-    def marks(self, origin):
-        """{topic: mark} for every stream of this origin."""
-        return {t: s[1] for (o, t), s in self._streams.items() if o == origin}
+    def marks(self, origin, incarnations=None):
+        """{topic: mark} for every stream of this origin in the incarnation the edge
+        named (``incarnations``: topic -> hex id; a topic not in it: legacy)."""
+        incarnations = incarnations or {}
+        return {t: s[1] for (o, t, i), s in self._streams.items()
+                if o == origin and i == incarnations.get(t, LEGACY)}
 
-    def _stream(self, origin, topic, created=None):
-        s = self._streams.get((origin, topic))
+    def incarnations_of(self, origin, topic):
+        """The incarnations of (origin, topic) held, in the order first seen."""
+        return list(self._incs.get((origin, topic), ()))
+
+    def _stream(self, origin, topic, inc, now_ms, created=None):
+        key = (origin, topic, inc)
+        s = self._streams.get(key)
         if s is None:
-            cur = self._db.execute("INSERT INTO streams (origin, topic) VALUES (?, ?)", (origin, topic))
-            s = self._streams[(origin, topic)] = [cur.lastrowid, 0]
+            cur = self._db.execute("INSERT INTO streams (origin, topic, incarnation, created_ms) VALUES (?, ?, ?, ?)",
+                                   (origin, topic, inc, now_ms))
+            s = self._streams[key] = [cur.lastrowid, 0]
+            self._incs.setdefault((origin, topic), []).append(inc)
             if created is not None:
-                created.append((origin, topic))
+                created.append(key)
         return s
 
     # ------------------------------------------------------------------ writes
 
     def commit(self, items, now_ms):
-        """Apply ``(origin, event)`` pairs — sync ``Batch`` or ``Gap`` events from edges,
-        ``Publish`` from the gateway itself (origin ``cloud``), ``Delivered`` — in order,
-        in one durable transaction.
+        """Apply ``(origin, event)`` or ``(origin, event, incarnation)`` items — sync
+        ``Batch`` or ``Gap`` events from edges (incarnation: the hex id of the edge's log
+        for that topic; legacy when not given), ``Publish`` from the gateway itself
+        (origin ``cloud``), ``Delivered`` — in order, in one durable transaction.
 
         Returns one mark per item: the stream's mark after it was applied, which the
         caller sends back as ACK (for a Publish: the seq of its last record; for a
@@ -221,7 +261,8 @@ class GatewayStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                for origin, ev in items:
+                for item in items:
+                    origin, ev = item[0], item[1]
                     if isinstance(ev, Delivered):
                         delivered[(origin, ev.topic)] = (ev.seq, now_ms)
                         out.append(ev.seq)
@@ -229,7 +270,7 @@ class GatewayStore:
                     if (origin == CLOUD_ORIGIN) != isinstance(ev, Publish):
                         raise ValueError("%s from origin %r: only the gateway publishes, as %r, and it sends no "
                                          "batches" % (type(ev).__name__, origin, CLOUD_ORIGIN))
-                    s = self._stream(origin, ev.topic, created)
+                    s = self._stream(origin, ev.topic, item[2] if len(item) > 2 else LEGACY, now_ms, created)
                     if s[0] not in saved:
                         saved[s[0]] = (s, s[1])
                     if isinstance(ev, Batch):
@@ -253,6 +294,9 @@ class GatewayStore:
                     s[1] = old
                 for k in created:
                     del self._streams[k]
+                    self._incs[k[:2]].remove(k[2])
+                    if not self._incs[k[:2]]:
+                        del self._incs[k[:2]]
                 raise
             self._delivered.update(delivered)
             return out
@@ -307,7 +351,7 @@ class GatewayStore:
 
     def pull(self, topic, after_seq, max_records):
         """Up to max_records published Records of topic after after_seq, in seq order."""
-        s = self._streams.get((CLOUD_ORIGIN, topic))
+        s = self._streams.get((CLOUD_ORIGIN, topic, LEGACY))
         if s is None or after_seq >= s[1] or max_records < 1:
             return []
         return [Record(r["seq"], r["ts"], r["key"], r["value"])
@@ -318,7 +362,7 @@ class GatewayStore:
         gateway's clock so published timestamps keep increasing across restarts."""
         last = 0
         with self._lock:
-            for (origin, _topic), (sid, mark) in self._streams.items():
+            for (origin, _topic, _inc), (sid, mark) in self._streams.items():
                 if origin == CLOUD_ORIGIN and mark:
                     row = self._db.execute("SELECT base_ts, entries FROM chunks WHERE stream = ? ORDER BY first DESC "
                                            "LIMIT 1", (sid,)).fetchone()
@@ -332,20 +376,27 @@ class GatewayStore:
 
     # ------------------------------------------------------------------ queries
 
-    def records(self, topic, origin=None, from_seq=1, to_seq=None, limit=1000):
-        """Records of a topic (of one origin, or all), in (origin, seq) order:
-        [{origin, topic, seq, ts, key, value, stored_ms}], at most limit of them."""
+    def records(self, topic, origin=None, from_seq=1, to_seq=None, limit=1000, incarnation=None):
+        """Records of a topic (of one origin, or all; of one incarnation, or all), in
+        (origin, incarnation first seen, seq) order: [{origin, topic, seq, ts, key, value,
+        stored_ms}], at most limit of them. Where an (origin, topic) has more than one
+        incarnation, its records also carry ``incarnation`` (hex): their seqs repeat, so
+        the seq alone no longer names one; from_seq and to_seq apply in each."""
         out = []
         if limit <= 0:
             return out
-        sql = "SELECT id, origin FROM streams WHERE topic = ?"
+        sql = "SELECT id, origin, incarnation FROM streams WHERE topic = ?"
         args = [topic]
         if origin is not None:
             sql += " AND origin = ?"
             args.append(origin)
+        if incarnation is not None:
+            sql += " AND incarnation = ?"
+            args.append(incarnation)
         with self._lock:
-            streams = self._db.execute(sql + " ORDER BY origin", args).fetchall()
-            for sid, o in streams:
+            streams = self._db.execute(sql + " ORDER BY origin, id", args).fetchall()
+            for sid, o, inc in streams:
+                several = len(self._incs.get((o, topic), ())) > 1
                 # the chunk holding from_seq (if any) begins at or before it
                 start = self._db.execute("SELECT max(first) FROM chunks WHERE stream = ? AND first <= ?",
                                          (sid, from_seq)).fetchone()[0]
@@ -359,8 +410,11 @@ class GatewayStore:
                     hi = len(ents) if to_seq is None else min(len(ents), to_seq - first + 1)
                     for i in range(lo, hi):
                         e = ents[i]
-                        out.append({"origin": o, "topic": topic, "seq": first + i, "ts": base + e[0], "key": e[1],
-                                    "value": e[2], "stored_ms": stored})
+                        row = {"origin": o, "topic": topic, "seq": first + i, "ts": base + e[0], "key": e[1],
+                               "value": e[2], "stored_ms": stored}
+                        if several:
+                            row["incarnation"] = inc
+                        out.append(row)
                         if len(out) >= limit:
                             return out
         return out
@@ -368,7 +422,7 @@ class GatewayStore:
     def gaps(self, origin=None, topic=None):
         """Reported gaps: [{origin, topic, first, last, reason, reported_ms}]."""
         sql = (
-            "SELECT s.origin, s.topic, g.first, g.last, g.reason, g.reported_ms FROM gaps g "
+            "SELECT s.origin, s.topic, g.first, g.last, g.reason, g.reported_ms, s.incarnation FROM gaps g "
             "JOIN streams s ON s.id = g.stream WHERE 1 = 1"
         )
         args = []
@@ -378,28 +432,61 @@ class GatewayStore:
         if topic is not None:
             sql += " AND s.topic = ?"
             args.append(topic)
-        sql += " ORDER BY s.origin, s.topic, g.first"
+        sql += " ORDER BY s.origin, s.topic, s.id, g.first"
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [
-            {"origin": o, "topic": t, "first": f, "last": la, "reason": r, "reported_ms": ms}
-            for o, t, f, la, r, ms in rows
-        ]
+        out = []
+        for o, t, f, la, r, ms, inc in rows:
+            g = {"origin": o, "topic": t, "first": f, "last": la, "reason": r, "reported_ms": ms}
+            if len(self._incs.get((o, t), ())) > 1:
+                g["incarnation"] = inc
+            out.append(g)
+        return out
 
     def status(self, origin=None):
-        """Per stream: {origin, topic, mark, records, lost, updated_ms}."""
-        sql = "SELECT origin, topic, mark, records, lost, updated_ms FROM streams"
+        """Per stream: {origin, topic, incarnation, current, mark, records, lost,
+        updated_ms}; ``current`` is False for an incarnation a newer one replaced."""
+        sql = "SELECT origin, topic, incarnation, mark, records, lost, updated_ms FROM streams"
         args = ()
         if origin is not None:
             sql += " WHERE origin = ?"
             args = (origin,)
-        sql += " ORDER BY origin, topic"
+        sql += " ORDER BY origin, topic, id"
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return [
-            {"origin": o, "topic": t, "mark": m, "records": n, "lost": lost, "updated_ms": u}
-            for o, t, m, n, lost, u in rows
+            {"origin": o, "topic": t, "incarnation": inc, "current": self._incs.get((o, t), [inc])[-1] == inc,
+             "mark": m, "records": n, "lost": lost, "updated_ms": u}
+            for o, t, inc, m, n, lost, u in rows
         ]
+
+    def incarnation_report(self, origin=None):
+        """Per (origin, topic) with more than one incarnation: its incarnations in the
+        order first seen, each with what the gateway knows of the seqs that never
+        arrived. A replaced incarnation's log is gone from the edge, so every seq above
+        its mark (``last_seq_seen``) is lost too, how many the gateway cannot know:
+        [{origin, topic, incarnations: [{incarnation, current, first_seen_ms,
+        last_seq_seen, records, lost, gaps: [[first, last, reason]], unknown_after}]}]
+        (``unknown_after``: for a replaced incarnation, its mark -- seqs above it, if the
+        old log held any, never arrived; None for the current one)."""
+        out = []
+        with self._lock:
+            for (o, t), incs in sorted(self._incs.items()):
+                if len(incs) < 2 or (origin is not None and o != origin):
+                    continue
+                rows = []
+                for inc in incs:
+                    sid = self._streams[(o, t, inc)][0]
+                    mark, records, lost, created = self._db.execute(
+                        "SELECT mark, records, lost, created_ms FROM streams WHERE id = ?", (sid,)).fetchone()
+                    gaps = [list(g) for g in self._db.execute(
+                        "SELECT first, last, reason FROM gaps WHERE stream = ? ORDER BY first", (sid,))]
+                    current = inc == incs[-1]
+                    rows.append({"incarnation": inc, "current": current, "first_seen_ms": created or None,
+                                 "last_seq_seen": mark, "records": records, "lost": lost, "gaps": gaps,
+                                 "unknown_after": None if current else mark})
+                out.append({"origin": o, "topic": t, "incarnations": rows})
+        return out
 
 
 class StoreVersionError(EdgelineError):
