@@ -1,0 +1,376 @@
+"""The ingest dedupe window: a persisted, bounded map from a request's key to the seqs its
+records got, so a retried request or a redelivered message is answered, not stored again.
+
+Failure modes first
+-------------------
+* Power cut or SIGKILL at any write: the window is an append-only file of CRC-framed
+  entries (docs/spec/ingest-dedupe.md). An entry is written before the records it names
+  are appended, and synced before the log's fsync that makes them durable (the agent's
+  ``SyncFirstStorage`` calls ``sync()`` ahead of every fsync of the topic's log), so
+  records durable implies their entry durable (D1). An entry that outlived its records
+  (synced, then cut before the log's fsync) is dropped by ``recover(log_last_seq)`` (D2).
+  A torn tail is cut at load (D3).
+* Unbounded growth: at most ``max_entries`` live entries, none older than ``max_age_s``;
+  the file is compacted (tmp, fsync, rename, fsync dir) when it holds about twice that.
+* A file this code cannot read (another version, a bad header): refused in one line --
+  starting over would forget what was stored and double the next retry.
+
+Theory of operation
+-------------------
+The entries live in an ``OrderedDict`` in insertion order (the oldest first), so both
+bounds drop from the front. ``add`` writes the entry at once (one small write; SIGKILL
+keeps it, only a power cut can take it unsynced) and ``sync`` fsyncs if anything was
+written since. Keys are bytes (str is UTF-8 encoded). Producer keys (``p:<id>:<seq>``)
+keep a *floor* per producer: the highest request seq that left the window, persisted as a
+``FLOOR`` entry, so a retry older than the window is refused rather than stored twice.
+
+The file goes through the core's storage interface (``edgeline.storage``), so crash tests
+run it and the log on one ``emulator.faultfs.FaultStorage`` with one numbering of write
+points.
+"""
+import collections
+import os
+import struct
+import time
+import zlib
+
+from edgeline.errors import EdgelineError
+from edgeline.storage import FileStorage
+from edgeline.store import topic_dirname
+
+MAGIC = b"ELDW"
+VERSION = 1
+HEADER = struct.Struct("<4sHHI")  # magic, version, flags, reserved; then crc u32
+HEADER_BYTES = HEADER.size + 4
+ENTRY = struct.Struct("<BBBBQQQ")  # kind, key_len, digest_len, reserved, first, last, added_ms
+ENTRY_BYTES = ENTRY.size + 4  # without key and digest
+KIND_ENTRY = 1
+KIND_REMOVED = 2
+KIND_FLOOR = 3
+MAX_KEY_BYTES = 255
+MAX_DIGEST_BYTES = 64
+DIRECTORY = "~ingest-dedupe"  # in data_dir; "~" is never in a topic's directory name
+COMPACT_SLACK = 64
+DEFAULT_MAX_ENTRIES = 10000
+DEFAULT_MAX_AGE_S = 86400
+
+
+class DedupeWindowError(EdgelineError):
+    """The window file cannot be read (another version, a bad header)."""
+
+
+def window_path(data_dir, topic):
+    """Where topic's window lives in the agent's data_dir."""
+    return os.path.join(data_dir, DIRECTORY, topic_dirname(topic) + ".dw")
+
+
+def producer_key(producer_id, request_seq):
+    """The key of request ``request_seq`` of producer ``producer_id`` (both text/int)."""
+    return b"p:%s:%d" % (_bytes(producer_id), request_seq)
+
+
+def _bytes(key):
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+def pack_header():
+    h = HEADER.pack(MAGIC, VERSION, 0, 0)
+    return h + struct.pack("<I", zlib.crc32(h))
+
+
+def pack_entry(kind, key, first_seq, last_seq, added_ms, digest=b""):
+    body = ENTRY.pack(kind, len(key), len(digest), 0, first_seq, last_seq, added_ms) + key + digest
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def parse_entries(data, offset=HEADER_BYTES):
+    """Yield ``(end_offset, kind, key, first, last, added_ms, digest)`` for each valid entry
+    from ``offset``; stop at the first invalid or incomplete one (the torn tail)."""
+    n = len(data)
+    while offset + ENTRY_BYTES <= n:
+        kind, klen, dlen, res, first, last, added = ENTRY.unpack_from(data, offset)
+        if kind not in (KIND_ENTRY, KIND_REMOVED, KIND_FLOOR) or not klen or res or dlen > MAX_DIGEST_BYTES:
+            return
+        end = offset + ENTRY.size + klen + dlen
+        if end + 4 > n:
+            return
+        if zlib.crc32(data[offset:end]) != struct.unpack_from("<I", data, end)[0]:
+            return
+        k0 = offset + ENTRY.size
+        yield end + 4, kind, bytes(data[k0:k0 + klen]), first, last, added, bytes(data[k0 + klen:end])
+        offset = end + 4
+
+
+class DedupeWindow:
+    """One topic's dedupe window in file ``path`` (see the module doc).
+
+    ``recover(log_last_seq)`` once after the topic's log is open; then ``lookup``,
+    ``add``, ``discard``, ``sync``; ``close``. Counters: ``hits`` and ``conflicts`` (the
+    caller's: a key found with the same / another digest), ``dropped_at_recovery``,
+    ``evicted``. ``clock`` returns seconds (tests)."""
+
+    def __init__(self, path, max_entries=DEFAULT_MAX_ENTRIES, max_age_s=DEFAULT_MAX_AGE_S, storage=None,
+                 clock=time.time):
+        if max_entries < 1 or max_age_s <= 0:
+            raise ValueError("max_entries must be >= 1 and max_age_s > 0")
+        self.path = path
+        self.max_entries = max_entries
+        self.max_age_ms = int(max_age_s * 1000)
+        self.storage = storage if storage is not None else FileStorage()
+        self.clock = clock
+        self.hits = 0
+        self.conflicts = 0
+        self.evicted = 0
+        self.dropped_at_recovery = 0
+        self._entries = collections.OrderedDict()  # key -> (first, last, digest, added_ms)
+        self._floors = collections.OrderedDict()  # producer id -> (floor seq, added_ms)
+        self._fh = None
+        self._dirty = False
+        self._in_file = 0  # entries in the file (live or not): compaction trigger
+        self._needs_rewrite = False
+        self._closed = False
+        self._load()
+
+    # ------------------------------------------------------------------ loading
+
+    def _now_ms(self):
+        return int(self.clock() * 1000)
+
+    def _load(self):
+        st = self.storage
+        tmp = self.path + ".tmp"
+        if st.exists(tmp):
+            st.remove(tmp)  # a compaction cut before its rename: the old file stands
+        if not st.exists(self.path):
+            return
+        size = st.size(self.path)
+        data = bytearray(size)
+        h = st.open_read(self.path)
+        try:
+            got = 0
+            mv = memoryview(data)
+            while got < size:
+                n = h.readinto(mv[got:])
+                if not n:
+                    break
+                got += n
+        finally:
+            h.close()
+        del data[got:]
+        if len(data) < HEADER_BYTES or bytes(data[:HEADER_BYTES]) != pack_header():
+            magic, version = bytes(data[:4]), (struct.unpack_from("<H", data, 4)[0] if len(data) >= 6 else None)
+            if magic == MAGIC and version not in (None, VERSION):
+                why = "it is format version %s; this edgeline reads version %d" % (version, VERSION)
+            else:
+                why = "its header is not that of a dedupe window (version %d)" % VERSION
+            raise DedupeWindowError("%s: cannot read the ingest dedupe window: %s; move it away to start "
+                                    "a new window (retries of earlier requests would then be stored again)"
+                                    % (self.path, why))
+        end = HEADER_BYTES
+        for end, kind, key, first, last, added, digest in parse_entries(data):
+            self._in_file += 1
+            if kind == KIND_ENTRY:
+                self._entries.pop(key, None)
+                self._entries[key] = (first, last, digest, added)
+            elif kind == KIND_REMOVED:
+                self._entries.pop(key, None)
+            else:
+                self._floors.pop(key, None)
+                self._floors[key] = (first, added)
+        if end < len(data):
+            st.truncate(self.path, end)  # D3: the torn tail
+            self._needs_rewrite = True
+        self._bound(self._now_ms())
+
+    def recover(self, log_last_seq):
+        """Drop the entries whose records the log does not hold (``last_seq`` above
+        ``log_last_seq``: a power cut took them); rewrite the file if anything changed.
+        Returns how many were dropped."""
+        gone = [k for k, e in self._entries.items() if e[1] > log_last_seq]
+        for k in gone:
+            del self._entries[k]
+        self.dropped_at_recovery += len(gone)
+        if gone or self._needs_rewrite or self._in_file > len(self._entries) + len(self._floors) + COMPACT_SLACK:
+            self.compact()
+        return len(gone)
+
+    # ------------------------------------------------------------------ the map
+
+    def lookup(self, key):
+        """``(first_seq, last_seq, digest)`` stored under ``key``, or None (never stored,
+        forgotten, or older than ``max_age_s``)."""
+        e = self._entries.get(_bytes(key))
+        if e is None or self._now_ms() - e[3] > self.max_age_ms:
+            return None
+        return e[0], e[1], e[2]
+
+    def floor(self, producer_id):
+        """The highest request seq of ``producer_id`` that left the window (0: none)."""
+        f = self._floors.get(_bytes(producer_id))
+        return f[0] if f is not None else 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    def add(self, key, first_seq, last_seq, digest=b""):
+        """Remember ``key`` -> seqs first..last (replacing what it named); written, not
+        synced (``sync()``)."""
+        key = _bytes(key)
+        digest = bytes(digest)
+        if not 1 <= len(key) <= MAX_KEY_BYTES or len(digest) > MAX_DIGEST_BYTES:
+            raise ValueError("a key is 1..%d bytes and a digest at most %d" % (MAX_KEY_BYTES, MAX_DIGEST_BYTES))
+        if not 1 <= first_seq <= last_seq:
+            raise ValueError("seqs must be 1 <= first_seq <= last_seq, not %d..%d" % (first_seq, last_seq))
+        now = self._now_ms()
+        self._write(pack_entry(KIND_ENTRY, key, first_seq, last_seq, now, digest))
+        self._entries.pop(key, None)
+        self._entries[key] = (first_seq, last_seq, digest, now)
+        self._bound(now)
+        self._maybe_compact()
+
+    def discard(self, key):
+        """Forget ``key`` (its records were not stored after all, or its MQTT packet id was
+        reused). Written, not synced; nothing is written for a key not held."""
+        key = _bytes(key)
+        if self._entries.pop(key, None) is None:
+            return
+        self._write(pack_entry(KIND_REMOVED, key, 0, 0, self._now_ms()))
+        self._maybe_compact()
+
+    def sync(self):
+        """Make every entry written so far durable (fsync; nothing to do: no I/O)."""
+        if self._dirty and self._fh is not None:
+            self._fh.sync()
+            self._dirty = False
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        if self._fh is not None:
+            try:
+                self.sync()
+            finally:
+                self._fh.close()
+                self._fh = None
+
+    # ------------------------------------------------------------------ bounds and file
+
+    def _bound(self, now):
+        entries = self._entries
+        while entries:
+            k, e = next(iter(entries.items()))
+            if len(entries) <= self.max_entries and now - e[3] <= self.max_age_ms:
+                break
+            del entries[k]
+            self.evicted += 1
+            if k.startswith(b"p:"):
+                pid, _, seq = k[2:].rpartition(b":")
+                if seq.isdigit() and int(seq) > self.floor(pid):
+                    self._floors.pop(pid, None)
+                    self._floors[pid] = (int(seq), now)
+                    self._write(pack_entry(KIND_FLOOR, pid, int(seq), int(seq), now))
+        floors = self._floors
+        while floors:
+            k, f = next(iter(floors.items()))
+            if len(floors) <= self.max_entries and now - f[1] <= self.max_age_ms:
+                break
+            del floors[k]
+
+    def _write(self, entry):
+        if self._fh is None:
+            self._create()
+        self._fh.write(entry, len(entry))
+        self._dirty = True
+        self._in_file += 1
+
+    def _create(self):
+        st = self.storage
+        d = os.path.dirname(self.path)
+        if d:
+            st.makedirs(d)
+        if not st.exists(self.path):
+            self._rewrite([])
+        self._fh = st.open_append(self.path)
+
+    def _maybe_compact(self):
+        if self._in_file > 2 * self.max_entries + COMPACT_SLACK:
+            self.compact()
+
+    def compact(self):
+        """Rewrite the file with the live entries only, atomically (tmp, fsync, rename)."""
+        parts = [pack_entry(KIND_FLOOR, pid, f[0], f[0], f[1]) for pid, f in self._floors.items()]
+        parts += [pack_entry(KIND_ENTRY, k, e[0], e[1], e[3], e[2]) for k, e in self._entries.items()]
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        d = os.path.dirname(self.path)
+        if d:
+            self.storage.makedirs(d)
+        self._rewrite(parts)
+        self._fh = self.storage.open_append(self.path)
+        self._dirty = False
+        self._in_file = len(parts)
+        self._needs_rewrite = False
+
+    def _rewrite(self, parts):
+        st = self.storage
+        tmp = self.path + ".tmp"
+        if st.exists(tmp):
+            st.remove(tmp)
+        data = bytearray(pack_header() + b"".join(parts))
+        h = st.open_append(tmp)
+        try:
+            h.write(data, len(data))
+            h.sync()
+        finally:
+            h.close()
+        st.rename(tmp, self.path)  # durable when it returns (the directory is synced)
+
+
+class SyncFirstStorage:
+    """The agent's storage: ``FileStorage`` (or any storage) whose handles, for files in a
+    registered log directory, call that topic's ``before_sync`` (its window's ``sync``)
+    ahead of their own fsync. So every fsync of a log -- a flush, ``sync: every``, a
+    commit by count, a sealed segment -- is preceded by the window's: records durable
+    implies their entries durable (docs/spec/ingest-dedupe.md, D1), whatever path the
+    commit takes."""
+
+    def __init__(self, inner=None):
+        self.inner = inner if inner is not None else FileStorage()
+        self._hooks = {}  # log directory -> callable
+
+    def before_sync(self, log_dir, fn):
+        self._hooks[log_dir.rstrip("/")] = fn
+
+    def open_append(self, path):
+        h = self.inner.open_append(path)
+        fn = self._hooks.get(path.rpartition("/")[0])
+        return h if fn is None else _SyncFirst(h, fn)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _SyncFirst:
+    __slots__ = ("_h", "_fn")
+
+    def __init__(self, h, fn):
+        self._h = h
+        self._fn = fn
+
+    def write(self, buf, n):
+        self._h.write(buf, n)
+
+    def sync(self):
+        self._fn()
+        self._h.sync()
+
+    def seek(self, pos):
+        self._h.seek(pos)
+
+    def readinto(self, buf):
+        return self._h.readinto(buf)
+
+    def close(self):
+        self._h.close()
