@@ -246,3 +246,111 @@ def test_qos2_and_subscribe_are_refused_cleanly(tmp_path):
 
     asyncio.run(with_agent(cfg, fn))
 
+
+
+def test_logins_from_ingest_mqtt_users(tmp_path):
+    cfg = config(tmp_path, {"users": {"sensor": "s3cret"}})
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            for proto in (paho.MQTTv311, paho.MQTTv5):
+                for who in ({"username": "sensor", "password": "wrong"}, {"username": "nobody", "password": "x"}, {}):
+                    c = Client(port, proto, "p", **who)
+                    deadline = time.monotonic() + WAIT_S
+                    while c.connack is None and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert c.connack is not None and str(c.connack[1]) == "Bad user name or password", (proto, who)
+                    c.close()
+                c = Client(port, proto, "p", username="sensor", password="s3cret")
+                info = c.publish("m/x", b"1")
+                info.wait_for_publish(WAIT_S)
+                assert info.is_published()
+                c.close()
+
+        await asyncio.to_thread(talk)
+        assert agent.mqtt_endpoint.connects_refused == 6 and values(agent) == [1, 1]
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_config_listen_users_and_the_bridge(tmp_path):
+    cfg = config(tmp_path)
+    assert cfg.ingest.mqtt.broker is None and cfg.ingest.mqtt.listen.port > 0
+    both = config(tmp_path, {"broker": "127.0.0.1:1999"})
+    assert both.ingest.mqtt.broker.port == 1999 and both.ingest.mqtt.listen is not None
+    e = {"node_id": NODE, "data_dir": str(tmp_path / "d"), "sync": {"enabled": False}, "local_topics": ["t"]}
+    bridge = parse_config({"edge": dict(e, ingest={"mqtt": {"map": {"m/#": "t"}}})}, base_dir=str(tmp_path))
+    assert bridge.ingest.mqtt.listen is None and bridge.ingest.mqtt.broker.port == 1883
+    for mq, words in (({"users": {"a": "b"}}, "ingest.mqtt.users: only the agent's own endpoint"),
+                      ({"listen": "127.0.0.1:1884", "users": {"a": ""}}, "ingest.mqtt.users.a: the password"),
+                      ({"listen": "127.0.0.1:1884", "users": ["a"]}, "ingest.mqtt.users: must be a mapping"),
+                      ({"listen": "nowhere:x"}, "ingest.mqtt.listen")):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"edge": dict(e, ingest={"mqtt": mq})}, base_dir=str(tmp_path))
+        assert words in str(err.value), str(err.value)
+
+
+def test_persistent_sessions_are_remembered_across_a_restart(tmp_path):
+    """3.1.1 clean session 0 and MQTT 5 clean start 0 with a session expiry: the CONNACK's
+    session present flag is set when the client comes back, also to a new agent process
+    (the endpoint keeps the client ids in data_dir); a clean session forgets it."""
+    port = free_port()
+    cfg = config(tmp_path, port=port)
+
+    def connack(version, cid, clean, props=None):
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+        s.sendall(mp.encode_connect(version, cid, clean, 60, properties=props))
+        got = read_packet(s)
+        s.sendall(mp.encode_simple(mp.DISCONNECT))
+        s.close()
+        return got
+
+    async def first(agent):
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 0
+        assert (await asyncio.to_thread(connack, 5, "keep5", False, {"session_expiry_interval": 600}))[2] == 0
+        assert (await asyncio.to_thread(connack, 5, "gone5", False))[2] == 0  # expiry 0: ends at disconnect
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 1
+
+    async def second(agent):
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 1
+        assert (await asyncio.to_thread(connack, 5, "keep5", False, {"session_expiry_interval": 600}))[2] == 1
+        assert (await asyncio.to_thread(connack, 5, "gone5", False))[2] == 0
+        assert (await asyncio.to_thread(connack, 4, "keep3", True))[2] == 0  # clean: forgotten
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 0
+
+    asyncio.run(with_agent(cfg, first))
+    assert set(json.loads((tmp_path / "data" / STATE_FILE).read_text())["sessions"]) == {"keep3", "keep5"}
+    asyncio.run(with_agent(cfg, second))
+
+
+def test_keepalive_garbage_and_a_silent_socket_are_closed(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            s, connack = raw(port, 4, "sleepy", keepalive_s=1)  # silent past 1.5 s: closed
+            assert connack == bytes([0x20, 2, 0, 0])
+            assert read_packet(s) == b""
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)  # never sends CONNECT
+            assert read_packet(s) == b""
+            s, connack = raw(port, 5, "bad")
+            s.sendall(bytes([0x30, 3, 0, 5]) + b"a")  # a topic that runs past the packet
+            assert read_packet(s)[2] == mp.RC_MALFORMED and read_packet(s) == b""
+            s, _ = raw(port, 4, "pinger")
+            for b in mp.encode_simple(mp.PINGREQ) + mp.encode_publish(4, "m/x", b"9", 1, 3):  # one byte at a time
+                s.sendall(bytes([b]))
+            assert read_packet(s) == bytes([0xD0, 0]) and read_packet(s) == bytes([0x40, 2, 0, 3])
+            s.close()
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)  # MQTT 3.1
+            s.sendall(bytes([0x10, 12, 0, 6]) + b"MQIsdp" + bytes([3, 2, 0, 60]))
+            assert read_packet(s) == bytes([0x20, 2, 0, 1]) and read_packet(s) == b""
+
+        await asyncio.to_thread(talk)
+        s = agent.mqtt_endpoint.stats()
+        assert s["protocol_errors"] == 1 and s["connects_refused"] == 1 and values(agent) == [9]
+
+    asyncio.run(with_agent(cfg, fn))

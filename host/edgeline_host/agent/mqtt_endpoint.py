@@ -502,24 +502,58 @@ class _Connection(asyncio.Protocol):
 
     def _store(self, p):
         """Route and append ``p``; ``(st, seq)``, ``(None, (reason, line))`` refused, or
-        raises RequestError 5xx (hold it)."""
+        raises RequestError 5xx (hold it). A QoS 1 message is written to the topic's
+        dedupe window before it is appended (so the window is synced before the log's
+        fsync that makes the record durable: docs/spec/ingest-dedupe.md, D1); a resend
+        (DUP) of one the window holds with the same payload is not appended again: its
+        ``(st, seq)`` is the original's, acknowledged once that is durable."""
         st, why = route_message(self.agent, self.ep.settings, p.topic)
         if st is None:
             self.ep.refuse(p.topic, *why)
             return None, why
         try:
             key, value = record_from_payload(p.payload)
-            first, n = self.agent.append(st, [key], [value])
         except RequestError as e:
-            if e.status >= 500:
+            why = ("bad_value", str(e))
+            self.ep.refuse(p.topic, *why)
+            return None, why
+        window = getattr(st, "window", None) if p.qos else None
+        wkey = None
+        if window is not None:
+            wkey = self._window_key(p.packet_id)
+            digest = payload_digest(p.payload)
+            if p.dup:
+                hit = window.lookup(wkey)
+                if hit is not None and hit[2] == digest:
+                    window.hits += 1
+                    self.ep.redeliveries_dropped += 1
+                    return st, hit[1]
+            # A new message, or a packet id used again after its PUBACK: the entry is replaced.
+            window.add(wkey, st.log.last_seq + 1, st.log.last_seq + 1, digest)
+        try:
+            first, n = self.agent.append(st, [key], [value])
+        except BaseException as e:
+            if wkey is not None:
+                window.discard(wkey)  # not stored: the resend stores it
+            if not isinstance(e, RequestError) or e.status >= 500:
                 raise
             why = ("too_large" if e.status == 413 else "bad_value", str(e))
             self.ep.refuse(p.topic, *why)
             return None, why
         if not n:
+            if wkey is not None:
+                window.discard(wkey)
             return None, None  # drop_newest dropped it (the log counts it)
         self.ep.stored += 1
         return st, first
+
+    def _window_key(self, packet_id):
+        """``c:`` + packet id (2 bytes, big-endian) + the client id (UTF-8; over 200 bytes:
+        its BLAKE2b-16 digest): the endpoint's rows of the dedupe window."""
+        cid = self.client_id.encode("utf-8")
+        if len(cid) > 200:
+            cid = hashlib.blake2b(cid, digest_size=16).digest()
+        return b"c:" + packet_id.to_bytes(2, "big") + cid
 
     def _process(self):
         """Append what was read, in order; owe a PUBACK for each QoS 1 message."""
