@@ -73,6 +73,8 @@ log = logging.getLogger("edgeline.agent.mqtt_endpoint")
 WINDOW = 1000  # MQTT 5 Receive Maximum; past this many owed, a connection is not read
 HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried again this often
 MAX_PACKET_BYTES = (1 << 20) + 1024  # a record fits a segment anyway; larger packets: disconnected
+LINGER_S = 0.002  # a commit waits at most this long for publishers still sending...
+LINGER_STEP_S = 0.0002  # ...as long as bytes keep coming in every this often
 CONNECT_TIMEOUT_S = 10  # a connection that sends no CONNECT by then is closed
 STATE_FILE = "mqtt-endpoint.json"  # in data_dir: client ids with a persistent session
 _NEVER = 0xFFFFFFFF
@@ -136,6 +138,9 @@ class MqttEndpoint:
         self.connects_refused = 0
         self.protocol_errors = 0
         self.acks_lost = 0  # owed on a connection that closed: the publisher resends them
+        self.bytes_in = 0
+        self._linger = None
+        self.commits = 0  # commits the endpoint asked for (one per loop turn with records to cover)
         self.refusals = {}
         self.last_refusal = None
         self.last_error = None
@@ -188,6 +193,7 @@ class MqttEndpoint:
             "unacknowledged": sum(len(c.owed) for c in self.connections),
             "protocol_errors": self.protocol_errors,
             "acks_lost": self.acks_lost,
+            "commits": self.commits,
             "sessions": len(self.sessions),
             "refusals": dict(self.refusals),
             "last_refusal": self.last_refusal,
@@ -253,14 +259,30 @@ class MqttEndpoint:
     # ------------------------------------------------------------------ group commit
 
     def commit_soon(self, conn):
-        """``conn`` owes acknowledgements of records not yet durable: commit at the next
-        turn of the loop, once for every connection's records of this turn."""
+        """``conn`` owes acknowledgements of records not yet durable: commit soon, once
+        for every connection's records so far (see ``_commit_round``)."""
         self._waiting.add(conn)
         if not self._commit_pending:
             self._commit_pending = True
+            self._linger = (self.bytes_in, self._loop.time() + LINGER_S)
             self._loop.call_soon(self._commit_round)
 
+    def _everyone_waits(self):
+        for c in self.connections:
+            if c.client_id is not None and not (c.owed and not c.owed[-1].settled()):
+                return False
+        return True
+
     def _commit_round(self):
+        """Commit now if every connected publisher waits for a PUBACK (nobody else is
+        coming: a lone publisher never waits), or if no byte came in since the last look;
+        else look again in LINGER_STEP_S, up to LINGER_S: publishers still sending join
+        this commit rather than wait for the next fsync."""
+        seen, until = self._linger
+        if self.bytes_in != seen and self._loop.time() < until and not self._everyone_waits():
+            self._linger = (self.bytes_in, until)
+            self._loop.call_later(LINGER_STEP_S, self._commit_round)
+            return
         self._commit_pending = False
         waiting, self._waiting = self._waiting, set()
         need = {}
@@ -270,6 +292,7 @@ class MqttEndpoint:
                     need[e.st] = max(need.get(e.st, 0), e.seq)
         for st, seq in need.items():
             if st.log.durable_seq < seq and not self.agent.closing:
+                self.commits += 1
                 self.agent.commit_now(st)
         for c in waiting:
             c.ack_settled()
@@ -315,6 +338,7 @@ class _Connection(asyncio.Protocol):
         if self._closing:
             return
         self.last_rx = self.ep._loop.time()
+        self.ep.bytes_in += len(data)
         self.decoder.receive_data(data)
         try:
             while not self._closing:
