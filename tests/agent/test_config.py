@@ -664,7 +664,8 @@ def test_documented_defaults_are_the_defaults():
     assert documented == implicit
     # and the block sets every key the parser knows, save those with no default
     for keys in (cfgmod.EDGE_KEYS, cfgmod.SYNC_KEYS, cfgmod.RETRY_KEYS, cfgmod.BREAKER_KEYS,
-                 cfgmod.RESOURCE_KEYS, cfgmod.LOCAL_TOPIC_KEYS, cfgmod.MESH_KEYS, cfgmod.HTTP_KEYS, cfgmod.MQTT_KEYS):
+                 cfgmod.RESOURCE_KEYS, cfgmod.LOCAL_TOPIC_KEYS, cfgmod.MESH_KEYS, cfgmod.HTTP_KEYS, cfgmod.MQTT_KEYS,
+                 cfgmod.DEDUPE_KEYS):
         for k in keys:
             assert re.search(r"^\s*(- |# )?%s:" % k, block, re.M), "the defaults block lacks %s" % k
 
@@ -674,7 +675,7 @@ def test_every_key_is_in_the_reference():
     for name in dir(cfgmod):
         if name.endswith("_KEYS"):
             for k in getattr(cfgmod, name):
-                assert "`%s`" % k in text or "`http.%s`" % k in text or "`mqtt.%s`" % k in text, k
+                assert any(("`%s%s`" % (prefix, k)) in text for prefix in ("", "http.", "mqtt.", "dedupe.")), k
     for values in (cfgmod.DIRECTIONS, cfgmod.SYNC_POLICIES, cfgmod.FULL_POLICIES, cfgmod.EVICTION_POLICIES):
         for v in values:
             assert "`%s`" % v in text, v

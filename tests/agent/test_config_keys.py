@@ -41,6 +41,7 @@ SCHEMA = {
     "INGEST_KEYS": "edge.ingest",
     "HTTP_KEYS": "edge.ingest.http",
     "MQTT_KEYS": "edge.ingest.mqtt",
+    "DEDUPE_KEYS": "edge.ingest.dedupe",
 }
 
 # key -> (a value that is refused, the value that is accepted as "what edgeline does
@@ -71,6 +72,7 @@ _HTTP_INGEST = ["tests/agent/test_agent.py::test_ingest_syncs_each_record_exactl
 _MQTT_INGEST = ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals",
                 "tests/agent/test_mqtt_ingest.py::test_without_a_map_the_mqtt_topic_is_the_topic"]
 _RETRY = [_UPLINK, _C + "test_retry_delay"]
+_DEDUPE = ["tests/agent/test_idempotent_ingest.py::test_producer_id_and_request_seq_and_the_window_bound"]
 _BREAKER = [_UPLINK, "tests/agent/test_uplink.py::test_gateway_down_then_up_and_the_breaker"]
 
 # key -> tests that fail if the key is ignored
@@ -112,7 +114,13 @@ ACTED_ON = {
     "edge.ingest.mqtt": _MQTT_INGEST,
     "edge.ingest.mqtt.broker": _MQTT_INGEST,
     "edge.ingest.mqtt.topics": _MQTT_INGEST,
+    "edge.ingest.mqtt.listen": ["tests/agent/test_mqtt_endpoint.py::test_paho_v311_and_v5_qos0_and_qos1_routed_by_the_map",
+                                "tests/agent/test_mqtt_endpoint.py::test_config_listen_users_and_the_bridge"],
+    "edge.ingest.mqtt.users": ["tests/agent/test_mqtt_endpoint.py::test_logins_from_ingest_mqtt_users"],
     "edge.ingest.mqtt.map": ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals"],
+    "edge.ingest.dedupe": _DEDUPE,
+    "edge.ingest.dedupe.max_entries": _DEDUPE,
+    "edge.ingest.dedupe.max_age_secs": _DEDUPE,
 }
 
 
@@ -149,7 +157,7 @@ def doc_keys():
 
 def test_doc_tables_are_found():
     tables = doc_tables()
-    assert set(tables) == set(SCHEMA.values()) - {"", "edge.ingest.http", "edge.ingest.mqtt"}
+    assert set(tables) == set(SCHEMA.values()) - {"", "edge.ingest.http", "edge.ingest.mqtt", "edge.ingest.dedupe"}
     assert len(doc_keys()) >= 40
 
 

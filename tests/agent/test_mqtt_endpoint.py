@@ -354,3 +354,194 @@ def test_keepalive_garbage_and_a_silent_socket_are_closed(tmp_path):
         assert s["protocol_errors"] == 1 and s["connects_refused"] == 1 and values(agent) == [9]
 
     asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_resend_of_a_stored_message_is_acknowledged_not_stored_again(tmp_path):
+    """A PUBLISH resent with DUP, the same packet id and payload by the same client (its
+    PUBACK was lost) is acknowledged and not stored -- also by the next agent process;
+    the same packet id without DUP, or with another payload, is a new message."""
+    port = free_port()
+    cfg = config(tmp_path, port=port)
+
+    def session(steps):
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+        s.sendall(mp.encode_connect(4, "dup-client", False, 60))
+        assert read_packet(s)[:2] == bytes([0x20, 2])
+        for payload, dup in steps:
+            s.sendall(mp.encode_publish(4, "m/x", payload, 1, 7, dup=dup))
+            assert read_packet(s) == bytes([0x40, 2, 0, 7])
+        s.sendall(mp.encode_simple(mp.DISCONNECT))
+        s.close()
+
+    async def first(agent):
+        await asyncio.to_thread(session, [(b"1", False), (b"1", True), (b"1", True)])
+        assert values(agent) == [1]
+        assert agent.mqtt_endpoint.redeliveries_dropped == 2 and agent.mqtt_endpoint.redelivered == 2
+
+    async def second(agent):
+        await asyncio.to_thread(session, [(b"1", True),  # still known after a restart
+                                          (b"2", True),  # DUP, another payload: a new message
+                                          (b"2", False),  # packet id used again: a new message
+                                          (b"2", True)])
+        assert values(agent) == [1, 2, 2]
+        s = agent.health()["mqtt_endpoint"]
+        assert s["redeliveries_dropped"] == 2 and s["stored"] == 2 and s["acked"] == 4
+
+    asyncio.run(with_agent(cfg, first))
+    asyncio.run(with_agent(cfg, second))
+
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
+ENV.pop("EDGELINE_AGENT", None)
+
+
+class Link:
+    """edgeline_host.faultlink.FaultLink (200 ms each way) on an event loop of its own thread."""
+
+    def __init__(self, target_port):
+        from edgeline_host.faultlink import FaultLink
+
+        self.loop = asyncio.new_event_loop()
+        self.link = FaultLink(0, "127.0.0.1", target_port, delay_ms=200)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.link.start())
+
+    def call(self, coro_or_fn):
+        if asyncio.iscoroutine(coro_or_fn):
+            return asyncio.run_coroutine_threadsafe(coro_or_fn, self.loop).result(WAIT_S)
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (coro_or_fn(), done.set()))
+        done.wait(WAIT_S)
+
+    def close(self):
+        self.call(self.link.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT_S)
+        self.loop.close()
+
+
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
+def test_sigkill_loses_nothing_acknowledged_and_stores_no_resend_twice(tmp_path, protocol):
+    """`edgeline agent` with its endpoint, paho publishing at QoS 1 (100 in flight, a
+    persistent session) through a link with 200 ms of latency each way; twice, the link is
+    cut and the agent SIGKILLed at once, then started again. The PUBACKs on the link are
+    lost, so paho resends (DUP) messages the agent had stored. Afterwards every payload
+    is in the log exactly once, and the resends of stored records were counted."""
+    port, http_port = free_port(), free_port()
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(
+        "edge:\n  node_id: %s\n  data_dir: ./data\n  sync: {enabled: false}\n"
+        "  local_topics:\n    - {topic: t}\n"
+        "  ingest:\n    http: {listen: '127.0.0.1:%d'}\n"
+        "    mqtt: {listen: '127.0.0.1:%d', map: {'m/#': t}}\n" % (NODE, http_port, port))
+    argv = [sys.executable, "-m", "edgeline_host.cli", "agent", "--config", str(cfg)]
+    log_path = tmp_path / "agent.log"
+    procs = []
+
+    def get(path):
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (http_port, path), timeout=5) as r:
+            return json.loads(r.read())
+
+    def start():
+        with open(log_path, "ab") as out:
+            p = subprocess.Popen(argv, env=ENV, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs.append(p)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert p.poll() is None, log_path.read_text()
+            try:
+                if get("/v1/health")["mqtt_endpoint"] is not None:
+                    return p
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the agent did not come up: " + log_path.read_text()
+            time.sleep(0.05)
+
+    kw = {"clean_session": False} if protocol != paho.MQTTv5 else {}
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="killer", protocol=protocol, **kw)
+    client.max_inflight_messages_set(100)
+    client.reconnect_delay_set(0.05, 0.2)
+    sent = []
+    acked = set()  # mids paho saw acknowledged (is_published() raises for what was queued while disconnected)
+    client.on_publish = lambda _c, _u, mid, _rc, _p: acked.add(mid)
+    stop = threading.Event()
+    go = threading.Event()
+    go.set()
+    paused = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            if not go.is_set():
+                paused.set()
+                go.wait(0.05)
+                continue
+            paused.clear()
+            info = client.publish("m/x", b'{"n": %d}' % i, qos=1)
+            sent.append((i, info))
+            i += 1
+            if i % 100 == 0:
+                deadline = time.monotonic() + WAIT_S
+                while info.mid not in acked and time.monotonic() < deadline and go.is_set():
+                    time.sleep(0.002)  # keep paho's queue short
+
+    link = Link(port)
+    try:
+        proc = start()
+        if protocol == paho.MQTTv5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            client.connect("127.0.0.1", link.link.port, clean_start=False, properties=props)
+        else:
+            client.connect("127.0.0.1", link.link.port)
+        client.loop_start()
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            for target in (300, 800):
+                deadline = time.monotonic() + WAIT_S
+                while get("/v1/health")["mqtt_endpoint"]["stored"] < 200 or len(sent) < target:
+                    assert time.monotonic() < deadline, "too little stored"
+                    time.sleep(0.01)
+                go.clear()  # the publisher stops, with up to 100 messages unacknowledged
+                assert paused.wait(WAIT_S)
+                n = len(sent)
+                while get("/v1/queue")["topics"]["t"]["durable_seq"] < n:  # all stored, PUBACKs on their way
+                    assert time.monotonic() < deadline + WAIT_S, "the agent did not store everything sent"
+                    time.sleep(0.002)
+                link.call(link.link.cut)  # the PUBACKs on the link are lost...
+                proc.send_signal(signal.SIGKILL)  # ...and the agent dies
+                proc.wait(10)
+                proc = start()
+                link.call(link.link.restore)
+                go.set()
+        finally:
+            stop.set()
+            producer.join(WAIT_S)
+        deadline = time.monotonic() + 30
+        while not {info.mid for _, info in sent} <= acked:
+            assert time.monotonic() < deadline, "paho has unacknowledged messages left"
+            time.sleep(0.05)
+        s = get("/v1/health")["mqtt_endpoint"]
+        assert s["redeliveries_dropped"] > 0 and s["redelivered"] >= s["redeliveries_dropped"], json.dumps(s)
+        client.disconnect()
+        client.loop_stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(WAIT_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        link.close()
+    lg = RingLog(str(tmp_path / "data" / "t"))
+    try:
+        got = [codec.loads(r.value)["n"] for r in lg.read(1, 1 << 20, 1 << 30)]
+    finally:
+        lg.close()
+    assert sorted(got) == list(range(len(sent))), "lost %s, doubled %s" % (
+        sorted(set(range(len(sent))) - set(got)), sorted(n for n in set(got) if got.count(n) > 1)[:20])

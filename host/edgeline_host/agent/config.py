@@ -179,9 +179,10 @@ TOPIC_KEYS = (
 )
 LOCAL_TOPIC_KEYS = tuple(k for k in TOPIC_KEYS if k != "direction")
 MESH_KEYS = ("enabled", "discovery", "peers", "listen", "max_peers", "gossip_interval_secs", "replicated_topics")
-INGEST_KEYS = ("http", "mqtt")
+INGEST_KEYS = ("http", "mqtt", "dedupe")
 HTTP_KEYS = ("listen",)
 MQTT_KEYS = ("broker", "listen", "users", "topics", "map")
+DEDUPE_KEYS = ("max_entries", "max_age_secs")
 
 
 
@@ -343,9 +344,19 @@ class MqttIngest:
 
 
 @dataclass(frozen=True)
+class IngestDedupe:
+    """The bounds of each topic's ingest dedupe window (agent/idempotency.py): how many
+    keyed requests / MQTT packet ids it remembers, and for how long."""
+
+    max_entries: int = 10000
+    max_age_ms: int = 86400 * 1000
+
+
+@dataclass(frozen=True)
 class IngestSettings:
     http: Optional[HttpIngest] = None
     mqtt: Optional[MqttIngest] = None
+    dedupe: IngestDedupe = IngestDedupe()
 
 
 @dataclass(frozen=True)
@@ -875,7 +886,15 @@ def _parse_ingest(ctx, value, topics):
             topics=tuple(subs) or default_topics,
             topic_map=tuple(routes),
         )
-    return IngestSettings(http=http, mqtt=mqtt)
+    dp = path + ".dedupe"
+    dm = _mapping(ctx, dp, m.get("dedupe"), DEDUPE_KEYS)
+    dd = IngestDedupe()
+    dedupe = IngestDedupe(
+        max_entries=_int(ctx, dp + ".max_entries", dm.get("max_entries"), dd.max_entries, 1, 10 ** 7),
+        max_age_ms=_duration_field(ctx, dp + ".max_age_secs", dm.get("max_age_secs"), dd.max_age_ms, _SECOND,
+                                   _SECOND, 365 * _DAY),
+    )
+    return IngestSettings(http=http, mqtt=mqtt, dedupe=dedupe)
 
 
 def _parse_key(ctx, edge, base_dir, data_dir):

@@ -122,6 +122,7 @@ class DedupeWindow:
         self.conflicts = 0
         self.evicted = 0
         self.dropped_at_recovery = 0
+        self.cut_at_recovery = 0
         self._entries = collections.OrderedDict()  # key -> (first, last, digest, added_ms)
         self._floors = collections.OrderedDict()  # producer id -> (floor seq, added_ms)
         self._fh = None
@@ -183,13 +184,21 @@ class DedupeWindow:
         self._bound(self._now_ms())
 
     def recover(self, log_last_seq):
-        """Drop the entries whose records the log does not hold (``last_seq`` above
-        ``log_last_seq``: a power cut took them); rewrite the file if anything changed.
-        Returns how many were dropped."""
+        """Drop the entries whose records the log does not hold (``first_seq`` above
+        ``log_last_seq``: a crash took them), cut those it holds in part to that part;
+        rewrite the file if anything changed. Returns how many were dropped or cut."""
         gone = [k for k, e in self._entries.items() if e[1] > log_last_seq]
         for k in gone:
-            del self._entries[k]
-        self.dropped_at_recovery += len(gone)
+            first, _, digest, added = self._entries[k]
+            if first <= log_last_seq:
+                # Part of the request's records reached the file (SIGKILL keeps what was
+                # written): the entry keeps the part the log holds, so a retry is not
+                # stored twice (the caller appends only the rest; see service.py).
+                self._entries[k] = (first, log_last_seq, digest, added)
+                self.cut_at_recovery += 1
+            else:
+                del self._entries[k]
+                self.dropped_at_recovery += 1
         if gone or self._needs_rewrite or self._in_file > len(self._entries) + len(self._floors) + COMPACT_SLACK:
             self.compact()
         return len(gone)

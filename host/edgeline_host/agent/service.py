@@ -52,6 +52,7 @@ them, and any topic's own durable records, with ``GET /v1/topics/{topic}/records
 (optionally waiting for new ones: a long poll).
 """
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -65,9 +66,10 @@ from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.logformat import encode_frame, pack_segment_header
 from edgeline.outbox import Outbox
-from edgeline.store import Store
+from edgeline.store import Store, topic_dirname
 
 from ..jsonrecords import RequestError, parse_records, record_to_json
+from .idempotency import DedupeWindow, SyncFirstStorage, producer_key, window_path
 
 log = logging.getLogger("edgeline.agent")
 
@@ -77,6 +79,8 @@ MAX_READ_BYTES = 1 << 20  # about this many value bytes in one answer of the rea
 MAX_WAIT_MS = 60000  # the longest long poll of the read API
 RETRY_AFTER_S = 1  # what a 503 asks the producer to wait
 RETENTION_EVERY_MS = 10000  # how often age retention runs
+MAX_IDEMPOTENCY_KEY = 128  # characters of an Idempotency-Key
+MAX_PRODUCER_ID = 64  # characters of an Edgeline-Producer-Id
 _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
 
 
@@ -88,11 +92,12 @@ class _TopicState:
     """One topic at run time: its config, log, outbox (if it sends), commit waiters, and
     the log of its cloud records (if it receives; the topic's own log for cloud_to_edge)."""
 
-    def __init__(self, cfg, ringlog, outbox, down=None):
+    def __init__(self, cfg, ringlog, outbox, down=None, window=None):
         self.cfg = cfg
         self.log = ringlog
         self.outbox = outbox
         self.down = down
+        self.window = window  # the ingest dedupe window (idempotency.py); None: cloud_to_edge
         self.waiters = []  # (last_seq, future) of answers waiting for a commit
         self.timer = None  # the pending group-commit call (asyncio.TimerHandle)
 
@@ -124,22 +129,33 @@ class Agent:
                               "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
         from .downlink import log_options as down_options
 
-        self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes)
+        # Every fsync of a topic's log is preceded by its dedupe window's (D1 of
+        # docs/spec/ingest-dedupe.md), whichever path commits: flush, every, count, seal.
+        self._storage = SyncFirstStorage()
+        self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes, storage=self._storage)
         self.topics = {}
+        self.windows = []
+        dd = cfg.ingest.dedupe
         try:
             for t in cfg.topics:
-                down = None
+                down = window = None
                 if t.direction == "cloud_to_edge":
                     # Only the cloud writes this topic: its log holds the cloud's records.
                     lg = down = self.store.log(t.name, **down_options(t))
                 else:
+                    window = DedupeWindow(window_path(cfg.data_dir, t.name), max_entries=dd.max_entries,
+                                          max_age_s=dd.max_age_ms / 1000.0, storage=self._storage.inner)
+                    self.windows.append(window)
+                    self._storage.before_sync(self.store.root + "/" + topic_dirname(t.name), window.sync)
                     lg = self.store.log(t.name, **t.log_options())
+                    window.recover(lg.last_seq)
                     if t.receives:
                         down = self.store.log(t.name, origin=sync.CLOUD_ORIGIN, **down_options(t))
                 ob = Outbox(lg, "uplink") if (t.sends and self.sending) else None
-                self.topics[t.name] = _TopicState(t, lg, ob, down)
+                self.topics[t.name] = _TopicState(t, lg, ob, down, window)
         except BaseException:
             self.store.close()
+            self._close_windows()
             raise
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
@@ -161,8 +177,16 @@ class Agent:
         self.last_error = None
         self.ingested = 0
         self.rejected = 0
+        self.duplicates = 0  # keyed requests answered from the dedupe window, not stored again
         self._stop = None
         self._closing = False
+
+    def _close_windows(self):
+        for w in self.windows:
+            try:
+                w.close()
+            except OSError as e:
+                log.error("agent: closing %s: %s", w.path, e)
 
     def _check_key(self):
         cfg = self.cfg
@@ -207,8 +231,38 @@ class Agent:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise RequestError(413, "the body is over %d bytes" % self.max_body_bytes) from None
+        idem = self._idempotency(request.headers, body)
         keys, values = parse_records(body)
-        return await self.ingest(name, keys, values)
+        return await self.ingest(name, keys, values, idem)
+
+    @staticmethod
+    def _idempotency(headers, body):
+        """``(window key, digest, producer id or None, request seq)`` from a request's
+        ``Idempotency-Key`` or ``Edgeline-Producer-Id`` + ``Edgeline-Request-Seq``
+        headers, or None; RequestError(400) if they are malformed."""
+        ikey = headers.get("Idempotency-Key")
+        pid = headers.get("Edgeline-Producer-Id")
+        rseq = headers.get("Edgeline-Request-Seq")
+        if ikey is None and pid is None and rseq is None:
+            return None
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        if ikey is not None:
+            if pid is not None or rseq is not None:
+                raise RequestError(400, "give Idempotency-Key or Edgeline-Producer-Id with Edgeline-Request-Seq, "
+                                  "not both")
+            if not 1 <= len(ikey) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in ikey):
+                raise RequestError(400, "Idempotency-Key must be 1 to %d visible ASCII characters"
+                                  % MAX_IDEMPOTENCY_KEY)
+            return b"k:" + ikey.encode(), digest, None, None
+        if pid is None or rseq is None:
+            raise RequestError(400, "Edgeline-Producer-Id and Edgeline-Request-Seq go together")
+        if not 1 <= len(pid) <= MAX_PRODUCER_ID or not all(c.isascii() and (c.isalnum() or c in "._-") for c in pid):
+            raise RequestError(400, "Edgeline-Producer-Id must be 1 to %d characters of [A-Za-z0-9._-]"
+                              % MAX_PRODUCER_ID)
+        if not rseq.isdigit() or len(rseq) > 18:
+            raise RequestError(400, "Edgeline-Request-Seq must be a decimal integer from 0 to 10**18 - 1, got %r"
+                              % rseq[:40])
+        return producer_key(pid, int(rseq)), digest, pid, int(rseq)
 
     def _writable(self, name):
         """The state of topic ``name`` if the edge writes to it; RequestError(404/409) if not."""
@@ -224,28 +278,88 @@ class Agent:
         """True once shutdown began: ingest sources append nothing more."""
         return self._closing
 
-    async def ingest(self, name, keys, values):
+    async def ingest(self, name, keys, values, idem=None):
         """Append records (CBOR ``values`` with ``keys``, bytes or None) to topic ``name``
         and wait as its sync policy has it; the ingest answer: ``first_seq``,
         ``last_seq``, ``durable`` (and ``dropped`` under ``drop_newest``).
         RequestError as ``append``, and 404/409/503 for an unknown, cloud_to_edge topic
         or an agent shutting down. Part of a request that went in before a ``reject``
-        topic filled up is waited for before the error is raised."""
+        topic filled up is waited for before the error is raised.
+
+        ``idem`` (``_idempotency``): a request whose key the topic's dedupe window holds
+        is not stored again; it is answered with the seqs it got (``"duplicate": true``)
+        once they are durable, as the original is -- also while the original still waits
+        (its entry is added before its records are appended, with no await between).
+        422 if the key came with another body, 409 if a producer's request seq is older
+        than the window."""
         if self._closing:
             raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         st = self._writable(name)
         lg = st.log
+        w = st.window
+        if idem is not None and values:
+            key, digest, pid, rseq = idem
+            hit = w.lookup(key)
+            if hit is not None:
+                return await self._duplicate(st, hit, idem, keys, values)
+            if pid is not None and rseq <= w.floor(pid):
+                raise RequestError(409, "request seq %d of producer %r is older than the dedupe window (it "
+                                  "holds seqs above %d): it cannot be told from a new request; it was not "
+                                  "stored" % (rseq, pid, w.floor(pid)))
+            w.add(key, lg.last_seq + 1, lg.last_seq + len(values), digest)
+        else:
+            idem = None
         try:
             first, n = self.append(st, keys, values)
-        except RequestError as e:
-            if e.stored:
+        except BaseException as e:
+            if idem is not None:
+                w.discard(idem[0])  # not (all) stored: a retry stores it again
+            if isinstance(e, RequestError) and e.stored:
                 await self.wait_durable(st, lg.last_seq)  # the part that went in, as the policy has it
             raise
+        if idem is not None and n < len(values):
+            if n:
+                w.add(idem[0], first, first + n - 1, idem[1])  # drop_newest kept the first n
+            else:
+                w.discard(idem[0])
         answer = {"topic": name, "first_seq": first if n else None, "last_seq": lg.last_seq if n else None}
         if n < len(values):
             answer["dropped"] = len(values) - n  # drop_newest: counted in the log's "dropped"
         answer["durable"] = await self.wait_durable(st, lg.last_seq) if n else True
         return answer
+
+    async def _duplicate(self, st, hit, idem, keys, values):
+        """The answer to a request whose key the window holds (see ``ingest``)."""
+        first, last, stored_digest = hit
+        key, digest, pid, rseq = idem
+        w = st.window
+        lg = st.log
+        what = "Idempotency-Key" if pid is None else "request seq %d of producer %r" % (rseq, pid)
+        if stored_digest != digest:
+            w.conflicts += 1
+            raise RequestError(422, "%s was used before for another request body (stored as seqs %d..%d); "
+                              "a new request needs a new key" % (what, first, last))
+        w.hits += 1
+        self.duplicates += 1
+        have = last - first + 1
+        if have < len(values):
+            # A crash kept only the first records of the original (recover cut its entry):
+            # append the rest, right after them if nothing came between.
+            if lg.last_seq != last:
+                raise RequestError(409, "the request under this %s was cut by a crash: its records 0..%d are "
+                                  "stored as seqs %d..%d and other records followed them; records %d.. were "
+                                  "not stored: send them under a new key" % (what, have - 1, first, last, have))
+            w.add(key, first, first + len(values) - 1, digest)
+            try:
+                _, n = self.append(st, keys[have:], values[have:])
+            except BaseException:
+                w.add(key, first, last, digest)
+                raise
+            if have + n < len(values):
+                w.add(key, first, last + n, digest)
+            last += n
+        durable = await self.wait_durable(st, last)
+        return {"topic": st.cfg.name, "first_seq": first, "last_seq": last, "durable": durable, "duplicate": True}
 
     def append(self, st, keys, values):
         """The write path every ingest source shares (HTTP, MQTT): check, then append
@@ -494,6 +608,7 @@ class Agent:
             "pending": sum(st.outbox.depth for st in self.topics.values() if st.outbox is not None),
             "ingested": self.ingested,
             "rejected": self.rejected,
+            "duplicates": self.duplicates,
             "mqtt": self.mqtt.stats() if self.mqtt is not None else None,
             "mqtt_endpoint": self.mqtt_endpoint.stats() if self.mqtt_endpoint is not None else None,
             "failed_topics": failed,
@@ -595,6 +710,7 @@ class Agent:
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     pass
             self.store.close()
+            self._close_windows()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
