@@ -545,3 +545,30 @@ def test_sigkill_loses_nothing_acknowledged_and_stores_no_resend_twice(tmp_path,
         lg.close()
     assert sorted(got) == list(range(len(sent))), "lost %s, doubled %s" % (
         sorted(set(range(len(sent))) - set(got)), sorted(n for n in set(got) if got.count(n) > 1)[:20])
+
+
+def test_a_will_is_stored_when_its_client_vanishes(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            for version, cid in ((4, "w3"), (5, "w5")):
+                s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+                will = mp.Publish("m/status", b'"gone %s"' % cid.encode(), 1)
+                s.sendall(mp.encode_connect(version, cid, True, 60, will=will))
+                assert read_packet(s)[3] == 0
+                s.close()  # no DISCONNECT: the will is published
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)  # a DISCONNECT first: no will
+            s.sendall(mp.encode_connect(4, "polite", True, 60, will=mp.Publish("m/status", b'"polite"', 1)))
+            assert read_packet(s)[3] == 0
+            s.sendall(mp.encode_simple(mp.DISCONNECT))
+            assert read_packet(s) == b""
+            s.close()
+
+        await asyncio.to_thread(talk)
+        await until(lambda: agent.mqtt_endpoint.stored == 2, what="both wills")
+        assert sorted(values(agent)) == ["gone w3", "gone w5"]
+
+    asyncio.run(with_agent(cfg, fn))

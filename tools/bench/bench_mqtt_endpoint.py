@@ -3,7 +3,7 @@ wait for their PUBACKs, publishing straight to the agent, against the same publi
 a Mosquitto in its only crash-safe setting.
 
     python tools/bench/bench_mqtt_endpoint.py [--publishers N] [--records R] [--broker-records B]
-                                              [--inflight W ...] [--reps R] [--json]
+                                              [--backlog N ...] [--inflight W ...] [--reps R] [--json]
 
 Publishers: mqtt_pub_worker.py, a process of its own: N MQTT 3.1.1 connections, each
 publishing its share of JSON messages (about 20 bytes) at QoS 1 with at most W
@@ -16,7 +16,12 @@ PUBLISH to the last PUBACK. The same worker drives both contenders.
   that keeps what it acknowledged through a crash -- holding every message for a
   bridge's persistent QoS 1 session to ``bench/#`` that is away (an uplink outage): the
   "local Mosquitto + bridge" set-up the endpoint replaces, doing what the agent does
-  (keeping every message durably until it can be forwarded). Run as root, the
+  (keeping every message durably until it can be forwarded). Measured holding nothing
+  yet, and holding ``--backlog`` messages already (default 20,000: an outage's worth;
+  filled with autosave off, then the broker restarted crash-safe): each save rewrites
+  every message it holds, so its rate falls as an outage goes on. Mosquitto sends a
+  PUBACK before the save that covers it (the save runs once per pass of its main loop),
+  so "acknowledged" means less there than at the agent. Run as root, the
   database directory is handed to the ``mosquitto`` user (the broker drops root and
   could not save otherwise); a run that saved no database is an error, not a figure.
 * edgeline: an ``edgeline agent`` process with ``ingest.mqtt.listen`` and the topic at
@@ -89,9 +94,10 @@ def run_worker(port, publishers, records, inflight):
     return harness.last_json_line(out.stdout)
 
 
-def mosquitto_rate(procs, d, publishers, records, inflight):
+def mosquitto_rate(procs, d, publishers, records, inflight, backlog=0):
     """Mosquitto's acknowledged rate while it holds every message for a bridge's
-    persistent session that is away (an uplink outage: what the agent's log does)."""
+    persistent session that is away (an uplink outage: what the agent's log does), and
+    ``backlog`` messages already held before the measurement starts."""
     import paho.mqtt.client as mqtt
 
     os.makedirs(d, exist_ok=True)
@@ -122,6 +128,21 @@ def mosquitto_rate(procs, d, publishers, records, inflight):
             raise RuntimeError("subscriber: no SUBACK")
         sub.disconnect()  # the bridge is away: the broker keeps every message for its session
         sub.loop_stop()
+        if backlog:
+            # Filled with autosave off (saving per change would take minutes), saved at its
+            # stop, loaded by the crash-safe broker that is measured.
+            procs.stop(p)
+            with open(conf, "w") as f:
+                f.write("\n".join(line for line in (MOSQUITTO_CONFIG % {"port": port, "dir": d}).splitlines()
+                                  if not line.startswith("autosave")) + "\n")
+            p = procs.spawn([mosquitto_binary(), "-c", conf], d, "mosquitto.log")
+            wait_port(p, port, "mosquitto", d)
+            run_worker(port, 10, backlog, 100)
+            procs.stop(p)
+            with open(conf, "w") as f:
+                f.write(MOSQUITTO_CONFIG % {"port": port, "dir": d})
+            p = procs.spawn([mosquitto_binary(), "-c", conf], d, "mosquitto.log")
+            wait_port(p, port, "mosquitto", d)
         r = run_worker(port, publishers, records, inflight)
         if not os.path.exists(os.path.join(d, "mosquitto.db")):
             raise RuntimeError("mosquitto saved no database (so it was not crash-safe); log in %s" % d)
@@ -174,6 +195,9 @@ def main(argv=None):
     ap.add_argument("--broker-records", type=int, default=None,
                     help="messages to Mosquitto per measurement (default: --records; its saves grow with what it "
                          "holds, so fewer flatter it)")
+    ap.add_argument("--backlog", type=int, nargs="+", default=[0, 20000],
+                    help="messages Mosquitto already holds for the absent session when measured (default: 0 and "
+                         "20000, an outage's worth)")
     ap.add_argument("--inflight", type=int, nargs="+", default=[1, 20],
                     help="unacknowledged messages per publisher (default: 1 and 20)")
     a = ap.parse_args(argv)
@@ -194,17 +218,21 @@ def main(argv=None):
         res.note("mosquitto not found (apt-get install mosquitto): nothing measured")
         res.emit(a.json)
         return 0
-    out = {w: {"broker": [], "agent": [], "lost": 0, "doubled": 0} for w in a.inflight}
+    out = {w: {"agent": [], "lost": 0, "doubled": 0} for w in a.inflight}
+    for w in a.inflight:
+        for b in a.backlog:
+            out[w][b] = []
     with harness.scratch_dir() as base:
         for rep in range(a.reps):
             for w in a.inflight:
                 procs = Procs()
                 try:
-                    harness.progress("rep %d, inflight %d: Mosquitto (autosave_on_changes), %d messages"
-                                     % (rep + 1, w, a.broker_records))
-                    rate, _ = mosquitto_rate(procs, harness.fresh_subdir(base, "mq-%d-%d" % (w, rep)),
-                                             a.publishers, a.broker_records, w)
-                    out[w]["broker"].append(rate)
+                    for b in a.backlog:
+                        harness.progress("rep %d, inflight %d: Mosquitto (autosave_on_changes) holding %d, %d messages"
+                                         % (rep + 1, w, b, a.broker_records))
+                        rate, _ = mosquitto_rate(procs, harness.fresh_subdir(base, "mq-%d-%d-%d" % (w, b, rep)),
+                                                 a.publishers, a.broker_records, w, b)
+                        out[w][b].append(rate)
                     harness.progress("rep %d, inflight %d: agent endpoint, %d messages" % (rep + 1, w, a.records))
                     rate, r = agent_rate(procs, harness.fresh_subdir(base, "agent-%d-%d" % (w, rep)),
                                          a.publishers, a.records, w)
@@ -215,11 +243,15 @@ def main(argv=None):
                     procs.stop_all()
     for w in a.inflight:
         o = out[w]
-        base_case = "Mosquitto autosave_on_changes, %d in flight each" % w
-        res.add(base_case, harness.median(o["broker"]), "msg/s", o["broker"])
-        res.add("agent endpoint (sync: group), %d in flight each" % w, harness.median(o["agent"]), "msg/s",
-                o["agent"], baseline=base_case, target=("ratio", ">=", 50),
-                note="lost %d, doubled %d (target 0)" % (o["lost"], o["doubled"]))
+        for b in a.backlog:
+            res.add("Mosquitto autosave_on_changes, holding %d, %d in flight each" % (b, w), harness.median(o[b]),
+                    "msg/s", o[b])
+        agent_case = "agent endpoint (sync: group), %d in flight each" % w
+        for b in a.backlog:
+            res.add(agent_case if b == a.backlog[0] else "  vs Mosquitto holding %d" % b, harness.median(o["agent"]),
+                    "msg/s", o["agent"], baseline="Mosquitto autosave_on_changes, holding %d, %d in flight each"
+                    % (b, w), target=("ratio", ">=", 50),
+                    note="lost %d, doubled %d (target 0)" % (o["lost"], o["doubled"]) if b == a.backlog[0] else None)
     res.emit(a.json)
     return 0
 

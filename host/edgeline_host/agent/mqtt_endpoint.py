@@ -372,7 +372,10 @@ class _Connection(asyncio.Protocol):
         self.pending = []
         if self.will is not None and not ep._paused and not self.agent.closing:
             will, self.will = self.will, None
-            self._store(will)
+            try:  # stored as a QoS 0 message: nobody waits for it
+                self._store(mp.Publish(will.topic, will.payload, 0, retain=will.retain))
+            except Exception as e:  # noqa: BLE001 - backpressure or a failed write: the will is lost, said so
+                ep._error("the will of %s on %r was not stored: %s" % (self.client_id, will.topic, e))
         self.transport = None
 
     # ---------------------------------------------------------------- control
