@@ -161,6 +161,14 @@ def test_paho_v311_and_v5_qos0_and_qos1_routed_by_the_map(tmp_path):
         s = agent.health()["mqtt_endpoint"]
         assert (s["acked"], s["refused"], s["connects"], s["redeliveries_dropped"]) == (102, 0, 2, 0)
         assert agent.health()["mqtt"] is None  # listen alone: no bridge
+        from click.testing import CliRunner
+
+        from edgeline_host.cli import cli as cli_main
+
+        url = "http://%s" % agent.cfg.ingest.http.listen
+        out = await asyncio.to_thread(CliRunner().invoke, cli_main, ["edge", "health", "--agent", url])
+        assert "mqtt endpoint 127.0.0.1:%d: 0 connected, received 104, stored 104, acked 102" % (
+            agent.mqtt_endpoint.port) in out.output, out.output
 
     asyncio.run(with_agent(cfg, fn))
 
