@@ -71,7 +71,7 @@ def test_bounds_and_compaction():
     for i in range(1, 201):
         w.add(producer_key("p1", i), i, i, b"x")
         assert len(w) <= 5
-    assert w.floor("p1") == 195 and w.floor("p2") == 0
+    assert w.floor("p1") == 195 and w.floor("p2") is None
     assert w.lookup(producer_key("p1", 196)) == (196, 196, b"x")
     assert w.lookup(producer_key("p1", 195)) is None
     # compaction kept the file bounded: about 2 * max_entries + slack entries at most

@@ -91,6 +91,7 @@ def test_a_retry_gets_the_original_seqs_and_another_body_is_422(tmp_path):
         for bad in ({"Idempotency-Key": ""}, {"Idempotency-Key": "x" * 129}, {"Idempotency-Key": "a\u00e9"},
                     {"Edgeline-Producer-Id": "p"}, {"Edgeline-Producer-Id": "p", "Edgeline-Request-Seq": "-1"},
                     {"Edgeline-Producer-Id": "p/x", "Edgeline-Request-Seq": "1"},
+                    {"Edgeline-Producer-Id": "p", "Edgeline-Request-Seq": "\u00b2"},
                     {"Idempotency-Key": "k", "Edgeline-Producer-Id": "p", "Edgeline-Request-Seq": "1"}):
             r = await c.post("/v1/topics/t/records", data=b"[1]", headers=bad)
             assert r.status == 400, bad
@@ -112,8 +113,8 @@ def test_producer_id_and_request_seq_and_the_window_bound(tmp_path):
         # seqs 1, 2 left the window (max_entries 3): a retry cannot be told from a new request
         s, a = await post(c, "t", {"i": 2}, Edgeline_Producer_Id="sensor-7", Edgeline_Request_Seq="2")
         assert s == 409 and "older than the dedupe window" in a["error"]
-        # another producer has its own seqs
-        s, a = await post(c, "t", {"i": 1}, Edgeline_Producer_Id="sensor-8", Edgeline_Request_Seq="1")
+        # another producer has its own seqs, from 0
+        s, a = await post(c, "t", {"i": 1}, Edgeline_Producer_Id="sensor-8", Edgeline_Request_Seq="0")
         assert s == 200 and a["first_seq"] == 6 and "duplicate" not in a
         # age: max_age_secs later the window has forgotten seq 5 (the clock is moved, not waited for)
         w.clock = lambda: time.time() + 61
@@ -147,6 +148,26 @@ def test_a_refused_request_leaves_no_entry(tmp_path):
         s, a = await post(c, "tiny", ["y"], Idempotency_Key="k1")
         assert s == 503
         assert agent.topics["tiny"].window.lookup("k:k1") is None  # the retry will store it
+        assert n >= 1
+
+    run(tmp_path, body)
+
+
+def test_a_request_the_topic_took_in_part_keeps_its_key_for_that_part(tmp_path):
+    """A reject topic fills up part way through a keyed request: the 503 says which
+    records went in, the key names them; a retry while it is still full stores nothing
+    more (and none of them twice), the key still names the stored part."""
+    async def body(c, agent):
+        st = agent.topics["tiny"]
+        big = ["x" * 300] * 12
+        s, a = await post(c, "tiny", big, Idempotency_Key="part")
+        assert s == 503 and "were stored" in a["error"]
+        have = st.log.last_seq
+        assert 1 <= have < 12
+        assert st.window.lookup("k:part")[:2] == (1, have)
+        s, a = await post(c, "tiny", big, Idempotency_Key="part")
+        assert s == 503 and st.log.last_seq == have
+        assert st.window.lookup("k:part")[:2] == (1, have)
 
     run(tmp_path, body)
 

@@ -29,6 +29,7 @@ BENCHES = [
     ("bench_sync", [], ["--seconds", "2", "--backlog", "20000", "--records", "5000", "--reps", "1"]),
     ("bench_downlink", [], ["--backlog", "20000", "--reps", "1"]),
     ("bench_mqtt_ingest", [], ["--records", "2000", "--reps", "1"]),
+    ("bench_idempotency", [], ["--requests", "640", "--every-requests", "100", "--reps", "1"]),
     ("bench_mqtt_endpoint", ["--reps", "1"], ["--records", "1000", "--reps", "1", "--inflight", "20", "--backlog", "0"]),
 ]
 

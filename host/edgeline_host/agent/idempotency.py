@@ -214,9 +214,9 @@ class DedupeWindow:
         return e[0], e[1], e[2]
 
     def floor(self, producer_id):
-        """The highest request seq of ``producer_id`` that left the window (0: none)."""
+        """The highest request seq of ``producer_id`` that left the window, or None."""
         f = self._floors.get(_bytes(producer_id))
-        return f[0] if f is not None else 0
+        return f[0] if f is not None else None
 
     def __len__(self):
         return len(self._entries)
@@ -275,7 +275,7 @@ class DedupeWindow:
             self.evicted += 1
             if k.startswith(b"p:"):
                 pid, _, seq = k[2:].rpartition(b":")
-                if seq.isdigit() and int(seq) > self.floor(pid):
+                if seq.isdigit() and int(seq) > (self.floor(pid) or -1):
                     self._floors.pop(pid, None)
                     self._floors[pid] = (int(seq), now)
                     self._write(pack_entry(KIND_FLOOR, pid, int(seq), int(seq), now))

@@ -8,13 +8,22 @@ Failure modes first
   the agent's session on the broker persists (MQTT 5, clean start off, a session that
   never expires), so every message the broker took from a publisher is either in a log
   or still held by the broker, which sends it again when the agent is back.
-* That makes delivery into the log **at least once**, not exactly once: a message whose
-  record was committed but whose PUBACK never reached the broker (the agent died, or the
-  connection broke, between the commit and the PUBACK) is sent again and stored again,
-  as a new record with its own seq. MQTT gives a message no identity that outlives its
-  delivery -- a packet id is reused as soon as it is acknowledged -- so the agent cannot
-  tell such a resend from a new message with the same bytes. It counts the messages the
-  broker marks as resent (``redelivered``): an upper bound on such duplicates.
+* A message whose record was committed but whose PUBACK never reached the broker (the
+  agent died, or the connection broke, between the commit and the PUBACK) is sent again
+  by the broker, marked DUP, under the same packet id. Each stored QoS 1 message leaves
+  an entry in its topic's dedupe window (idempotency.py): key its packet id, digest its
+  payload's, seqs its record's -- written before the record is appended and synced
+  before the log's fsync, so a committed record always has its entry. A DUP message
+  whose packet id and payload digest the window holds is acknowledged (once that record
+  is durable) and not stored again, counted in ``redeliveries_dropped``; ``redelivered``
+  counts every DUP. A packet id is reused only after the broker got the PUBACK of its
+  previous message, so the first (non-DUP) delivery under an id removes the entry of the
+  previous message under it, as soon as it arrives: a resend is never matched with an
+  older message that had the same id and the same bytes. Exactly once into the log, then
+  -- for SIGKILL at any moment; after a power cut, only if the removal above had reached
+  the disk (it is synced at the next commit): a message first delivered just before the
+  cut, not yet stored, with the same packet id and payload as the previous message under
+  that id, could be taken for it.
 * The broker goes away or restarts: paho reconnects by itself (``reconnect_min_s`` ..
   ``reconnect_max_s``). Acknowledgements owed on the broken connection are not sent on
   the next one: the broker resends those messages (see above). A broker that lost the
@@ -65,6 +74,7 @@ connection, where the packet id may by then name another message.
 """
 import asyncio
 import collections
+import hashlib
 import json
 import logging
 import os
@@ -82,6 +92,15 @@ HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried aga
 MAX_WAITING = 10 * WINDOW  # QoS 0 messages beyond this many waiting are dropped (counted)
 PASS_BUDGET_S = 0.02  # one pass over the waiting messages yields to the loop after this long
 STATE_FILE = "mqtt-ingest.json"  # in data_dir: the filters subscribed last time
+
+
+def window_key(mid):
+    """A QoS 1 message's key in its topic's dedupe window: its packet id."""
+    return b"m:" + mid.to_bytes(2, "big")
+
+
+def payload_digest(payload):
+    return hashlib.blake2b(payload, digest_size=16).digest()
 
 
 def subscriptions(filters):
@@ -151,6 +170,7 @@ class MqttSource:
         self.refused = 0  # acknowledged, not stored: no topic takes them
         self.dropped = 0  # the topic's drop_newest policy dropped them (the log counts them too)
         self.redelivered = 0  # marked as resent by the broker (DUP): possibly stored before
+        self.redeliveries_dropped = 0  # resent, found in the dedupe window: acknowledged, not stored again
         self.overflow = 0  # QoS 0 messages dropped: too many waiting behind a held one
         self.acks_lost = 0  # owed on a connection that broke: the broker resends them
         self.connects = 0
@@ -161,7 +181,7 @@ class MqttSource:
         self.connected = False
         self.subscribed = None  # asyncio.Event, set while the subscriptions stand
         self.held = None  # why the message at the head of the queue waits, or None
-        self._queue = collections.deque()  # (gen, topic, payload, qos, mid)
+        self._queue = collections.deque()  # (gen, topic, payload, qos, mid, dup)
         self._owed = collections.deque()  # _Owed, in arrival order
         b = settings.broker
         self._bridge = PahoBridge(self, b.host, b.port, self.client_id, keepalive_s, reconnect_min_s,
@@ -215,6 +235,7 @@ class MqttSource:
             "refused": self.refused,
             "dropped": self.dropped,
             "redelivered": self.redelivered,
+            "redeliveries_dropped": self.redeliveries_dropped,
             "overflow": self.overflow,
             "unacknowledged": len(self._owed),
             "waiting": len(self._queue),
@@ -317,10 +338,18 @@ class MqttSource:
         self.received += 1
         if item[5]:
             self.redelivered += 1
+        elif item[3]:
+            # A first delivery under this packet id: the broker has the PUBACK of the
+            # message that had it before, which it will never resend. Forget that one at
+            # once (not when this one is processed: it may wait, held, across a crash),
+            # so that a resend of this one is never taken for it.
+            st, _ = self._route(item[1])
+            if st is not None and st.window is not None:
+                st.window.discard(window_key(item[4]))
         if item[3] == 0 and len(self._queue) >= MAX_WAITING:
             self.overflow += 1  # QoS 0: the publisher chose at most once
             return
-        self._queue.append(item[:5])
+        self._queue.append(item)
         self._schedule()
 
     def _schedule(self):
@@ -347,20 +376,42 @@ class MqttSource:
             if loop.time() > deadline:
                 self._schedule()  # the rest in the next pass: HTTP requests get their turn
                 break
-            gen, topic, payload, qos, mid = self._queue[0]
+            gen, topic, payload, qos, mid, dup = self._queue[0]
             st, why = self._route(topic)
             seq = None
+            wkey = None
+            if st is not None and qos and st.window is not None:
+                wkey, digest = window_key(mid), payload_digest(payload)
+                hit = st.window.lookup(wkey) if dup else None
+                if hit is not None and hit[2] == digest:
+                    # The broker resends a message whose record is in the log (its PUBACK
+                    # was lost): acknowledge it once that record is durable, store nothing.
+                    self.redeliveries_dropped += 1
+                    st.window.hits += 1
+                    seq = hit[1]
+                    last[st] = max(last.get(st, 0), seq)
+                    self._queue.popleft()
+                    self.held = None
+                    self._owed.append(_Owed(mid, gen, st, seq))
+                    continue
             if st is not None:
                 try:
                     key, value = record_from_payload(payload)
+                    if wkey is not None:
+                        # the entry first: the window is synced before the log's fsync
+                        st.window.add(wkey, st.log.last_seq + 1, st.log.last_seq + 1, digest)
                     first, n = agent.append(st, [key], [value])
                 except RequestError as e:
+                    if wkey is not None:
+                        st.window.discard(wkey)
                     if e.status >= 500:  # backpressure or a failed write: keep it, unacknowledged
                         self._hold(topic, st, e)
                         break
                     why = ("too_large" if e.status == 413 else "bad_value", str(e))
                     st = None
                 except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
+                    if wkey is not None:
+                        st.window.discard(wkey)
                     log.exception("edgeline agent: MQTT ingest: unexpected error")
                     self._hold(topic, st, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
                     break
@@ -370,6 +421,8 @@ class MqttSource:
                         seq = last[st] = first
                     else:
                         self.dropped += 1
+                        if wkey is not None:
+                            st.window.discard(wkey)
                         st = None
             if why is not None:
                 self._refuse(topic, why)

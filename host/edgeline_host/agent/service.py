@@ -16,8 +16,15 @@ Failure modes first
 * The device is full and the topic's policy is ``reject`` (or ``sync.max_queue_size``
   records are owed): 503 with ``Retry-After`` -- backpressure. ``drop_newest`` drops and
   says how many in the answer; ``drop_oldest`` evicts and the uplink reports the gap.
+* A producer retries a request whose answer it lost: with an ``Idempotency-Key`` (or
+  ``Edgeline-Producer-Id`` + ``Edgeline-Request-Seq``) the retry is answered from the
+  topic's dedupe window (idempotency.py) with the seqs the records already got, after a
+  crash too: the window is synced before every fsync of the log (``SyncFirstStorage``),
+  so records durable implies their key durable.
 * MQTT ingest (mqtt_ingest.py) acknowledges a message to the broker only once its
-  record is durable, in a session that outlives the agent: at least once into the log.
+  record is durable, in a session that outlives the agent, and recognises the broker's
+  resend of a message it already stored (packet id and payload digest, in the same
+  window): exactly once into the log.
   The agent's own MQTT endpoint (mqtt_endpoint.py) PUBACKs a publisher the same way.
 * SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers,
   acknowledge to the MQTT broker what the commit covered, stop the uplink after its
@@ -259,7 +266,7 @@ class Agent:
         if not 1 <= len(pid) <= MAX_PRODUCER_ID or not all(c.isascii() and (c.isalnum() or c in "._-") for c in pid):
             raise RequestError(400, "Edgeline-Producer-Id must be 1 to %d characters of [A-Za-z0-9._-]"
                               % MAX_PRODUCER_ID)
-        if not rseq.isdigit() or len(rseq) > 18:
+        if not (rseq.isascii() and rseq.isdigit()) or len(rseq) > 18:
             raise RequestError(400, "Edgeline-Request-Seq must be a decimal integer from 0 to 10**18 - 1, got %r"
                               % rseq[:40])
         return producer_key(pid, int(rseq)), digest, pid, int(rseq)
@@ -302,10 +309,11 @@ class Agent:
             hit = w.lookup(key)
             if hit is not None:
                 return await self._duplicate(st, hit, idem, keys, values)
-            if pid is not None and rseq <= w.floor(pid):
+            floor = w.floor(pid) if pid is not None else None
+            if floor is not None and rseq <= floor:
                 raise RequestError(409, "request seq %d of producer %r is older than the dedupe window (it "
                                   "holds seqs above %d): it cannot be told from a new request; it was not "
-                                  "stored" % (rseq, pid, w.floor(pid)))
+                                  "stored" % (rseq, pid, floor))
             w.add(key, lg.last_seq + 1, lg.last_seq + len(values), digest)
         else:
             idem = None
@@ -313,7 +321,11 @@ class Agent:
             first, n = self.append(st, keys, values)
         except BaseException as e:
             if idem is not None:
-                w.discard(idem[0])  # not (all) stored: a retry stores it again
+                stored = e.stored if isinstance(e, RequestError) else 0
+                if stored:  # a reject topic filled up part way: the key keeps that part,
+                    w.add(idem[0], lg.last_seq - stored + 1, lg.last_seq, idem[1])  # a retry appends the rest
+                else:
+                    w.discard(idem[0])  # nothing stored: a retry stores it
             if isinstance(e, RequestError) and e.stored:
                 await self.wait_durable(st, lg.last_seq)  # the part that went in, as the policy has it
             raise
@@ -352,8 +364,8 @@ class Agent:
             w.add(key, first, first + len(values) - 1, digest)
             try:
                 _, n = self.append(st, keys[have:], values[have:])
-            except BaseException:
-                w.add(key, first, last, digest)
+            except BaseException as e:
+                w.add(key, first, last + (e.stored if isinstance(e, RequestError) else 0), digest)
                 raise
             if have + n < len(values):
                 w.add(key, first, last + n, digest)
