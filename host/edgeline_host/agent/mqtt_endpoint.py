@@ -66,7 +66,7 @@ import secrets
 
 from ..jsonrecords import RequestError, record_from_payload
 from . import mqtt_packets as mp
-from .mqtt_ingest import route_message
+from .mqtt_ingest import payload_digest, route_message
 
 log = logging.getLogger("edgeline.agent.mqtt_endpoint")
 
@@ -88,11 +88,6 @@ _REASON_CODES = {
     "bad_value": mp.RC_PAYLOAD_FORMAT_INVALID,
     "too_large": mp.RC_QUOTA_EXCEEDED,
 }
-
-
-def payload_digest(payload):
-    """The digest a redelivery is recognised by (with the client id and packet id)."""
-    return hashlib.blake2b(payload, digest_size=16).digest()
 
 
 class _Owed:
@@ -544,7 +539,7 @@ class _Connection(asyncio.Protocol):
             why = ("bad_value", str(e))
             self.ep.refuse(p.topic, *why)
             return None, why
-        window = getattr(st, "window", None) if p.qos else None
+        window = st.window if p.qos else None
         wkey = None
         if window is not None:
             wkey = self._window_key(p.packet_id)
