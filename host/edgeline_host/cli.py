@@ -414,6 +414,14 @@ def edge_health(agent_url, as_json):
                 m["refused"], m["unacknowledged"], ", held: %s" % m["held"] if m["held"] else ""))
             if m.get("last_refusal"):
                 click.echo("last refused: %s" % m["last_refusal"])
+        e = h.get("mqtt_endpoint")
+        if e:
+            click.echo("mqtt endpoint %s: %d connected, received %d, stored %d, acked %d, refused %d, "
+                       "resends dropped %d, unacknowledged %d" % (
+                           e["listen"], e["connections"], e["received"], e["stored"], e["acked"], e["refused"],
+                           e["redeliveries_dropped"], e["unacknowledged"]))
+            if e.get("last_refusal"):
+                click.echo("last refused: %s" % e["last_refusal"])
         if h.get("last_error"):
             click.echo("last error: %s" % h["last_error"])
     sys.exit(H.exit_code(h["status"]))

@@ -115,6 +115,9 @@ ACTED_ON = {
     "edge.ingest.mqtt": _MQTT_INGEST,
     "edge.ingest.mqtt.broker": _MQTT_INGEST,
     "edge.ingest.mqtt.topics": _MQTT_INGEST,
+    "edge.ingest.mqtt.listen": ["tests/agent/test_mqtt_endpoint.py::test_paho_v311_and_v5_qos0_and_qos1_routed_by_the_map",
+                                "tests/agent/test_mqtt_endpoint.py::test_config_listen_users_and_the_bridge"],
+    "edge.ingest.mqtt.users": ["tests/agent/test_mqtt_endpoint.py::test_logins_from_ingest_mqtt_users"],
     "edge.ingest.mqtt.map": ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals"],
     "edge.health.uplink_failing_secs": [
         "tests/agent/test_health.py::test_uplink_failing_past_its_threshold_is_degraded_then_ok_again"],

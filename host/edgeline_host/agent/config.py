@@ -183,7 +183,7 @@ HEALTH_KEYS = ("uplink_failing_secs", "storage_full_percent", "min_free_disk")
 MESH_KEYS = ("enabled", "discovery", "peers", "listen", "max_peers", "gossip_interval_secs", "replicated_topics")
 INGEST_KEYS = ("http", "mqtt", "dedupe")
 HTTP_KEYS = ("listen",)
-MQTT_KEYS = ("broker", "topics", "map")
+MQTT_KEYS = ("broker", "listen", "users", "topics", "map")
 DEDUPE_KEYS = ("max_entries", "max_age_secs")
 
 
@@ -329,13 +329,17 @@ class HttpIngest:
 
 @dataclass(frozen=True)
 class MqttIngest:
-    """Subscribe to ``topics`` on a local broker; ``topic_map`` routes MQTT topics (by
-    filter, first match wins) to edgeline topics. Without a map an MQTT topic is used as
-    the edgeline topic name as it is."""
+    """Subscribe to ``topics`` on a local broker (``broker``; None: no bridge), and/or
+    take publishes on the agent's own MQTT endpoint (``listen``; None: off), whose
+    CONNECTs must name one of ``users`` (user -> password) when there are any.
+    ``topic_map`` routes MQTT topics (by filter, first match wins) to edgeline topics,
+    for both. Without a map an MQTT topic is used as the edgeline topic name as it is."""
 
-    broker: Address = Address("127.0.0.1", 1883)
+    broker: Optional[Address] = Address("127.0.0.1", 1883)
     topics: Tuple[str, ...] = ("#",)
     topic_map: Tuple[Tuple[str, str], ...] = ()
+    listen: Optional[Address] = None
+    users: Tuple[Tuple[str, str], ...] = ()
 
     def route(self, mqtt_topic):
         """The edgeline topic a message on ``mqtt_topic`` goes to, or None (not routed)."""
@@ -866,8 +870,31 @@ def _parse_ingest(ctx, value, topics):
         subs = []
         for i, flt in enumerate(_list(ctx, mp + ".topics", q.get("topics"))):
             subs.append(_check_mqtt_filter(ctx, "%s.topics[%d]" % (mp, i), flt))
+        listen = None
+        if "listen" in q:
+            listen = _address(ctx, mp + ".listen", q["listen"], None, default_port=1883, listen=True)
+        # No broker named and an endpoint of its own: the agent bridges nothing.
+        broker = None if listen is not None and "broker" not in q else \
+            _address(ctx, mp + ".broker", q.get("broker"), MqttIngest().broker, default_port=1883)
+        users = []
+        raw_users = q.get("users")
+        if raw_users is not None:
+            if listen is None:
+                ctx.fail(mp + ".users", "only the agent's own endpoint (ingest.mqtt.listen) takes logins; "
+                         "a broker checks its own")
+            if not isinstance(raw_users, dict) or not raw_users:
+                ctx.fail(mp + ".users", "must be a mapping of user name -> password (got %s)" % _show(raw_users))
+            for user, password in raw_users.items():
+                p = _join(mp + ".users", user)
+                if not isinstance(user, str) or not user:
+                    ctx.fail(p, "a user name must be text (got %s)" % _show(user))
+                if not isinstance(password, str) or not password:
+                    ctx.fail(p, "the password must be text, not empty (got %s)" % _show(password))
+                users.append((user, password))
         mqtt = MqttIngest(
-            broker=_address(ctx, mp + ".broker", q.get("broker"), MqttIngest().broker, default_port=1883),
+            broker=broker,
+            listen=listen,
+            users=tuple(users),
             topics=tuple(subs) or default_topics,
             topic_map=tuple(routes),
         )

@@ -117,6 +117,24 @@ def subscriptions(filters):
     return out
 
 
+def route_message(agent, settings, topic):
+    """The topic state a message on MQTT topic ``topic`` goes to, or ``(None, (reason,
+    line))``: the routing both MQTT ingests share (this bridge and the agent's own
+    endpoint, mqtt_endpoint.py). ``topic`` None: it was not valid UTF-8."""
+    if topic is None:
+        return None, ("bad_topic", "the topic is not valid UTF-8")
+    name = settings.route(topic)
+    if name is None:
+        where = "ingest.mqtt.map" if settings.topic_map else "ingest.mqtt.topics"
+        return None, ("unmapped", "no filter of %s matches it" % where)
+    st = agent.topics.get(name)
+    if st is None:
+        return None, ("unknown_topic", "no topic %r in sync_topics or local_topics" % name)
+    if st.cfg.direction == "cloud_to_edge":
+        return None, ("cloud_to_edge", "topic %r is cloud_to_edge: the edge does not write to it" % name)
+    return st, None
+
+
 class _Owed:
     """A QoS 1 message not yet acknowledged: its packet id, its connection, and the
     record that must be durable first (``st`` None: nothing to wait for)."""
@@ -346,19 +364,7 @@ class MqttSource:
         self._schedule()
 
     def _route(self, topic):
-        """The topic state a message on ``topic`` goes to, or (None, (reason, line))."""
-        if topic is None:
-            return None, ("bad_topic", "the topic is not valid UTF-8")
-        name = self.settings.route(topic)
-        if name is None:
-            where = "ingest.mqtt.map" if self.settings.topic_map else "ingest.mqtt.topics"
-            return None, ("unmapped", "no filter of %s matches it" % where)
-        st = self.agent.topics.get(name)
-        if st is None:
-            return None, ("unknown_topic", "no topic %r in sync_topics or local_topics" % name)
-        if st.cfg.direction == "cloud_to_edge":
-            return None, ("cloud_to_edge", "topic %r is cloud_to_edge: the edge does not write to it" % name)
-        return st, None
+        return route_message(self.agent, self.settings, topic)
 
     def _process(self):
         self._scheduled = False

@@ -25,6 +25,7 @@ Failure modes first
   record is durable, in a session that outlives the agent, and recognises the broker's
   resend of a message it already stored (packet id and payload digest, in the same
   window): exactly once into the log.
+  The agent's own MQTT endpoint (mqtt_endpoint.py) PUBACKs a publisher the same way.
 * SIGTERM / SIGINT: stop accepting, commit every log, answer the waiting producers,
   acknowledge to the MQTT broker what the commit covered, stop the uplink after its
   exchange in flight, close the logs and cursors.
@@ -140,14 +141,18 @@ class Agent:
     """One edge node: store, topics, uplink, HTTP server. ``run()`` until ``stop()``.
 
     ``max_body_bytes`` bounds an ingest request. ``uplink_options`` go to
-    ``uplink.from_config``, ``mqtt_options`` to ``mqtt_ingest.MqttSource`` (tests
-    shorten timeouts with them).
+    ``uplink.from_config``, ``mqtt_options`` to ``mqtt_ingest.MqttSource``,
+    ``mqtt_endpoint_options`` to ``mqtt_endpoint.MqttEndpoint`` (tests shorten timeouts
+    with them).
     """
 
-    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print, mqtt_options=None):
+    def __init__(self, cfg, max_body_bytes=MAX_BODY_BYTES, uplink_options=None, print_fn=print, mqtt_options=None,
+                 mqtt_endpoint_options=None):
         self.cfg = cfg
         self.mqtt_options = mqtt_options
+        self.mqtt_endpoint_options = mqtt_endpoint_options
         self.mqtt = None  # the MQTT ingest (mqtt_ingest.MqttSource) while run() runs
+        self.mqtt_endpoint = None  # the agent's own MQTT endpoint (mqtt_endpoint.MqttEndpoint) while run() runs
         self.max_body_bytes = max_body_bytes
         self.print = print_fn
         self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
@@ -892,6 +897,7 @@ class Agent:
             "rejected": self.rejected,
             "duplicates": self.duplicates,
             "mqtt": self.mqtt.stats() if self.mqtt is not None else None,
+            "mqtt_endpoint": self.mqtt_endpoint.stats() if self.mqtt_endpoint is not None else None,
             "failed_topics": failed,
             "last_error": last_error,
         }
@@ -980,17 +986,27 @@ class Agent:
                 self.cfg.node_id, len(self.topics), self.cfg.data_dir,
                 "ingest and control" if self.cfg.ingest.http is not None else "control (ingest off)", listen,
                 "uplink to %s" % self.uplink.url if self.uplink is not None else "no uplink"))
-            if self.cfg.ingest.mqtt is not None:
+            mqtt = self.cfg.ingest.mqtt
+            if mqtt is not None and mqtt.broker is not None:
                 from .mqtt_ingest import MqttSource
 
-                self.mqtt = MqttSource(self, self.cfg.ingest.mqtt, **(self.mqtt_options or {}))
+                self.mqtt = MqttSource(self, mqtt, **(self.mqtt_options or {}))
                 await self.mqtt.start()
                 self.print("edgeline agent: MQTT ingest from %s: %s" % (self.mqtt.broker, ", ".join(self.mqtt.filters)))
+            if mqtt is not None and mqtt.listen is not None:
+                from .mqtt_endpoint import MqttEndpoint
+
+                self.mqtt_endpoint = MqttEndpoint(self, mqtt, **(self.mqtt_endpoint_options or {}))
+                await self.mqtt_endpoint.start()
+                self.print("edgeline agent: MQTT endpoint on %s:%d (MQTT 3.1.1 and 5, QoS 0 and 1)"
+                           % (mqtt.listen.host, self.mqtt_endpoint.port))
             await self._stop.wait()
         finally:
             self._closing = True
             if self.mqtt is not None:
                 self.mqtt.pause()  # nothing more is appended; the commit below covers what was
+            if self.mqtt_endpoint is not None:
+                self.mqtt_endpoint.pause()
             if housekeeping is not None:
                 housekeeping.cancel()
             # Commit everything and answer the producers still waiting, then stop serving.
@@ -999,6 +1015,8 @@ class Agent:
             await asyncio.sleep(0)
             if self.mqtt is not None:
                 await self.mqtt.close()  # acknowledges what the commit covered, then disconnects
+            if self.mqtt_endpoint is not None:
+                await self.mqtt_endpoint.close()  # the same, to the endpoint's publishers
             await runner.cleanup()
             if uplink_task is not None:
                 self.uplink.stop()

@@ -1,0 +1,644 @@
+"""The agent as an MQTT endpoint: producers connect to the agent itself (MQTT 3.1.1 and 5)
+and publish; a QoS 1 PUBACK leaves only once the record is durable.
+
+Failure modes first
+-------------------
+* The agent is killed (SIGKILL, power cut) at any moment: a PUBACK is sent only after
+  the commit that covered its record returned, so every message a publisher saw
+  acknowledged is in the log. A message not acknowledged is still the publisher's: an
+  MQTT client keeps it and publishes it again (DUP set, same packet id) when it is
+  connected again.
+* Such a resend of a message whose record was committed before the crash must not be
+  stored twice: the agent recognises a redelivery by ``(client id, packet id, payload
+  digest)`` and acknowledges it without storing it again (``redeliveries_dropped``).
+* A publisher that sends garbage (a malformed packet, a packet over
+  ``MAX_PACKET_BYTES``, a second CONNECT, a PUBLISH before CONNECT) is disconnected
+  (MQTT 5: DISCONNECT with the reason code first), counted in ``protocol_errors``; what it
+  had published before is committed and acknowledged first.
+* QoS 2 is not offered: an MQTT 5 client is told so in the CONNACK (Maximum QoS 1) and a
+  QoS 2 PUBLISH from any client is refused by disconnecting it (MQTT 5: DISCONNECT 0x9B
+  "QoS not supported"; 3.1.1 has no way to say it: the connection is closed). Nothing
+  of it is stored; counted in ``refusals["qos2"]``.
+* A message no topic takes (no filter of ``ingest.mqtt.map`` matches, a cloud_to_edge
+  topic, a payload that is not a record): acknowledged, not stored, counted by reason
+  (MQTT 5: the PUBACK carries the reason code and a reason string), so the publisher does
+  not resend it forever -- as the bridge mode does (mqtt_ingest.py).
+* Backpressure (a full ``reject`` topic, ``sync.max_queue_size``) and a failed write: the
+  message waits unacknowledged, the connection stops being read, and it is tried again
+  every ``HOLD_RETRY_S``. Nothing is acknowledged that is not stored.
+* A publisher that goes silent: closed after 1.5 keepalive periods (MQTT 5: 0x8D), its
+  will (if any) stored as a record, like a QoS 0 message.
+* SIGTERM / SIGINT: the endpoint stops reading, the agent commits, the endpoint sends
+  the PUBACKs the commit covered, then DISCONNECT 0x8B (MQTT 5) and closes.
+
+Theory of operation
+-------------------
+``mqtt_packets.Decoder`` turns each connection's bytes into packets (sans-IO); a
+``_Connection`` (an ``asyncio.Protocol``) only moves bytes and acts on packets. A
+PUBLISH is routed by the bridge's own ``route_message`` (same ``map``), its payload made
+a record by ``jsonrecords.record_from_payload``, and appended by ``Agent.append``: the
+write path of HTTP and the bridge. Each QoS 1 PUBLISH leaves an entry on its
+connection's ``owed`` list, in arrival order; PUBACKs leave in that order, each once its
+record is durable (``durable_seq`` covers it; under ``sync: none`` at once).
+
+Group commit without a timer: a QoS 1 publisher waits for its PUBACK, so waiting out
+``group_ms`` would only stall it. After the bytes that arrived in one turn of the event
+loop are appended, the endpoint commits once (``Agent.commit_now``) at the start of the
+next turn, covering every connection's records of that turn, then acknowledges. While
+that fsync runs, more PUBLISHes gather in the sockets; they go in the next commit. So
+one fsync covers whatever arrived meanwhile -- as a database's group commit does.
+
+Sessions: the endpoint holds no messages for a client (it delivers nothing: an ingest
+endpoint, not a broker; SUBSCRIBE is refused), so a session is only a name: client ids
+that connected with a persistent session (3.1.1 clean session 0; MQTT 5 clean start 0
+with a session expiry) are kept in ``<data_dir>/mqtt-endpoint.json``, so the CONNACK's
+session present flag is true when such a client comes back, even after a crash, until it
+connects with a clean session. Its unacknowledged packet ids live in the publisher,
+which resends them; the dedupe window is what makes the resend harmless.
+"""
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+
+from ..jsonrecords import RequestError, record_from_payload
+from . import mqtt_packets as mp
+from .mqtt_ingest import payload_digest, route_message
+
+log = logging.getLogger("edgeline.agent.mqtt_endpoint")
+
+WINDOW = 1000  # MQTT 5 Receive Maximum; past this many owed, a connection is not read
+HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried again this often
+MAX_PACKET_BYTES = (1 << 20) + 1024  # a record fits a segment anyway; larger packets: disconnected
+LINGER_S = 0.002  # a commit waits at most this long for publishers still sending...
+LINGER_STEP_S = 0.0002  # ...as long as bytes keep coming in every this often
+CONNECT_TIMEOUT_S = 10  # a connection that sends no CONNECT by then is closed
+STATE_FILE = "mqtt-endpoint.json"  # in data_dir: client ids with a persistent session
+_NEVER = 0xFFFFFFFF
+
+# why a message was refused -> the MQTT 5 PUBACK reason code
+_REASON_CODES = {
+    "bad_topic": mp.RC_TOPIC_NAME_INVALID,
+    "unmapped": mp.RC_TOPIC_NAME_INVALID,
+    "unknown_topic": mp.RC_TOPIC_NAME_INVALID,
+    "cloud_to_edge": mp.RC_NOT_AUTHORIZED,
+    "bad_value": mp.RC_PAYLOAD_FORMAT_INVALID,
+    "too_large": mp.RC_QUOTA_EXCEEDED,
+}
+
+
+class _Owed:
+    """A QoS 1 message not yet acknowledged: its packet id, the record that must be
+    durable first (``st`` None: nothing to wait for), the reason code of a refusal."""
+
+    __slots__ = ("pid", "st", "seq", "rc", "reason")
+
+    def __init__(self, pid, st=None, seq=0, rc=mp.RC_SUCCESS, reason=None):
+        self.pid = pid
+        self.st = st
+        self.seq = seq
+        self.rc = rc
+        self.reason = reason
+
+    def settled(self):
+        st = self.st
+        return st is None or st.log.sync == "none" or st.log.durable_seq >= self.seq
+
+
+class MqttEndpoint:
+    """``await start()``, ``stats()``, ``pause()``, ``await close()``. ``settings`` is the
+    config's ``MqttIngest`` (its ``listen``, ``users``, ``map``)."""
+
+    def __init__(self, agent, settings, window=WINDOW, max_packet_bytes=MAX_PACKET_BYTES,
+                 connect_timeout_s=CONNECT_TIMEOUT_S):
+        self.agent = agent
+        self.settings = settings
+        self.listen = settings.listen
+        self.window = window
+        self.max_packet_bytes = max_packet_bytes
+        self.connect_timeout_s = connect_timeout_s
+        self.users = dict(settings.users)
+        self.port = None  # the port listened on (listen's port 0: the one the system chose)
+        # counters (stats())
+        self.received = 0  # PUBLISH packets
+        self.stored = 0  # records appended
+        self.acked = 0  # PUBACKs sent
+        self.refused = 0  # messages not stored: no topic takes them, QoS 2
+        self.redeliveries_dropped = 0  # resends of a message already stored: acknowledged, not stored again
+        self.redelivered = 0  # PUBLISHes with DUP set
+        self.connects = 0
+        self.connects_refused = 0
+        self.protocol_errors = 0
+        self.acks_lost = 0  # owed on a connection that closed: the publisher resends them
+        self.bytes_in = 0
+        self._linger = None
+        self.commits = 0  # commits the endpoint asked for (one per loop turn with records to cover)
+        self.refusals = {}
+        self.last_refusal = None
+        self.last_error = None
+        self.connections = set()
+        self.clients = {}  # client id -> its _Connection
+        self._server = None
+        self._loop = None
+        self._commit_pending = False
+        self._waiting = set()  # connections with unsettled QoS 1 entries
+        self._paused = False
+        self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
+        self.sessions = self._read_state()  # client id -> session expiry (s)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self):
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(lambda: _Connection(self), self.listen.host, self.listen.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def pause(self):
+        """Take nothing more: stop listening and reading; what is owed stays owed."""
+        self._paused = True
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.connections):
+            c.pause()
+
+    async def close(self):
+        """After the agent's final commit: acknowledge what it covered, disconnect."""
+        self.pause()
+        for c in list(self.connections):
+            c.ack_settled()
+            c.close(mp.RC_SERVER_SHUTTING_DOWN, "the agent is stopping")
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def stats(self):
+        return {
+            "listen": "%s:%d" % (self.listen.host, self.port or self.listen.port),
+            "connections": len(self.connections),
+            "connects": self.connects,
+            "connects_refused": self.connects_refused,
+            "received": self.received,
+            "stored": self.stored,
+            "acked": self.acked,
+            "refused": self.refused,
+            "redelivered": self.redelivered,
+            "redeliveries_dropped": self.redeliveries_dropped,
+            "unacknowledged": sum(len(c.owed) for c in self.connections),
+            "protocol_errors": self.protocol_errors,
+            "acks_lost": self.acks_lost,
+            "commits": self.commits,
+            "sessions": len(self.sessions),
+            "refusals": dict(self.refusals),
+            "last_refusal": self.last_refusal,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------------ sessions
+
+    def _read_state(self):
+        try:
+            with open(self._state_path) as f:
+                sessions = json.load(f).get("sessions")
+            return {str(k): int(v) for k, v in sessions.items()} if isinstance(sessions, dict) else {}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def _write_state(self):
+        tmp = self._state_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"sessions": self.sessions}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._state_path)
+        except OSError as e:
+            self._error("cannot write %s: %s" % (self._state_path, e))
+
+    def open_session(self, client_id, clean_start, expiry_s):
+        """The session present flag for a CONNECT; remembers a persistent session."""
+        present = not clean_start and client_id in self.sessions
+        keep = expiry_s > 0
+        if (client_id in self.sessions) != keep or (keep and self.sessions.get(client_id) != expiry_s):
+            if keep:
+                self.sessions[client_id] = expiry_s
+            else:
+                self.sessions.pop(client_id, None)
+            self._write_state()
+        return present
+
+    # ------------------------------------------------------------------ accounting
+
+    def _error(self, line):
+        self.last_error = line
+        log.warning("edgeline agent: MQTT endpoint: %s", line)
+
+    def refuse(self, topic, reason, line):
+        self.refused += 1
+        n = self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        self.last_refusal = "%s: %s" % (topic, line)
+        if n == 1 or (n >= 10 and str(n).strip("0") == "1"):
+            log.warning("edgeline agent: MQTT endpoint: refused a message on %r: %s (%d %s so far)",
+                        topic, line, n, reason)
+
+    def authenticate(self, username, password):
+        if not self.users:
+            return True
+        expected = self.users.get(username)
+        if expected is None or password is None:
+            hmac.compare_digest(b"x", b"y")  # the same work for an unknown user
+            return False
+        return hmac.compare_digest(expected.encode("utf-8"), password)
+
+    # ------------------------------------------------------------------ group commit
+
+    def commit_soon(self, conn):
+        """``conn`` owes acknowledgements of records not yet durable: commit soon, once
+        for every connection's records so far (see ``_commit_round``)."""
+        self._waiting.add(conn)
+        if not self._commit_pending:
+            self._commit_pending = True
+            self._linger = (self.bytes_in, self._loop.time() + LINGER_S)
+            self._loop.call_soon(self._commit_round)
+
+    def _everyone_waits(self):
+        for c in self.connections:
+            if c.client_id is not None and not (c.owed and not c.owed[-1].settled()):
+                return False
+        return True
+
+    def _commit_round(self):
+        """Commit now if every connected publisher waits for a PUBACK (nobody else is
+        coming: a lone publisher never waits), or if no byte came in since the last look;
+        else look again in LINGER_STEP_S, up to LINGER_S: publishers still sending join
+        this commit rather than wait for the next fsync."""
+        seen, until = self._linger
+        if self.bytes_in != seen and self._loop.time() < until and not self._everyone_waits():
+            self._linger = (self.bytes_in, until)
+            self._loop.call_later(LINGER_STEP_S, self._commit_round)
+            return
+        self._commit_pending = False
+        waiting, self._waiting = self._waiting, set()
+        need = {}
+        for c in waiting:
+            for e in c.owed:
+                if e.st is not None and not e.settled():
+                    need[e.st] = max(need.get(e.st, 0), e.seq)
+        for st, seq in need.items():
+            if st.log.durable_seq < seq and not self.agent.closing:
+                self.commits += 1
+                self.agent.commit_now(st)
+        for c in waiting:
+            c.ack_settled()
+            if c.owed and not c.owed[0].settled() and c.transport is not None:
+                st = c.owed[0].st
+                if st.log.failure is not None:  # the commit failed: the publisher resends on a new connection
+                    self._error("topic %s: commit failed (%s): closing the connection of %s"
+                                % (st.cfg.name, st.log.failure, c.client_id))
+                    c.close(mp.RC_UNSPECIFIED, "the agent cannot write the topic's log")
+
+
+class _Connection(asyncio.Protocol):
+    """One client: bytes in, packets acted on, PUBACKs out in order."""
+
+    def __init__(self, endpoint):
+        self.ep = endpoint
+        self.agent = endpoint.agent
+        self.decoder = mp.Decoder(endpoint.max_packet_bytes)
+        self.transport = None
+        self.version = None
+        self.client_id = None
+        self.will = None
+        self.owed = []  # _Owed, in arrival order (a list: acknowledged from the front in slices)
+        self.pending = []  # PUBLISHes read but not yet appended (held behind backpressure)
+        self.held = None  # asyncio.TimerHandle of a held message's next try
+        self.reading = True
+        self.last_rx = 0.0
+        self.keepalive_s = 0
+        self._timer = None
+        self._closing = False
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.ep.connections.add(self)
+        self.last_rx = self.ep._loop.time()
+        self._timer = self.ep._loop.call_later(self.ep.connect_timeout_s, self._check_alive)
+        if self.ep._paused:
+            self.pause()
+
+    def data_received(self, data):
+        if self._closing:
+            return
+        self.last_rx = self.ep._loop.time()
+        self.ep.bytes_in += len(data)
+        self.decoder.receive_data(data)
+        try:
+            while not self._closing:
+                p = self.decoder.next_packet()
+                if p is None:
+                    break
+                self._packet(p)
+        except mp.UnsupportedVersion as e:
+            self.ep.connects_refused += 1
+            self.transport.write(mp.encode_connack(mp.MQTT5 if e.level == mp.MQTT5 else mp.MQTT311,
+                                                   mp.RC_UNSUPPORTED_VERSION))
+            self._abort("refused a connection: %s" % e)
+        except mp.MalformedPacket as e:
+            self.ep.protocol_errors += 1
+            self.close(e.reason_code, str(e), "malformed packet from %s: %s" % (self.client_id or "a client", e))
+        self._process()
+
+    def connection_lost(self, exc):
+        ep = self.ep
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.held is not None:
+            self.held.cancel()
+        ep.connections.discard(self)
+        ep._waiting.discard(self)
+        if self.client_id is not None and ep.clients.get(self.client_id) is self:
+            del ep.clients[self.client_id]
+        ep.acks_lost += len(self.owed)
+        self.owed = []
+        self.pending = []
+        if self.will is not None and not ep._paused and not self.agent.closing:
+            will, self.will = self.will, None
+            try:  # stored as a QoS 0 message: nobody waits for it
+                self._store(mp.Publish(will.topic, will.payload, 0, retain=will.retain))
+            except Exception as e:  # noqa: BLE001 - backpressure or a failed write: the will is lost, said so
+                ep._error("the will of %s on %r was not stored: %s" % (self.client_id, will.topic, e))
+        self.transport = None
+
+    # ---------------------------------------------------------------- control
+
+    def pause(self):
+        if self.transport is not None and self.reading:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume(self):
+        if self.transport is not None and not self.reading and not self.ep._paused:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def close(self, reason_code=None, reason=None, log_line=None):
+        """Close the connection (MQTT 5: DISCONNECT with ``reason_code`` first)."""
+        if log_line:
+            self.ep._error(log_line)
+        if self.transport is None or self._closing:
+            return
+        self.will = None if reason_code == mp.RC_SERVER_SHUTTING_DOWN else self.will
+        # What it published before is committed and acknowledged first: fewer resends.
+        if not self.agent.closing:
+            for st in {e.st for e in self.owed if not e.settled()}:
+                self.agent.commit_now(st)
+        self.ack_settled()
+        if self.version == mp.MQTT5 and reason_code is not None:
+            self.transport.write(mp.encode_disconnect(reason_code, reason))
+        self._closing = True
+        self.transport.close()
+
+    def _abort(self, log_line):
+        self.ep._error(log_line)
+        self._closing = True
+        self.transport.close()
+
+    def _check_alive(self):
+        self._timer = None
+        if self.transport is None or self._closing:
+            return
+        if self.version is None:
+            self.close(log_line="a client sent no CONNECT in %d s: closed" % self.ep.connect_timeout_s)
+            return
+        idle = self.ep._loop.time() - self.last_rx
+        limit = self.keepalive_s * 1.5
+        if idle >= limit:
+            self.close(mp.RC_KEEP_ALIVE_TIMEOUT, "keep alive timeout",
+                       "client %s silent for %.0f s (keepalive %d s): closed" % (self.client_id, idle,
+                                                                                 self.keepalive_s))
+            return
+        self._timer = self.ep._loop.call_later(limit - idle, self._check_alive)
+
+    # ---------------------------------------------------------------- packets
+
+    def _packet(self, p):
+        if isinstance(p, mp.Publish):
+            self.ep.received += 1
+            if p.dup:
+                self.ep.redelivered += 1
+            if p.qos == 2:
+                self._process()  # what came before it is appended (and acknowledged if durable)
+                self.ep.refuse(p.topic, "qos2", "QoS 2 is not supported (the endpoint offers QoS 0 and 1)")
+                self.close(mp.RC_QOS_NOT_SUPPORTED, "QoS 2 is not supported: publish with QoS 1")
+                return
+            if p.properties.get("topic_alias"):
+                self._process()
+                self.ep.protocol_errors += 1
+                self.close(mp.RC_TOPIC_ALIAS_INVALID, "topic aliases are not accepted (Topic Alias Maximum 0)",
+                           "client %s used a topic alias: closed" % self.client_id)
+                return
+            self.pending.append(p)
+            if len(self.pending) + len(self.owed) >= self.ep.window:
+                self.pause()
+            return
+        if isinstance(p, mp.Connect):
+            self._connect(p)
+            return
+        t = p.type if isinstance(p, mp.Simple) else None
+        if t == mp.PINGREQ:
+            self.transport.write(mp.encode_pingresp())
+        elif t == mp.DISCONNECT:
+            if p.reason_code != 0x04:  # 0x04: disconnect with will message
+                self.will = None
+            expiry = p.properties.get("session_expiry_interval")
+            if expiry is not None and self.client_id in self.ep.sessions:
+                self.ep.open_session(self.client_id, False, expiry)
+            self._process()
+            self.ack_settled()
+            self._closing = True
+            self.transport.close()
+        elif isinstance(p, mp.Subscribe):
+            # An ingest endpoint delivers nothing: a subscription is refused, not granted and left silent.
+            self.transport.write(mp.encode_suback(self.version, p.packet_id,
+                                                  [mp.RC_IMPLEMENTATION_SPECIFIC if self.version == mp.MQTT5
+                                                   else 0x80] * len(p.filters),
+                                                  "the edgeline agent takes publishes only"))
+        elif isinstance(p, mp.Unsubscribe):
+            self.transport.write(mp.encode_unsuback(self.version, p.packet_id, [0x11] * len(p.filters)))
+        elif t == mp.AUTH:
+            self.ep.protocol_errors += 1
+            self.close(mp.RC_PROTOCOL_ERROR, "enhanced authentication is not supported")
+        else:  # PUBACK, PUBREC, PUBREL, PUBCOMP: the endpoint sent nothing to acknowledge
+            self.ep.protocol_errors += 1
+            self.close(mp.RC_PROTOCOL_ERROR, "unexpected packet type %d" % t,
+                       "client %s sent packet type %d: closed" % (self.client_id, t))
+
+    def _connect(self, c):
+        ep = self.ep
+        self.version = c.version
+        v5 = c.version == mp.MQTT5
+        client_id = c.client_id
+        props = {}
+        if not client_id:
+            if not c.clean_start and not v5:
+                ep.connects_refused += 1
+                self.transport.write(mp.encode_connack(c.version, mp.RC_CLIENT_ID_NOT_VALID))
+                self._abort("refused a connection: an empty client id with a persistent session")
+                return
+            client_id = "edgeline-" + secrets.token_hex(8)
+            if v5:
+                props["assigned_client_identifier"] = client_id
+        if not ep.authenticate(c.username, c.password):
+            ep.connects_refused += 1
+            self.transport.write(mp.encode_connack(c.version, mp.RC_BAD_USER_OR_PASSWORD))
+            self._abort("refused a connection from %s: bad user name or password (user %r)"
+                        % (client_id, c.username))
+            return
+        old = ep.clients.get(client_id)
+        if old is not None:
+            old.close(mp.RC_SESSION_TAKEN_OVER, "another connection took the client id over",
+                      "client %s connected again: its old connection is closed" % client_id)
+        ep.clients[client_id] = self
+        self.client_id = client_id
+        self.will = c.will
+        self.keepalive_s = c.keepalive_s
+        expiry = c.properties.get("session_expiry_interval", 0) if v5 else (0 if c.clean_start else _NEVER)
+        present = ep.open_session(client_id, c.clean_start, expiry)
+        if v5:
+            props.update(receive_maximum=ep.window, maximum_qos=1, wildcard_subscription_available=0,
+                         subscription_identifier_available=0, shared_subscription_available=0,
+                         maximum_packet_size=ep.max_packet_bytes)
+        ep.connects += 1
+        self.transport.write(mp.encode_connack(c.version, mp.RC_SUCCESS, present, props))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.keepalive_s:
+            self._timer = ep._loop.call_later(self.keepalive_s * 1.5, self._check_alive)
+
+    # ---------------------------------------------------------------- messages
+
+    def _store(self, p):
+        """Route and append ``p``; ``(st, seq)``, ``(None, (reason, line))`` refused, or
+        raises RequestError 5xx (hold it). A QoS 1 message is written to the topic's
+        dedupe window before it is appended (so the window is synced before the log's
+        fsync that makes the record durable: docs/spec/ingest-dedupe.md, D1); a resend
+        (DUP) of one the window holds with the same payload is not appended again: its
+        ``(st, seq)`` is the original's, acknowledged once that is durable."""
+        st, why = route_message(self.agent, self.ep.settings, p.topic)
+        if st is None:
+            self.ep.refuse(p.topic, *why)
+            return None, why
+        try:
+            key, value = record_from_payload(p.payload)
+        except RequestError as e:
+            why = ("bad_value", str(e))
+            self.ep.refuse(p.topic, *why)
+            return None, why
+        window = st.window if p.qos else None
+        wkey = None
+        if window is not None:
+            wkey = self._window_key(p.packet_id)
+            digest = payload_digest(p.payload)
+            if p.dup:
+                hit = window.lookup(wkey)
+                if hit is not None and hit[2] == digest:
+                    window.hits += 1
+                    self.ep.redeliveries_dropped += 1
+                    return st, hit[1]
+            # A new message, or a packet id used again after its PUBACK: the entry is replaced.
+            window.add(wkey, st.log.last_seq + 1, st.log.last_seq + 1, digest)
+        try:
+            first, n = self.agent.append(st, [key], [value])
+        except BaseException as e:
+            if wkey is not None:
+                window.discard(wkey)  # not stored: the resend stores it
+            if not isinstance(e, RequestError) or e.status >= 500:
+                raise
+            why = ("too_large" if e.status == 413 else "bad_value", str(e))
+            self.ep.refuse(p.topic, *why)
+            return None, why
+        if not n:
+            if wkey is not None:
+                window.discard(wkey)
+            return None, None  # drop_newest dropped it (the log counts it)
+        self.ep.stored += 1
+        return st, first
+
+    def _window_key(self, packet_id):
+        """``c:`` + packet id (2 bytes, big-endian) + the client id (UTF-8; over 200 bytes:
+        its BLAKE2b-16 digest): the endpoint's rows of the dedupe window."""
+        cid = self.client_id.encode("utf-8")
+        if len(cid) > 200:
+            cid = hashlib.blake2b(cid, digest_size=16).digest()
+        return b"c:" + packet_id.to_bytes(2, "big") + cid
+
+    def _process(self):
+        """Append what was read, in order; owe a PUBACK for each QoS 1 message."""
+        if self.held is not None or self.ep._paused or self.agent.closing or self.transport is None:
+            return
+        ep = self.ep
+        i = 0
+        pending = self.pending
+        try:
+            while i < len(pending):
+                p = pending[i]
+                try:
+                    st, got = self._store(p)
+                except RequestError as e:
+                    self._hold(p, e)
+                    return
+                except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
+                    log.exception("edgeline agent: MQTT endpoint: unexpected error")
+                    self._hold(p, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
+                    return
+                i += 1
+                if p.qos:
+                    if st is not None:
+                        self.owed.append(_Owed(p.packet_id, st, got))
+                    else:
+                        reason, line = got or ("dropped", "the topic's drop_newest policy dropped it")
+                        self.owed.append(_Owed(p.packet_id, rc=_REASON_CODES.get(reason, mp.RC_SUCCESS), reason=line))
+        finally:
+            del pending[:i]
+        self.ack_settled()
+        if self.owed:
+            ep.commit_soon(self)
+        elif self.transport is not None and not self._closing:
+            self._resume()
+
+    def _hold(self, p, e):
+        line = "a message on %r waits: %s" % (p.topic, e)
+        if e.status == 500:
+            self.ep._error(line)
+        self.pause()
+        self.held = self.ep._loop.call_later(HOLD_RETRY_S, self._retry)
+        self.ack_settled()
+
+    def _retry(self):
+        self.held = None
+        if self.transport is not None:
+            self._process()
+
+    def ack_settled(self):
+        """Send, in arrival order, the PUBACK of every owed message that has settled."""
+        owed = self.owed
+        if self.transport is None:
+            return
+        n = 0
+        out = []
+        for e in owed:
+            if not e.settled():
+                break
+            out.append(mp.encode_puback(self.version, e.pid, e.rc, e.reason if e.rc else None))
+            n += 1
+        if n:
+            del owed[:n]
+            self.ep.acked += n
+            self.transport.write(b"".join(out))
+            if not self.pending and len(owed) < self.ep.window and self.held is None:
+                self._resume()

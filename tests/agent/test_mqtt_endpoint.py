@@ -1,0 +1,597 @@
+"""The agent as an MQTT endpoint (host/edgeline_host/agent/mqtt_endpoint.py): the agent in
+process (or as a process, SIGKILLed) on a free port, producers on paho clients (MQTT 3.1.1
+and 5), mosquitto_pub, and raw sockets for what a well-behaved client never sends.
+
+What is checked: routing through the bridge's ``map``, QoS 0 and 1, the PUBACK only once
+the record is durable, refusals acknowledged with MQTT 5 reason codes, QoS 2 refused
+(DISCONNECT 0x9B / closed), SUBSCRIBE refused, logins (``ingest.mqtt.users``), persistent
+sessions remembered across a restart, keepalive, and a SIGKILL that loses no
+acknowledged message.
+"""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgeline import codec
+from edgeline.errors import ConfigError
+from edgeline.log import RingLog
+from edgeline_host.agent import mqtt_packets as mp
+from edgeline_host.agent.config import parse_config
+from edgeline_host.agent.mqtt_endpoint import STATE_FILE
+from edgeline_host.agent.service import Agent
+from mosquitto import free_port
+
+NODE = "edge-1"
+WAIT_S = 15  # generous: a timeout here is a failure, never a measurement
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config(tmp_path, mqtt=None, topics=("t",), port=None):
+    mq = {"listen": "127.0.0.1:%d" % (port or free_port()), "map": {"m/#": "t"}}
+    mq.update(mqtt or {})
+    e = {
+        "node_id": NODE,
+        "data_dir": str(tmp_path / "data"),
+        "sync": {"enabled": False},
+        "local_topics": list(topics),
+        "ingest": {"http": {"listen": "127.0.0.1:%d" % free_port()}, "mqtt": mq},
+    }
+    return parse_config({"edge": e}, base_dir=str(tmp_path))
+
+
+async def until(cond, timeout_s=WAIT_S, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        await asyncio.sleep(0.01)
+
+
+async def with_agent(cfg, fn):
+    agent = Agent(cfg, print_fn=lambda *_: None, mqtt_endpoint_options={"connect_timeout_s": 2})
+    task = asyncio.ensure_future(agent.run(install_signals=False))
+    try:
+        await until(lambda: agent.mqtt_endpoint is not None and agent.mqtt_endpoint.port or task.done(),
+                    what="the endpoint")
+        if task.done():
+            task.result()
+        return await fn(agent)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+def values(agent, topic="t"):
+    lg = agent.topics[topic].log
+    return [codec.loads(r.value) for r in lg.read(1, 1 << 20, 1 << 30)]
+
+
+class Client:
+    """A paho publisher (``protocol`` 3.1.1 or 5) run by its own thread."""
+
+    def __init__(self, port, protocol=paho.MQTTv311, client_id="pub", clean=True, **connect):
+        kw = {"clean_session": clean} if protocol != paho.MQTTv5 else {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kw)
+        self.connack = None
+        self.client.on_connect = lambda c, u, flags, rc, props: setattr(self, "connack", (flags, rc))
+        self.client.max_inflight_messages_set(100)
+        if connect.get("username"):
+            self.client.username_pw_set(connect.pop("username"), connect.pop("password", None))
+        self.client.connect("127.0.0.1", port, **connect)
+        self.client.loop_start()
+
+    def publish(self, topic, payload, qos=1):
+        return self.client.publish(topic, payload, qos=qos)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def raw(port, version, client_id="raw", keepalive_s=60):
+    """A socket that has sent CONNECT and read the CONNACK: (socket, CONNACK bytes)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    s.sendall(mp.encode_connect(version, client_id, True, keepalive_s))
+    return s, read_packet(s)
+
+
+def _recv(s, n):
+    d = b""
+    while len(d) < n:
+        try:
+            chunk = s.recv(n - len(d))
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        d += chunk
+    return d
+
+
+def read_packet(s):
+    """One packet's bytes from a socket (b"" once it is closed)."""
+    d = _recv(s, 1)
+    if not d:
+        return d
+    n, shift = 0, 0
+    while True:
+        b = _recv(s, 1)
+        if not b:
+            return d
+        d += b
+        n |= (b[0] & 0x7F) << shift
+        shift += 7
+        if not b[0] & 0x80:
+            return d + _recv(s, n)
+
+
+def test_paho_v311_and_v5_qos0_and_qos1_routed_by_the_map(tmp_path):
+    cfg = config(tmp_path, {"map": {"m/#": "t", "n/+": "u"}}, topics=("t", "u"))
+
+    async def fn(agent):
+        def produce():
+            for proto, cid in ((paho.MQTTv311, "p3"), (paho.MQTTv5, "p5")):
+                c = Client(agent.mqtt_endpoint.port, proto, cid)
+                infos = [c.publish("m/%d" % i, b'{"n": %d, "p": "%s"}' % (i, cid.encode())) for i in range(50)]
+                infos.append(c.publish("n/x", b"7"))
+                for info in infos:
+                    info.wait_for_publish(WAIT_S)
+                    assert info.is_published()
+                c.publish("m/q0", b'"zero"', qos=0).wait_for_publish(WAIT_S)
+                c.close()
+
+        await asyncio.to_thread(produce)
+        await until(lambda: agent.mqtt_endpoint.received == 104, what="every publish")
+        await until(lambda: agent.mqtt_endpoint.stored == 104, what="every record")
+        got = values(agent)
+        assert [v for v in got if v != "zero"] == [{"n": i, "p": p} for p in ("p3", "p5") for i in range(50)]
+        assert got.count("zero") == 2 and values(agent, "u") == [7, 7]
+        s = agent.health()["mqtt_endpoint"]
+        assert (s["acked"], s["refused"], s["connects"], s["redeliveries_dropped"]) == (102, 0, 2, 0)
+        assert agent.health()["mqtt"] is None  # listen alone: no bridge
+        from click.testing import CliRunner
+
+        from edgeline_host.cli import cli as cli_main
+
+        url = "http://%s" % agent.cfg.ingest.http.listen
+        out = await asyncio.to_thread(CliRunner().invoke, cli_main, ["edge", "health", "--agent", url])
+        assert "mqtt endpoint 127.0.0.1:%d: 0 connected, received 104, stored 104, acked 102" % (
+            agent.mqtt_endpoint.port) in out.output, out.output
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_puback_only_once_the_record_is_durable(tmp_path, monkeypatch):
+    """With commits held back (group of 10,000 records or 60 s, and the endpoint's own
+    commit made a no-op) nothing is acknowledged; the commit releases the PUBACK."""
+    cfg = config(tmp_path, topics=({"topic": "t", "group_ms": 60000, "group_records": 10000},))
+
+    async def fn(agent):
+        real = agent.commit_now
+        monkeypatch.setattr(agent, "commit_now", lambda st: None)
+        c = Client(agent.mqtt_endpoint.port, paho.MQTTv5, "slow")
+        info = c.publish("m/x", b"1")
+        await until(lambda: agent.mqtt_endpoint.stored == 1)
+        await asyncio.sleep(0.3)
+        st = agent.topics["t"]
+        assert st.log.durable_seq == 0 and not info.is_published() and agent.mqtt_endpoint.acked == 0
+        real(st)
+        agent.mqtt_endpoint.commit_soon(next(iter(agent.mqtt_endpoint.connections)))
+        await until(info.is_published, what="the PUBACK after the commit")
+        assert st.log.durable_seq == 1
+        c.close()
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_mosquitto_pub_both_versions_and_v5_reason_codes(tmp_path):
+    binary = shutil.which("mosquitto_pub")
+    if binary is None:
+        pytest.skip("mosquitto_pub is missing (apt-get install mosquitto-clients)")
+    async def fn(agent):
+        port = str(agent.mqtt_endpoint.port)
+
+        def pub(topic, payload, *args):
+            argv = [binary, "-p", port, "-t", topic, "-m", payload, "-q", "1"] + list(args)
+            return asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=WAIT_S)
+
+        assert (await pub("m/a", '{"v": 1}', "-V", "mqttv311")).returncode == 0
+        assert (await pub("m/b", '{"v": 2}', "-V", "mqttv5")).returncode == 0
+        r = await pub("x/y", '{"v": 3}', "-V", "mqttv5")  # no filter of the map: refused, with its reason
+        assert "Topic Name invalid" in r.stderr and "ingest.mqtt.map" in r.stderr
+        r = await pub("m/d", '{"v": 4}', "-V", "mqttv5", "-q", "2")  # the CONNACK said Maximum QoS 1
+        assert r.returncode != 0 or "QoS" in r.stderr
+        await until(lambda: agent.mqtt_endpoint.stored == 2)
+        assert values(agent) == [{"v": 1}, {"v": 2}]
+        assert agent.mqtt_endpoint.refusals == {"unmapped": 1}
+
+    cfg = parse_config({"edge": {"node_id": NODE, "data_dir": str(tmp_path / "data"), "sync": {"enabled": False},
+                                 "local_topics": ["t"],
+                                 "ingest": {"mqtt": {"listen": "127.0.0.1:0", "map": {"m/#": "t"}}}}},
+                       base_dir=str(tmp_path))
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_qos2_and_subscribe_are_refused_cleanly(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            # 3.1.1: SUBSCRIBE answered with a failure (0x80), a QoS 2 PUBLISH closes the connection.
+            s, connack = raw(port, 4)
+            assert connack == bytes([0x20, 2, 0, 0])
+            s.sendall(mp.encode_subscribe(4, 1, [("m/#", 1)]))
+            assert read_packet(s) == bytes([0x90, 3, 0, 1, 0x80])
+            s.sendall(mp.encode_publish(4, "m/x", b"1", 1, 5) + mp.encode_publish(4, "m/x", b"2", 2, 6))
+            assert read_packet(s) == bytes([0x40, 2, 0, 5])  # the QoS 1 one before it is stored and acknowledged
+            assert read_packet(s) == b""
+            s.close()
+            # MQTT 5: the CONNACK says Maximum QoS 1; a QoS 2 PUBLISH gets DISCONNECT 0x9B.
+            s, connack = raw(port, 5, "raw5")
+            assert connack[3] == 0 and b"\x24\x01" in connack  # Maximum QoS 1
+            s.sendall(mp.encode_publish(5, "m/x", b"3", 2, 1))
+            assert read_packet(s)[2] == 0x9B  # DISCONNECT: QoS not supported
+            assert read_packet(s) == b""
+            s.close()
+
+        await asyncio.to_thread(talk)
+        await until(lambda: agent.mqtt_endpoint.refusals.get("qos2") == 2, what="both QoS 2 refusals")
+        assert values(agent) == [1]
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+
+def test_logins_from_ingest_mqtt_users(tmp_path):
+    cfg = config(tmp_path, {"users": {"sensor": "s3cret"}})
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            for proto in (paho.MQTTv311, paho.MQTTv5):
+                for who in ({"username": "sensor", "password": "wrong"}, {"username": "nobody", "password": "x"}, {}):
+                    c = Client(port, proto, "p", **who)
+                    deadline = time.monotonic() + WAIT_S
+                    while c.connack is None and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert c.connack is not None and str(c.connack[1]) == "Bad user name or password", (proto, who)
+                    c.close()
+                c = Client(port, proto, "p", username="sensor", password="s3cret")
+                info = c.publish("m/x", b"1")
+                info.wait_for_publish(WAIT_S)
+                assert info.is_published()
+                c.close()
+
+        await asyncio.to_thread(talk)
+        assert agent.mqtt_endpoint.connects_refused == 6 and values(agent) == [1, 1]
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_config_listen_users_and_the_bridge(tmp_path):
+    cfg = config(tmp_path)
+    assert cfg.ingest.mqtt.broker is None and cfg.ingest.mqtt.listen.port > 0
+    both = config(tmp_path, {"broker": "127.0.0.1:1999"})
+    assert both.ingest.mqtt.broker.port == 1999 and both.ingest.mqtt.listen is not None
+    e = {"node_id": NODE, "data_dir": str(tmp_path / "d"), "sync": {"enabled": False}, "local_topics": ["t"]}
+    bridge = parse_config({"edge": dict(e, ingest={"mqtt": {"map": {"m/#": "t"}}})}, base_dir=str(tmp_path))
+    assert bridge.ingest.mqtt.listen is None and bridge.ingest.mqtt.broker.port == 1883
+    for mq, words in (({"users": {"a": "b"}}, "ingest.mqtt.users: only the agent's own endpoint"),
+                      ({"listen": "127.0.0.1:1884", "users": {"a": ""}}, "ingest.mqtt.users.a: the password"),
+                      ({"listen": "127.0.0.1:1884", "users": ["a"]}, "ingest.mqtt.users: must be a mapping"),
+                      ({"listen": "nowhere:x"}, "ingest.mqtt.listen")):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"edge": dict(e, ingest={"mqtt": mq})}, base_dir=str(tmp_path))
+        assert words in str(err.value), str(err.value)
+
+
+def test_persistent_sessions_are_remembered_across_a_restart(tmp_path):
+    """3.1.1 clean session 0 and MQTT 5 clean start 0 with a session expiry: the CONNACK's
+    session present flag is set when the client comes back, also to a new agent process
+    (the endpoint keeps the client ids in data_dir); a clean session forgets it."""
+    port = free_port()
+    cfg = config(tmp_path, port=port)
+
+    def connack(version, cid, clean, props=None):
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+        s.sendall(mp.encode_connect(version, cid, clean, 60, properties=props))
+        got = read_packet(s)
+        s.sendall(mp.encode_simple(mp.DISCONNECT))
+        s.close()
+        return got
+
+    async def first(agent):
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 0
+        assert (await asyncio.to_thread(connack, 5, "keep5", False, {"session_expiry_interval": 600}))[2] == 0
+        assert (await asyncio.to_thread(connack, 5, "gone5", False))[2] == 0  # expiry 0: ends at disconnect
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 1
+
+    async def second(agent):
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 1
+        assert (await asyncio.to_thread(connack, 5, "keep5", False, {"session_expiry_interval": 600}))[2] == 1
+        assert (await asyncio.to_thread(connack, 5, "gone5", False))[2] == 0
+        assert (await asyncio.to_thread(connack, 4, "keep3", True))[2] == 0  # clean: forgotten
+        assert (await asyncio.to_thread(connack, 4, "keep3", False))[2] == 0
+
+    asyncio.run(with_agent(cfg, first))
+    assert set(json.loads((tmp_path / "data" / STATE_FILE).read_text())["sessions"]) == {"keep3", "keep5"}
+    asyncio.run(with_agent(cfg, second))
+
+
+def test_keepalive_garbage_and_a_silent_socket_are_closed(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            s, connack = raw(port, 4, "sleepy", keepalive_s=1)  # silent past 1.5 s: closed
+            assert connack == bytes([0x20, 2, 0, 0])
+            assert read_packet(s) == b""
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)  # never sends CONNECT
+            assert read_packet(s) == b""
+            s, connack = raw(port, 5, "bad")
+            s.sendall(bytes([0x30, 3, 0, 5]) + b"a")  # a topic that runs past the packet
+            assert read_packet(s)[2] == mp.RC_MALFORMED and read_packet(s) == b""
+            s, _ = raw(port, 4, "pinger")
+            for b in mp.encode_simple(mp.PINGREQ) + mp.encode_publish(4, "m/x", b"9", 1, 3):  # one byte at a time
+                s.sendall(bytes([b]))
+            assert read_packet(s) == bytes([0xD0, 0]) and read_packet(s) == bytes([0x40, 2, 0, 3])
+            s.close()
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)  # MQTT 3.1
+            s.sendall(bytes([0x10, 12, 0, 6]) + b"MQIsdp" + bytes([3, 2, 0, 60]))
+            assert read_packet(s) == bytes([0x20, 2, 0, 1]) and read_packet(s) == b""
+
+        await asyncio.to_thread(talk)
+        s = agent.mqtt_endpoint.stats()
+        assert s["protocol_errors"] == 1 and s["connects_refused"] == 1 and values(agent) == [9]
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_resend_of_a_stored_message_is_acknowledged_not_stored_again(tmp_path):
+    """A PUBLISH resent with DUP, the same packet id and payload by the same client (its
+    PUBACK was lost) is acknowledged and not stored -- also by the next agent process;
+    the same packet id without DUP, or with another payload, is a new message."""
+    port = free_port()
+    cfg = config(tmp_path, port=port)
+
+    def session(steps):
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+        s.sendall(mp.encode_connect(4, "dup-client", False, 60))
+        assert read_packet(s)[:2] == bytes([0x20, 2])
+        for payload, dup in steps:
+            s.sendall(mp.encode_publish(4, "m/x", payload, 1, 7, dup=dup))
+            assert read_packet(s) == bytes([0x40, 2, 0, 7])
+        s.sendall(mp.encode_simple(mp.DISCONNECT))
+        s.close()
+
+    async def first(agent):
+        await asyncio.to_thread(session, [(b"1", False), (b"1", True), (b"1", True)])
+        assert values(agent) == [1]
+        assert agent.mqtt_endpoint.redeliveries_dropped == 2 and agent.mqtt_endpoint.redelivered == 2
+
+    async def second(agent):
+        await asyncio.to_thread(session, [(b"1", True),  # still known after a restart
+                                          (b"2", True),  # DUP, another payload: a new message
+                                          (b"2", False),  # packet id used again: a new message
+                                          (b"2", True)])
+        assert values(agent) == [1, 2, 2]
+        s = agent.health()["mqtt_endpoint"]
+        assert s["redeliveries_dropped"] == 2 and s["stored"] == 2 and s["acked"] == 4
+
+    asyncio.run(with_agent(cfg, first))
+    asyncio.run(with_agent(cfg, second))
+
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
+ENV.pop("EDGELINE_AGENT", None)
+
+
+class Link:
+    """edgeline_host.faultlink.FaultLink (200 ms each way) on an event loop of its own thread."""
+
+    def __init__(self, target_port):
+        from edgeline_host.faultlink import FaultLink
+
+        self.loop = asyncio.new_event_loop()
+        self.link = FaultLink(0, "127.0.0.1", target_port, delay_ms=200)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.link.start())
+
+    def call(self, coro_or_fn):
+        if asyncio.iscoroutine(coro_or_fn):
+            return asyncio.run_coroutine_threadsafe(coro_or_fn, self.loop).result(WAIT_S)
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(lambda: (coro_or_fn(), done.set()))
+        done.wait(WAIT_S)
+
+    def close(self):
+        self.call(self.link.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT_S)
+        self.loop.close()
+
+
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
+def test_sigkill_loses_nothing_acknowledged_and_stores_no_resend_twice(tmp_path, protocol):
+    """`edgeline agent` with its endpoint, paho publishing at QoS 1 (100 in flight, a
+    persistent session) through a link with 200 ms of latency each way; the publisher
+    pauses, and once the agent stored everything sent, the link is cut and the agent
+    SIGKILLed at once, then started again. The PUBACKs on the link are lost, so paho
+    resends (DUP) messages the agent had stored: each is acknowledged and counted in
+    redeliveries_dropped, none stored again. Afterwards every payload is in the log
+    exactly once."""
+    port, http_port = free_port(), free_port()
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text(
+        "edge:\n  node_id: %s\n  data_dir: ./data\n  sync: {enabled: false}\n"
+        "  local_topics:\n    - {topic: t}\n"
+        "  ingest:\n    http: {listen: '127.0.0.1:%d'}\n"
+        "    mqtt: {listen: '127.0.0.1:%d', map: {'m/#': t}}\n" % (NODE, http_port, port))
+    argv = [sys.executable, "-m", "edgeline_host.cli", "agent", "--config", str(cfg)]
+    log_path = tmp_path / "agent.log"
+    procs = []
+
+    def get(path):
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (http_port, path), timeout=5) as r:
+            return json.loads(r.read())
+
+    def start():
+        with open(log_path, "ab") as out:
+            p = subprocess.Popen(argv, env=ENV, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs.append(p)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert p.poll() is None, log_path.read_text()
+            try:
+                if get("/v1/health")["mqtt_endpoint"] is not None:
+                    return p
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the agent did not come up: " + log_path.read_text()
+            time.sleep(0.05)
+
+    kw = {"clean_session": False} if protocol != paho.MQTTv5 else {}
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="killer", protocol=protocol, **kw)
+    client.max_inflight_messages_set(100)
+    client.reconnect_delay_set(0.05, 0.2)
+    sent = []
+    acked = set()  # mids paho saw acknowledged (is_published() raises for what was queued while disconnected)
+    client.on_publish = lambda _c, _u, mid, _rc, _p: acked.add(mid)
+    stop = threading.Event()
+    go = threading.Event()
+    go.set()
+    paused = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            if not go.is_set():
+                paused.set()
+                go.wait(0.05)
+                continue
+            paused.clear()
+            info = client.publish("m/x", b'{"n": %d}' % i, qos=1)
+            sent.append((i, info))
+            i += 1
+            if i % 100 == 0:
+                deadline = time.monotonic() + WAIT_S
+                while info.mid not in acked and time.monotonic() < deadline and go.is_set():
+                    time.sleep(0.002)  # keep paho's queue short
+
+    link = Link(port)
+    try:
+        proc = start()
+        if protocol == paho.MQTTv5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            client.connect("127.0.0.1", link.link.port, clean_start=False, properties=props)
+        else:
+            client.connect("127.0.0.1", link.link.port)
+        client.loop_start()
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            caught = dropped = 0
+            for _ in range(8):  # until two kills caught PUBACKs on the link (the first almost always does)
+                if caught >= 2:
+                    break
+                target = len(sent) + 300
+                deadline = time.monotonic() + WAIT_S
+                while get("/v1/health")["mqtt_endpoint"]["stored"] < 200 or len(sent) < target:
+                    assert time.monotonic() < deadline, "too little stored"
+                    time.sleep(0.01)
+                go.clear()  # the publisher stops, with up to 100 messages unacknowledged
+                assert paused.wait(WAIT_S)
+                n = len(sent)
+                while get("/v1/queue")["topics"]["t"]["durable_seq"] < n:  # all stored, PUBACKs on their way
+                    assert time.monotonic() < deadline + WAIT_S, "the agent did not store everything sent"
+                    time.sleep(0.002)
+                link.call(link.link.cut)  # the PUBACKs on the link are lost...
+                proc.send_signal(signal.SIGKILL)  # ...and the agent dies
+                proc.wait(10)
+                in_flight = not {info.mid for _, info in sent} <= set(acked)  # paho missed some PUBACKs
+                proc = start()
+                link.call(link.link.restore)
+                deadline = time.monotonic() + 30
+                while not {info.mid for _, info in sent} <= set(acked):  # paho resent them and got PUBACKs
+                    assert time.monotonic() < deadline, "paho has unacknowledged messages left"
+                    time.sleep(0.02)
+                s = get("/v1/health")["mqtt_endpoint"]
+                assert s["redelivered"] >= s["redeliveries_dropped"] and (s["redeliveries_dropped"] > 0) == in_flight, \
+                    json.dumps(s)
+                dropped += s["redeliveries_dropped"]
+                caught += in_flight
+                go.set()
+            assert caught and dropped, "no kill caught a PUBACK on the link (200 ms of latency): nothing was resent"
+        finally:
+            stop.set()
+            producer.join(WAIT_S)
+        deadline = time.monotonic() + 30
+        while not {info.mid for _, info in sent} <= set(acked):
+            assert time.monotonic() < deadline, "paho has unacknowledged messages left"
+            time.sleep(0.05)
+        client.disconnect()
+        client.loop_stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(WAIT_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        link.close()
+    lg = RingLog(str(tmp_path / "data" / "t"))
+    try:
+        got = [codec.loads(r.value)["n"] for r in lg.read(1, 1 << 20, 1 << 30)]
+    finally:
+        lg.close()
+    assert sorted(got) == list(range(len(sent))), "lost %s, doubled %s" % (
+        sorted(set(range(len(sent))) - set(got)), sorted(n for n in set(got) if got.count(n) > 1)[:20])
+
+
+def test_a_will_is_stored_when_its_client_vanishes(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+
+        def talk():
+            for version, cid in ((4, "w3"), (5, "w5")):
+                s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+                will = mp.Publish("m/status", b'"gone %s"' % cid.encode(), 1)
+                s.sendall(mp.encode_connect(version, cid, True, 60, will=will))
+                assert read_packet(s)[3] == 0
+                s.close()  # no DISCONNECT: the will is published
+            s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)  # a DISCONNECT first: no will
+            s.sendall(mp.encode_connect(4, "polite", True, 60, will=mp.Publish("m/status", b'"polite"', 1)))
+            assert read_packet(s)[3] == 0
+            s.sendall(mp.encode_simple(mp.DISCONNECT))
+            assert read_packet(s) == b""
+            s.close()
+
+        await asyncio.to_thread(talk)
+        await until(lambda: agent.mqtt_endpoint.stored == 2, what="both wills")
+        assert sorted(values(agent)) == ["gone w3", "gone w5"]
+
+    asyncio.run(with_agent(cfg, fn))
