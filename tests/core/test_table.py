@@ -6,7 +6,7 @@ from edgeline import codec
 from edgeline.table import (CLOUD_WINS, CONCURRENT_WRITE, COUNTER, CUSTOM_MERGE, DELETE_UPDATE, EDGE_WINS,
                             FIRST_WRITE_WINS, KEEP_BOTH, LAST_WRITE_WINS, MAP, MISSING, OP_COUNT, OP_DELETE,
                             OP_FIELDS, OP_PUT, ORDERING, SET, STRATEGIES, TOMBSTONE, UPDATE_DELETE, Siblings,
-                            Table, TableError, field_value, read_value, resolve, vv_join, write_value)
+                            Table, TableError, field_value, read_value, resolve, vv_get, vv_join, write_value)
 from support import raises
 
 S1 = "store-1"
@@ -333,3 +333,66 @@ def test_the_conflict_type_of_many_siblings_does_not_depend_on_their_order():
     from edgeline.table import conflict_type
     for order in permutations(sibs):
         assert conflict_type(order) == DELETE_UPDATE, order
+
+
+class _Rand:
+    # a tiny LCG: the same sequence on every runtime (no `random` module needed)
+    def __init__(self, seed):
+        self.x = seed
+
+    def below(self, n):
+        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
+        return (self.x >> 8) % n
+
+
+def _model_view(strategy, writes, key):
+    kw = [w for w in writes if w[0] == key]
+    sibs = []
+    for w in kw:
+        covered = False
+        for o in kw:
+            if o is not w and (vv_get(o[4], w[1]) >= w[2] or (o[1] == w[1] and o[2] > w[2])):
+                covered = True
+        if not covered:
+            sibs.append((w[1], w[2], w[3], w[5]))
+    return resolve(strategy, sibs, merge_join, key)
+
+
+def test_seeded_convergence_of_three_replicas_every_strategy():
+    # The property test (tests/properties/test_table_convergence.py) in small, runnable on
+    # a board: random writes and deliveries between the cloud and two edges, then healed.
+    for strategy in STRATEGIES:
+        for seed in (1, 2, 3):
+            rnd = _Rand(seed)
+            names = [C, S1, S2]
+            tables = [table(strategy) for _ in names]
+            seqs = [0, 0, 0]
+            held = [[], [], []]
+            history = []
+            for _ in range(30):
+                i = rnd.below(3)
+                if rnd.below(2):
+                    key = "ab"[rnd.below(2)]
+                    seqs[i] += 1
+                    value = D if rnd.below(3) == 0 else "v%d" % rnd.below(9)
+                    w = (key, names[i], seqs[i], rnd.below(6), tables[i].context(key), value)
+                    history.append(w)
+                    held[i].append(w)
+                    tables[i].apply(*w)
+                elif held[i]:
+                    j = rnd.below(3)
+                    w = held[i][rnd.below(len(held[i]))]
+                    if tables[j].apply(*w):
+                        held[j].append(w)
+            for t in tables:
+                for k in range(2 * len(history)):
+                    t.apply(*history[(k * 7 + seed) % len(history)])
+                for w in history:
+                    t.apply(*w)
+            want = []
+            for key in "ab":
+                v = _model_view(strategy, history, key)
+                if v is not MISSING:
+                    want.append((key, v))
+            for t in tables:
+                assert t.items() == want, (strategy, seed, t.items(), want)
