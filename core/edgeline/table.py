@@ -475,7 +475,10 @@ class Table:
         ks = []
         for d in self._keys:
             ks.extend(d)
-        ks.sort()
+        try:
+            ks.sort()
+        except TypeError:  # keys of several types (text and ints): order by type first
+            ks.sort(key=lambda k: (type(k).__name__, k))
         return ks
 
     def items(self):

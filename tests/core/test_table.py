@@ -396,3 +396,11 @@ def test_seeded_convergence_of_three_replicas_every_strategy():
                     want.append((key, v))
             for t in tables:
                 assert t.items() == want, (strategy, seed, t.items(), want)
+
+
+def test_keys_of_several_types_are_listed():
+    t = table(LAST_WRITE_WINS)
+    t.apply("b", S1, 1, 10, (), 1)
+    t.apply(7, S1, 2, 10, (), 2)
+    t.apply(b"k", S1, 3, 10, (), 3)
+    assert len(t.items()) == 3 and t.view(7) == 2
