@@ -24,6 +24,19 @@
 #     ClockError and leaves the clock unchanged.
 #
 # Sans-IO: the clock never reads time itself; callers pass now_ms.
+#
+# Without big ints (32-bit boards): epoch milliseconds (about 1.7e12) and every timestamp
+# are heap objects where small ints stop at 2**30 - 1, so a clock that made its
+# timestamp as an int would allocate per record. The clock therefore keeps the last
+# timestamp and its physical time as small ints: the ms split into 24-bit halves
+# (ms >> 24 and ms & 0xFFFFFF) and the 16-bit counter. ``set_ms`` sets the physical time
+# (at boot or a time sync: one int, allowed), ``advance_ms`` moves it on by a small delta
+# (say, time.ticks_diff of two ticks_ms), and ``stamp_into`` issues the next timestamp by
+# the same rule as ``now`` straight into a buffer as the 8 little-endian bytes of the
+# log's and the wire's ts field; a log's append does that when given the clock as ts.
+# ``now``, ``observe`` and ``last`` work on ints as before (allocating on 32-bit).
+from struct import pack_into
+
 from edgeline.errors import ClockError, ConfigError
 
 try:
@@ -33,6 +46,8 @@ except ImportError:
 
 _LOGICAL_BITS = const(16)
 _LOGICAL_MASK = const(0xFFFF)
+_LO_BITS = const(24)
+_LO_MASK = const(0xFFFFFF)
 
 
 def _check(value, name, error):
@@ -69,21 +84,30 @@ class HybridClock:
         _check(last_ts, "last_ts", ConfigError)
         if max_drift_ms is not None:
             _check(max_drift_ms, "max_drift_ms", ConfigError)
-        self._last = last_ts
         self._max_drift_ms = max_drift_ms
+        self._store(last_ts)
+        self._phi = 0  # physical time for stamp_into: ms >> 24 ...
+        self._plo = 0  # ... and ms & 0xFFFFFF
+
+    def _store(self, ts):
+        ms = ts >> _LOGICAL_BITS
+        self._hi = ms >> _LO_BITS
+        self._lo = ms & _LO_MASK
+        self._lg = ts & _LOGICAL_MASK
 
     @property
     def last(self):
         """The last timestamp issued (or the seed, before the first one)."""
-        return self._last
+        return (((self._hi << _LO_BITS) | self._lo) << _LOGICAL_BITS) | self._lg
 
     def now(self, now_ms):
         """Timestamp for a local event or a send."""
         _check(now_ms, "now_ms", ClockError)
         ts = now_ms << _LOGICAL_BITS
-        if ts <= self._last:
-            ts = self._last + 1
-        self._last = ts
+        last = self.last
+        if ts <= last:
+            ts = last + 1
+        self._store(ts)
         return ts
 
     def observe(self, remote_ts, now_ms):
@@ -97,9 +121,46 @@ class HybridClock:
                     "remote clock is %d ms ahead of ours (allowed %d ms)"
                     % (ahead_ms, self._max_drift_ms)
                 )
-        seen = remote_ts if remote_ts > self._last else self._last
+        last = self.last
+        seen = remote_ts if remote_ts > last else last
         ts = now_ms << _LOGICAL_BITS
         if ts <= seen:
             ts = seen + 1
-        self._last = ts
+        self._store(ts)
         return ts
+
+    def set_ms(self, now_ms):
+        """Set the physical time ``stamp_into`` uses (epoch ms, an int)."""
+        _check(now_ms, "now_ms", ClockError)
+        self._phi = now_ms >> _LO_BITS
+        self._plo = now_ms & _LO_MASK
+
+    def advance_ms(self, delta_ms):
+        """Move the physical time of ``stamp_into`` on by delta_ms (a small int >= 0)."""
+        lo = self._plo + delta_ms
+        if lo > _LO_MASK:
+            self._phi += lo >> _LO_BITS
+            lo &= _LO_MASK
+        self._plo = lo
+
+    def stamp_into(self, buf, off):
+        """Issue the next timestamp (``now``'s rule at the time of ``set_ms`` /
+        ``advance_ms``) into buf[off:off + 8], little-endian; allocates nothing."""
+        hi = self._phi
+        lo = self._plo
+        if hi > self._hi or (hi == self._hi and lo > self._lo):
+            lg = 0
+        else:
+            hi = self._hi
+            lo = self._lo
+            lg = self._lg + 1
+            if lg > _LOGICAL_MASK:  # the counter carries into the physical part
+                lg = 0
+                lo += 1
+                if lo > _LO_MASK:
+                    lo = 0
+                    hi += 1
+        self._hi = hi
+        self._lo = lo
+        self._lg = lg
+        pack_into("<HHBHB", buf, off, lg, lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16)

@@ -26,12 +26,13 @@ The store and the outboxes reach the log only through its public API (``consumer
 ``claimed_bytes``, ``remove_oldest``: docs/core.md).
 
 The append path allocates nothing per record on MicroPython after warm-up: the frame
-header is packed into a fixed bytearray, the CRC is computed over whole objects (a
-memoryview slice would allocate), and bytes are copied into the write buffer by slice
-assignment.
+header is packed into a fixed bytearray, the CRC is written into the buffer over whole
+objects (a memoryview slice would allocate; on 32-bit ports the CRC never becomes an int,
+see logformat.frame_crc_into), and bytes are copied into the write buffer by slice
+assignment. A clock passed as ``ts`` stamps the timestamp into the header itself, so a
+32-bit board never makes it as an int (docs/design-alloc-free-32bit.md).
 """
 import sys
-from binascii import crc32
 
 try:
     from collections import namedtuple
@@ -54,8 +55,9 @@ from .logformat import (
     NO_KEY,
     SEGMENT_HEADER_BYTES,
     FrameScanner,
-    pack_frame_crc,
+    frame_crc_into,
     pack_frame_header,
+    pack_frame_header_ts_apart,
     pack_segment_header,
     parse_segment_header,
     parse_segment_name,
@@ -401,10 +403,13 @@ class RingLog:
     # any check (see _prepare).
 
     def _append_portable(self, value, ts=0, key=None, now_ms=None):
-        # The append of every runtime: allocation-free (MicroPython's append) and for
-        # frames of any size (CPython's append_cpython hands it frames bigger than the
-        # write buffer, which go to the file in pieces). The header is packed apart and
-        # the CRC runs over whole objects, because a memoryview slice would allocate.
+        # The append of every runtime: allocation-free (MicroPython's append, on 32-bit
+        # ports too) and for frames of any size (CPython's append_cpython hands it frames
+        # bigger than the write buffer, which go to the file in pieces). The header is
+        # packed apart; the CRC is written into the buffer by frame_crc_into, over whole
+        # objects, never as an int (a big int on 32-bit) nor over a memoryview slice.
+        # ts is an int, or a clock (clock.py) that stamps the next timestamp into the
+        # header: a 32-bit board then never makes the timestamp as an int.
         if key is None:
             klen = 0
             kfield = NO_KEY
@@ -413,6 +418,13 @@ class RingLog:
             kfield = klen
             if klen >= NO_KEY:
                 raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
+        hdr = self._hdr
+        stamped = type(ts) is not int
+        if stamped:
+            try:
+                ts.stamp_into(hdr, 12)
+            except AttributeError:
+                raise ConfigError("ts must be an int in 0..2**64-1 or a clock, not %r" % (ts,))
         vlen = len(value)
         flen = FRAME_OVERHEAD_BYTES + klen + vlen
         pos = self._wpos
@@ -424,19 +436,19 @@ class RingLog:
             pos = self._wpos
             end = pos + flen
         seq = self._next_seq
-        hdr = self._hdr
-        try:
-            if ts < 0:
-                raise ValueError
-            pack_frame_header(hdr, 0, flen, seq, ts, kfield)
-        except (OverflowError, ValueError, TypeError):
-            raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
-        crc = crc32(hdr)
-        if klen:
-            crc = crc32(key, crc)
-        crc = crc32(value, crc)
+        if stamped:
+            pack_frame_header_ts_apart(hdr, 0, flen, seq, kfield)
+        else:
+            try:
+                if ts < 0:
+                    raise ValueError
+                pack_frame_header(hdr, 0, flen, seq, ts, kfield)
+            except (OverflowError, ValueError, TypeError):
+                raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+            self.last_ts = ts
         if flen > self._wcap:
-            self._write_direct(flen, key, value, crc)
+            frame_crc_into(self._crcbuf, 0, hdr, key, value)
+            self._write_direct(flen, key, value)
         else:
             buf = self._wbuf
             p = pos + FRAME_HEADER_BYTES
@@ -445,10 +457,9 @@ class RingLog:
                 buf[p:p + klen] = key
                 p += klen
             buf[p:p + vlen] = value
-            pack_frame_crc(buf, p + vlen, crc)
+            frame_crc_into(buf, p + vlen, hdr, key, value)
             self._wpos = end
         self._next_seq = seq + 1
-        self.last_ts = ts
         c = self._commit_seq
         if c:
             if seq >= c:
@@ -520,8 +531,9 @@ class RingLog:
                 return True
         return self._prepare(flen, ts)
 
-    def _write_direct(self, flen, key, value, crc):
-        # A frame larger than the write buffer goes to the file in pieces.
+    def _write_direct(self, flen, key, value):
+        # A frame larger than the write buffer goes to the file in pieces (its CRC is
+        # already in self._crcbuf).
         self._write_out()
         self._ensure_open()
         h = self._tail
@@ -530,7 +542,6 @@ class RingLog:
             if key is not None and len(key):
                 h.write(key, len(key))
             h.write(value, len(value))
-            pack_frame_crc(self._crcbuf, 0, crc)
             h.write(self._crcbuf, 4)
         except OSError as e:
             self._fail(e)
@@ -545,6 +556,8 @@ class RingLog:
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
         if self._closed:
             raise StorageError("log %s is closed" % self.path)
+        if type(ts) is not int:
+            ts = ts.last  # a clock: append stamped this record's ts already (an int here is fine)
         if not isinstance(ts, int) or ts < 0 or ts > 0xFFFFFFFFFFFFFFFF:
             raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
         if flen > self.segment_bytes - SEGMENT_HEADER_BYTES:
