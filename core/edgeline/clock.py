@@ -29,12 +29,12 @@
 # are heap objects where small ints stop at 2**30 - 1, so a clock that made its
 # timestamp as an int would allocate per record. The clock therefore keeps the last
 # timestamp and its physical time as small ints: the ms split into 24-bit halves
-# (ms >> 24 and ms & 0xFFFFFF) and the 16-bit counter. ``set_ms`` sets the physical time
-# (at boot or a time sync: one int, allowed), ``advance_ms`` moves it on by a small delta
-# (say, time.ticks_diff of two ticks_ms), and ``stamp_into`` issues the next timestamp by
-# the same rule as ``now`` straight into a buffer as the 8 little-endian bytes of the
-# log's and the wire's ts field; a log's append does that when given the clock as ts.
-# ``now``, ``observe`` and ``last`` work on ints as before (allocating on 32-bit).
+# (ms >> 24 and ms & 0xFFFFFF) and the 16-bit counter. ``now`` and ``observe`` also set
+# the physical time (at boot or a time sync: ints, allowed to allocate), ``tick`` moves
+# it on by a small delta (say, time.ticks_diff of two ticks_ms), and ``stamp_into``
+# issues the next timestamp by ``now``'s rule straight into a buffer as the 8
+# little-endian bytes of the log's and the wire's ts field; a log's append does that
+# when given the clock as ts. (Few new names: each costs a board RAM at rest.)
 from struct import pack_into
 
 from edgeline.errors import ClockError, ConfigError
@@ -85,20 +85,26 @@ class HybridClock:
         if max_drift_ms is not None:
             _check(max_drift_ms, "max_drift_ms", ConfigError)
         self._max_drift_ms = max_drift_ms
-        self._store(last_ts)
-        self._phi = 0  # physical time for stamp_into: ms >> 24 ...
-        self._plo = 0  # ... and ms & 0xFFFFFF
+        # Small ints only: the last timestamp's ms >> 24, ms & 0xFFFFFF and logical
+        # counter, then the physical time, split the same way.
+        self._last = [0, 0, 0, 0, 0]
+        self._set(last_ts, None)
 
-    def _store(self, ts):
+    def _set(self, ts, now_ms):
+        s = self._last
         ms = ts >> _LOGICAL_BITS
-        self._hi = ms >> _LO_BITS
-        self._lo = ms & _LO_MASK
-        self._lg = ts & _LOGICAL_MASK
+        s[0] = ms >> _LO_BITS
+        s[1] = ms & _LO_MASK
+        s[2] = ts & _LOGICAL_MASK
+        if now_ms is not None:
+            s[3] = now_ms >> _LO_BITS
+            s[4] = now_ms & _LO_MASK
 
     @property
     def last(self):
         """The last timestamp issued (or the seed, before the first one)."""
-        return (((self._hi << _LO_BITS) | self._lo) << _LOGICAL_BITS) | self._lg
+        s = self._last
+        return (((s[0] << _LO_BITS) | s[1]) << _LOGICAL_BITS) | s[2]
 
     def now(self, now_ms):
         """Timestamp for a local event or a send."""
@@ -107,7 +113,7 @@ class HybridClock:
         last = self.last
         if ts <= last:
             ts = last + 1
-        self._store(ts)
+        self._set(ts, now_ms)
         return ts
 
     def observe(self, remote_ts, now_ms):
@@ -126,41 +132,38 @@ class HybridClock:
         ts = now_ms << _LOGICAL_BITS
         if ts <= seen:
             ts = seen + 1
-        self._store(ts)
+        self._set(ts, now_ms)
         return ts
 
-    def set_ms(self, now_ms):
-        """Set the physical time ``stamp_into`` uses (epoch ms, an int)."""
-        _check(now_ms, "now_ms", ClockError)
-        self._phi = now_ms >> _LO_BITS
-        self._plo = now_ms & _LO_MASK
-
-    def advance_ms(self, delta_ms):
-        """Move the physical time of ``stamp_into`` on by delta_ms (a small int >= 0)."""
-        lo = self._plo + delta_ms
+    def tick(self, delta_ms):
+        """Move the physical time (the last ``now``/``observe``'s now_ms) on by
+        delta_ms, a small int >= 0, for ``stamp_into``."""
+        s = self._last
+        lo = s[4] + delta_ms
         if lo > _LO_MASK:
-            self._phi += lo >> _LO_BITS
+            s[3] += lo >> _LO_BITS
             lo &= _LO_MASK
-        self._plo = lo
+        s[4] = lo
 
     def stamp_into(self, buf, off):
-        """Issue the next timestamp (``now``'s rule at the time of ``set_ms`` /
-        ``advance_ms``) into buf[off:off + 8], little-endian; allocates nothing."""
-        hi = self._phi
-        lo = self._plo
-        if hi > self._hi or (hi == self._hi and lo > self._lo):
+        """Issue the next timestamp (``now``'s rule at the physical time of ``tick``)
+        into buf[off:off + 8], little-endian; allocates nothing."""
+        s = self._last
+        hi = s[3]
+        lo = s[4]
+        if hi > s[0] or (hi == s[0] and lo > s[1]):
             lg = 0
         else:
-            hi = self._hi
-            lo = self._lo
-            lg = self._lg + 1
+            hi = s[0]
+            lo = s[1]
+            lg = s[2] + 1
             if lg > _LOGICAL_MASK:  # the counter carries into the physical part
                 lg = 0
                 lo += 1
                 if lo > _LO_MASK:
                     lo = 0
                     hi += 1
-        self._hi = hi
-        self._lo = lo
-        self._lg = lg
+        s[0] = hi
+        s[1] = lo
+        s[2] = lg
         pack_into("<HHBHB", buf, off, lg, lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16)

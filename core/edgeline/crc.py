@@ -9,7 +9,7 @@ use) with the running value kept as two 16-bit small ints, ``lo`` and ``hi``, an
 the result straight into the frame buffer: nothing is allocated per call.
 
 The table is the 16-entry nibble table (two lookups a byte), split into its low and high
-16-bit halves: 64 bytes of data. A 256-entry table would halve the lookups but cost 1 KB
+16-bit halves: two tuples of 16 small ints (64 bytes of data). A 256-entry table would halve the lookups but cost 1 KB
 of a board's RAM; this module is only loaded where there is no native emitter for
 crcnative.py's viper version and the word is 32 bits (CircuitPython, MicroPython's
 WebAssembly port), so it is a fallback and its table is kept small.
@@ -18,13 +18,12 @@ logformat.py chooses the implementation at import (see ``frame_crc_into`` there)
 check that every implementation writes the same four bytes as binascii
 (tests/core/test_crc.py).
 """
-from array import array
 from struct import pack_into
 
-_TL = array("H", [0x0000, 0x1064, 0x20C8, 0x30AC, 0x4190, 0x51F4, 0x6158, 0x713C,
-                  0x8320, 0x9344, 0xA3E8, 0xB38C, 0xC2B0, 0xD2D4, 0xE278, 0xF21C])
-_TH = array("H", [0x0000, 0x1DB7, 0x3B6E, 0x26D9, 0x76DC, 0x6B6B, 0x4DB2, 0x5005,
-                  0xEDB8, 0xF00F, 0xD6D6, 0xCB61, 0x9B64, 0x86D3, 0xA00A, 0xBDBD])
+_TL = (0x0000, 0x1064, 0x20C8, 0x30AC, 0x4190, 0x51F4, 0x6158, 0x713C,
+                  0x8320, 0x9344, 0xA3E8, 0xB38C, 0xC2B0, 0xD2D4, 0xE278, 0xF21C)
+_TH = (0x0000, 0x1DB7, 0x3B6E, 0x26D9, 0x76DC, 0x6B6B, 0x4DB2, 0x5005,
+                  0xEDB8, 0xF00F, 0xD6D6, 0xCB61, 0x9B64, 0x86D3, 0xA00A, 0xBDBD)
 
 
 def frame_crc_into(out, off, a, b, c):

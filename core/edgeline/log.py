@@ -57,7 +57,6 @@ from .logformat import (
     FrameScanner,
     frame_crc_into,
     pack_frame_header,
-    pack_frame_header_ts_apart,
     pack_segment_header,
     parse_segment_header,
     parse_segment_name,
@@ -418,15 +417,26 @@ class RingLog:
             kfield = klen
             if klen >= NO_KEY:
                 raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
+        vlen = len(value)
+        flen = FRAME_OVERHEAD_BYTES + klen + vlen
+        seq = self._next_seq  # making room never changes it
         hdr = self._hdr
-        stamped = type(ts) is not int
-        if stamped:
+        if type(ts) is int:
+            try:
+                if ts < 0:
+                    raise ValueError
+                pack_frame_header(hdr, 0, flen, seq, ts, kfield)
+            except (OverflowError, ValueError, TypeError):
+                raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+            self.last_ts = ts
+        else:
+            # A clock stamps the ts field now, before room is made: a segment begun for
+            # this record takes its first_ts from the clock (clock.last in _prepare).
+            pack_frame_header(hdr, 0, flen, seq, 0, kfield)
             try:
                 ts.stamp_into(hdr, 12)
             except AttributeError:
                 raise ConfigError("ts must be an int in 0..2**64-1 or a clock, not %r" % (ts,))
-        vlen = len(value)
-        flen = FRAME_OVERHEAD_BYTES + klen + vlen
         pos = self._wpos
         end = pos + flen
         if end > self._wlimit:
@@ -435,17 +445,6 @@ class RingLog:
                 return 0
             pos = self._wpos
             end = pos + flen
-        seq = self._next_seq
-        if stamped:
-            pack_frame_header_ts_apart(hdr, 0, flen, seq, kfield)
-        else:
-            try:
-                if ts < 0:
-                    raise ValueError
-                pack_frame_header(hdr, 0, flen, seq, ts, kfield)
-            except (OverflowError, ValueError, TypeError):
-                raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
-            self.last_ts = ts
         if flen > self._wcap:
             frame_crc_into(self._crcbuf, 0, hdr, key, value)
             self._write_direct(flen, key, value)

@@ -65,13 +65,6 @@ except AttributeError:  # MicroPython has no struct.Struct
         return struct.unpack_from("<I", buf, off)
 
 
-def pack_frame_header_ts_apart(buf, off, flen, seq, kfield):
-    """pack_frame_header without the ts field (buf[off + 12:off + 20]), which a clock
-    stamped (clock.HybridClock.stamp_into)."""
-    struct.pack_into("<IQ", buf, off, flen, seq)
-    struct.pack_into("<H", buf, off + 20, kfield)
-
-
 # frame_crc_into(out, off, hdr, key, value) writes CRC-32(hdr + key + value) little-endian
 # at out[off:off + 4] (key may be None), allocating nothing. Chosen at import:
 # * 64-bit words (CPython, the 64-bit unix port): binascii, whose results are small ints

@@ -35,7 +35,7 @@ def _locked(fn, log, n, key):
 
 def _clock():
     c = HybridClock(last_ts=EPOCH_MS << 16)
-    c.set_ms(EPOCH_MS)
+    c.now(EPOCH_MS)
     return c
 
 
@@ -43,7 +43,7 @@ def _append_many(log, n, clock):
     # key and the clock in one argument slot each: see _locked.
     for i in range(n):
         if i % 3 == 0:
-            clock.advance_ms(1)  # the counter runs on within a ms, then restarts
+            clock.tick(1)  # the counter runs on within a ms, then restarts
         log.append(VALUE, clock, _KEY[0])
 
 
@@ -52,7 +52,7 @@ _KEY = [None]
 
 def _append_kw(log, n, clock):
     for i in range(n):
-        clock.advance_ms(1)
+        clock.tick(1)
         log.append(VALUE, ts=clock, now_ms=i)
 
 
@@ -131,7 +131,7 @@ def test_frame_crc_allocates_nothing():
 
 def _stamp_many(clock, n, buf):
     for _ in range(n):
-        clock.advance_ms(7)
+        clock.tick(7)
         clock.stamp_into(buf, 12)
         clock.stamp_into(buf, 12)
 

@@ -40,7 +40,7 @@ def per_record(RingLog, HybridClock, path, records, sync, ts_kind, value, key):
         tss = [(EPOCH_MS << 16) + i for i in range(records)]
     clock = HybridClock(0)
     if ts_kind == "clock.stamp":
-        clock.set_ms(EPOCH_MS)
+        clock.now(EPOCH_MS)
     nows = [EPOCH_MS + i for i in range(records)]
     append = lg.append
     for i in range(8):  # warm-up
@@ -54,7 +54,7 @@ def per_record(RingLog, HybridClock, path, records, sync, ts_kind, value, key):
             append(value, now(nows[i]), key, 0)
     elif ts_kind == "clock.stamp":
         for i in range(records):
-            clock.advance_ms(1)
+            clock.tick(1)
             append(value, clock, key, 0)
     else:
         for i in range(records):
