@@ -27,9 +27,11 @@
 #
 # Without big ints (32-bit boards): epoch milliseconds (about 1.7e12) and every timestamp
 # are heap objects where small ints stop at 2**30 - 1, so a clock that made its
-# timestamp as an int would allocate per record. The clock therefore keeps the last
-# timestamp and its physical time as small ints: the ms split into 24-bit halves
-# (ms >> 24 and ms & 0xFFFFFF) and the 16-bit counter. ``now`` and ``observe`` also set
+# timestamp as an int would allocate per record. The clock therefore can keep the last
+# timestamp and its physical time as small ints: the ms split in two (ms >> 24 and
+# ms & 0xFFFFFF) and the 16-bit counter. It keeps each in the form its last user made
+# (ints after ``now``/``observe``, split after ``stamp_into``/``tick``) and converts only
+# when the other kind of call comes, so neither way of using it pays for the other. ``now`` and ``observe`` also set
 # the physical time (at boot or a time sync: ints, allowed to allocate), ``tick`` moves
 # it on by a small delta (say, time.ticks_diff of two ticks_ms), and ``stamp_into``
 # issues the next timestamp by ``now``'s rule straight into a buffer as the 8
@@ -77,6 +79,28 @@ def ts_logical(ts):
     return ts & _LOGICAL_MASK
 
 
+def _as_int(s):
+    # The last timestamp as an int (made from the split form if that is the valid one).
+    t = s[5]
+    if t is None:
+        t = s[5] = (((s[0] << _LO_BITS) | s[1]) << _LOGICAL_BITS) | s[2]
+    return t
+
+
+def _as_split(s):
+    # Make the split forms of the last timestamp and of the physical time valid.
+    if s[0] is None:
+        t = s[5]
+        ms = t >> _LOGICAL_BITS
+        s[0] = ms >> _LO_BITS
+        s[1] = ms & _LO_MASK
+        s[2] = t & _LOGICAL_MASK
+    if s[3] is None:
+        m = s[6]
+        s[3] = m >> _LO_BITS
+        s[4] = m & _LO_MASK
+
+
 class HybridClock:
     """Issues strictly increasing timestamps; see the module comment for the rules."""
 
@@ -85,36 +109,32 @@ class HybridClock:
         if max_drift_ms is not None:
             _check(max_drift_ms, "max_drift_ms", ConfigError)
         self._max_drift_ms = max_drift_ms
-        # Small ints only: the last timestamp's ms >> 24, ms & 0xFFFFFF and logical
-        # counter, then the physical time, split the same way.
-        self._last = [0, 0, 0, 0, 0]
-        self._set(last_ts, None)
-
-    def _set(self, ts, now_ms):
-        s = self._last
-        ms = ts >> _LOGICAL_BITS
-        s[0] = ms >> _LO_BITS
-        s[1] = ms & _LO_MASK
-        s[2] = ts & _LOGICAL_MASK
-        if now_ms is not None:
-            s[3] = now_ms >> _LO_BITS
-            s[4] = now_ms & _LO_MASK
+        # The last timestamp split (ms >> 24, ms & 0xFFFFFF, logical; None: see slot 5),
+        # the physical time split (None: see slot 6), the last timestamp as an int (None:
+        # see slots 0-2), the physical time in ms as an int (valid when slot 3 is None).
+        self._last = [None, None, None, None, None, last_ts, 0]
 
     @property
     def last(self):
         """The last timestamp issued (or the seed, before the first one)."""
+        return _as_int(self._last)
+
+    def _issue(self, ts, now_ms):
         s = self._last
-        return (((s[0] << _LO_BITS) | s[1]) << _LOGICAL_BITS) | s[2]
+        s[5] = ts
+        s[0] = None
+        s[6] = now_ms
+        s[3] = None
+        return ts
 
     def now(self, now_ms):
         """Timestamp for a local event or a send."""
         _check(now_ms, "now_ms", ClockError)
         ts = now_ms << _LOGICAL_BITS
-        last = self.last
+        last = _as_int(self._last)
         if ts <= last:
             ts = last + 1
-        self._set(ts, now_ms)
-        return ts
+        return self._issue(ts, now_ms)
 
     def observe(self, remote_ts, now_ms):
         """Timestamp for receiving a message stamped remote_ts; greater than both."""
@@ -127,18 +147,19 @@ class HybridClock:
                     "remote clock is %d ms ahead of ours (allowed %d ms)"
                     % (ahead_ms, self._max_drift_ms)
                 )
-        last = self.last
+        last = _as_int(self._last)
         seen = remote_ts if remote_ts > last else last
         ts = now_ms << _LOGICAL_BITS
         if ts <= seen:
             ts = seen + 1
-        self._set(ts, now_ms)
-        return ts
+        return self._issue(ts, now_ms)
 
     def tick(self, delta_ms):
         """Move the physical time (the last ``now``/``observe``'s now_ms) on by
         delta_ms, a small int >= 0, for ``stamp_into``."""
         s = self._last
+        if s[3] is None:
+            _as_split(s)
         lo = s[4] + delta_ms
         if lo > _LO_MASK:
             s[3] += lo >> _LO_BITS
@@ -147,8 +168,10 @@ class HybridClock:
 
     def stamp_into(self, buf, off):
         """Issue the next timestamp (``now``'s rule at the physical time of ``tick``)
-        into buf[off:off + 8], little-endian; allocates nothing."""
+        into buf[off:off + 8], little-endian; allocates nothing (once in split form)."""
         s = self._last
+        if s[0] is None or s[3] is None:
+            _as_split(s)
         hi = s[3]
         lo = s[4]
         if hi > s[0] or (hi == s[0] and lo > s[1]):
@@ -166,4 +189,5 @@ class HybridClock:
         s[0] = hi
         s[1] = lo
         s[2] = lg
+        s[5] = None
         pack_into("<HHBHB", buf, off, lg, lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16)
