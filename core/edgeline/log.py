@@ -33,7 +33,6 @@ assignment. A clock passed as ``ts`` stamps the timestamp into the header itself
 32-bit board never makes it as an int (docs/design-alloc-free-32bit.md).
 """
 import sys
-from binascii import crc32
 
 try:
     from collections import namedtuple
@@ -50,7 +49,6 @@ except ImportError:
 
 from .errors import ConfigError, LogFull, StorageError
 from .logformat import (
-    CRC_SMALL,
     FRAME_CRC_BYTES,
     FRAME_HEADER_BYTES,
     FRAME_OVERHEAD_BYTES,
@@ -58,7 +56,6 @@ from .logformat import (
     SEGMENT_HEADER_BYTES,
     FrameScanner,
     frame_crc_into,
-    pack_frame_crc,
     pack_frame_header,
     pack_segment_header,
     parse_segment_header,
@@ -459,13 +456,7 @@ class RingLog:
                 buf[p:p + klen] = key
                 p += klen
             buf[p:p + vlen] = value
-            if CRC_SMALL:  # frame_crc_into's binascii version, inline: the unix port's speed
-                crc = crc32(hdr)
-                if klen:
-                    crc = crc32(key, crc)
-                pack_frame_crc(buf, p + vlen, crc32(value, crc))
-            else:
-                frame_crc_into(buf, p + vlen, hdr, key, value)
+            frame_crc_into(buf, p + vlen, hdr, key, value)
             self._wpos = end
         self._next_seq = seq + 1
         c = self._commit_seq

@@ -72,8 +72,7 @@ except AttributeError:  # MicroPython has no struct.Struct
 # * 32-bit words: crc32 results >= 2**30 are heap objects. crcnative's viper version where
 #   the port has a native emitter and the firmware build compiled it for the board's
 #   architecture (ESP32, RP2040); else crc.py's portable one (16-bit halves).
-CRC_SMALL = sys.maxsize > 0x7FFFFFFF  # crc32 results are small ints: binascii is the way
-if CRC_SMALL:
+if sys.maxsize > 0x7FFFFFFF:
 
     def frame_crc_into(out, off, hdr, key, value):
         crc = crc32(hdr)

@@ -1,0 +1,42 @@
+"""Appends stamped by a HybridClock (ts=clock): the timestamp is written into the frame
+from small ints, the way a 32-bit board appends without allocating. Same file under
+CPython and MicroPython (a file of its own: test_log.py fills the 64 KB heap lane)."""
+from edgeline.clock import HybridClock
+from edgeline.errors import ConfigError
+from edgeline.log import RingLog
+from support import raises, rmtree, tempdir
+
+
+def test_append_stamped_by_a_clock():
+    # A HybridClock given as ts stamps its next timestamp into the frame (the
+    # allocation-free way on 32-bit boards): the same bytes as its now() would give,
+    # first_ts of each segment included, and last_ts exact again after reopening.
+
+    d = tempdir("stamp")
+    ms = 1765000000000
+    clock = HybridClock()
+    clock.now(ms)
+    log = RingLog(d, segment_bytes=4096, budget_bytes=65536, sync="none")
+    issued = []
+    for i in range(150):  # 90-byte frames: several segments
+        if i % 4 == 0:
+            clock.tick(1)
+        seq = log.append(b"v" * 64, clock, b"k" if i % 2 else None)
+        issued.append(clock.last)
+        assert seq == i + 1
+    raises(ConfigError, log.append, b"x", "not a clock")
+    log.close()
+    log = RingLog(d, segment_bytes=4096, budget_bytes=65536, sync="none")
+    assert log.last_ts == issued[-1]
+    got = []
+    seq = 1
+    while seq <= 150:
+        recs = log.read(seq, 20)
+        got += [r.ts for r in recs]
+        seq = recs[-1].seq + 1
+    assert got == issued
+    assert log.segment_count > 2
+    for s in log._segs:
+        assert s[2] == issued[s[0] - 1]  # first_ts is its first record's ts
+    log.close()
+    rmtree(d)
