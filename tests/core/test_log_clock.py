@@ -40,3 +40,22 @@ def test_append_stamped_by_a_clock():
         assert s[2] == issued[s[0] - 1]  # first_ts is its first record's ts
     log.close()
     rmtree(d)
+
+
+def test_append_many_stamped_by_a_clock():
+    d = tempdir("stampmany")
+    clock = HybridClock()
+    clock.now(1765000000000)
+    log = RingLog(d, segment_bytes=4096, budget_bytes=65536, sync="group", group_records=7)
+    assert log.append_many([b"a" * 10, b"b" * 20, b"c"], clock) == 1
+    last = clock.last
+    assert log.append_many([b"d"] * 30, clock, [b"k"] * 30) == 4
+    assert log.last_seq == 33 and log.durable_seq >= 28
+    log.flush()
+    recs = log.read(1, 40)
+    assert [r.ts for r in recs[:3]] == [last - 2, last - 1, last]
+    for i in range(1, len(recs)):
+        assert recs[i].ts == recs[i - 1].ts + 1  # the wall clock stood still: the counter ran
+    assert recs[-1].ts == clock.last and recs[-1].key == b"k"
+    log.close()
+    rmtree(d)
