@@ -24,6 +24,21 @@
 #     ClockError and leaves the clock unchanged.
 #
 # Sans-IO: the clock never reads time itself; callers pass now_ms.
+#
+# Without big ints (32-bit boards): epoch milliseconds (about 1.7e12) and every timestamp
+# are heap objects where small ints stop at 2**30 - 1, so a clock that made its
+# timestamp as an int would allocate per record. The clock therefore can keep the last
+# timestamp and its physical time as small ints: the ms split in two (ms >> 24 and
+# ms & 0xFFFFFF) and the 16-bit counter. It keeps each in the form its last user made
+# (ints after ``now``/``observe``, split after ``stamp_into``/``tick``) and converts only
+# when the other kind of call comes, so neither way of using it pays for the other. ``now`` and ``observe`` also set
+# the physical time (at boot or a time sync: ints, allowed to allocate), ``tick`` moves
+# it on by a small delta (say, time.ticks_diff of two ticks_ms), and ``stamp_into``
+# issues the next timestamp by ``now``'s rule straight into a buffer as the 8
+# little-endian bytes of the log's and the wire's ts field; a log's append does that
+# when given the clock as ts. (Few new names: each costs a board RAM at rest.)
+from struct import pack_into
+
 from edgeline.errors import ClockError, ConfigError
 
 try:
@@ -33,6 +48,8 @@ except ImportError:
 
 _LOGICAL_BITS = const(16)
 _LOGICAL_MASK = const(0xFFFF)
+_LO_BITS = const(24)
+_LO_MASK = const(0xFFFFFF)
 
 
 def _check(value, name, error):
@@ -62,6 +79,28 @@ def ts_logical(ts):
     return ts & _LOGICAL_MASK
 
 
+def _as_int(s):
+    # The last timestamp as an int (made from the split form if that is the valid one).
+    t = s[5]
+    if t is None:
+        t = s[5] = (((s[0] << _LO_BITS) | s[1]) << _LOGICAL_BITS) | s[2]
+    return t
+
+
+def _as_split(s):
+    # Make the split forms of the last timestamp and of the physical time valid.
+    if s[0] is None:
+        t = s[5]
+        ms = t >> _LOGICAL_BITS
+        s[0] = ms >> _LO_BITS
+        s[1] = ms & _LO_MASK
+        s[2] = t & _LOGICAL_MASK
+    if s[3] is None:
+        m = s[6]
+        s[3] = m >> _LO_BITS
+        s[4] = m & _LO_MASK
+
+
 class HybridClock:
     """Issues strictly increasing timestamps; see the module comment for the rules."""
 
@@ -69,22 +108,33 @@ class HybridClock:
         _check(last_ts, "last_ts", ConfigError)
         if max_drift_ms is not None:
             _check(max_drift_ms, "max_drift_ms", ConfigError)
-        self._last = last_ts
         self._max_drift_ms = max_drift_ms
+        # The last timestamp split (ms >> 24, ms & 0xFFFFFF, logical; None: see slot 5),
+        # the physical time split (None: see slot 6), the last timestamp as an int (None:
+        # see slots 0-2), the physical time in ms as an int (valid when slot 3 is None).
+        self._last = [None, None, None, None, None, last_ts, 0]
 
     @property
     def last(self):
         """The last timestamp issued (or the seed, before the first one)."""
-        return self._last
+        return _as_int(self._last)
+
+    def _issue(self, ts, now_ms):
+        s = self._last
+        s[5] = ts
+        s[0] = None
+        s[6] = now_ms
+        s[3] = None
+        return ts
 
     def now(self, now_ms):
         """Timestamp for a local event or a send."""
         _check(now_ms, "now_ms", ClockError)
         ts = now_ms << _LOGICAL_BITS
-        if ts <= self._last:
-            ts = self._last + 1
-        self._last = ts
-        return ts
+        last = _as_int(self._last)
+        if ts <= last:
+            ts = last + 1
+        return self._issue(ts, now_ms)
 
     def observe(self, remote_ts, now_ms):
         """Timestamp for receiving a message stamped remote_ts; greater than both."""
@@ -97,9 +147,47 @@ class HybridClock:
                     "remote clock is %d ms ahead of ours (allowed %d ms)"
                     % (ahead_ms, self._max_drift_ms)
                 )
-        seen = remote_ts if remote_ts > self._last else self._last
+        last = _as_int(self._last)
+        seen = remote_ts if remote_ts > last else last
         ts = now_ms << _LOGICAL_BITS
         if ts <= seen:
             ts = seen + 1
-        self._last = ts
-        return ts
+        return self._issue(ts, now_ms)
+
+    def tick(self, delta_ms):
+        """Move the physical time (the last ``now``/``observe``'s now_ms) on by
+        delta_ms, a small int >= 0, for ``stamp_into``."""
+        s = self._last
+        if s[3] is None:
+            _as_split(s)
+        lo = s[4] + delta_ms
+        if lo > _LO_MASK:
+            s[3] += lo >> _LO_BITS
+            lo &= _LO_MASK
+        s[4] = lo
+
+    def stamp_into(self, buf, off):
+        """Issue the next timestamp (``now``'s rule at the physical time of ``tick``)
+        into buf[off:off + 8], little-endian; allocates nothing (once in split form)."""
+        s = self._last
+        if s[0] is None or s[3] is None:
+            _as_split(s)
+        hi = s[3]
+        lo = s[4]
+        if hi > s[0] or (hi == s[0] and lo > s[1]):
+            lg = 0
+        else:
+            hi = s[0]
+            lo = s[1]
+            lg = s[2] + 1
+            if lg > _LOGICAL_MASK:  # the counter carries into the physical part
+                lg = 0
+                lo += 1
+                if lo > _LO_MASK:
+                    lo = 0
+                    hi += 1
+        s[0] = hi
+        s[1] = lo
+        s[2] = lg
+        s[5] = None
+        pack_into("<HHBHB", buf, off, lg, lo & 0xFFFF, lo >> 16, hi & 0xFFFF, hi >> 16)

@@ -37,7 +37,10 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
     """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
 
     ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
-    record's HLC timestamp (an int, 0..2**64-1). The record is durable when this
+    record's HLC timestamp (an int, 0..2**64-1), or a ``HybridClock``, which stamps
+    its next timestamp into the frame (``stamp_into``: no int is made, the way a
+    32-bit board appends without allocating; ``last_ts`` is then not updated, read
+    the clock's ``last``). The record is durable when this
     returns under sync ``every``; otherwise at the next commit (see the class doc).
     """
     # CPython: pack straight into the write buffer and CRC one memoryview slice.
@@ -54,7 +57,7 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
     pos = self._wpos
     end = pos + flen
     if end > self._wlimit:
-        if flen > self._wcap:
+        if flen > self._wcap or type(ts) is not int:
             return self._append_portable(value, ts, key, now_ms)
         if not self._make_space(flen, ts):
             self.dropped += 1
@@ -68,6 +71,8 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
             raise ValueError
         pack_frame_header(buf, pos, flen, seq, ts, kfield)
     except (struct.error, TypeError, ValueError):
+        if type(ts) is not int and hasattr(ts, "stamp_into"):
+            return self._append_portable(value, ts, key, now_ms)  # a clock stamps it
         raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
     p = pos + FRAME_HEADER_BYTES
     if klen:

@@ -26,13 +26,14 @@ The store and the outboxes reach the log only through its public API (``consumer
 ``claimed_bytes``, ``remove_oldest``: docs/core.md).
 
 The append path allocates nothing per record on MicroPython after warm-up: the frame
-header is packed into a fixed bytearray, the CRC is computed over whole objects (a
-memoryview slice would allocate), and bytes are copied into the write buffer by slice
-assignment.
+header is packed into a fixed bytearray, the CRC is written into the buffer over whole
+objects (a memoryview slice would allocate; on 32-bit ports the CRC never becomes an int,
+see logformat.frame_crc_into), and bytes are copied into the write buffer by slice
+assignment. A clock passed as ``ts`` stamps the timestamp into the header itself, so a
+32-bit board never makes it as an int (docs/design-alloc-free-32bit.md).
 """
 import struct
 import sys
-from binascii import crc32
 
 try:
     from collections import namedtuple
@@ -55,7 +56,7 @@ from .logformat import (
     NO_KEY,
     SEGMENT_HEADER_BYTES,
     FrameScanner,
-    pack_frame_crc,
+    frame_crc_into,
     pack_frame_header,
     pack_segment_header,
     parse_segment_header,
@@ -459,10 +460,13 @@ class RingLog:
     # any check (see _prepare).
 
     def _append_portable(self, value, ts=0, key=None, now_ms=None):
-        # The append of every runtime: allocation-free (MicroPython's append) and for
-        # frames of any size (CPython's append_cpython hands it frames bigger than the
-        # write buffer, which go to the file in pieces). The header is packed apart and
-        # the CRC runs over whole objects, because a memoryview slice would allocate.
+        # The append of every runtime: allocation-free (MicroPython's append, on 32-bit
+        # ports too) and for frames of any size (CPython's append_cpython hands it frames
+        # bigger than the write buffer, which go to the file in pieces). The header is
+        # packed apart; the CRC is written into the buffer by frame_crc_into, over whole
+        # objects, never as an int (a big int on 32-bit) nor over a memoryview slice.
+        # ts is an int, or a clock (clock.py) that stamps the next timestamp into the
+        # header: a 32-bit board then never makes the timestamp as an int.
         if key is None:
             klen = 0
             kfield = NO_KEY
@@ -473,6 +477,24 @@ class RingLog:
                 raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
         vlen = len(value)
         flen = FRAME_OVERHEAD_BYTES + klen + vlen
+        seq = self._next_seq  # making room never changes it
+        hdr = self._hdr
+        if type(ts) is int:
+            try:
+                if ts < 0:
+                    raise ValueError
+                pack_frame_header(hdr, 0, flen, seq, ts, kfield)
+            except (OverflowError, ValueError, TypeError):
+                raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
+            self.last_ts = ts
+        else:
+            # A clock stamps the ts field now, before room is made: a segment begun for
+            # this record takes its first_ts from the clock (clock.last in _prepare).
+            pack_frame_header(hdr, 0, flen, seq, 0, kfield)
+            try:
+                ts.stamp_into(hdr, 12)
+            except AttributeError:
+                raise ConfigError("ts must be an int in 0..2**64-1 or a clock, not %r" % (ts,))
         pos = self._wpos
         end = pos + flen
         if end > self._wlimit:
@@ -481,20 +503,9 @@ class RingLog:
                 return 0
             pos = self._wpos
             end = pos + flen
-        seq = self._next_seq
-        hdr = self._hdr
-        try:
-            if ts < 0:
-                raise ValueError
-            pack_frame_header(hdr, 0, flen, seq, ts, kfield)
-        except (OverflowError, ValueError, TypeError):
-            raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
-        crc = crc32(hdr)
-        if klen:
-            crc = crc32(key, crc)
-        crc = crc32(value, crc)
         if flen > self._wcap:
-            self._write_direct(flen, key, value, crc)
+            frame_crc_into(self._crcbuf, 0, hdr, key, value)
+            self._write_direct(flen, key, value)
         else:
             buf = self._wbuf
             p = pos + FRAME_HEADER_BYTES
@@ -503,10 +514,9 @@ class RingLog:
                 buf[p:p + klen] = key
                 p += klen
             buf[p:p + vlen] = value
-            pack_frame_crc(buf, p + vlen, crc)
+            frame_crc_into(buf, p + vlen, hdr, key, value)
             self._wpos = end
         self._next_seq = seq + 1
-        self.last_ts = ts
         c = self._commit_seq
         if c:
             if seq >= c:
@@ -531,7 +541,8 @@ class RingLog:
         """Append records ``values[i]`` (keys ``keys[i]``, or none); return the seq of the
         first one appended, 0 if none was. They get consecutive seqs up to ``last_seq``.
 
-        ``ts`` is one timestamp for all of them or a sequence of one per value. Commits
+        ``ts`` is one timestamp for all of them, a sequence of one per value, or a clock
+        that stamps each (as ``append``'s; one record at a time). Commits
         by count fall where they would for the same appends one by one; a commit on time
         (``now_ms``) is checked once, after the batch. At a fraction of the per-record
         cost: the batch ingest path.
@@ -539,13 +550,14 @@ class RingLog:
         n = len(values)
         if keys is not None and len(keys) != n:
             raise ConfigError("append_many: %d values but %d keys" % (n, len(keys)))
-        one_ts = isinstance(ts, int)
+        clock = not isinstance(ts, int) and hasattr(ts, "stamp_into")
+        one_ts = clock or isinstance(ts, int)
         if not one_ts and len(ts) != n:
             raise ConfigError("append_many: %d values but %d timestamps" % (n, len(ts)))
         first = 0
         i = 0
         while i < n:
-            if not _SMALL and self._commit_seq != 1:
+            if not _SMALL and not clock and self._commit_seq != 1:
                 j = self._fill_buffer(values, ts, one_ts, keys, i, n)
                 if j > i:
                     if not first:
@@ -578,8 +590,9 @@ class RingLog:
                 return True
         return self._prepare(flen, ts)
 
-    def _write_direct(self, flen, key, value, crc):
-        # A frame larger than the write buffer goes to the file in pieces.
+    def _write_direct(self, flen, key, value):
+        # A frame larger than the write buffer goes to the file in pieces (its CRC is
+        # already in self._crcbuf).
         self._write_out()
         self._ensure_open()
         h = self._tail
@@ -588,7 +601,6 @@ class RingLog:
             if key is not None and len(key):
                 h.write(key, len(key))
             h.write(value, len(value))
-            pack_frame_crc(self._crcbuf, 0, crc)
             h.write(self._crcbuf, 4)
         except OSError as e:
             self._fail(e)
@@ -603,6 +615,8 @@ class RingLog:
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
         if self._closed:
             raise StorageError("log %s is closed" % self.path)
+        if type(ts) is not int:
+            ts = ts.last  # a clock: append stamped this record's ts already (an int here is fine)
         if not isinstance(ts, int) or ts < 0 or ts > 0xFFFFFFFFFFFFFFFF:
             raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
         if flen > self.segment_bytes - SEGMENT_HEADER_BYTES:

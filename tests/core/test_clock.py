@@ -140,3 +140,51 @@ def test_constructor_and_argument_validation():
         e = raises(ClockError, c.observe, bad, 0)
         assert "remote_ts" in str(e)
     assert c.last == 0
+
+
+# stamp_into: the same timestamps as now(), made from small ints (32-bit boards).
+
+def _stamped(clock):
+    buf = bytearray(10)
+    clock.stamp_into(buf, 1)
+    import struct
+    return struct.unpack_from("<Q", buf, 1)[0]
+
+
+def test_stamp_into_follows_now():
+    # Physical times that stand still, advance, cross the 24-bit split of the ms and
+    # let the counter run; a reference clock given the same ms by now() agrees.
+    for seed in (0, make_ts(EPOCH_MS, 5), make_ts(EPOCH_MS + 3, 0xFFFE), make_ts((7 << 24) - 2, 0)):
+        a = HybridClock(last_ts=seed)
+        b = HybridClock(last_ts=seed)
+        ms = (7 << 24) - 4 if seed >> 16 == (7 << 24) - 2 else EPOCH_MS
+        assert a.now(ms) == b.now(ms)
+        for d in (0, 0, 1, 0, 2, 0, 0, 5, 1, 0, 1000, 0):
+            a.tick(d)
+            ms += d
+            got = _stamped(a)
+            assert got == b.now(ms), (seed, d, got)
+            assert a.last == got
+
+
+def test_stamp_into_counter_carries():
+    a = HybridClock(last_ts=make_ts(EPOCH_MS, 0xFFFE))
+    assert parts(a.now(EPOCH_MS - 10)) == (EPOCH_MS, 0xFFFF)  # the wall clock is behind
+    ts = [_stamped(a) for _ in range(3)]
+    assert [parts(t) for t in ts] == [(EPOCH_MS + 1, 0), (EPOCH_MS + 1, 1), (EPOCH_MS + 1, 2)]
+    # and the 24-bit low half of the ms carries into the high one
+    c = HybridClock(last_ts=make_ts((9 << 24) | 0xFFFFFF, 0xFFFF))
+    assert parts(_stamped(c)) == ((10 << 24), 0)
+
+
+def test_now_and_observe_after_stamps():
+    a = HybridClock()
+    a.now(EPOCH_MS)
+    a.tick(10)
+    s = _stamped(a)
+    assert parts(s) == (EPOCH_MS + 10, 0)
+    assert a.now(EPOCH_MS) == s + 1  # the wall clock went back: the counter runs on
+    r = a.observe(make_ts(EPOCH_MS + 50, 3), EPOCH_MS + 20)
+    assert parts(r) == (EPOCH_MS + 50, 4)
+    a.tick(40)  # physical EPOCH_MS + 60 now
+    assert parts(_stamped(a)) == (EPOCH_MS + 60, 0)

@@ -258,3 +258,4 @@ def test_append_many_matches_single_appends():
     la.close()
     rmtree(a)
     rmtree(b)
+

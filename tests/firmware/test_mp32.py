@@ -7,10 +7,8 @@ that. Here every tests/core file and the heap_lock tests run under the WebAssemb
 (npm package pinned in tools/mp32/package-lock.json; `make venv` runs `npm ci`). What
 the port does differently from a board is in docs/boards.md ("The 32-bit lane").
 
-The heap_lock tests fail on 32-bit today, because append allocates per record (issue 16).
-They are strict expected failures carrying the bytes per record measured on this lane
-(tools/bench/bench_mp32.py): once the hot path stops allocating they pass, and the
-strict mark makes that a failure here until the mark is removed.
+The heap_lock tests pass here as on the unix port: append, its CRC and the clock's
+stamp allocate nothing per record on 32-bit (issue 16; docs/design-alloc-free-32bit.md).
 """
 import glob
 import os
@@ -27,16 +25,15 @@ import mp32test  # noqa: E402
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 HEAP_LOCK = os.path.join(ROOT, "tests", "mp", "test_heap_lock.py")
 
-# Measured on this lane (tools/bench/bench_mp32.py, 64-byte values; 0 B on the 64-bit
-# unix port): what append allocates per record with the timestamps each test uses.
-_ALLOCATES = "append allocates on 32-bit (issue 16): "
+# Allocation-free on 32-bit too (issue 16): with hybrid-clock timestamps stamped by the
+# clock into the frames and the CRC written into the buffer (crc.py's portable version
+# here: the WebAssembly port has no native emitter).
 HEAP_LOCK_TESTS = [
-    pytest.param("test_append_allocates_nothing", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        _ALLOCATES + "~43 B/record with ts >= 2**40 and no key, ~79 B/record with a key (big-int ts and CRC)"))),
-    pytest.param("test_group_commit_allocates_nothing", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        _ALLOCATES + "~44 B/record with small timestamps, sync=group (CRC big ints, frame slices)"))),
-    pytest.param("test_sync_every_allocates_nothing", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        _ALLOCATES + "~76 B/record with ts >= 2**40 and a key, sync=every"))),
+    "test_append_allocates_nothing",
+    "test_group_commit_allocates_nothing",
+    "test_sync_every_allocates_nothing",
+    "test_frame_crc_allocates_nothing",
+    "test_clock_stamp_allocates_nothing",
 ]
 
 
@@ -89,9 +86,4 @@ def test_core_under_32_bit_micropython(mp32_tree, path):
 def test_heap_lock_under_32_bit_micropython(mp32_tree, name):
     rc, out = mp32test.run(mp32test.test_command(mp32_tree, [HEAP_LOCK], flags=["-k" + name]))
     last = out.strip().splitlines()[-1] if out.strip() else ""
-    if rc == 0 and last == "1 passed, 0 failed":
-        return  # allocation-free at last: the strict xfail turns this into a failure
-    # The expected failure is heap_lock's MemoryError, nothing else (that would be an error).
-    if not (last == "0 passed, 1 failed" and "MemoryError" in out):
-        raise RuntimeError("heap_lock test did not fail by allocating:\n" + out[-4000:])
-    raise AssertionError("append allocated under heap_lock on 32-bit:\n" + out[-2000:])
+    assert rc == 0 and last == "1 passed, 0 failed", out[-4000:]

@@ -15,6 +15,10 @@ and the unix port (sys.maxsize 2**63-1).
   64-byte values, and 64 bytes with an 8-byte key. Target (issue 16): 0 on both ports.
 * Bytes allocated per record by the outbox's drain, peek(16 records) + ack(last), small
   and hybrid-clock timestamps (no target: peek returns a Record per record).
+* Bytes allocated per record by the sync session's per-record work on the edge
+  (tools/bench/mp32_sync_worker.py): building BATCH messages from peeked records, and
+  decoding DATA messages and appending their records (inbox.append_data). No target:
+  the entries and decoded values are the API's objects.
 * Appends/s, sync none (one flush at the end: no fsync in the loop on either port),
   64-byte values, 1 MiB segments: the 32-bit port as a ratio of the 64-bit port measured
   in the same run (median of the per-repetition ratios). The WebAssembly port's files
@@ -33,6 +37,22 @@ sys.path.insert(0, os.path.join(harness.ROOT, "tools"))
 import mp32test  # noqa: E402
 
 WORKER = os.path.join(harness.HERE, "mp32_worker.py")
+SYNC_WORKER = os.path.join(harness.HERE, "mp32_sync_worker.py")
+SYNC_BATCHES = 20
+
+
+def run_sync(mpy, path):
+    """(32-bit, 64-bit) results of mp32_sync_worker: bytes per record of BATCH build and DATA apply."""
+    rc, out, err = harness.run_micropython(mpy, "mp32_sync_worker", [mpy[-1], path, SYNC_BATCHES], heap="4m")
+    if rc:
+        raise RuntimeError("unix port sync worker failed:\n" + out + err)
+    r64 = harness.last_json_line(out)
+    code = ("import sys\nsys.path.insert(0, '/mpy')\nimport mp32_sync_worker\n"
+            "mp32_sync_worker.main(['/mpy', '/tmp/sync', %r])\n" % str(SYNC_BATCHES))
+    rc, out = mp32test.run(mp32test.command(mpy[0], code, heap="8m"))
+    if rc:
+        raise RuntimeError("WebAssembly port sync worker failed:\n" + out)
+    return harness.last_json_line(out), r64
 
 
 def run_64(mpy, path, a):
@@ -69,11 +89,12 @@ def main(argv=None):
     r32 = []
     r64 = []
     with harness.scratch_dir() as base:
-        mpy = harness.mpy_tree(base, [WORKER])
+        mpy = harness.mpy_tree(base, [WORKER, SYNC_WORKER])
         for rep in range(a.reps):
             harness.progress("rep %d/%d" % (rep + 1, a.reps))
             r64.append(run_64(mpy, harness.fresh_subdir(base, "log64"), a))
             r32.append(run_32(mpy[0], a))
+        s32, s64 = run_sync(mpy, harness.fresh_subdir(base, "sync64"))
     assert r32[0]["maxsize"] == 2 ** 31 - 1 and r64[0]["maxsize"] == 2 ** 63 - 1, (r32[0]["maxsize"], r64[0]["maxsize"])
     for c32, c64 in zip(r32[0]["alloc"], r64[0]["alloc"]):
         case = "sync %s, ts %s, value %s" % (c32["sync"], c32["ts"], c32["value"])
@@ -83,6 +104,12 @@ def main(argv=None):
         case = "drain: peek(16) + ack, ts %s" % c32["ts"]
         res.add(case + ": 32-bit", c32["bytes"], "B/record")
         res.add(case + ": 64-bit", c64["bytes"], "B/record")
+    for what, label in (("build", "sync: BATCH build (batch_from_records + send), 16 x 64 B"),
+                        ("apply", "sync: DATA apply (receive + decode + inbox.append_data)")):
+        res.add(label + ": 32-bit", s32[what], "B/record")
+        res.add(label + ": 64-bit", s64[what], "B/record")
+    if not (s32["ok"] and s64["ok"]):
+        res.note("a sync run applied the wrong number of records")
     rates32 = [r["rate"] for r in r32]
     rates64 = [r["rate"] for r in r64]
     base64 = "64-bit unix port, sync none"

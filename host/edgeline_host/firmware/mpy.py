@@ -40,8 +40,23 @@ def mpy_cross():
     return found
 
 
+# Core modules holding native code (@micropython.viper): mpy-cross needs an architecture
+# for them. Without one (the test trees, built for the unix port here) they are compiled
+# for the host's, which the unix port runs; other ports refuse that .mpy and the core
+# falls back to its portable code (logformat.frame_crc_into).
+NATIVE_MODULES = ("crcnative.py",)
+_HOST_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
 def compile_file(src, dst, arch=None, opts=()):
-    """Compile one .py file to .mpy at dst; raises RuntimeError with mpy-cross's message."""
+    """Compile one .py file to .mpy at dst; raises RuntimeError with mpy-cross's message.
+    Returns dst, or None for a native module (NATIVE_MODULES) with no arch for it."""
+    if not arch and os.path.basename(src) in NATIVE_MODULES:
+        import platform
+
+        arch = _HOST_ARCH.get(platform.machine().lower())
+        if arch is None:
+            return None
     cmd = [mpy_cross(), "-o", dst]
     if arch:
         cmd.append("-march=" + arch)
