@@ -33,6 +33,7 @@ assignment. A clock passed as ``ts`` stamps the timestamp into the header itself
 32-bit board never makes it as an int (docs/design-alloc-free-32bit.md).
 """
 import struct
+from binascii import crc32  # the incarnation file's CRC (once per log open: may allocate)
 import sys
 
 try:
