@@ -376,7 +376,7 @@ class Agent:
         if self._closing:
             raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         st = self._writable(name)
-        self._ready(st)  # a log that failed a write is reopened first: the window's seqs follow it
+        self.ready(st)  # a log that failed a write is reopened first: the window's seqs follow it
         lg = st.log
         w = st.window
         if idem is not None and values:
@@ -461,7 +461,7 @@ class Agent:
         ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
         topic filling up part way says how many went in (``e.stored``)."""
         name = st.cfg.name
-        self._ready(st)
+        self.ready(st)
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -498,7 +498,7 @@ class Agent:
         self._appended(st, n)
         return before + 1, n
 
-    def _ready(self, st):
+    def ready(self, st):
         """Reopen topic ``st``'s log if a write error failed it (``recover``); RequestError
         503 while it cannot be reopened yet."""
         if st.log.failure is not None and not self.recover(st):
