@@ -3,10 +3,11 @@ aiohttp's own 404/405/413 and an unexpected failure included."""
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from edgeline_host.agent.config import parse_config
-from edgeline_host.agent.service import Agent
+from edgeline_host.agent.service import Agent, RequestError
 
 
 def make_agent(tmp_path, max_body_bytes=1000):
@@ -186,3 +187,34 @@ def test_stop_line_does_not_claim_a_flush_that_failed(tmp_path, monkeypatch):
     assert "logs flushed" not in line and "\n" not in line
     agent.store.close()
     agent.dirlock.release()
+
+
+def test_a_recovery_that_fails_part_way_leaves_one_outbox(tmp_path, monkeypatch):
+    """Review 9: the window's rewrite fails during a recovery: the new log is closed and
+    forgotten (no second outbox pinning its segments), the failed log stays; the next
+    try succeeds with one outbox, followed by the uplink."""
+    disk = DiskFull(monkeypatch)
+    agent = sending_agent(tmp_path)
+
+    async def main():
+        st = agent.topics["t"]
+        w = st.window
+        await agent.ingest("t", [None], [b"\x01"])
+        disk.armed = 1
+        with pytest.raises(RequestError):
+            await agent.ingest("t", [None], [b"\x02"])
+        old = st.log
+        w._rewrite = lambda parts: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        w._needs_rewrite = True
+        assert agent.recover(st) is False and agent.recover(st) is False
+        assert st.log is old and "t" not in agent.store.logs
+        del w._rewrite
+        assert agent.recover(st) is True
+        assert agent.store.logs["t"] is st.log and len(st.log.consumers) == 1
+        assert agent.uplink._by_name["t"].outbox is st.outbox and st.outbox.log is st.log
+        await agent._settle_commits()
+
+    try:
+        asyncio.run(main())
+    finally:
+        agent.close()
