@@ -138,8 +138,8 @@ def test_agent_recovers_a_log_after_a_write_error_by_itself(tmp_path, monkeypatc
                 # durable, and the answer says so (a retry of the rest stores nothing twice)
                 disk.armed, disk.skip = 1, 1
                 s, body = await post("t", [6, 7])
-                assert s == 500 and "; records 0..0 of the request were stored as seqs 6..6 (durable); " in body["error"], \
-                    body
+                assert s == 500, body
+                assert "; records 0..0 of the request were stored as seqs 6..6 (durable); " in body["error"], body
                 s, body = await post("t", [7])
                 assert (s, body["first_seq"], body["last_seq"]) == (200, 7, 7), body
                 assert await read("t") == [1, 2, 3, 4, 5, 6, 7]

@@ -453,7 +453,11 @@ class Agent:
                 raise RequestError(409, "the request under this %s was cut by a crash: its records 0..%d are "
                                   "stored as seqs %d..%d and other records followed them; records %d.. were "
                                   "not stored: send them under a new key" % (what, have - 1, first, last, have))
-            w.add(key, first, first + len(values) - 1, digest)
+            try:
+                w.add(key, first, first + len(values) - 1, digest)
+            except (OSError, EdgelineError) as e:
+                raise RequestError(500, "the ingest dedupe window of topic %r cannot be written (%s): nothing more "
+                                  "of the request was stored; retry with the same key" % (st.cfg.name, e)) from None
             try:
                 _, n = self.append(st, keys[have:], values[have:])
             except BaseException as e:
