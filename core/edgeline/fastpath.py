@@ -13,6 +13,7 @@ and the fallback for frames larger than the write buffer. These functions are me
 RingLog, installed by log.py; the bytes they write are logformat's, and tests check they
 are identical (tests/core/test_log.py::test_append_many_matches_single_appends).
 """
+import errno
 import struct
 from binascii import crc32
 
@@ -285,9 +286,12 @@ def end_commit(self, token, error=None):
     and nothing else made the records durable (the log is then failed, as ``flush``)."""
     last = token[1]
     if error is not None:
-        if self._durable_seq >= last and self._tail is not token[0]:
+        closed = isinstance(error, ValueError) or (isinstance(error, OSError) and error.errno == errno.EBADF)
+        if closed and self._durable_seq >= last and self._tail is not token[0]:
             # The handle was sealed (synced, then closed) under the worker: the seal
-            # made these records durable.
+            # made these records durable. Only a closed handle's error is taken so: a
+            # real one (EIO) fails the log even if the seal's fsync then returned 0 --
+            # Linux reports a writeback error once, to the first fsync that sees it.
             return
         if self._failed is None:
             self._fail(error)  # the log takes no more writes; raises StorageError
@@ -298,3 +302,23 @@ def end_commit(self, token, error=None):
             # have been reused under the worker, so what it synced is not known.
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
         self._durable_seq = last
+
+
+def sync_from(self, seq):
+    """fsync every segment file of the log that holds seqs ``seq`` and above (and its
+    directory): a log reopened after a write error keeps what recovery found whole,
+    written but perhaps never synced; this makes it durable before it is counted so.
+    OSError if an fsync fails."""
+    segs = self._segs
+    for i, s in enumerate(segs):
+        nxt = segs[i + 1][0] if i + 1 < len(segs) else self._next_seq
+        if nxt <= seq:
+            continue
+        h = self.storage.open_append(self._seg_path(s[0]))
+        try:
+            h.sync()
+        finally:
+            h.close()
+    sync_dir = getattr(self.storage, "sync_dir", None)
+    if sync_dir is not None:
+        sync_dir(self.path)

@@ -7,10 +7,14 @@ The fsync is gated: ``service.sync_commit`` is replaced by one that blocks until
 opens its gate, so the test decides when each commit's fsync returns. ``group_ms`` is an
 hour in the waiting tests: an answer that came from a timer would never come."""
 import asyncio
+import os
 import threading
 import time
 
-from edgeline import codec, fastpath
+import pytest
+
+from edgeline import codec, fastpath, storage
+from edgeline.errors import EdgelineError
 from edgeline_host.agent import service
 from edgeline_host.agent.config import parse_config
 from edgeline_host.agent.service import Agent
@@ -173,7 +177,22 @@ def test_a_failed_fsync_fails_its_waiters_and_the_next_are_refused(tmp_path, mon
         answers = await asyncio.gather(*[agent.ingest("t", [None], [value(i)]) for i in range(3)],
                                        return_exceptions=True)
         assert all(isinstance(a, service.RequestError) and a.status == 500 for a in answers), answers
-        assert st.log.durable_seq == 0 and st.log.failure is not None
+        failed = st.log
+        assert failed.durable_seq == 0 and failed.failure is not None
+        # The failed log refuses every write and commit ...
+        with pytest.raises(EdgelineError):
+            failed.append(value(9), ts=1)
+        with pytest.raises(EdgelineError):
+            fastpath.begin_commit(failed, 0)
+        assert failed.last_seq == 3
+        # ... and the next request is never answered durable by it: the agent reopens the
+        # log -- it finds record 1 whole in the file (2 and 3, appended during the fsync,
+        # were still in the buffer) and syncs it -- and the next commit fails again.
+        with pytest.raises(service.RequestError) as e:
+            await agent.ingest("t", [None], [value(3)])
+        assert e.value.status == 500
+        assert st.log is not failed and agent.recovered == 1
+        assert st.log.durable_seq == 1 and st.log.last_seq == 2 and st.log.failure is not None
 
     run(agent, fn)
 
@@ -221,13 +240,26 @@ def test_shutdown_waits_for_the_fsync_in_flight_and_answers_everyone(tmp_path, m
         await asyncio.wait_for(task, WAIT_S)
         assert (await first)["durable"] is True and (await second)["durable"] is True
         assert len(gated.calls) == 1  # the follower was covered by the final flush, not a new commit
+        assert agent.unflushed == {}
 
+    seg = []
+    real_sync = storage._File.sync
+
+    def sync(self):  # the size of each segment file at each fsync of it
+        if os.path.basename(os.path.dirname(self._f.name)) == "t":
+            seg.append((self._f.name, os.fstat(self._f.fileno()).st_size))
+        return real_sync(self)
+
+    monkeypatch.setattr(storage._File, "sync", sync)
     asyncio.run(main())
+    # The second record was answered durable at shutdown: an fsync (the final flush's)
+    # saw the segment file hold its bytes -- the file's whole size now.
     from edgeline.log import RingLog
 
     reopened = RingLog(str(tmp_path / "data" / "t"))
-    assert reopened.last_seq == reopened.durable_seq == 2
+    assert reopened.last_seq == 2 and len(reopened.read(1, 10)) == 2
     reopened.close()
+    assert seg and max(n for name, n in seg) == os.path.getsize(seg[-1][0]), seg
 
 
 def test_many_producers_share_two_commits(tmp_path, monkeypatch):

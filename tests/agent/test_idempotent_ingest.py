@@ -23,7 +23,9 @@ import urllib.request
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from edgeline_host.agent import service
 from edgeline_host.agent.config import parse_config
+from edgeline_host.agent.idempotency import DedupeWindow
 from edgeline_host.agent.service import Agent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,10 +147,17 @@ def test_a_refused_request_leaves_no_entry(tmp_path):
             if s != 200:
                 break
             n += 1
+        st = agent.topics["tiny"]
+        assert n >= 1 and st.log.last_seq == n
         s, a = await post(c, "tiny", ["y"], Idempotency_Key="k1")
-        assert s == 503
-        assert agent.topics["tiny"].window.lookup("k:k1") is None  # the retry will store it
-        assert n >= 1
+        assert s == 503 and st.log.last_seq == n  # refused whole: nothing stored
+        assert st.window.lookup("k:k1") is None  # the retry will store it
+        st.window.sync()
+        reread = DedupeWindow(st.window.path)  # the file says so too: no entry comes back at a restart
+        try:
+            assert reread.lookup("k:k1") is None and len(reread) == len(st.window)
+        finally:
+            reread.close()
 
     run(tmp_path, body)
 
@@ -299,3 +308,182 @@ def test_sigkill_after_the_commit_with_the_answer_lost_then_retry_is_a_duplicate
         assert [r["value"] for r in agent.read_all()] == ["a", "b"]
     finally:
         agent.stop()
+
+
+# ---------------------------------------------------------------------- review 9: failures
+
+def _agent(tmp_path, **topic):
+    t = {"topic": "t"}
+    t.update(topic)
+    cfg = parse_config({"edge": {"node_id": "e", "data_dir": str(tmp_path / "data"), "sync": {"enabled": False},
+                                 "local_topics": [t], "ingest": {"dedupe": {"max_entries": 50}}}},
+                       base_dir=str(tmp_path))
+    return Agent(cfg, print_fn=lambda *_: None)
+
+
+def _idem(key, body):
+    return Agent._idempotency({"Idempotency-Key": key}, body)
+
+
+def _go(agent, fn):
+    async def main():
+        try:
+            return await fn()
+        finally:
+            await agent._settle_commits()
+    try:
+        return asyncio.run(main())
+    finally:
+        agent.close()
+
+
+def test_a_failed_window_compaction_leaves_no_phantom_entry(tmp_path):
+    from edgeline import codec
+
+    agent = _agent(tmp_path, sync="every")
+    st = agent.topics["t"]
+    w = st.window
+
+    async def fn():
+        i = 0
+        while w._in_file < 2 * w.max_entries + 64:  # up to the compaction trigger
+            await agent.ingest("t", [None], [codec.dumps(i)], _idem("k%d" % i, b"%d" % i))
+            i += 1
+        real = w._rewrite
+        w._rewrite = lambda parts: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        a = await agent.ingest("t", [None], [codec.dumps("A")], _idem("A", b"A"))  # compaction fails: no matter
+        w._rewrite = real
+        b = await agent.ingest("t", [None], [codec.dumps("B")], _idem("B", b"B"))
+        r = await agent.ingest("t", [None], [codec.dumps("A")], _idem("A", b"A"))
+        assert r["duplicate"] and r["first_seq"] == a["first_seq"] != b["first_seq"]
+        assert codec.loads(st.log.read(r["first_seq"], 1)[0].value) == "A"
+
+    _go(agent, fn)
+
+
+def test_a_write_error_part_way_keeps_the_key_and_the_retry_stores_only_the_rest(tmp_path, monkeypatch):
+    """1,500 records under group commit; the 2nd buffer write-out hits ENOSPC: the 500
+    says nothing is known durable; the reopened log keeps (and syncs) what reached the file
+    whole, the key is cut to it, the retry appends the rest: each record once."""
+    from edgeline import codec, storage
+
+    agent = _agent(tmp_path, group_ms="1h", segment_size="4MiB")
+    st = agent.topics["t"]
+    vals = [codec.dumps("r%d-%s" % (i, "x" * 60)) for i in range(1500)]
+    idem = _idem("R", b"the body")
+    real_write = storage._File.write
+    big = []
+
+    def write(self, buf, k):
+        if k > 10000:
+            big.append(k)
+            if len(big) == 2:
+                raise OSError(28, "No space left on device")
+        return real_write(self, buf, k)
+
+    async def fn():
+        monkeypatch.setattr(storage._File, "write", write)
+        with pytest.raises(service.RequestError) as e:
+            await agent.ingest("t", [None] * 1500, vals, idem)
+        assert e.value.status == 500 and "retry with the same key" in str(e.value)
+        monkeypatch.setattr(storage._File, "write", real_write)
+        a = await agent.ingest("t", [None] * 1500, vals, idem)
+        assert (a["first_seq"], a["last_seq"], a["durable"], a["duplicate"]) == (1, 1500, True, True)
+        vs = [codec.loads(r.value) for r in st.log.read(1, 10000, 1 << 30)]
+        assert vs == [codec.loads(v) for v in vals]
+        assert agent.recovered == 1 and st.window.cut_at_recovery == 1
+
+    _go(agent, fn)
+
+
+class _FsyncEIO:
+    """service.sync_commit failing its first call with EIO."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, token):
+        from edgeline import fastpath
+
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(5, "Input/output error")
+        fastpath.sync_commit(token)
+
+
+def test_after_a_failed_fsync_the_retry_is_answered_only_once_synced(tmp_path, monkeypatch):
+    from edgeline import codec, storage
+
+    monkeypatch.setattr(service, "sync_commit", _FsyncEIO())
+    agent = _agent(tmp_path, group_ms="1h")
+    st = agent.topics["t"]
+    seg_syncs = []
+    real_sync = storage._File.sync
+
+    def sync(self):
+        if self._f.name.endswith(".seg") or "/t/" in self._f.name:
+            seg_syncs.append(self._f.name)
+        return real_sync(self)
+
+    async def fn():
+        with pytest.raises(service.RequestError) as e:
+            await agent.ingest("t", [None], [codec.dumps(1)], _idem("K", b"body"))
+        assert e.value.status == 500 and "retry with the same key" in str(e.value)
+        monkeypatch.setattr(storage._File, "sync", sync)
+        a = await agent.ingest("t", [None], [codec.dumps(1)], _idem("K", b"body"))
+        assert (a["first_seq"], a["durable"], a["duplicate"]) == (1, True, True)
+        assert seg_syncs, "answered durable with no fsync since the failed one"
+        assert st.log.last_seq == 1
+
+    _go(agent, fn)
+
+
+def test_a_failing_fsync_at_recovery_keeps_the_log_failed(tmp_path, monkeypatch):
+    """The reopened log's whole-but-unsynced records cannot be synced: recovery fails
+    (503, tried again), the new log is closed and forgotten, the window untouched."""
+    from edgeline import codec, fastpath
+
+    monkeypatch.setattr(service, "sync_commit", _FsyncEIO())
+    agent = _agent(tmp_path, group_ms="1h")
+    st = agent.topics["t"]
+
+    async def fn():
+        with pytest.raises(service.RequestError):
+            await agent.ingest("t", [None], [codec.dumps(1)], _idem("K", b"body"))
+        old = st.log
+        monkeypatch.setattr(service, "sync_from", lambda lg, seq: (_ for _ in ()).throw(OSError(5, "EIO")))
+        with pytest.raises(service.RequestError) as e:
+            await agent.ingest("t", [None], [codec.dumps(1)], _idem("K", b"body"))
+        assert e.value.status == 503
+        assert st.log is old and "t" not in agent.store.logs  # the new log closed and forgotten
+        assert st.window.lookup("k:K")[:2] == (1, 1)
+        monkeypatch.setattr(service, "sync_from", fastpath.sync_from)
+        a = await agent.ingest("t", [None], [codec.dumps(1)], _idem("K", b"body"))
+        assert (a["first_seq"], a["durable"], a["duplicate"]) == (1, True, True)
+
+    _go(agent, fn)
+
+
+def test_a_recovery_whose_window_rewrite_fails_leaves_nothing_half_done(tmp_path, monkeypatch):
+    from edgeline import codec
+
+    monkeypatch.setattr(service, "sync_commit", _FsyncEIO())
+    agent = _agent(tmp_path, group_ms="1h")
+    st = agent.topics["t"]
+    w = st.window
+
+    async def fn():
+        with pytest.raises(service.RequestError):
+            await agent.ingest("t", [None] * 3, [codec.dumps(i) for i in range(3)], _idem("K", b"body"))
+        old = st.log
+        w._rewrite = lambda parts: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        w._needs_rewrite = True  # the recovery has to rewrite the file
+        assert agent.recover(st) is False
+        assert st.log is old and "t" not in agent.store.logs  # the new log closed and forgotten
+        assert w.lookup("k:K")[:2] == (1, 3)
+        del w._rewrite
+        assert agent.recover(st) is True and st.log is not old and agent.store.logs["t"] is st.log
+        a = await agent.ingest("t", [None] * 3, [codec.dumps(i) for i in range(3)], _idem("K", b"body"))
+        assert (a["first_seq"], a["last_seq"], a["duplicate"]) == (1, 3, True)
+
+    _go(agent, fn)

@@ -164,3 +164,36 @@ def test_a_write_failure_during_the_fsync_publishes_nothing():
         except StorageError:
             pass
         assert log.durable_seq == 0
+
+
+def test_an_eio_of_the_worker_fails_the_log_though_a_seal_published_durable_seq():
+    # A seal under the worker synced (Linux reports a writeback error once: the seal's
+    # fsync may return 0 after the worker's got EIO) and closed the worker's handle: only
+    # a closed handle's error (ValueError, EBADF) is the seal's doing; EIO fails the log.
+    if not _CPYTHON:
+        return
+    import errno
+
+    from edgeline.errors import StorageError
+    from edgeline.fastpath import begin_commit, end_commit
+
+    for error, benign in ((ValueError("I/O operation on closed file"), True),
+                          (OSError(errno.EBADF, "Bad file descriptor"), True),
+                          (OSError(errno.EIO, "Input/output error"), False)):
+        log = RingLog(_DIR + "e%d" % benign, storage=FaultStorage(), **_OPTS)
+        log.append(b"r1", ts=1)
+        token = begin_commit(log, 0)
+        for i in range(6):  # seal the worker's segment: synced and closed under it
+            log.append(b"s%d" % i, ts=1)
+        assert log.durable_seq >= token[1] and log._tail is not token[0]
+        if benign:
+            end_commit(log, token, error)
+            assert log.failure is None
+        else:
+            try:
+                end_commit(log, token, error)
+                assert False, "an EIO was taken for a seal"
+            except StorageError:
+                pass
+            assert log.failure is not None
+        del log

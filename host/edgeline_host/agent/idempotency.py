@@ -29,6 +29,7 @@ run it and the log on one ``emulator.faultfs.FaultStorage`` with one numbering o
 points.
 """
 import collections
+import logging
 import os
 import struct
 import threading
@@ -54,6 +55,8 @@ DIRECTORY = "~ingest-dedupe"  # in data_dir; "~" is never in a topic's directory
 COMPACT_SLACK = 64
 DEFAULT_MAX_ENTRIES = 10000
 DEFAULT_MAX_AGE_S = 86400
+
+log = logging.getLogger("edgeline.agent")
 
 
 class DedupeWindowError(EdgelineError):
@@ -135,6 +138,7 @@ class DedupeWindow:
         self._io = threading.Lock()  # held by sync() over its fsync and by a handle swap
         self._in_file = 0  # entries in the file (live or not): compaction trigger
         self._needs_rewrite = False
+        self._compact_failed_at = 0  # _in_file when a compaction last failed: retried COMPACT_SLACK later
         self._closed = False
         self._load()
 
@@ -194,19 +198,26 @@ class DedupeWindow:
         ``log_last_seq``: a crash took them), cut those it holds in part to that part;
         rewrite the file if anything changed. Returns how many were dropped or cut."""
         gone = [k for k, e in self._entries.items() if e[1] > log_last_seq]
-        for k in gone:
-            first, _, digest, added = self._entries[k]
-            if first <= log_last_seq:
-                # Part of the request's records reached the file (SIGKILL keeps what was
-                # written): the entry keeps the part the log holds, so a retry is not
-                # stored twice (the caller appends only the rest; see service.py).
-                self._entries[k] = (first, log_last_seq, digest, added)
-                self.cut_at_recovery += 1
-            else:
-                del self._entries[k]
-                self.dropped_at_recovery += 1
-        if gone or self._needs_rewrite or self._in_file > len(self._entries) + len(self._floors) + COMPACT_SLACK:
-            self.compact()
+        entries = self._entries
+        cut = dropped = 0
+        if gone:
+            entries = collections.OrderedDict(entries)  # self._entries changes once the file does
+            for k in gone:
+                first, _, digest, added = entries[k]
+                if first <= log_last_seq:
+                    # Part of the request's records reached the file (SIGKILL keeps what
+                    # was written): the entry keeps the part the log holds, so a retry is
+                    # not stored twice (the caller appends only the rest; see service.py).
+                    entries[k] = (first, log_last_seq, digest, added)
+                    cut += 1
+                else:
+                    del entries[k]
+                    dropped += 1
+        if gone or self._needs_rewrite or self._in_file > len(entries) + len(self._floors) + COMPACT_SLACK:
+            self.compact(entries)  # raises (nothing changed in memory) if it cannot be rewritten
+        self._entries = entries
+        self.cut_at_recovery += cut
+        self.dropped_at_recovery += dropped
         return len(gone)
 
     # ------------------------------------------------------------------ the map
@@ -257,10 +268,12 @@ class DedupeWindow:
         from another thread than the writer's: what was written before the call is
         durable when it returns."""
         with self._io:
-            fh, n = self._fh, self._written
-            if fh is None or n == self._synced:
+            n = self._written
+            if n == self._synced:
                 return
-            fh.sync()
+            if self._fh is None:  # a failed compaction closed it
+                self._fh = self.storage.open_append(self.path)
+            self._fh.sync()
             self._synced = n
 
     def close(self):
@@ -299,9 +312,18 @@ class DedupeWindow:
             del floors[k]
 
     def _write(self, entry):
+        if self._needs_rewrite:
+            # An earlier write failed and may have left part of an entry in the file: an
+            # entry appended after it would be lost at load. Rewrite the file whole first
+            # (from memory); if that fails too, this write fails.
+            self.compact()
         if self._fh is None:
             self._create()
-        self._fh.write(entry, len(entry))
+        try:
+            self._fh.write(entry, len(entry))
+        except BaseException:
+            self._needs_rewrite = True
+            raise
         self._written += 1
         self._in_file += 1
 
@@ -315,25 +337,46 @@ class DedupeWindow:
         self._fh = st.open_append(self.path)
 
     def _maybe_compact(self):
-        if self._in_file > 2 * self.max_entries + COMPACT_SLACK:
-            self.compact()
+        """Compact when the file holds about twice the live entries. A compaction that
+        fails (a full disk) is not the caller's failure: the entry it just wrote is in
+        the file and in memory, the old file stands; it is tried again COMPACT_SLACK
+        entries later."""
+        n = self._in_file
+        if n > 2 * self.max_entries + COMPACT_SLACK and n > self._compact_failed_at + COMPACT_SLACK:
+            try:
+                self.compact()
+            except (OSError, EdgelineError) as e:
+                self._compact_failed_at = n
+                log.warning("ingest dedupe window %s: compaction failed (%s); the file grows until it succeeds",
+                            self.path, e)
 
-    def compact(self):
-        """Rewrite the file with the live entries only, atomically (tmp, fsync, rename)."""
+    def compact(self, entries=None):
+        """Rewrite the file with the live entries only (``entries``: these instead of
+        the window's), atomically (tmp, fsync, rename). On failure the old file stands
+        and takes appends again; the error is raised."""
+        entries = self._entries if entries is None else entries
         parts = [pack_entry(KIND_FLOOR, pid, f[0], f[0], f[1]) for pid, f in self._floors.items()]
-        parts += [pack_entry(KIND_ENTRY, k, e[0], e[1], e[3], e[2]) for k, e in self._entries.items()]
+        parts += [pack_entry(KIND_ENTRY, k, e[0], e[1], e[3], e[2]) for k, e in entries.items()]
         with self._io:  # not under an fsync of another thread
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
-            d = os.path.dirname(self.path)
-            if d:
-                self.storage.makedirs(d)
-            self._rewrite(parts)  # written and synced whole
-            self._fh = self.storage.open_append(self.path)
+            try:
+                d = os.path.dirname(self.path)
+                if d:
+                    self.storage.makedirs(d)
+                self._rewrite(parts)  # written and synced whole
+            except BaseException:
+                try:
+                    self._fh = self.storage.open_append(self.path)  # the old file: unsynced entries stay owed
+                except (OSError, EdgelineError):
+                    pass  # sync() and _write() open it
+                raise
             self._synced = self._written
+            self._fh = self.storage.open_append(self.path)
         self._in_file = len(parts)
         self._needs_rewrite = False
+        self._compact_failed_at = 0
 
     def _rewrite(self, parts):
         st = self.storage
@@ -341,12 +384,19 @@ class DedupeWindow:
         if st.exists(tmp):
             st.remove(tmp)
         data = bytearray(pack_header() + b"".join(parts))
-        h = st.open_append(tmp)
         try:
-            h.write(data, len(data))
-            h.sync()
-        finally:
-            h.close()
+            h = st.open_append(tmp)
+            try:
+                h.write(data, len(data))
+                h.sync()
+            finally:
+                h.close()
+        except BaseException:
+            try:
+                st.remove(tmp)  # its bytes back to a full disk
+            except (OSError, EdgelineError):
+                pass
+            raise
         st.rename(tmp, self.path)  # durable when it returns (the directory is synced)
 
 

@@ -81,7 +81,7 @@ from aiohttp import web
 from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
-from edgeline.fastpath import begin_commit, end_commit, sync_commit
+from edgeline.fastpath import begin_commit, end_commit, sync_commit, sync_from
 from edgeline.logformat import FRAME_OVERHEAD_BYTES, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store, topic_dirname
@@ -102,6 +102,10 @@ RETENTION_EVERY_MS = 10000  # how often age retention runs
 MAX_IDEMPOTENCY_KEY = 128  # characters of an Idempotency-Key
 MAX_PRODUCER_ID = 64  # characters of an Edgeline-Producer-Id
 _SEG_HDR = len(pack_segment_header(1, 0, 1 << 16))
+
+
+_COMMIT_FAILED = ("commit failed: %s; the records are not known durable: the agent reopens the log, which keeps what "
+                  "reached the disk whole; retry with the same key (a request without one may then be stored twice)")
 
 
 def _log_warning(line):
@@ -376,7 +380,7 @@ class Agent:
         if self._closing:
             raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
         st = self._writable(name)
-        self._ready(st)  # a log that failed a write is reopened first: the window's seqs follow it
+        self.ready(st)  # a log that failed a write is reopened first: the window's seqs follow it
         lg = st.log
         w = st.window
         if idem is not None and values:
@@ -389,7 +393,11 @@ class Agent:
                 raise RequestError(409, "request seq %d of producer %r is older than the dedupe window (it "
                                   "holds seqs above %d): it cannot be told from a new request; it was not "
                                   "stored" % (rseq, pid, floor))
-            w.add(key, lg.last_seq + 1, lg.last_seq + len(values), digest)
+            try:
+                w.add(key, lg.last_seq + 1, lg.last_seq + len(values), digest)
+            except (OSError, EdgelineError) as e:
+                raise RequestError(500, "the ingest dedupe window of topic %r cannot be written (%s): nothing of the "
+                                  "request was stored; retry with the same key" % (name, e)) from None
         else:
             idem = None
         before = lg.last_seq
@@ -398,8 +406,14 @@ class Agent:
         except BaseException as e:
             stored = e.stored if isinstance(e, RequestError) else 0
             if idem is not None:
-                if stored:  # a reject topic filled up, or a write failed, part way: the key
-                    w.add(idem[0], before + 1, before + stored, idem[1])  # keeps that part; a retry appends the rest
+                if st.log.failure is not None:
+                    # A write failed: records of the request may be in the file, whole,
+                    # though not synced. The entry keeps naming the whole request; recover()
+                    # syncs what the reopened log kept and cuts the entry to it, so a retry
+                    # appends only the rest (or is answered as a duplicate).
+                    pass
+                elif stored:  # a reject topic filled up part way: the key keeps that part; a
+                    w.add(idem[0], before + 1, before + stored, idem[1])  # retry appends the rest
                 else:
                     w.discard(idem[0])  # nothing stored: a retry stores it
             if stored:  # the part that went in, as the policy has it (a failed log: what it made durable)
@@ -439,11 +453,16 @@ class Agent:
                 raise RequestError(409, "the request under this %s was cut by a crash: its records 0..%d are "
                                   "stored as seqs %d..%d and other records followed them; records %d.. were "
                                   "not stored: send them under a new key" % (what, have - 1, first, last, have))
-            w.add(key, first, first + len(values) - 1, digest)
+            try:
+                w.add(key, first, first + len(values) - 1, digest)
+            except (OSError, EdgelineError) as e:
+                raise RequestError(500, "the ingest dedupe window of topic %r cannot be written (%s): nothing more "
+                                  "of the request was stored; retry with the same key" % (st.cfg.name, e)) from None
             try:
                 _, n = self.append(st, keys[have:], values[have:])
             except BaseException as e:
-                w.add(key, first, last + (e.stored if isinstance(e, RequestError) else 0), digest)
+                if st.log.failure is None:  # a failed log: recover() cuts the entry to what it kept
+                    w.add(key, first, last + (e.stored if isinstance(e, RequestError) else 0), digest)
                 raise
             if have + n < len(values):
                 w.add(key, first, last + n, digest)
@@ -461,7 +480,7 @@ class Agent:
         ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
         topic filling up part way says how many went in (``e.stored``)."""
         name = st.cfg.name
-        self._ready(st)
+        self.ready(st)
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -498,7 +517,7 @@ class Agent:
         self._appended(st, n)
         return before + 1, n
 
-    def _ready(self, st):
+    def ready(self, st):
         """Reopen topic ``st``'s log if a write error failed it (``recover``); RequestError
         503 while it cannot be reopened yet."""
         if st.log.failure is not None and not self.recover(st):
@@ -512,9 +531,13 @@ class Agent:
         committed) -- a producer that retries then knows what it would store twice."""
         done = lg.durable_seq - before if lg.durable_seq > before else 0
         if not done:
-            return RequestError(500, "%s; nothing of the request was made durable" % e)
-        return RequestError(500, "%s; records 0..%d of the request were stored as seqs %d..%d (durable), the rest "
-                                 "were not made durable" % (e, done - 1, before + 1, before + done), stored=done)
+            return RequestError(500, "%s; nothing of the request is known durable: the agent reopens the log, which "
+                                     "keeps what reached the disk whole; retry with the same key (a request without "
+                                     "one may then be stored twice in part)" % e)
+        return RequestError(500, "%s; records 0..%d of the request were stored as seqs %d..%d (durable); the agent "
+                                 "reopens the log, which keeps what reached the disk whole; retry with the same key "
+                                 "(a request without one may then be stored twice in part)"
+                            % (e, done - 1, before + 1, before + done), stored=done)
 
     def recover(self, st):
         """After a write error (``st.log.failure``), reopen topic ``st``'s log from disk --
@@ -538,7 +561,7 @@ class Agent:
         durable = old.durable_seq
         for _, fut in st.waiters:  # what they waited for was never committed
             if not fut.done():
-                fut.set_exception(RequestError(500, "commit failed: %s" % why))
+                fut.set_exception(RequestError(500, _COMMIT_FAILED % why))
         st.waiters = []
         if st.timer is not None:
             st.timer.cancel()
@@ -547,12 +570,24 @@ class Agent:
             old.close()  # no flush (it failed); closes the outbox's cursor, leaves the store
         except (EdgelineError, OSError):
             pass
+        lg = ob = None
         try:
             lg = self.store.log(name, warn=_log_warning, **st.cfg.log_options())
-            ob = Outbox(lg, "uplink") if st.outbox is not None else None
+            if lg.last_seq > durable:
+                # Recovery counts what it found whole as durable, but it was written, not
+                # synced (the fsync failed, or never ran): sync it before anyone is told
+                # so -- the window's entries first (SyncFirstStorage), then the segments.
+                sync_from(lg, durable + 1)
             if st.window is not None:
-                st.window.recover(lg.last_seq)  # entries of seqs the reopened log does not hold go
+                st.window.recover(lg.last_seq)  # entries cut to what the log holds; changed only if rewritten
+            ob = Outbox(lg, "uplink") if st.outbox is not None else None
         except (EdgelineError, OSError) as e:
+            if lg is not None:
+                try:
+                    lg.close()  # and out of store.logs: the next try reopens it from disk
+                except (EdgelineError, OSError):
+                    pass
+                self.store.forget(lg)
             self.last_error = "%s: cannot reopen the log after a write error: %s" % (name, e)
             log.error("agent: topic %s: cannot reopen the log after a write error (%s): %s; trying again later",
                       name, why, e)
@@ -565,9 +600,9 @@ class Agent:
         self.recovered += 1
         kept = ""
         if lg.last_seq > durable:
-            # Written before the error but never answered durable: whole on disk, kept.
-            kept = "; seqs %d..%d, written before the error but not answered durable, were found whole and kept" % (
-                durable + 1, lg.last_seq)
+            # Written before the error but never answered durable: whole on disk, synced, kept.
+            kept = "; seqs %d..%d, written before the error but not answered durable, were found whole, synced and " \
+                   "kept" % (durable + 1, lg.last_seq)
         line = "agent: topic %s: log reopened after a write error (%s); it takes writes again from seq %d%s" % (
             name, why, lg.next_seq, kept)
         log.warning("%s", line)
@@ -678,7 +713,7 @@ class Agent:
         waiters, st.waiters = st.waiters, []
         for _, fut in waiters:
             if not fut.done():
-                fut.set_exception(RequestError(500, "commit failed: %s" % e))
+                fut.set_exception(RequestError(500, _COMMIT_FAILED % e))
 
     async def _settle_commits(self):
         """Shutdown: start no more commits, wait for those in flight (their fsync runs in
