@@ -34,11 +34,12 @@ from edgeline.log import Record
 class RequestError(Exception):
     """A request refused: HTTP status, one line, extra response headers."""
 
-    def __init__(self, status, message, headers=None, stored=0):
+    def __init__(self, status, message, headers=None, stored=0, detail=None):
         Exception.__init__(self, message)
         self.status = status
         self.headers = headers
         self.stored = stored  # records of the request appended before the error
+        self.detail = detail  # fields for a program, beside "error" in the JSON answer
 
 
 def parse_records(body):

@@ -487,3 +487,30 @@ def test_a_recovery_whose_window_rewrite_fails_leaves_nothing_half_done(tmp_path
         assert (a["first_seq"], a["last_seq"], a["duplicate"]) == (1, 3, True)
 
     _go(agent, fn)
+
+
+def test_a_request_cut_by_a_crash_and_overtaken_is_409_with_what_was_stored(tmp_path):
+    """A crash kept the first record of a keyed 3-record request (the window's entry cut
+    to seq 1 by recovery) and another producer's records followed it: the retry cannot
+    append the rest right after its part, so it is refused with 409 -- and the answer says,
+    for a program, which part is stored: the producer sends records 1.. under a new key."""
+    import hashlib
+
+    async def body(c, agent):
+        st = agent.topics["t"]
+        values = [{"n": 0}, {"n": 1}, {"n": 2}]
+        raw = json.dumps(values).encode()
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        s, a = await post(c, "t", values[:1])  # the part the crash kept ...
+        assert s == 200 and a["last_seq"] == 1
+        st.window.add(b"k:cut", 1, 1, digest)  # ... and the entry recovery cut to it
+        s, a = await post(c, "t", ["other"])  # another producer's record after it
+        assert s == 200 and a["last_seq"] == 2
+        r = await c.post("/v1/topics/t/records", data=raw, headers={"Idempotency-Key": "cut"})
+        a = await r.json()
+        assert r.status == 409 and "cut by a crash" in a["error"]
+        assert (a["stored_records"], a["stored_first_seq"], a["stored_last_seq"]) == (1, 1, 1)
+        s, a = await post(c, "t", values[1:], Idempotency_Key="cut-rest")
+        assert s == 200 and (a["first_seq"], a["last_seq"]) == (3, 4)
+
+    run(tmp_path, body)

@@ -295,15 +295,18 @@ class Agent:
         return app
 
     @staticmethod
-    def _error(status, message, headers=None):
-        return web.json_response({"error": message}, status=status, headers=headers)
+    def _error(status, message, headers=None, detail=None):
+        body = {"error": message}
+        if detail:
+            body.update(detail)
+        return web.json_response(body, status=status, headers=headers)
 
     async def handle_ingest(self, request):
         try:
             return web.json_response(await self._ingest(request))
         except RequestError as e:
             self.rejected += 1
-            return self._error(e.status, str(e), e.headers)
+            return self._error(e.status, str(e), e.headers, e.detail)
 
     async def _ingest(self, request):
         if self.cfg.ingest.http is None:
@@ -452,7 +455,8 @@ class Agent:
             if lg.last_seq != last:
                 raise RequestError(409, "the request under this %s was cut by a crash: its records 0..%d are "
                                   "stored as seqs %d..%d and other records followed them; records %d.. were "
-                                  "not stored: send them under a new key" % (what, have - 1, first, last, have))
+                                  "not stored: send them under a new key" % (what, have - 1, first, last, have),
+                                  detail={"stored_records": have, "stored_first_seq": first, "stored_last_seq": last})
             try:
                 w.add(key, first, first + len(values) - 1, digest)
             except (OSError, EdgelineError) as e:
