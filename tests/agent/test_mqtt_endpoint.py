@@ -174,24 +174,37 @@ def test_paho_v311_and_v5_qos0_and_qos1_routed_by_the_map(tmp_path):
 
 
 def test_puback_only_once_the_record_is_durable(tmp_path, monkeypatch):
-    """With commits held back (group of 10,000 records or 60 s, and the endpoint's own
-    commit made a no-op) nothing is acknowledged; the commit releases the PUBACK."""
+    """The fsync of the endpoint's commit held back (group of 10,000 records or 60 s, so
+    only that commit can cover the record): nothing is acknowledged while it runs; the
+    PUBACK leaves as the commit ends, by itself -- the publisher sends nothing more
+    (keepalive 0: no PINGREQ wakes the connection)."""
+    from edgeline import fastpath
+    from edgeline_host.agent import service
+
+    gate = threading.Event()
+
+    def gated_sync(token):
+        gate.wait(30)
+        fastpath.sync_commit(token)
+
+    monkeypatch.setattr(service, "sync_commit", gated_sync)
     cfg = config(tmp_path, topics=({"topic": "t", "group_ms": 60000, "group_records": 10000},))
 
     async def fn(agent):
-        real = agent.commit_now
-        monkeypatch.setattr(agent, "commit_now", lambda st: None)
-        c = Client(agent.mqtt_endpoint.port, paho.MQTTv5, "slow")
-        info = c.publish("m/x", b"1")
-        await until(lambda: agent.mqtt_endpoint.stored == 1)
-        await asyncio.sleep(0.3)
-        st = agent.topics["t"]
-        assert st.log.durable_seq == 0 and not info.is_published() and agent.mqtt_endpoint.acked == 0
-        real(st)
-        agent.mqtt_endpoint.commit_soon(next(iter(agent.mqtt_endpoint.connections)))
-        await until(info.is_published, what="the PUBACK after the commit")
-        assert st.log.durable_seq == 1
-        c.close()
+        try:
+            c = Client(agent.mqtt_endpoint.port, paho.MQTTv5, "slow", keepalive=0)
+            info = c.publish("m/x", b"1")
+            await until(lambda: agent.mqtt_endpoint.stored == 1)
+            st = agent.topics["t"]
+            await until(lambda: st.commit is not None, what="the endpoint's commit")
+            await asyncio.sleep(0.3)
+            assert st.log.durable_seq == 0 and not info.is_published() and agent.mqtt_endpoint.acked == 0
+            gate.set()
+            await until(info.is_published, what="the PUBACK after the commit")
+            assert st.log.durable_seq == 1 and agent.mqtt_endpoint.commits == 1
+            c.close()
+        finally:
+            gate.set()
 
     asyncio.run(with_agent(cfg, fn))
 
@@ -593,5 +606,77 @@ def test_a_will_is_stored_when_its_client_vanishes(tmp_path):
         await asyncio.to_thread(talk)
         await until(lambda: agent.mqtt_endpoint.stored == 2, what="both wills")
         assert sorted(values(agent)) == ["gone w3", "gone w5"]
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+class LogWriteFails:
+    """Arms ENOSPC on the next write to a topic's log file (edgeline.storage's file
+    handles; the dedupe windows' files are spared): the write stores nothing and the log
+    fails, as on a full disk."""
+
+    def __init__(self, monkeypatch):
+        import edgeline.storage as storage
+        from edgeline_host.agent.idempotency import DIRECTORY
+
+        self.armed = 0
+        real = storage._File.write
+
+        def write(handle, buf, n):
+            if self.armed and os.sep + DIRECTORY + os.sep not in str(getattr(handle._f, "name", "")):
+                self.armed -= 1
+                raise OSError(28, "No space left on device")
+            return real(handle, buf, n)
+
+        monkeypatch.setattr(storage._File, "write", write)
+
+
+def test_a_message_lost_to_a_write_error_is_never_acknowledged(tmp_path, monkeypatch):
+    """Publisher A's message is lost: the commit's write fails (nothing of it reaches the
+    disk). A is closed without a PUBACK (keepalive 0: nothing else would tell it). B's
+    message then reopens the log and gets the same seq A's had: A's PUBACK must not leave
+    when that seq is durable (it is another record), and B's dedupe entry names the seq of
+    the reopened log (a resend of it is not stored twice). A reconnects and resends."""
+    disk = LogWriteFails(monkeypatch)
+    cfg = config(tmp_path, topics=({"topic": "t", "group_ms": 60000, "group_records": 10000},))
+
+    async def fn(agent):
+        port = agent.mqtt_endpoint.port
+        ep = agent.mqtt_endpoint
+
+        def talk():
+            a = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+            a.sendall(mp.encode_connect(4, "a", False, 0))
+            assert read_packet(a) == bytes([0x20, 2, 0, 0])
+            disk.armed = 1
+            a.sendall(mp.encode_publish(4, "m/x", b'"a"', 1, 1))
+            b, _ = raw(port, 4, "b", keepalive_s=0)
+            deadline = time.monotonic() + WAIT_S
+            while disk.armed or ep.stats()["connections"] > 1:
+                assert time.monotonic() < deadline, "A's commit to fail and A to be closed"
+                time.sleep(0.01)
+            b.sendall(mp.encode_publish(4, "m/x", b'"b"', 1, 1))
+            assert read_packet(b) == bytes([0x40, 2, 0, 1])
+            b.sendall(mp.encode_publish(4, "m/x", b'"b"', 1, 1, dup=True))  # B's PUBACK was lost: a resend
+            assert read_packet(b) == bytes([0x40, 2, 0, 1])
+            try:
+                a.sendall(mp.encode_simple(mp.PINGREQ))
+            except OSError:
+                pass
+            assert read_packet(a) == b""  # closed, and never a PUBACK for the lost message
+            a.close()
+            a = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+            a.sendall(mp.encode_connect(4, "a", False, 0))
+            assert read_packet(a) == bytes([0x20, 2, 1, 0])  # session present
+            a.sendall(mp.encode_publish(4, "m/x", b'"a"', 1, 1, dup=True))
+            assert read_packet(a) == bytes([0x40, 2, 0, 1])
+            a.close()
+            b.close()
+
+        await asyncio.to_thread(talk)
+        assert values(agent) == ["b", "a"]
+        s = ep.stats()
+        assert (s["stored"], s["redeliveries_dropped"], s["acked"]) == (3, 1, 3)
+        assert agent.recovered == 1 and "lost to a write error" in (s["last_error"] or "")
 
     asyncio.run(with_agent(cfg, fn))

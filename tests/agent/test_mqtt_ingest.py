@@ -142,6 +142,28 @@ def test_record_from_payload_json_values_keys_and_bytes():
         assert e.value.status == 400 and "\n" not in str(e.value)
 
 
+def test_an_owed_acknowledgement_is_bound_to_the_log_its_record_went_to():
+    """``owed_state``: a seq means something only in the log it was given by. After a
+    write error the log is replaced (Agent.recover) and seqs start again where the
+    reopened log ends, so a lost record's seq can become durable as another record:
+    an entry of a failed or replaced log above that log's durable_seq is LOST."""
+    from types import SimpleNamespace as NS
+
+    from edgeline_host.agent.mqtt_ingest import LOST, SETTLED, WAITING, owed_state
+
+    old = NS(durable_seq=3, failure=None, sync="group")
+    st = NS(log=old)
+    assert [owed_state(st, old, s) for s in (3, 4)] == [SETTLED, WAITING]
+    assert owed_state(None, None, 9) == SETTLED  # refused or dropped: nothing to wait for
+    old.failure = "ENOSPC"
+    assert [owed_state(st, old, s) for s in (3, 4)] == [SETTLED, LOST]
+    st.log = NS(durable_seq=9, failure=None, sync="group")  # reopened; seq 4 is durable there: another record
+    assert [owed_state(st, old, s) for s in (3, 4)] == [SETTLED, LOST]
+    assert owed_state(st, st.log, 4) == SETTLED
+    lazy = NS(durable_seq=0, failure=None, sync="none")  # the topic does not wait for the disk
+    assert owed_state(NS(log=lazy), lazy, 1) == SETTLED
+
+
 def test_overlapping_filters_are_subscribed_once():
     assert subscriptions(["a/+/t", "a/#", "a/b/t", "b", "c/+", "c/d", "a/#"]) == ["a/#", "b", "c/+"]
     assert subscriptions(["#", "$SYS/#", "x"]) == ["#", "$SYS/#"]  # '#' does not match $ topics
@@ -427,6 +449,45 @@ def test_broker_killed_the_agent_reconnects_and_says_what_was_lost(tmp_path, bro
         pub.close()
 
     asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_message_lost_to_a_write_error_is_resent_by_the_broker(tmp_path, broker, monkeypatch):
+    """The commit of message 1 fails on a write (ENOSPC: nothing of it reaches the disk).
+    Message 2 then reopens the log and gets the seq message 1 had: message 1 must not be
+    acknowledged when that seq is durable (it names another record) -- the agent breaks
+    the connection instead, and the broker resends it. Each dedupe entry names a seq of
+    the reopened log (the log is reopened before the entry is written)."""
+    import edgeline.storage as storage
+    from edgeline_host.agent.idempotency import DIRECTORY
+
+    armed = []
+    real = storage._File.write
+
+    def write(handle, buf, n):  # writes to log files fail while armed (the windows' are spared)
+        if armed and os.sep + DIRECTORY + os.sep not in str(getattr(handle._f, "name", "")):
+            raise OSError(28, "No space left on device")
+        return real(handle, buf, n)
+
+    monkeypatch.setattr(storage._File, "write", write)
+    cfg = config(tmp_path, broker, {"map": {"m/#": "t"}},
+                 topics=[{"topic": "t", "group_ms": 60000, "group_records": 10000}])
+    pub = Publisher(broker.port)
+
+    async def fn(agent):
+        st = agent.topics["t"]
+        armed.append(1)
+        pub.wait(pub.publish("m/x", b"1"))
+        await until(lambda: st.log.failure is not None, what="the failed commit")
+        armed.pop()  # room on the disk again
+        pub.wait(pub.publish("m/x", b"2"))
+        await until(lambda: sorted(v for _, v in values(agent, "t")) == [1, 2], what="both messages stored")
+        await until(lambda: not agent.mqtt.stats()["unacknowledged"] and agent.mqtt.connected)
+        s = agent.mqtt.stats()
+        assert s["connects"] == 2 and agent.recovered == 1 and st.log.durable_seq == 2, s
+        assert sorted(e[0] for e in st.window._entries.values()) == [1, 2]
+
+    asyncio.run(with_agent(cfg, fn))
+    pub.close()
 
 
 # ---------------------------------------------------------------------------- a real process, SIGKILLed

@@ -12,7 +12,9 @@ HTTP, MQTT (paho clients) and the gateway's records API. The producers:
   answer a SIGKILL cut off is stored once, and the retry's answer names the original
   seqs;
 * MQTT QoS 1 to the agent's own endpoint (``ingest.mqtt.listen``), a persistent session:
-  paho resends what was not PUBACKed (DUP, same packet id) after the agent restarts;
+  paho resends what was not PUBACKed (DUP, same packet id) after the agent restarts; two
+  publishers, one with keepalive 0 -- it never sends a PINGREQ, so a PUBACK the endpoint
+  owes it must leave by itself once the record is durable;
 * MQTT QoS 1 to Mosquitto, bridged by the agent (``ingest.mqtt.broker``): the broker
   redelivers what the agent had not acknowledged. Mosquitto's PUBACK is the broker's,
   not the agent's: a broker SIGKILLed loses what it held in RAM (issue 9, hole 4), so for
@@ -128,7 +130,7 @@ class MqttProducer:
     a thread while it is connected; paho reconnects by itself and resends, DUP set, what
     was not acknowledged. ``acked()``: the values whose PUBACK came (``on_publish``)."""
 
-    def __init__(self, name, port, topic, rate_per_s):
+    def __init__(self, name, port, topic, rate_per_s, keepalive_s=5):
         self.name = name
         self.topic = topic
         self.interval_s = 1.0 / rate_per_s
@@ -138,7 +140,7 @@ class MqttProducer:
         self.client.on_publish = lambda _c, _u, mid, _rc, _p: self.acked_mids.add(mid)
         self.client.reconnect_delay_set(0.05, 0.5)
         self.client.max_inflight_messages_set(20)
-        self.client.connect_async("127.0.0.1", port, keepalive=5)
+        self.client.connect_async("127.0.0.1", port, keepalive=keepalive_s)
         self.client.loop_start()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._publish, daemon=True)
@@ -271,6 +273,7 @@ async def _run(tmp_path):
             await agent.start(http)
             watch_task = asyncio.ensure_future(watch.run(http))
             mqtt_producers = [MqttProducer("ep-pub", mqtt_port, "ep/line-1", 40),
+                              MqttProducer("ep-pub-k0", mqtt_port, "ep/line-3", 40, keepalive_s=0),
                               MqttProducer("bridge-pub", broker.port, "bridge/line-2", 40)]
             tasks = [asyncio.ensure_future(p.run(http, stop)) for p in http_producers]
 
@@ -356,16 +359,18 @@ async def _run(tmp_path):
                 "%s seq %d: answered %r, stored %r; %s" % (p.topic, seq, v, stored[p.topic].get(seq), context()))
     # MQTT to the agent: every PUBACKed message is there once.
     at_gateway = set(stored["telemetry"].values()) | set(stored["sensors"].values())
-    ep, bridge = mqtt_producers
-    missing = [v for v in ep.acked() if json.dumps(v, sort_keys=True) not in at_gateway]
-    assert not missing, "PUBACKed by the agent, not at the gateway: %s; %s" % (missing[:10], context())
+    *eps, bridge = mqtt_producers
+    for ep in eps:
+        missing = [v for v in ep.acked() if json.dumps(v, sort_keys=True) not in at_gateway]
+        assert not missing, "%s: PUBACKed by the agent, not at the gateway: %s; %s" % (ep.name, missing[:10],
+                                                                                       context())
     # MQTT through Mosquitto: never doubled (above); what the broker lost at its SIGKILLs, counted.
     broker_lost = [v for v in bridge.acked() if json.dumps(v, sort_keys=True) not in at_gateway]
 
     assert kills == {"agent": 3, "gateway": 2, "broker": 2, "outage": 2}, context()
     for p in http_producers:
         assert len(p.requests) >= 10, (p.topic, len(p.requests), context())
-    assert len(ep.acked()) >= 100 and len(bridge.acked()) >= 100, context()
+    assert all(len(ep.acked()) >= 100 for ep in eps) and len(bridge.acked()) >= 100, context()
     for p in (gateway, agent):
         text = p.log_text()
         assert "Traceback" not in text and "Error handling request" not in text, p.log_tail()
@@ -375,6 +380,6 @@ async def _run(tmp_path):
           "at the gateway %s records; kills %s; proxy %s" % (
               SEED, sum(len(p.requests) for p in http_producers), sum(len(p.acked()) for p in http_producers),
               sum(p.retries for p in http_producers), sum(p.duplicate_answers for p in http_producers),
-              len(ep.acked()), watch.total(("mqtt_endpoint", "redeliveries_dropped")), len(bridge.acked()),
+              sum(len(ep.acked()) for ep in eps), watch.total(("mqtt_endpoint", "redeliveries_dropped")), len(bridge.acked()),
               watch.total(("mqtt", "redeliveries_dropped")), len(broker_lost),
               {t: len(v) for t, v in stored.items()}, kills, json.dumps(proxy.stats())))

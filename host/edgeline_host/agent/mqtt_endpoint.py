@@ -25,7 +25,15 @@ Failure modes first
   not resend it forever -- as the bridge mode does (mqtt_ingest.py).
 * Backpressure (a full ``reject`` topic, ``sync.max_queue_size``) and a failed write: the
   message waits unacknowledged, the connection stops being read, and it is tried again
-  every ``HOLD_RETRY_S``. Nothing is acknowledged that is not stored.
+  every ``HOLD_RETRY_S``. Nothing is acknowledged that is not stored. A log that failed
+  a write is reopened (``Agent.ready``) before the message's dedupe entry is written, so
+  the entry names a seq of the log that takes the record.
+* A write error after the append (the commit fails, or a later write fails the log):
+  the records it lost are never acknowledged -- each owed entry is bound to the log
+  object it went to (``mqtt_ingest.owed_state``), since the reopened log gives the same
+  seqs again to other records. The connection that owes one is closed (MQTT 5: 0x80) and
+  its publisher resends it; if recovery kept the record whole, the dedupe window (reopened
+  with the log) drops the resend.
 * A publisher that goes silent: closed after 1.5 keepalive periods (MQTT 5: 0x8D), its
   will (if any) stored as a record, like a QoS 0 message.
 * SIGTERM / SIGINT: the endpoint stops reading, the agent commits, the endpoint sends
@@ -44,9 +52,15 @@ record is durable (``durable_seq`` covers it; under ``sync: none`` at once).
 Group commit without a timer: a QoS 1 publisher waits for its PUBACK, so waiting out
 ``group_ms`` would only stall it. After the bytes that arrived in one turn of the event
 loop are appended, the endpoint commits once (``Agent.commit_now``) at the start of the
-next turn, covering every connection's records of that turn, then acknowledges. While
-that fsync runs, more PUBLISHes gather in the sockets; they go in the next commit. So
-one fsync covers whatever arrived meanwhile -- as a database's group commit does.
+next turn, covering every connection's records of that turn. The commit's fsync runs in
+a worker thread (service.py's leader/follower group commit), so per topic one task
+awaits ``Agent.wait_durable`` of the round's highest seq and then sends the PUBACKs of
+the connections that waited on it -- by itself, whether or not the publisher sends
+anything more (keepalive 0). While that fsync runs, more PUBLISHes gather in the
+sockets; they go in the next commit. So one fsync covers whatever arrived meanwhile --
+as a database's group commit does. A connection closed by the endpoint (a protocol
+error, a keepalive timeout, a session taken over) is read no more, and its DISCONNECT
+waits for the commit of what it published before: those PUBACKs leave first.
 
 Sessions: the endpoint holds no messages for a client (it delivers nothing: an ingest
 endpoint, not a broker; SUBSCRIBE is refused), so a session is only a name: client ids
@@ -66,7 +80,7 @@ import secrets
 
 from ..jsonrecords import RequestError, record_from_payload
 from . import mqtt_packets as mp
-from .mqtt_ingest import payload_digest, route_message
+from .mqtt_ingest import LOST, WAITING, owed_state, payload_digest, route_message
 
 log = logging.getLogger("edgeline.agent.mqtt_endpoint")
 
@@ -92,20 +106,22 @@ _REASON_CODES = {
 
 class _Owed:
     """A QoS 1 message not yet acknowledged: its packet id, the record that must be
-    durable first (``st`` None: nothing to wait for), the reason code of a refusal."""
+    durable first (``st`` None: nothing to wait for) in the log ``lg`` it went to, the
+    reason code of a refusal."""
 
-    __slots__ = ("pid", "st", "seq", "rc", "reason")
+    __slots__ = ("pid", "st", "lg", "seq", "rc", "reason")
 
     def __init__(self, pid, st=None, seq=0, rc=mp.RC_SUCCESS, reason=None):
         self.pid = pid
         self.st = st
+        self.lg = st.log if st is not None else None
         self.seq = seq
         self.rc = rc
         self.reason = reason
 
-    def settled(self):
-        st = self.st
-        return st is None or st.log.sync == "none" or st.log.durable_seq >= self.seq
+    def state(self):
+        """``mqtt_ingest.owed_state``: SETTLED, WAITING, or LOST (to a write error)."""
+        return owed_state(self.st, self.lg, self.seq)
 
 
 class MqttEndpoint:
@@ -145,6 +161,7 @@ class MqttEndpoint:
         self._loop = None
         self._commit_pending = False
         self._waiting = set()  # connections with unsettled QoS 1 entries
+        self._tasks = set()  # _settle tasks: each waits for a commit, then acknowledges
         self._paused = False
         self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
         self.sessions = self._read_state()  # client id -> session expiry (s)
@@ -170,6 +187,9 @@ class MqttEndpoint:
         for c in list(self.connections):
             c.ack_settled()
             c.close(mp.RC_SERVER_SHUTTING_DOWN, "the agent is stopping")
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -264,9 +284,27 @@ class MqttEndpoint:
 
     def _everyone_waits(self):
         for c in self.connections:
-            if c.client_id is not None and not (c.owed and not c.owed[-1].settled()):
+            if c.client_id is not None and not (c.owed and c.owed[-1].state() == WAITING):
                 return False
         return True
+
+    def settle(self, st, seq, conns):
+        """Acknowledge on ``conns`` what is settled once topic ``st``'s ``seq`` is durable
+        (``Agent.wait_durable``: the commit runs in a worker thread and ends later)."""
+        t = self._loop.create_task(self._settle(st, seq, conns))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, st, seq, conns):
+        try:
+            await self.agent.wait_durable(st, seq)
+        except RequestError:
+            # The commit failed (the agent logged it): what it covered is lost
+            # (owed_state), and ack_settled closes the connections that owe it, saying
+            # so: their publishers resend it.
+            pass
+        for c in conns:
+            c.ack_settled()
 
     def _commit_round(self):
         """Commit now if every connected publisher waits for a PUBACK (nobody else is
@@ -280,23 +318,22 @@ class MqttEndpoint:
             return
         self._commit_pending = False
         waiting, self._waiting = self._waiting, set()
-        need = {}
+        need = {}  # topic state -> [its highest seq waited for, the connections waiting for it]
         for c in waiting:
             for e in c.owed:
-                if e.st is not None and not e.settled():
-                    need[e.st] = max(need.get(e.st, 0), e.seq)
-        for st, seq in need.items():
-            if st.log.durable_seq < seq and not self.agent.closing:
+                if e.state() == WAITING:
+                    n = need.setdefault(e.st, [0, set()])
+                    n[0] = max(n[0], e.seq)
+                    n[1].add(c)
+        for st, (seq, conns) in need.items():
+            # One commit per topic for every connection of the round; it ends in a
+            # worker thread: the acknowledgements leave when it is done.
+            if not self.agent.closing:
                 self.commits += 1
                 self.agent.commit_now(st)
+            self.settle(st, seq, conns)
         for c in waiting:
             c.ack_settled()
-            if c.owed and not c.owed[0].settled() and c.transport is not None:
-                st = c.owed[0].st
-                if st.log.failure is not None:  # the commit failed: the publisher resends on a new connection
-                    self._error("topic %s: commit failed (%s): closing the connection of %s"
-                                % (st.cfg.name, st.log.failure, c.client_id))
-                    c.close(mp.RC_UNSPECIFIED, "the agent cannot write the topic's log")
 
 
 class _Connection(asyncio.Protocol):
@@ -348,6 +385,7 @@ class _Connection(asyncio.Protocol):
             self._abort("refused a connection: %s" % e)
         except mp.MalformedPacket as e:
             self.ep.protocol_errors += 1
+            self._process()  # what came before it is appended (and acknowledged once durable)
             self.close(e.reason_code, str(e), "malformed packet from %s: %s" % (self.client_id or "a client", e))
         self._process()
 
@@ -386,20 +424,45 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self, reason_code=None, reason=None, log_line=None):
-        """Close the connection (MQTT 5: DISCONNECT with ``reason_code`` first)."""
+        """Close the connection (MQTT 5: DISCONNECT with ``reason_code`` first). What it
+        published before is committed and acknowledged first (fewer resends): nothing
+        more is read, and the close waits for that commit."""
         if log_line:
             self.ep._error(log_line)
         if self.transport is None or self._closing:
             return
+        self._closing = True  # from here on nothing is read or acted on
+        self.pause()
         self.will = None if reason_code == mp.RC_SERVER_SHUTTING_DOWN else self.will
-        # What it published before is committed and acknowledged first: fewer resends.
-        if not self.agent.closing:
-            for st in {e.st for e in self.owed if not e.settled()}:
-                self.agent.commit_now(st)
         self.ack_settled()
+        need = {}
+        for e in self.owed:
+            if e.state() == WAITING:
+                need[e.st] = max(need.get(e.st, 0), e.seq)
+        if need and not self.agent.closing:
+            t = self.ep._loop.create_task(self._close_after(need, reason_code, reason))
+            self.ep._tasks.add(t)
+            t.add_done_callback(self.ep._tasks.discard)
+            return
+        self._disconnect(reason_code, reason)
+
+    async def _close_after(self, need, reason_code, reason):
+        try:
+            for st, seq in need.items():
+                self.agent.commit_now(st)
+                try:
+                    await self.agent.wait_durable(st, seq)
+                except RequestError:
+                    pass  # lost: not acknowledged (ack_settled), the publisher resends it
+            self.ack_settled()
+        finally:
+            self._disconnect(reason_code, reason)
+
+    def _disconnect(self, reason_code, reason):
+        if self.transport is None:
+            return
         if self.version == mp.MQTT5 and reason_code is not None:
             self.transport.write(mp.encode_disconnect(reason_code, reason))
-        self._closing = True
         self.transport.close()
 
     def _abort(self, log_line):
@@ -539,6 +602,10 @@ class _Connection(asyncio.Protocol):
             why = ("bad_value", str(e))
             self.ep.refuse(p.topic, *why)
             return None, why
+        # A log failed by a write error is reopened first, its window recovered with it
+        # (RequestError 503 while it cannot be: the message is held): the window's entry
+        # below must name a seq of the log that takes the record.
+        self.agent.ready(st)
         window = st.window if p.qos else None
         wkey = None
         if window is not None:
@@ -579,7 +646,7 @@ class _Connection(asyncio.Protocol):
 
     def _process(self):
         """Append what was read, in order; owe a PUBACK for each QoS 1 message."""
-        if self.held is not None or self.ep._paused or self.agent.closing or self.transport is None:
+        if self.held is not None or self.ep._paused or self.agent.closing or self.transport is None or self._closing:
             return
         ep = self.ep
         i = 0
@@ -625,14 +692,21 @@ class _Connection(asyncio.Protocol):
             self._process()
 
     def ack_settled(self):
-        """Send, in arrival order, the PUBACK of every owed message that has settled."""
+        """Send, in arrival order, the PUBACK of every owed message that has settled. One
+        lost to a write error (``owed_state``) is never acknowledged: the connection is
+        closed, and the publisher resends it and what follows it."""
         owed = self.owed
         if self.transport is None:
             return
         n = 0
         out = []
+        lost = None
         for e in owed:
-            if not e.settled():
+            state = e.state()
+            if state == WAITING:
+                break
+            if state == LOST:
+                lost = e
                 break
             out.append(mp.encode_puback(self.version, e.pid, e.rc, e.reason if e.rc else None))
             n += 1
@@ -640,5 +714,10 @@ class _Connection(asyncio.Protocol):
             del owed[:n]
             self.ep.acked += n
             self.transport.write(b"".join(out))
-            if not self.pending and len(owed) < self.ep.window and self.held is None:
+            if not self.pending and len(owed) < self.ep.window and self.held is None and not self._closing:
                 self._resume()
+        if lost is not None and not self._closing:
+            self.close(mp.RC_UNSPECIFIED, "the agent cannot write the topic's log",
+                       "topic %s: seq %d was lost to a write error before it was durable (%s): closing the "
+                       "connection of %s, which resends it" % (lost.st.cfg.name, lost.seq, lost.lg.failure,
+                                                               self.client_id))

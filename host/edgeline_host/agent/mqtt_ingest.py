@@ -39,7 +39,14 @@ Failure modes first
   ``HOLD_RETRY_S``; the messages behind it wait (a subscription is one ordered stream),
   and once ``window`` messages are unacknowledged the broker stops sending and queues
   the rest (bounded by its own ``max_queued_messages``). Nothing is acknowledged that
-  is not stored.
+  is not stored. A log that failed a write is reopened (``Agent.ready``) before the
+  message's dedupe entry is written, so the entry names a seq of the log that takes it.
+* A write error after the append (the commit fails, or a later write fails the log):
+  the records it lost are never acknowledged. An owed entry is bound to the log object
+  its record went to (``owed_state``): the reopened log gives the same seqs again to
+  other records. The agent breaks the connection (paho reconnects) and the broker
+  resends what was not acknowledged; a record recovery kept whole is found in the
+  dedupe window (reopened with the log), so its resend is acknowledged, not stored.
 * Clean stop: no more appends; the agent commits every log, then the acknowledgements
   of everything committed leave before the DISCONNECT; messages not yet appended stay
   with the broker for the next start.
@@ -80,6 +87,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 
 import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -135,21 +143,43 @@ def route_message(agent, settings, topic):
     return st, None
 
 
+SETTLED, WAITING, LOST = "settled", "waiting", "lost"
+
+
+def owed_state(st, lg, seq):
+    """Where the record a QoS 1 message owes its acknowledgement to stands -- appended
+    (or found in the dedupe window) as ``seq`` of ``lg``, topic ``st``'s log then: SETTLED
+    (``st`` None: nothing to wait for; durable; or the topic's ``sync: none``), WAITING
+    for a commit, or LOST: ``lg`` failed a write before the record was durable (it is, or
+    will be, replaced by ``Agent.recover``, where the same seq may name another record).
+    A lost one is never acknowledged: the sender must send it again (if the reopened log
+    kept it whole, the dedupe window -- recovered with the log -- drops the resend). The
+    log object, not the seq alone, tells: seqs start again where a reopened log ends."""
+    if st is None or lg.durable_seq >= seq:
+        return SETTLED
+    if lg.sync == "none":
+        return SETTLED
+    if lg is not st.log or lg.failure is not None:
+        return LOST
+    return WAITING
+
+
 class _Owed:
     """A QoS 1 message not yet acknowledged: its packet id, its connection, and the
-    record that must be durable first (``st`` None: nothing to wait for)."""
+    record that must be durable first (``st`` None: nothing to wait for) in the log
+    ``lg`` it was appended to."""
 
-    __slots__ = ("mid", "gen", "st", "seq")
+    __slots__ = ("mid", "gen", "st", "lg", "seq")
 
     def __init__(self, mid, gen, st, seq):
         self.mid = mid
         self.gen = gen
         self.st = st
+        self.lg = st.log if st is not None else None
         self.seq = seq
 
-    def settled(self):
-        st = self.st
-        return st is None or st.log.sync == "none" or st.log.durable_seq >= self.seq
+    def state(self):
+        return owed_state(self.st, self.lg, self.seq)
 
 
 class MqttSource:
@@ -196,6 +226,7 @@ class MqttSource:
         self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
         self._previous = self._read_state()  # filters of the last run; None: never subscribed
         self._unreachable = False
+        self._broken = None  # the generation of a connection broken on purpose (_reconnect)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -382,6 +413,14 @@ class MqttSource:
             st, why = self._route(topic)
             seq = None
             wkey = None
+            if st is not None:
+                try:
+                    # A log failed by a write error is reopened first (its window recovered
+                    # with it): the entry below must name a seq of the log that takes the record.
+                    agent.ready(st)
+                except RequestError as e:
+                    self._hold(topic, st, e)
+                    break
             if st is not None and qos and st.window is not None:
                 wkey, digest = window_key(mid), payload_digest(payload)
                 hit = st.window.lookup(wkey) if dup else None
@@ -439,7 +478,7 @@ class MqttSource:
         self._ack_settled()
         if len(self._owed) >= self.window:
             # The broker waits for acknowledgements now: commit rather than wait for the timers.
-            for st in {e.st for e in self._owed if e.st is not None and not e.settled()}:
+            for st in {e.st for e in self._owed if e.state() == WAITING}:
                 agent.commit_now(st)
             self._ack_settled()
 
@@ -469,6 +508,25 @@ class MqttSource:
             self.last_error = "topic %s: %s" % (st.cfg.name, e)
         self._ack_settled()
 
+    def _reconnect(self, e):
+        """``e``'s record was lost to a write error (``owed_state``): acknowledge nothing
+        more on this connection and break it; paho connects again, and the broker resends
+        every message not acknowledged, ``e``'s too (the session persists)."""
+        if self._broken == e.gen:
+            return  # already done for this connection
+        self._broken = e.gen
+        self._error("topic %s: seq %d was lost to a write error before it was durable: breaking the connection so "
+                    "that the broker resends the unacknowledged messages" % (e.st.cfg.name, e.seq))
+        client = self._bridge.client
+        sock = client.socket() if client is not None else None
+        if sock is not None:
+            try:
+                # From outside paho's thread, only the socket: paho sees the connection
+                # lost, bumps the generation (on_disconnect) and reconnects by itself.
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _ack_settled(self):
         """Acknowledge, in arrival order, every owed message that has settled."""
         owed = self._owed
@@ -480,7 +538,11 @@ class MqttSource:
                 owed.popleft()  # its connection is gone: the broker sends it again
                 self.acks_lost += 1
                 continue
-            if not e.settled():
+            state = e.state()
+            if state == WAITING:
+                return
+            if state == LOST:
+                self._reconnect(e)  # this one and all behind it: the broker resends them
                 return
             owed.popleft()
             with bridge.lock:
