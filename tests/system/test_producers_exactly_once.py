@@ -84,6 +84,7 @@ class HttpProducer:
         self.requests = []  # (values, answer) of every request answered durable
         self.retries = 0
         self.duplicate_answers = 0
+        self.cut_requests = 0  # requests a crash cut and other records overtook (409)
 
     def headers(self, n):
         if self.keyed_by == "producer":
@@ -107,10 +108,22 @@ class HttpProducer:
                     status, answer = None, None  # the agent is down or was killed mid-request
                 if status == 200 and answer.get("durable") is True:
                     break
+                if status == 409 and "stored_records" in answer:
+                    # A crash kept a prefix of the request and other records followed it
+                    # (docs/agent.md, "Retries"): that part is stored; the rest goes as a
+                    # new request, under a new key.
+                    have = answer["stored_records"]
+                    self.requests.append((values[:have], {"first_seq": answer["stored_first_seq"],
+                                                          "last_seq": answer["stored_last_seq"]}))
+                    self.cut_requests += 1
+                    values = values[have:]
+                    n += 1
+                    headers = self.headers(n)
+                    continue
                 assert status in (None, 503), "%s request %d: %s %s" % (self.topic, n, status, answer)
                 self.retries += 1
                 await asyncio.sleep(0.05)
-            assert answer["last_seq"] - answer["first_seq"] + 1 == k, answer
+            assert answer["last_seq"] - answer["first_seq"] + 1 == len(values), answer
             if answer.get("duplicate"):
                 self.duplicate_answers += 1
             self.requests.append((values, answer))
@@ -375,11 +388,12 @@ async def _run(tmp_path):
         text = p.log_text()
         assert "Traceback" not in text and "Error handling request" not in text, p.log_tail()
     print("producers exactly once, seed %d: HTTP %d requests (%d records) answered durable after %d retries, %d "
-          "answered as duplicates of a stored request; MQTT to the agent %d PUBACKed, %d redeliveries dropped; "
+          "answered as duplicates of a stored request, %d cut by a crash and completed under a new key; MQTT to the agent %d PUBACKed, %d redeliveries dropped; "
           "MQTT via Mosquitto %d PUBACKed by the broker, %d redeliveries dropped, %d lost by the broker's SIGKILLs; "
           "at the gateway %s records; kills %s; proxy %s" % (
               SEED, sum(len(p.requests) for p in http_producers), sum(len(p.acked()) for p in http_producers),
               sum(p.retries for p in http_producers), sum(p.duplicate_answers for p in http_producers),
+              sum(p.cut_requests for p in http_producers),
               sum(len(ep.acked()) for ep in eps), watch.total(("mqtt_endpoint", "redeliveries_dropped")), len(bridge.acked()),
               watch.total(("mqtt", "redeliveries_dropped")), len(broker_lost),
               {t: len(v) for t, v in stored.items()}, kills, json.dumps(proxy.stats())))
