@@ -43,3 +43,10 @@ def test_fleet_demo_loses_nothing_through_an_outage_and_a_kill():
     assert "** network outage" in p.stderr and "** SIGKILL edge-2" in p.stderr
     work = re.search(r"work directory: (\S+)", p.stderr).group(1)
     assert not os.path.exists(work)
+
+
+def test_the_demo_board_has_the_smallest_profiles_heap():
+    from edgeline_host import fleetdemo
+    from edgeline_host.firmware import profiles
+    heaps = {p["name"]: p["memory"]["heap_bytes"] for p in profiles.load_all(runtimes=("micropython",))}
+    assert fleetdemo.HEAP_BYTES == heaps["esp32"] == min(heaps.values())
