@@ -5,13 +5,13 @@ import io
 import lzma
 import os
 import shlex
-import shutil
 import stat
 import struct
 import sys
 import zlib
 
 import pytest
+from integration import need_binary
 
 from tools.pizero import edge_writer, kernel
 from tools.pizero.cpio import CpioWriter
@@ -82,9 +82,10 @@ def test_cpio_tree_keeps_modes_mtimes_and_symlinks(tmp_path):
     assert stat.S_ISLNK(by["lib"][1]) and by["lib"][4] == b"usr/lib"
 
 
-@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio not installed (apt-get install cpio)")
 def test_cpio_output_is_read_by_gnu_cpio(tmp_path):
     import subprocess
+
+    need_binary("cpio", "GNU cpio reads the initramfs writer's output (apt-get install cpio)")
 
     buf = io.BytesIO()
     w = CpioWriter(buf)
@@ -123,8 +124,8 @@ def test_drop_reg_entry_removes_the_asb_block_only():
         kernel.drop_reg_entry(PM_NODE, "brcm,bcm2711-pm", "asb")
 
 
-@pytest.mark.skipif(shutil.which("dtc") is None, reason="dtc not installed (apt-get install device-tree-compiler)")
 def test_patch_dtb_round_trip(tmp_path):
+    need_binary("dtc", "the device tree compiler checks the patched DTB (apt-get install device-tree-compiler)")
     src = tmp_path / "in.dtb"
     kernel.run_tool(["dtc", "-q", "-I", "dts", "-O", "dtb", "-o", str(src), "-"], "test", input=PM_NODE.encode())
     kernel.patch_dtb(src, tmp_path / "out.dtb")
