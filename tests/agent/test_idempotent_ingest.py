@@ -12,7 +12,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from edgeline_host.agent import service
 from edgeline_host.agent.config import parse_config
 from edgeline_host.agent.idempotency import DedupeWindow
 from edgeline_host.agent.service import Agent
+from procs import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "core"), os.path.join(ROOT, "host")]))
@@ -182,12 +182,6 @@ def test_a_request_the_topic_took_in_part_keeps_its_key_for_that_part(tmp_path):
 
 
 # ------------------------------------------------------------------ a real process, SIGKILLed
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def http(method, url, body=None, headers=None, timeout=10):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})

@@ -3,6 +3,7 @@ fixed port, started, SIGKILLed and started again, its output (every run) in one 
 
     gateway = Proc("gateway", argv, port, "/healthz", log_path, env)
     await gateway.start(http)   # waits until the health URL answers 200
+    rows = await gateway_records(http, base_url, "telemetry", "edge-1")
     gateway.kill()              # SIGKILL, reaped
     gateway.stop()              # SIGTERM (SIGKILL if it lingers): the exit status
 """
@@ -20,6 +21,18 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def gateway_records(http, base, topic, origin):
+    """Every record of ``origin``'s ``topic`` at the gateway (``/v1/records``, paged by seq)."""
+    out = []
+    while True:
+        params = {"topic": topic, "origin": origin, "from": (out[-1]["seq"] + 1) if out else 1, "limit": 100000}
+        async with http.get(base + "/v1/records", params=params) as r:
+            rows = (await r.json())["records"]
+        if not rows:
+            return out
+        out += rows
 
 
 def process_env(root):

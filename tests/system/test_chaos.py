@@ -22,7 +22,7 @@ import aiohttp
 from edgeline.log import RingLog
 
 from emulator.httpproxy import HttpFaultProxy
-from procs import Proc, free_port, process_env
+from procs import Proc, free_port, gateway_records, process_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = process_env(ROOT)
@@ -109,23 +109,12 @@ async def evicting_outage(http, proxy, agent_url):
         proxy.restore()
 
 
-async def gateway_records(http, base, topic):
-    out = []
-    while True:
-        params = {"topic": topic, "origin": NODE, "from": (out[-1]["seq"] + 1) if out else 1, "limit": 100000}
-        async with http.get(base + "/v1/records", params=params) as r:
-            rows = (await r.json())["records"]
-        if not rows:
-            return out
-        out += rows
-
-
 async def gateway_state(http, base):
     async with http.get(base + "/v1/status", params={"origin": NODE}) as r:
         streams = {s["topic"]: s for s in (await r.json())["streams"]}
     async with http.get(base + "/v1/gaps", params={"origin": NODE}) as r:
         gaps = (await r.json())["gaps"]
-    records = {t: await gateway_records(http, base, t) for t in ("orders", "telemetry", "local.debug")}
+    records = {t: await gateway_records(http, base, t, NODE) for t in ("orders", "telemetry", "local.debug")}
     return streams, gaps, records
 
 

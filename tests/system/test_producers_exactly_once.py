@@ -38,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from emulator.httpproxy import HttpFaultProxy
 from mosquitto import Mosquitto
-from procs import Proc, free_port, process_env
+from procs import Proc, free_port, gateway_records, process_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = process_env(ROOT)
@@ -217,17 +217,6 @@ class HealthWatch:
         return self.done_runs[k] + self.this_run[k]
 
 
-async def gateway_records(http, base, topic):
-    out = []
-    while True:
-        params = {"topic": topic, "origin": NODE, "from": (out[-1]["seq"] + 1) if out else 1, "limit": 100000}
-        async with http.get(base + "/v1/records", params=params) as r:
-            rows = (await r.json())["records"]
-        if not rows:
-            return out
-        out += rows
-
-
 async def until(cond, what, context, timeout_s=WAIT_S):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -335,7 +324,7 @@ async def _run(tmp_path):
             await until(settled, "the agent to drain", context)
             while proxy._background:
                 await asyncio.sleep(0.05)
-            records = {t: await gateway_records(http, gw_base, t) for t in ("orders", "telemetry", "sensors")}
+            records = {t: await gateway_records(http, gw_base, t, NODE) for t in ("orders", "telemetry", "sensors")}
             watch_task.cancel()
             watch_task = None
         assert agent.stop() == 0, agent.log_tail()
