@@ -131,6 +131,130 @@ def gateway_health(gateway_url, as_json):
 DEFAULT_GATEWAY = "http://127.0.0.1:8700"
 
 
+# ---------------------------------------------------------------- table topics (gateway and edge)
+
+
+def _show(v):
+    return json.dumps(v, sort_keys=True, ensure_ascii=False)
+
+
+def _visible(item):
+    if "siblings" in item:
+        return "siblings %s" % ", ".join(_show(x) for x in item["siblings"])
+    return _show(item.get("value"))
+
+
+def _table_command(what, url, topic, key, put, delete, as_json, headers=None):
+    """Read or write a table topic at the gateway or the agent (their /v1/tables API)."""
+    import urllib.parse
+
+    q = urllib.parse.quote
+    if (put is not None or delete) and key is None:
+        raise click.UsageError("--put and --delete need a KEY")
+    if put is not None and delete:
+        raise click.UsageError("give --put or --delete, not both")
+    path = "/v1/tables/%s" % q(topic, safe="")
+    if key is None:
+        answer = _call_json(what, url, "GET", path)
+        if as_json:
+            click.echo(json.dumps(answer, indent=2))
+            return
+        click.echo("%s: %s table, %s; %d key(s)%s" % (
+            answer["topic"], answer["type"], _show(answer["conflict_resolution"]).strip('"'), len(answer["keys"]),
+            "; conflicts: " + ", ".join("%s %d" % kv for kv in sorted(answer["conflicts"].items()))
+            if answer["conflicts"] else ""))
+        for item in answer["keys"]:
+            click.echo("%s = %s" % (item["key"], _visible(item)))
+        return
+    kpath = "%s?key=%s" % (path, q(key, safe="")) if key == "conflicts" else "%s/%s" % (path, q(key, safe=""))
+    if put is not None or delete:
+        h = dict(headers or {}, **{"Content-Type": "application/json"})
+        wpath = "%s/%s" % (path, q(key, safe=""))
+        answer = _call_json(what, url, "DELETE" if delete else "PUT", wpath,
+                            data=None if delete else put.encode("utf-8"), headers=h, timeout_s=30)
+        if as_json:
+            click.echo(json.dumps(answer, indent=2))
+        else:
+            click.echo("%s %s/%s: seq %d (origin %s), durable" % ("deleted" if delete else "wrote", topic, key,
+                                                                 answer["seq"], answer["origin"]))
+        return
+    answer = _call_json(what, url, "GET", kpath)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo("%s = %s" % (key, _visible(answer) if answer["present"] else "(absent)"))
+    if "conflict" in answer:
+        click.echo("conflict: %s, resolved %s" % (answer["conflict"], answer["resolution"]))
+    for v in answer.get("versions", ()):
+        click.echo("  version %s:%d ts %d %s" % (v["writer"], v["seq"], v["ts"],
+                                                  "deleted" if v.get("deleted") else _show(v["value"])))
+    for f in answer.get("fields", ()):
+        for v in f["versions"]:
+            click.echo("  field %s: version %s:%d %s" % (_show(f["field"]), v["writer"], v["seq"],
+                                                         "deleted" if v.get("deleted") else _show(v["value"])))
+    if answer.get("version"):
+        click.echo("  version vector %s" % ", ".join("%s:%d" % kv for kv in sorted(answer["version"].items())))
+
+
+def _conflicts_command(what, url, topic, as_json):
+    import urllib.parse
+
+    names = [topic] if topic else [t["topic"] for t in _call_json(what, url, "GET", "/v1/tables")["tables"]]
+    out = [_call_json(what, url, "GET", "/v1/tables/%s/conflicts" % urllib.parse.quote(n, safe="")) for n in names]
+    if as_json:
+        click.echo(json.dumps({"tables": out}, indent=2))
+        return
+    if not names:
+        click.echo("no table topics")
+    for t in out:
+        click.echo("%s: %d conflict(s)%s" % (t["topic"], len(t["conflicts"]), "" if not t["counts"] else " (%s)" % (
+            ", ".join("%s %d" % kv for kv in sorted(t["counts"].items())))))
+        for c in t["conflicts"]:
+            where = _show(c["key"]) + ("" if c.get("field") is None else "." + _show(c["field"]))
+            click.echo("  %s %s: %s; %s -> %s" % (
+                where, c["type"], ", ".join("%s:%d%s" % (v["writer"], v["seq"], " (deleted)" if v.get("deleted") else "")
+                                           for v in c["versions"]),
+                c["resolution"], _visible(c) if ("value" in c or "siblings" in c) else "-"))
+
+
+def _table_options(f):
+    f = click.option("--delete", is_flag=True, help="Delete KEY (a write of this node).")(f)
+    f = click.option("--put", default=None, metavar="JSON",
+                     help="Write KEY: the value as JSON (counter {\"add\": n}; set {\"add\": [..], \"remove\": "
+                          "[..]}; map {\"put\": {..}, \"delete\": [..]}).")(f)
+    f = click.argument("key", required=False)(f)
+    return click.argument("topic")(f)
+
+
+@gateway.command("table")
+@_table_options
+@click.option("--gateway", "gateway_url", envvar="EDGELINE_GATEWAY", default=DEFAULT_GATEWAY, show_default=True,
+              help="The gateway's HTTP address ($EDGELINE_GATEWAY).")
+@click.option("--token-file", default=None, envvar="EDGELINE_PUBLISH_TOKEN_FILE",
+              help="File holding the gateway's publish token, for writes ($EDGELINE_PUBLISH_TOKEN_FILE).")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+def gateway_table(topic, key, put, delete, gateway_url, token_file, as_json):
+    """The gateway's replica of table TOPIC: every key's visible value, or KEY's value,
+    versions and version vector; --put / --delete write KEY as the cloud."""
+    headers = {}
+    if token_file:
+        from edgeline_host.nodekeys import load_token
+
+        headers["Authorization"] = "Bearer " + load_token(token_file)
+    _table_command("gateway", gateway_url, topic, key, put, delete, as_json, headers)
+
+
+@gateway.command("conflicts")
+@click.argument("topic", required=False)
+@click.option("--gateway", "gateway_url", envvar="EDGELINE_GATEWAY", default=DEFAULT_GATEWAY, show_default=True,
+              help="The gateway's HTTP address ($EDGELINE_GATEWAY).")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+def gateway_conflicts(topic, gateway_url, as_json):
+    """The conflicts the gateway's table replicas met (of TOPIC, or of every table topic):
+    each once, with its type and resolution."""
+    _conflicts_command("gateway", gateway_url, topic, as_json)
+
+
 @cli.command()
 @click.argument("topic")
 @click.argument("records", required=False)

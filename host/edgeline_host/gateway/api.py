@@ -12,6 +12,11 @@ around the gateway:
   (``first_seq``, ``last_seq``, ``"durable": true``) comes once they are durable.
   Without a publish token only loopback clients may publish; with one, the request
   must carry ``Authorization: Bearer <token>``.
+* Table topics (``kind: table``): ``GET /v1/tables``, ``GET /v1/tables/{topic}``
+  (visible state), ``GET /v1/tables/{topic}/{key}`` (value, siblings, version),
+  ``GET /v1/tables/{topic}/conflicts``, and the cloud's writes ``PUT`` / ``DELETE
+  /v1/tables/{topic}/{key}`` (``tables.TableRoutes``), authorized as publishing is. A
+  publish request to a table topic is a list of keyed puts, each formed as a PUT is.
 * ``GET /v1/records?topic=T[&origin=O][&incarnation=HEX][&from=N][&to=N][&limit=N]``
   (records of an origin's topic with two or more log incarnations carry theirs),
   ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
@@ -31,6 +36,7 @@ from aiohttp import web
 
 from edgeline import sync
 
+from .. import tables
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, row_to_json
 from ..transports.http import HttpGatewayTransport
@@ -50,6 +56,7 @@ class GatewayApi:
         gw = self.gateway
         app = web.Application(client_max_size=gw.max_message_bytes * 4, middlewares=[json_errors])
         self.sync.attach(app)
+        tables.TableRoutes(lambda: gw.tables, self._table_write, self._authorized).attach(app)
         app.router.add_post("/v1/topics/{topic}/publish", self.handle_publish)
         app.router.add_get("/v1/records", self.handle_records)
         app.router.add_get("/v1/status", self.handle_status)
@@ -106,6 +113,8 @@ class GatewayApi:
             body += chunk
             if len(body) > MAX_PUBLISH_BODY_BYTES:
                 raise RequestError(413, "the body is over %d bytes" % MAX_PUBLISH_BODY_BYTES)
+        if name in gw.tables:
+            return await self._publish_table(name, bytes(body))
         keys, values = parse_records(bytes(body))
         if len(values) > gw.max_batch_records:
             raise RequestError(413, "%d records in one request; at most %d" % (len(values), gw.max_batch_records))
@@ -121,6 +130,43 @@ class GatewayApi:
             raise RequestError(503, "could not store: %s" % (str(e).splitlines() or ["?"])[0],
                                {"Retry-After": "1"}) from None
         return {"topic": name, "origin": sync.CLOUD_ORIGIN, "first_seq": first, "last_seq": last, "durable": True}
+
+    async def _publish_table(self, name, body):
+        """A publish request to a table topic: ``{"key": k, "value": v}`` items (or a
+        list of them, or {"records": [...]}), each a PUT of its key."""
+        doc = tables.parse_body(body) if body else None
+        if isinstance(doc, dict) and set(doc) == {"records"}:
+            doc = doc["records"]
+        items = doc if isinstance(doc, list) else [doc]
+        writes = []
+        for i, it in enumerate(items):
+            if not isinstance(it, dict) or set(it) != {"key", "value"} or not isinstance(it["key"], str):
+                raise RequestError(400, "record %d: a write to table topic %r is {\"key\": \"...\", \"value\": "
+                                        "...} (deletes: DELETE /v1/tables/%s/<key>)" % (i, name, name))
+            writes.append((it["key"], it["value"], False))
+        if len(writes) > self.gateway.max_batch_records:
+            raise RequestError(413, "%d records in one request; at most %d" % (len(writes),
+                                                                            self.gateway.max_batch_records))
+        first, last = await self._stored(name, writes)
+        return {"topic": name, "origin": sync.CLOUD_ORIGIN, "first_seq": first, "last_seq": last, "durable": True}
+
+    async def _stored(self, name, writes):
+        gw = self.gateway
+        topic = gw.topics[name]
+        if not topic.publishes:
+            raise RequestError(409, "topic %r is edge_to_cloud: the gateway does not write to it" % name)
+        try:
+            return await gw.table_write(name, writes, topic.max_record_bytes)
+        except (tables.WriteError, RequestError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the write in progress was not stored
+            gw.store_failed(e)
+            raise RequestError(503, "could not store: %s" % (str(e).splitlines() or ["?"])[0],
+                               {"Retry-After": "1"}) from None
+
+    async def _table_write(self, name, key, body, delete):
+        _first, seq = await self._stored(name, [(key, body, delete)])
+        return {"topic": name, "key": key, "origin": sync.CLOUD_ORIGIN, "seq": seq, "durable": True}
 
     # ------------------------------------------------------------------ queries
 

@@ -21,6 +21,16 @@ store: a DATA with the published records after ``after_seq`` (at most
 The PULL's ``after_seq`` is the node's acknowledgement; it is kept per node and topic
 (``downlinks``).
 
+Table topics (``kind: table`` in the topics file, docs/spec/tables.md): the gateway keeps
+one ``tables.Replica`` per table topic in memory, rebuilt from the store at start (every
+stored record of the topic, any origin, applied in store order: the merge is order-free)
+and then fed every record of the topic once it is durable -- an edge's batch after its
+commit (the entries at or below the stream's new mark), its own publishes after theirs.
+``table_write`` forms a cloud write from the replica's context (C1), publishes it in the
+topic's cloud stream (so the downlink carries it to the edges that pull the topic) and
+applies it before it returns. Nothing of the replica is persisted: the store's records
+are its truth.
+
 ``start()`` / ``close()`` run the committer and close the store; ``service.serve``
 wires the gateway, its HTTP API and the transports into one process.
 """
@@ -35,6 +45,7 @@ from edgeline.clock import HybridClock
 from edgeline.errors import LocalProtocolError, RemoteProtocolError
 
 from .. import fastcbor
+from .. import tables
 from ..nodekeys import check_keys
 from .committer import Committer
 from .store import LEGACY, Delivered, GatewayStore, Publish
@@ -65,6 +76,7 @@ class Gateway:
         check_keys(keys)
         self.store = GatewayStore(db_path)
         self.keys = keys  # node_id -> 32-byte key
+        self.tables = {}  # table topic -> tables.Replica (set with the topics)
         self.topics = dict(topics or {})
         self.publish_token = publish_token
         self.max_message_bytes = max_message_bytes
@@ -92,6 +104,29 @@ class Gateway:
         self.store_ok = True  # False from a failed commit until one succeeds
         self.lock_lost = None  # a callable: True once the store's lock is lost (service.serve sets it)
         self.dirlock = None  # the store's DirLock when service.serve runs it
+
+    @property
+    def topics(self):
+        return self._topics
+
+    @topics.setter
+    def topics(self, topics):
+        """The topics file's topics; a replica of each table topic is (re)built from the
+        store."""
+        self._topics = dict(topics or {})
+        self.tables = {}
+        for name, t in sorted(self._topics.items()):
+            if t.table is not None:
+                self.tables[name] = self._rebuild(name, t.table)
+
+    def _rebuild(self, name, settings):
+        rep = tables.Replica(name, settings)
+        for origin, inc, seq, ts, key, value in self.store.stream_records(name):
+            rep.apply_record(tables.writer_id(origin, inc), seq, ts, key, value)
+        if rep.malformed:
+            log.warning("gateway: table topic %r: %d stored record(s) are not table writes (left out of the table; "
+                        "last: %s)", name, rep.malformed, rep.last_malformed)
+        return rep
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -260,6 +295,8 @@ class Gateway:
                 ev = item[1]
                 if type(ev) is not Delivered:
                     last[ev.topic] = m
+                    if type(ev) is sync.Batch and ev.topic in self.tables:
+                        self._feed(item[0], item[2], ev, m)
             for topic in acks:
                 out += conn.send(sync.Ack(topic, last[topic]))
         if refusal is not None and conn.state != "ERROR":
@@ -310,6 +347,17 @@ class Gateway:
                                            "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
                 rows = rows[:len(rows) // 2]
 
+    def _feed(self, node, inc, batch, mark):
+        """Apply the stored entries of an edge's batch (those at or below the stream's
+        mark once it was committed) to the topic's replica; duplicates change nothing."""
+        rep = self.tables[batch.topic]
+        writer = tables.writer_id(node, inc)
+        first, base = batch.first_seq, batch.base_ts
+        for i, e in enumerate(batch.entries):
+            if first + i > mark:
+                break
+            rep.apply_record(writer, first + i, base + e[0], e[1], e[2])
+
     def _incarnations(self, conn):
         """The HELLO's incarnations as hex ({topic: hex}), kept on the connection for its
         batches; a topic of this node seen before under another incarnation is reported
@@ -351,7 +399,33 @@ class Gateway:
         marks = await self.committer.submit([(sync.CLOUD_ORIGIN, Publish(topic, entries))])
         self.store_ok = True
         self.published += len(entries)
-        return marks[0] - len(entries) + 1, marks[0]
+        first = marks[0] - len(entries) + 1
+        rep = self.tables.get(topic)
+        if rep is not None:
+            for i, (ts, k, v) in enumerate(entries):
+                rep.apply_record(sync.CLOUD_ORIGIN, first + i, ts, k, v)
+        return first, marks[0]
+
+    async def table_write(self, topic, writes, max_record_bytes=None):
+        """Cloud writes to a table topic: ``writes`` is a list of ``(key, body,
+        delete)`` (``tables.Replica.form_write``). Each is formed from the replica's
+        context, published in the topic's cloud stream and applied, one after another
+        under the replica's write lock (C1: the next write has seen the last). Returns
+        (first_seq, last_seq). tables.WriteError for a write the table cannot take (the
+        writes before it are stored); the store's errors propagate."""
+        rep = self.tables[topic]
+        first = last = None
+        async with rep.write_lock():
+            for key, body, delete in writes:
+                value = rep.form_write(key, sync.CLOUD_ORIGIN, body, delete)
+                kb = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+                if max_record_bytes is not None and len(kb) + len(value) > max_record_bytes:
+                    raise tables.WriteError(413, "the write to key %r is %d bytes (key and table value), over "
+                                                 "max_record_bytes %d of topic %r" % (key, len(kb) + len(value),
+                                                                                       max_record_bytes, topic))
+                f, last = await self.publish(topic, [value], [kb])
+                first = f if first is None else first
+        return first, last
 
     def downlinks(self, node=None):
         """Per cloud-to-edge topic and node that may pull it: what was published, what

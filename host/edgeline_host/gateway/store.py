@@ -419,6 +419,22 @@ class GatewayStore:
                             return out
         return out
 
+    def stream_records(self, topic):
+        """Every stored record of a topic, of every origin and incarnation, as tuples
+        ``(origin, incarnation hex, seq, ts, key, value)``, stream by stream in seq order
+        (a table replica is rebuilt from them at start). Reads one stream's chunks at a
+        time."""
+        with self._lock:
+            streams = self._db.execute("SELECT id, origin, incarnation FROM streams WHERE topic = ? ORDER BY origin, id",
+                                       (topic,)).fetchall()
+        for sid, o, inc in streams:
+            with self._lock:
+                rows = self._db.execute("SELECT first, base_ts, entries FROM chunks WHERE stream = ? ORDER BY first",
+                                        (sid,)).fetchall()
+            for first, base, blob in rows:
+                for i, e in enumerate(cbor2.loads(blob)):
+                    yield o, inc, first + i, base + e[0], e[1], e[2]
+
     def gaps(self, origin=None, topic=None):
         """Reported gaps: [{origin, topic, first, last, reason, reported_ms}]."""
         sql = (

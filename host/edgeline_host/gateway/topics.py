@@ -12,6 +12,11 @@ with ``edgeline gateway --topics FILE``, a YAML mapping of topic name to its set
       direction: bidirectional
       nodes: [edge-1, edge-2]      # only these nodes may pull it
       max_record_bytes: 512        # refuse publishing a record over this (key + value)
+    inventory.updates:
+      direction: bidirectional
+      kind: table                  # keyed state (docs/spec/tables.md); default stream
+      type: register               # register (default), counter, set or map
+      conflict_resolution: last_write_wins   # or {custom_merge: "package.module:function"}
 
 * ``direction`` -- ``cloud_to_edge`` (the default) or ``bidirectional``: records
   published at the gateway go down to the edges. ``edge_to_cloud`` is accepted, to
@@ -24,17 +29,21 @@ with ``edgeline gateway --topics FILE``, a YAML mapping of topic name to its set
   and message limits. Boards take far less (a board's ``max_message_bytes`` is 1 KiB
   by default): set it for topics boards pull.
 
+* ``kind`` -- ``stream`` (the default) or ``table``: the gateway keeps a replica of a
+  table topic (``edgeline_host.tables``) fed by every record of it, from edges and its
+  own, and serves ``/v1/tables/{topic}``; ``type`` and ``conflict_resolution`` are the
+  table's (docs/gateway.md, "Table topics").
+
 Without a topics file the gateway publishes nothing and refuses every PULL.
 """
 from edgeline.errors import ConfigError
 from edgeline.sync import is_node_id
 
+from ..tables import TABLE_KEYS, parse_table_settings
 from ..yamlfile import load_yaml_file, parse_size
 
 DIRECTIONS = ("cloud_to_edge", "bidirectional", "edge_to_cloud")
-KEYS = ("direction", "nodes", "max_record_bytes")
-# The proposal's table-topic settings: refused by name until issue #10 (docs/config.md, "not yet").
-NOT_YET = ("kind", "conflict_resolution")
+KEYS = ("direction", "nodes", "max_record_bytes") + TABLE_KEYS
 DEFAULT_MAX_RECORD_BYTES = 16 * 1024
 MAX_RECORD_BYTES = 1 << 20  # what one DATA of the default max_message_bytes can carry, about
 
@@ -42,13 +51,15 @@ MAX_RECORD_BYTES = 1 << 20  # what one DATA of the default max_message_bytes can
 class DownTopic:
     """One topic of the topics file."""
 
-    __slots__ = ("name", "direction", "nodes", "max_record_bytes")
+    __slots__ = ("name", "direction", "nodes", "max_record_bytes", "table")
 
-    def __init__(self, name, direction="cloud_to_edge", nodes=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES):
+    def __init__(self, name, direction="cloud_to_edge", nodes=None, max_record_bytes=DEFAULT_MAX_RECORD_BYTES,
+                 table=None):
         self.name = name
         self.direction = direction
         self.nodes = nodes  # frozenset of node ids, or None: every node with a key
         self.max_record_bytes = max_record_bytes
+        self.table = table  # tables.TableSettings of a table topic, None for a stream
 
     @property
     def publishes(self):
@@ -80,11 +91,8 @@ def parse_topics(data, keys, source="topics file"):
         if isinstance(settings, str):
             settings = {"direction": settings}
         if not isinstance(settings, dict):
-            raise ConfigError("%s: must be a mapping (direction, nodes, max_record_bytes)" % where)
+            raise ConfigError("%s: must be a mapping (%s)" % (where, ", ".join(KEYS)))
         for k in settings:
-            if k in NOT_YET:
-                raise ConfigError("%s.%s: not implemented yet (issue #10); remove the key (every topic is a "
-                                  "stream: all records are kept)" % (where, k))
             if k not in KEYS:
                 raise ConfigError("%s: unknown key %r (known: %s)" % (where, k, ", ".join(KEYS)))
         direction = settings.get("direction", "cloud_to_edge")
@@ -107,7 +115,8 @@ def parse_topics(data, keys, source="topics file"):
             raise ConfigError("%s.max_record_bytes: %s" % (where, e)) from None
         if not 1 <= limit <= MAX_RECORD_BYTES:
             raise ConfigError("%s.max_record_bytes: must be 1 B to 1 MiB (got %d)" % (where, limit))
-        out[name] = DownTopic(name, direction, nodes, limit)
+        table = parse_table_settings(settings, where)
+        out[name] = DownTopic(name, direction, nodes, limit, table)
     return out
 
 

@@ -1,0 +1,516 @@
+"""Table topics on a host: the settings, a replica fed by records, writes formed from it.
+
+Theory of operation
+-------------------
+The merge rules are ``edgeline.table`` (docs/spec/tables.md), sans-IO. This module is
+what the gateway and the edge agent share around it (they never import each other):
+
+* ``parse_table_settings`` reads a topic's ``kind: table``, ``type`` (register, counter,
+  set, map) and ``conflict_resolution`` (a strategy name, or ``{custom_merge:
+  "package.module:function"}``) from the agent's edge.yaml or the gateway's topics file,
+  the same way in both; what nothing acts on yet (a WebAssembly merge) is refused by name.
+* ``Replica`` holds one topic's ``Table``. Every record of the topic the node holds is
+  fed to ``apply_record(writer, seq, ts, key, value)`` -- at start from the store or the
+  logs, then as records are stored -- in any order, duplicates included (the merge is
+  order-free, T1). A record whose value is not a table write of format 1 is counted in
+  ``malformed`` and left out (it is acknowledged data: it stays stored). A writer id is
+  the record's origin, with its log's incarnation when that is not the legacy one
+  (``writer_id``): a wiped node is a new writer (C3).
+* A local write (a PUT/DELETE at the gateway or the agent) is formed by ``form_write``
+  from the replica's context (C1): it returns the record's CBOR value; the caller stores
+  it durably, then feeds the stored record back through ``apply_record`` before it
+  answers. Callers serialise their own writes per topic (``lock``): a counter's running
+  total and a key's context must include the previous local write.
+* Conflicts: the core reports each one where the siblings meet; the replica keeps one
+  row per conflict identity ``(key, field, type, sorted sibling dots)`` -- each conflict
+  once -- with the strategy's resolution as it stands (``conflicts_json``). The rows are
+  in memory and rebuilt with the replica: after a restart they are those the replay
+  meets.
+"""
+import asyncio
+import importlib
+
+from edgeline import codec
+from edgeline import table as T
+from edgeline.errors import ConfigError, EdgelineError
+
+KIND_TABLE = "table"
+KIND_STREAM = "stream"
+KINDS = (KIND_STREAM, KIND_TABLE)
+TABLE_KEYS = ("kind", "type", "conflict_resolution")
+LEGACY_INCARNATION = "0" * 16
+MAX_CONFLICT_ROWS = 10000  # rows kept per topic; the oldest resolved ones go first
+
+
+class TableSettings:
+    """A table topic's settings: value ``type``, ``strategy`` and the custom ``merge``
+    callable (or None) with its ``merge_name``."""
+
+    __slots__ = ("type", "strategy", "merge", "merge_name")
+
+    def __init__(self, type_=T.REGISTER, strategy=T.LAST_WRITE_WINS, merge=None, merge_name=None):
+        self.type = type_
+        self.strategy = strategy
+        self.merge = merge
+        self.merge_name = merge_name
+
+    def describe(self):
+        return {"type": self.type, "conflict_resolution": self.strategy if self.merge_name is None else
+                {T.CUSTOM_MERGE: self.merge_name}}
+
+    def __repr__(self):
+        return "TableSettings(%r, %r, merge=%r)" % (self.type, self.strategy, self.merge_name)
+
+
+def load_merge(spec, where):
+    """The callable named ``package.module:function``; ConfigError naming it if it cannot
+    be imported."""
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ConfigError("%s: custom_merge must be \"package.module:function\" (got %r)" % (where, spec))
+    mod, fn = spec.split(":")
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError("%s: custom_merge %r cannot be loaded: %s" % (where, spec, e)) from None
+    if not callable(f):
+        raise ConfigError("%s: custom_merge %r is not callable" % (where, spec))
+    return f
+
+
+def parse_strategy(value, where):
+    """(strategy, merge, merge_name) from a ``conflict_resolution`` value."""
+    if isinstance(value, dict):
+        if set(value) != {T.CUSTOM_MERGE}:
+            raise ConfigError("%s: a mapping here is {custom_merge: \"package.module:function\"} (got keys %s)"
+                              % (where, ", ".join(sorted(map(str, value)))))
+        spec = value[T.CUSTOM_MERGE]
+        if isinstance(spec, dict):
+            raise ConfigError("%s: custom_merge {wasm: ...} is not implemented yet (issue #10): use a Python "
+                              "merge \"package.module:function\" or a built-in strategy" % where)
+        return T.CUSTOM_MERGE, load_merge(spec, where), spec
+    if value == T.CUSTOM_MERGE:
+        raise ConfigError("%s: custom_merge names its function: conflict_resolution: {custom_merge: "
+                          "\"package.module:function\"}" % where)
+    if value not in T.STRATEGIES:
+        raise ConfigError("%s: must be one of %s, or {custom_merge: \"package.module:function\"} (got %r)"
+                          % (where, ", ".join(s for s in T.STRATEGIES if s != T.CUSTOM_MERGE), value))
+    return value, None, None
+
+
+def parse_table_settings(settings, where, default_strategy=None):
+    """A TableSettings when ``settings`` (a topic's mapping) says ``kind: table``, else
+    None; ConfigError (one line naming ``where`` and the key) when the table keys are
+    wrong, or given to a stream topic. ``default_strategy`` is a ``conflict_resolution``
+    value to use when the topic gives none."""
+    kind = settings.get("kind", KIND_STREAM)
+    if kind not in KINDS:
+        raise ConfigError("%s.kind: must be one of %s (got %r)" % (where, ", ".join(KINDS), kind))
+    if kind != KIND_TABLE:
+        for k in ("type", "conflict_resolution"):
+            if k in settings:
+                raise ConfigError("%s.%s: only a table topic has it (add kind: table, or remove the key)" % (where, k))
+        return None
+    type_ = settings.get("type", T.REGISTER)
+    if type_ not in T.KINDS:
+        raise ConfigError("%s.type: must be one of %s (got %r)" % (where, ", ".join(T.KINDS), type_))
+    value = settings.get("conflict_resolution", default_strategy)
+    if value is None:
+        value = T.LAST_WRITE_WINS
+    strategy, merge, name = parse_strategy(value, "%s.conflict_resolution" % where)
+    if type_ != T.REGISTER and "conflict_resolution" in settings and strategy != T.LAST_WRITE_WINS:
+        raise ConfigError("%s.conflict_resolution: a %s table merges by its type (tables.md, CRDT value types); "
+                          "only a register uses a strategy" % (where, type_))
+    return TableSettings(type_, strategy, merge, name)
+
+
+def writer_id(origin, incarnation_hex=LEGACY_INCARNATION):
+    """The writer id of a record's origin and log incarnation (tables.md: a wiped node is
+    a new writer): the origin for the legacy incarnation, else ``origin~incarnation``."""
+    if not incarnation_hex or incarnation_hex == LEGACY_INCARNATION:
+        return origin
+    return "%s~%s" % (origin, incarnation_hex)
+
+
+def key_text(key):
+    """A record key (bytes) as the table key: text when UTF-8, else the bytes."""
+    if key is None:
+        return None
+    try:
+        return bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(key)
+
+
+def _jsonable(v):
+    from .jsonrecords import jsonable
+
+    return jsonable(v)
+
+
+def _dot(s):
+    return [s[0], s[1]]
+
+
+def _vv_json(vv):
+    return {vv[i]: vv[i + 1] for i in range(0, len(vv), 2)}
+
+
+class WriteError(Exception):
+    """A local write the table cannot take (400/409 at the HTTP API): one line."""
+
+    def __init__(self, status, message):
+        Exception.__init__(self, message)
+        self.status = status
+
+
+class Replica:
+    """One node's replica of one table topic, with its conflict log."""
+
+    def __init__(self, name, settings):
+        self.name = name
+        self.settings = settings
+        self.table = T.Table(settings.type, settings.strategy, settings.merge, on_conflict=self._on_conflict)
+        self.lock = None  # an asyncio.Lock serialising local writes, made in the loop (write_lock)
+        self.applied = 0  # writes that changed the state
+        self.ignored = 0  # duplicates and superseded writes
+        self.malformed = 0  # records whose value is not a table write (kept stored, not applied)
+        self.last_malformed = None
+        self.rows = {}  # conflict identity -> row (insertion order: first met first)
+        self._applying = None  # (writer, seq, ts) of the write being applied
+
+    def write_lock(self):
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        return self.lock
+
+    # ------------------------------------------------------------------ feeding
+
+    def apply_record(self, writer, seq, ts, key, value):
+        """Apply one stored record of the topic (key bytes, value CBOR bytes). Returns
+        True if it changed the state; a malformed record is counted, not raised."""
+        k = key_text(key)
+        try:
+            if k is None:
+                raise T.TableError("a table record needs a key")
+            ops = T.read_value(codec.loads(value))
+            self._check_ops(ops)
+        except EdgelineError as e:
+            self.malformed += 1
+            self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
+            return False
+        self._applying = (writer, seq, ts)
+        changed = False
+        try:
+            for field, op, ctx, v in ops:
+                if op == T.OP_COUNT:
+                    ch = self.table.apply(k, writer, seq, ts, ctx, v)
+                else:
+                    ch = self.table.apply(k, writer, seq, ts, ctx, v, field)
+                changed = changed or ch
+        except T.TableError as e:
+            self.malformed += 1
+            self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
+            return False
+        finally:
+            self._applying = None
+        if changed:
+            self.applied += 1
+        else:
+            self.ignored += 1
+        return changed
+
+    def _check_ops(self, ops):
+        kind = self.settings.type
+        for field, op, _ctx, _v in ops:
+            if kind == T.COUNTER:
+                if op != T.OP_COUNT:
+                    raise T.TableError("a counter table takes counter writes (op 2) only")
+            elif op == T.OP_COUNT:
+                raise T.TableError("a %s table takes no counter writes" % kind)
+            elif (field is None) != (kind == T.REGISTER):
+                raise T.TableError("a %s write %s fields" % (kind, "has no" if field is None else "needs"))
+
+    def _on_conflict(self, key, field, ctype, sibs):
+        ident = (key, field, ctype, tuple(sorted((s[0], s[1]) for s in sibs)))
+        if ident in self.rows:
+            return
+        if len(self.rows) >= MAX_CONFLICT_ROWS:
+            del self.rows[next(iter(self.rows))]
+        w = self._applying
+        self.rows[ident] = {"key": _jsonable(key), "field": _jsonable(field), "type": ctype,
+                            "versions": [self._version_json(s) for s in T.ordered(sibs)],
+                            "found_by": None if w is None else [w[0], w[1]]}
+
+    # ------------------------------------------------------------------ local writes
+
+    def form_write(self, key, writer, body, delete=False):
+        """The CBOR record value of a local write to ``key`` by ``writer`` (this node),
+        its context from this replica (C1). ``body`` by type: register -- the value;
+        counter -- {"add": n}; set -- {"add": [...], "remove": [...]}; map -- {"put":
+        {field: value}, "delete": [field, ...]}. ``delete`` deletes the key (a register's
+        tombstone; every element or field of a set or map). WriteError if it cannot."""
+        t = self.table
+        kind = self.settings.type
+        if kind == T.REGISTER:
+            if delete:
+                return codec.dumps(T.write_value(T.OP_DELETE, t.context(key)))
+            return codec.dumps(T.write_value(T.OP_PUT, t.context(key), body))
+        if kind == T.COUNTER:
+            if delete:
+                raise WriteError(409, "a counter has no delete in table format 1 (tables.md)")
+            if not isinstance(body, dict) or set(body) != {"add"} or type(body["add"]) is not int:
+                raise WriteError(400, "a counter write is {\"add\": <integer>}")
+            total = t.count_total(key, writer) + body["add"]
+            return codec.dumps(T.write_value(T.OP_COUNT, (), total))
+        ops = []
+        if delete:
+            for f in t.fields(key):
+                ops.append((f, T.OP_DELETE, t.context(key, f), None))
+            if not ops:
+                raise WriteError(404, "key %r holds nothing to delete" % (key,))
+            return codec.dumps(T.field_value(ops))
+        if kind == T.SET:
+            names = ("add", "remove")
+        else:
+            names = ("put", "delete")
+        if not isinstance(body, dict) or not body or set(body) - set(names):
+            raise WriteError(400, "a %s write is {%s}" % (kind, ", ".join('"%s": ...' % n for n in names)))
+        if kind == T.SET:
+            adds = body.get("add", [])
+            removes = body.get("remove", [])
+            if not isinstance(adds, list) or not isinstance(removes, list):
+                raise WriteError(400, "a set write's add and remove are lists of elements")
+            items = [(e, T.OP_PUT, True) for e in adds] + [(e, T.OP_DELETE, None) for e in removes]
+        else:
+            puts = body.get("put", {})
+            dels = body.get("delete", [])
+            if not isinstance(puts, dict) or not isinstance(dels, list):
+                raise WriteError(400, "a map write's put is an object of fields, its delete a list of fields")
+            items = [(f, T.OP_PUT, v) for f, v in puts.items()] + [(f, T.OP_DELETE, None) for f in dels]
+        seen = set()
+        for f, op, v in items:
+            if not isinstance(f, (str, int)) or isinstance(f, bool):
+                raise WriteError(400, "an element or field is text or an integer (got %r)" % (f,))
+            if f in seen:
+                raise WriteError(400, "element or field %r twice in one write" % (f,))
+            seen.add(f)
+            ops.append((f, op, t.context(key, f), v))
+        if not ops:
+            raise WriteError(400, "the write changes nothing")
+        return codec.dumps(T.field_value(ops))
+
+    # ------------------------------------------------------------------ reads
+
+    def _visible_json(self, v):
+        if isinstance(v, T.Siblings):
+            return {"siblings": [_jsonable(x) for x in v.values]}
+        return {"value": _jsonable(v)}
+
+    @staticmethod
+    def _version_json(s):
+        out = {"writer": s[0], "seq": s[1], "ts": s[2]}
+        if s[3] is T.TOMBSTONE:
+            out["deleted"] = True
+        else:
+            out["value"] = _jsonable(s[3])
+        return out
+
+    def describe(self):
+        d = {"topic": self.name, "applied": self.applied, "ignored": self.ignored, "malformed": self.malformed,
+             "conflicts": dict(self.table.conflicts)}
+        d.update(self.settings.describe())
+        if self.last_malformed:
+            d["last_malformed"] = self.last_malformed
+        return d
+
+    def state_json(self):
+        """The visible state: every key that shows something, sorted."""
+        d = self.describe()
+        d["keys"] = [dict({"key": _jsonable(k)}, **self._visible_json(v)) for k, v in self.table.items()]
+        return d
+
+    def key_json(self, key):
+        """One key: ``present``, its visible value (or ``siblings``), its versions (the
+        raw siblings, per field for a set or map) and version vector."""
+        t = self.table
+        v = t.view(key)
+        out = {"topic": self.name, "key": _jsonable(key), "present": v is not T.MISSING}
+        if v is not T.MISSING:
+            out.update(self._visible_json(v))
+        kind = self.settings.type
+        if kind == T.REGISTER:
+            sibs = t.siblings(key)
+            out["versions"] = [self._version_json(s) for s in sibs]
+            out["version"] = _vv_json(t.context(key)) if sibs else {}
+            st = t.view(key)
+            if len(sibs) > 1:
+                out["conflict"] = T.conflict_type(sibs)
+                out["resolution"] = self.resolution(sibs, st)
+        elif kind == T.COUNTER:
+            st = t._shard(key).get(key, ())
+            out["totals"] = {st[i]: st[i + 2] for i in range(0, len(st), 3)}
+            out["version"] = {st[i]: st[i + 1] for i in range(0, len(st), 3)}
+        else:
+            out["fields"] = [{"field": _jsonable(f), "versions": [self._version_json(s) for s in t.siblings(key, f)],
+                              "version": _vv_json(t.context(key, f))} for f in t.fields(key)]
+        return out
+
+    def resolution(self, sibs, visible):
+        """How the strategy resolves siblings as they stand: use_cloud / use_edge (the
+        chosen version's writer), drop (the chosen version is a delete), both
+        (keep_both, or a custom merge that failed), merged (a custom merge)."""
+        strategy = self.settings.strategy if self.settings.type == T.REGISTER else T.LAST_WRITE_WINS
+        if isinstance(visible, T.Siblings):
+            return "both"
+        if strategy == T.CUSTOM_MERGE:
+            return "merged"
+        if strategy == T.KEEP_BOTH:
+            return "both"
+        prefer = T._PREFER[strategy]
+        best = T._pick(sibs, prefer)
+        if best[3] is T.TOMBSTONE:
+            return "drop"
+        return "use_cloud" if best[0] == T.CLOUD else "use_edge"
+
+    def conflicts_json(self):
+        """Each conflict met, once, first met first: type, versions, the write that made
+        the siblings meet, and the resolution as it stands now (or ``superseded`` when a
+        later write has replaced the siblings)."""
+        out = []
+        for ident, row in self.rows.items():
+            key, field, ctype, dots = ident
+            r = dict(row)
+            sibs = self.table.siblings(key, field) if self.settings.type != T.COUNTER else []
+            now = set((s[0], s[1]) for s in sibs)
+            if ctype == T.ORDERING:
+                r["resolution"] = "causal"  # the write that had seen the other wins (T2)
+            elif not set(dots) <= now:
+                r["resolution"] = "superseded"  # a write that had seen them replaced them
+            else:
+                vis = T.resolve(self.settings.strategy if self.settings.type == T.REGISTER else T.LAST_WRITE_WINS,
+                                [s for s in sibs if (s[0], s[1]) in set(dots)], self.settings.merge, key)
+                r["resolution"] = self.resolution([s for s in sibs if (s[0], s[1]) in set(dots)], vis)
+                if vis is not T.MISSING:
+                    r.update(self._visible_json(vis))
+            out.append(r)
+        return {"topic": self.name, "counts": dict(self.table.conflicts), "conflicts": out}
+
+
+# ---------------------------------------------------------------------- HTTP (aiohttp)
+
+MAX_WRITE_BODY_BYTES = 1 << 20
+
+
+def parse_body(body):
+    """The JSON document of a write's body; WriteError(400) if it is not JSON, or has
+    a number JSON cannot give back."""
+    from .jsonrecords import _loads, _not_finite_in, _not_finite_message
+
+    if not body:
+        raise WriteError(400, "the body is empty: give the value as JSON")
+    try:
+        doc, found = _loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise WriteError(400, "the body is not valid JSON: %s" % e) from None
+    except RecursionError:
+        raise WriteError(400, "the body's JSON is nested too deep") from None
+    if found:
+        raise WriteError(400, _not_finite_message(_not_finite_in(doc)))
+    return doc
+
+
+class TableRoutes:
+    """The table API both the gateway and the agent serve (docs/gateway.md, docs/agent.md):
+
+    * ``GET /v1/tables`` -- the table topics and their counters;
+    * ``GET /v1/tables/{topic}`` -- the visible state (``?key=K`` is one key, for a key
+      named ``conflicts``);
+    * ``GET /v1/tables/{topic}/conflicts`` -- the conflict log;
+    * ``GET /v1/tables/{topic}/{key}`` -- one key: value (or siblings), versions, version;
+    * ``PUT /v1/tables/{topic}/{key}`` (JSON body, by type as ``Replica.form_write``) and
+      ``DELETE /v1/tables/{topic}/{key}``: a write by this node, answered once durable
+      with its seq.
+
+    ``replicas()`` gives {topic: Replica}; ``write(topic, key, body, delete)`` is the
+    node's coroutine storing one write (returns its JSON answer); ``authorize(request)``
+    may raise to refuse a write (the gateway's publish token).
+    """
+
+    def __init__(self, replicas, write, authorize=None):
+        self.replicas = replicas
+        self.write = write
+        self.authorize = authorize
+
+    def attach(self, app):
+        app.router.add_get("/v1/tables", self.handle_list)
+        app.router.add_get("/v1/tables/{topic}", self.handle_state)
+        app.router.add_get("/v1/tables/{topic}/conflicts", self.handle_conflicts)
+        app.router.add_get("/v1/tables/{topic}/{key:.+}", self.handle_key)
+        app.router.add_put("/v1/tables/{topic}/{key:.+}", self.handle_put)
+        app.router.add_delete("/v1/tables/{topic}/{key:.+}", self.handle_delete)
+
+    @staticmethod
+    def _json(doc, status=200):
+        from aiohttp import web
+
+        return web.json_response(doc, status=status)
+
+    def _replica(self, request):
+        name = request.match_info["topic"]
+        rep = self.replicas().get(name)
+        if rep is None:
+            raise WriteError(404, "%r is not a table topic here (known: %s)" % (
+                name, ", ".join(sorted(self.replicas())) or "none"))
+        return rep
+
+    async def _answer(self, fn):
+        from aiohttp import web
+
+        from .jsonrecords import RequestError
+
+        try:
+            return self._json(await fn())
+        except WriteError as e:
+            return self._json({"error": str(e)}, e.status)
+        except RequestError as e:
+            return web.json_response({"error": str(e)}, status=e.status, headers=e.headers)
+
+    async def handle_list(self, _request):
+        return self._json({"tables": [r.describe() for _, r in sorted(self.replicas().items())]})
+
+    async def handle_state(self, request):
+        async def fn():
+            rep = self._replica(request)
+            if "key" in request.query:
+                return rep.key_json(request.query["key"])
+            return rep.state_json()
+        return await self._answer(fn)
+
+    async def handle_conflicts(self, request):
+        async def fn():
+            return self._replica(request).conflicts_json()
+        return await self._answer(fn)
+
+    async def handle_key(self, request):
+        async def fn():
+            return self._replica(request).key_json(request.match_info["key"])
+        return await self._answer(fn)
+
+    async def handle_put(self, request):
+        return await self._write(request, False)
+
+    async def handle_delete(self, request):
+        return await self._write(request, True)
+
+    async def _write(self, request, delete):
+        async def fn():
+            if self.authorize is not None:
+                self.authorize(request)
+            rep = self._replica(request)
+            body = None
+            if not delete:
+                if request.content_length is not None and request.content_length > MAX_WRITE_BODY_BYTES:
+                    raise WriteError(413, "the body is over %d bytes" % MAX_WRITE_BODY_BYTES)
+                body = parse_body(await request.read())
+            return await self.write(rep.name, request.match_info["key"], body, delete)
+        return await self._answer(fn)

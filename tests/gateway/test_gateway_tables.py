@@ -1,0 +1,206 @@
+"""Table topics at the gateway: a replica fed by edges and the cloud, rebuilt at start,
+read and written over HTTP (docs/gateway.md, "Table topics"; docs/spec/tables.md)."""
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from edgeline import codec, sync
+from edgeline import table as T
+from edgeline.errors import ConfigError
+from edgeline.log import Record
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.gateway.topics import parse_topics
+from edgeline_host.transports.http import HttpEdgeClient
+
+KEY = bytes(range(32))
+KEYS = {"edge-1": KEY, "edge-2": KEY[::-1]}
+INC = bytes.fromhex("00000000000000a1")
+W1 = "edge-1~" + INC.hex()  # the writer id of edge-1's log of that incarnation
+LATE = 1 << 62  # a hybrid-clock ts later than any the gateway stamps now
+
+
+def topics(**settings):
+    s = {"direction": "bidirectional", "kind": "table"}
+    s.update(settings)
+    return parse_topics({"inv": s, "plain": {"direction": "bidirectional"}}, KEYS, "topics.yaml")
+
+
+def put(seq, ts, key, value, ctx=()):
+    return Record(seq, ts, key.encode(), codec.dumps(T.write_value(T.OP_PUT, ctx, value)))
+
+
+def merge_join(key, versions):  # a custom merge for the tests: the live values joined
+    return "+".join(v[3] for v in versions if v[3] is not T.TOMBSTONE)
+
+
+async def with_gateway(tmp_path, fn, tops):
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)
+    server = TestServer(GatewayApi(gw).app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            return await fn(gw, http, server)
+    finally:
+        await server.close()
+
+
+async def edge_send(http, server, records, node="edge-1", inc=INC):
+    c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), node, KEYS[node])
+    await c.connect({"inv": inc})
+    return await c.exchange(sync.batch_from_records("inv", records))
+
+
+async def get(http, server, path):
+    async with http.get(server.make_url(path)) as r:
+        return r.status, await r.json()
+
+
+def test_topics_file_takes_table_settings_and_refuses_what_does_not_act_by_name():
+    t = topics(type="register", conflict_resolution="cloud_wins")["inv"]
+    assert (t.table.type, t.table.strategy) == ("register", "cloud_wins")
+    assert topics()["inv"].table.strategy == "last_write_wins"
+    assert topics()["plain"].table is None
+    t = topics(conflict_resolution={"custom_merge": "tests.gateway.test_gateway_tables:merge_join"})["inv"]
+    assert t.table.strategy == "custom_merge" and t.table.merge("k", [("w", 1, 1, "x"), ("v", 1, 2, "y")]) == "x+y"
+    for settings, words in [
+        ({"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}}, "inv.conflict_resolution: custom_merge {wasm"),
+        ({"conflict_resolution": "newest"}, "inv.conflict_resolution: must be one of"),
+        ({"conflict_resolution": "custom_merge"}, "inv.conflict_resolution: custom_merge names its function"),
+        ({"conflict_resolution": {"custom_merge": "no.such.module:f"}}, "cannot be loaded"),
+        ({"type": "tree"}, "inv.type: must be one of"),
+        ({"kind": "queue"}, "inv.kind: must be one of stream, table"),
+        ({"kind": "stream", "type": "counter"}, "inv.type: only a table topic has it"),
+        ({"type": "counter", "conflict_resolution": "cloud_wins"}, "only a register uses a strategy"),
+    ]:
+        with pytest.raises(ConfigError) as ei:
+            topics(**settings)
+        assert words in str(ei.value) and "\n" not in str(ei.value), (settings, str(ei.value))
+
+
+def test_edge_and_cloud_writes_meet_conflicts_are_listed_once_and_a_restart_rebuilds(tmp_path):
+    async def fn(gw, http, server):
+        # the edge writes a:1 and b; the cloud writes a concurrently (it has not seen a:1)
+        await gw.table_write("inv", [("c", "only-cloud", False)])
+        (ack,) = await edge_send(http, server, [put(1, 1000, "a", "edge"), put(2, 1001, "b", 7)])
+        assert ack.seq == 2
+        async with http.put(server.make_url("/v1/tables/inv/a"), json="cloud") as r:
+            assert r.status == 200
+            assert await r.json() == {"topic": "inv", "key": "a", "origin": "cloud", "seq": 2, "durable": True}
+        # the cloud's write had seen the edge's (C1: the gateway's replica held it): no conflict
+        st, k = await get(http, server, "/v1/tables/inv/a")
+        assert st == 200 and k["value"] == "cloud" and k["version"] == {"cloud": 2, W1: 1}
+        # now a concurrent edge write (its context lacks cloud:2): a conflict, LWW shows the later
+        await edge_send(http, server, [Record(3, LATE, b"a", codec.dumps(T.write_value(T.OP_PUT, (W1, 1), "e2")))])
+        st, k = await get(http, server, "/v1/tables/inv/a")
+        assert k["value"] == "e2" and k["conflict"] == "concurrent_write" and k["resolution"] == "use_edge"
+        assert [(v["writer"], v["seq"]) for v in k["versions"]] == [("cloud", 2), (W1, 3)]
+        # a duplicate of that batch changes nothing and lists no conflict twice
+        await edge_send(http, server, [Record(3, LATE, b"a", codec.dumps(T.write_value(T.OP_PUT, (W1, 1), "e2")))])
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        assert [(r["key"], r["type"], r["resolution"]) for r in c["conflicts"]] == [("a", "concurrent_write",
+                                                                                      "use_edge")]
+        assert c["counts"] == {"concurrent_write": 1}
+        # a delete from the cloud that has seen both resolves them; the conflict shows superseded
+        async with http.delete(server.make_url("/v1/tables/inv/a")) as r:
+            assert r.status == 200 and (await r.json())["seq"] == 3
+        st, state = await get(http, server, "/v1/tables/inv")
+        assert [(x["key"], x["value"]) for x in state["keys"]] == [("b", 7), ("c", "only-cloud")]
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        # ... and is an ordering conflict: the delete's ts is older than the edge's write it had seen
+        assert [(r["type"], r["resolution"]) for r in c["conflicts"]] == [("concurrent_write", "superseded"),
+                                                                          ("ordering", "causal")]
+        # the edges receive the cloud's writes with their contexts, in the topic's cloud stream
+        c2 = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c2.connect()
+        (d,) = await c2.exchange(sync.Pull("inv", 0, 10))
+        got = [(r.seq, r.key, T.read_value(codec.loads(r.value))) for r in sync.records_of(d)]
+        assert got[1] == (2, b"a", [(None, T.OP_PUT, (W1, 1), "cloud")])
+        assert got[2][2][0][1] == T.OP_DELETE and got[2][2][0][2] == ("cloud", 2, W1, 3)
+        return state
+
+    before = asyncio.run(with_gateway(tmp_path, fn, topics()))
+
+    async def again(gw, http, server):
+        st, state = await get(http, server, "/v1/tables/inv")
+        return state
+
+    after = asyncio.run(with_gateway(tmp_path, again, topics()))
+    assert after["keys"] == before["keys"]
+    assert after["applied"] + after["ignored"] == 6 and after["malformed"] == 0  # every stored record, again
+
+
+def test_strategies_act_at_the_gateway(tmp_path):
+    async def fn(gw, http, server):
+        await edge_send(http, server, [put(1, 1000, "a", "edge")])
+        gw.tables["inv"].table.floor = ()  # the cloud writes as if it had not seen the edge's: concurrent
+        await gw.publish("inv", [codec.dumps(T.write_value(T.OP_PUT, (), "cloud"))], [b"a"])
+        st, k = await get(http, server, "/v1/tables/inv/a")
+        return k
+
+    k = asyncio.run(with_gateway(tmp_path / "1", fn, topics(conflict_resolution="edge_wins")))
+    assert k["value"] == "edge" and k["resolution"] == "use_edge"
+    k = asyncio.run(with_gateway(tmp_path / "2", fn, topics(conflict_resolution="keep_both")))
+    assert k["siblings"] == ["edge", "cloud"] and k["resolution"] == "both"
+    k = asyncio.run(with_gateway(tmp_path / "3", fn, topics(
+        conflict_resolution={"custom_merge": "tests.gateway.test_gateway_tables:merge_join"})))
+    assert k["value"] == "edge+cloud" and k["resolution"] == "merged"
+
+
+def test_counter_set_and_map_writes_from_the_api(tmp_path):
+    async def counter(gw, http, server):
+        total = 12
+        await edge_send(http, server, [Record(1, 1000, b"sku", codec.dumps(T.write_value(T.OP_COUNT, (), total)))])
+        for n in (5, -2):
+            async with http.put(server.make_url("/v1/tables/inv/sku"), json={"add": n}) as r:
+                assert r.status == 200
+        async with http.delete(server.make_url("/v1/tables/inv/sku")) as r:
+            assert r.status == 409 and "no delete" in (await r.json())["error"]
+        async with http.put(server.make_url("/v1/tables/inv/sku"), json=3) as r:
+            assert r.status == 400
+        return (await get(http, server, "/v1/tables/inv/sku"))[1]
+
+    k = asyncio.run(with_gateway(tmp_path / "c", counter, topics(type="counter")))
+    assert k["value"] == 15 and k["totals"] == {W1: 12, "cloud": 3}
+
+    async def set_(gw, http, server):
+        async with http.put(server.make_url("/v1/tables/inv/tags"), json={"add": ["x", "y"]}) as r:
+            assert r.status == 200
+        async with http.put(server.make_url("/v1/tables/inv/tags"), json={"remove": ["x"]}) as r:
+            assert r.status == 200
+        return (await get(http, server, "/v1/tables/inv/tags"))[1]
+
+    assert asyncio.run(with_gateway(tmp_path / "s", set_, topics(type="set")))["value"] == ["y"]
+
+    async def map_(gw, http, server):
+        async with http.put(server.make_url("/v1/tables/inv/m"), json={"put": {"qty": 5, "note": "n"}}) as r:
+            assert r.status == 200
+        async with http.put(server.make_url("/v1/tables/inv/m"), json={"delete": ["note"]}) as r:
+            assert r.status == 200
+        return (await get(http, server, "/v1/tables/inv/m"))[1]
+
+    assert asyncio.run(with_gateway(tmp_path / "m", map_, topics(type="map")))["value"] == {"qty": 5}
+
+
+def test_publish_to_a_table_topic_is_keyed_puts_and_bad_input_is_one_line(tmp_path):
+    async def fn(gw, http, server):
+        async with http.post(server.make_url("/v1/topics/inv/publish"),
+                             json=[{"key": "a", "value": 1}, {"key": "a", "value": 2}]) as r:
+            assert r.status == 200 and (await r.json())["last_seq"] == 2
+        st, k = await get(http, server, "/v1/tables/inv/a")
+        assert k["value"] == 2 and "conflict" not in k  # the second had seen the first
+        async with http.post(server.make_url("/v1/topics/inv/publish"), json=[5]) as r:
+            assert r.status == 400 and "is {\"key\"" in (await r.json())["error"]
+        async with http.put(server.make_url("/v1/tables/inv/a"), data=b"{nope") as r:
+            assert r.status == 400 and "not valid JSON" in (await r.json())["error"]
+        st, e = await get(http, server, "/v1/tables/plain")
+        assert st == 404 and "not a table topic" in e["error"]
+        # an edge record that is not a table write is stored, counted, not applied
+        (ack,) = await edge_send(http, server, [Record(1, 1, b"z", codec.dumps({"not": "a write"}))])
+        assert ack.seq == 1
+        st, d = await get(http, server, "/v1/tables")
+        assert d["tables"][0]["malformed"] == 1 and "not a table write" in d["tables"][0]["last_malformed"]
+
+    asyncio.run(with_gateway(tmp_path, fn, topics()))
