@@ -462,6 +462,24 @@ edge_sync.command("pause", help="Stop sending; records keep accumulating in the 
 edge_sync.command("resume", help="Resume sending after a pause.")(_sync_action("resume"))
 
 
+@edge.command("table")
+@_table_options
+@_agent_option
+def edge_table(topic, key, put, delete, agent_url, as_json):
+    """The agent's replica of table TOPIC: every key's visible value, or KEY's value,
+    versions and version vector; --put / --delete write KEY as this node."""
+    _table_command("agent", agent_url, topic, key, put, delete, as_json)
+
+
+@edge.command("conflicts")
+@click.argument("topic", required=False)
+@_agent_option
+def edge_conflicts(topic, agent_url, as_json):
+    """The conflicts the agent's table replicas met (of TOPIC, or of every table topic):
+    each once, with its type and resolution."""
+    _conflicts_command("agent", agent_url, topic, as_json)
+
+
 @edge.command("queue")
 @_agent_option
 def edge_queue(agent_url, as_json):

@@ -243,9 +243,11 @@ class Replica:
 
     # ------------------------------------------------------------------ local writes
 
-    def form_write(self, key, writer, body, delete=False):
+    def form_write(self, key, writer, body, delete=False, pending=None):
         """The CBOR record value of a local write to ``key`` by ``writer`` (this node),
-        its context from this replica (C1). ``body`` by type: register -- the value;
+        its context from this replica (C1). ``pending`` ({key: total}) carries a
+        counter's running total across writes formed before any is applied (one
+        request's records). ``body`` by type: register -- the value;
         counter -- {"add": n}; set -- {"add": [...], "remove": [...]}; map -- {"put":
         {field: value}, "delete": [field, ...]}. ``delete`` deletes the key (a register's
         tombstone; every element or field of a set or map). WriteError if it cannot."""
@@ -260,7 +262,10 @@ class Replica:
                 raise WriteError(409, "a counter has no delete in table format 1 (tables.md)")
             if not isinstance(body, dict) or set(body) != {"add"} or type(body["add"]) is not int:
                 raise WriteError(400, "a counter write is {\"add\": <integer>}")
-            total = t.count_total(key, writer) + body["add"]
+            total = (t.count_total(key, writer) if pending is None or key not in pending else pending[key]) \
+                + body["add"]
+            if pending is not None:
+                pending[key] = total
             return codec.dumps(T.write_value(T.OP_COUNT, (), total))
         ops = []
         if delete:

@@ -470,7 +470,7 @@ BAD = [
     ("edge.sync_topics[0].topic", "/" * 128, "edge.sync_topics[0].topic:", "directory name"),
     ("edge.sync_topics[0].topic", 5, "edge.sync_topics[0].topic:", "must be text"),
     ("edge.sync_topics[1].topic", "a", "edge.sync_topics[1].topic:", "duplicate topic 'a' (also sync_topics[0])"),
-    ("edge.sync_topics[0].kind", "table", "edge.sync_topics[0].kind:", "table is not implemented yet (issue #10)"),
+    ("edge.sync_topics[0].kind", "queue", "edge.sync_topics[0].kind:", "must be one of stream, table"),
     ("edge.sync_topics[0].sync", "always", "edge.sync_topics[0].sync:", "every, group, none"),
     ("edge.sync_topics[0].sync", True, "edge.sync_topics[0].sync:", "(got true)"),
     ("edge.sync_topics[0].group_records", 0, "edge.sync_topics[0].group_records:", "between"),

@@ -55,8 +55,6 @@ REFUSED = {
     "edge.resources.max_cpu_percent": (80, 100, 13),
     "edge.resources.max_file_descriptors": (1024, 0, 13),
     "edge.resources.max_connections": (100, 0, 13),
-    "edge.sync_topics[].kind": ("table", "stream", 10),
-    "edge.sync_topics[].conflict_resolution": ("cloud_wins", None, 10),
     "edge.mesh.enabled": (True, False, 12),
     "edge.mesh.discovery": ("mdns", None, 12),
     "edge.mesh.peers": (["10.0.0.2:7420"], None, 12),
@@ -72,6 +70,9 @@ _UPLINK = _C + "test_agent_uplink_takes_the_sync_settings"
 _HTTP_INGEST = ["tests/agent/test_agent.py::test_ingest_syncs_each_record_exactly_once_and_local_stays"]
 _MQTT_INGEST = ["tests/agent/test_mqtt_ingest.py::test_routing_values_and_refusals",
                 "tests/agent/test_mqtt_ingest.py::test_without_a_map_the_mqtt_topic_is_the_topic"]
+_TABLES = ["tests/agent/test_agent_tables.py::test_config_takes_table_topics_and_refuses_what_does_not_act_by_name",
+           "tests/agent/test_agent_tables.py::test_writes_take_their_context_from_the_replica_and_meet_the_clouds",
+           "tests/agent/test_agent_tables.py::test_a_counter_adds_up_within_one_request_and_across_writers"]
 _RETRY = [_UPLINK, _C + "test_retry_delay"]
 _DEDUPE = ["tests/agent/test_idempotent_ingest.py::test_producer_id_and_request_seq_and_the_window_bound"]
 _BREAKER = [_UPLINK, "tests/agent/test_uplink.py::test_gateway_down_then_up_and_the_breaker"]
@@ -110,6 +111,9 @@ ACTED_ON = {
     "edge.sync_topics[].budget": _TOPICS,
     "edge.sync_topics[].retention": _TOPICS,
     "edge.sync_topics[].segment_size": _TOPICS,
+    "edge.sync_topics[].kind": _TABLES,
+    "edge.sync_topics[].type": _TABLES,
+    "edge.sync_topics[].conflict_resolution": _TABLES,
     "edge.ingest.http": _HTTP_INGEST,
     "edge.ingest.http.listen": _HTTP_INGEST,
     "edge.ingest.mqtt": _MQTT_INGEST,

@@ -102,9 +102,6 @@ _NOT_YET_BY_KEY = {
     ("edge.resources", "max_cpu_percent"): (100, 13, "remove the key (the agent's CPU use is not capped)"),
     ("edge.resources", "max_file_descriptors"): (0, 13, "remove the key (the system's limit applies)"),
     ("edge.resources", "max_connections"): (0, 13, "remove the key (connections are not capped)"),
-    ("topic", "kind"): ("stream", 10, "remove the key (every topic is a stream: all records are kept)"),
-    ("topic", "conflict_resolution"): (_NO_VALUE, 10, "remove the key (every topic is a stream: all records "
-                                                      "are kept, none conflict)"),
     ("edge.mesh", "enabled"): (False, 12, _MESH_LATER),
     ("edge.mesh", "discovery"): (_NO_VALUE, 12, _MESH_LATER),
     ("edge.mesh", "peers"): (_NO_VALUE, 12, _MESH_LATER),
@@ -177,6 +174,7 @@ TOPIC_KEYS = (
     "retention",
     "segment_size",
     "conflict_resolution",
+    "type",
 )
 LOCAL_TOPIC_KEYS = tuple(k for k in TOPIC_KEYS if k != "direction")
 HEALTH_KEYS = ("uplink_failing_secs", "storage_full_percent", "min_free_disk")
@@ -293,6 +291,7 @@ class TopicConfig:
     budget_bytes: int = 1 * GiB
     retention_ms: int = 0  # 0: kept until the budget needs the room
     segment_bytes: int = 64 * KiB
+    table: object = None  # edgeline_host.tables.TableSettings of a kind: table topic; None for a stream
 
     @property
     def is_local(self):
@@ -799,7 +798,14 @@ def _parse_topic(ctx, path, entry, local, resources):
                      "resources.max_storage (%s)" % (_bytes_text(2 * segment), _bytes_text(budget)))
         ctx.fail(path + ".budget", "must hold two segments of segment_size: at least %s (got %s)"
                  % (_bytes_text(2 * segment), _show(m.get("budget"))))
+    from ..tables import parse_table_settings
+
+    try:
+        table = parse_table_settings(m, path)
+    except ConfigError as e:
+        raise ConfigError(_one_line("%s: %s" % (ctx.source, e))) from None
     return TopicConfig(
+        table=table,
         name=name,
         direction=direction,
         sync=_choice(ctx, path + ".sync", m.get("sync"), d.sync, SYNC_POLICIES),

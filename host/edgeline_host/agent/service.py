@@ -61,6 +61,13 @@ the answer waits for depends on the topic's ``sync`` policy:
 After each ingest the uplink is notified, so records leave as soon as they are durable
 rather than at the next ``interval_secs``.
 
+Table topics (``kind: table``, docs/spec/tables.md): the agent keeps a replica of each
+(``edgeline_host.tables.Replica``), rebuilt at start by reading the topic's logs -- its
+own writes and the cloud's -- and then fed by every write it appends (``append`` forms a
+table write from each keyed record, its context from the replica, and applies it in the
+same step, with no await between: C1) and by the cloud's records the downlink brings
+(``_received``). ``/v1/tables`` reads and writes them (``tables.TableRoutes``).
+
 Cloud-to-edge topics (``cloud_to_edge``, ``bidirectional``) are pulled by the same
 uplink loop into logs of the cloud's records (``downlink.py``); local consumers read
 them, and any topic's own durable records, with ``GET /v1/topics/{topic}/records``
@@ -86,6 +93,7 @@ from edgeline.logformat import FRAME_OVERHEAD_BYTES, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import Store, topic_dirname
 
+from .. import tables
 from ..dirlock import DirInUse, DirLock
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
@@ -203,6 +211,10 @@ class Agent:
             self._close_windows()
             self.dirlock.release()
             raise
+        self.tables = {}  # table topic -> tables.Replica
+        for name, st in self.topics.items():
+            if st.cfg.table is not None:
+                self.tables[name] = self._rebuild_table(st)
         self.disk_warning = self._check_disk()  # None, or the line printed (for health)
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
@@ -232,6 +244,64 @@ class Agent:
         self._closing = False
         self._closed_logs = False  # shutdown settled the commits: no more start
         self._commit_pool = None  # the worker threads that fsync (made at the first commit)
+
+    def _own_writer(self, st):
+        """The writer id of this node's writes to a table topic: its node id, with its
+        log's incarnation (tables.writer_id)."""
+        return tables.writer_id(self.cfg.node_id, bytes(st.log.incarnation).hex())
+
+    def _rebuild_table(self, st):
+        """A topic's replica from its logs: this node's writes and the cloud's."""
+        rep = tables.Replica(st.cfg.name, st.cfg.table)
+        logs = []
+        if st.cfg.direction != "cloud_to_edge":
+            logs.append((self._own_writer(st), st.log))
+        if st.down is not None:
+            logs.append((sync.CLOUD_ORIGIN, st.down))
+        for writer, lg in logs:
+            self._feed_table(rep, writer, lg, lg.first_seq)
+        if rep.malformed:
+            log.warning("agent: table topic %s: %d record(s) in its logs are not table writes (left out of the "
+                        "table; last: %s)", st.cfg.name, rep.malformed, rep.last_malformed)
+        return rep
+
+    @staticmethod
+    def _feed_table(rep, writer, lg, from_seq):
+        seq = max(from_seq, lg.first_seq)
+        while seq <= lg.last_seq:
+            recs = lg.read(seq, 1000, 1 << 20)
+            if not recs:
+                break
+            for r in recs:
+                rep.apply_record(writer, r.seq, r.ts, r.key, r.value)
+            seq = recs[-1].seq + 1
+
+    def _table_values(self, st, rep, keys, values, table_ops):
+        """The record values of table writes to ``st``: each formed from the replica's
+        context (C1) -- from ``table_ops`` ((body, delete) pairs: the table API) or from
+        the keyed records of an ingest (each value's JSON/CBOR is the write's body).
+        RequestError(400/404/409) naming the record if one cannot be a write."""
+        from edgeline import codec
+
+        writer = self._own_writer(st)
+        out = []
+        pending = {}  # a counter key's total as this request's earlier writes left it
+        for i, k in enumerate(keys):
+            if k is None:
+                raise RequestError(400, "record %d: topic %r is a table: every record needs a key" % (i, st.cfg.name))
+            key = tables.key_text(k)
+            if table_ops is not None:
+                body, delete = table_ops[i]
+            else:
+                try:
+                    body, delete = codec.loads(values[i]), False
+                except EdgelineError as e:
+                    raise RequestError(400, "record %d: not a value a table takes: %s" % (i, e)) from None
+            try:
+                out.append(rep.form_write(key, writer, body, delete, pending))
+            except tables.WriteError as e:
+                raise RequestError(e.status, "record %d (key %r): %s" % (i, key, e)) from None
+        return out
 
     def _check_disk(self):
         """Warn (once, at start) when the storage budget is more than the disk under
@@ -292,6 +362,7 @@ class Agent:
         app.router.add_post("/v1/sync/{action}", self.handle_sync_action)
         app.router.add_get("/v1/queue", self.handle_queue)
         app.router.add_get("/v1/health", self.handle_health)
+        tables.TableRoutes(lambda: self.tables, self._table_write).attach(app)
         return app
 
     @staticmethod
@@ -474,7 +545,7 @@ class Agent:
         durable = await self.wait_durable(st, last)
         return {"topic": st.cfg.name, "first_seq": first, "last_seq": last, "durable": durable, "duplicate": True}
 
-    def append(self, st, keys, values):
+    def append(self, st, keys, values, table_ops=None):
         """The write path every ingest source shares (HTTP, MQTT): check, then append
         ``values`` (CBOR, with ``keys``) to topic ``st`` with one ``append_many`` and one
         HLC timestamp each; return ``(first_seq, n)``, n appended (fewer than given only
@@ -482,9 +553,16 @@ class Agent:
 
         RequestError: 413 a record over a segment, 503 ``sync.max_queue_size`` or a full
         ``reject`` topic, 500 a failed write -- nothing stored, except that a ``reject``
-        topic filling up part way says how many went in (``e.stored``)."""
+        topic filling up part way says how many went in (``e.stored``).
+
+        A table topic's records become table writes here (``_table_values``; with
+        ``table_ops``, the table API's (body, delete) pairs, ``values`` unused), and what
+        is appended is applied to its replica before this returns."""
         name = st.cfg.name
         self.ready(st)
+        rep = self.tables.get(name)
+        if rep is not None:
+            values = self._table_values(st, rep, keys, values, table_ops)
         lg = st.log
         room = lg.segment_bytes - _SEG_HDR
         for i, (k, v) in enumerate(zip(keys, values)):
@@ -503,6 +581,8 @@ class Agent:
         try:
             lg.append_many(values, ts=ts, keys=keys if any(k is not None for k in keys) else None, now_ms=now)
         except LogFull as e:
+            if rep is not None:
+                self._applied(st, rep, keys, values, ts, before, lg.last_seq - before)
             n = lg.last_seq - before
             self._appended(st, n)
             if n == 0:
@@ -515,11 +595,32 @@ class Agent:
             self.last_error = "%s: %s" % (name, e)
             err = self._write_failed(lg, before, e)
             if err.stored:
+                if rep is not None:
+                    self._applied(st, rep, keys, values, ts, before, err.stored)
                 self._appended(st, err.stored)
             raise err from None
         n = lg.last_seq - before
+        if rep is not None:
+            self._applied(st, rep, keys, values, ts, before, n)
         self._appended(st, n)
         return before + 1, n
+
+    def _applied(self, st, rep, keys, values, ts, before, n):
+        writer = self._own_writer(st)
+        for i in range(n):
+            rep.apply_record(writer, before + 1 + i, ts[i], keys[i], values[i])
+
+    async def _table_write(self, name, key, body, delete):
+        """A write of the table API (PUT/DELETE /v1/tables/{topic}/{key}): formed,
+        appended and applied (``append``), answered once durable as the topic's sync
+        policy has it."""
+        if self._closing:
+            raise RequestError(503, "the agent is shutting down", {"Retry-After": str(RETRY_AFTER_S)})
+        st = self._writable(name)
+        kb = key.encode("utf-8")
+        first, n = self.append(st, [kb], [None], table_ops=[(body, delete)])
+        durable = await self.wait_durable(st, first) if n else True
+        return {"topic": name, "key": key, "origin": self.cfg.node_id, "seq": first, "durable": durable}
 
     def ready(self, st):
         """Reopen topic ``st``'s log if a write error failed it (``recover``); RequestError
@@ -761,6 +862,9 @@ class Agent:
         # The hybrid clock's receive rule: what this node stamps from now on is later than
         # what it has received.
         self.clock.observe(ringlog.last_ts, wall_ms())
+        rep = self.tables.get(topic)
+        if rep is not None:
+            self._feed_table(rep, sync.CLOUD_ORIGIN, ringlog, ringlog.last_seq - n + 1)
         self._notify_readers()
 
     def _readable(self, name, origin):

@@ -1,0 +1,139 @@
+"""Table topics at the agent: a replica fed by its own writes and the cloud's records,
+rebuilt from the logs at start, read and written over HTTP (docs/agent.md, "Table
+topics"; docs/spec/tables.md)."""
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from edgeline import codec, sync
+from edgeline import table as T
+from edgeline.errors import ConfigError
+from edgeline.inbox import append_data
+from edgeline.log import Record
+from edgeline_host.agent.config import parse_config
+from edgeline_host.agent.service import Agent
+
+KEY_HEX = "11" * 32
+
+
+def config(tmp_path, **table):
+    t = {"topic": "inv", "direction": "bidirectional", "sync": "every", "kind": "table"}
+    t.update(table)
+    return parse_config({"edge": {"node_id": "store-1", "data_dir": "data", "key": KEY_HEX,
+                                  "cloud_endpoint": "http://127.0.0.1:9", "sync_topics": [t],
+                                  "ingest": {"http": {"listen": "127.0.0.1:0"}}}}, base_dir=str(tmp_path))
+
+
+def cloud_records(agent, records):
+    """Records of the cloud's stream of topic inv arriving as the downlink delivers them."""
+    st = agent.topics["inv"]
+    before = st.down.last_seq
+    append_data(st.down, sync.batch_from_records("inv", records, sync.Data), 0)
+    agent._received("inv", st.down, st.down.last_seq - before)
+
+
+def cloud_put(seq, ts, key, value, ctx=()):
+    return Record(seq, ts, key.encode(), codec.dumps(T.write_value(T.OP_PUT, ctx, value)))
+
+
+async def with_agent(cfg, fn):
+    agent = Agent(cfg, print_fn=lambda *_: None)
+    server = TestServer(agent.app())
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def call(method, path, **kw):
+                async with http.request(method, server.make_url(path), **kw) as r:
+                    return r.status, await r.json()
+
+            return await fn(agent, call)
+    finally:
+        await server.close()
+        agent.close()
+
+
+def test_config_takes_table_topics_and_refuses_what_does_not_act_by_name(tmp_path):
+    cfg = config(tmp_path, type="map")
+    assert cfg.topics[0].table.type == "map"
+    cfg = config(tmp_path, conflict_resolution="keep_both")
+    assert cfg.topics[0].table.strategy == "keep_both"
+    for table, words in [
+        ({"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}},
+         "edge.sync_topics[0].conflict_resolution: custom_merge {wasm: ...} is not implemented yet (issue #10)"),
+        ({"kind": "stream", "conflict_resolution": "cloud_wins"},
+         "edge.sync_topics[0].conflict_resolution: only a table topic has it"),
+        ({"type": "bag"}, "edge.sync_topics[0].type: must be one of"),
+    ]:
+        with pytest.raises(ConfigError) as ei:
+            config(tmp_path, **table)
+        assert str(ei.value).startswith("edge.yaml: " + words), str(ei.value)
+
+
+def test_writes_take_their_context_from_the_replica_and_meet_the_clouds(tmp_path):
+    cfg = config(tmp_path)
+
+    async def fn(agent, call):
+        me = agent._own_writer(agent.topics["inv"])
+        assert me.startswith("store-1~")  # its log's incarnation: a wiped store is a new writer
+        s, a = await call("PUT", "/v1/tables/inv/sku-1", json={"qty": 5})
+        assert (s, a) == (200, {"topic": "inv", "key": "sku-1", "origin": "store-1", "seq": 1, "durable": True})
+        # the cloud saw it and wrote over it: superseded, no conflict
+        cloud_records(agent, [cloud_put(1, 2 ** 62, "sku-1", {"qty": 9}, (me, 1))])
+        s, k = await call("GET", "/v1/tables/inv/sku-1")
+        assert k["value"] == {"qty": 9} and k["version"] == {"cloud": 1, me: 1} and "conflict" not in k
+        # ingest of keyed records is a write each, its context from the replica (it has seen cloud:1)
+        s, a = await call("POST", "/v1/topics/inv/records", json=[{"key": "sku-1", "value": {"qty": 3}},
+                                                                    {"key": "sku-2", "value": 1}])
+        assert s == 200 and a["last_seq"] == 3
+        lg = agent.topics["inv"].log
+        (r,) = lg.read(2, 1)
+        assert T.read_value(codec.loads(r.value)) == [(None, T.OP_PUT, ("cloud", 1, me, 1), {"qty": 3})]
+        # a cloud write concurrent with it (it had seen only store-1:1): a conflict, LWW shows the later
+        cloud_records(agent, [cloud_put(2, 2 ** 62 + 5, "sku-1", {"qty": 7}, ("cloud", 1, me, 1))])
+        s, k = await call("GET", "/v1/tables/inv/sku-1")
+        assert k["value"] == {"qty": 7} and k["conflict"] == "concurrent_write" and k["resolution"] == "use_cloud"
+        s, c = await call("GET", "/v1/tables/inv/conflicts")
+        assert [(x["key"], x["type"]) for x in c["conflicts"]] == [("sku-1", "concurrent_write")]
+        # a delete that has seen both resolves it
+        s, a = await call("DELETE", "/v1/tables/inv/sku-1")
+        assert s == 200 and a["seq"] == 4
+        s, state = await call("GET", "/v1/tables/inv")
+        assert [(x["key"], x["value"]) for x in state["keys"]] == [("sku-2", 1)]
+        # refused before anything is stored: an unkeyed record, a bad body, a topic that is no table
+        s, e = await call("POST", "/v1/topics/inv/records", json=[{"key": "x", "value": 1}, 5])
+        assert s == 400 and "record 1: topic 'inv' is a table: every record needs a key" in e["error"]
+        s, e = await call("PUT", "/v1/tables/inv/x", data=b"{")
+        assert s == 400 and "not valid JSON" in e["error"]
+        s, e = await call("GET", "/v1/tables/nope")
+        assert s == 404
+        assert lg.last_seq == 4
+        return state
+
+    before = asyncio.run(with_agent(cfg, fn))
+
+    async def again(agent, call):  # rebuilt from the logs at start
+        s, state = await call("GET", "/v1/tables/inv")
+        s, c = await call("GET", "/v1/tables/inv/conflicts")
+        return state, c
+
+    after, conflicts = asyncio.run(with_agent(cfg, again))
+    assert after["keys"] == before["keys"]
+    assert after["applied"] + after["ignored"] == 6
+
+
+def test_a_counter_adds_up_within_one_request_and_across_writers(tmp_path):
+    async def fn(agent, call):
+        s, a = await call("POST", "/v1/topics/inv/records", json=[{"key": "sku", "value": {"add": 5}},
+                                                                    {"key": "sku", "value": {"add": -2}}])
+        assert s == 200
+        s, a = await call("PUT", "/v1/tables/inv/sku", json={"add": 10})
+        cloud_records(agent, [Record(1, 1, b"sku", codec.dumps(T.write_value(T.OP_COUNT, (), 100)))])
+        s, k = await call("GET", "/v1/tables/inv/sku")
+        s2, e = await call("DELETE", "/v1/tables/inv/sku")
+        return k, s2
+
+    k, s = asyncio.run(with_agent(config(tmp_path, type="counter"), fn))
+    assert k["value"] == 113 and sorted(k["totals"].values()) == [13, 100]
+    assert s == 409
