@@ -1,0 +1,191 @@
+"""Issue 10, end to end with real processes: a gateway and two store agents edit the same
+table keys as the cloud does, one store offline for a while and the other SIGKILLed;
+after healing, the gateway and each agent show the same state for everything each has
+received, and the conflict is listed once, with its resolution, at the gateway, at the
+store where it met, and through the CLI.
+
+What an edge receives: the cloud's writes (the topic's cloud stream, through the
+downlink). The gateway does not relay one edge's writes to the other edges yet, so store-1
+never sees store-2's writes and the other way round -- the test checks that too, so it
+fails the day relaying starts and this test must say more.
+"""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+from procs import Proc, free_port, process_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = process_env(ROOT)
+EDGELINE = [sys.executable, "-m", "edgeline_host.cli"]
+WAIT_S = 60  # for the dust to settle; a timeout is a failure, never a measurement
+
+TOPICS = """\
+inv:
+  direction: bidirectional
+  kind: table
+  conflict_resolution: last_write_wins
+"""
+
+CONFIG = """\
+edge:
+  node_id: %(node)s
+  data_dir: %(data)s
+  key: "%(key)s"
+  cloud_endpoint: http://127.0.0.1:%(gw)d
+  sync:
+    interval_secs: 1
+    retry: {initial_ms: 50, max_ms: 300}
+    circuit_breaker: {failures: 0}
+  sync_topics:
+    - {topic: inv, direction: bidirectional, kind: table, conflict_resolution: last_write_wins, sync: every,
+       full_policy: reject}
+  ingest:
+    http: {listen: "127.0.0.1:%(port)d"}
+"""
+
+
+def cli(*args):
+    p = subprocess.run(EDGELINE + list(args), env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p.stdout
+
+
+def test_two_stores_and_the_cloud_edit_one_table_through_an_outage_and_a_kill(tmp_path):
+    asyncio.run(_scenario(tmp_path))
+
+
+async def _scenario(tmp_path):
+    gw_port = free_port()
+    dead_port = free_port()  # nobody listens: a store configured with it is offline
+    keys = {"store-1": "a1" * 32, "store-2": "b2" * 32}
+    (tmp_path / "keys.yaml").write_text("".join("%s: %s\n" % kv for kv in keys.items()))
+    (tmp_path / "topics.yaml").write_text(TOPICS)
+    gateway = Proc("gateway", EDGELINE + ["gateway", "--keys", str(tmp_path / "keys.yaml"), "--db",
+                                          str(tmp_path / "gw.db"), "--listen", "127.0.0.1:%d" % gw_port,
+                                          "--topics", str(tmp_path / "topics.yaml")],
+                   gw_port, "/healthz", str(tmp_path / "gateway.log"), ENV)
+    stores = {}
+    for node in keys:
+        port = free_port()
+        for name, gw in (("online", gw_port), ("offline", dead_port)):
+            (tmp_path / ("%s-%s.yaml" % (node, name))).write_text(CONFIG % {
+                "node": node, "data": str(tmp_path / node), "key": keys[node], "gw": gw, "port": port})
+        stores[node] = Proc(node, EDGELINE + ["agent", "--config", str(tmp_path / ("%s-online.yaml" % node))],
+                            port, "/v1/health", str(tmp_path / ("%s.log" % node)), ENV)
+    gw_url = "http://127.0.0.1:%d" % gw_port
+    url = {n: "http://127.0.0.1:%d" % p.port for n, p in stores.items()}
+    s1, s2 = stores["store-1"], stores["store-2"]
+    procs = [gateway, s1, s2]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def put(base, key, value):
+                async with http.put("%s/v1/tables/inv/%s" % (base, key), json=value) as r:
+                    body = await r.json()
+                    assert r.status == 200 and body["durable"] is True, body
+                    return body
+
+            async def table(base):
+                async with http.get(base + "/v1/tables/inv") as r:
+                    assert r.status == 200
+                    return {x["key"]: x.get("value", x.get("siblings")) for x in (await r.json())["keys"]}
+
+            async def key(base, k):
+                async with http.get("%s/v1/tables/inv/%s" % (base, k)) as r:
+                    return await r.json()
+
+            async def conflicts(base):
+                async with http.get(base + "/v1/tables/inv/conflicts") as r:
+                    return (await r.json())["conflicts"]
+
+            async def until(what, check):
+                deadline = time.monotonic() + WAIT_S
+                while True:
+                    got = await check()
+                    if got:
+                        return got
+                    assert time.monotonic() < deadline, "timed out waiting for %s" % what
+                    await asyncio.sleep(0.2)
+
+            async def shows(base, want):
+                async def check():
+                    return await table(base) == want
+                await until("%s to show %r (it shows %r)" % (base, want, await table(base)), check)
+
+            await gateway.start(http)
+            await s1.start(http)
+            await s2.start(http)
+
+            # 1. all online: each store writes its key, the cloud writes over store-1's (it has seen it)
+            await put(url["store-1"], "a", "s1-a")
+            await put(url["store-2"], "b", "s2-b")
+            await shows(gw_url, {"a": "s1-a", "b": "s2-b"})
+            await put(gw_url, "a", "cloud-a")
+            cli("gateway", "table", "inv", "c", "--put", '"cloud-c"', "--gateway", gw_url)
+            await shows(url["store-1"], {"a": "cloud-a", "c": "cloud-c"})
+            await shows(url["store-2"], {"a": "cloud-a", "b": "s2-b", "c": "cloud-c"})
+
+            # 2. store-2 goes offline (killed, back without its gateway) and writes c and d;
+            #    meanwhile the cloud writes c too (concurrently: neither has seen the other),
+            #    store-1 writes a and is SIGKILLed right after its durable answer, and the
+            #    cloud writes b (having seen store-2's b) through `edgeline publish`
+            s2.kill()
+            s2.argv = EDGELINE + ["agent", "--config", str(tmp_path / "store-2-offline.yaml")]
+            await s2.start(http)
+            await put(url["store-2"], "c", "s2-c")
+            await put(url["store-2"], "d", "s2-d")
+            await put(gw_url, "c", "cloud-c2")
+            await put(url["store-1"], "a", "s1-a2")
+            s1.kill()
+            cli("publish", "inv", '{"key": "b", "value": "cloud-b"}', "--gateway", gw_url)
+            await s1.start(http)  # rebuilt from its log: its write to a is there
+            assert (await table(url["store-1"]))["a"] == "s1-a2"
+
+            # 3. store-2 comes back online: everything settles
+            s2.stop()
+            s2.argv = EDGELINE + ["agent", "--config", str(tmp_path / "store-2-online.yaml")]
+            await s2.start(http)
+            gw_state = {"a": "s1-a2", "b": "cloud-b", "c": "cloud-c2", "d": "s2-d"}
+            await shows(gw_url, gw_state)
+            # store-1 receives the cloud's writes (not store-2's): for c it holds the cloud's only
+            await shows(url["store-1"], {"a": "s1-a2", "b": "cloud-b", "c": "cloud-c2"})
+            # store-2 holds its own writes and the cloud's: it never saw store-1's a2
+            await shows(url["store-2"], {"a": "cloud-a", "b": "cloud-b", "c": "cloud-c2", "d": "s2-d"})
+
+            # the conflict on c met at the gateway and at store-2 the same: both versions,
+            # last write wins (the cloud's, written after store-2's), listed once
+            for base in (gw_url, url["store-2"]):
+                k = await key(base, "c")
+                assert [(v["writer"].split("~")[0], v["value"]) for v in k["versions"]] == \
+                    [("store-2", "s2-c"), ("cloud", "cloud-c2")], k
+                assert (k["conflict"], k["resolution"]) == ("concurrent_write", "use_cloud"), k
+                rows = await conflicts(base)
+                assert [(r["key"], r["type"], r["resolution"]) for r in rows] == \
+                    [("c", "concurrent_write", "use_cloud")], rows
+            assert await conflicts(url["store-1"]) == []
+            # the version vectors agree where both hold the same writes
+            assert (await key(gw_url, "c"))["version"] == (await key(url["store-2"], "c"))["version"]
+
+            # the CLI shows them
+            out = cli("gateway", "conflicts", "inv", "--gateway", gw_url)
+            assert "inv: 1 conflict(s) (concurrent_write 1)" in out and "use_cloud" in out, out
+            out = cli("edge", "table", "inv", "c", "--agent", url["store-2"])
+            assert out.startswith('c = "cloud-c2"\nconflict: concurrent_write, resolved use_cloud\n'), out
+            out = json.loads(cli("edge", "conflicts", "--json", "--agent", url["store-2"]))
+            assert [r["key"] for r in out["tables"][0]["conflicts"]] == ["c"]
+            out = cli("edge", "table", "inv", "--agent", url["store-1"])
+            assert 'a = "s1-a2"' in out and "d =" not in out, out
+
+            # a gateway restart rebuilds the same table from its store
+            gateway.kill()
+            await gateway.start(http)
+            assert await table(gw_url) == gw_state
+    finally:
+        for p in procs:
+            if p.proc is not None:
+                p.stop()
