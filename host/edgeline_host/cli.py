@@ -211,10 +211,10 @@ def _conflicts_command(what, url, topic, as_json):
             ", ".join("%s %d" % kv for kv in sorted(t["counts"].items())))))
         for c in t["conflicts"]:
             where = _show(c["key"]) + ("" if c.get("field") is None else "." + _show(c["field"]))
-            click.echo("  %s %s: %s; %s -> %s" % (
-                where, c["type"], ", ".join("%s:%d%s" % (v["writer"], v["seq"], " (deleted)" if v.get("deleted") else "")
-                                           for v in c["versions"]),
-                c["resolution"], _visible(c) if ("value" in c or "siblings" in c) else "-"))
+            versions = ", ".join("%s:%d%s" % (v["writer"], v["seq"], " (deleted)" if v.get("deleted") else "")
+                                 for v in c["versions"])
+            click.echo("  %s %s: %s; %s -> %s" % (where, c["type"], versions, c["resolution"],
+                                                  _visible(c) if ("value" in c or "siblings" in c) else "-"))
 
 
 def _table_options(f):

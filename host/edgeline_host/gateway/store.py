@@ -425,8 +425,8 @@ class GatewayStore:
         (a table replica is rebuilt from them at start). Reads one stream's chunks at a
         time."""
         with self._lock:
-            streams = self._db.execute("SELECT id, origin, incarnation FROM streams WHERE topic = ? ORDER BY origin, id",
-                                       (topic,)).fetchall()
+            streams = self._db.execute(
+                "SELECT id, origin, incarnation FROM streams WHERE topic = ? ORDER BY origin, id", (topic,)).fetchall()
         for sid, o, inc in streams:
             with self._lock:
                 rows = self._db.execute("SELECT first, base_ts, entries FROM chunks WHERE stream = ? ORDER BY first",
