@@ -70,8 +70,10 @@ def load_merge(spec, where):
     mod, fn = spec.split(":")
     try:
         f = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError("%s: custom_merge %r cannot be loaded: %s" % (where, spec, e)) from None
+    except Exception as e:  # noqa: BLE001 - whatever importing the user's module raises: one line
+        raise ConfigError("%s: custom_merge %r cannot be loaded: %s: %s" % (where, spec, type(e).__name__,
+                                                                            str(e).splitlines()[0] if str(e) else "")
+                          ) from None
     if not callable(f):
         raise ConfigError("%s: custom_merge %r is not callable" % (where, spec))
     return f
@@ -113,7 +115,9 @@ def parse_table_settings(settings, where, default_strategy=None):
     type_ = settings.get("type", T.REGISTER)
     if type_ not in T.KINDS:
         raise ConfigError("%s.type: must be one of %s (got %r)" % (where, ", ".join(T.KINDS), type_))
-    value = settings.get("conflict_resolution", default_strategy)
+    value = settings.get("conflict_resolution")
+    if value is None and type_ == T.REGISTER:
+        value = default_strategy  # already checked where it was given
     if value is None:
         value = T.LAST_WRITE_WINS
     strategy, merge, name = parse_strategy(value, "%s.conflict_resolution" % where)

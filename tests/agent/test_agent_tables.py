@@ -18,12 +18,13 @@ from edgeline_host.agent.service import Agent
 KEY_HEX = "11" * 32
 
 
-def config(tmp_path, **table):
+def config(tmp_path, edge=None, **table):
     t = {"topic": "inv", "direction": "bidirectional", "sync": "every", "kind": "table"}
     t.update(table)
-    return parse_config({"edge": {"node_id": "store-1", "data_dir": "data", "key": KEY_HEX,
-                                  "cloud_endpoint": "http://127.0.0.1:9", "sync_topics": [t],
-                                  "ingest": {"http": {"listen": "127.0.0.1:0"}}}}, base_dir=str(tmp_path))
+    e = {"node_id": "store-1", "data_dir": "data", "key": KEY_HEX, "cloud_endpoint": "http://127.0.0.1:9",
+         "sync_topics": [t], "ingest": {"http": {"listen": "127.0.0.1:0"}}}
+    e.update(edge or {})
+    return parse_config({"edge": e}, base_dir=str(tmp_path))
 
 
 def cloud_records(agent, records):
@@ -59,12 +60,22 @@ def test_config_takes_table_topics_and_refuses_what_does_not_act_by_name(tmp_pat
     assert cfg.topics[0].table.type == "map"
     cfg = config(tmp_path, conflict_resolution="keep_both")
     assert cfg.topics[0].table.strategy == "keep_both"
+    # edge.conflict_resolution: the strategy of the register tables that give none
+    cfg = config(tmp_path, edge={"conflict_resolution": "cloud_wins"})
+    assert cfg.topics[0].table.strategy == "cloud_wins"
+    cfg = config(tmp_path, edge={"conflict_resolution": "cloud_wins"}, conflict_resolution="edge_wins")
+    assert cfg.topics[0].table.strategy == "edge_wins"
+    cfg = config(tmp_path, edge={"conflict_resolution": "cloud_wins"}, type="counter")
+    assert cfg.topics[0].table.strategy == "last_write_wins"  # a counter merges by its type
     for table, words in [
         ({"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}},
          "edge.sync_topics[0].conflict_resolution: custom_merge {wasm: ...} is not implemented yet (issue #10)"),
         ({"kind": "stream", "conflict_resolution": "cloud_wins"},
          "edge.sync_topics[0].conflict_resolution: only a table topic has it"),
         ({"type": "bag"}, "edge.sync_topics[0].type: must be one of"),
+        ({"edge": {"conflict_resolution": "newest"}}, "edge.conflict_resolution: must be one of"),
+        ({"edge": {"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}}},
+         "edge.conflict_resolution: custom_merge {wasm: ...} is not implemented yet (issue #10)"),
     ]:
         with pytest.raises(ConfigError) as ei:
             config(tmp_path, **table)

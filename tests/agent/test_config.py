@@ -115,7 +115,7 @@ def doc_yaml_blocks():
 
 
 # The seed's keys that nothing acts on yet: refused, by name (docs/config.md, "not yet").
-SEED_NOT_YET = {"location": None, "conflict_resolution": None, "mesh": None,
+SEED_NOT_YET = {"location": None, "mesh": None,
                 "sync": ("compression",), "resources": ("max_memory", "max_cpu_percent")}
 
 

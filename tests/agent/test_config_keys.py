@@ -49,7 +49,6 @@ SCHEMA = {
 # anyway" or None, the issue that will implement the key)
 REFUSED = {
     "edge.location": ({"lat": 37.7749, "lon": -122.4194, "name": "Store #001"}, None, 12),
-    "edge.conflict_resolution": ("last_write_wins", None, 10),
     "edge.sync.compression": ("zstd", "none", 11),
     "edge.resources.max_memory": ("256MB", 0, 13),
     "edge.resources.max_cpu_percent": (80, 100, 13),
@@ -111,6 +110,7 @@ ACTED_ON = {
     "edge.sync_topics[].budget": _TOPICS,
     "edge.sync_topics[].retention": _TOPICS,
     "edge.sync_topics[].segment_size": _TOPICS,
+    "edge.conflict_resolution": _TABLES,
     "edge.sync_topics[].kind": _TABLES,
     "edge.sync_topics[].type": _TABLES,
     "edge.sync_topics[].conflict_resolution": _TABLES,

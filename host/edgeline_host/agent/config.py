@@ -95,8 +95,6 @@ _NO_VALUE = object()
 _MESH_LATER = "remove the mesh section (the node syncs with its gateway only)"
 _NOT_YET_BY_KEY = {
     ("edge", "location"): (_NO_VALUE, 12, "remove the key (a node's location is not used yet)"),
-    ("edge", "conflict_resolution"): (_NO_VALUE, 10, "remove the key (no topic has conflicts to resolve: "
-                                                     "every topic keeps every record, as a stream)"),
     ("edge.sync", "compression"): ("none", 11, "remove the key (records are sent uncompressed)"),
     ("edge.resources", "max_memory"): (0, 13, "remove the key (the agent's memory is not capped)"),
     ("edge.resources", "max_cpu_percent"): (100, 13, "remove the key (the agent's CPU use is not capped)"),
@@ -761,7 +759,7 @@ def _parse_resources(ctx, value):
     )
 
 
-def _parse_topic(ctx, path, entry, local, resources):
+def _parse_topic(ctx, path, entry, local, resources, default_strategy=None):
     if local and isinstance(entry, str):
         entry = {"topic": entry}
     allowed = LOCAL_TOPIC_KEYS if local else TOPIC_KEYS
@@ -801,7 +799,7 @@ def _parse_topic(ctx, path, entry, local, resources):
     from ..tables import parse_table_settings
 
     try:
-        table = parse_table_settings(m, path)
+        table = parse_table_settings(m, path, default_strategy)
     except ConfigError as e:
         raise ConfigError(_one_line("%s: %s" % (ctx.source, e))) from None
     return TopicConfig(
@@ -820,14 +818,29 @@ def _parse_topic(ctx, path, entry, local, resources):
     )
 
 
+def _parse_default_strategy(ctx, edge):
+    """``edge.conflict_resolution``: the strategy of the register tables that give none."""
+    from ..tables import parse_strategy
+
+    value = edge.get("conflict_resolution")
+    if value is None:
+        return None
+    try:
+        parse_strategy(value, "edge.conflict_resolution")
+    except ConfigError as e:
+        raise ConfigError(_one_line("%s: %s" % (ctx.source, e))) from None
+    return value
+
+
 def _parse_topics(ctx, edge, resources):
+    default_strategy = _parse_default_strategy(ctx, edge)
     topics = []
     where = {}  # name -> path of its entry
     for section, local in (("sync_topics", False), ("local_topics", True)):
         path = "edge." + section
         for i, entry in enumerate(_list(ctx, path, edge.get(section))):
             entry_path = "%s[%d]" % (path, i)
-            t = _parse_topic(ctx, entry_path, entry, local, resources)
+            t = _parse_topic(ctx, entry_path, entry, local, resources, default_strategy)
             if t.name in where:
                 first = where[t.name]
                 if first.startswith(path + "["):
