@@ -21,6 +21,11 @@ what the gateway and the edge agent share around it (they never import each othe
   it durably, then feeds the stored record back through ``apply_record`` before it
   answers. Callers serialise their own writes per topic (``lock``): a counter's running
   total and a key's context must include the previous local write.
+* Relays (tables.md, "Relayed writes"): the gateway copies each edge's table write into
+  the topic's cloud stream as ``[1, 4, writer, seq, ts, value]`` (``relay_value``), so the
+  downlink carries every writer's writes to every edge; ``apply_record`` applies a relay
+  as the write it carries, with the original dot, so a relayed write is the same write
+  everywhere (its writer receiving it back: a duplicate).
 * Conflicts: the core reports each one where the siblings meet; the replica keeps one
   row per conflict identity ``(key, field, type, sorted sibling dots)`` -- each conflict
   once -- with the strategy's resolution as it stands (``conflicts_json``). The rows are
@@ -34,6 +39,7 @@ from edgeline import codec
 from edgeline import table as T
 from edgeline.errors import ConfigError, EdgelineError
 
+OP_RELAY = 4  # a relayed write in the cloud stream (tables.md, "Relayed writes")
 KIND_TABLE = "table"
 KIND_STREAM = "stream"
 KINDS = (KIND_STREAM, KIND_TABLE)
@@ -159,6 +165,26 @@ def _vv_json(vv):
     return {vv[i]: vv[i + 1] for i in range(0, len(vv), 2)}
 
 
+def relay_value(writer, seq, ts, value):
+    """The record value relaying an edge's write (its dot, ts and record value bytes)
+    in a topic's cloud stream: ``[1, 4, writer, seq, ts, value]``."""
+    return codec.dumps([T.FORMAT_VERSION, OP_RELAY, writer, seq, ts, bytes(value)])
+
+
+def read_relay(data):
+    """(writer, seq, ts, value bytes) of a decoded relay item, or None when ``data`` is
+    not one; TableError when it is one and malformed."""
+    if type(data) is not list or len(data) < 2 or data[0] != T.FORMAT_VERSION or data[1] != OP_RELAY:
+        return None
+    if len(data) != 6:
+        raise T.TableError("a relayed write is [1, 4, writer, seq, ts, value]")
+    writer, seq, ts, value = data[2:]
+    if type(writer) is not str or not writer or type(seq) is not int or seq < 1 or type(ts) is not int or ts < 0 \
+            or type(value) is not bytes:
+        raise T.TableError("a relayed write's writer, seq, ts, value are text, int >= 1, int >= 0, bytes")
+    return writer, seq, ts, value
+
+
 class WriteError(Exception):
     """A local write the table cannot take (400/409 at the HTTP API): one line."""
 
@@ -189,14 +215,21 @@ class Replica:
 
     # ------------------------------------------------------------------ feeding
 
-    def apply_record(self, writer, seq, ts, key, value):
+    def apply_record(self, writer, seq, ts, key, value, relayed=False):
         """Apply one stored record of the topic (key bytes, value CBOR bytes). Returns
-        True if it changed the state; a malformed record is counted, not raised."""
+        True if it changed the state; a malformed record is counted, not raised. A relay
+        (from the cloud) is applied as the write it carries."""
         k = key_text(key)
         try:
             if k is None:
                 raise T.TableError("a table record needs a key")
-            ops = T.read_value(codec.loads(value))
+            data = codec.loads(value)
+            relay = read_relay(data)
+            if relay is not None:
+                if relayed or writer != T.CLOUD:
+                    raise T.TableError("a relayed write comes from the cloud, and holds no relay")
+                return self.apply_record(relay[0], relay[1], relay[2], key, relay[3], True)
+            ops = T.read_value(data)
             self._check_ops(ops)
         except EdgelineError as e:
             self.malformed += 1
@@ -222,6 +255,18 @@ class Replica:
         else:
             self.ignored += 1
         return changed
+
+    def takes(self, key, value):
+        """True when a record (key bytes, value bytes) is a table write this topic takes
+        (not a relay): what the gateway relays."""
+        try:
+            data = codec.loads(value)
+            if key is None or read_relay(data) is not None:
+                return False
+            self._check_ops(T.read_value(data))
+        except EdgelineError:
+            return False
+        return True
 
     def _check_ops(self, ops):
         kind = self.settings.type

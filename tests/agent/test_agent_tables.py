@@ -148,3 +148,26 @@ def test_a_counter_adds_up_within_one_request_and_across_writers(tmp_path):
     k, s = asyncio.run(with_agent(config(tmp_path, type="counter"), fn))
     assert k["value"] == 113 and sorted(k["totals"].values()) == [13, 100]
     assert s == 409
+
+
+def test_relayed_writes_of_other_edges_apply_with_their_own_dots(tmp_path):
+    from edgeline_host import tables
+
+    async def fn(agent, call):
+        me = agent._own_writer(agent.topics["inv"])
+        s, a = await call("PUT", "/v1/tables/inv/k", json="mine")
+        mine = agent.topics["inv"].log.read(1, 1)[0]
+        other = codec.dumps(T.write_value(T.OP_PUT, (), "theirs"))
+        cloud_records(agent, [
+            Record(1, 5, b"k", tables.relay_value(me, 1, mine.ts, mine.value)),  # its own, back: a duplicate
+            Record(2, 6, b"k", tables.relay_value("store-2~00000000000000b2", 4, 2 ** 62, other)),
+            Record(3, 7, b"k", codec.dumps([1, 4, "x"])),  # a malformed relay: counted, left out
+        ])
+        s, k = await call("GET", "/v1/tables/inv/k")
+        s, d = await call("GET", "/v1/tables")
+        return k, d["tables"][0]
+
+    k, d = asyncio.run(with_agent(config(tmp_path), fn))
+    assert k["value"] == "theirs" and k["conflict"] == "concurrent_write"
+    assert [(v["writer"].split("~")[0], v["seq"]) for v in k["versions"]] == [("store-1", 1), ("store-2", 4)]
+    assert (d["applied"], d["ignored"], d["malformed"]) == (2, 1, 1)

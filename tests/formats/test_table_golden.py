@@ -51,3 +51,16 @@ def test_edgeline_reads_and_rewrites_them_byte_for_byte():
     ops = read_value(codec.loads(data))
     assert [o[1] for o in ops] == [OP_PUT, OP_DELETE]
     assert codec.dumps(field_value(ops)) == data
+
+
+def test_a_relayed_write_follows_the_layout_and_is_rewritten_byte_for_byte():
+    from edgeline_host.tables import OP_RELAY, read_relay, relay_value
+
+    data = _read("relay")
+    item = cbor2.loads(data)
+    assert item[:5] == [1, OP_RELAY, "store-1", 7, 1000] and OP_RELAY == 4
+    assert cbor2.loads(item[5]) == [1, 0, ["cloud", 3], {"qty": 5}]
+    writer, seq, ts, value = read_relay(codec.loads(data))
+    assert (writer, seq, ts) == ("store-1", 7, 1000)
+    assert read_value(codec.loads(value)) == [(None, OP_PUT, ("cloud", 3), {"qty": 5})]
+    assert relay_value(writer, seq, ts, value) == data

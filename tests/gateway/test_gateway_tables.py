@@ -10,6 +10,7 @@ from edgeline import codec, sync
 from edgeline import table as T
 from edgeline.errors import ConfigError
 from edgeline.log import Record
+from edgeline_host import tables
 from edgeline_host.gateway.api import GatewayApi
 from edgeline_host.gateway.gateway import Gateway
 from edgeline_host.gateway.topics import parse_topics
@@ -80,24 +81,35 @@ def test_topics_file_takes_table_settings_and_refuses_what_does_not_act_by_name(
         assert words in str(ei.value) and "\n" not in str(ei.value), (settings, str(ei.value))
 
 
+async def settle(gw, n):
+    """Wait until the gateway has relayed n edge writes into cloud streams."""
+    for _ in range(500):
+        if gw.relayed >= n and not gw._relay_pending:
+            assert gw.relayed == n
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("relayed %d of %d" % (gw.relayed, n))
+
+
 def test_edge_and_cloud_writes_meet_conflicts_are_listed_once_and_a_restart_rebuilds(tmp_path):
     async def fn(gw, http, server):
-        # the edge writes a:1 and b; the cloud writes a concurrently (it has not seen a:1)
-        await gw.table_write("inv", [("c", "only-cloud", False)])
+        await gw.table_write("inv", [("c", "only-cloud", False)])  # cloud:1
         (ack,) = await edge_send(http, server, [put(1, 1000, "a", "edge"), put(2, 1001, "b", 7)])
         assert ack.seq == 2
+        await settle(gw, 2)  # relayed as cloud:2 and cloud:3
         async with http.put(server.make_url("/v1/tables/inv/a"), json="cloud") as r:
             assert r.status == 200
-            assert await r.json() == {"topic": "inv", "key": "a", "origin": "cloud", "seq": 2, "durable": True}
+            assert await r.json() == {"topic": "inv", "key": "a", "origin": "cloud", "seq": 4, "durable": True}
         # the cloud's write had seen the edge's (C1: the gateway's replica held it): no conflict
         st, k = await get(http, server, "/v1/tables/inv/a")
-        assert st == 200 and k["value"] == "cloud" and k["version"] == {"cloud": 2, W1: 1}
-        # now a concurrent edge write (its context lacks cloud:2): a conflict, LWW shows the later
+        assert st == 200 and k["value"] == "cloud" and k["version"] == {"cloud": 4, W1: 1}
+        # now a concurrent edge write (its context lacks cloud:4): a conflict, LWW shows the later
         await edge_send(http, server, [Record(3, LATE, b"a", codec.dumps(T.write_value(T.OP_PUT, (W1, 1), "e2")))])
         st, k = await get(http, server, "/v1/tables/inv/a")
         assert k["value"] == "e2" and k["conflict"] == "concurrent_write" and k["resolution"] == "use_edge"
-        assert [(v["writer"], v["seq"]) for v in k["versions"]] == [("cloud", 2), (W1, 3)]
-        # a duplicate of that batch changes nothing and lists no conflict twice
+        assert [(v["writer"], v["seq"]) for v in k["versions"]] == [("cloud", 4), (W1, 3)]
+        await settle(gw, 3)  # cloud:5
+        # a duplicate of that batch changes nothing, is not relayed again, lists no conflict twice
         await edge_send(http, server, [Record(3, LATE, b"a", codec.dumps(T.write_value(T.OP_PUT, (W1, 1), "e2")))])
         st, c = await get(http, server, "/v1/tables/inv/conflicts")
         assert [(r["key"], r["type"], r["resolution"]) for r in c["conflicts"]] == [("a", "concurrent_write",
@@ -105,31 +117,60 @@ def test_edge_and_cloud_writes_meet_conflicts_are_listed_once_and_a_restart_rebu
         assert c["counts"] == {"concurrent_write": 1}
         # a delete from the cloud that has seen both resolves them; the conflict shows superseded
         async with http.delete(server.make_url("/v1/tables/inv/a")) as r:
-            assert r.status == 200 and (await r.json())["seq"] == 3
+            assert r.status == 200 and (await r.json())["seq"] == 6
+        assert gw.relayed == 3
         st, state = await get(http, server, "/v1/tables/inv")
         assert [(x["key"], x["value"]) for x in state["keys"]] == [("b", 7), ("c", "only-cloud")]
         st, c = await get(http, server, "/v1/tables/inv/conflicts")
         # ... and is an ordering conflict: the delete's ts is older than the edge's write it had seen
         assert [(r["type"], r["resolution"]) for r in c["conflicts"]] == [("concurrent_write", "superseded"),
                                                                           ("ordering", "causal")]
-        # the edges receive the cloud's writes with their contexts, in the topic's cloud stream
+        # the edges receive the cloud's writes with their contexts, and the edges' writes
+        # relayed with their own dots, in the topic's cloud stream
         c2 = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
         await c2.connect()
         (d,) = await c2.exchange(sync.Pull("inv", 0, 10))
-        got = [(r.seq, r.key, T.read_value(codec.loads(r.value))) for r in sync.records_of(d)]
-        assert got[1] == (2, b"a", [(None, T.OP_PUT, (W1, 1), "cloud")])
-        assert got[2][2][0][1] == T.OP_DELETE and got[2][2][0][2] == ("cloud", 2, W1, 3)
+        got = [(r.seq, r.key, codec.loads(r.value)) for r in sync.records_of(d)]
+        assert [(s, k) for s, k, _ in got] == [(1, b"c"), (2, b"a"), (3, b"b"), (4, b"a"), (5, b"a"), (6, b"a")]
+        assert T.read_value(got[3][2]) == [(None, T.OP_PUT, (W1, 1), "cloud")]
+        assert T.read_value(got[5][2])[0][1:3] == (T.OP_DELETE, ("cloud", 4, W1, 3))
+        relay = tables.read_relay(got[4][2])
+        assert relay[:3] == (W1, 3, LATE) and T.read_value(codec.loads(relay[3]))[0][3] == "e2"
         return state
 
     before = asyncio.run(with_gateway(tmp_path, fn, topics()))
 
     async def again(gw, http, server):
         st, state = await get(http, server, "/v1/tables/inv")
+        assert gw._relay_pending == {} and gw.relayed == 0  # every edge write was relayed before
         return state
 
     after = asyncio.run(with_gateway(tmp_path, again, topics()))
     assert after["keys"] == before["keys"]
-    assert after["applied"] + after["ignored"] == 6 and after["malformed"] == 0  # every stored record, again
+    # every stored record, again: 3 edge writes, 3 cloud writes, 3 relays of the edge's
+    assert after["applied"] + after["ignored"] == 9 and after["malformed"] == 0
+
+
+def test_an_edge_write_stored_but_not_relayed_is_relayed_at_start_once(tmp_path):
+    async def fn(gw, http, server):
+        gw._relay_task.cancel()  # the gateway "stops" between storing and relaying
+        await edge_send(http, server, [put(1, 1000, "a", "edge"), put(2, 1001, "b", 7)])
+        assert gw.store.published("inv") == 0
+
+    asyncio.run(with_gateway(tmp_path, fn, topics()))
+
+    async def again(gw, http, server):
+        await settle(gw, 2)
+        rows = gw.store.pull("inv", 0, 10)
+        return [tables.read_relay(codec.loads(r.value))[:2] for r in rows]
+
+    assert asyncio.run(with_gateway(tmp_path, again, topics())) == [(W1, 1), (W1, 2)]
+
+    async def third(gw, http, server):
+        await asyncio.sleep(0.05)
+        return gw.relayed, gw.store.published("inv")
+
+    assert asyncio.run(with_gateway(tmp_path, third, topics())) == (0, 2)  # once
 
 
 def test_strategies_act_at_the_gateway(tmp_path):

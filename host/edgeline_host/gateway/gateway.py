@@ -31,6 +31,14 @@ topic's cloud stream (so the downlink carries it to the edges that pull the topi
 applies it before it returns. Nothing of the replica is persisted: the store's records
 are its truth.
 
+Relaying (tables.md, "Relayed writes"): every edge write of a table topic the gateway
+publishes is copied, once, into the topic's cloud stream as a relay record carrying its
+dot, ts and value, so every edge that pulls the topic receives every writer's writes. The
+copy is made by a background task after the edge's batch was committed and acknowledged
+(``_relay_pending``; a failed store is retried a second later). Which dots were relayed
+is known from the cloud stream itself: at start, an edge record of the store without its
+relay (the gateway stopped in between) is queued again, so each is relayed exactly once.
+
 ``start()`` / ``close()`` run the committer and close the store; ``service.serve``
 wires the gateway, its HTTP API and the transports into one process.
 """
@@ -39,6 +47,8 @@ import collections
 import logging
 import os
 import time
+
+import cbor2
 
 from edgeline import sync
 from edgeline.clock import HybridClock
@@ -63,6 +73,15 @@ def now_ms():
     return int(time.time() * 1000)
 
 
+def _relay_dot(value):
+    """(writer, seq) of the edge write a cloud-stream record relays, or None."""
+    try:
+        r = tables.read_relay(cbor2.loads(value))
+    except Exception:  # noqa: BLE001 - not a relay (or not CBOR): the replica counts it
+        return None
+    return None if r is None else (r[0], r[1])
+
+
 class Gateway:
     """One gateway: store, committer, the sync protocol's answers, publishing.
 
@@ -77,6 +96,12 @@ class Gateway:
         self.store = GatewayStore(db_path)
         self.keys = keys  # node_id -> 32-byte key
         self.tables = {}  # table topic -> tables.Replica (set with the topics)
+        self._relayed = {}  # table topic -> {(writer, seq)} of the edge writes relayed or queued
+        self._relay_pending = {}  # table topic -> [(writer, seq, ts, key, value)] to relay
+        self._relay_wake = None
+        self._relay_task = None
+        self.relayed = 0  # edge writes relayed into cloud streams since start
+        self.relay_retry_s = 1.0
         self.topics = dict(topics or {})
         self.publish_token = publish_token
         self.max_message_bytes = max_message_bytes
@@ -115,14 +140,34 @@ class Gateway:
         store."""
         self._topics = dict(topics or {})
         self.tables = {}
+        self._relayed = {}
+        self._relay_pending = {}
         for name, t in sorted(self._topics.items()):
             if t.table is not None:
-                self.tables[name] = self._rebuild(name, t.table)
+                self.tables[name] = self._rebuild(name, t)
 
-    def _rebuild(self, name, settings):
-        rep = tables.Replica(name, settings)
+    def _rebuild(self, name, topic):
+        rep = tables.Replica(name, topic.table)
+        relayed = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
             rep.apply_record(tables.writer_id(origin, inc), seq, ts, key, value)
+            if origin == sync.CLOUD_ORIGIN:
+                dot = _relay_dot(value)
+                if dot is not None:
+                    relayed.add(dot)
+        if topic.publishes:
+            # an edge write stored but not relayed (the gateway stopped in between): again
+            pending = []
+            for origin, inc, seq, ts, key, value in self.store.stream_records(name):
+                writer = tables.writer_id(origin, inc)
+                if origin != sync.CLOUD_ORIGIN and (writer, seq) not in relayed and rep.takes(key, value):
+                    relayed.add((writer, seq))
+                    pending.append((writer, seq, ts, key, value))
+            self._relayed[name] = relayed
+            if pending:
+                self._relay_pending[name] = pending
+                log.info("gateway: table topic %r: %d edge write(s) stored but not yet relayed to the edges: relaying "
+                         "them", name, len(pending))
         if rep.malformed:
             log.warning("gateway: table topic %r: %d stored record(s) are not table writes (left out of the table; "
                         "last: %s)", name, rep.malformed, rep.last_malformed)
@@ -132,10 +177,45 @@ class Gateway:
 
     async def start(self):
         await self.committer.start()
+        self._relay_wake = asyncio.Event()
+        self._relay_task = asyncio.ensure_future(self._relay_loop())
+        if self._relay_pending:
+            self._relay_wake.set()
 
     async def close(self):
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            try:
+                await self._relay_task
+            except asyncio.CancelledError:
+                pass
+            self._relay_task = None
         await self.committer.stop()
         self.store.close()
+
+    async def _relay_loop(self):
+        """Publish the queued relays of edge table writes, topic by topic, in batches;
+        a failed store is retried after ``relay_retry_s``."""
+        while True:
+            await self._relay_wake.wait()
+            self._relay_wake.clear()
+            for name in list(self._relay_pending):
+                while self._relay_pending.get(name):
+                    todo = self._relay_pending[name][:self.max_batch_records]
+                    values = [tables.relay_value(w, s, ts, v) for w, s, ts, _k, v in todo]
+                    try:
+                        await self.publish(name, values, [k for _w, _s, _ts, k, _v in todo])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - kept queued, tried again
+                        self.store_failed(e)
+                        await asyncio.sleep(self.relay_retry_s)
+                        self._relay_wake.set()
+                        break
+                    del self._relay_pending[name][:len(todo)]
+                    self.relayed += len(todo)
+                if not self._relay_pending.get(name):
+                    self._relay_pending.pop(name, None)
 
     # ------------------------------------------------------------------ sync
 
@@ -353,10 +433,16 @@ class Gateway:
         rep = self.tables[batch.topic]
         writer = tables.writer_id(node, inc)
         first, base = batch.first_seq, batch.base_ts
+        relayed = self._relayed.get(batch.topic)
         for i, e in enumerate(batch.entries):
             if first + i > mark:
                 break
             rep.apply_record(writer, first + i, base + e[0], e[1], e[2])
+            if relayed is not None and (writer, first + i) not in relayed and rep.takes(e[1], e[2]):
+                relayed.add((writer, first + i))
+                self._relay_pending.setdefault(batch.topic, []).append((writer, first + i, base + e[0], e[1], e[2]))
+                if self._relay_wake is not None:
+                    self._relay_wake.set()
 
     def _incarnations(self, conn):
         """The HELLO's incarnations as hex ({topic: hex}), kept on the connection for its
