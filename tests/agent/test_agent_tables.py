@@ -58,6 +58,7 @@ async def with_agent(cfg, fn):
 def test_config_takes_table_topics_and_refuses_what_does_not_act_by_name(tmp_path):
     cfg = config(tmp_path, type="map")
     assert cfg.topics[0].table.type == "map"
+    assert cfg.topics[0].full_policy == "reject"  # a table keeps every write (its replica is rebuilt from them)
     cfg = config(tmp_path, conflict_resolution="keep_both")
     assert cfg.topics[0].table.strategy == "keep_both"
     # edge.conflict_resolution: the strategy of the register tables that give none
@@ -73,6 +74,8 @@ def test_config_takes_table_topics_and_refuses_what_does_not_act_by_name(tmp_pat
         ({"kind": "stream", "conflict_resolution": "cloud_wins"},
          "edge.sync_topics[0].conflict_resolution: only a table topic has it"),
         ({"type": "bag"}, "edge.sync_topics[0].type: must be one of"),
+        ({"full_policy": "drop_oldest"}, "edge.sync_topics[0].full_policy: a table topic keeps every write"),
+        ({"retention": "7d"}, "edge.sync_topics[0].retention: a table topic keeps every write"),
         ({"edge": {"conflict_resolution": "newest"}}, "edge.conflict_resolution: must be one of"),
         ({"edge": {"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}}},
          "edge.conflict_resolution: custom_merge {wasm: ...} is not implemented yet (issue #10)"),

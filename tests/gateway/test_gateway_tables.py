@@ -161,6 +161,8 @@ def test_an_edge_write_stored_but_not_relayed_is_relayed_at_start_once(tmp_path)
 
     async def again(gw, http, server):
         await settle(gw, 2)
+        st, h = await get(http, server, "/healthz")
+        assert (h["relayed"], h["relays_pending"]) == (2, 0)
         rows = gw.store.pull("inv", 0, 10)
         return [tables.read_relay(codec.loads(r.value))[:2] for r in rows]
 

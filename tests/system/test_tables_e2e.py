@@ -42,8 +42,7 @@ edge:
     retry: {initial_ms: 50, max_ms: 300}
     circuit_breaker: {failures: 0}
   sync_topics:
-    - {topic: inv, direction: bidirectional, kind: table, conflict_resolution: last_write_wins, sync: every,
-       full_policy: reject}
+    - {topic: inv, direction: bidirectional, kind: table, conflict_resolution: last_write_wins, sync: every}
   ingest:
     http: {listen: "127.0.0.1:%(port)d"}
 """

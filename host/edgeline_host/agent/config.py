@@ -802,6 +802,18 @@ def _parse_topic(ctx, path, entry, local, resources, default_strategy=None):
         table = parse_table_settings(m, path, default_strategy)
     except ConfigError as e:
         raise ConfigError(_one_line("%s: %s" % (ctx.source, e))) from None
+    full_policy = _choice(ctx, path + ".full_policy", m.get("full_policy"), d.full_policy, FULL_POLICIES)
+    if table is not None:
+        # The replica is rebuilt from the log at start: a write evicted from it would be
+        # gone from this replica only. Until compaction (issue #10) a table keeps every write.
+        if m.get("full_policy") is None:
+            full_policy = "reject"
+        elif full_policy != "reject":
+            ctx.fail(path + ".full_policy", "a table topic keeps every write until compaction is built (issue #10): "
+                     "use reject (the default for a table), not %s" % full_policy)
+        if m.get("retention") not in (None, 0, "0"):
+            ctx.fail(path + ".retention", "a table topic keeps every write until compaction is built (issue #10): "
+                     "remove the key")
     return TopicConfig(
         table=table,
         name=name,
@@ -809,7 +821,7 @@ def _parse_topic(ctx, path, entry, local, resources, default_strategy=None):
         sync=_choice(ctx, path + ".sync", m.get("sync"), d.sync, SYNC_POLICIES),
         group_records=_int(ctx, path + ".group_records", m.get("group_records"), d.group_records, 1, 1000000),
         group_ms=_duration_field(ctx, path + ".group_ms", m.get("group_ms"), d.group_ms, 1, 0, _HOUR),
-        full_policy=_choice(ctx, path + ".full_policy", m.get("full_policy"), d.full_policy, FULL_POLICIES),
+        full_policy=full_policy,
         priority=_int(ctx, path + ".priority", priority, d.priority, 0, 255),
         budget_bytes=budget,
         retention_ms=_duration_field(ctx, path + ".retention", m.get("retention"), d.retention_ms, 1, _SECOND,

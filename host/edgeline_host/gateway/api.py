@@ -211,5 +211,6 @@ class GatewayApi:
                   "items": gw.committer.items, "rejected": gw.rejected,
                   "store_failures": gw.store_failures, "published": gw.published,
                   "pulls": gw.pulls, "refused_pulls": gw.refused_pulls,
-                  "new_incarnations": gw.new_incarnations})
+                  "new_incarnations": gw.new_incarnations, "relayed": gw.relayed,
+                  "relays_pending": sum(len(v) for v in gw._relay_pending.values())})
         return web.json_response(h)
