@@ -247,3 +247,24 @@ def test_publish_to_a_table_topic_is_keyed_puts_and_bad_input_is_one_line(tmp_pa
         assert d["tables"][0]["malformed"] == 1 and "not a table write" in d["tables"][0]["last_malformed"]
 
     asyncio.run(with_gateway(tmp_path, fn, topics()))
+
+
+def test_concurrent_cloud_writes_never_conflict_with_each_other_and_counters_lose_no_add(tmp_path):
+    async def registers(gw, http, server):
+        await edge_send(http, server, [put(1, 1000, "a", "edge")])
+        got = await asyncio.gather(*[gw.table_write("inv", [("a", i, False)]) for i in range(40)])
+        assert sorted(g[1] for g in got) == sorted(set(g[1] for g in got))  # each its own seq
+        st, k = await get(http, server, "/v1/tables/inv/a")
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        return k, c, max(got, key=lambda g: g[1])
+
+    k, c, last = asyncio.run(with_gateway(tmp_path / "r", registers, topics()))
+    # the last cloud write stands alone: it superseded the cloud's earlier ones and the edge's it had seen
+    assert [(v["writer"], v["seq"]) for v in k["versions"]] == [("cloud", last[1])] and c["conflicts"] == []
+
+    async def counter(gw, http, server):
+        await asyncio.gather(*[gw.table_write("inv", [("n", {"add": 1}, False)]) for _ in range(30)])
+        await gw.table_write("inv", [("n", {"add": 2}, False), ("n", {"add": 3}, False)])  # one request, two
+        return (await get(http, server, "/v1/tables/inv/n"))[1]
+
+    assert asyncio.run(with_gateway(tmp_path / "c", counter, topics(type="counter")))["value"] == 35

@@ -53,6 +53,7 @@ import cbor2
 from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import LocalProtocolError, RemoteProtocolError
+from edgeline.table import COUNTER
 
 from .. import fastcbor
 from .. import tables
@@ -494,24 +495,38 @@ class Gateway:
 
     async def table_write(self, topic, writes, max_record_bytes=None):
         """Cloud writes to a table topic: ``writes`` is a list of ``(key, body,
-        delete)`` (``tables.Replica.form_write``). Each is formed from the replica's
-        context, published in the topic's cloud stream and applied, one after another
-        under the replica's write lock (C1: the next write has seen the last). Returns
-        (first_seq, last_seq). tables.WriteError for a write the table cannot take (the
-        writes before it are stored); the store's errors propagate."""
+        delete)`` (``tables.Replica.form_write``). They are formed from the replica's
+        context, published together in the topic's cloud stream (one commit, all or
+        nothing) and applied once durable. Returns (first_seq, last_seq).
+        tables.WriteError for a write the table cannot take (nothing is stored); the
+        store's errors propagate.
+
+        Concurrent calls need no lock for a register, set or map: every write of the
+        cloud supersedes the cloud's earlier ones whatever its context says (C1 at the
+        receiver), so a write formed while another is being committed loses nothing; its
+        context holds what the cloud has seen of the *other* writers, which is all a
+        context must say. Forming and submitting run with no await between, so seqs and
+        timestamps follow the order of forming. A counter's running total must include
+        the previous one: counter writes are made one request after another."""
         rep = self.tables[topic]
-        first = last = None
-        async with rep.write_lock():
-            for key, body, delete in writes:
-                value = rep.form_write(key, sync.CLOUD_ORIGIN, body, delete)
-                kb = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-                if max_record_bytes is not None and len(kb) + len(value) > max_record_bytes:
-                    raise tables.WriteError(413, "the write to key %r is %d bytes (key and table value), over "
-                                                 "max_record_bytes %d of topic %r" % (key, len(kb) + len(value),
-                                                                                       max_record_bytes, topic))
-                f, last = await self.publish(topic, [value], [kb])
-                first = f if first is None else first
-        return first, last
+        if rep.settings.type == COUNTER:
+            async with rep.write_lock():
+                return await self._table_write(topic, rep, writes, max_record_bytes)
+        return await self._table_write(topic, rep, writes, max_record_bytes)
+
+    async def _table_write(self, topic, rep, writes, max_record_bytes):
+        pending = {}
+        keys, values = [], []
+        for key, body, delete in writes:
+            value = rep.form_write(key, sync.CLOUD_ORIGIN, body, delete, pending)
+            kb = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+            if max_record_bytes is not None and len(kb) + len(value) > max_record_bytes:
+                raise tables.WriteError(413, "the write to key %r is %d bytes (key and table value), over "
+                                             "max_record_bytes %d of topic %r" % (key, len(kb) + len(value),
+                                                                                   max_record_bytes, topic))
+            keys.append(kb)
+            values.append(value)
+        return await self.publish(topic, values, keys)
 
     def downlinks(self, node=None):
         """Per cloud-to-edge topic and node that may pull it: what was published, what
