@@ -305,6 +305,8 @@ class Replica:
         if kind == T.REGISTER:
             if delete:
                 return codec.dumps(T.write_value(T.OP_DELETE, t.context(key)))
+            if body is None:
+                raise WriteError(400, "a table value cannot be null (null marks a delete, tables.md): DELETE the key")
             return codec.dumps(T.write_value(T.OP_PUT, t.context(key), body))
         if kind == T.COUNTER:
             if delete:
@@ -340,6 +342,8 @@ class Replica:
             dels = body.get("delete", [])
             if not isinstance(puts, dict) or not isinstance(dels, list):
                 raise WriteError(400, "a map write's put is an object of fields, its delete a list of fields")
+            if any(v is None for v in puts.values()):
+                raise WriteError(400, "a map field's value cannot be null (null marks a delete): list it in \"delete\"")
             items = [(f, T.OP_PUT, v) for f, v in puts.items()] + [(f, T.OP_DELETE, None) for f in dels]
         seen = set()
         for f, op, v in items:

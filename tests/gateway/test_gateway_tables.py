@@ -238,6 +238,8 @@ def test_publish_to_a_table_topic_is_keyed_puts_and_bad_input_is_one_line(tmp_pa
             assert r.status == 400 and "is {\"key\"" in (await r.json())["error"]
         async with http.put(server.make_url("/v1/tables/inv/a"), data=b"{nope") as r:
             assert r.status == 400 and "not valid JSON" in (await r.json())["error"]
+        async with http.put(server.make_url("/v1/tables/inv/a"), data=b"null") as r:
+            assert r.status == 400 and "cannot be null" in (await r.json())["error"]
         st, e = await get(http, server, "/v1/tables/plain")
         assert st == 404 and "not a table topic" in e["error"]
         # an edge record that is not a table write is stored, counted, not applied
