@@ -82,30 +82,60 @@ def load_merge(spec, where):
                           ) from None
     if not callable(f):
         raise ConfigError("%s: custom_merge %r is not callable" % (where, spec))
-    return f
+    return PythonMerge(f)
 
 
-def parse_strategy(value, where):
-    """(strategy, merge, merge_name) from a ``conflict_resolution`` value."""
+class PythonMerge:
+    """A Python custom merge, with its failures kept per sibling set (key and dots) so
+    the replica can report ``merge_failed`` with the reason; what it raises still
+    reaches the core's ``resolve``, which shows the siblings."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.failures = {}
+
+    def __call__(self, key, versions):
+        try:
+            return self.fn(key, versions)
+        except Exception as e:
+            if len(self.failures) >= MAX_CONFLICT_ROWS:
+                self.failures.clear()
+            text = str(e).strip().splitlines()
+            self.failures[(key,) + tuple((v[0], v[1]) for v in versions)] = "%s: %s" % (
+                type(e).__name__, text[0] if text else "")
+            raise
+
+
+def parse_strategy(value, where, base_dir=None):
+    """(strategy, merge, merge_name) from a ``conflict_resolution`` value. A WebAssembly
+    merge's path is relative to ``base_dir`` (the config file's folder)."""
     if isinstance(value, dict):
         if set(value) != {T.CUSTOM_MERGE}:
-            raise ConfigError("%s: a mapping here is {custom_merge: \"package.module:function\"} (got keys %s)"
-                              % (where, ", ".join(sorted(map(str, value)))))
+            raise ConfigError("%s: a mapping here is {custom_merge: \"package.module:function\"} or {custom_merge: "
+                              "{wasm: path}} (got keys %s)" % (where, ", ".join(sorted(map(str, value)))))
         spec = value[T.CUSTOM_MERGE]
         if isinstance(spec, dict):
-            raise ConfigError("%s: custom_merge {wasm: ...} is not implemented yet (issue #10): use a Python "
-                              "merge \"package.module:function\" or a built-in strategy" % where)
+            if set(spec) != {"wasm"} or not isinstance(spec["wasm"], str) or not spec["wasm"]:
+                raise ConfigError("%s: a WebAssembly merge is {custom_merge: {wasm: path}} (got %r)" % (where, spec))
+            import os
+
+            from .wasmmerge import WasmMerge
+
+            path = spec["wasm"]
+            if base_dir is not None and not os.path.isabs(path):
+                path = os.path.join(base_dir, path)
+            return T.CUSTOM_MERGE, WasmMerge(path, where + ".custom_merge.wasm"), {"wasm": spec["wasm"]}
         return T.CUSTOM_MERGE, load_merge(spec, where), spec
     if value == T.CUSTOM_MERGE:
         raise ConfigError("%s: custom_merge names its function: conflict_resolution: {custom_merge: "
-                          "\"package.module:function\"}" % where)
+                          "\"package.module:function\"} or {custom_merge: {wasm: path}}" % where)
     if value not in T.STRATEGIES:
-        raise ConfigError("%s: must be one of %s, or {custom_merge: \"package.module:function\"} (got %r)"
+        raise ConfigError("%s: must be one of %s, or {custom_merge: ...} (got %r)"
                           % (where, ", ".join(s for s in T.STRATEGIES if s != T.CUSTOM_MERGE), value))
     return value, None, None
 
 
-def parse_table_settings(settings, where, default_strategy=None):
+def parse_table_settings(settings, where, default_strategy=None, base_dir=None):
     """A TableSettings when ``settings`` (a topic's mapping) says ``kind: table``, else
     None; ConfigError (one line naming ``where`` and the key) when the table keys are
     wrong, or given to a stream topic. ``default_strategy`` is a ``conflict_resolution``
@@ -126,7 +156,7 @@ def parse_table_settings(settings, where, default_strategy=None):
         value = default_strategy  # already checked where it was given
     if value is None:
         value = T.LAST_WRITE_WINS
-    strategy, merge, name = parse_strategy(value, "%s.conflict_resolution" % where)
+    strategy, merge, name = parse_strategy(value, "%s.conflict_resolution" % where, base_dir)
     if type_ != T.REGISTER and "conflict_resolution" in settings and strategy != T.LAST_WRITE_WINS:
         raise ConfigError("%s.conflict_resolution: a %s table merges by its type (tables.md, CRDT value types); "
                           "only a register uses a strategy" % (where, type_))
@@ -403,7 +433,9 @@ class Replica:
             st = t.view(key)
             if len(sibs) > 1:
                 out["conflict"] = T.conflict_type(sibs)
-                out["resolution"] = self.resolution(sibs, st)
+                out["resolution"] = self.resolution(sibs, st, key)
+                if out["resolution"] == "merge_failed":
+                    out["merge_error"] = self.merge_failure(key, sibs)
         elif kind == T.COUNTER:
             st = t._shard(key).get(key, ())
             out["totals"] = {st[i]: st[i + 2] for i in range(0, len(st), 3)}
@@ -413,11 +445,13 @@ class Replica:
                               "version": _vv_json(t.context(key, f))} for f in t.fields(key)]
         return out
 
-    def resolution(self, sibs, visible):
+    def resolution(self, sibs, visible, key=None):
         """How the strategy resolves siblings as they stand: use_cloud / use_edge (the
         chosen version's writer), drop (the chosen version is a delete), both
         (keep_both, or a custom merge that failed), merged (a custom merge)."""
         strategy = self.settings.strategy if self.settings.type == T.REGISTER else T.LAST_WRITE_WINS
+        if strategy == T.CUSTOM_MERGE and self.merge_failure(key, sibs) is not None:
+            return "merge_failed"
         if isinstance(visible, T.Siblings):
             return "both"
         if strategy == T.CUSTOM_MERGE:
@@ -429,6 +463,14 @@ class Replica:
         if best[3] is T.TOMBSTONE:
             return "drop"
         return "use_cloud" if best[0] == T.CLOUD else "use_edge"
+
+    def merge_failure(self, key, sibs):
+        """Why the custom merge failed for these siblings (a WebAssembly merge keeps its
+        failures per sibling set), or None."""
+        failures = getattr(self.settings.merge, "failures", None)
+        if not failures or not sibs:
+            return None
+        return failures.get((key,) + tuple((s[0], s[1]) for s in T.ordered(sibs)), None)
 
     def conflicts_json(self):
         """Each conflict met, once, first met first: type, versions, the write that made
@@ -447,7 +489,9 @@ class Replica:
             else:
                 vis = T.resolve(self.settings.strategy if self.settings.type == T.REGISTER else T.LAST_WRITE_WINS,
                                 [s for s in sibs if (s[0], s[1]) in set(dots)], self.settings.merge, key)
-                r["resolution"] = self.resolution([s for s in sibs if (s[0], s[1]) in set(dots)], vis)
+                r["resolution"] = self.resolution([s for s in sibs if (s[0], s[1]) in set(dots)], vis, key)
+                if r["resolution"] == "merge_failed":
+                    r["merge_error"] = self.merge_failure(key, [s for s in sibs if (s[0], s[1]) in set(dots)])
                 if vis is not T.MISSING:
                     r.update(self._visible_json(vis))
             out.append(r)

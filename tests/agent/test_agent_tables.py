@@ -70,7 +70,7 @@ def test_config_takes_table_topics_and_refuses_what_does_not_act_by_name(tmp_pat
     assert cfg.topics[0].table.strategy == "last_write_wins"  # a counter merges by its type
     for table, words in [
         ({"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}},
-         "edge.sync_topics[0].conflict_resolution: custom_merge {wasm: ...} is not implemented yet (issue #10)"),
+         "edge.sync_topics[0].conflict_resolution.custom_merge.wasm: %s cannot be loaded" % (tmp_path / "m.wasm")),
         ({"kind": "stream", "conflict_resolution": "cloud_wins"},
          "edge.sync_topics[0].conflict_resolution: only a table topic has it"),
         ({"type": "bag"}, "edge.sync_topics[0].type: must be one of"),
@@ -78,7 +78,7 @@ def test_config_takes_table_topics_and_refuses_what_does_not_act_by_name(tmp_pat
         ({"retention": "7d"}, "edge.sync_topics[0].retention: a table topic keeps every write"),
         ({"edge": {"conflict_resolution": "newest"}}, "edge.conflict_resolution: must be one of"),
         ({"edge": {"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}}},
-         "edge.conflict_resolution: custom_merge {wasm: ...} is not implemented yet (issue #10)"),
+         "edge.conflict_resolution.custom_merge.wasm: %s cannot be loaded" % (tmp_path / "m.wasm")),
     ]:
         with pytest.raises(ConfigError) as ei:
             config(tmp_path, **table)
@@ -174,3 +174,21 @@ def test_relayed_writes_of_other_edges_apply_with_their_own_dots(tmp_path):
     assert k["value"] == "theirs" and k["conflict"] == "concurrent_write"
     assert [(v["writer"].split("~")[0], v["seq"]) for v in k["versions"]] == [("store-1", 1), ("store-2", 4)]
     assert (d["applied"], d["ignored"], d["malformed"]) == (2, 1, 1)
+
+
+def test_a_webassembly_merge_named_in_edge_yaml_runs_at_the_agent(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "gateway"))
+    from test_gateway_tables import wasm_file
+
+    name = wasm_file(tmp_path, "length")  # relative to the config file's folder
+    cfg = config(tmp_path, conflict_resolution={"custom_merge": {"wasm": name}})
+
+    async def fn(agent, call):
+        await call("PUT", "/v1/tables/inv/k", json="mine")
+        cloud_records(agent, [cloud_put(1, 2 ** 62, "k", "theirs")])
+        return (await call("GET", "/v1/tables/inv/k"))[1]
+
+    k = asyncio.run(with_agent(cfg, fn))
+    assert k["resolution"] == "merged" and isinstance(k["value"], int) and k["value"] > 40

@@ -247,11 +247,11 @@ def test_keys_acted_on_are_named_by_tests_that_exist(path):
     assert any(leaf in open(os.path.join(ROOT, f), encoding="utf-8").read() for f in files), path
 
 
-@pytest.mark.parametrize("settings", [{"conflict_resolution": {"custom_merge": {"wasm": "merge.wasm"}}},
+@pytest.mark.parametrize("settings", [{"conflict_resolution": {"custom_merge": {"lua": "merge.lua"}}},
                                       {"kind": "stream", "conflict_resolution": "cloud_wins"}])
 def test_the_gateway_topics_file_refuses_table_settings_that_do_not_act_by_name(settings):
     # kind, type and conflict_resolution act at the gateway (tests/gateway/test_gateway_tables.py);
-    # a WebAssembly merge is not built yet, and a stream has no conflicts to resolve
+    # a merge is Python or WebAssembly, nothing else, and a stream has no conflicts to resolve
     from edgeline_host.gateway.topics import parse_topics
 
     with pytest.raises(ConfigError) as ei:

@@ -37,6 +37,10 @@ def merge_join(key, versions):  # a custom merge for the tests: the live values 
     return "+".join(v[3] for v in versions if v[3] is not T.TOMBSTONE)
 
 
+def merge_broken(key, versions):
+    raise ValueError("no merge for %r" % (key,))
+
+
 async def with_gateway(tmp_path, fn, tops):
     gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)
     server = TestServer(GatewayApi(gw).app())
@@ -67,7 +71,10 @@ def test_topics_file_takes_table_settings_and_refuses_what_does_not_act_by_name(
     t = topics(conflict_resolution={"custom_merge": "tests.gateway.test_gateway_tables:merge_join"})["inv"]
     assert t.table.strategy == "custom_merge" and t.table.merge("k", [("w", 1, 1, "x"), ("v", 1, 2, "y")]) == "x+y"
     for settings, words in [
-        ({"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}}, "inv.conflict_resolution: custom_merge {wasm"),
+        ({"conflict_resolution": {"custom_merge": {"wasm": "m.wasm"}}},
+         "inv.conflict_resolution.custom_merge.wasm: m.wasm cannot be loaded: FileNotFoundError"),
+        ({"conflict_resolution": {"custom_merge": {"lua": "m.lua"}}},
+         "inv.conflict_resolution: a WebAssembly merge is {custom_merge: {wasm: path}}"),
         ({"conflict_resolution": "newest"}, "inv.conflict_resolution: must be one of"),
         ({"conflict_resolution": "custom_merge"}, "inv.conflict_resolution: custom_merge names its function"),
         ({"conflict_resolution": {"custom_merge": "no.such.module:f"}}, "cannot be loaded"),
@@ -190,6 +197,10 @@ def test_strategies_act_at_the_gateway(tmp_path):
     k = asyncio.run(with_gateway(tmp_path / "3", fn, topics(
         conflict_resolution={"custom_merge": "tests.gateway.test_gateway_tables:merge_join"})))
     assert k["value"] == "edge+cloud" and k["resolution"] == "merged"
+    k = asyncio.run(with_gateway(tmp_path / "4", fn, topics(
+        conflict_resolution={"custom_merge": "tests.gateway.test_gateway_tables:merge_broken"})))
+    assert k["siblings"] == ["edge", "cloud"] and k["resolution"] == "merge_failed"
+    assert k["merge_error"] == "ValueError: no merge for 'a'"
 
 
 def test_counter_set_and_map_writes_from_the_api(tmp_path):
@@ -270,3 +281,88 @@ def test_concurrent_cloud_writes_never_conflict_with_each_other_and_counters_los
         return (await get(http, server, "/v1/tables/inv/n"))[1]
 
     assert asyncio.run(with_gateway(tmp_path / "c", counter, topics(type="counter")))["value"] == 35
+
+
+# -- WebAssembly merges (tables.md, custom_merge, ABI version 1), built here from WAT text ----
+
+_ABI = '''
+  (func (export "edgeline_abi_version") (result i32) (i32.const %(abi)d))
+  (func (export "edgeline_alloc") (param i32) (result i32) (i32.const 4096))'''
+WAT = {
+    # [0, n]: n the length of the input it was given (so the test sees the input's bytes)
+    "length": '''(module (memory (export "memory") 1)%s
+  (func (export "edgeline_merge") (param $p i32) (param $n i32) (result i64)
+    (i32.store8 (i32.const 2048) (i32.const 0x82)) (i32.store8 (i32.const 2049) (i32.const 0x00))
+    (i32.store8 (i32.const 2050) (i32.const 0x19))
+    (i32.store8 (i32.const 2051) (i32.shr_u (local.get $n) (i32.const 8)))
+    (i32.store8 (i32.const 2052) (local.get $n))
+    (i64.or (i64.shl (i64.const 2048) (i64.const 32)) (i64.const 5))))''',
+    "delete": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\81\\01")%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 2))))''',
+    "trap": '''(module (memory (export "memory") 1)%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64) (unreachable)))''',
+    "loop": '''(module (memory (export "memory") 1)%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0)))''',
+    "garbage": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\ff")%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 1))))''',
+    "outside": '''(module (memory (export "memory") 1)%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 65000) (i64.const 32)) (i64.const 4000))))''',
+    "imports": '''(module (import "env" "f" (func)) (memory (export "memory") 1)%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64) (i64.const 0)))''',
+    "big": '''(module (memory (export "memory") 17)%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64) (i64.const 0)))''',
+}
+
+
+def wasm_file(tmp_path, name, abi=1):
+    wasmtime = pytest.importorskip("wasmtime")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / (name + ".wasm")
+    path.write_bytes(wasmtime.wat2wasm(WAT[name] % (_ABI % {"abi": abi})))
+    return path.name
+
+
+def wasm_topics(tmp_path, name, abi=1):
+    return parse_topics({"inv": {"direction": "bidirectional", "kind": "table", "conflict_resolution": {
+        "custom_merge": {"wasm": wasm_file(tmp_path, name, abi)}}}}, KEYS, "topics.yaml", str(tmp_path))
+
+
+async def _concurrent(gw, http, server):
+    await edge_send(http, server, [put(1, 1000, "a", "edge")])
+    gw.tables["inv"].table.floor = ()
+    await gw.publish("inv", [codec.dumps(T.write_value(T.OP_PUT, (), "cloud"))], [b"a"])
+    st, k = await get(http, server, "/v1/tables/inv/a")
+    st, c = await get(http, server, "/v1/tables/inv/conflicts")
+    return k, c["conflicts"]
+
+
+def test_a_webassembly_merge_gets_the_versions_and_its_answer_is_shown(tmp_path):
+    k, rows = asyncio.run(with_gateway(tmp_path, _concurrent, wasm_topics(tmp_path, "length")))
+    versions = [[x["writer"], x["seq"], x["ts"], False, x["value"]] for x in k["versions"]]
+    assert k["value"] == len(codec.dumps({"key": "a", "versions": versions}))  # the input, as the ABI says
+    assert k["resolution"] == "merged" and [r["resolution"] for r in rows] == ["merged"]
+    k, rows = asyncio.run(with_gateway(tmp_path / "d", _concurrent, wasm_topics(tmp_path / "d", "delete")))
+    assert k["present"] is False and k["resolution"] == "merged"
+
+
+@pytest.mark.parametrize("name, why", [("trap", "unreachable"), ("loop", "fuel"), ("garbage", "not one CBOR item"),
+                                       ("outside", "lies outside the module's memory")])
+def test_a_failing_webassembly_merge_leaves_the_siblings_and_is_reported(tmp_path, name, why):
+    k, rows = asyncio.run(with_gateway(tmp_path, _concurrent, wasm_topics(tmp_path, name)))
+    assert k["siblings"] == ["edge", "cloud"] and k["resolution"] == "merge_failed"
+    assert why in k["merge_error"], k["merge_error"]
+    assert [(r["resolution"], r["merge_error"]) for r in rows] == [("merge_failed", k["merge_error"])]
+
+
+@pytest.mark.parametrize("name, abi, why", [("imports", 1, "imports env.f: a merge module may import nothing"),
+                                            ("big", 1, "cannot be loaded"),
+                                            ("length", 2, "speaks ABI version 2")])
+def test_a_webassembly_merge_that_cannot_run_is_refused_at_start(tmp_path, name, abi, why):
+    with pytest.raises(ConfigError) as ei:
+        wasm_topics(tmp_path, name, abi)
+    msg = str(ei.value)
+    assert msg.startswith("topics.yaml: inv.conflict_resolution.custom_merge.wasm: ") and why in msg, msg
+    assert "\n" not in msg

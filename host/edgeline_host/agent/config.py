@@ -759,7 +759,7 @@ def _parse_resources(ctx, value):
     )
 
 
-def _parse_topic(ctx, path, entry, local, resources, default_strategy=None):
+def _parse_topic(ctx, path, entry, local, resources, default_strategy=None, base_dir=None):
     if local and isinstance(entry, str):
         entry = {"topic": entry}
     allowed = LOCAL_TOPIC_KEYS if local else TOPIC_KEYS
@@ -799,7 +799,7 @@ def _parse_topic(ctx, path, entry, local, resources, default_strategy=None):
     from ..tables import parse_table_settings
 
     try:
-        table = parse_table_settings(m, path, default_strategy)
+        table = parse_table_settings(m, path, default_strategy, base_dir)
     except ConfigError as e:
         raise ConfigError(_one_line("%s: %s" % (ctx.source, e))) from None
     full_policy = _choice(ctx, path + ".full_policy", m.get("full_policy"), d.full_policy, FULL_POLICIES)
@@ -830,7 +830,7 @@ def _parse_topic(ctx, path, entry, local, resources, default_strategy=None):
     )
 
 
-def _parse_default_strategy(ctx, edge):
+def _parse_default_strategy(ctx, edge, base_dir=None):
     """``edge.conflict_resolution``: the strategy of the register tables that give none."""
     from ..tables import parse_strategy
 
@@ -838,21 +838,21 @@ def _parse_default_strategy(ctx, edge):
     if value is None:
         return None
     try:
-        parse_strategy(value, "edge.conflict_resolution")
+        parse_strategy(value, "edge.conflict_resolution", base_dir)
     except ConfigError as e:
         raise ConfigError(_one_line("%s: %s" % (ctx.source, e))) from None
     return value
 
 
-def _parse_topics(ctx, edge, resources):
-    default_strategy = _parse_default_strategy(ctx, edge)
+def _parse_topics(ctx, edge, resources, base_dir=None):
+    default_strategy = _parse_default_strategy(ctx, edge, base_dir)
     topics = []
     where = {}  # name -> path of its entry
     for section, local in (("sync_topics", False), ("local_topics", True)):
         path = "edge." + section
         for i, entry in enumerate(_list(ctx, path, edge.get(section))):
             entry_path = "%s[%d]" % (path, i)
-            t = _parse_topic(ctx, entry_path, entry, local, resources, default_strategy)
+            t = _parse_topic(ctx, entry_path, entry, local, resources, default_strategy, base_dir)
             if t.name in where:
                 first = where[t.name]
                 if first.startswith(path + "["):
@@ -1013,7 +1013,7 @@ def parse_config(mapping, source="edge.yaml", base_dir=None):
     key, key_file = _parse_key(ctx, edge, base_dir, data_dir)
     sync = _parse_sync(ctx, edge.get("sync"))
     resources = _parse_resources(ctx, edge.get("resources"))
-    topics = _parse_topics(ctx, edge, resources)
+    topics = _parse_topics(ctx, edge, resources, base_dir)
     _check_mesh(ctx, edge.get("mesh"))
     ingest = _parse_ingest(ctx, edge.get("ingest"), topics)
     health = _parse_health(ctx, edge.get("health"))

@@ -16,7 +16,7 @@ with ``edgeline gateway --topics FILE``, a YAML mapping of topic name to its set
       direction: bidirectional
       kind: table                  # keyed state (docs/spec/tables.md); default stream
       type: register               # register (default), counter, set or map
-      conflict_resolution: last_write_wins   # or {custom_merge: "package.module:function"}
+      conflict_resolution: last_write_wins   # or {custom_merge: "package.module:function"}, {custom_merge: {wasm: path}}
 
 * ``direction`` -- ``cloud_to_edge`` (the default) or ``bidirectional``: records
   published at the gateway go down to the edges. ``edge_to_cloud`` is accepted, to
@@ -73,10 +73,11 @@ class DownTopic:
                                                                      self.max_record_bytes)
 
 
-def parse_topics(data, keys, source="topics file"):
+def parse_topics(data, keys, source="topics file", base_dir=None):
     """{name: DownTopic} from the mapping a topics file holds; ConfigError (one line,
     naming the file and topic) on anything wrong. ``keys`` is the gateway's node -> key
-    mapping (names in ``nodes`` must be in it)."""
+    mapping (names in ``nodes`` must be in it); ``base_dir`` the folder a WebAssembly
+    merge's path is relative to (the topics file's)."""
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -115,7 +116,7 @@ def parse_topics(data, keys, source="topics file"):
             raise ConfigError("%s.max_record_bytes: %s" % (where, e)) from None
         if not 1 <= limit <= MAX_RECORD_BYTES:
             raise ConfigError("%s.max_record_bytes: must be 1 B to 1 MiB (got %d)" % (where, limit))
-        table = parse_table_settings(settings, where)
+        table = parse_table_settings(settings, where, base_dir=base_dir)
         out[name] = DownTopic(name, direction, nodes, limit, table)
     return out
 
@@ -123,4 +124,6 @@ def parse_topics(data, keys, source="topics file"):
 def load_topics(path, keys):
     """The topics file at path (see the module doc); ConfigError, one line, if wrong
     (a topic named twice included)."""
-    return parse_topics(load_yaml_file(path, "the topics file"), keys, path)
+    import os
+
+    return parse_topics(load_yaml_file(path, "the topics file"), keys, path, os.path.dirname(os.path.abspath(path)))
