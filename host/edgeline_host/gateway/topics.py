@@ -16,7 +16,7 @@ with ``edgeline gateway --topics FILE``, a YAML mapping of topic name to its set
       direction: bidirectional
       kind: table                  # keyed state (docs/spec/tables.md); default stream
       type: register               # register (default), counter, set or map
-      conflict_resolution: last_write_wins   # or {custom_merge: "package.module:function"}, {custom_merge: {wasm: path}}
+      conflict_resolution: last_write_wins   # or {custom_merge: "pkg.module:function"} or {custom_merge: {wasm: path}}
 
 * ``direction`` -- ``cloud_to_edge`` (the default) or ``bidirectional``: records
   published at the gateway go down to the edges. ``edge_to_cloud`` is accepted, to
