@@ -16,6 +16,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 from procs import Proc, free_port, process_env
 
@@ -28,8 +29,20 @@ TOPICS = """\
 inv:
   direction: bidirectional
   kind: table
-  conflict_resolution: last_write_wins
+  conflict_resolution: %(strategy)s
 """
+
+# A WebAssembly merge (tables.md, ABI 1): [0, n], n the length of the input it is given --
+# the same versions give the same bytes, so every replica shows the same number
+LENGTH_WAT = '''(module (memory (export "memory") 1)
+  (func (export "edgeline_abi_version") (result i32) (i32.const 1))
+  (func (export "edgeline_alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "edgeline_merge") (param $p i32) (param $n i32) (result i64)
+    (i32.store8 (i32.const 2048) (i32.const 0x82)) (i32.store8 (i32.const 2049) (i32.const 0x00))
+    (i32.store8 (i32.const 2050) (i32.const 0x19))
+    (i32.store8 (i32.const 2051) (i32.shr_u (local.get $n) (i32.const 8)))
+    (i32.store8 (i32.const 2052) (local.get $n))
+    (i64.or (i64.shl (i64.const 2048) (i64.const 32)) (i64.const 5))))'''
 
 CONFIG = """\
 edge:
@@ -42,7 +55,7 @@ edge:
     retry: {initial_ms: 50, max_ms: 300}
     circuit_breaker: {failures: 0}
   sync_topics:
-    - {topic: inv, direction: bidirectional, kind: table, conflict_resolution: last_write_wins, sync: every}
+    - {topic: inv, direction: bidirectional, kind: table, conflict_resolution: %(strategy)s, sync: every}
   ingest:
     http: {listen: "127.0.0.1:%(port)d"}
 """
@@ -54,16 +67,22 @@ def cli(*args):
     return p.stdout
 
 
-def test_two_stores_and_the_cloud_edit_one_table_through_an_outage_and_a_kill(tmp_path):
-    asyncio.run(_scenario(tmp_path))
+@pytest.mark.parametrize("merge", ["last_write_wins", "wasm"])
+def test_two_stores_and_the_cloud_edit_one_table_through_an_outage_and_a_kill(tmp_path, merge):
+    asyncio.run(_scenario(tmp_path, merge))
 
 
-async def _scenario(tmp_path):
+async def _scenario(tmp_path, merge):
+    strategy = merge
+    if merge == "wasm":
+        wasmtime = pytest.importorskip("wasmtime")
+        (tmp_path / "merge.wasm").write_bytes(wasmtime.wat2wasm(LENGTH_WAT))
+        strategy = "{custom_merge: {wasm: merge.wasm}}"  # beside the topics file and each edge.yaml
     gw_port = free_port()
     dead_port = free_port()  # nobody listens: a store configured with it is offline
     keys = {"store-1": "a1" * 32, "store-2": "b2" * 32}
     (tmp_path / "keys.yaml").write_text("".join("%s: %s\n" % kv for kv in keys.items()))
-    (tmp_path / "topics.yaml").write_text(TOPICS)
+    (tmp_path / "topics.yaml").write_text(TOPICS % {"strategy": strategy})
     gateway = Proc("gateway", EDGELINE + ["gateway", "--keys", str(tmp_path / "keys.yaml"), "--db",
                                           str(tmp_path / "gw.db"), "--listen", "127.0.0.1:%d" % gw_port,
                                           "--topics", str(tmp_path / "topics.yaml")],
@@ -73,7 +92,8 @@ async def _scenario(tmp_path):
         port = free_port()
         for name, gw in (("online", gw_port), ("offline", dead_port)):
             (tmp_path / ("%s-%s.yaml" % (node, name))).write_text(CONFIG % {
-                "node": node, "data": str(tmp_path / node), "key": keys[node], "gw": gw, "port": port})
+                "node": node, "data": str(tmp_path / node), "key": keys[node], "gw": gw, "port": port,
+                "strategy": strategy})
         stores[node] = Proc(node, EDGELINE + ["agent", "--config", str(tmp_path / ("%s-online.yaml" % node))],
                             port, "/v1/health", str(tmp_path / ("%s.log" % node)), ENV)
     gw_url = "http://127.0.0.1:%d" % gw_port
@@ -149,6 +169,12 @@ async def _scenario(tmp_path):
             s2.argv = EDGELINE + ["agent", "--config", str(tmp_path / "store-2-online.yaml")]
             await s2.start(http)
             gw_state = {"a": "s1-a2", "b": "cloud-b", "c": "cloud-c2", "d": "s2-d"}
+            resolution = "use_cloud"
+            if merge == "wasm":  # c shows the merge's answer: the length of its input
+                await until("the merge at the gateway", lambda: _merged(key, gw_url))
+                gw_state["c"] = (await key(gw_url, "c"))["value"]
+                assert isinstance(gw_state["c"], int) and gw_state["c"] > 40
+                resolution = "merged"
             await shows(gw_url, gw_state)
             await shows(url["store-1"], gw_state)
             await shows(url["store-2"], gw_state)
@@ -159,10 +185,10 @@ async def _scenario(tmp_path):
                 k = await key(base, "c")
                 assert [(v["writer"].split("~")[0], v["value"]) for v in k["versions"]] == \
                     [("store-2", "s2-c"), ("cloud", "cloud-c2")], k
-                assert (k["conflict"], k["resolution"]) == ("concurrent_write", "use_cloud"), k
+                assert (k["conflict"], k["resolution"]) == ("concurrent_write", resolution), k
                 rows = await conflicts(base)
                 assert [(r["key"], r["type"], r["resolution"]) for r in rows] == \
-                    [("c", "concurrent_write", "use_cloud")], rows
+                    [("c", "concurrent_write", resolution)], rows
             # the replicas agree on every key's versions and version vector
             for k in gw_state:
                 want = await key(gw_url, k)
@@ -172,9 +198,10 @@ async def _scenario(tmp_path):
 
             # the CLI shows them
             out = cli("gateway", "conflicts", "inv", "--gateway", gw_url)
-            assert "inv: 1 conflict(s) (concurrent_write 1)" in out and "use_cloud" in out, out
+            assert "inv: 1 conflict(s) (concurrent_write 1)" in out and resolution in out, out
             out = cli("edge", "table", "inv", "c", "--agent", url["store-2"])
-            assert out.startswith('c = "cloud-c2"\nconflict: concurrent_write, resolved use_cloud\n'), out
+            assert out.startswith('c = %s\nconflict: concurrent_write, resolved %s\n' % (
+                json.dumps(gw_state["c"]), resolution)), out
             out = json.loads(cli("edge", "conflicts", "--json", "--agent", url["store-2"]))
             assert [r["key"] for r in out["tables"][0]["conflicts"]] == ["c"]
             out = cli("edge", "table", "inv", "--agent", url["store-1"])
@@ -188,3 +215,8 @@ async def _scenario(tmp_path):
         for p in procs:
             if p.proc is not None:
                 p.stop()
+
+
+async def _merged(key, base):
+    k = await key(base, "c")
+    return len(k.get("versions", ())) == 2 and k.get("resolution") == "merged"
