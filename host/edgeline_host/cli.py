@@ -185,6 +185,8 @@ def _table_command(what, url, topic, key, put, delete, as_json, headers=None):
     click.echo("%s = %s" % (key, _visible(answer) if answer["present"] else "(absent)"))
     if "conflict" in answer:
         click.echo("conflict: %s, resolved %s" % (answer["conflict"], answer["resolution"]))
+    if answer.get("merge_error"):
+        click.echo("merge failed: %s" % answer["merge_error"])
     for v in answer.get("versions", ()):
         click.echo("  version %s:%d ts %d %s" % (v["writer"], v["seq"], v["ts"],
                                                   "deleted" if v.get("deleted") else _show(v["value"])))
@@ -215,6 +217,8 @@ def _conflicts_command(what, url, topic, as_json):
                                  for v in c["versions"])
             click.echo("  %s %s: %s; %s -> %s" % (where, c["type"], versions, c["resolution"],
                                                   _visible(c) if ("value" in c or "siblings" in c) else "-"))
+            if c.get("merge_error"):
+                click.echo("    merge failed: %s" % c["merge_error"])
 
 
 def _table_options(f):
@@ -268,7 +272,8 @@ def gateway_conflicts(topic, gateway_url, as_json):
 def publish(topic, records, records_file, gateway_url, token_file, as_json):
     """Publish JSON RECORDS to a cloud-to-edge TOPIC at the gateway; every edge that pulls
     the topic gets them, once, in order. RECORDS as for the agent's ingest: a value, a
-    list of values, or {"records": [...]}; an item {"key": k, "value": v} is keyed."""
+    list of values, or {"records": [...]}; an item {"key": k, "value": v} is keyed. To a
+    table topic every item is keyed, a write of its key (`edgeline gateway table` deletes)."""
     import urllib.parse
 
     if (records is None) == (records_file is None):

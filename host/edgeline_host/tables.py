@@ -495,7 +495,11 @@ class Replica:
                 if vis is not T.MISSING:
                     r.update(self._visible_json(vis))
             out.append(r)
-        return {"topic": self.name, "counts": dict(self.table.conflicts), "conflicts": out}
+        resolutions = {}
+        for r in out:
+            resolutions[r["resolution"]] = resolutions.get(r["resolution"], 0) + 1
+        return {"topic": self.name, "counts": dict(self.table.conflicts), "resolutions": resolutions,
+                "conflicts": out}
 
 
 # ---------------------------------------------------------------------- HTTP (aiohttp)

@@ -121,7 +121,7 @@ def test_edge_and_cloud_writes_meet_conflicts_are_listed_once_and_a_restart_rebu
         st, c = await get(http, server, "/v1/tables/inv/conflicts")
         assert [(r["key"], r["type"], r["resolution"]) for r in c["conflicts"]] == [("a", "concurrent_write",
                                                                                       "use_edge")]
-        assert c["counts"] == {"concurrent_write": 1}
+        assert c["counts"] == {"concurrent_write": 1} and c["resolutions"] == {"use_edge": 1}
         # a delete from the cloud that has seen both resolves them; the conflict shows superseded
         async with http.delete(server.make_url("/v1/tables/inv/a")) as r:
             assert r.status == 200 and (await r.json())["seq"] == 6
