@@ -366,6 +366,9 @@ class Gateway:
                 out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
                 return bytes(out), True
             self.store_ok = True
+            for item, m in zip(items, marks):  # stored: the table replicas take them, answered or not
+                if type(item[1]) is sync.Batch and item[1].topic in self.tables:
+                    self._feed(item[0], item[2], item[1], m)
             if conn.state == "ERROR":
                 # Another exchange on this connection ended it while the commit ran
                 # (a transport that lets two run at once): no ACK can be sent. The
@@ -376,8 +379,6 @@ class Gateway:
                 ev = item[1]
                 if type(ev) is not Delivered:
                     last[ev.topic] = m
-                    if type(ev) is sync.Batch and ev.topic in self.tables:
-                        self._feed(item[0], item[2], ev, m)
             for topic in acks:
                 out += conn.send(sync.Ack(topic, last[topic]))
         if refusal is not None and conn.state != "ERROR":
