@@ -165,6 +165,7 @@ def test_relayed_writes_of_other_edges_apply_with_their_own_dots(tmp_path):
             Record(1, 5, b"k", tables.relay_value(me, 1, mine.ts, mine.value)),  # its own, back: a duplicate
             Record(2, 6, b"k", tables.relay_value("store-2~00000000000000b2", 4, 2 ** 62, other)),
             Record(3, 7, b"k", codec.dumps([1, 4, "x"])),  # a malformed relay: counted, left out
+            Record(4, 8, b"k", other + b"\x00"),  # trailing bytes: malformed too
         ])
         s, k = await call("GET", "/v1/tables/inv/k")
         s, d = await call("GET", "/v1/tables")
@@ -173,7 +174,7 @@ def test_relayed_writes_of_other_edges_apply_with_their_own_dots(tmp_path):
     k, d = asyncio.run(with_agent(config(tmp_path), fn))
     assert k["value"] == "theirs" and k["conflict"] == "concurrent_write"
     assert [(v["writer"].split("~")[0], v["seq"]) for v in k["versions"]] == [("store-1", 1), ("store-2", 4)]
-    assert (d["applied"], d["ignored"], d["malformed"]) == (2, 1, 1)
+    assert (d["applied"], d["ignored"], d["malformed"]) == (2, 1, 2)
 
 
 def test_a_webassembly_merge_named_in_edge_yaml_runs_at_the_agent(tmp_path):

@@ -439,8 +439,10 @@ class Gateway:
         for i, e in enumerate(batch.entries):
             if first + i > mark:
                 break
+            bad = rep.malformed
             rep.apply_record(writer, first + i, base + e[0], e[1], e[2])
-            if relayed is not None and (writer, first + i) not in relayed and rep.takes(e[1], e[2]):
+            # relayed unless malformed (an edge's record is never a relay: that is malformed too)
+            if relayed is not None and rep.malformed == bad and (writer, first + i) not in relayed:
                 relayed.add((writer, first + i))
                 self._relay_pending.setdefault(batch.topic, []).append((writer, first + i, base + e[0], e[1], e[2]))
                 if self._relay_wake is not None:
