@@ -26,11 +26,11 @@ from .logformat import (
     SEGMENT_HEADER_BYTES,
     pack_frame_crc,
     pack_frame_header,
-    unpack_frame_crc,
     unpack_frame_header,
 )
 
 _READ_CHUNK = 65536
+unpack_frame_crc = struct.Struct("<I").unpack_from
 _tuple_new = tuple.__new__
 
 
