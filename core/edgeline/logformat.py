@@ -62,6 +62,14 @@ except AttributeError:  # MicroPython has no struct.Struct
         struct.pack_into("<I", buf, off, v)
 
 
+def pack_frame_header_split(buf, flen, seq_lo, seq_hi, ts, kfield):
+    """pack_frame_header at buf[0:22] for seq (seq_hi << 24) | seq_lo, seq_lo < 2**24:
+    the same bytes, from two parts that are small ints on a 32-bit port however large
+    the seq (seq_hi < 2**30 up to seq 2**54), so the seq is never made as an int. The
+    append path of every runtime but CPython's fast one (log.py, _append_portable)."""
+    struct.pack_into("<IHBHHBQH", buf, 0, flen, seq_lo & 0xFFFF, seq_lo >> 16, seq_hi & 0xFFFF, (seq_hi >> 16) & 0xFFFF, seq_hi >> 32, ts, kfield)
+
+
 # frame_crc_into(out, off, hdr, key, value) writes CRC-32(hdr + key + value) little-endian
 # at out[off:off + 4] (key may be None), allocating nothing. Chosen at import:
 # * 64-bit words (CPython, the 64-bit unix port): binascii, whose results are small ints
