@@ -230,11 +230,13 @@ class RingLog:
         if buffer_bytes is None:
             buffer_bytes = 1024 if _SMALL else 65536
         buffer_bytes = min(buffer_bytes, segment_bytes)
-        self._chunk = 512 if _SMALL else 16384
         self._sc = None
-        self._fast_buf = None  # CPython's read chunk (fastpath.read_segment)
         self._wbuf = bytearray(buffer_bytes)
-        self._wmv = memoryview(self._wbuf)
+        if not _SMALL:
+            # CPython's fast paths only: on a board every instance attribute is RAM (the
+            # offsets of fix 3 took three more; these three make room for them).
+            self._wmv = memoryview(self._wbuf)  # append_cpython CRCs its slices
+            self._fast_buf = None  # fastpath.read_segment's read chunk
         self._wcap = buffer_bytes
         self._wpos = 0
         self._hdr = bytearray(FRAME_HEADER_BYTES)
@@ -267,7 +269,7 @@ class RingLog:
     def _scanner(self, h, end, max_frame):
         # One scanner per log, made on first use and kept (see FrameScanner).
         if self._sc is None:
-            self._sc = FrameScanner(self._chunk)
+            self._sc = FrameScanner(512 if _SMALL else 16384)
         return self._sc.reset(h, end, max_frame)
 
     def _seg_path(self, base):
