@@ -54,3 +54,22 @@ def frame_crc_into(out, off, a, b, c):
         else:
             break
     pack_into("<HH", out, off, lo ^ 0xFFFF, hi ^ 0xFFFF)
+
+
+def frame_crc_check(mv, start, end):
+    """True if the CRC-32 of mv[start:end] equals the four bytes little-endian at
+    mv[end:end + 4]: a frame checked where it lies in a read buffer, no slice, no int
+    beyond 16 bits (the read side's check; mv is any buffer, indexed in place)."""
+    tl = _TL
+    th = _TH
+    lo = 0xFFFF
+    hi = 0xFFFF
+    for j in range(start, end):
+        lo ^= mv[j]
+        i = lo & 15
+        lo = ((lo >> 4) | ((hi & 15) << 12)) ^ tl[i]
+        hi = (hi >> 4) ^ th[i]
+        i = lo & 15
+        lo = ((lo >> 4) | ((hi & 15) << 12)) ^ tl[i]
+        hi = (hi >> 4) ^ th[i]
+    return (lo ^ 0xFFFF) == mv[end] | (mv[end + 1] << 8) and (hi ^ 0xFFFF) == mv[end + 2] | (mv[end + 3] << 8)

@@ -53,3 +53,19 @@ if not _CP:
         o[off + 1] = (crc >> 8) & 0xFF
         o[off + 2] = (crc >> 16) & 0xFF
         o[off + 3] = (crc >> 24) & 0xFF
+
+    @micropython.viper
+    def frame_crc_check(mv, start: int, end: int) -> bool:
+        # crc.py's frame_crc_check, in a register: the read side's check.
+        t = ptr32(_T)
+        p = ptr8(mv)
+        crc = uint(0xFFFFFFFF)
+        i = start
+        while i < end:
+            crc ^= uint(p[i])
+            crc = (crc >> 4) ^ uint(t[crc & 15])
+            crc = (crc >> 4) ^ uint(t[crc & 15])
+            i += 1
+        crc ^= uint(0xFFFFFFFF)
+        got = uint(p[end]) | (uint(p[end + 1]) << 8) | (uint(p[end + 2]) << 16) | (uint(p[end + 3]) << 24)
+        return crc == got

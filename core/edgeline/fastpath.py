@@ -26,16 +26,18 @@ from .logformat import (
     SEGMENT_HEADER_BYTES,
     pack_frame_crc,
     pack_frame_header,
-    unpack_frame_crc,
     unpack_frame_header,
 )
 
 _READ_CHUNK = 65536
+unpack_frame_crc = struct.Struct("<I").unpack_from
 _tuple_new = tuple.__new__
 
 
-def append_cpython(self, value, ts=0, key=None, now_ms=None):
-    """Append one record; return its seq, or 0 if ``drop_newest`` refused it.
+def append_cpython(self, value, ts=0, key=None, now_ms=None, seq=True):
+    """Append one record; return its seq, or 0 if ``drop_newest`` refused it (with
+    ``seq=False``: True instead of the seq, which a 32-bit board past 2**30 records
+    would have to make as a heap object; nothing else differs).
 
     ``value`` and ``key`` are bytes-like (``key`` None for none); ``ts`` is the
     record's HLC timestamp (an int, 0..2**64-1), or a ``HybridClock``, which stamps
@@ -59,21 +61,21 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
     end = pos + flen
     if end > self._wlimit:
         if flen > self._wcap or type(ts) is not int:
-            return self._append_portable(value, ts, key, now_ms)
+            return self._append_portable(value, ts, key, now_ms, seq)
         if not self._make_space(flen, ts):
             self.dropped += 1
             return 0
         pos = self._wpos
         end = pos + flen
-    seq = self._next_seq
+    off = self._next_off
     buf = self._wbuf
     try:
         if ts < 0:
             raise ValueError
-        pack_frame_header(buf, pos, flen, seq, ts, kfield)
+        pack_frame_header(buf, pos, flen, self._seq0 + off, ts, kfield)
     except (struct.error, TypeError, ValueError):
         if type(ts) is not int and hasattr(ts, "stamp_into"):
-            return self._append_portable(value, ts, key, now_ms)  # a clock stamps it
+            return self._append_portable(value, ts, key, now_ms, seq)  # a clock stamps it
         raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
     p = pos + FRAME_HEADER_BYTES
     if klen:
@@ -83,19 +85,17 @@ def append_cpython(self, value, ts=0, key=None, now_ms=None):
     buf[p:q] = value
     pack_frame_crc(buf, q, crc32(self._wmv[pos:q]))
     self._wpos = end
-    self._next_seq = seq + 1
+    self._next_off = off + 1
     self.last_ts = ts
-    c = self._commit_seq
-    if c:
-        if seq >= c:
+    if off >= self._commit_off:
+        self.flush(now_ms)
+    elif now_ms is not None and self._sync_code == 1:
+        cm = self._commit_ms
+        if cm is None:
+            self._commit_ms = now_ms
+        elif now_ms - cm >= self.group_ms:
             self.flush(now_ms)
-        elif now_ms is not None:
-            cm = self._commit_ms
-            if cm is None:
-                self._commit_ms = now_ms
-            elif now_ms - cm >= self.group_ms:
-                self.flush(now_ms)
-    return seq
+    return self._seq0 + off if seq else True
 
 
 def fill_buffer(self, values, ts, one_ts, keys, i, n):
@@ -105,13 +105,9 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
     mv = self._wmv
     pos = self._wpos
     limit = self._wlimit
-    seq = self._next_seq
-    stop = self._commit_seq
-    if stop:
-        stop = stop - seq + 1 + i  # values index at which a commit is due
-        if stop > n:
-            stop = n
-    else:
+    seq = self._seq0 + self._next_off
+    stop = self._commit_off - self._next_off + 1 + i  # values index at which a commit is due
+    if stop > n:
         stop = n
     t = ts
     k = None
@@ -170,7 +166,7 @@ def fill_buffer(self, values, ts, one_ts, keys, i, n):
         pass  # leave the bad record to append(), which raises the clear error
     if last > i:
         self._wpos = pos
-        self._next_seq = seq
+        self._next_off += last - i
         self.last_ts = t
     return last
 
@@ -260,9 +256,9 @@ def begin_commit(self, now_ms=None):
         raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
     if now_ms is not None:
         self._commit_ms = now_ms
-    last = self._next_seq - 1
-    if self._durable_seq >= last and not self._wpos:
+    if self._durable_off >= self._next_off - 1 and not self._wpos:
         return None
+    last = self._seq0 + self._next_off - 1  # a seq, not an offset: a segment may begin before end_commit
     self._write_out()
     if self._tail is None:  # nothing left to sync apart (cannot happen: defensive)
         self.flush()
@@ -270,7 +266,7 @@ def begin_commit(self, now_ms=None):
     if self._sync_code == 1:
         # The count bound runs from what this commit covers: records appended during
         # its fsync count towards the next one.
-        self._commit_seq = last + self.group_records
+        self._commit_off = self._next_off - 1 + self.group_records
     return (self._tail, last)
 
 
@@ -287,7 +283,7 @@ def end_commit(self, token, error=None):
     last = token[1]
     if error is not None:
         closed = isinstance(error, ValueError) or (isinstance(error, OSError) and error.errno == errno.EBADF)
-        if closed and self._durable_seq >= last and self._tail is not token[0]:
+        if closed and self._seq0 + self._durable_off >= last and self._tail is not token[0]:
             # The handle was sealed (synced, then closed) under the worker: the seal
             # made these records durable. Only a closed handle's error is taken so: a
             # real one (EIO) fails the log even if the seal's fsync then returned 0 --
@@ -296,12 +292,12 @@ def end_commit(self, token, error=None):
         if self._failed is None:
             self._fail(error)  # the log takes no more writes; raises StorageError
         raise StorageError("log %s: commit failed (%s); records not yet durable were not stored" % (self.path, error))
-    if last > self._durable_seq:
+    if last - self._seq0 > self._durable_off:
         if self._failed is not None:
             # A write failed during the fsync and closed the handle: its descriptor may
             # have been reused under the worker, so what it synced is not known.
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
-        self._durable_seq = last
+        self._durable_off = last - self._seq0
 
 
 def sync_from(self, seq):
@@ -311,7 +307,7 @@ def sync_from(self, seq):
     OSError if an fsync fails."""
     segs = self._segs
     for i, s in enumerate(segs):
-        nxt = segs[i + 1][0] if i + 1 < len(segs) else self._next_seq
+        nxt = segs[i + 1][0] if i + 1 < len(segs) else self._seq0 + self._next_off
         if nxt <= seq:
             continue
         h = self.storage.open_append(self._seg_path(s[0]))

@@ -58,7 +58,7 @@ from .logformat import (
     SEGMENT_HEADER_BYTES,
     FrameScanner,
     frame_crc_into,
-    pack_frame_header,
+    pack_frame_header_split,
     pack_segment_header,
     parse_segment_header,
     parse_segment_name,
@@ -230,11 +230,13 @@ class RingLog:
         if buffer_bytes is None:
             buffer_bytes = 1024 if _SMALL else 65536
         buffer_bytes = min(buffer_bytes, segment_bytes)
-        self._chunk = 512 if _SMALL else 16384
         self._sc = None
-        self._fast_buf = None  # CPython's read chunk (fastpath.read_segment)
         self._wbuf = bytearray(buffer_bytes)
-        self._wmv = memoryview(self._wbuf)
+        if not _SMALL:
+            # CPython's fast paths only: on a board every instance attribute is RAM (the
+            # offsets of fix 3 took three more; these three make room for them).
+            self._wmv = memoryview(self._wbuf)  # append_cpython CRCs its slices
+            self._fast_buf = None  # fastpath.read_segment's read chunk
         self._wcap = buffer_bytes
         self._wpos = 0
         self._hdr = bytearray(FRAME_HEADER_BYTES)
@@ -267,7 +269,7 @@ class RingLog:
     def _scanner(self, h, end, max_frame):
         # One scanner per log, made on first use and kept (see FrameScanner).
         if self._sc is None:
-            self._sc = FrameScanner(self._chunk)
+            self._sc = FrameScanner(512 if _SMALL else 16384)
         return self._sc.reset(h, end, max_frame)
 
     def _seg_path(self, base):
@@ -338,7 +340,7 @@ class RingLog:
         if segs:
             segs[-1] = list(segs[-1])  # the tail changes; sealed segments stay tuples
         self._segs = segs
-        self._next_seq = 1
+        self._seq0 = 1  # the next seq, until the offsets below are set from it
         self.last_ts = 0
         if segs:
             tail = segs[-1]
@@ -351,13 +353,21 @@ class RingLog:
                 tail[_S_BAD] = False
                 tail[_S_CAP] = self.segment_bytes
                 self._tail_needs_header = True
-                self._next_seq = tail[_S_BASE]
+                self._seq0 = tail[_S_BASE]
             else:
                 self._scan_tail(tail)
             for s in segs:
                 if s[_S_TS] > self.last_ts:
                     self.last_ts = s[_S_TS]
-        self._durable_seq = self._next_seq - 1
+        # Seqs on the append path are offsets from _seq0 (an int made here and when a
+        # segment begins, where allocating is allowed), and _seq0 is kept split as well:
+        # past 2**30 records a seq is a heap object on a 32-bit board, and the offsets
+        # (at most one segment's frames) never are (docs/design-alloc-free-32bit.md, fix 3).
+        s0 = self._seq0
+        self._seq0lo = s0 & 0xFFFFFF
+        self._seq0hi = s0 >> 24
+        self._next_off = 0  # next seq - _seq0
+        self._durable_off = -1  # durable seq - _seq0
         self._renew_commit()
         self._size = 0  # bytes in segment files; buffered bytes (_wpos) come on top
         for s in segs:
@@ -384,7 +394,7 @@ class RingLog:
                 expect += 1
         finally:
             h.close()
-        self._next_seq = expect
+        self._seq0 = expect
         self.last_ts = last_ts
         st = self.storage
         if expect == base:
@@ -406,22 +416,22 @@ class RingLog:
     def first_seq(self):
         """Seq of the oldest record still held (last_seq + 1 when the log is empty)."""
         if not self._segs:
-            return self._next_seq
+            return self._seq0 + self._next_off
         return self._segs[0][_S_BASE]
 
     @property
     def last_seq(self):
         """Seq of the newest record appended (0 if none ever was)."""
-        return self._next_seq - 1
+        return self._seq0 + self._next_off - 1
 
     @property
     def next_seq(self):
-        return self._next_seq
+        return self._seq0 + self._next_off
 
     @property
     def durable_seq(self):
         """Highest seq known to be on stable storage."""
-        return self._durable_seq
+        return self._seq0 + self._durable_off
 
     @property
     def size_bytes(self):
@@ -442,7 +452,7 @@ class RingLog:
         return {
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
-            "durable_seq": self._durable_seq,
+            "durable_seq": self.durable_seq,
             "size_bytes": self._size + self._wpos,
             "budget_bytes": self.budget_bytes,
             "segments": len(self._segs),
@@ -460,14 +470,17 @@ class RingLog:
     # Both rely on _wlimit: frames may be placed in the write buffer up to it without
     # any check (see _prepare).
 
-    def _append_portable(self, value, ts=0, key=None, now_ms=None):
+    def _append_portable(self, value, ts=0, key=None, now_ms=None, seq=True):
         # The append of every runtime: allocation-free (MicroPython's append, on 32-bit
         # ports too) and for frames of any size (CPython's append_cpython hands it frames
         # bigger than the write buffer, which go to the file in pieces). The header is
         # packed apart; the CRC is written into the buffer by frame_crc_into, over whole
         # objects, never as an int (a big int on 32-bit) nor over a memoryview slice.
         # ts is an int, or a clock (clock.py) that stamps the next timestamp into the
-        # header: a 32-bit board then never makes the timestamp as an int.
+        # header: a 32-bit board then never makes the timestamp as an int. The seq is
+        # packed from _seq0's parts and the offset, never made as an int either: it is
+        # made only to be returned, and seq=False returns True instead (past 2**30 the
+        # seq is a heap object on 32-bit: docs/design-alloc-free-32bit.md, fix 3).
         if key is None:
             klen = 0
             kfield = NO_KEY
@@ -478,20 +491,27 @@ class RingLog:
                 raise ConfigError("key of %d bytes is too long (at most 65534)" % klen)
         vlen = len(value)
         flen = FRAME_OVERHEAD_BYTES + klen + vlen
-        seq = self._next_seq  # making room never changes it
+        # This record's seq is _seq0 + off, as 24 low bits and the rest (making room may
+        # begin a segment, which rebases the offset but never changes the seq).
+        off = self._next_off
+        lo = self._seq0lo + off
+        hi = self._seq0hi
+        if lo > 0xFFFFFF:
+            hi += lo >> 24
+            lo &= 0xFFFFFF
         hdr = self._hdr
         if type(ts) is int:
             try:
                 if ts < 0:
                     raise ValueError
-                pack_frame_header(hdr, 0, flen, seq, ts, kfield)
+                pack_frame_header_split(hdr, flen, lo, hi, ts, kfield)
             except (OverflowError, ValueError, TypeError):
                 raise ConfigError("ts must be an int in 0..2**64-1, not %r" % (ts,))
             self.last_ts = ts
         else:
             # A clock stamps the ts field now, before room is made: a segment begun for
             # this record takes its first_ts from the clock (clock.last in _prepare).
-            pack_frame_header(hdr, 0, flen, seq, 0, kfield)
+            pack_frame_header_split(hdr, flen, lo, hi, 0, kfield)
             try:
                 ts.stamp_into(hdr, 12)
             except AttributeError:
@@ -517,18 +537,19 @@ class RingLog:
             buf[p:p + vlen] = value
             frame_crc_into(buf, p + vlen, hdr, key, value)
             self._wpos = end
-        self._next_seq = seq + 1
-        c = self._commit_seq
-        if c:
-            if seq >= c:
+        off = self._next_off
+        self._next_off = off + 1
+        if off >= self._commit_off:
+            self.flush(now_ms)
+        elif now_ms is not None and self._sync_code == 1:
+            cm = self._commit_ms
+            if cm is None:
+                self._commit_ms = now_ms
+            elif now_ms - cm >= self.group_ms:
                 self.flush(now_ms)
-            elif now_ms is not None:
-                cm = self._commit_ms
-                if cm is None:
-                    self._commit_ms = now_ms
-                elif now_ms - cm >= self.group_ms:
-                    self.flush(now_ms)
-        return seq
+        if seq:
+            return self._seq0 + off  # not rebased since: flush never begins a segment
+        return True
 
     if _SMALL:
         append = _append_portable
@@ -558,22 +579,22 @@ class RingLog:
         first = 0
         i = 0
         while i < n:
-            if not _SMALL and not clock and self._commit_seq != 1:
+            if not _SMALL and not clock and self._sync_code != 2:
                 j = self._fill_buffer(values, ts, one_ts, keys, i, n)
                 if j > i:
                     if not first:
-                        first = self._next_seq - (j - i)
+                        first = self._seq0 + self._next_off - (j - i)
                     i = j
-                    c = self._commit_seq
-                    if c and self._next_seq - 1 >= c:
+                    if self._next_off - 1 >= self._commit_off:
                         self.flush(now_ms)
                     continue
-            # The slow path (room, rotation, commit on time, MicroPython): one record.
-            seq = self.append(values[i], ts if one_ts else ts[i], None if keys is None else keys[i], now_ms)
+            # The slow path (room, rotation, commit on time, MicroPython): one record
+            # (its seq made only for the first: a big int on 32-bit past 2**30).
+            seq = self.append(values[i], ts if one_ts else ts[i], None if keys is None else keys[i], now_ms, not first)
             if seq and not first:
                 first = seq
             i += 1
-        if now_ms is not None and self._commit_seq > 1 and self._durable_seq < self._next_seq - 1:
+        if now_ms is not None and self._sync_code == 1 and self._durable_off < self._next_off - 1:
             self.tick(now_ms)
         return first
 
@@ -714,10 +735,19 @@ class RingLog:
             self._tail = None
         # The count boundary stays where the last commit put it: moved here, a batch
         # straddling the seal would wait out group_ms instead of reaching it.
-        self._durable_seq = self._next_seq - 1
+        self._durable_off = self._next_off - 1
 
     def _begin_segment(self, ts):
-        base = self._next_seq
+        # The offsets are rebased on the new segment's base: they stay below one
+        # segment's frames (small ints on every port).
+        n = self._next_off
+        base = self._seq0 = self._seq0 + n
+        self._seq0lo = base & 0xFFFFFF
+        self._seq0hi = base >> 24
+        self._next_off = 0
+        self._durable_off -= n
+        if self._sync_code == 1:
+            self._commit_off -= n
         segs = self._segs
         if segs:
             # Sealed, the old tail never changes again: a tuple is one allocation, a
@@ -776,14 +806,16 @@ class RingLog:
         raise StorageError("log %s: write failed (%s); records not yet flushed were not stored" % (self.path, e))
 
     def _renew_commit(self):
-        # _commit_seq: the seq whose append triggers a commit; 0 for sync none.
+        # _commit_off: the offset (from _seq0) whose append triggers a commit; for sync
+        # every, any; for none, one never reached (both small ints on every port).
         code = self._sync_code
         if code == 2:
-            self._commit_seq = 1
+            self._commit_off = -0x3FFFFFFF
         elif code == 1:
-            self._commit_seq = self._durable_seq + self.group_records
+            c = self._durable_off + self.group_records
+            self._commit_off = c if c < 0x3FFFFFFF else 0x3FFFFFFF
         else:
-            self._commit_seq = 0
+            self._commit_off = 0x3FFFFFFF
 
     def flush(self, now_ms=None):
         """Commit point: every record appended so far is durable when this returns."""
@@ -791,7 +823,7 @@ class RingLog:
             raise StorageError("log %s is unusable after a write error (%s); reopen it" % (self.path, self._failed))
         if now_ms is not None:
             self._commit_ms = now_ms
-        if self._durable_seq == self._next_seq - 1 and not self._wpos:
+        if self._durable_off == self._next_off - 1 and not self._wpos:
             return
         self._write_out()
         if self._tail is not None:
@@ -799,7 +831,7 @@ class RingLog:
                 self._tail.sync()
             except OSError as e:
                 self._fail(e)
-        self._durable_seq = self._next_seq - 1
+        self._durable_off = self._next_off - 1
         self._renew_commit()
 
     def tick(self, now_ms):
@@ -811,7 +843,7 @@ class RingLog:
         if self._commit_ms is None:
             self._commit_ms = now_ms
             return
-        if self._durable_seq < self._next_seq - 1 and now_ms - self._commit_ms >= self.group_ms:
+        if self._durable_off < self._next_off - 1 and now_ms - self._commit_ms >= self.group_ms:
             self.flush(now_ms)
 
     def apply_retention(self, now_ms):
@@ -901,11 +933,12 @@ class RingLog:
         out = []
         if from_seq < 1:
             from_seq = 1
-        if from_seq >= self._next_seq or not self._segs or max_records < 1:
+        next_seq = self._seq0 + self._next_off
+        if from_seq >= next_seq or not self._segs or max_records < 1:
             return out
         if from_seq < self.first_seq:
             from_seq = self.first_seq
-        if _SMALL and self._failed is None and self._durable_seq < self._next_seq - 1:
+        if _SMALL and self._failed is None and self._durable_off < self._next_off - 1:
             # MicroPython's littlefs (like FAT) shows another handle only the bytes that
             # were synced: reading records not yet committed means committing them, or
             # the reader would take their place for rot (and a board's uplink report a gap).
@@ -917,7 +950,7 @@ class RingLog:
         segs = self._segs
         while i < len(segs) and len(out) < max_records and nbytes < max_bytes:
             seg = segs[i]
-            nxt = segs[i + 1][_S_BASE] if i + 1 < len(segs) else self._next_seq
+            nxt = segs[i + 1][_S_BASE] if i + 1 < len(segs) else next_seq
             if seg[_S_BAD]:
                 self._report_corrupt(seg[_S_BASE], 0, seg[_S_BASE], nxt - 1)
             elif from_seq < nxt:

@@ -8,7 +8,8 @@ from here. A log directory holds segment files named by the seq of their first r
 (``segment_name``). A segment is a 32-byte header (``pack_segment_header`` /
 ``parse_segment_header``) followed by frames: a 22-byte frame header (frame_len, seq, ts,
 key_len: ``pack_frame_header`` / ``unpack_frame_header``), the key, the value and a
-CRC32 of everything before it (``pack_frame_crc`` / ``unpack_frame_crc``).
+CRC32 of everything before it (``pack_frame_crc``, ``frame_crc_into``; read back by
+``frame_crc_check``).
 ``encode_frame`` builds one whole frame for tools and golden files; the log itself
 packs frames straight into its write buffer with the same functions.
 
@@ -49,7 +50,6 @@ try:
     pack_frame_header = struct.Struct("<IQQH").pack_into
     unpack_frame_header = struct.Struct("<IQQH").unpack_from
     pack_frame_crc = struct.Struct("<I").pack_into
-    unpack_frame_crc = struct.Struct("<I").unpack_from
 except AttributeError:  # MicroPython has no struct.Struct
 
     def pack_frame_header(buf, off, flen, seq, ts, kfield):
@@ -61,8 +61,13 @@ except AttributeError:  # MicroPython has no struct.Struct
     def pack_frame_crc(buf, off, v):
         struct.pack_into("<I", buf, off, v)
 
-    def unpack_frame_crc(buf, off):
-        return struct.unpack_from("<I", buf, off)
+
+def pack_frame_header_split(buf, flen, seq_lo, seq_hi, ts, kfield):
+    """pack_frame_header at buf[0:22] for seq (seq_hi << 24) | seq_lo, seq_lo < 2**24:
+    the same bytes, from two parts that are small ints on a 32-bit port however large
+    the seq (seq_hi < 2**30 up to seq 2**54), so the seq is never made as an int. The
+    append path of every runtime but CPython's fast one (log.py, _append_portable)."""
+    struct.pack_into("<IHBHHBQH", buf, 0, flen, seq_lo & 0xFFFF, seq_lo >> 16, seq_hi & 0xFFFF, (seq_hi >> 16) & 0xFFFF, seq_hi >> 32, ts, kfield)
 
 
 # frame_crc_into(out, off, hdr, key, value) writes CRC-32(hdr + key + value) little-endian
@@ -80,17 +85,26 @@ if sys.maxsize > 0x7FFFFFFF:
             crc = crc32(key, crc)
         pack_frame_crc(out, off, crc32(value, crc))
 
+    def frame_crc_check(mv, start, end):
+        # The slice allocates (a memoryview object), the CRC does not: a small int here.
+        return crc32(mv[start:end]) == mv[end] | (mv[end + 1] << 8) | (mv[end + 2] << 16) | (mv[end + 3] << 24)
+
 else:
     try:
-        from .crcnative import frame_crc_into
+        from .crcnative import frame_crc_check, frame_crc_into
     except (ImportError, SyntaxError, ValueError):  # no emitter, or built for another arch
-        from .crc import frame_crc_into
+        from .crc import frame_crc_check, frame_crc_into
 
+
+# frame_crc_check(mv, start, end), chosen with it, is the read side's: True if the CRC-32
+# of mv[start:end] (a memoryview, or any buffer on 32-bit ports) equals the four bytes
+# little-endian at mv[end:end + 4]. On 32-bit ports it never makes the CRC as an int nor
+# slices (both allocate there): the frame is checked where it lies in the read buffer.
 
 # pack_frame_header(buf, off, frame_len, seq, ts, key_field) and pack_frame_crc(buf, off,
 # crc) write into buf at off; unpack_frame_header(buf, off) gives (frame_len, seq, ts,
-# key_field) and unpack_frame_crc(buf, off) the 1-tuple (crc,). key_field is the key's
-# length, or NO_KEY.
+# key_field); key_field is the key's length, or NO_KEY. (No unpack_frame_crc: the
+# readers check a CRC with frame_crc_check, and every name here costs a board RAM.)
 
 
 def segment_name(base_seq):
@@ -221,7 +235,7 @@ class FrameScanner:
         if kfield != NO_KEY and FRAME_OVERHEAD_BYTES + kfield > flen:
             return None
         q = rel + flen - FRAME_CRC_BYTES
-        if unpack_frame_crc(buf, q)[0] != crc32(self.mv[rel:q]):
+        if not frame_crc_check(self.mv, rel, q):
             return None
         self.rel = rel
         return h

@@ -70,3 +70,35 @@ def test_frames_match_encode_frame():
             out = bytearray(4)
             fn(out, 0, hdr, key, value)
             assert bytes(out) == frame[-4:]
+
+
+def _checks():
+    out = [logformat.frame_crc_check, crc.frame_crc_check]
+    if crcnative is not None:
+        out.append(crcnative.frame_crc_check)
+    return out
+
+
+def test_every_check_agrees_with_binascii():
+    # The read side's check, over a range of a buffer with bytes around it: true for the
+    # right CRC, false when any one of its four bytes or of the checked bytes is off.
+    for n in (0, 1, 2, 3, 7, 22, 23, 64, 90, 255, 300):
+        data = _bytes(n, n + 5)
+        buf = bytearray(3 + n + 4 + 2)
+        buf[3:3 + n] = data
+        struct.pack_into("<I", buf, 3 + n, crc32(data))
+        mv = memoryview(buf)
+        for fn in _checks():
+            assert fn(mv, 3, 3 + n) is True, (fn, n)
+            for j in range(3 + n + 4 - 1, 2, -7 if n > 20 else -1):
+                buf[j] ^= 0x10
+                assert fn(mv, 3, 3 + n) is False, (fn, n, j)
+                buf[j] ^= 0x10
+
+
+def test_check_reads_frames_encode_frame_wrote():
+    for key in (None, b"sensor-7"):
+        frame = logformat.encode_frame(2 ** 31 + 5, (1700000000000 << 16) | 7, key, b"w" * 33)
+        mv = memoryview(bytearray(frame))
+        for fn in _checks():
+            assert fn(mv, 0, len(frame) - 4)

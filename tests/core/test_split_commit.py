@@ -197,3 +197,54 @@ def test_an_eio_of_the_worker_fails_the_log_though_a_seal_published_durable_seq(
                 pass
             assert log.failure is not None
         del log
+
+
+def test_split_commit_at_big_seqs_across_rotations():
+    # Seqs past 2**32 and segments begun during the fsync (which rebase the log's
+    # offsets, docs/design-alloc-free-32bit.md fix 3): end_commit publishes exactly what
+    # begin_commit covered, and a reopen finds it all.
+    if not _CPYTHON:
+        return
+    from edgeline.fastpath import begin_commit, end_commit, sync_commit
+    from edgeline.logformat import pack_segment_header, segment_name
+    from support import rmtree, tempdir
+
+    start = 2 ** 32 - 3
+    d = tempdir("bigsplit")
+    with open(d + "/" + segment_name(start), "wb") as f:
+        f.write(pack_segment_header(start, 0, _OPTS["segment_bytes"]))
+    log = RingLog(d, **_OPTS)
+    assert log.next_seq == start
+    log.append(b"r0", ts=1)
+    log.append(b"r1", ts=1)
+    token = begin_commit(log, 0)
+    assert token[1] == start + 1 and log.durable_seq == start - 1
+    segs = log.segment_count
+    for i in range(2):
+        log.append(b"a%d" % i, ts=1)
+    sync_commit(token)
+    end_commit(log, token)
+    assert log.durable_seq == start + 1
+    token = begin_commit(log, 0)
+    for i in range(8):  # seals and begins segments under the worker
+        log.append(b"b%d" % i, ts=1)
+    assert log.segment_count > segs + 1
+    sealed = log.durable_seq  # the seals synced what they held
+    assert sealed > token[1]
+    try:
+        sync_commit(token)  # its handle was sealed: synced and closed under it
+        error = None
+    except ValueError as e:
+        error = e
+    end_commit(log, token, error)
+    assert log.durable_seq == sealed  # never moved back to the token's seq
+    token = begin_commit(log, 0)
+    sync_commit(token)
+    end_commit(log, token)
+    assert log.durable_seq == log.last_seq == start + 11
+    log.close()
+    log = RingLog(d, **_OPTS)
+    assert log.last_seq == start + 11
+    assert [r.seq for r in log.read(start + 9, 5)] == [start + 9, start + 10, start + 11]
+    log.close()
+    rmtree(d)

@@ -34,6 +34,7 @@ HEAP_LOCK_TESTS = [
     "test_sync_every_allocates_nothing",
     "test_frame_crc_allocates_nothing",
     "test_clock_stamp_allocates_nothing",
+    "test_appends_past_2_30_allocate_nothing",
 ]
 
 

@@ -11,6 +11,7 @@ import micropython
 from edgeline import crc, logformat
 from edgeline.clock import HybridClock
 from edgeline.log import RingLog
+from edgeline.logformat import pack_segment_header, segment_name
 from support import rmtree, tempdir
 
 try:
@@ -106,6 +107,42 @@ def test_sync_every_allocates_nothing():
     assert log.durable_seq == 51
     log.close()
     rmtree(d)
+
+
+def _append_quiet(log, n, clock):
+    # seq=False: append returns True, not the seq (a heap object on 32-bit past 2**30).
+    for i in range(n):
+        clock.tick(1)
+        log.append(VALUE, clock, _KEY[0], i, False)
+
+
+def test_appends_past_2_30_allocate_nothing():
+    # A log whose next seq is just below 2**30, 2**31, 2**32 (an empty tail segment named
+    # and headed so: recovery goes on from there): appends across the boundary, with
+    # commits by count inside the locked run (group, every), allocate nothing; the
+    # records read back with their seqs.
+    for start, sync, n in ((2 ** 30 - 100, "group", 300), (2 ** 31 - 20, "every", 40), (2 ** 32 - 100, "none", 300)):
+        d = tempdir("heapbig")
+        f = open(d + "/" + segment_name(start), "wb")
+        f.write(pack_segment_header(start, 0, 65536))
+        f.close()
+        log = RingLog(d, segment_bytes=65536, budget_bytes=1 << 20, sync=sync, group_records=7, group_ms=1 << 29)
+        clock = _clock()
+        log.append(VALUE, clock, None, 0, False)  # warm-up: begins the segment...
+        log.flush()  # ...and opens its file
+        _KEY[0] = KEY
+        _locked(_append_quiet, log, n, clock)
+        assert log.last_seq == start + n, (start, log.last_seq)
+        assert log.durable_seq >= start + n - 7 or sync == "none"
+        last = clock.last
+        log.close()
+        log = RingLog(d, segment_bytes=65536, budget_bytes=1 << 20)
+        assert log.last_seq == start + n and log.first_seq == start
+        recs = log.read(start + n - 3, 10)
+        assert [r.seq for r in recs] == [start + n - 3, start + n - 2, start + n - 1, start + n]
+        assert recs[-1].ts == last and recs[-1].key == KEY and recs[-1].value == VALUE
+        log.close()
+        rmtree(d)
 
 
 _OUT = bytearray(8)

@@ -19,6 +19,12 @@ and the unix port (sys.maxsize 2**63-1).
   (tools/bench/mp32_sync_worker.py): building BATCH messages from peeked records, and
   decoding DATA messages and appending their records (inbox.append_data). No target:
   the entries and decoded values are the API's objects.
+* Bytes allocated per record read: RingLog.read 16 records at a time (the Records and
+  their values are the API's objects), and per frame FrameScanner.frame checks (its
+  header tuple; the CRC is checked in place, issue 16). No target.
+* Bytes allocated per append across seq 2**30 and 2**32 (a log opened there), sync none
+  and group (50), clock-stamped: returning the seq (a heap object on 32-bit past 2**30:
+  32 B) and with seq=False, target 0 on both ports (docs/design-alloc-free-32bit.md, fix 3).
 * Appends/s, sync none (one flush at the end: no fsync in the loop on either port),
   64-byte values, 1 MiB segments: the 32-bit port as a ratio of the 64-bit port measured
   in the same run (median of the per-repetition ratios). The WebAssembly port's files
@@ -104,6 +110,24 @@ def main(argv=None):
         case = "drain: peek(16) + ack, ts %s" % c32["ts"]
         res.add(case + ": 32-bit", c32["bytes"], "B/record")
         res.add(case + ": 64-bit", c64["bytes"], "B/record")
+    for c32, c64 in zip(r32[0]["read"], r64[0]["read"]):
+        case = "read: RingLog.read(16), ts %s" % c32["ts"]
+        res.add(case + ": 32-bit", c32["bytes"], "B/record")
+        res.add(case + ": 64-bit", c64["bytes"], "B/record")
+        case = "read: FrameScanner.frame (header + CRC check), ts %s" % c32["ts"]
+        res.add(case + ": 32-bit", c32["frame_bytes"], "B/frame")
+        res.add(case + ": 64-bit", c64["frame_bytes"], "B/frame")
+        if not (c32["ok"] and c64["ok"]):
+            res.note("a frame check failed in the read case")
+    for c32, c64 in zip(r32[0]["big_seqs"], r64[0]["big_seqs"]):
+        case = "append across seq %s, sync %s, clock-stamped 9 B" % (c32["start"], c32["sync"])
+        res.add(case + ": 32-bit", c32["bytes"], "B/append")
+        res.add(case + ": 64-bit", c64["bytes"], "B/append", target=("value", "<=", 0))
+        if c32["quiet_bytes"] is not None:
+            res.add(case + ", seq=False: 32-bit", c32["quiet_bytes"], "B/append", target=("value", "<=", 0))
+            res.add(case + ", seq=False: 64-bit", c64["quiet_bytes"], "B/append", target=("value", "<=", 0))
+        if not (c32["ok"] and c64["ok"]):
+            res.note("a big-seq run ended with wrong seqs")
     for what, label in (("build", "sync: BATCH build (batch_from_records + send), 16 x 64 B"),
                         ("apply", "sync: DATA apply (receive + decode + inbox.append_data)")):
         res.add(label + ": 32-bit", s32[what], "B/record")

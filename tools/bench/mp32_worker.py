@@ -11,6 +11,9 @@
 # and "clock.stamp", where append is given the clock (advanced 1 ms a record), which
 # stamps the timestamp into the frame: the allocation-free way on 32-bit.
 # Drain: the same count over an Outbox's peek(16 records) + ack(last) per record read.
+# Read: per record of RingLog.read (16 at a time), and per frame FrameScanner.frame checks.
+# Big seqs: per append across 2**30 and 2**32 (a log opened there: an empty tail segment
+# named and headed by the seq), returning the seq and with seq=False.
 import gc
 import sys
 
@@ -95,6 +98,97 @@ def drain(RingLog, Outbox, path, records, ts_kind):
     return (after - before) / n
 
 
+def read(RingLog, path, records, ts_kind):
+    # Bytes allocated per record read: RingLog.read(16 records at a time) over records
+    # already durable (the Records and their values are the API's; the frame checks,
+    # CRC included, are what issue 16 made allocation-free), and per frame checked by
+    # the scanner alone (FrameScanner.frame: recovery's and every read's per-frame work).
+    lg = _log(RingLog, path, "none")
+    base = 1000 if ts_kind == "small" else EPOCH_MS << 16
+    for i in range(records + 16):
+        lg.append(VALUE64, base + i, None, 0)
+    lg.flush()
+    lg.read(2, 16, 4096)  # warm-up: the scanner and its buffer
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    n = 0
+    s = 18
+    while n < records:
+        r = lg.read(s, 16, 4096)
+        n += len(r)
+        s += len(r)
+    after = gc.mem_alloc()
+    r = None
+    gc.enable()
+    flen = 26 + len(VALUE64)
+    tail = lg._segs[-1]
+    h = lg.storage.open_read(lg._seg_path(tail[0]))
+    sc = lg._scanner(h, tail[1], tail[3] - 32)
+    off = 32 + 26 + len(VALUE9)  # past the warm-up record of _log
+    sc.frame(off)
+    gc.collect()
+    gc.disable()
+    b2 = gc.mem_alloc()
+    ok = True
+    for i in range(records):
+        if sc.frame(off) is None:
+            ok = False
+        off += flen
+    a2 = gc.mem_alloc()
+    gc.enable()
+    h.close()
+    lg.close()
+    return (after - before) / n, (a2 - b2) / records, ok
+
+
+def big_seqs(RingLog, HybridClock, path, records, start, sync):
+    # Bytes allocated per append across seq ``start`` (2**30 - records/2 ...), the clock
+    # stamping, returning the seq or (seq=False, where append takes it) not.
+    import os
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+    from edgeline.logformat import pack_segment_header, segment_name
+    f = open(path + "/" + segment_name(start), "wb")
+    f.write(pack_segment_header(start, 0, 1 << 20))
+    f.close()
+    lg = RingLog(path, segment_bytes=1 << 20, budget_bytes=1 << 30, sync=sync, group_records=50, group_ms=1 << 29)
+    clock = HybridClock(0)
+    clock.now(EPOCH_MS)
+    lg.append(VALUE9, clock, None, 0)
+    lg.flush()
+    out = []
+    for quiet in (False, True):
+        try:
+            if quiet:
+                lg.append(VALUE9, clock, None, 0, False)
+            else:
+                lg.append(VALUE9, clock, None, 0)
+        except TypeError:  # an append without the seq parameter (before issue 16's fix 3)
+            out.append(None)
+            continue
+        gc.collect()
+        gc.disable()
+        before = gc.mem_alloc()
+        if quiet:
+            for i in range(records):
+                clock.tick(1)
+                lg.append(VALUE9, clock, None, 0, False)
+        else:
+            for i in range(records):
+                clock.tick(1)
+                lg.append(VALUE9, clock, None, 0)
+        after = gc.mem_alloc()
+        gc.enable()
+        out.append((after - before) / records)
+    runs = 2 if out[1] is not None else 1
+    ok = lg.last_seq == start + runs * (records + 1)  # the first append, then each run's
+    lg.close()
+    return out, ok
+
+
 def rate(RingLog, path, records):
     lg = RingLog(path, segment_bytes=1 << 20, budget_bytes=1 << 40, sync="none")
     append = lg.append
@@ -136,6 +230,18 @@ def main(argv):
         n += 1
         b = drain(RingLog, Outbox, "%s/d%d" % (path, n), records, ts_kind)
         drains.append('{"ts": "%s", "bytes": %.2f}' % (ts_kind, b))
+    reads = []
+    for ts_kind in ("small", "hlc"):
+        n += 1
+        b, fb, fok = read(RingLog, "%s/r%d" % (path, n), records, ts_kind)
+        reads.append('{"ts": "%s", "bytes": %.2f, "frame_bytes": %.2f, "ok": %s}' % (ts_kind, b, fb, "true" if fok else "false"))
+    bigs = []
+    for start in (1 << 30, 1 << 32):
+        for sync in ("none", "group"):
+            n += 1
+            (b, bq), bok = big_seqs(RingLog, HybridClock, "%s/b%d" % (path, n), records, start - records // 2, sync)
+            bigs.append('{"start": "2**%d", "sync": "%s", "bytes": %.2f, "quiet_bytes": %s, "ok": %s}'
+                        % (30 if start == 1 << 30 else 32, sync, b, "null" if bq is None else "%.2f" % bq, "true" if bok else "false"))
     r, ok = rate(RingLog, path + "/rate", rate_records)
-    print('{"maxsize": %d, "alloc": [%s], "drain": [%s], "rate": %.1f, "rate_ok": %s}'
-          % (sys.maxsize, ", ".join(out), ", ".join(drains), r, "true" if ok else "false"))
+    print('{"maxsize": %d, "alloc": [%s], "drain": [%s], "read": [%s], "big_seqs": [%s], "rate": %.1f, "rate_ok": %s}'
+          % (sys.maxsize, ", ".join(out), ", ".join(drains), ", ".join(reads), ", ".join(bigs), r, "true" if ok else "false"))
