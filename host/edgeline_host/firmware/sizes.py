@@ -17,7 +17,8 @@ Which figure the budget check uses, said in each verdict: for a ``deploy: mpy`` 
 the 32-bit one (the board's word size, the board's way of loading); for frozen and ROMFS
 profiles both figures are upper bounds of the board's (64-bit objects with code in place;
 32-bit objects with code in RAM) and the check takes the smaller; without node the
-64-bit one, with the reason. Checked: RAM at rest <= ``memory.core_ram_budget_bytes``,
+64-bit one, with the reason -- an upper bound, so a profile whose budget rests on its
+32-bit figure (pico-w, esp32s3) is OVER there until the 32-bit lane measures it. Checked: RAM at rest <= ``memory.core_ram_budget_bytes``,
 and the most a sync round can hold (``sync_round_bytes``) <= ``memory.heap_bytes``.
 CircuitPython does not run here: its profile gets sizes but no RAM figure (its verdict
 says so).
