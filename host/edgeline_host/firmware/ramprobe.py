@@ -8,8 +8,10 @@ pointer and GC block is twice as large. So the same probe -- one MicroPython pro
 
 * **64-bit**: the unix port (unixport.py), with the profile's heap, the library loaded the
   way the profile deploys it (.mpy files in RAM, or a ROMFS image run in place);
-* **32-bit**: MicroPython's WebAssembly port run by node (tools/mp32/run.mjs, the test
-  suite's 32-bit lane; ``sys.maxsize == 2**31 - 1``). Its GC runs only between calls
+* **32-bit**: a 32-bit build of the unix port when ``$EDGELINE_MICROPYTHON32`` names one
+  (not on any registry; docs/boards.md says how to build it): then as the 64-bit port,
+  every mode. Otherwise MicroPython's WebAssembly port run by node (tools/mp32/run.mjs,
+  the test suite's 32-bit lane; ``sys.maxsize == 2**31 - 1``). Its GC runs only between calls
   from JavaScript, and its heap grows, so heap *sizes* mean nothing there; but
   ``_mem()`` after a collection is the exact number of live bytes, and that is
   all the probe reads. It has no ROMFS (``vfs.VfsRom``) and no native emitter, so the
@@ -34,14 +36,14 @@ library is imported (the harness's own few objects exist by then):
 
 Frozen code (``mode="frozen"``): a frozen firmware keeps the library's bytecode *and* its
 names (qstrs) in flash. The unix port runs the bytecode in place from a ROMFS image, and
-the names are interned before the baseline, so the pools they fill are not counted. But
-a frozen firmware pays for its names once more: MicroPython sizes a new pool of names at
-twice the last one, and the last one at start-up is the frozen modules' (py/qstr.c,
-``qstr_add``), so the first name interned at run time -- main.py's, compiled at boot --
-allocates a pool with two entries per frozen name. ``frozen_pool_bytes`` adds that for
-the library's names (``names_pool_bytes`` in the result). Both lanes can pre-intern;
-only the unix port runs code in place. Figures depend on where the pools of names
-already stand at the baseline, so two runtimes can differ by up to one pool step.
+the names are interned before the baseline, so the pools they fill are not counted --
+as on a board, whose first pool of run-time names is small whatever is frozen
+(mpy-tool.py gives the frozen names' pool an ``alloc`` of at most 10, and py/qstr.c sizes
+a new pool at twice the last one's). Still an upper bound: the ROMFS loader keeps each
+function's raw-code record in RAM, where a frozen firmware has them in flash. Checked
+against a 32-bit unix-port build with the library really frozen (docs/boards.md): there
+at rest 18,448 B; this emulation on a 32-bit build 27,088 B. Figures depend on where the
+pools of names stand at the baseline, so two runtimes can differ by up to one pool step.
 
 The gateway is a replay: the host first runs the same program on CPython against the
 core's ``GatewayConnection`` and records, for every ``sendall`` of the board, the bytes
@@ -368,19 +370,6 @@ def library_names(lib_dir):
     return sorted(out)
 
 
-def frozen_pool_bytes(n_names, word_bits):
-    """RAM a frozen library's names still cost: MicroPython sizes each new pool of
-    interned names at twice the last one (py/qstr.c, qstr_add), and on a firmware with
-    frozen modules the last pool at start-up is the frozen modules' names. So the first
-    name interned at run time (main.py's, compiled at boot) allocates a pool with two
-    entries for every frozen name: for the library's names, a pointer and a hash and a
-    length byte each (MICROPY_QSTR_BYTES_IN_HASH 1), rounded to GC blocks."""
-    word = word_bits // 8
-    block = 4 * word
-    n = 2 * n_names * (word + 2)
-    return (n + block - 1) // block * block
-
-
 def names_heap_bytes(names_path):
     """Heap added for names interned before the baseline (a frozen build keeps them in
     flash, as a ROMFS image's bytes are added by unixport.heap_for): their characters and
@@ -390,10 +379,33 @@ def names_heap_bytes(names_path):
     return 2 * sum(len(n) + 1 + 16 for n in names) + 1024
 
 
+def unix32_exe():
+    """$EDGELINE_MICROPYTHON32: a 32-bit build of the MicroPython unix port (docs/boards.md
+    says how to build one); None when unset. ToolMissing (one line) when it is set but
+    is not one."""
+    exe = os.environ.get("EDGELINE_MICROPYTHON32")
+    if not exe:
+        return None
+    try:
+        p = subprocess.run([exe, "-c", "import sys; print(sys.maxsize, sys.implementation.name)"],
+                           capture_output=True, text=True, timeout=30)
+        ok = p.returncode == 0 and p.stdout.split() == [str(2 ** 31 - 1), "micropython"]
+    except OSError:
+        ok = False
+    if not ok:
+        raise ToolMissing("EDGELINE_MICROPYTHON32=%s is not a 32-bit MicroPython unix port" % exe)
+    return exe
+
+
 def lane32_missing():
     """Why the 32-bit lane cannot run here (one line), or None."""
     import shutil
 
+    try:
+        if unix32_exe():
+            return None
+    except ToolMissing as e:
+        return str(e)
     if not os.path.exists(RUN_MJS):
         return "no 32-bit lane in this installation (tools/mp32 of a source checkout)"
     if shutil.which("node") is None:
@@ -429,18 +441,25 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
     "sync_round_bytes", "sync_rounds", "acked", "word_bits", "mode"}. ``mode``: ``mpy``
     (.mpy files in /lib, loaded into RAM), ``rom`` (ROMFS, run in place), ``frozen``
     (ROMFS with the library's names interned before the baseline: a frozen build keeps
-    code and names in flash), ``py`` (sources compiled at import). The 32-bit lane runs
-    ``mpy``, or for ``frozen`` .mpy with the names static (module doc); the mode it ran
-    is in the result. ``records=0``: RAM at rest only."""
+    code and names in flash), ``py`` (sources compiled at import). The 32-bit lane is
+    $EDGELINE_MICROPYTHON32 (a 32-bit unix-port build: every mode) if set, else the
+    WebAssembly port, which runs ``mpy``, or for ``frozen`` .mpy with the names static
+    (module doc); the mode and the runtime it ran are in the result (``mode``,
+    ``runtime``). ``records=0``: RAM at rest only."""
     from . import build, unixport
     from .mpy import build_romfs
 
     static_names = mode == "frozen"
+    exe = None
+    wasm = False
     if word_bits == 32:
         why = lane32_missing()
         if why:
             raise ToolMissing(why)
-        mode = "mpy, names static" if static_names else "mpy"
+        exe = unix32_exe()
+        wasm = exe is None
+        if wasm:
+            mode = "mpy, names static" if static_names else "mpy"
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, extra = _setup(profile, tmp)
         replies = None
@@ -453,7 +472,7 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
         lib = os.path.join(tmp, "lib")
         names = None
         n_names = 0
-        if word_bits == 32:
+        if wasm:
             # bytecode only: the WebAssembly port has no native emitter (crcnative.py is
             # compiled for no board here; logformat.py falls back to crc.py)
             build.compile_library(dict(profile, firmware=dict(profile["firmware"], mpy_arch=None)), lib)
@@ -465,7 +484,7 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
             n_names = len(listed)
             with open(names, "w") as f:
                 f.write("".join(n + "\n" for n in listed))
-        if word_bits == 32:
+        if wasm:
             mount = {"host": tmp, "mp": "/probe"}
             _rewrite_data_dir(cfg_path, "/probe/data")
             code = probe_code(_mp_path(cfg_path, mount), replies and _mp_path(replies, mount), extra,
@@ -487,20 +506,17 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
                 heap = unixport.heap_for(profile)
             if names:
                 heap += names_heap_bytes(names)
-            out = unixport._run(probe_code(cfg_path, replies, extra, path, records, names) + _UNIX_LOOP, heap)
+            out = unixport._run(probe_code(cfg_path, replies, extra, path, records, names) + _UNIX_LOOP, heap,
+                                exe=exe)
     res = _parse(out)
     if static_names:
-        # What pre-interning leaves out and a frozen firmware still pays (module doc).
-        pool = frozen_pool_bytes(n_names, word_bits)
-        res["names_pool_bytes"] = pool
-        for k in ("code_bytes", "rest_bytes", "sync_live_bytes", "sync_round_bytes"):
-            if k in res:
-                res[k] += pool
+        res["static_names"] = n_names
     if records and res.get("acked") != records:
         raise RuntimeError("the %d-bit RAM probe acknowledged %s of %d records" % (word_bits, res.get("acked"),
                                                                                    records))
     res["word_bits"] = word_bits
     res["mode"] = mode
+    res["runtime"] = "WebAssembly port" if wasm else ("unix port, 32-bit build" if exe else "unix port")
     return res
 
 

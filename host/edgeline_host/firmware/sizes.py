@@ -11,12 +11,14 @@ syncs are measured by ramprobe.py, on both word sizes:
   its names in flash, plus the pool of names a frozen firmware still allocates);
 * **32-bit**: MicroPython's WebAssembly port by node (the test suite's 32-bit lane), the
   boards' word size; the library always as .mpy loaded into RAM (that port has neither
-  ROMFS nor a native emitter), names static for a frozen profile.
+  ROMFS nor a native emitter), names static for a frozen profile. Or, when
+  ``$EDGELINE_MICROPYTHON32`` names a 32-bit build of the unix port, that: every mode.
 
-Which figure the budget check uses, said in each verdict: for a ``deploy: mpy`` profile
-the 32-bit one (the board's word size, the board's way of loading); for frozen and ROMFS
-profiles both figures are upper bounds of the board's (64-bit objects with code in place;
-32-bit objects with code in RAM) and the check takes the smaller; without node the
+Which figure the budget check uses, said in each verdict: the 32-bit one when the
+32-bit lane ran the profile's own way of loading (``deploy: mpy``; every mode on a
+32-bit unix-port build); otherwise both figures are upper bounds of the board's (64-bit
+objects with code in place; 32-bit objects with code in RAM) and the check takes the
+smaller; without node the
 64-bit one, with the reason -- an upper bound, so a profile whose budget rests on its
 32-bit figure (pico-w, esp32s3) is OVER there until the 32-bit lane measures it. Checked: RAM at rest <= ``memory.core_ram_budget_bytes``,
 and the most a sync round can hold (``sync_round_bytes``) <= ``memory.heap_bytes``.
@@ -52,7 +54,7 @@ def _pick(row, deploy):
     r64, r32 = row["ram64"], row["ram32"]
     if r32 is None:
         return r64, "64-bit upper bound (no 32-bit figure: %s)" % row["lane32"]
-    if deploy == "mpy":
+    if r32["mode"] == row["mode"]:
         return r32, "32-bit"
     if r32["rest_bytes"] < r64["rest_bytes"]:
         return r32, "32-bit, code in RAM: the smaller upper bound"
@@ -75,7 +77,7 @@ def measure(names=None, word_sizes=(64, 32)):
             sizes = build.compile_library(dict(p, runtime="micropython", firmware=dict(
                 p["firmware"], mpy_arch=p["firmware"]["mpy_arch"] or "armv6m")), os.path.join(tmp, "lib"))
         rep = build.size_report(p, sizes)
-        row = {"profile": p["name"], "deploy": p["firmware"]["deploy"], "core_bytes": rep["core_bytes"],
+        row = {"profile": p["name"], "deploy": p["firmware"]["deploy"], "mode": None, "core_bytes": rep["core_bytes"],
                "core_budget_bytes": CORE_MPY_BUDGET_BYTES, "library_bytes": rep["library_bytes"],
                "heap_bytes": p["memory"]["heap_bytes"], "budget_bytes": p["memory"]["core_ram_budget_bytes"],
                "ram64": None, "ram32": None, "lane32": lane32, "checked": None}
@@ -85,7 +87,7 @@ def measure(names=None, word_sizes=(64, 32)):
         if rep["core_bytes"] > CORE_MPY_BUDGET_BYTES:
             problems.append("core .mpy %d > %d" % (rep["core_bytes"], CORE_MPY_BUDGET_BYTES))
         if p["runtime"] == "micropython":
-            mode = probe_mode(p)
+            mode = row["mode"] = probe_mode(p)
             if 64 in word_sizes:
                 row["ram64"] = ramprobe.measure(p, mode, 64)
             if 32 in word_sizes and lane32 is None:

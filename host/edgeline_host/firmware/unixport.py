@@ -180,8 +180,8 @@ def make_flash(path, profile):
     return path
 
 
-def _run(code, heap, timeout=120, cwd=None):
-    proc = subprocess.run([micropython_exe(), "-X", "heapsize=%d" % heap, "-c", code], capture_output=True,
+def _run(code, heap, timeout=120, cwd=None, exe=None):
+    proc = subprocess.run([exe or micropython_exe(), "-X", "heapsize=%d" % heap, "-c", code], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
