@@ -638,9 +638,9 @@ def firmware_config(profile_name, node_id, key_file, key_text, gateway, wifi_ssi
 def firmware_sizes(profile_names, as_json):
     """Measure the compiled core, and the RAM edgeline holds at rest and at most while
     syncing on each MCU profile, on both word sizes: the MicroPython unix port (64-bit)
-    with the profile's heap, and the WebAssembly port by node (32-bit, as the boards);
-    check them against the budgets. The verdict says which figure was checked. Exit
-    status 1 if one is over."""
+    with the profile's heap, and the WebAssembly port by node (32-bit, as the boards;
+    or $EDGELINE_MICROPYTHON32, a 32-bit unix-port build); check them against the
+    budgets. The verdict says which figure was checked. Exit status 1 if one is over."""
     from edgeline_host.firmware import sizes
 
     rows = _firmware_call(sizes.measure, list(profile_names) or None)

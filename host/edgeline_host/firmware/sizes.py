@@ -8,7 +8,7 @@ syncs are measured by ramprobe.py, on both word sizes:
 
 * **64-bit**: the MicroPython unix port with the profile's heap, the library loaded the
   way the profile deploys it (.mpy files in RAM; ROMFS in place; frozen: in place with
-  its names in flash, plus the pool of names a frozen firmware still allocates);
+  its names interned before the baseline, as a frozen firmware keeps them in flash);
 * **32-bit**: MicroPython's WebAssembly port by node (the test suite's 32-bit lane), the
   boards' word size; the library always as .mpy loaded into RAM (that port has neither
   ROMFS nor a native emitter), names static for a frozen profile. Or, when
