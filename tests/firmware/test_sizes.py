@@ -168,3 +168,21 @@ def test_budgets_won_back_at_32_bit():
     # counted in RAM; the 32-bit lane's figures and the names in flash let them come back.
     budgets = {n: profiles.load_profile(n)["memory"]["core_ram_budget_bytes"] for n in MICROPYTHON}
     assert budgets == {"esp32": 57344, "esp32s3": 98304, "pico": 98304, "pico-w": 98304}
+
+
+def test_a_board_without_sockets_does_not_load_the_uplink(monkeypatch):
+    # A stock Pico's firmware has no socket module: make_uplink says so before importing
+    # the uplink and with it the sync protocol (RAM at rest 71,872 -> 45,264 B at 32-bit).
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    monkeypatch.syspath_prepend(os.path.join(root, "boards", "common"))
+    monkeypatch.setitem(sys.modules, "socket", None)  # `import socket` raises ImportError
+    for name in ("edgeline_app", "uplink"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import edgeline_app
+
+    cfg = {"gateway": {"host": "127.0.0.1", "port": 9}}
+    assert edgeline_app.make_uplink(cfg, {}) is None
+    assert "uplink" not in sys.modules
+    monkeypatch.delitem(sys.modules, "edgeline_app")
