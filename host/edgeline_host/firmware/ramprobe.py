@@ -192,9 +192,11 @@ def _probe():
         if a > live:
             live = a
         gc.disable()
-        up.sync_once(1)
-        a = _mem() - a0
-        gc.enable()
+        try:
+            up.sync_once(1)
+            a = _mem() - a0
+        finally:
+            gc.enable()
         if a > high:
             high = a
         rounds += 1
