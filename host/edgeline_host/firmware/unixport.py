@@ -15,20 +15,19 @@ them.
 
 ``install`` copies a tree (``build.build``'s output) onto the image, as ``mpremote cp``
 does onto a board; ``run_main`` boots it; ``measure_ram`` reports what the library holds
-in RAM at rest. The unix port is 64-bit: its objects are larger than on a 32-bit MCU
-(a GC block is 32 bytes, not 16), so RAM figures here are upper bounds for the boards,
-and a program that fits a board-sized heap here fits the board. What this does not
+in RAM at rest (ramprobe.py, which also measures on the 32-bit lane). The unix port is
+64-bit: its objects are larger than on a 32-bit MCU (a GC block is 32 bytes, not 16),
+so RAM figures here are upper bounds for the boards, and a program that fits a
+board-sized heap here fits the board. What this does not
 emulate: the radio, the board's sensors (main.py falls back to simulated readings when
 ``machine.ADC``/``esp32`` are missing), deep sleep, and a board's serial REPL: the test
 suite's pty board for mpremote (emulator/ptyboard.py) adds that on top of this module's
 ``board_of``, ``prepare_flash``, ``micropython_exe`` and flashfile.py.
 """
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 from .mpy import ToolMissing
 
@@ -181,8 +180,8 @@ def make_flash(path, profile):
     return path
 
 
-def _run(code, heap, timeout=120, cwd=None):
-    proc = subprocess.run([micropython_exe(), "-X", "heapsize=%d" % heap, "-c", code], capture_output=True,
+def _run(code, heap, timeout=120, cwd=None, exe=None):
+    proc = subprocess.run([exe or micropython_exe(), "-X", "heapsize=%d" % heap, "-c", code], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -262,56 +261,14 @@ def run_main(image, profile, romfs=None, heap=None, timeout=300):
     return proc.returncode, out
 
 
-_MEASURE = '''
-import gc, sys, json
-%(path)s
-gc.collect()
-a0 = gc.mem_alloc()
-import edgeline_app, uplink
-%(extra)s
-gc.collect()
-a1 = gc.mem_alloc()
-cfg = edgeline_app.load_settings(%(cfg)r)
-store, topics = edgeline_app.open_logs(cfg)
-up = edgeline_app.make_uplink(cfg, topics)
-gc.collect()
-a2 = gc.mem_alloc()
-print(json.dumps({"code_bytes": a1 - a0, "rest_bytes": a2 - a0, "heap_bytes": a2 + gc.mem_free()}))
-'''
-
-
 def measure_ram(profile, mode="mpy"):
     """RAM the library holds at rest on the profile's heap (unix port, 64-bit: an upper
     bound). ``mode``: ``mpy`` (.mpy files in /lib: bytecode loaded into RAM), ``rom``
-    (ROMFS, run in place: as frozen code), ``py`` (sources compiled at import, as
-    CircuitPython does). Returns {"code_bytes", "rest_bytes"}: after the imports, and
-    with the logs, outboxes and uplink of the default settings open."""
-    from . import build
-    from .profiles import board_config
+    (ROMFS, run in place), ``frozen`` (in place, names in flash), ``py`` (sources
+    compiled at import, as CircuitPython does). Returns {"code_bytes", "rest_bytes"}:
+    after the imports, and with the logs, outboxes and uplink of the default settings
+    open. ramprobe.py is the probe (also while syncing, and on the 32-bit lane)."""
+    from . import ramprobe
 
-    with tempfile.TemporaryDirectory() as tmp:
-        lib = os.path.join(tmp, "lib")
-        wifi = {"ssid": "probe", "password": "probe-password"} if profile["network"]["kind"] != "none" else None
-        cfg = board_config(profile, "ram-probe", "00" * 32, gateway=("127.0.0.1", 9), wifi=wifi)
-        cfg["data_dir"] = os.path.join(tmp, "data")
-        cfg_path = os.path.join(tmp, "edgeline.json")
-        with open(cfg_path, "w") as f:
-            json.dump(cfg, f)
-        extra = "import wlan" if profile["network"]["kind"] == "wlan" else ""
-        if mode == "rom":
-            build.compile_library(profile, lib)
-            image = os.path.join(tmp, "lib.romfs")
-            from .mpy import build_romfs
-
-            build_romfs(lib, image)
-            path = _ROM % {"rom": image} + 'sys.path.insert(0, "/rom")\n'
-            heap = heap_for(profile, image)
-            boot = "import os, vfs\n" + path
-        else:
-            build.compile_library(profile, lib, source=(mode == "py"))
-            boot = "sys.path.insert(0, %r)\n" % lib
-            heap = heap_for(profile)
-        out = _run(_MEASURE % {"path": boot, "extra": extra, "cfg": cfg_path}, heap)
-    res = json.loads(out.strip().splitlines()[-1])
-    res.pop("heap_bytes")
-    return res
+    res = ramprobe.measure(profile, mode, 64, records=0)
+    return {"code_bytes": res["code_bytes"], "rest_bytes": res["rest_bytes"]}
