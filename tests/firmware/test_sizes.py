@@ -127,7 +127,12 @@ def test_sizes_fall_back_to_64_bit_without_node_and_say_why(monkeypatch):
     (row,) = sizes.measure(["pico"])
     assert row["ram32"] is None and row["lane32"] == "node not found: test"
     assert row["rest_bytes"] == row["ram64"]["rest_bytes"]
-    assert row["verdict"] == "ok (64-bit upper bound (no 32-bit figure: node not found: test))"
+    # the 64-bit figure is an upper bound: within the budget it is ok, over it UNVERIFIED, never OVER
+    which = "(64-bit upper bound (no 32-bit figure: node not found: test))"
+    if row["rest_bytes"] <= row["budget_bytes"]:
+        assert row["ok"] is True and row["verdict"] == "ok " + which
+    else:
+        assert row["ok"] is None and row["verdict"].startswith("UNVERIFIED " + which + ": RAM at rest ")
 
 
 def test_sizes_check_the_budget_and_the_heap(monkeypatch):
@@ -136,13 +141,21 @@ def test_sizes_check_the_budget_and_the_heap(monkeypatch):
     tight = dict(p, memory=dict(p["memory"], core_ram_budget_bytes=4096))
     monkeypatch.setattr(sizes, "load_profile", lambda name: tight)
     (row,) = sizes.measure(["pico"], word_sizes=(64,))
-    assert not row["ok"] and row["verdict"].startswith("OVER (64-bit upper bound (no 32-bit figure: not asked for)): "
-                                                       "RAM at rest ")
+    # only the 64-bit upper bound is over: not verified, not called over
+    assert row["ok"] is None and row["verdict"].startswith(
+        "UNVERIFIED (64-bit upper bound (no 32-bit figure: not asked for)): RAM at rest ")
     small = dict(p, memory=dict(p["memory"], heap_bytes=row["sync_round_bytes"] - 1, core_ram_budget_bytes=16384))
     monkeypatch.setattr(sizes, "load_profile", lambda name: dict(small))
-    monkeypatch.setattr(ramprobe, "measure", lambda *a, **k: dict(row["ram64"]))
+    fig = dict(row["ram64"])
+    monkeypatch.setattr(ramprobe, "measure", lambda *a, **k: dict(fig))
     (row2,) = sizes.measure(["pico"], word_sizes=(64,))
-    assert not row2["ok"] and "a sync round may hold" in row2["verdict"]
+    assert row2["ok"] is None and "a sync round may hold" in row2["verdict"]
+    # with a 32-bit figure of the profile's own mode the check is real: over is OVER
+    monkeypatch.setattr(ramprobe, "lane32_missing", lambda: None)
+    monkeypatch.setattr(ramprobe, "measure", lambda prof, mode, bits, **k: dict(fig, mode=mode))
+    (row3,) = sizes.measure(["pico"])
+    assert row3["ok"] is False and row3["verdict"].startswith("OVER (32-bit): ")
+    assert "a sync round may hold" in row3["verdict"]
 
 
 def test_firmware_sizes_cli_shows_both_word_sizes(capsys):
