@@ -266,7 +266,9 @@ class BoardUplink:
     # ------------------------------------------------------------------ bytes
 
     def _send(self, event):
-        data = self._conn.send(event)
+        # send_view: a BATCH stays in the connection's buffer (no copy of the message),
+        # sent before the next message is made.
+        data = self._conn.send_view(event)
         self._sock.sendall(data)
 
     def _next(self):
