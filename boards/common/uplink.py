@@ -123,6 +123,7 @@ class BoardUplink:
             raise UplinkError("no socket module on this firmware: pass socket_module")
         self._sock = None
         self._conn = None
+        self._out = bytearray()  # the messages sent (send_into)
 
     @property
     def connected(self):
@@ -170,6 +171,7 @@ class BoardUplink:
         s = self._sock
         self._sock = None
         self._conn = None
+        self._out = bytearray()  # the last message's memory goes too
         if s is not None:
             try:
                 s.close()
@@ -266,10 +268,9 @@ class BoardUplink:
     # ------------------------------------------------------------------ bytes
 
     def _send(self, event):
-        # send_view: a BATCH stays in the connection's buffer (no copy of the message),
-        # sent before the next message is made.
-        data = self._conn.send_view(event)
-        self._sock.sendall(data)
+        # Every message is encoded into one buffer, reused (send_into): no bytes object
+        # per message; the view is sent before the next message is made.
+        self._sock.sendall(self._conn.send_into(event, self._out))
 
     def _next(self):
         # The next event from the gateway, reading from the socket as needed.

@@ -101,9 +101,6 @@ _DEFAULT_MAX_BATCH_RECORDS = const(1000)
 _NONCE_BYTES = const(16)
 _MIN_MESSAGE_BYTES = const(256)  # below this not even the handshake fits
 _U64 = 1 << 64
-# send_view reuses one buffer for every message (MicroPython); CPython would refuse to
-# resize it while a view handed out is still held, so there each message has its own.
-_REUSE = sys.implementation.name != "cpython"
 # Where a hybrid-clock timestamp (about 2**56) is a heap int (32-bit ports: small ints
 # stop at 2**30 - 1), so is every sum or difference of two: the per-record ts arithmetic
 # of BATCH and DATA then works on the timestamps' bytes. A list, so tests can switch it.
@@ -367,7 +364,6 @@ class _Connection:
         self._eof = False
         self._why = None  # one line: why the connection stopped (state ERROR)
         self._owed = b""  # the ERROR message we owe the peer
-        self._out = bytearray()  # send_view's messages
 
     # -- receiving
 
@@ -572,13 +568,15 @@ class _Connection:
     def send(self, event) -> bytes:
         """The bytes of event for the peer; LocalProtocolError (state unchanged) if the
         state does not allow it or a field is wrong."""
-        data = self.send_view(event)
-        return data if type(data) is bytes else bytes(data)
+        return self.send_into(event, None)
 
-    def send_view(self, event):
-        """As ``send``, but with the core's codec the message comes back as a memoryview
-        of the connection's own buffer, valid until the next send: no copy of it is made
-        (a board's uplink hands it to ``sendall`` at once)."""
+    def send_into(self, event, buf):
+        """As ``send``, but with the core's codec the message is encoded into ``buf``
+        (a bytearray of the caller's, its contents replaced and its memory reused) and
+        a memoryview of it is returned: no new bytes per message (a board's uplink keeps
+        one buffer and hands the view to ``sendall`` at once). With another codec, or
+        buf None, the message's bytes. Do not hold a view when calling again with the
+        same buffer (CPython refuses to resize a buffer a view holds)."""
         cls = type(event)
         if self.state == "ERROR":
             raise LocalProtocolError("cannot send %s: connection stopped (%s)" % (cls.__name__, self._why))
@@ -601,11 +599,9 @@ class _Connection:
                 if type(v) is dict:
                     v = OrderedDict((k, v[k]) for k in sorted(v, key=codec.dumps))
                 msg.append(v)
-            if self._dumps is codec.dumps:
-                if not _REUSE:
-                    self._out = bytearray()
-                codec.dump_into(self._out, msg)
-                data = memoryview(self._out)
+            if buf is not None and self._dumps is codec.dumps:
+                codec.dump_into(buf, msg)
+                data = memoryview(buf)
             else:
                 data = self._dumps(msg)
         except CodecError as e:

@@ -105,7 +105,7 @@ def main(argv=None):
         res.add(case + ": 32-bit", c32["bytes"], "B/record")
         res.add(case + ": 64-bit", c64["bytes"], "B/record")
     for what, label in (("build", "sync: BATCH build (batch_from_records + send), 16 x 64 B"),
-                        ("build_view", "sync: BATCH build with send_view (a board's uplink)"),
+                        ("build_view", "sync: BATCH build with send_into (a board's uplink)"),
                         ("apply", "sync: DATA apply (receive + decode + inbox.append_data)")):
         res.add(label + ": 32-bit", s32[what], "B/record")
         res.add(label + ": 64-bit", s64[what], "B/record")
