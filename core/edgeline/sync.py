@@ -19,6 +19,8 @@ other half of the state tables below.
   ``max_message_bytes`` capability), and returns the message's bytes for the caller to
   transmit. Maps go out with their keys in RFC 8949 order, so the same message has the
   same bytes on CPython and MicroPython (their dicts iterate differently).
+  ``send_into(event, buf)`` encodes into a bytearray the caller reuses and returns a
+  memoryview of it: a board's uplink sends without a new bytes object per message.
 
 Events are small objects, one class per message type (``Ack("temp", 7)``, fields by
 position or name, None when not given), plus ``ConnectionClosed`` and the ``NEED_DATA``
