@@ -122,6 +122,7 @@ class BoardUplink:
             raise UplinkError("no socket module on this firmware: pass socket_module")
         self._sock = None
         self._conn = None
+        self._out = bytearray()  # the messages sent (send_into)
 
     @property
     def connected(self):
@@ -169,6 +170,7 @@ class BoardUplink:
         s = self._sock
         self._sock = None
         self._conn = None
+        self._out = bytearray()  # the last message's memory goes too
         if s is not None:
             try:
                 s.close()
@@ -269,8 +271,9 @@ class BoardUplink:
     # ------------------------------------------------------------------ bytes
 
     def _send(self, event):
-        data = self._conn.send(event)
-        self._sock.sendall(data)
+        # Every message is encoded into one buffer, reused (send_into): no bytes object
+        # per message; the view is sent before the next message is made.
+        self._sock.sendall(self._conn.send_into(event, self._out))
 
     def _next(self):
         # The next event from the gateway, reading from the socket as needed.

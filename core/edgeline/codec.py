@@ -137,13 +137,29 @@ def dumps(obj) -> bytes:
     return bytes(buf)
 
 
+def dump_into(buf, obj):
+    """Encode obj as CBOR into the bytearray buf, replacing what it held: its memory is
+    reused, so encoding into the same buffer again allocates nothing per item once it
+    has grown to the size (bytes, ints and lists of them; a big int's head excepted)."""
+    buf[:] = b""
+    _encode(buf, obj, 0)
+
+
 def _head(buf, major, n):
+    # Arguments of up to 2 bytes byte by byte: struct.pack makes a bytes object.
     if n < 24:
         buf.append(major | n)
-        return
-    k = 0 if n < 0x100 else 1 if n < 0x10000 else 2 if n < 0x100000000 else 3
-    buf.append(major | (24 + k))
-    buf.extend(struct.pack(_ARG_FORMATS[k], n))
+    elif n < 0x100:
+        buf.append(major | 24)
+        buf.append(n)
+    elif n < 0x10000:
+        buf.append(major | 25)
+        buf.append(n >> 8)
+        buf.append(n & 0xFF)
+    else:
+        k = 2 if n < 0x100000000 else 3
+        buf.append(major | (24 + k))
+        buf.extend(struct.pack(_ARG_FORMATS[k], n))
 
 
 def _encode(buf, obj, depth):
@@ -181,12 +197,13 @@ def _encode(buf, obj, depth):
         else:
             buf.append(0xFB)
             buf.extend(struct.pack(">d", obj))
-    elif isinstance(obj, (bytes, bytearray, memoryview)):
+    # One type per isinstance: a tuple of types written in the call is made per call.
+    elif isinstance(obj, bytes) or isinstance(obj, bytearray) or isinstance(obj, memoryview):
         if isinstance(obj, memoryview):
             obj = bytes(obj)
         _head(buf, _M_BYTES, len(obj))
         buf.extend(obj)
-    elif isinstance(obj, (list, tuple)):
+    elif isinstance(obj, list) or isinstance(obj, tuple):
         _check_depth(depth)
         _head(buf, _M_ARRAY, len(obj))
         for item in obj:

@@ -16,7 +16,34 @@ entries and commit them before returning, so a PULL sent afterwards acknowledges
 durable records, and a power cut at any write point loses nothing the gateway was told
 is held and doubles nothing.
 """
-from .sync import data_window
+import struct
+
+from .sync import TS_BYTES, data_window
+
+
+class _Stamp:
+    # A DATA entry's ts, base_ts + delta, for log.append, which takes it as it takes a
+    # clock: stamp_into writes the 8 bytes into the frame from 16-bit pieces. On a 32-bit
+    # board the sum as an int is a heap object per record. (The log's last_ts is not
+    # moved by such appends, as by a clock's.)
+    def __init__(self, base):
+        self.delta = 0
+        self._last = struct.unpack("<HHHH", struct.pack("<Q", base))  # base in 16-bit pieces
+
+    def stamp_into(self, buf, off):
+        b = self._last
+        c = b[0] + self.delta
+        l0 = c & 0xFFFF
+        c = (c >> 16) + b[1]
+        l1 = c & 0xFFFF
+        c = (c >> 16) + b[2]
+        struct.pack_into("<HHHH", buf, off, l0, l1, c & 0xFFFF, (c >> 16) + b[3])
+
+    @property
+    def last(self):
+        b = bytearray(8)
+        self.stamp_into(b, 0)
+        return int.from_bytes(b, "little")
 
 
 def append_data(log, data, now_ms=None):
@@ -31,11 +58,14 @@ def append_data(log, data, now_ms=None):
     """
     entries = data.entries
     base = data.base_ts
+    st = _Stamp(base) if TS_BYTES[0] and entries else None
     n = 0
     try:
         for i in range(data_window(log.last_seq, data), len(entries)):
             e = entries[i]
-            if not log.append(e[2], base + e[0], e[1], now_ms):
+            if st is not None:
+                st.delta = e[0]
+            if not log.append(e[2], base + e[0] if st is None else st, e[1], now_ms):
                 break
             n += 1
     finally:

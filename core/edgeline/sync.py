@@ -19,6 +19,8 @@ other half of the state tables below.
   ``max_message_bytes`` capability), and returns the message's bytes for the caller to
   transmit. Maps go out with their keys in RFC 8949 order, so the same message has the
   same bytes on CPython and MicroPython (their dicts iterate differently).
+  ``send_into(event, buf)`` encodes into a bytearray the caller reuses and returns a
+  memoryview of it: a board's uplink sends without a new bytes object per message.
 
 Events are small objects, one class per message type (``Ack("temp", 7)``, fields by
 position or name, None when not given), plus ``ConnectionClosed`` and the ``NEED_DATA``
@@ -74,6 +76,9 @@ and ``data_window`` is the edge's rule for DATA as a function of what its log ho
 reads a payload's message type without decoding it. The sender's rules -- what to send
 next, what an ACK or a WELCOME mark means -- are edgeline.sender.
 """
+import struct
+import sys
+
 from . import codec
 from .auth import client_proof, digest_equal, server_proof
 from .errors import CodecError, ConfigError, LocalProtocolError, RemoteProtocolError
@@ -98,6 +103,10 @@ _DEFAULT_MAX_BATCH_RECORDS = const(1000)
 _NONCE_BYTES = const(16)
 _MIN_MESSAGE_BYTES = const(256)  # below this not even the handshake fits
 _U64 = 1 << 64
+# Where a hybrid-clock timestamp (about 2**56) is a heap int (32-bit ports: small ints
+# stop at 2**30 - 1), so is every sum or difference of two: the per-record ts arithmetic
+# of BATCH and DATA then works on the timestamps' bytes. A list, so tests can switch it.
+TS_BYTES = [sys.maxsize < 0xFFFFFFFF]
 
 # The origin of every record of a cloud-to-edge topic: what the gateway publishes. A
 # reserved node id: a gateway refuses a key for a node of this name (wire.md).
@@ -294,6 +303,10 @@ def _check(cls, fields, entries_ok=None):
         first, base, entries = fields[1], fields[2], fields[3]
         ok = first >= 1 and first + len(entries) <= _U64
         if ok and not (entries_ok and entries_ok(base, entries)):
+            # 0 <= base + delta < 2**64 as bounds on the delta, made once: the sum is a
+            # heap int per entry on a 32-bit board
+            lo = -base
+            hi = _U64 - base
             for e in entries:
                 # the common case (decoded from the wire: a list of int, None or bytes,
                 # bytes) costs no call; other bytes-likes take _is_bytes
@@ -303,7 +316,7 @@ def _check(cls, fields, entries_ok=None):
                     break
                 k = e[1]
                 v = e[2]
-                if (type(e[0]) is not int or not 0 <= base + e[0] < _U64 or not (k is None or type(k) is bytes
+                if (type(e[0]) is not int or not lo <= e[0] < hi or not (k is None or type(k) is bytes
                                                                                  or _is_bytes(k))
                         or not (type(v) is bytes or _is_bytes(v))):
                     ok = False
@@ -474,7 +487,9 @@ class _Connection:
                 q += 1 << (ai - 24)
                 if q > n:
                     break
-                arg = int.from_bytes(buf[p + 1:q], "big")
+                # Only lengths and counts are needed; a slice for the others would be
+                # made per record (a value's length head).
+                arg = 0 if major < 2 or major == 7 else buf[p + 1] if ai == 24 else int.from_bytes(buf[p + 1:q], "big")
             elif ai != 31 or major < 2 or major == 6:
                 raise self._fail(ERR_MALFORMED, "not well-formed CBOR at byte 0x%02x" % ib)
             opened = False  # did this head open a container whose items follow?
@@ -555,6 +570,15 @@ class _Connection:
     def send(self, event) -> bytes:
         """The bytes of event for the peer; LocalProtocolError (state unchanged) if the
         state does not allow it or a field is wrong."""
+        return self.send_into(event, None)
+
+    def send_into(self, event, buf):
+        """As ``send``, but with the core's codec the message is encoded into ``buf``
+        (a bytearray of the caller's, its contents replaced and its memory reused) and
+        a memoryview of it is returned: no new bytes per message (a board's uplink keeps
+        one buffer and hands the view to ``sendall`` at once). With another codec, or
+        buf None, the message's bytes. Do not hold a view when calling again with the
+        same buffer (CPython refuses to resize a buffer a view holds)."""
         cls = type(event)
         if self.state == "ERROR":
             raise LocalProtocolError("cannot send %s: connection stopped (%s)" % (cls.__name__, self._why))
@@ -577,7 +601,11 @@ class _Connection:
                 if type(v) is dict:
                     v = OrderedDict((k, v[k]) for k in sorted(v, key=codec.dumps))
                 msg.append(v)
-            data = self._dumps(msg)
+            if buf is not None and self._dumps is codec.dumps:
+                codec.dump_into(buf, msg)
+                data = memoryview(buf)
+            else:
+                data = self._dumps(msg)
         except CodecError as e:
             raise LocalProtocolError("%s cannot be encoded: %s" % (cls.__name__.upper(), e))
         limit = self.peer_max_message_bytes
@@ -763,11 +791,26 @@ def batch_from_records(topic, records, event_class=Batch):
     first = records[0].seq
     base = records[0].ts
     entries = []
+    sc = None
+    if TS_BYTES[0] and type(base) is int and 0 <= base < _U64:
+        sc = bytearray(16)  # base and each ts, big-endian
+        struct.pack_into(">Q", sc, 0, base)
     for r in records:
         if r.seq != first + len(entries):
             raise LocalProtocolError("records are not consecutive: seq %d where %d was due"
                                      % (r.seq, first + len(entries)))
-        entries.append([r.ts - base, r.key, r.value])
+        ts = r.ts
+        d = None
+        if sc is not None and type(ts) is int and 0 <= ts < _U64:
+            # ts - base from their bytes when it is a small int (equal top 24 bits,
+            # |delta| < 2**29: records less than about 2.3 hours apart); no int beyond
+            # 2**30 made (on 32-bit, ts - base is one per record)
+            struct.pack_into(">Q", sc, 8, ts)
+            if sc[0] == sc[8] and sc[1] == sc[9] and sc[2] == sc[10]:
+                x = ((sc[11] - sc[3]) << 16) + ((sc[12] << 8) | sc[13]) - ((sc[4] << 8) | sc[5])
+                if -0x1FFF <= x <= 0x1FFF:
+                    d = (x << 16) + ((sc[14] << 8) | sc[15]) - ((sc[6] << 8) | sc[7])
+        entries.append([ts - base if d is None else d, r.key, r.value])
     return event_class(topic, first, base, entries)
 
 

@@ -129,6 +129,7 @@ def main(argv=None):
         if not (c32["ok"] and c64["ok"]):
             res.note("a big-seq run ended with wrong seqs")
     for what, label in (("build", "sync: BATCH build (batch_from_records + send), 16 x 64 B"),
+                        ("build_view", "sync: BATCH build with send_into (a board's uplink)"),
                         ("apply", "sync: DATA apply (receive + decode + inbox.append_data)")):
         res.add(label + ": 32-bit", s32[what], "B/record")
         res.add(label + ": 64-bit", s64[what], "B/record")
