@@ -81,32 +81,105 @@ def percentile(xs, p):
     return s[min(len(s) - 1, int(p * len(s)))]
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection, one request at a time: the least a client can
-    do per request (aiohttp's client costs several times more CPU per request, and on two
-    shared cores the client's CPU would be what is measured). Answers are JSON with a
-    Content-Length, as the agent's are."""
+class _Producer(asyncio.Protocol):
+    """One waiting producer on one keep-alive HTTP/1.1 connection, as lean as a load
+    generator can be in Python: the closed loop runs in the protocol's callbacks (the
+    next request is written from ``data_received`` of the answer), with no task, future
+    or stream per request. The client shares the machine's cores with the agent, so
+    every microsecond it spends per request is one the agent does not get (asyncio
+    streams cost about twice this per request, aiohttp's client several times). Answers
+    are JSON with a Content-Length, as the agent's are; each is checked."""
 
-    def __init__(self, host, port, path):
-        self.host, self.port, self.path = host, port, path
-        self.reader = self.writer = None
+    def __init__(self, run, request):
+        self.run = run
+        self.request = request
+        self.transport = None
+        self.buf = b""
+        self.t0 = 0.0
+        self.finished = False
 
-    async def post(self, body):
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (self.path, self.host, self.port, len(body), body))
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, json.loads(await self.reader.readexactly(length))
+    def connection_made(self, transport):
+        self.transport = transport
+        self.send()
 
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
+    def send(self):
+        run = self.run
+        t0 = harness.now()
+        if t0 >= run.end:
+            self.finish()
+            return
+        self.t0 = t0
+        self.transport.write(self.request)
+
+    def data_received(self, data):
+        buf = self.buf + data
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            self.buf = buf
+            return
+        head = buf[:head_end].lower()
+        i = head.find(b"\r\ncontent-length:")
+        if i < 0:
+            return self.fail("an answer without Content-Length: %r" % head)
+        j = head.find(b"\r\n", i + 2)
+        need = head_end + 4 + int(head[i + 17:j if j > 0 else len(head)])
+        if len(buf) < need:
+            self.buf = buf
+            return
+        t1 = harness.now()
+        body = buf[head_end + 4:need]
+        self.buf = buf[need:]
+        if head[9:12] != b"200" or json.loads(body).get("durable") is not True:
+            return self.fail("answer %r %r" % (buf[:12], body))
+        self.run.answered(self.t0, t1)
+        self.send()
+
+    def fail(self, why):
+        self.run.fail(RuntimeError(why))
+        self.finish()
+
+    def finish(self):
+        if not self.finished:
+            self.finished = True
+            self.transport.close()
+            self.run.producer_done()
+
+    def connection_lost(self, exc):
+        if not self.finished:
+            self.fail("the agent closed the connection: %s" % exc)
+
+
+class _Run:
+    """The shared state of one closed-loop run: clock bounds, what was answered."""
+
+    def __init__(self, producers, per_request, seconds, loop):
+        self.per_request = per_request
+        self.t_start = harness.now()
+        self.warm = self.t_start + seconds * 0.1
+        self.end = self.t_start + seconds
+        self.lat = []
+        self.counted = 0  # records answered for requests begun after the warm-up
+        self.last = self.warm  # the last such answer's time
+        self.every = []  # (t0, t1) of every request, for runs whose requests outlast the warm-up
+        self.left = producers
+        self.done = loop.create_future()
+
+    def answered(self, t0, t1):
+        self.every.append((t0, t1))
+        if t0 >= self.warm:
+            self.lat.append(t1 - t0)
+            self.counted += self.per_request
+            if t1 > self.last:
+                self.last = t1
+
+    def fail(self, error):
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def producer_done(self):
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 async def closed_loop(url, producers, per_request, seconds):
@@ -117,38 +190,22 @@ async def closed_loop(url, producers, per_request, seconds):
         body = json.dumps({"t": 21.5, "n": 1}).encode()
     else:
         body = json.dumps([{"t": 21.5, "n": i} for i in range(per_request)]).encode()
-    conns = [Connection(host.encode(), int(port), b"/" + path.encode()) for _ in range(producers)]
-    t_start = harness.now()
-    warm = t_start + seconds * 0.1
-    end = t_start + seconds
-    lat = []
-    done = [0, warm]  # records counted, last answer time
-    every = []  # (t0, t1) of every request, for runs whose requests outlast the warm-up
-
-    async def producer(c):
-        while True:
-            t0 = harness.now()
-            if t0 >= end:
-                return
-            status, a = await c.post(body)
-            t1 = harness.now()
-            if status != 200 or a.get("durable") is not True:
-                raise RuntimeError("answer %d %r" % (status, a))
-            every.append((t0, t1))
-            if t0 >= warm:
-                lat.append(t1 - t0)
-                done[0] += per_request
-                done[1] = max(done[1], t1)
-
+    request = (b"POST /%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+               % (path.encode(), hostport.encode(), len(body))) + body
+    loop = asyncio.get_running_loop()
+    run = _Run(producers, per_request, seconds, loop)
+    conns = []
     try:
-        await asyncio.gather(*[producer(c) for c in conns])
+        for _ in range(producers):
+            conns.append(await loop.create_connection(lambda: _Producer(run, request), host, int(port)))
+        await run.done
     finally:
-        for c in conns:
-            c.close()
-    if not lat:  # each request took longer than the warm-up (sync every, big requests): count them all
-        lat = [t1 - t0 for t0, t1 in every]
-        return lat, len(every) * per_request / (max(t1 for _, t1 in every) - t_start)
-    return lat, done[0] / (done[1] - warm) if done[1] > warm else float("nan")
+        for transport, _ in conns:
+            transport.close()
+    if not run.lat:  # each request took longer than the warm-up (sync every, big requests): count them all
+        lat = [t1 - t0 for t0, t1 in run.every]
+        return lat, len(run.every) * per_request / (max(t1 for _, t1 in run.every) - run.t_start)
+    return run.lat, run.counted / (run.last - run.warm) if run.last > run.warm else float("nan")
 
 
 async def measure(urls, cases, seconds, reps):
