@@ -131,8 +131,37 @@ class _NotFinite:
         self.text = text
 
 
+class _NotFiniteSeen(Exception):
+    """Raised by the shared decoder's hooks: the text has a non-finite number."""
+
+
+def _refuse_constant(name):
+    raise _NotFiniteSeen()
+
+
+def _finite_float(text):
+    f = float(text)
+    if f - f != 0.0:  # inf (or nan): the literal overflowed a double
+        raise _NotFiniteSeen()
+    return f
+
+
+# One decoder for every call: json.loads with hooks builds a decoder and a scanner per
+# call, and this runs for every ingest request. Its hooks keep no state, they only raise,
+# so it is safe from any thread; the rare text with a non-finite number is decoded again
+# by _loads_marking, which says where.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def _loads(text):
     """(document, [_NotFinite found]): json.loads that marks non-finite numbers."""
+    try:
+        return _DECODER.decode(text), []
+    except _NotFiniteSeen:
+        return _loads_marking(text)
+
+
+def _loads_marking(text):
     found = []
 
     def constant(name):
