@@ -254,6 +254,30 @@ class DedupeWindow:
         self._bound(now)
         self._maybe_compact()
 
+    def add_many(self, entries):
+        """``add`` each ``(key, first_seq, last_seq, digest)`` of ``entries``, in order,
+        with one write for all (the MQTT endpoint's burst of messages: one entry each).
+        A write cut short keeps a prefix of them (the file's torn tail, D3)."""
+        now = self._now_ms()
+        rows = []
+        for key, first_seq, last_seq, digest in entries:
+            key = _bytes(key)
+            digest = bytes(digest)
+            if not 1 <= len(key) <= MAX_KEY_BYTES or len(digest) > MAX_DIGEST_BYTES:
+                raise ValueError("a key is 1..%d bytes and a digest at most %d" % (MAX_KEY_BYTES, MAX_DIGEST_BYTES))
+            if not 1 <= first_seq <= last_seq:
+                raise ValueError("seqs must be 1 <= first_seq <= last_seq, not %d..%d" % (first_seq, last_seq))
+            rows.append((key, (first_seq, last_seq, digest, now)))
+        if not rows:
+            return
+        self._write(b"".join([pack_entry(KIND_ENTRY, k, e[0], e[1], now, e[2]) for k, e in rows]), len(rows))
+        held = self._entries
+        for k, e in rows:
+            held.pop(k, None)
+            held[k] = e
+        self._bound(now)
+        self._maybe_compact()
+
     def discard(self, key):
         """Forget ``key`` (its records were not stored after all, or its MQTT packet id was
         reused). Written, not synced; nothing is written for a key not held."""
@@ -311,7 +335,7 @@ class DedupeWindow:
                 break
             del floors[k]
 
-    def _write(self, entry):
+    def _write(self, entry, count=1):
         if self._needs_rewrite:
             # An earlier write failed and may have left part of an entry in the file: an
             # entry appended after it would be lost at load. Rewrite the file whole first
@@ -325,7 +349,7 @@ class DedupeWindow:
             self._needs_rewrite = True
             raise
         self._written += 1
-        self._in_file += 1
+        self._in_file += count
 
     def _create(self):
         st = self.storage

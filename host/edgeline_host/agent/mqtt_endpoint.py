@@ -78,6 +78,9 @@ import logging
 import os
 import secrets
 
+from edgeline.errors import EdgelineError
+from edgeline.log import DROP_NEWEST
+
 from ..jsonrecords import RequestError, record_from_payload
 from . import mqtt_packets as mp
 from .mqtt_ingest import LOST, WAITING, owed_state, payload_digest, route_message
@@ -87,11 +90,14 @@ log = logging.getLogger("edgeline.agent.mqtt_endpoint")
 WINDOW = 1000  # MQTT 5 Receive Maximum; past this many owed, a connection is not read
 HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried again this often
 MAX_PACKET_BYTES = (1 << 20) + 1024  # a record fits a segment anyway; larger packets: disconnected
+MAX_BURST = 1000  # at most this many messages appended (and their dedupe entries written) in one go
+ROUTES_CACHED = 1024  # MQTT topic -> route, remembered (the map does not change while the agent runs)
 LINGER_S = 0.002  # a commit waits at most this long for publishers still sending...
 LINGER_STEP_S = 0.0002  # ...as long as bytes keep coming in every this often
 CONNECT_TIMEOUT_S = 10  # a connection that sends no CONNECT by then is closed
 STATE_FILE = "mqtt-endpoint.json"  # in data_dir: client ids with a persistent session
 _NEVER = 0xFFFFFFFF
+_PUBACK_SUCCESS = mp._PUBACK_SUCCESS  # what encode_puback gives for reason code 0 (either version)
 
 # why a message was refused -> the MQTT 5 PUBACK reason code
 _REASON_CODES = {
@@ -104,6 +110,15 @@ _REASON_CODES = {
 }
 
 
+class _Hold(Exception):
+    """``pending[index]`` and what follows wait: backpressure or a failed write (``error``)."""
+
+    def __init__(self, index, error):
+        Exception.__init__(self, index, error)
+        self.index = index
+        self.error = error
+
+
 class _Owed:
     """A QoS 1 message not yet acknowledged: its packet id, the record that must be
     durable first (``st`` None: nothing to wait for) in the log ``lg`` it went to, the
@@ -111,10 +126,10 @@ class _Owed:
 
     __slots__ = ("pid", "st", "lg", "seq", "rc", "reason")
 
-    def __init__(self, pid, st=None, seq=0, rc=mp.RC_SUCCESS, reason=None):
+    def __init__(self, pid, st=None, seq=0, rc=mp.RC_SUCCESS, reason=None, lg=None):
         self.pid = pid
         self.st = st
-        self.lg = st.log if st is not None else None
+        self.lg = lg if lg is not None or st is None else st.log
         self.seq = seq
         self.rc = rc
         self.reason = reason
@@ -163,6 +178,7 @@ class MqttEndpoint:
         self._waiting = set()  # connections with unsettled QoS 1 entries
         self._tasks = set()  # _settle tasks: each waits for a commit, then acknowledges
         self._paused = False
+        self._routes = {}  # MQTT topic -> route_message's answer (at most ROUTES_CACHED)
         self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
         self.sessions = self._read_state()  # client id -> session expiry (s)
 
@@ -262,6 +278,17 @@ class MqttEndpoint:
             log.warning("edgeline agent: MQTT endpoint: refused a message on %r: %s (%d %s so far)",
                         topic, line, n, reason)
 
+    def route(self, topic):
+        """``route_message`` for ``topic``, remembered: the map, the topics and their
+        directions are fixed while the agent runs."""
+        r = self._routes.get(topic)
+        if r is None:
+            r = route_message(self.agent, self.settings, topic)
+            if len(self._routes) >= ROUTES_CACHED:
+                self._routes.clear()
+            self._routes[topic] = r
+        return r
+
     def authenticate(self, username, password):
         if not self.users:
             return True
@@ -320,10 +347,13 @@ class MqttEndpoint:
         waiting, self._waiting = self._waiting, set()
         need = {}  # topic state -> [its highest seq waited for, the connections waiting for it]
         for c in waiting:
-            for e in c.owed:
-                if e.state() == WAITING:
-                    n = need.setdefault(e.st, [0, set()])
-                    n[0] = max(n[0], e.seq)
+            # c.awaited: per topic, the log and highest seq c owes an acknowledgement
+            # for; lower ones of that log are durable when it is (owed_state's WAITING).
+            for st, (lg, seq) in c.awaited.items():
+                if lg.durable_seq < seq and lg.sync != "none" and lg is st.log and lg.failure is None:
+                    n = need.setdefault(st, [0, set()])
+                    if seq > n[0]:
+                        n[0] = seq
                     n[1].add(c)
         for st, (seq, conns) in need.items():
             # One commit per topic for every connection of the round; it ends in a
@@ -348,6 +378,7 @@ class _Connection(asyncio.Protocol):
         self.client_id = None
         self.will = None
         self.owed = []  # _Owed, in arrival order (a list: acknowledged from the front in slices)
+        self.awaited = {}  # topic state -> (its log, the highest seq of it an owed message waits for)
         self.pending = []  # PUBLISHes read but not yet appended (held behind backpressure)
         self.held = None  # asyncio.TimerHandle of a held message's next try
         self.reading = True
@@ -592,7 +623,7 @@ class _Connection(asyncio.Protocol):
         fsync that makes the record durable: docs/spec/ingest-dedupe.md, D1); a resend
         (DUP) of one the window holds with the same payload is not appended again: its
         ``(st, seq)`` is the original's, acknowledged once that is durable."""
-        st, why = route_message(self.agent, self.ep.settings, p.topic)
+        st, why = self.ep.route(p.topic)
         if st is None:
             self.ep.refuse(p.topic, *why)
             return None, why
@@ -645,7 +676,9 @@ class _Connection(asyncio.Protocol):
         return b"c:" + packet_id.to_bytes(2, "big") + cid
 
     def _process(self):
-        """Append what was read, in order; owe a PUBACK for each QoS 1 message."""
+        """Append what was read, in order; owe a PUBACK for each QoS 1 message. A run of
+        messages to one topic goes in as one burst (``_store_burst``); a message no topic
+        takes, and every message of a ``drop_newest`` topic, one at a time (``_store``)."""
         if self.held is not None or self.ep._paused or self.agent.closing or self.transport is None or self._closing:
             return
         ep = self.ep
@@ -653,23 +686,12 @@ class _Connection(asyncio.Protocol):
         pending = self.pending
         try:
             while i < len(pending):
-                p = pending[i]
                 try:
-                    st, got = self._store(p)
-                except RequestError as e:
-                    self._hold(p, e)
+                    i = self._store_burst(i)
+                except _Hold as h:
+                    i = h.index
+                    self._hold(pending[i], h.error)
                     return
-                except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
-                    log.exception("edgeline agent: MQTT endpoint: unexpected error")
-                    self._hold(p, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
-                    return
-                i += 1
-                if p.qos:
-                    if st is not None:
-                        self.owed.append(_Owed(p.packet_id, st, got))
-                    else:
-                        reason, line = got or ("dropped", "the topic's drop_newest policy dropped it")
-                        self.owed.append(_Owed(p.packet_id, rc=_REASON_CODES.get(reason, mp.RC_SUCCESS), reason=line))
         finally:
             del pending[:i]
         self.ack_settled()
@@ -677,6 +699,139 @@ class _Connection(asyncio.Protocol):
             ep.commit_soon(self)
         elif self.transport is not None and not self._closing:
             self._resume()
+
+    def _store_one(self, i):
+        """``_store`` of ``pending[i]`` and its owed entry; the next index, or _Hold."""
+        p = self.pending[i]
+        try:
+            st, got = self._store(p)
+        except RequestError as e:
+            raise _Hold(i, e) from None
+        except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
+            log.exception("edgeline agent: MQTT endpoint: unexpected error")
+            raise _Hold(i, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e))) from None
+        if p.qos:
+            if st is not None:
+                self._owe(p.packet_id, st, st.log, got)
+            else:
+                reason, line = got or ("dropped", "the topic's drop_newest policy dropped it")
+                self.owed.append(_Owed(p.packet_id, rc=_REASON_CODES.get(reason, mp.RC_SUCCESS), reason=line))
+        return i + 1
+
+    def _owe(self, pid, st, lg, seq):
+        self.owed.append(_Owed(pid, st, seq, lg=lg))
+        a = self.awaited.get(st)
+        if a is None or a[0] is not lg or a[1] < seq:
+            self.awaited[st] = (lg, seq)
+
+    def _store_burst(self, i):
+        """Store ``pending[i]`` and the messages after it that go to the same topic, as
+        ``_store`` would one by one, with one write of their dedupe entries and one
+        ``Agent.append``; return the index of the first message left. ``_Hold(index,
+        error)``: backpressure or a failed write from that message on (nothing from it
+        on is stored or owed)."""
+        ep = self.ep
+        pending = self.pending
+        p = pending[i]
+        st, why = ep.route(p.topic)
+        if st is None or st.log.full_policy == DROP_NEWEST:
+            return self._store_one(i)  # refused (counted there), or a log that may drop a record of a burst
+        run = []  # (message, key, value)
+        j = i
+        end = min(len(pending), i + MAX_BURST)
+        while j < end:
+            q = pending[j]
+            if j > i and ep.route(q.topic)[0] is not st:
+                break
+            try:
+                key, value = record_from_payload(q.payload)
+            except RequestError:
+                break  # refused by _store, on its own
+            run.append((q, key, value))
+            j += 1
+        if not run:
+            return self._store_one(i)
+        try:
+            # A log failed by a write error is reopened first, its window recovered with
+            # it: the window's entries below must name seqs of the log that takes them.
+            self.agent.ready(st)
+        except RequestError as e:
+            raise _Hold(i, e) from None
+        lg = st.log
+        window = st.window
+        next_seq = lg.last_seq + 1
+        keys = []
+        values = []
+        rows = []  # dedupe window entries: (key, first, last, digest)
+        fresh = {}  # window key -> its row in this burst
+        seqs = []  # per message of run: the seq its PUBACK waits for (a redelivery: the original's)
+        given = []  # per message of run: the seq it is appended as, 0 for a redelivery (not appended)
+        hits = []  # run indexes of redeliveries of stored messages
+        for q, key, value in run:
+            if q.qos and window is not None:
+                wkey = self._window_key(q.packet_id)
+                digest = payload_digest(q.payload)
+                if q.dup:
+                    r = fresh.get(wkey)
+                    hit = window.lookup(wkey) if r is None else (rows[r][1], rows[r][2], rows[r][3])
+                    if hit is not None and hit[2] == digest:
+                        hits.append(len(seqs))
+                        seqs.append(hit[1])
+                        given.append(0)
+                        continue
+                # A new message, or a packet id used again after its PUBACK: the entry is replaced.
+                fresh[wkey] = len(rows)
+                rows.append((wkey, next_seq, next_seq, digest))
+            keys.append(key)
+            values.append(value)
+            seqs.append(next_seq)
+            given.append(next_seq)
+            next_seq += 1
+        first = lg.last_seq + 1
+        error = None
+        try:
+            if rows:
+                window.add_many(rows)  # before the append: the window is synced first at every fsync (D1)
+            n = self.agent.append(st, keys, values)[1] if values else 0
+            if n != len(values):  # only drop_newest stores fewer, and it takes the one-by-one path
+                error = RequestError(500, "%d of %d records appended" % (n, len(values)))
+        except RequestError as e:
+            error = e
+            n = e.stored or 0
+        except Exception as e:  # noqa: BLE001 - a bug here must not lose the messages either
+            log.exception("edgeline agent: MQTT endpoint: unexpected error")
+            error = RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e))
+            n = lg.last_seq - first + 1 if lg is st.log and lg.failure is None else 0
+        cut = len(run)
+        if error is not None:
+            # Appended: the first n (seqs first.., as every burst); the rest is not stored,
+            # their entries go (the resend stores them), and from the first of them on
+            # the messages wait (a 5xx) or go one by one (a refusal: 413, 400).
+            last = first + n - 1
+            for r in rows:
+                if r[1] > last:
+                    try:
+                        window.discard(r[0])
+                    except (OSError, EdgelineError) as e:
+                        ep._error("cannot forget the dedupe entry of a message not stored: %s" % e)
+            cut = 0
+            while cut < len(run) and given[cut] <= last:
+                cut += 1
+        ep.stored += n
+        if hits:
+            for h in hits:
+                if h < cut:
+                    window.hits += 1
+                    ep.redeliveries_dropped += 1
+        for k in range(cut):
+            q = run[k][0]
+            if q.qos:
+                self._owe(q.packet_id, st, lg, seqs[k])
+        if error is None:
+            return i + cut
+        if error.status >= 500:
+            raise _Hold(i + cut, error)
+        return self._store_one(i + cut)  # the refused one (counted there); the rest go on after it
 
     def _hold(self, p, e):
         line = "a message on %r waits: %s" % (p.topic, e)
@@ -701,14 +856,20 @@ class _Connection(asyncio.Protocol):
         n = 0
         out = []
         lost = None
+        puback = _PUBACK_SUCCESS.pack
+        version = self.version
         for e in owed:
-            state = e.state()
-            if state == WAITING:
-                break
-            if state == LOST:
+            lg = e.lg
+            if lg is not None and lg.durable_seq < e.seq and lg.sync != "none":
+                # owed_state inline (the hot loop): not settled, so WAITING or LOST
+                if lg is e.st.log and lg.failure is None:
+                    break
                 lost = e
                 break
-            out.append(mp.encode_puback(self.version, e.pid, e.rc, e.reason if e.rc else None))
+            if e.rc:
+                out.append(mp.encode_puback(version, e.pid, e.rc, e.reason))
+            else:
+                out.append(puback(0x40, 2, e.pid))
             n += 1
         if n:
             del owed[:n]
