@@ -77,6 +77,7 @@ import json
 import logging
 import os
 import secrets
+import struct
 
 from edgeline.errors import EdgelineError
 from edgeline.log import DROP_NEWEST
@@ -97,6 +98,7 @@ LINGER_STEP_S = 0.0002  # ...as long as bytes keep coming in every this often
 CONNECT_TIMEOUT_S = 10  # a connection that sends no CONNECT by then is closed
 STATE_FILE = "mqtt-endpoint.json"  # in data_dir: client ids with a persistent session
 _NEVER = 0xFFFFFFFF
+_WKEY_HEAD = struct.Struct(">2sH")  # b"c:" and the packet id: the head of a message's dedupe window key
 _PUBACK_SUCCESS = mp._PUBACK_SUCCESS  # what encode_puback gives for reason code 0 (either version)
 
 # why a message was refused -> the MQTT 5 PUBACK reason code
@@ -379,6 +381,7 @@ class _Connection(asyncio.Protocol):
         self.will = None
         self.owed = []  # _Owed, in arrival order (a list: acknowledged from the front in slices)
         self.awaited = {}  # topic state -> (its log, the highest seq of it an owed message waits for)
+        self._wkey_cid = None  # (client id, its part of a dedupe window key)
         self.pending = []  # PUBLISHes read but not yet appended (held behind backpressure)
         self.held = None  # asyncio.TimerHandle of a held message's next try
         self.reading = True
@@ -403,11 +406,22 @@ class _Connection(asyncio.Protocol):
         self.last_rx = self.ep._loop.time()
         self.ep.bytes_in += len(data)
         self.decoder.receive_data(data)
+        next_packet = self.decoder.next_packet
+        pending = self.pending
         try:
             while not self._closing:
-                p = self.decoder.next_packet()
+                p = next_packet()
                 if p is None:
                     break
+                if type(p) is mp.Publish and p.qos < 2 and not p.properties:
+                    # _packet's PUBLISH case without what such a packet cannot carry (QoS 2, a topic alias)
+                    self.ep.received += 1
+                    if p.dup:
+                        self.ep.redelivered += 1
+                    pending.append(p)
+                    if len(pending) + len(self.owed) >= self.ep.window:
+                        self.pause()
+                    continue
                 self._packet(p)
         except mp.UnsupportedVersion as e:
             self.ep.connects_refused += 1
@@ -670,10 +684,12 @@ class _Connection(asyncio.Protocol):
     def _window_key(self, packet_id):
         """``c:`` + packet id (2 bytes, big-endian) + the client id (UTF-8; over 200 bytes:
         its BLAKE2b-16 digest): the endpoint's rows of the dedupe window."""
-        cid = self.client_id.encode("utf-8")
-        if len(cid) > 200:
-            cid = hashlib.blake2b(cid, digest_size=16).digest()
-        return b"c:" + packet_id.to_bytes(2, "big") + cid
+        if self._wkey_cid is None or self._wkey_cid[0] != self.client_id:
+            cid = self.client_id.encode("utf-8")
+            if len(cid) > 200:
+                cid = hashlib.blake2b(cid, digest_size=16).digest()
+            self._wkey_cid = (self.client_id, cid)
+        return _WKEY_HEAD.pack(b"c:", packet_id) + self._wkey_cid[1]
 
     def _process(self):
         """Append what was read, in order; owe a PUBACK for each QoS 1 message. A run of
@@ -823,10 +839,19 @@ class _Connection(asyncio.Protocol):
                 if h < cut:
                     window.hits += 1
                     ep.redeliveries_dropped += 1
+        owed = self.owed
+        top = 0
         for k in range(cut):
             q = run[k][0]
             if q.qos:
-                self._owe(q.packet_id, st, lg, seqs[k])
+                seq = seqs[k]
+                owed.append(_Owed(q.packet_id, st, seq, lg=lg))
+                if seq > top:
+                    top = seq
+        if top:
+            a = self.awaited.get(st)
+            if a is None or a[0] is not lg or a[1] < top:
+                self.awaited[st] = (lg, top)
         if error is None:
             return i + cut
         if error.status >= 500:
