@@ -762,3 +762,30 @@ def test_a_burst_that_fills_a_reject_topic_acknowledges_exactly_what_was_stored(
         assert ids == list(range(1, k + 1))
 
     asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_burst_over_the_queue_limit_stores_what_fits(tmp_path):
+    """``sync.max_queue_size`` leaves room for fewer records than a burst has: the burst
+    goes on one message at a time, as without bursts -- what fits is stored and
+    acknowledged, the rest waits -- never a burst that waits for room it can never get."""
+    e = {"node_id": NODE, "data_dir": str(tmp_path / "data"), "cloud_endpoint": "http://127.0.0.1:9/edge",
+         "key": "00" * 32, "sync": {"max_queue_size": 5},
+         "sync_topics": [{"topic": "t", "direction": "edge_to_cloud"}],
+         "ingest": {"http": {"listen": "127.0.0.1:%d" % free_port()},
+                    "mqtt": {"listen": "127.0.0.1:%d" % free_port(), "map": {"m/#": "t"}}}}
+    cfg = parse_config({"edge": e}, base_dir=str(tmp_path))
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+
+        def talk():
+            s, _ = raw(ep.port, 4, "queued")
+            s.sendall(b"".join(mp.encode_publish(4, "m/a", b"%d" % i, 1, i + 1) for i in range(8)))
+            acks = read_pubacks(s, 5)
+            s.close()
+            return acks
+
+        assert await asyncio.to_thread(talk) == [(i + 1, 0) for i in range(5)]
+        assert values(agent) == [0, 1, 2, 3, 4] and ep.stats()["stored"] == 5
+
+    asyncio.run(with_agent(cfg, fn))

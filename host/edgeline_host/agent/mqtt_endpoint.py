@@ -858,9 +858,13 @@ class _Connection(asyncio.Protocol):
                 self.awaited[st] = (lg, top)
         if error is None:
             return i + cut
-        if error.status >= 500:
-            raise _Hold(i + cut, error)
-        return self._store_one(i + cut)  # the refused one (counted there); the rest go on after it
+        # The rest of the run one at a time, as without bursts: a 413 refuses only its own
+        # message, ``sync.max_queue_size`` may have room for some of them (a burst must
+        # not wait for room it may never get), a failed log is reopened or the message held.
+        k = i + cut
+        while k < i + len(run):
+            k = self._store_one(k)  # _Hold from the first that waits
+        return k
 
     def _hold(self, p, e):
         line = "a message on %r waits: %s" % (p.topic, e)
