@@ -789,3 +789,37 @@ def test_a_burst_over_the_queue_limit_stores_what_fits(tmp_path):
         assert values(agent) == [0, 1, 2, 3, 4] and ep.stats()["stored"] == 5
 
     asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_write_error_inside_a_burst_acknowledges_none_of_what_it_lost(tmp_path, monkeypatch):
+    """A commit by count inside a burst fails its write: the records the failed log took
+    are never acknowledged (the connection closes, as when they were appended one at a
+    time), the rest of the burst is not stored; the publisher's resend (DUP) after the
+    log is reopened stores each message once."""
+    disk = LogWriteFails(monkeypatch)
+    cfg = config(tmp_path, topics=({"topic": "t", "group_ms": 60000, "group_records": 3},))
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+
+        def talk():
+            a = socket.create_connection(("127.0.0.1", ep.port), timeout=WAIT_S)
+            a.sendall(mp.encode_connect(4, "w", False, 0))
+            assert read_packet(a) == bytes([0x20, 2, 0, 0])
+            disk.armed = 1
+            a.sendall(b"".join(mp.encode_publish(4, "m/x", b"%d" % i, 1, i + 1) for i in range(6)))
+            assert read_packet(a) == b""  # closed without a PUBACK
+            a.close()
+            a = socket.create_connection(("127.0.0.1", ep.port), timeout=WAIT_S)
+            a.sendall(mp.encode_connect(4, "w", False, 0))
+            assert read_packet(a) == bytes([0x20, 2, 1, 0])
+            a.sendall(b"".join(mp.encode_publish(4, "m/x", b"%d" % i, 1, i + 1, dup=True) for i in range(6)))
+            acks = read_pubacks(a, 6)
+            a.close()
+            return acks
+
+        assert await asyncio.to_thread(talk) == [(i + 1, 0) for i in range(6)]
+        assert values(agent) == [0, 1, 2, 3, 4, 5] and agent.recovered == 1
+        assert ep.stats()["redeliveries_dropped"] == 0 and ep.stats()["acks_lost"] == 3
+
+    asyncio.run(with_agent(cfg, fn))

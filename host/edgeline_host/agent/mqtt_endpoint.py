@@ -821,12 +821,20 @@ class _Connection(asyncio.Protocol):
         except Exception as e:  # noqa: BLE001 - a bug here must not lose the messages either
             log.exception("edgeline agent: MQTT endpoint: unexpected error")
             error = RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e))
-            n = lg.last_seq - first + 1 if lg is st.log and lg.failure is None else 0
+            n = max(0, lg.last_seq - first + 1)
         cut = len(run)
+        failed = lg.failure is not None
         if error is not None:
+            if failed:
+                # A write error failed the log: what it took (seqs up to its last_seq)
+                # keeps its entries and is owed -- LOST unless durable (owed_state), never
+                # acknowledged: the connection closes, the publisher resends, and the
+                # entries are kept or dropped with the records when the log is reopened
+                # (D2) -- as if they had been appended one at a time before the error.
+                n = max(0, lg.last_seq - first + 1)
             # Appended: the first n (seqs first.., as every burst); the rest is not stored,
             # their entries go (the resend stores them), and from the first of them on
-            # the messages wait (a 5xx) or go one by one (a refusal: 413, 400).
+            # the messages wait (a failed log) or go one by one (backpressure, a refusal).
             last = first + n - 1
             for r in rows:
                 if r[1] > last:
@@ -858,6 +866,8 @@ class _Connection(asyncio.Protocol):
                 self.awaited[st] = (lg, top)
         if error is None:
             return i + cut
+        if failed:
+            raise _Hold(i + cut, error)
         # The rest of the run one at a time, as without bursts: a 413 refuses only its own
         # message, ``sync.max_queue_size`` may have room for some of them (a burst must
         # not wait for room it may never get), a failed log is reopened or the message held.
