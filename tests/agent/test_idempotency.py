@@ -112,6 +112,36 @@ def test_compaction_cut_at_every_write_point_leaves_old_or_new():
             assert w.lookup("c") in (None, (3, 3, b""))
 
 
+def test_add_many_is_add_one_by_one_in_one_write():
+    """The MQTT endpoint's burst: entries added in order with one write -- the same map
+    and the same file as one ``add`` each (a later key replaces an earlier one, also
+    within the batch), bounds applied; a write cut short keeps a prefix."""
+    rows = [(b"c:%d" % (i % 7), i, i, _digest(b"%d" % i)) for i in range(1, 12)]
+    one, many = FaultStorage(), FaultStorage()
+    a = DedupeWindow(WIN, storage=one, clock=Clock(), max_entries=5)
+    b = DedupeWindow(WIN, storage=many, clock=Clock(), max_entries=5)
+    for r in rows:
+        a.add(*r)
+    b.add_many(rows)
+    b.add_many([])
+    assert list(a._entries.items()) == list(b._entries.items()) and len(b) == 5
+    assert one.contents(WIN) == many.contents(WIN)
+    assert b.evicted == 2  # (one by one, entries replaced later in the batch were evicted first)
+    with pytest.raises(ValueError):
+        b.add_many([(b"x", 3, 2, b"")])
+    a.close()
+    b.close()
+    b2 = DedupeWindow(WIN, storage=many, clock=Clock(), max_entries=5)
+    assert [b2.lookup(k) for k, *_ in rows] == [a.lookup(k) for k, *_ in rows]
+    data = many.contents(WIN)
+    cut = FaultStorage()
+    cut.makedirs("/data/~ingest-dedupe")
+    h = cut.open_append(WIN)
+    h.write(data[:-3], len(data) - 3)  # the batch's write torn in its last entry
+    w = DedupeWindow(WIN, storage=cut, clock=Clock(), max_entries=5)
+    assert w.lookup(rows[-1][0]) is None and w.lookup(rows[-2][0]) == (10, 10, rows[-2][3])
+
+
 def test_torn_tail_is_cut_at_every_byte():
     entries = [pack_entry(KIND_ENTRY, b"k:%d" % i, i, i, 5000, _digest(b"%d" % i)) for i in range(1, 4)]
     data = pack_header() + b"".join(entries)

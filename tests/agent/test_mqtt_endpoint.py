@@ -680,3 +680,146 @@ def test_a_message_lost_to_a_write_error_is_never_acknowledged(tmp_path, monkeyp
         assert agent.recovered == 1 and "lost to a write error" in (s["last_error"] or "")
 
     asyncio.run(with_agent(cfg, fn))
+
+
+def read_pubacks(s, n):
+    """The next n packets, each a PUBACK: [(packet id, reason code)]."""
+    out = []
+    for _ in range(n):
+        d = read_packet(s)
+        assert d[:1] == bytes([0x40]), d
+        out.append((d[2] << 8 | d[3], d[4] if len(d) > 4 else 0))
+    return out
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_burst_in_one_read_is_stored_as_one_by_one(tmp_path, version):
+    """Many packets in one read are appended as one burst: the PUBACKs still leave in
+    arrival order, a resend (DUP) of a message earlier in the same burst is acknowledged
+    and not stored, a message no topic takes and one too large for a segment are refused
+    in their place (MQTT 5: their reason codes) while those around them are stored, and
+    QoS 0 goes in between."""
+    cfg = config(tmp_path, topics=({"topic": "t", "segment_size": "1 KiB"},))
+    big = json.dumps("x" * 2000).encode()
+    burst = [("m/a", b"1", 1, 1, False), ("m/a", b"2", 1, 2, False), ("m/a", b"1", 1, 1, True),
+             ("z/unmapped", b"3", 1, 3, False), ("m/a", b"4", 0, None, False), ("m/a", big, 1, 5, False),
+             ("m/b", b"6", 1, 6, False), ("m/a", b"6", 1, 6, True), ("m/a", b"7", 1, 7, True)]
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+
+        def talk():
+            s, connack = raw(ep.port, version, "burst")
+            assert connack[3 if version == 4 else 3] == 0
+            s.sendall(b"".join(mp.encode_publish(version, topic, payload, qos, pid, dup=dup)
+                               for topic, payload, qos, pid, dup in burst))
+            acks = read_pubacks(s, 8)
+            s.close()
+            return acks
+
+        acks = await asyncio.to_thread(talk)
+        v5 = version == 5
+        assert acks == [(1, 0), (2, 0), (1, 0), (3, mp.RC_TOPIC_NAME_INVALID if v5 else 0), (5, mp.RC_QUOTA_EXCEEDED
+                        if v5 else 0), (6, 0), (6, 0), (7, 0)]
+        assert values(agent) == [1, 2, 4, 6, 7]  # "1" once; "6" resent with DUP once; "7": DUP but never seen
+        s = ep.stats()
+        assert (s["received"], s["stored"], s["redeliveries_dropped"], s["acked"]) == (9, 5, 2, 8)
+        assert s["refusals"] == {"unmapped": 1, "too_large": 1}
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_burst_that_fills_a_reject_topic_acknowledges_exactly_what_was_stored(tmp_path):
+    """A burst that fills a ``reject`` topic part way: the messages appended are
+    acknowledged, the first one that did not fit and all after it wait unacknowledged,
+    and their dedupe entries are gone (so a resend once there is room stores them)."""
+    cfg = config(tmp_path, topics=({"topic": "t", "segment_size": "1 KiB", "budget": "2 KiB",
+                                    "full_policy": "reject"},))
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+        n = 200
+
+        def talk():
+            s, _ = raw(ep.port, 4, "filler")
+            s.sendall(b"".join(mp.encode_publish(4, "m/a", json.dumps({"i": i}).encode(), 1, i + 1)
+                               for i in range(n)))
+            deadline = time.monotonic() + WAIT_S
+            while ep.stats()["stored"] == 0 or ep.stats()["acked"] < ep.stats()["stored"]:
+                assert time.monotonic() < deadline, "the stored messages to be acknowledged"
+                time.sleep(0.01)
+            k = ep.stats()["stored"]
+            acks = read_pubacks(s, k)
+            assert ep.stats()["unacknowledged"] == 0  # the rest wait unread, owed nothing: none took a seq
+            s.close()
+            return k, acks
+
+        k, acks = await asyncio.to_thread(talk)
+        assert 0 < k < n and acks == [(i + 1, 0) for i in range(k)]
+        assert values(agent) == [{"i": i} for i in range(k)]
+        window = agent.topics["t"].window
+        ids = [i + 1 for i in range(n) if window.lookup(b"c:" + (i + 1).to_bytes(2, "big") + b"filler") is not None]
+        assert ids == list(range(1, k + 1))
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_burst_over_the_queue_limit_stores_what_fits(tmp_path):
+    """``sync.max_queue_size`` leaves room for fewer records than a burst has: the burst
+    goes on one message at a time, as without bursts -- what fits is stored and
+    acknowledged, the rest waits -- never a burst that waits for room it can never get."""
+    e = {"node_id": NODE, "data_dir": str(tmp_path / "data"), "cloud_endpoint": "http://127.0.0.1:9/edge",
+         "key": "00" * 32, "sync": {"max_queue_size": 5},
+         "sync_topics": [{"topic": "t", "direction": "edge_to_cloud"}],
+         "ingest": {"http": {"listen": "127.0.0.1:%d" % free_port()},
+                    "mqtt": {"listen": "127.0.0.1:%d" % free_port(), "map": {"m/#": "t"}}}}
+    cfg = parse_config({"edge": e}, base_dir=str(tmp_path))
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+
+        def talk():
+            s, _ = raw(ep.port, 4, "queued")
+            s.sendall(b"".join(mp.encode_publish(4, "m/a", b"%d" % i, 1, i + 1) for i in range(8)))
+            acks = read_pubacks(s, 5)
+            s.close()
+            return acks
+
+        assert await asyncio.to_thread(talk) == [(i + 1, 0) for i in range(5)]
+        assert values(agent) == [0, 1, 2, 3, 4] and ep.stats()["stored"] == 5
+
+    asyncio.run(with_agent(cfg, fn))
+
+
+def test_a_write_error_inside_a_burst_acknowledges_none_of_what_it_lost(tmp_path, monkeypatch):
+    """A commit by count inside a burst fails its write: the records the failed log took
+    are never acknowledged (the connection closes, as when they were appended one at a
+    time), the rest of the burst is not stored; the publisher's resend (DUP) after the
+    log is reopened stores each message once."""
+    disk = LogWriteFails(monkeypatch)
+    cfg = config(tmp_path, topics=({"topic": "t", "group_ms": 60000, "group_records": 3},))
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+
+        def talk():
+            a = socket.create_connection(("127.0.0.1", ep.port), timeout=WAIT_S)
+            a.sendall(mp.encode_connect(4, "w", False, 0))
+            assert read_packet(a) == bytes([0x20, 2, 0, 0])
+            disk.armed = 1
+            a.sendall(b"".join(mp.encode_publish(4, "m/x", b"%d" % i, 1, i + 1) for i in range(6)))
+            assert read_packet(a) == b""  # closed without a PUBACK
+            a.close()
+            a = socket.create_connection(("127.0.0.1", ep.port), timeout=WAIT_S)
+            a.sendall(mp.encode_connect(4, "w", False, 0))
+            assert read_packet(a) == bytes([0x20, 2, 1, 0])
+            a.sendall(b"".join(mp.encode_publish(4, "m/x", b"%d" % i, 1, i + 1, dup=True) for i in range(6)))
+            acks = read_pubacks(a, 6)
+            a.close()
+            return acks
+
+        assert await asyncio.to_thread(talk) == [(i + 1, 0) for i in range(6)]
+        assert values(agent) == [0, 1, 2, 3, 4, 5] and agent.recovered == 1
+        assert ep.stats()["redeliveries_dropped"] == 0 and ep.stats()["acks_lost"] == 3
+
+    asyncio.run(with_agent(cfg, fn))

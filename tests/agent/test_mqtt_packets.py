@@ -133,3 +133,30 @@ def test_garbage_never_raises_anything_else(garbage, prefix):
                 break
     except mp.MalformedPacket:
         pass
+
+
+def _outcome(fn):
+    try:
+        p = fn()
+    except mp.MalformedPacket as e:
+        return ("malformed", str(e), e.reason_code)
+    return (p.topic, p.payload, p.qos, p.dup, p.retain, p.packet_id, p.properties)
+
+
+_TOPICS = hs.one_of(hs.binary(max_size=12), hs.text(max_size=6).map(lambda t: t.encode("utf-8", "surrogatepass")))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(hs.integers(0, 15), hs.one_of(hs.none(), hs.integers(0, 12)), _TOPICS, hs.binary(max_size=12),
+       hs.sampled_from([4, 5]))
+def test_publish_read_in_place_is_the_reference_reader(flags, declared, topic, rest, version):
+    """The PUBLISH hot path (``_publish_at``, in the decoder's buffer) gives what the
+    reference path (``_publish`` over a ``_Reader`` of the body) gives: the same packet,
+    or the same MalformedPacket and reason code, for any flags and body."""
+    body = (len(topic) if declared is None else declared).to_bytes(2, "big") + topic + rest
+    d = mp.Decoder()
+    d.version = version
+    d._buf = bytearray(b"\x00\x00" + body + b"\x00")  # the body in place, bytes around it
+    fast = _outcome(lambda: d._publish_at(flags, 2, 2 + len(body)))
+    ref = _outcome(lambda: d._publish(flags, mp._Reader(body), version == mp.MQTT5))
+    assert fast == ref

@@ -9,7 +9,13 @@ Publishers: mqtt_pub_worker.py, a process of its own: N MQTT 3.1.1 connections, 
 publishing its share of JSON messages (about 20 bytes) at QoS 1 with at most W
 unacknowledged (W = 1: each publisher waits for every PUBACK before the next PUBLISH;
 W = 20: paho's default window); rate = acknowledged messages / time from the first
-PUBLISH to the last PUBACK. The same worker drives both contenders.
+PUBLISH to the last PUBACK. The worker is no MQTT client library but a lean load
+generator: raw sockets (one ``asyncio.Protocol`` per connection), every PUBLISH packet
+encoded before the clock starts, PUBACKs counted as they arrive and the window refilled
+with one write -- a few us of CPU per message, where a paho client spends tens, on the
+cores the contenders share. The same worker drives both contenders. Each row notes the
+CPU the contender's process and the worker spent per acknowledged message (from
+/proc: what bounds the rate on a machine of two cores).
 
 * baseline: Mosquitto with ``persistence true``, ``autosave_on_changes true``,
   ``autosave_interval 1`` -- it saves its database after every change, the one setting
@@ -85,13 +91,41 @@ def wait_port(p, port, what, d):
             time.sleep(0.02)
 
 
-def run_worker(port, publishers, records, inflight):
+def cpu_seconds(pid):
+    """User + system CPU time of process ``pid`` so far (Linux /proc), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_worker(port, publishers, records, inflight, server_pid=None):
+    """The worker's JSON line; with ``server_pid``, ``server_cpu_s``: that process's CPU
+    time during the run."""
+    before = cpu_seconds(server_pid) if server_pid else None
     out = subprocess.run([sys.executable, WORKER, "--port", str(port), "--publishers", str(publishers),
                           "--records", str(records), "--inflight", str(inflight)],
                          capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError("publisher worker failed: %s" % out.stderr[-2000:])
-    return harness.last_json_line(out.stdout)
+    r = harness.last_json_line(out.stdout)
+    after = cpu_seconds(server_pid) if server_pid else None
+    if before is not None and after is not None:
+        r["server_cpu_s"] = after - before
+    return r
+
+
+def cpu_note(r):
+    """``server X us, worker Y us of CPU per message`` of a run_worker result."""
+    n = max(1, r["acked"])
+    parts = []
+    if "server_cpu_s" in r:
+        parts.append("server %.1f us" % (r["server_cpu_s"] / n * 1e6))
+    if "cpu_seconds" in r:
+        parts.append("worker %.1f us" % (r["cpu_seconds"] / n * 1e6))
+    return " + ".join(parts) + " of CPU per message" if parts else ""
 
 
 def mosquitto_rate(procs, d, publishers, records, inflight, backlog=0):
@@ -143,7 +177,7 @@ def mosquitto_rate(procs, d, publishers, records, inflight, backlog=0):
                 f.write(MOSQUITTO_CONFIG % {"port": port, "dir": d})
             p = procs.spawn([mosquitto_binary(), "-c", conf], d, "mosquitto.log")
             wait_port(p, port, "mosquitto", d)
-        r = run_worker(port, publishers, records, inflight)
+        r = run_worker(port, publishers, records, inflight, p.pid)
         if not os.path.exists(os.path.join(d, "mosquitto.db")):
             raise RuntimeError("mosquitto saved no database (so it was not crash-safe); log in %s" % d)
         return r["acked"] / r["seconds"], r
@@ -160,7 +194,7 @@ def agent_rate(procs, d, publishers, records, inflight):
     p = procs.spawn([sys.executable, "-m", "edgeline_host.cli", "agent", "--config", cfg], d, "agent.log")
     wait_port(p, port, "the agent", d)
     try:
-        r = run_worker(port, publishers, records, inflight)
+        r = run_worker(port, publishers, records, inflight, p.pid)
         r["lost"], r["doubled"] = check_log(http_port, publishers, records)
         return r["acked"] / r["seconds"], r
     finally:
@@ -186,6 +220,14 @@ def check_log(http_port, publishers, records):
     lost = len(expected - set(seen))
     doubled = sum(c - 1 for c in seen.values())
     return lost, doubled
+
+
+def mosquitto_case(backlog, inflight):
+    return "Mosquitto autosave_on_changes, holding %d, %d in flight each" % (backlog, inflight)
+
+
+def agent_case(inflight):
+    return "agent endpoint (sync: group), %d in flight each" % inflight
 
 
 def main(argv=None):
@@ -219,6 +261,7 @@ def main(argv=None):
         res.emit(a.json)
         return 0
     out = {w: {"agent": [], "lost": 0, "doubled": 0} for w in a.inflight}
+    cpu = {}  # row name -> [(server s, worker s, messages)] per repetition
     for w in a.inflight:
         for b in a.backlog:
             out[w][b] = []
@@ -230,13 +273,15 @@ def main(argv=None):
                     for b in a.backlog:
                         harness.progress("rep %d, inflight %d: Mosquitto (autosave_on_changes) holding %d, %d messages"
                                          % (rep + 1, w, b, a.broker_records))
-                        rate, _ = mosquitto_rate(procs, harness.fresh_subdir(base, "mq-%d-%d-%d" % (w, b, rep)),
+                        rate, r = mosquitto_rate(procs, harness.fresh_subdir(base, "mq-%d-%d-%d" % (w, b, rep)),
                                                  a.publishers, a.broker_records, w, b)
                         out[w][b].append(rate)
+                        cpu.setdefault(mosquitto_case(b, w), []).append(r)
                     harness.progress("rep %d, inflight %d: agent endpoint, %d messages" % (rep + 1, w, a.records))
                     rate, r = agent_rate(procs, harness.fresh_subdir(base, "agent-%d-%d" % (w, rep)),
                                          a.publishers, a.records, w)
                     out[w]["agent"].append(rate)
+                    cpu.setdefault(agent_case(w), []).append(r)
                     out[w]["lost"] += r["lost"]
                     out[w]["doubled"] += r["doubled"]
                 finally:
@@ -244,14 +289,15 @@ def main(argv=None):
     for w in a.inflight:
         o = out[w]
         for b in a.backlog:
-            res.add("Mosquitto autosave_on_changes, holding %d, %d in flight each" % (b, w), harness.median(o[b]),
-                    "msg/s", o[b])
-        agent_case = "agent endpoint (sync: group), %d in flight each" % w
+            res.add(mosquitto_case(b, w), harness.median(o[b]), "msg/s", o[b])
         for b in a.backlog:
-            res.add(agent_case if b == a.backlog[0] else "  vs Mosquitto holding %d" % b, harness.median(o["agent"]),
-                    "msg/s", o["agent"], baseline="Mosquitto autosave_on_changes, holding %d, %d in flight each"
-                    % (b, w), target=("ratio", ">=", 50),
+            res.add(agent_case(w) if b == a.backlog[0] else "  vs Mosquitto holding %d" % b, harness.median(o["agent"]),
+                    "msg/s", o["agent"], baseline=mosquitto_case(b, w), target=("ratio", ">=", 50),
                     note="lost %d, doubled %d (target 0)" % (o["lost"], o["doubled"]) if b == a.backlog[0] else None)
+    for case, runs in cpu.items():
+        notes = [cpu_note(r) for r in runs]
+        if any(notes):
+            res.note("%s: %s" % (case.replace("autosave_on_changes, ", ""), "; ".join(notes)))
     res.emit(a.json)
     return 0
 

@@ -46,6 +46,7 @@ HEADER = struct.Struct("<4sHHI")  # magic, version, flags, reserved; then crc u3
 HEADER_BYTES = HEADER.size + 4
 ENTRY = struct.Struct("<BBBBQQQ")  # kind, key_len, digest_len, reserved, first, last, added_ms
 ENTRY_BYTES = ENTRY.size + 4  # without key and digest
+_CRC = struct.Struct("<I")
 KIND_ENTRY = 1
 KIND_REMOVED = 2
 KIND_FLOOR = 3
@@ -254,6 +255,38 @@ class DedupeWindow:
         self._bound(now)
         self._maybe_compact()
 
+    def add_many(self, entries):
+        """``add`` each ``(key, first_seq, last_seq, digest)`` of ``entries``, in order,
+        with one write for all (the MQTT endpoint's burst of messages: one entry each).
+        A write cut short keeps a prefix of them (the file's torn tail, D3)."""
+        now = self._now_ms()
+        rows = []
+        parts = []
+        head = ENTRY.pack
+        crc = _CRC.pack
+        for key, first_seq, last_seq, digest in entries:
+            if type(key) is not bytes:
+                key = _bytes(key)
+            if type(digest) is not bytes:
+                digest = bytes(digest)
+            if not 1 <= len(key) <= MAX_KEY_BYTES or len(digest) > MAX_DIGEST_BYTES:
+                raise ValueError("a key is 1..%d bytes and a digest at most %d" % (MAX_KEY_BYTES, MAX_DIGEST_BYTES))
+            if not 1 <= first_seq <= last_seq:
+                raise ValueError("seqs must be 1 <= first_seq <= last_seq, not %d..%d" % (first_seq, last_seq))
+            rows.append((key, (first_seq, last_seq, digest, now)))
+            body = head(KIND_ENTRY, len(key), len(digest), 0, first_seq, last_seq, now) + key + digest
+            parts.append(body)  # pack_entry, inline: this is per message
+            parts.append(crc(zlib.crc32(body)))
+        if not rows:
+            return
+        self._write(b"".join(parts), len(rows))
+        held = self._entries
+        for k, e in rows:
+            held.pop(k, None)
+            held[k] = e
+        self._bound(now)
+        self._maybe_compact()
+
     def discard(self, key):
         """Forget ``key`` (its records were not stored after all, or its MQTT packet id was
         reused). Written, not synced; nothing is written for a key not held."""
@@ -311,7 +344,7 @@ class DedupeWindow:
                 break
             del floors[k]
 
-    def _write(self, entry):
+    def _write(self, entry, count=1):
         if self._needs_rewrite:
             # An earlier write failed and may have left part of an entry in the file: an
             # entry appended after it would be lost at load. Rewrite the file whole first
@@ -325,7 +358,7 @@ class DedupeWindow:
             self._needs_rewrite = True
             raise
         self._written += 1
-        self._in_file += 1
+        self._in_file += count
 
     def _create(self):
         st = self.storage

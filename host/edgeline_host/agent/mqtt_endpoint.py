@@ -45,7 +45,11 @@ Theory of operation
 ``_Connection`` (an ``asyncio.Protocol``) only moves bytes and acts on packets. A
 PUBLISH is routed by the bridge's own ``route_message`` (same ``map``), its payload made
 a record by ``jsonrecords.record_from_payload``, and appended by ``Agent.append``: the
-write path of HTTP and the bridge. Each QoS 1 PUBLISH leaves an entry on its
+write path of HTTP and the bridge. The PUBLISHes of one read that go to one topic are a
+burst (``_store_burst``): their dedupe entries go in one write (``DedupeWindow.add_many``),
+their records in one ``Agent.append``, and a burst cut short by backpressure or a write
+error owes exactly the messages it stored -- the same outcome as one at a time, for a
+fraction of the CPU per message. Each QoS 1 PUBLISH leaves an entry on its
 connection's ``owed`` list, in arrival order; PUBACKs leave in that order, each once its
 record is durable (``durable_seq`` covers it; under ``sync: none`` at once).
 
@@ -77,6 +81,10 @@ import json
 import logging
 import os
 import secrets
+import struct
+
+from edgeline.errors import EdgelineError
+from edgeline.log import DROP_NEWEST
 
 from ..jsonrecords import RequestError, record_from_payload
 from . import mqtt_packets as mp
@@ -87,11 +95,15 @@ log = logging.getLogger("edgeline.agent.mqtt_endpoint")
 WINDOW = 1000  # MQTT 5 Receive Maximum; past this many owed, a connection is not read
 HOLD_RETRY_S = 1.0  # a held message (backpressure, a failed write) is tried again this often
 MAX_PACKET_BYTES = (1 << 20) + 1024  # a record fits a segment anyway; larger packets: disconnected
+MAX_BURST = 1000  # at most this many messages appended (and their dedupe entries written) in one go
+ROUTES_CACHED = 1024  # MQTT topic -> route, remembered (the map does not change while the agent runs)
 LINGER_S = 0.002  # a commit waits at most this long for publishers still sending...
 LINGER_STEP_S = 0.0002  # ...as long as bytes keep coming in every this often
 CONNECT_TIMEOUT_S = 10  # a connection that sends no CONNECT by then is closed
 STATE_FILE = "mqtt-endpoint.json"  # in data_dir: client ids with a persistent session
 _NEVER = 0xFFFFFFFF
+_WKEY_HEAD = struct.Struct(">2sH")  # b"c:" and the packet id: the head of a message's dedupe window key
+_PUBACK_SUCCESS = mp._PUBACK_SUCCESS  # what encode_puback gives for reason code 0 (either version)
 
 # why a message was refused -> the MQTT 5 PUBACK reason code
 _REASON_CODES = {
@@ -104,6 +116,15 @@ _REASON_CODES = {
 }
 
 
+class _Hold(Exception):
+    """``pending[index]`` and what follows wait: backpressure or a failed write (``error``)."""
+
+    def __init__(self, index, error):
+        Exception.__init__(self, index, error)
+        self.index = index
+        self.error = error
+
+
 class _Owed:
     """A QoS 1 message not yet acknowledged: its packet id, the record that must be
     durable first (``st`` None: nothing to wait for) in the log ``lg`` it went to, the
@@ -111,10 +132,10 @@ class _Owed:
 
     __slots__ = ("pid", "st", "lg", "seq", "rc", "reason")
 
-    def __init__(self, pid, st=None, seq=0, rc=mp.RC_SUCCESS, reason=None):
+    def __init__(self, pid, st=None, seq=0, rc=mp.RC_SUCCESS, reason=None, lg=None):
         self.pid = pid
         self.st = st
-        self.lg = st.log if st is not None else None
+        self.lg = lg if lg is not None or st is None else st.log
         self.seq = seq
         self.rc = rc
         self.reason = reason
@@ -163,6 +184,7 @@ class MqttEndpoint:
         self._waiting = set()  # connections with unsettled QoS 1 entries
         self._tasks = set()  # _settle tasks: each waits for a commit, then acknowledges
         self._paused = False
+        self._routes = {}  # MQTT topic -> route_message's answer (at most ROUTES_CACHED)
         self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
         self.sessions = self._read_state()  # client id -> session expiry (s)
 
@@ -262,6 +284,17 @@ class MqttEndpoint:
             log.warning("edgeline agent: MQTT endpoint: refused a message on %r: %s (%d %s so far)",
                         topic, line, n, reason)
 
+    def route(self, topic):
+        """``route_message`` for ``topic``, remembered: the map, the topics and their
+        directions are fixed while the agent runs."""
+        r = self._routes.get(topic)
+        if r is None:
+            r = route_message(self.agent, self.settings, topic)
+            if len(self._routes) >= ROUTES_CACHED:
+                self._routes.clear()
+            self._routes[topic] = r
+        return r
+
     def authenticate(self, username, password):
         if not self.users:
             return True
@@ -320,10 +353,13 @@ class MqttEndpoint:
         waiting, self._waiting = self._waiting, set()
         need = {}  # topic state -> [its highest seq waited for, the connections waiting for it]
         for c in waiting:
-            for e in c.owed:
-                if e.state() == WAITING:
-                    n = need.setdefault(e.st, [0, set()])
-                    n[0] = max(n[0], e.seq)
+            # c.awaited: per topic, the log and highest seq c owes an acknowledgement
+            # for; lower ones of that log are durable when it is (owed_state's WAITING).
+            for st, (lg, seq) in c.awaited.items():
+                if lg.durable_seq < seq and lg.sync != "none" and lg is st.log and lg.failure is None:
+                    n = need.setdefault(st, [0, set()])
+                    if seq > n[0]:
+                        n[0] = seq
                     n[1].add(c)
         for st, (seq, conns) in need.items():
             # One commit per topic for every connection of the round; it ends in a
@@ -348,6 +384,8 @@ class _Connection(asyncio.Protocol):
         self.client_id = None
         self.will = None
         self.owed = []  # _Owed, in arrival order (a list: acknowledged from the front in slices)
+        self.awaited = {}  # topic state -> (its log, the highest seq of it an owed message waits for)
+        self._wkey_cid = None  # (client id, its part of a dedupe window key)
         self.pending = []  # PUBLISHes read but not yet appended (held behind backpressure)
         self.held = None  # asyncio.TimerHandle of a held message's next try
         self.reading = True
@@ -372,11 +410,22 @@ class _Connection(asyncio.Protocol):
         self.last_rx = self.ep._loop.time()
         self.ep.bytes_in += len(data)
         self.decoder.receive_data(data)
+        next_packet = self.decoder.next_packet
+        pending = self.pending
         try:
             while not self._closing:
-                p = self.decoder.next_packet()
+                p = next_packet()
                 if p is None:
                     break
+                if type(p) is mp.Publish and p.qos < 2 and not p.properties:
+                    # _packet's PUBLISH case without what such a packet cannot carry (QoS 2, a topic alias)
+                    self.ep.received += 1
+                    if p.dup:
+                        self.ep.redelivered += 1
+                    pending.append(p)
+                    if len(pending) + len(self.owed) >= self.ep.window:
+                        self.pause()
+                    continue
                 self._packet(p)
         except mp.UnsupportedVersion as e:
             self.ep.connects_refused += 1
@@ -592,7 +641,7 @@ class _Connection(asyncio.Protocol):
         fsync that makes the record durable: docs/spec/ingest-dedupe.md, D1); a resend
         (DUP) of one the window holds with the same payload is not appended again: its
         ``(st, seq)`` is the original's, acknowledged once that is durable."""
-        st, why = route_message(self.agent, self.ep.settings, p.topic)
+        st, why = self.ep.route(p.topic)
         if st is None:
             self.ep.refuse(p.topic, *why)
             return None, why
@@ -639,13 +688,17 @@ class _Connection(asyncio.Protocol):
     def _window_key(self, packet_id):
         """``c:`` + packet id (2 bytes, big-endian) + the client id (UTF-8; over 200 bytes:
         its BLAKE2b-16 digest): the endpoint's rows of the dedupe window."""
-        cid = self.client_id.encode("utf-8")
-        if len(cid) > 200:
-            cid = hashlib.blake2b(cid, digest_size=16).digest()
-        return b"c:" + packet_id.to_bytes(2, "big") + cid
+        if self._wkey_cid is None or self._wkey_cid[0] != self.client_id:
+            cid = self.client_id.encode("utf-8")
+            if len(cid) > 200:
+                cid = hashlib.blake2b(cid, digest_size=16).digest()
+            self._wkey_cid = (self.client_id, cid)
+        return _WKEY_HEAD.pack(b"c:", packet_id) + self._wkey_cid[1]
 
     def _process(self):
-        """Append what was read, in order; owe a PUBACK for each QoS 1 message."""
+        """Append what was read, in order; owe a PUBACK for each QoS 1 message. A run of
+        messages to one topic goes in as one burst (``_store_burst``); a message no topic
+        takes, and every message of a ``drop_newest`` topic, one at a time (``_store``)."""
         if self.held is not None or self.ep._paused or self.agent.closing or self.transport is None or self._closing:
             return
         ep = self.ep
@@ -653,23 +706,12 @@ class _Connection(asyncio.Protocol):
         pending = self.pending
         try:
             while i < len(pending):
-                p = pending[i]
                 try:
-                    st, got = self._store(p)
-                except RequestError as e:
-                    self._hold(p, e)
+                    i = self._store_burst(i)
+                except _Hold as h:
+                    i = h.index
+                    self._hold(pending[i], h.error)
                     return
-                except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
-                    log.exception("edgeline agent: MQTT endpoint: unexpected error")
-                    self._hold(p, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e)))
-                    return
-                i += 1
-                if p.qos:
-                    if st is not None:
-                        self.owed.append(_Owed(p.packet_id, st, got))
-                    else:
-                        reason, line = got or ("dropped", "the topic's drop_newest policy dropped it")
-                        self.owed.append(_Owed(p.packet_id, rc=_REASON_CODES.get(reason, mp.RC_SUCCESS), reason=line))
         finally:
             del pending[:i]
         self.ack_settled()
@@ -677,6 +719,162 @@ class _Connection(asyncio.Protocol):
             ep.commit_soon(self)
         elif self.transport is not None and not self._closing:
             self._resume()
+
+    def _store_one(self, i):
+        """``_store`` of ``pending[i]`` and its owed entry; the next index, or _Hold."""
+        p = self.pending[i]
+        try:
+            st, got = self._store(p)
+        except RequestError as e:
+            raise _Hold(i, e) from None
+        except Exception as e:  # noqa: BLE001 - a bug here must not lose the message either
+            log.exception("edgeline agent: MQTT endpoint: unexpected error")
+            raise _Hold(i, RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e))) from None
+        if p.qos:
+            if st is not None:
+                self._owe(p.packet_id, st, st.log, got)
+            else:
+                reason, line = got or ("dropped", "the topic's drop_newest policy dropped it")
+                self.owed.append(_Owed(p.packet_id, rc=_REASON_CODES.get(reason, mp.RC_SUCCESS), reason=line))
+        return i + 1
+
+    def _owe(self, pid, st, lg, seq):
+        self.owed.append(_Owed(pid, st, seq, lg=lg))
+        a = self.awaited.get(st)
+        if a is None or a[0] is not lg or a[1] < seq:
+            self.awaited[st] = (lg, seq)
+
+    def _store_burst(self, i):
+        """Store ``pending[i]`` and the messages after it that go to the same topic, as
+        ``_store`` would one by one, with one write of their dedupe entries and one
+        ``Agent.append``; return the index of the first message left. ``_Hold(index,
+        error)``: backpressure or a failed write from that message on (nothing from it
+        on is stored or owed)."""
+        ep = self.ep
+        pending = self.pending
+        p = pending[i]
+        st, why = ep.route(p.topic)
+        if st is None or st.log.full_policy == DROP_NEWEST:
+            return self._store_one(i)  # refused (counted there), or a log that may drop a record of a burst
+        run = []  # (message, key, value)
+        j = i
+        end = min(len(pending), i + MAX_BURST)
+        while j < end:
+            q = pending[j]
+            if j > i and ep.route(q.topic)[0] is not st:
+                break
+            try:
+                key, value = record_from_payload(q.payload)
+            except RequestError:
+                break  # refused by _store, on its own
+            run.append((q, key, value))
+            j += 1
+        if not run:
+            return self._store_one(i)
+        try:
+            # A log failed by a write error is reopened first, its window recovered with
+            # it: the window's entries below must name seqs of the log that takes them.
+            self.agent.ready(st)
+        except RequestError as e:
+            raise _Hold(i, e) from None
+        lg = st.log
+        window = st.window
+        next_seq = lg.last_seq + 1
+        keys = []
+        values = []
+        rows = []  # dedupe window entries: (key, first, last, digest)
+        fresh = {}  # window key -> its row in this burst
+        seqs = []  # per message of run: the seq its PUBACK waits for (a redelivery: the original's)
+        given = []  # per message of run: the seq it is appended as, 0 for a redelivery (not appended)
+        hits = []  # run indexes of redeliveries of stored messages
+        for q, key, value in run:
+            if q.qos and window is not None:
+                wkey = self._window_key(q.packet_id)
+                digest = payload_digest(q.payload)
+                if q.dup:
+                    r = fresh.get(wkey)
+                    hit = window.lookup(wkey) if r is None else (rows[r][1], rows[r][2], rows[r][3])
+                    if hit is not None and hit[2] == digest:
+                        hits.append(len(seqs))
+                        seqs.append(hit[1])
+                        given.append(0)
+                        continue
+                # A new message, or a packet id used again after its PUBACK: the entry is replaced.
+                fresh[wkey] = len(rows)
+                rows.append((wkey, next_seq, next_seq, digest))
+            keys.append(key)
+            values.append(value)
+            seqs.append(next_seq)
+            given.append(next_seq)
+            next_seq += 1
+        first = lg.last_seq + 1
+        error = None
+        try:
+            if rows:
+                window.add_many(rows)  # before the append: the window is synced first at every fsync (D1)
+            n = self.agent.append(st, keys, values)[1] if values else 0
+            if n != len(values):  # only drop_newest stores fewer, and it takes the one-by-one path
+                error = RequestError(500, "%d of %d records appended" % (n, len(values)))
+        except RequestError as e:
+            error = e
+            n = e.stored or 0
+        except Exception as e:  # noqa: BLE001 - a bug here must not lose the messages either
+            log.exception("edgeline agent: MQTT endpoint: unexpected error")
+            error = RequestError(500, "unexpected error: %s: %s" % (type(e).__name__, e))
+            n = max(0, lg.last_seq - first + 1)
+        cut = len(run)
+        failed = lg.failure is not None
+        if error is not None:
+            if failed:
+                # A write error failed the log: what it took (seqs up to its last_seq)
+                # keeps its entries and is owed -- LOST unless durable (owed_state), never
+                # acknowledged: the connection closes, the publisher resends, and the
+                # entries are kept or dropped with the records when the log is reopened
+                # (D2) -- as if they had been appended one at a time before the error.
+                n = max(0, lg.last_seq - first + 1)
+            # Appended: the first n (seqs first.., as every burst); the rest is not stored,
+            # their entries go (the resend stores them), and from the first of them on
+            # the messages wait (a failed log) or go one by one (backpressure, a refusal).
+            last = first + n - 1
+            for r in rows:
+                if r[1] > last:
+                    try:
+                        window.discard(r[0])
+                    except (OSError, EdgelineError) as e:
+                        ep._error("cannot forget the dedupe entry of a message not stored: %s" % e)
+            cut = 0
+            while cut < len(run) and given[cut] <= last:
+                cut += 1
+        ep.stored += n
+        if hits:
+            for h in hits:
+                if h < cut:
+                    window.hits += 1
+                    ep.redeliveries_dropped += 1
+        owed = self.owed
+        top = 0
+        for k in range(cut):
+            q = run[k][0]
+            if q.qos:
+                seq = seqs[k]
+                owed.append(_Owed(q.packet_id, st, seq, lg=lg))
+                if seq > top:
+                    top = seq
+        if top:
+            a = self.awaited.get(st)
+            if a is None or a[0] is not lg or a[1] < top:
+                self.awaited[st] = (lg, top)
+        if error is None:
+            return i + cut
+        if failed:
+            raise _Hold(i + cut, error)
+        # The rest of the run one at a time, as without bursts: a 413 refuses only its own
+        # message, ``sync.max_queue_size`` may have room for some of them (a burst must
+        # not wait for room it may never get), a failed log is reopened or the message held.
+        k = i + cut
+        while k < i + len(run):
+            k = self._store_one(k)  # _Hold from the first that waits
+        return k
 
     def _hold(self, p, e):
         line = "a message on %r waits: %s" % (p.topic, e)
@@ -701,14 +899,20 @@ class _Connection(asyncio.Protocol):
         n = 0
         out = []
         lost = None
+        puback = _PUBACK_SUCCESS.pack
+        version = self.version
         for e in owed:
-            state = e.state()
-            if state == WAITING:
-                break
-            if state == LOST:
+            lg = e.lg
+            if lg is not None and lg.durable_seq < e.seq and lg.sync != "none":
+                # owed_state inline (the hot loop): not settled, so WAITING or LOST
+                if lg is e.st.log and lg.failure is None:
+                    break
                 lost = e
                 break
-            out.append(mp.encode_puback(self.version, e.pid, e.rc, e.reason if e.rc else None))
+            if e.rc:
+                out.append(mp.encode_puback(version, e.pid, e.rc, e.reason))
+            else:
+                out.append(puback(0x40, 2, e.pid))
             n += 1
         if n:
             del owed[:n]
