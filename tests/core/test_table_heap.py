@@ -45,4 +45,11 @@ def test_a_replica_of_a_few_hundred_keys_fits_the_heap():
     assert t.context("sku-10") == (C, 11, S1, 11, S2, 11)
     if gc:
         gc.collect()
-        print("table of %d keys: %d bytes of heap" % (KEYS, gc.mem_alloc() - before))
+        used = gc.mem_alloc() - before
+        print("table of %d keys: %d bytes of heap" % (KEYS, used))
+        import sys
+
+        if sys.maxsize > 2 ** 32:  # the 64-bit unix port (the WebAssembly port's GC runs only between calls)
+            # the replica itself, not the harness beside it: half of a 64 KB heap at most
+            # (187 B per key measured: 28 KB; a board's 32-bit objects are about half)
+            assert used <= 32768, used

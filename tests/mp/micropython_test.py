@@ -33,7 +33,12 @@ HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
 # 72 KB; test_inbox its crash copies). They get 64 KB plus room for that disk.
 # test_sync_bytes.py's logs of DATA records at every ts width and its lists of expected
 # records fragment 64 KB past what a RingLog's 752-byte attribute table finds.
-HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k", "test_inbox.py": "96k", "test_sync_bytes.py": "96k"}
+# test_table_heap.py: its replica is bounded by the test itself (at most 32 KB for its
+# keys); the 64 KB heap around it also held the harness and the ROMFS image's
+# fragmentation, which moved with core changes the table does not even import (it
+# passed at 63k, failed at 64k, passed at 65k), so it gets 8 KB of room for that.
+HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k", "test_inbox.py": "96k", "test_sync_bytes.py": "96k",
+            "test_table_heap.py": "72k"}
 
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))
