@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from edgeline import codec, sync
+from edgeline import codec, fastpath, sync
 from edgeline import table as T
 from edgeline.errors import ConfigError
 from edgeline.inbox import append_data
@@ -193,3 +193,39 @@ def test_a_webassembly_merge_named_in_edge_yaml_runs_at_the_agent(tmp_path):
 
     k = asyncio.run(with_agent(cfg, fn))
     assert k["resolution"] == "merged" and isinstance(k["value"], int) and k["value"] > 40
+
+
+def test_after_a_write_error_the_replica_is_rebuilt_from_what_the_reopened_log_kept(tmp_path, monkeypatch):
+    """Writes appended while an fsync failed are applied to the replica; the reopened log
+    keeps only what reached the disk whole -- and so must the replica (never showing a
+    write the log dropped)."""
+    from edgeline_host.agent import service
+
+    calls = []
+
+    def failing(token):
+        calls.append(token)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return fastpath.sync_commit(token)
+
+    monkeypatch.setattr(service, "sync_commit", failing)
+    cfg = config(tmp_path, sync="group", group_ms="1h", group_records=1000000)
+
+    async def fn(agent, call):
+        st = agent.topics["inv"]
+        answers = await asyncio.gather(*[agent._table_write("inv", k, k.upper(), False) for k in "abc"],
+                                       return_exceptions=True)
+        assert all(isinstance(a, service.RequestError) and a.status == 500 for a in answers), answers
+        shown = [k["key"] for k in agent.tables["inv"].state_json()["keys"]]
+        assert agent.recover(st)
+        kept = [r.key for r in st.log.read(1, 10)]
+        s, state = await call("GET", "/v1/tables/inv")
+        s2, a = await call("PUT", "/v1/tables/inv/d", json="D")
+        s3, after = await call("GET", "/v1/tables/inv")
+        return shown, kept, state, s2, after
+
+    shown, kept, state, s2, after = asyncio.run(with_agent(cfg, fn))
+    assert shown == ["a", "b", "c"] and kept == [b"a"]  # a reached the file; b and c were in the buffer
+    assert [k["key"] for k in state["keys"]] == ["a"]
+    assert s2 == 200 and [(k["key"], k["value"]) for k in after["keys"]] == [("a", "A"), ("d", "D")]

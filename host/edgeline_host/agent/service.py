@@ -702,6 +702,10 @@ class Agent:
             st.outbox = ob
             if self.uplink is not None:
                 self.uplink.reattach(name, lg, ob)
+        if name in self.tables:
+            # The replica took every write appended, but the reopened log keeps only what
+            # reached the disk whole: rebuilt from it, it never shows a write the log dropped.
+            self.tables[name] = self._rebuild_table(st)
         self.recovered += 1
         kept = ""
         if lg.last_seq > durable:
