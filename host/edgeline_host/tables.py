@@ -42,6 +42,8 @@ from edgeline import codec
 from edgeline import table as T
 from edgeline.errors import ConfigError, EdgelineError
 
+from . import fastcbor
+
 OP_RELAY = 4  # a relayed write in the cloud stream (tables.md, "Relayed writes")
 KIND_TABLE = "table"
 KIND_STREAM = "stream"
@@ -177,6 +179,32 @@ def _loads(value):
     if fp.tell() != len(value):
         raise T.TableError("%d bytes after the CBOR item" % (len(value) - fp.tell()))
     return item
+
+
+def _dumps(obj):
+    """A record value as CBOR through cbor2 (C: a busy gateway forms many writes), the
+    same bytes as the core's codec; CodecError, like the core's, for what the core could
+    not carry or read back (invalid text, nesting deeper than it decodes)."""
+    if not _depth_ok(obj, codec.MAX_DEPTH):
+        raise codec.CodecError("CBOR nesting deeper than %d levels" % codec.MAX_DEPTH)
+    return fastcbor.dumps(obj)
+
+
+def _depth_ok(obj, room):
+    if isinstance(obj, (list, tuple)):
+        if room <= 0:
+            return False
+        for x in obj:
+            if isinstance(x, (list, tuple, dict)) and not _depth_ok(x, room - 1):
+                return False
+    elif isinstance(obj, dict):
+        if room <= 0:
+            return False
+        for k, x in obj.items():
+            if (isinstance(x, (list, tuple, dict)) and not _depth_ok(x, room - 1)) or \
+                    (isinstance(k, (list, tuple, dict)) and not _depth_ok(k, room - 1)):
+                return False
+    return True
 
 
 def writer_id(origin, incarnation_hex=LEGACY_INCARNATION):
@@ -350,10 +378,10 @@ class Replica:
         kind = self.settings.type
         if kind == T.REGISTER:
             if delete:
-                return codec.dumps(T.write_value(T.OP_DELETE, t.context(key)))
+                return _dumps(T.write_value(T.OP_DELETE, t.context(key)))
             if body is None:
                 raise WriteError(400, "a table value cannot be null (null marks a delete, tables.md): DELETE the key")
-            return codec.dumps(T.write_value(T.OP_PUT, t.context(key), body))
+            return _dumps(T.write_value(T.OP_PUT, t.context(key), body))
         if kind == T.COUNTER:
             if delete:
                 raise WriteError(409, "a counter has no delete in table format 1 (tables.md)")
@@ -363,14 +391,14 @@ class Replica:
                 + body["add"]
             if pending is not None:
                 pending[key] = total
-            return codec.dumps(T.write_value(T.OP_COUNT, (), total))
+            return _dumps(T.write_value(T.OP_COUNT, (), total))
         ops = []
         if delete:
             for f in t.fields(key):
                 ops.append((f, T.OP_DELETE, t.context(key, f), None))
             if not ops:
                 raise WriteError(404, "key %r holds nothing to delete" % (key,))
-            return codec.dumps(T.field_value(ops))
+            return _dumps(T.field_value(ops))
         if kind == T.SET:
             names = ("add", "remove")
         else:
@@ -401,7 +429,7 @@ class Replica:
             ops.append((f, op, t.context(key, f), v))
         if not ops:
             raise WriteError(400, "the write changes nothing")
-        return codec.dumps(T.field_value(ops))
+        return _dumps(T.field_value(ops))
 
     # ------------------------------------------------------------------ reads
 

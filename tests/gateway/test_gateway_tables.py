@@ -366,3 +366,35 @@ def test_a_webassembly_merge_that_cannot_run_is_refused_at_start(tmp_path, name,
     msg = str(ei.value)
     assert msg.startswith("topics.yaml: inv.conflict_resolution.custom_merge.wasm: ") and why in msg, msg
     assert "\n" not in msg
+
+
+def test_writes_are_formed_with_the_core_codecs_bytes_and_limits():
+    """form_write encodes through cbor2 (C): the same bytes as the core's codec, and a
+    value the core could not carry or read back is refused the same way."""
+    from edgeline.codec import CodecError
+
+    bodies = [0, -1, 2 ** 64, -(2 ** 70), 1.5, float("inf"), "sku", "ü€😀", b"\x00", True, None, [1, [2, {"a": [3]}]],
+              {"qty": 5, "loc": "A3", "tags": ["x", "y"], "n": {"m": 1.25}}, [[[]]] * 3]
+    for b in bodies:
+        assert tables._dumps(T.write_value(T.OP_PUT, ("cloud", 3, "edge-1~00", 9), b)) == codec.dumps(
+            T.write_value(T.OP_PUT, ("cloud", 3, "edge-1~00", 9), b)), b
+    def outcome(dumps, v):
+        try:
+            return dumps(T.write_value(T.OP_PUT, (), v))
+        except CodecError:
+            return "refused"
+
+    refused = 0
+    for levels in range(26, 38):  # around the core's limit, as lists and as maps
+        for wrap in (lambda x: [x], lambda x: {"f": x}):
+            deep = 1
+            for _ in range(levels):
+                deep = wrap(deep)
+            got = outcome(tables._dumps, deep)
+            assert got == outcome(codec.dumps, deep), levels
+            refused += got == "refused"
+    assert 0 < refused < 24
+    assert outcome(tables._dumps, "\ud800") == outcome(codec.dumps, "\ud800") == "refused"
+    rep = tables.Replica("inv", tables.TableSettings())
+    with pytest.raises(CodecError):
+        rep.form_write("k", "cloud", {"k": deep})
