@@ -259,6 +259,38 @@ def read_relay(data):
     return writer, seq, ts, value
 
 
+CAPABILITY = "tables"  # the HELLO capability carrying an edge's table reports (tables.md, "Tombstones")
+
+
+def read_reports(caps):
+    """{topic: (held, head)} from a HELLO's capabilities (tables.md, "Reports at the
+    gateway"); what is not a well-formed report is left out (a report only ever allows
+    more collection, so a doubtful one is none)."""
+    raw = caps.get(CAPABILITY) if isinstance(caps, dict) else None
+    out = {}
+    if not isinstance(raw, dict):
+        return out
+    for topic, v in raw.items():
+        if isinstance(topic, str) and isinstance(v, (list, tuple)) and len(v) == 2 and \
+                all(type(x) is int and 0 <= x < 1 << 64 for x in v):
+            out[topic] = (v[0], v[1])
+    return out
+
+
+def stable_vector(marks):
+    """The stable vector (tables.md, "Stable vector"): ``marks`` is one {writer: seq}
+    per replica (this one included), each what that replica has applied; the result
+    is the flat vv of ``min over replicas``, writers at 0 left out. No replicas: ()."""
+    if not marks:
+        return ()
+    out = []
+    for w in sorted(marks[0]):
+        v = min(m.get(w, 0) for m in marks)
+        if v > 0:
+            out += [w, v]
+    return tuple(out)
+
+
 class WriteError(Exception):
     """A local write the table cannot take (400/409 at the HTTP API): one line."""
 
@@ -276,6 +308,7 @@ class Replica:
         self.table = T.Table(settings.type, settings.strategy, settings.merge, on_conflict=self._on_conflict)
         self.lock = None  # an asyncio.Lock serialising local writes, made in the loop (write_lock)
         self.applied = 0  # writes that changed the state
+        self.collected = 0  # tombstones collected at causal stability (collect)
         self.ignored = 0  # duplicates and superseded writes
         self.malformed = 0  # records whose value is not a table write (kept stored, not applied)
         self.last_malformed = None
@@ -447,8 +480,18 @@ class Replica:
             out["value"] = _jsonable(s[3])
         return out
 
+    def collect(self, stable):
+        """Drop the tombstones whose whole vv is at or below ``stable`` (causally stable:
+        ``stable_vector``); their vvs join the table's floor, so a replay of a collected
+        write is ignored and the next write to the key supersedes what replicas that
+        have not collected still hold. Returns how many went."""
+        n = self.table.collect(stable) if stable else 0
+        self.collected += n
+        return n
+
     def describe(self):
         d = {"topic": self.name, "applied": self.applied, "ignored": self.ignored, "malformed": self.malformed,
+             "collected": self.collected,
              "conflicts": dict(self.table.conflicts)}
         d.update(self.settings.describe())
         if self.last_malformed:

@@ -398,3 +398,71 @@ def test_writes_are_formed_with_the_core_codecs_bytes_and_limits():
     rep = tables.Replica("inv", tables.TableSettings())
     with pytest.raises(CodecError):
         rep.form_write("k", "cloud", {"k": deep})
+
+
+def test_reports_in_the_hello_are_read_strictly():
+    assert tables.read_reports({"tables": {"inv": [3, 0], "bad": [1, -1], "t": [1], "u": "x", 7: [1, 2]}}) == {
+        "inv": (3, 0)}
+    assert tables.read_reports({"pull": True}) == {} and tables.read_reports(None) == {}
+    assert tables.stable_vector([{"cloud": 4, "b": 2}, {"cloud": 3, "b": 5, "c": 1}]) == ("b", 2, "cloud", 3)
+    assert tables.stable_vector([]) == ()
+
+
+def test_a_tombstone_is_collected_only_once_every_replica_reported_it_applied(tmp_path):
+    """tables.md, "Tombstones and their collection" (T6): the gateway collects a delete's
+    tombstone once the cloud and every node have applied it and every node's writes
+    made before that are at the gateway; a replay of a collected write is ignored; a
+    write concurrent with a delete, still in an edge's outbox when it reported, keeps
+    the tombstone."""
+    async def fn(gw, http, server):
+        gw.collect_every_s = 0
+        rep = gw.tables["inv"]
+
+        async def report(node, held, head):
+            c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), node, KEYS[node])
+            await c.connect({"inv": INC}, capabilities={"tables": {"inv": [held, head]}})
+            return c
+
+        e1 = await report("edge-1", 0, 0)
+        (ack,) = await e1.exchange(sync.batch_from_records("inv", [put(1, 1000, "a", "edge")]))
+        await settle(gw, 1)  # cloud:1 relays edge-1:1
+        await gw.table_write("inv", [("a", None, True)])  # cloud:2 deletes it, having seen it
+        assert rep.table.siblings("a")[0][3] is T.TOMBSTONE
+        await report("edge-1", 2, 1)  # edge-1 applied the delete
+        assert gw.stable("inv") == () and rep.collected == 0  # edge-2 never reported
+        await report("edge-2", 1, 0)  # edge-2 has not applied the delete yet
+        assert gw.stable("inv") == ("cloud", 1, W1, 1) and rep.collected == 0
+        assert rep.table.siblings("a")
+        await report("edge-2", 2, 0)
+        assert gw.stable("inv") == ("cloud", 2, W1, 1) and rep.collected == 1 and gw.collected == 1
+        assert not rep.table.siblings("a") and rep.table.floor == ("cloud", 2, W1, 1)
+        # a replay of the collected writes (a peer re-sending old log) is ignored
+        ignored = rep.ignored
+        assert not rep.apply_record(W1, 1, 1000, b"a", put(1, 1000, "a", "edge").value)
+        assert not rep.apply_record("cloud", 2, 1 << 40, b"a", codec.dumps(T.write_value(T.OP_DELETE, (W1, 1))))
+        assert rep.ignored == ignored + 2 and not rep.table.siblings("a")
+        # the next cloud write to the key takes the floor as its context (C2)
+        await gw.table_write("inv", [("a", "again", False)])
+        assert rep.table.context("a") == ("cloud", 3, W1, 1)
+
+        # key b: edge-1 writes it, the cloud deletes it; edge-1 reports head 3 while its
+        # write 3 (concurrent with the delete) is still in its outbox: not usable yet
+        (ack,) = await e1.exchange(sync.batch_from_records("inv", [put(2, 1001, "b", "edge")]))
+        await settle(gw, 2)  # cloud:4
+        await gw.table_write("inv", [("b", None, True)])  # cloud:5
+        await report("edge-2", 5, 0)
+        await report("edge-1", 5, 3)
+        assert gw.stable("inv") == ("cloud", 2, W1, 1) and rep.collected == 1  # edge-1's usable report: held 2
+        # the write arrives: the tombstone was kept, so it meets it as a sibling everywhere
+        e1 = await report("edge-1", 5, 3)
+        (ack,) = await e1.exchange(sync.batch_from_records("inv", [put(3, LATE, "b", "late", (W1, 2))]))
+        assert ack.seq == 3
+        assert len(rep.table.siblings("b")) == 2 and rep.collected == 1
+        assert gw.stable("inv") == ("cloud", 5, W1, 2)  # the report is usable now; b has two siblings: kept
+        st, k = await get(http, server, "/v1/tables/inv/b")
+        assert k["value"] == "late" and k["conflict"] == "update_delete"
+        st, d = await get(http, server, "/v1/tables")
+        return d["tables"][0]
+
+    d = asyncio.run(with_gateway(tmp_path, fn, topics()))
+    assert d["collected"] == 1
