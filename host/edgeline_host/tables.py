@@ -26,6 +26,13 @@ what the gateway and the edge agent share around it (they never import each othe
   downlink carries every writer's writes to every edge; ``apply_record`` applies a relay
   as the write it carries, with the original dot, so a relayed write is the same write
   everywhere (its writer receiving it back: a duplicate).
+* Tombstones (tables.md, "Tombstones and their collection"): ``Replica.collect(stable)``
+  drops the tombstones ``stable`` covers; ``stable_vector`` is the min over the
+  replicas' applied marks, and ``read_reports`` reads an edge's ``[held, head]`` per
+  topic from its HELLO's ``tables`` capability -- the gateway computes ``stable`` from
+  them (gateway.py), the agent sends them (service.py ``_table_reports``). The floor is
+  in memory: after a restart the replica holds the tombstones again until the next
+  collection (harmless: nothing concurrent with them can arrive any more).
 * Conflicts: the core reports each one where the siblings meet; the replica keeps one
   row per conflict identity ``(key, field, type, sorted sibling dots)`` -- each conflict
   once -- with the strategy's resolution as it stands (``conflicts_json``). The rows are

@@ -229,3 +229,41 @@ def test_after_a_write_error_the_replica_is_rebuilt_from_what_the_reopened_log_k
     assert shown == ["a", "b", "c"] and kept == [b"a"]  # a reached the file; b and c were in the buffer
     assert [k["key"] for k in state["keys"]] == ["a"]
     assert s2 == 200 and [(k["key"], k["value"]) for k in after["keys"]] == [("a", "A"), ("d", "D")]
+
+
+def test_the_hello_reports_what_the_replica_applied_and_what_this_node_wrote(tmp_path):
+    """tables.md, "Reports at the gateway": the uplink's HELLO carries [held, head] per
+    table topic, read when the HELLO is made; the gateway keeps it for collection."""
+    from edgeline_host.gateway.api import GatewayApi
+    from edgeline_host.gateway.gateway import Gateway
+    from edgeline_host.gateway.topics import parse_topics
+
+    keys = {"store-1": bytes.fromhex(KEY_HEX)}
+    gw = Gateway(str(tmp_path / "gw.db"), keys, topics=parse_topics(
+        {"inv": {"direction": "bidirectional", "kind": "table"}}, keys, "topics.yaml"))
+
+    async def main():
+        server = TestServer(GatewayApi(gw).app())
+        await server.start_server()
+        agent = Agent(config(tmp_path, {"cloud_endpoint": str(server.make_url("/v1/sync"))}),
+                      print_fn=lambda *_: None)
+        try:
+            st = agent.topics["inv"]
+            await agent._table_write("inv", "a", "A", False)
+            await agent._table_write("inv", "b", "B", False)
+            cloud_records(agent, [cloud_put(1, 1, "c", "C")])
+            report = agent._table_reports()
+            up = agent.uplink
+            await up.transport.start()
+            try:
+                await up._connect()
+            finally:
+                await up.transport.close()
+            return report, gw._reports.get(("inv", "store-1")), bytes(st.log.incarnation).hex()
+        finally:
+            agent.close()
+            await server.close()
+
+    report, kept, inc = asyncio.run(main())
+    assert report == {"tables": {"inv": [1, 2]}}
+    assert kept == [None, (1, 2, inc)]

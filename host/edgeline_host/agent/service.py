@@ -230,6 +230,8 @@ class Agent:
                 options["downlink"] = Downlink(receiving, interval_ms=cfg.sync.interval_ms,
                                                max_records=cfg.sync.batch_size, on_records=self._received,
                                                **options.pop("downlink_options", {}))
+            if self.tables:
+                options.setdefault("hello_capabilities", self._table_reports)
             self.uplink = from_config(cfg, sending, **options)
         self.housekeeping_ms = RETENTION_EVERY_MS  # tests shorten it
         self.recovered = 0  # logs reopened after a write error
@@ -244,6 +246,18 @@ class Agent:
         self._closing = False
         self._closed_logs = False  # shutdown settled the commits: no more start
         self._commit_pool = None  # the worker threads that fsync (made at the first commit)
+
+    def _table_reports(self):
+        """The HELLO's ``tables`` capability (tables.md, "Reports at the gateway"): per
+        table topic, ``[held, head]`` -- the durable end of its cloud
+        stream (applied to the replica as it arrived) and the end of its own log, read
+        together -- so the gateway can collect tombstones at causal stability."""
+        out = {}
+        for name in self.tables:
+            st = self.topics[name]
+            held = st.down.durable_seq if st.down is not None else 0
+            out[name] = [held, st.log.last_seq]
+        return {tables.CAPABILITY: out} if out else None
 
     def _own_writer(self, st):
         """The writer id of this node's writes to a table topic: its node id, with its

@@ -39,6 +39,14 @@ copy is made by a background task after the edge's batch was committed and ackno
 is known from the cloud stream itself: at start, an edge record of the store without its
 relay (the gateway stopped in between) is queued again, so each is relayed exactly once.
 
+Tombstone collection (tables.md, "Tombstones and their collection"): an edge's HELLO
+reports, per table topic, how far it holds the cloud stream and its own log's end
+(capability ``tables``); ``stable`` turns the reports into each node's applied marks
+(the cloud stream's relays say which edge writes lie below ``held``: ``_relay_index``)
+and takes the min with the gateway's own, once the gateway holds everything a node wrote
+before reporting; ``collect_tables`` drops the tombstones it covers, after a report or a
+batch (at most once per ``collect_every_s``).
+
 ``start()`` / ``close()`` run the committer and close the store; ``service.serve``
 wires the gateway, its HTTP API and the transports into one process.
 """
@@ -512,15 +520,16 @@ class Gateway:
 
     def stable(self, topic):
         """The stable vector of a table topic (tables.md, "Stable vector"): () until every
-        replica -- the cloud, every node with a key, every node that wrote to the topic --
-        has a usable report."""
+        replica -- the cloud, every node the topic is served to (its ``nodes``, else every
+        node with a key), every node that wrote to it -- has a usable report."""
         store = self.store
         writers = self._writers.get(topic, set())
         own = {tables.writer_id(n, i): store.mark(n, topic, i) for n, i in writers}
         own[sync.CLOUD_ORIGIN] = store.published(topic)
         marks = [own]
         index = self._relay_index.get(topic, {})
-        for node in sorted(set(self.keys) | set(n for n, _ in writers)):
+        served = self.topics[topic].nodes
+        for node in sorted(set(self.keys if served is None else served) | set(n for n, _ in writers)):
             slot = self._reports.get((topic, node))
             if slot is None:
                 return ()
