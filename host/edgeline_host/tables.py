@@ -552,8 +552,7 @@ class Replica:
             return "merged"
         if strategy == T.KEEP_BOTH:
             return "both"
-        prefer = T._PREFER[strategy]
-        best = T._pick(sibs, prefer)
+        best = T.chosen(strategy, sibs)
         if best[3] is T.TOMBSTONE:
             return "drop"
         return "use_cloud" if best[0] == T.CLOUD else "use_edge"
