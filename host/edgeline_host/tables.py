@@ -36,12 +36,16 @@ what the gateway and the edge agent share around it (they never import each othe
 * Conflicts: the core reports each one where the siblings meet; the replica keeps one
   row per conflict identity ``(key, field, type, sorted sibling dots)`` -- each conflict
   once -- with the strategy's resolution as it stands (``conflicts_json``). The rows are
-  in memory and rebuilt with the replica: after a restart they are those the replay
-  meets.
+  kept in a ``ConflictLog`` file per topic (tables.md, "The conflict log file"), so a
+  restart lists the conflicts met before it (a replay meets only some again).
 """
 import asyncio
 import importlib
 import io
+import logging
+import os
+import struct
+import zlib
 
 import cbor2
 
@@ -51,6 +55,9 @@ from edgeline.errors import ConfigError, EdgelineError
 
 from . import fastcbor
 
+log = logging.getLogger("edgeline.tables")
+
+CONFLICTS_DIRECTORY = "~table-conflicts"  # the agent's conflict logs, in its data_dir ("~": never a topic's)
 OP_RELAY = 4  # a relayed write in the cloud stream (tables.md, "Relayed writes")
 KIND_TABLE = "table"
 KIND_STREAM = "stream"
@@ -298,6 +305,120 @@ def stable_vector(marks):
     return tuple(out)
 
 
+def _freeze(v):
+    # CBOR gives arrays back as lists; an identity holds them as the core does: tuples
+    return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
+
+
+class ConflictLog:
+    """A table topic's conflict rows on disk (tables.md, "The conflict log file"), so a
+    restart lists the conflicts met before it, not only those its replay meets again.
+
+    ``open`` reads the rows (``rows``: [(identity, row)], first met first) and cuts a
+    torn or corrupt tail; ``append`` adds one row, written and fsynced before it returns
+    (conflicts are rare: one fsync each). When the file holds twice ``max_rows`` it is
+    rewritten with the rows kept (tmp, fsync, rename, fsync of the folder)."""
+
+    MAGIC = b"ELCL"
+    VERSION = 1
+    HEADER = struct.Struct("<4sHHI")  # magic, version, flags, reserved; then CRC32 of those 12 bytes
+    MAX_ENTRY_BYTES = 1 << 20
+
+    def __init__(self, path, max_rows=MAX_CONFLICT_ROWS):
+        self.path = path
+        self.max_rows = max_rows
+        self.rows = []
+        self.entries = 0
+        self.cut_bytes = 0  # a torn or corrupt tail cut at open
+        self._f = None
+        self._open()
+
+    def _header(self):
+        h = self.HEADER.pack(self.MAGIC, self.VERSION, 0, 0)
+        return h + struct.pack("<I", zlib.crc32(h))
+
+    @staticmethod
+    def _entry(ident, row):
+        key, field, ctype, dots = ident
+        payload = cbor2.dumps([key, field, ctype, [x for d in dots for x in d], row])
+        head = struct.pack("<I", len(payload))
+        return head + payload + struct.pack("<I", zlib.crc32(head + payload))
+
+    def _open(self):
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        if os.path.exists(self.path + ".tmp"):
+            os.remove(self.path + ".tmp")  # the remains of a cut rewrite: the file itself is whole
+        if not os.path.exists(self.path):
+            self._rewrite([])
+        with open(self.path, "rb") as f:
+            data = f.read()
+        h = self._header()
+        if len(data) < 16 or data[:16] != h:
+            raise ConfigError("%s: not a conflict log of version %d (header %s); move it away to start a new one"
+                              % (self.path, self.VERSION, data[:16].hex()))
+        pos = 16
+        rows = {}
+        while pos + 8 <= len(data):
+            n = struct.unpack_from("<I", data, pos)[0]
+            end = pos + 4 + n + 4
+            if n == 0 or n > self.MAX_ENTRY_BYTES or end > len(data):
+                break
+            if struct.unpack_from("<I", data, end - 4)[0] != zlib.crc32(data[pos:end - 4]):
+                break
+            try:
+                item = cbor2.loads(data[pos + 4:end - 4])
+                key, field, ctype, flat, row = item
+                ident = (_freeze(key), _freeze(field), ctype,
+                         tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2)))
+                hash(ident)
+            except Exception:  # noqa: BLE001 - a checked entry that is not a row: cut like a torn one
+                break
+            rows.setdefault(ident, row)
+            self.entries += 1
+            pos = end
+        self.rows = list(rows.items())[-self.max_rows:]
+        self._f = open(self.path, "r+b")
+        if pos < len(data):
+            self.cut_bytes = len(data) - pos
+            self._f.truncate(pos)
+            os.fsync(self._f.fileno())
+        self._f.seek(pos)
+
+    def _rewrite(self, rows):
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(self._header() + b"".join(self._entry(i, r) for i, r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def append(self, ident, row, kept=None):
+        """Write one row durably; ``kept()`` (the rows kept now, asked for when the file
+        is to be rewritten) bounds the file."""
+        self._f.write(self._entry(ident, row))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.entries += 1
+        if kept is not None and self.entries >= 2 * self.max_rows:
+            kept = kept()[-self.max_rows:]
+            self._f.close()
+            self._rewrite(kept)
+            self.entries = len(kept)
+            self._f = open(self.path, "r+b")
+            self._f.seek(0, 2)
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
 class WriteError(Exception):
     """A local write the table cannot take (400/409 at the HTTP API): one line."""
 
@@ -309,7 +430,7 @@ class WriteError(Exception):
 class Replica:
     """One node's replica of one table topic, with its conflict log."""
 
-    def __init__(self, name, settings):
+    def __init__(self, name, settings, conflict_log=None):
         self.name = name
         self.settings = settings
         self.table = T.Table(settings.type, settings.strategy, settings.merge, on_conflict=self._on_conflict)
@@ -321,6 +442,14 @@ class Replica:
         self.last_malformed = None
         self.rows = {}  # conflict identity -> row (insertion order: first met first)
         self._applying = None  # (writer, seq, ts) of the write being applied
+        self.conflict_log = conflict_log  # a ConflictLog: the rows survive a restart
+        self.conflict_log_errors = 0
+        if conflict_log is not None:
+            self.rows.update(conflict_log.rows)
+
+    def close(self):
+        if self.conflict_log is not None:
+            self.conflict_log.close()
 
     def write_lock(self):
         if self.lock is None:
@@ -400,9 +529,17 @@ class Replica:
         if len(self.rows) >= MAX_CONFLICT_ROWS:
             del self.rows[next(iter(self.rows))]
         w = self._applying
-        self.rows[ident] = {"key": _jsonable(key), "field": _jsonable(field), "type": ctype,
-                            "versions": [self._version_json(s) for s in T.ordered(sibs)],
-                            "found_by": None if w is None else [w[0], w[1]]}
+        row = self.rows[ident] = {"key": _jsonable(key), "field": _jsonable(field), "type": ctype,
+                                  "versions": [self._version_json(s) for s in T.ordered(sibs)],
+                                  "found_by": None if w is None else [w[0], w[1]]}
+        if self.conflict_log is not None:
+            try:
+                self.conflict_log.append(ident, row, kept=lambda: list(self.rows.items()))
+            except OSError as e:  # the row stays listed in memory; the table is not stopped by it
+                self.conflict_log_errors += 1
+                if self.conflict_log_errors == 1:
+                    log.warning("table topic %s: cannot write its conflict log %s: %s (the conflict is listed "
+                                "until a restart)", self.name, self.conflict_log.path, e)
 
     # ------------------------------------------------------------------ local writes
 

@@ -267,3 +267,25 @@ def test_the_hello_reports_what_the_replica_applied_and_what_this_node_wrote(tmp
     report, kept, inc = asyncio.run(main())
     assert report == {"tables": {"inv": [1, 2]}}
     assert kept == [None, (1, 2, inc)]
+
+
+def test_a_restart_lists_the_conflicts_met_before_it(tmp_path):
+    """The agent's own write and the cloud's meet (a conflict), then its next write
+    supersedes both. Its replay applies its own log first: the cloud's write arrives
+    superseded and meets nothing -- the list after the restart is the conflict log's."""
+    cfg = config(tmp_path)
+
+    async def fn(agent, call):
+        await call("PUT", "/v1/tables/inv/k", json="mine")
+        cloud_records(agent, [cloud_put(1, 2 ** 62, "k", "theirs")])
+        await call("PUT", "/v1/tables/inv/k", json="settled")
+        return (await call("GET", "/v1/tables/inv/conflicts"))[1]["conflicts"]
+
+    before = asyncio.run(with_agent(cfg, fn))
+    assert [(r["type"], r["resolution"]) for r in before] == [("concurrent_write", "superseded")]
+
+    async def again(agent, call):
+        return (await call("GET", "/v1/tables/inv/conflicts"))[1]["conflicts"]
+
+    assert asyncio.run(with_agent(cfg, again)) == before
+    assert (tmp_path / "data" / "~table-conflicts" / "inv.cl").exists()

@@ -466,3 +466,73 @@ def test_a_tombstone_is_collected_only_once_every_replica_reported_it_applied(tm
 
     d = asyncio.run(with_gateway(tmp_path, fn, topics()))
     assert d["collected"] == 1
+
+
+def _conflict_log(tmp_path, rows=3):
+    p = tmp_path / "c.cl"
+    c = tables.ConflictLog(str(p), max_rows=rows)
+    return p, c
+
+
+def test_the_conflict_log_cuts_a_torn_tail_at_every_byte_and_refuses_another_version(tmp_path):
+    from edgeline.errors import ConfigError
+
+    p, c = _conflict_log(tmp_path)
+    idents = [("k%d" % i, None, "concurrent_write", (("cloud", i + 1), (W1, i + 1))) for i in range(2)]
+    for i, ident in enumerate(idents):
+        c.append(ident, {"key": "k%d" % i, "n": i})
+    c.close()
+    whole = p.read_bytes()
+    one = 16 + (len(whole) - 16) // 2  # both entries are the same size
+    for cut in range(16, len(whole) + 1):
+        p.write_bytes(whole[:cut])
+        c = tables.ConflictLog(str(p))
+        kept = 2 if cut == len(whole) else 1 if cut >= one else 0
+        assert [r[0] for r in c.rows] == idents[:kept], cut
+        assert c.cut_bytes == cut - (16 if kept == 0 else one if kept == 1 else len(whole))
+        c.append(("again", None, "ordering", ()), {"n": 9})  # appends after what it kept
+        c.close()
+        assert [r[0][0] for r in tables.ConflictLog(str(p)).rows] == [i[0] for i in idents[:kept]] + ["again"]
+    for junk in (b"\x00" * 40, b"\xff" * 40, whole[16:20] + b"\x00" * 10):  # erased space, a bad CRC
+        p.write_bytes(whole[:one] + junk)
+        assert len(tables.ConflictLog(str(p)).rows) == 1
+    p.write_bytes(b"ELCL\x02" + whole[5:])
+    with pytest.raises(ConfigError) as e:
+        tables.ConflictLog(str(p))
+    assert "not a conflict log of version 1" in str(e.value)
+
+
+def test_the_conflict_log_is_rewritten_when_it_holds_twice_the_rows_kept(tmp_path):
+    p, c = _conflict_log(tmp_path, rows=3)
+    rep = tables.Replica("inv", tables.TableSettings(), c)
+    for i in range(7):  # each key: two concurrent writes, a conflict
+        rep.apply_record("a", 1, 10, b"k%d" % i, codec.dumps(T.write_value(T.OP_PUT, (), "x")))
+        rep.apply_record("b", 1, 11, b"k%d" % i, codec.dumps(T.write_value(T.OP_PUT, (), "y")))
+    rep.close()
+    again = tables.ConflictLog(str(p), max_rows=3)
+    assert again.entries < 6 and [r[1]["key"] for r in again.rows] == ["k4", "k5", "k6"]
+    assert not (tmp_path / "c.cl.tmp").exists()
+
+
+def test_a_restart_lists_the_conflicts_the_replay_does_not_meet_again(tmp_path):
+    """Two edges write a key concurrently (a conflict), then the cloud's write supersedes
+    both. A replay applies the cloud's stream first: the edges' writes arrive superseded
+    and meet nothing -- the list comes from the conflict log. (The relays are held back,
+    or the cloud stream would carry the edges' writes ahead of the cloud's.)"""
+    async def fn(gw, http, server):
+        gw._relay_task.cancel()
+        await edge_send(http, server, [put(1, 1000, "a", "one")])
+        await edge_send(http, server, [put(1, 1001, "a", "two")], node="edge-2")
+        await gw.table_write("inv", [("a", "cloud", False)])
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        return c["conflicts"]
+
+    before = asyncio.run(with_gateway(tmp_path, fn, topics()))
+    assert [(r["type"], r["resolution"]) for r in before] == [("concurrent_write", "superseded")]
+
+    async def again(gw, http, server):
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        return c["conflicts"]
+
+    assert asyncio.run(with_gateway(tmp_path, again, topics())) == before
+    assert (tmp_path / "gw.db.tables" / "inv.cl").exists()

@@ -212,9 +212,16 @@ class Agent:
             self.dirlock.release()
             raise
         self.tables = {}  # table topic -> tables.Replica
-        for name, st in self.topics.items():
-            if st.cfg.table is not None:
-                self.tables[name] = self._rebuild_table(st)
+        try:
+            for name, st in self.topics.items():
+                if st.cfg.table is not None:
+                    self.tables[name] = self._rebuild_table(st)
+        except BaseException:  # a conflict log it cannot read: one line, nothing left open
+            self._close_tables()
+            self.store.close()
+            self._close_windows()
+            self.dirlock.release()
+            raise
         self.disk_warning = self._check_disk()  # None, or the line printed (for health)
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
@@ -266,7 +273,9 @@ class Agent:
 
     def _rebuild_table(self, st):
         """A topic's replica from its logs: this node's writes and the cloud's."""
-        rep = tables.Replica(st.cfg.name, st.cfg.table)
+        clog = tables.ConflictLog(os.path.join(self.cfg.data_dir, tables.CONFLICTS_DIRECTORY,
+                                               topic_dirname(st.cfg.name) + ".cl"))
+        rep = tables.Replica(st.cfg.name, st.cfg.table, clog)
         logs = []
         if st.cfg.direction != "cloud_to_edge":
             logs.append((self._own_writer(st), st.log))
@@ -346,9 +355,14 @@ class Agent:
         """Close the logs, the dedupe windows and the data directory's lock, without a
         final commit (``run`` commits before it closes; an Agent that never ran -- a test,
         a tool -- closes with this)."""
+        self._close_tables()
         self.store.close()
         self._close_windows()
         self.dirlock.release()
+
+    def _close_tables(self):
+        for rep in self.tables.values():
+            rep.close()
 
     def _close_windows(self):
         for w in self.windows:
@@ -719,6 +733,7 @@ class Agent:
         if name in self.tables:
             # The replica took every write appended, but the reopened log keeps only what
             # reached the disk whole: rebuilt from it, it never shows a write the log dropped.
+            self.tables[name].close()
             self.tables[name] = self._rebuild_table(st)
         self.recovered += 1
         kept = ""

@@ -62,6 +62,7 @@ import cbor2
 from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import LocalProtocolError, RemoteProtocolError
+from edgeline.store import topic_dirname
 from edgeline.table import COUNTER
 
 from .. import fastcbor
@@ -104,6 +105,8 @@ class Gateway:
                  topics=None, publish_token=None, health_window_s=HEALTH_WINDOW_S, monotonic=time.monotonic):
         check_keys(keys)
         self.store = GatewayStore(db_path)
+        # each table topic's conflict log (tables.md, "The conflict log file"), beside the store
+        self.tables_dir = None if db_path == ":memory:" else db_path + ".tables"
         self.keys = keys  # node_id -> 32-byte key
         self.tables = {}  # table topic -> tables.Replica (set with the topics)
         self._relayed = {}  # table topic -> {(writer, seq)} of the edge writes relayed or queued
@@ -155,6 +158,8 @@ class Gateway:
         """The topics file's topics; a replica of each table topic is (re)built from the
         store."""
         self._topics = dict(topics or {})
+        for rep in getattr(self, "tables", {}).values():
+            rep.close()
         self.tables = {}
         self._relayed = {}
         self._relay_pending = {}
@@ -165,7 +170,10 @@ class Gateway:
                 self.tables[name] = self._rebuild(name, t)
 
     def _rebuild(self, name, topic):
-        rep = tables.Replica(name, topic.table)
+        clog = None
+        if self.tables_dir is not None:
+            clog = tables.ConflictLog(os.path.join(self.tables_dir, topic_dirname(name) + ".cl"))
+        rep = tables.Replica(name, topic.table, clog)
         relayed = set()
         writers = self._writers[name] = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
@@ -212,6 +220,8 @@ class Gateway:
             except asyncio.CancelledError:
                 pass
             self._relay_task = None
+        for rep in self.tables.values():
+            rep.close()
         await self.committer.stop()
         self.store.close()
 
