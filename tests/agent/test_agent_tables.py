@@ -289,3 +289,15 @@ def test_a_restart_lists_the_conflicts_met_before_it(tmp_path):
 
     assert asyncio.run(with_agent(cfg, again)) == before
     assert (tmp_path / "data" / "~table-conflicts" / "inv.cl").exists()
+
+
+def test_a_conflict_log_it_cannot_read_stops_the_agent_in_one_line_leaving_nothing_open(tmp_path):
+    cfg = config(tmp_path)
+    folder = tmp_path / "data" / "~table-conflicts"
+    folder.mkdir(parents=True)
+    (folder / "inv.cl").write_bytes(b"not a conflict log at all")
+    with pytest.raises(ConfigError) as e:
+        Agent(cfg, print_fn=lambda *_: None)
+    assert "inv.cl: not a conflict log of version 1" in str(e.value) and "\n" not in str(e.value)
+    (folder / "inv.cl").unlink()
+    Agent(cfg, print_fn=lambda *_: None).close()  # the data directory's lock was released

@@ -500,6 +500,10 @@ def test_the_conflict_log_cuts_a_torn_tail_at_every_byte_and_refuses_another_ver
     with pytest.raises(ConfigError) as e:
         tables.ConflictLog(str(p))
     assert "not a conflict log of version 1" in str(e.value)
+    # a rewrite cut before its rename leaves <file>.tmp beside the whole file: removed
+    p.write_bytes(whole)
+    (tmp_path / "c.cl.tmp").write_bytes(whole[:20])
+    assert len(tables.ConflictLog(str(p)).rows) == 2 and not (tmp_path / "c.cl.tmp").exists()
 
 
 def test_the_conflict_log_is_rewritten_when_it_holds_twice_the_rows_kept(tmp_path):
