@@ -267,6 +267,13 @@ def test_the_hello_reports_what_the_replica_applied_and_what_this_node_wrote(tmp
     report, kept, inc = asyncio.run(main())
     assert report == {"tables": {"inv": [1, 2]}}
     assert kept == [None, (1, 2, inc)]
+    # a cloud_to_edge table: the node writes nothing to it (its log is the cloud's stream)
+    down = Agent(config(tmp_path / "down", direction="cloud_to_edge"), print_fn=lambda *_: None)
+    try:
+        cloud_records(down, [cloud_put(1, 1, "c", "C"), cloud_put(2, 2, "d", "D")])
+        assert down._table_reports() == {"tables": {"inv": [2, 0]}}
+    finally:
+        down.close()
 
 
 def test_a_restart_lists_the_conflicts_met_before_it(tmp_path):

@@ -263,7 +263,8 @@ class Agent:
         for name in self.tables:
             st = self.topics[name]
             held = st.down.durable_seq if st.down is not None else 0
-            out[name] = [held, st.log.last_seq]
+            # a cloud_to_edge topic's log is the cloud's stream: this node writes nothing to it
+            out[name] = [held, 0 if st.cfg.direction == "cloud_to_edge" else st.log.last_seq]
         return {tables.CAPABILITY: out} if out else None
 
     def _own_writer(self, st):
