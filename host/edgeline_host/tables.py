@@ -277,18 +277,27 @@ CAPABILITY = "tables"  # the HELLO capability carrying an edge's table reports (
 
 
 def read_reports(caps):
-    """{topic: (held, head)} from a HELLO's capabilities (tables.md, "Reports at the
-    gateway"); what is not a well-formed report is left out (a report only ever allows
-    more collection, so a doubtful one is none)."""
+    """{topic: (held, head, settings)} from a HELLO's capabilities (tables.md, "Reports
+    at the gateway"): ``settings`` is the edge's ``[type, strategy]`` for the topic, or
+    None if it sent none. What is not a well-formed report is left out (a report only
+    ever allows more collection, so a doubtful one is none)."""
     raw = caps.get(CAPABILITY) if isinstance(caps, dict) else None
     out = {}
     if not isinstance(raw, dict):
         return out
     for topic, v in raw.items():
-        if isinstance(topic, str) and isinstance(v, (list, tuple)) and len(v) == 2 and \
-                all(type(x) is int and 0 <= x < 1 << 64 for x in v):
-            out[topic] = (v[0], v[1])
+        if isinstance(topic, str) and isinstance(v, (list, tuple)) and len(v) >= 2 and \
+                all(type(x) is int and 0 <= x < 1 << 64 for x in v[:2]):
+            settings = None
+            if len(v) >= 4 and isinstance(v[2], str) and isinstance(v[3], str):
+                settings = (v[2], v[3])
+            out[topic] = (v[0], v[1], settings)
     return out
+
+
+def report_value(held, head, settings):
+    """An edge's report of one table topic: [held, head, type, strategy]."""
+    return [held, head, settings.type, settings.strategy]
 
 
 def stable_vector(marks):

@@ -265,13 +265,13 @@ def test_the_hello_reports_what_the_replica_applied_and_what_this_node_wrote(tmp
             await server.close()
 
     report, kept, inc = asyncio.run(main())
-    assert report == {"tables": {"inv": [1, 2]}}
-    assert kept == [None, (1, 2, inc)]
+    assert report == {"tables": {"inv": [1, 2, "register", "last_write_wins"]}}
+    assert kept == [None, (1, 2, inc)]  # the gateway's settings are the same: no mismatch
     # a cloud_to_edge table: the node writes nothing to it (its log is the cloud's stream)
     down = Agent(config(tmp_path / "down", direction="cloud_to_edge"), print_fn=lambda *_: None)
     try:
         cloud_records(down, [cloud_put(1, 1, "c", "C"), cloud_put(2, 2, "d", "D")])
-        assert down._table_reports() == {"tables": {"inv": [2, 0]}}
+        assert down._table_reports() == {"tables": {"inv": [2, 0, "register", "last_write_wins"]}}
     finally:
         down.close()
 

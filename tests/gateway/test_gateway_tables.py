@@ -401,8 +401,9 @@ def test_writes_are_formed_with_the_core_codecs_bytes_and_limits():
 
 
 def test_reports_in_the_hello_are_read_strictly():
-    assert tables.read_reports({"tables": {"inv": [3, 0], "bad": [1, -1], "t": [1], "u": "x", 7: [1, 2]}}) == {
-        "inv": (3, 0)}
+    assert tables.read_reports({"tables": {"inv": [3, 0], "bad": [1, -1], "t": [1], "u": "x", 7: [1, 2],
+                                           "s": [4, 5, "register", "cloud_wins", "later"], "o": [1, 1, 2]}}) == {
+        "inv": (3, 0, None), "s": (4, 5, ("register", "cloud_wins")), "o": (1, 1, None)}
     assert tables.read_reports({"pull": True}) == {} and tables.read_reports(None) == {}
     assert tables.stable_vector([{"cloud": 4, "b": 2}, {"cloud": 3, "b": 5, "c": 1}]) == ("b", 2, "cloud", 3)
     assert tables.stable_vector([]) == ()
@@ -461,6 +462,17 @@ def test_a_tombstone_is_collected_only_once_every_replica_reported_it_applied(tm
         assert gw.stable("inv") == ("cloud", 5, W1, 2)  # the report is usable now; b has two siblings: kept
         st, k = await get(http, server, "/v1/tables/inv/b")
         assert k["value"] == "late" and k["conflict"] == "update_delete"
+        # an edge whose table settings differ from the topics file is reported (one line, /healthz)
+        c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c.connect({"inv": INC}, capabilities={"tables": {"inv": [5, 0, "register", "cloud_wins"]}})
+        st, h = await get(http, server, "/healthz")
+        assert h["tombstones_collected"] == 1
+        assert h["table_settings_mismatch"] == [{"topic": "inv", "node": "edge-2", "type": "register",
+                                                 "conflict_resolution": "cloud_wins"}]
+        c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c.connect({"inv": INC}, capabilities={"tables": {"inv": [5, 0, "register", "last_write_wins"]}})
+        st, h = await get(http, server, "/healthz")
+        assert h["table_settings_mismatch"] == []
         st, d = await get(http, server, "/v1/tables")
         return d["tables"][0]
 

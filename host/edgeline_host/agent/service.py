@@ -264,7 +264,8 @@ class Agent:
             st = self.topics[name]
             held = st.down.durable_seq if st.down is not None else 0
             # a cloud_to_edge topic's log is the cloud's stream: this node writes nothing to it
-            out[name] = [held, 0 if st.cfg.direction == "cloud_to_edge" else st.log.last_seq]
+            out[name] = tables.report_value(held, 0 if st.cfg.direction == "cloud_to_edge" else st.log.last_seq,
+                                            st.cfg.table)
         return {tables.CAPABILITY: out} if out else None
 
     def _own_writer(self, st):

@@ -115,6 +115,7 @@ class Gateway:
         self._writers = {}  # table topic -> {(node, incarnation hex)} that have written to it
         self._reports = {}  # (table topic, node) -> [usable report or None, newer report or None]
         self.collected = 0  # tombstones collected at causal stability since start
+        self.table_mismatches = {}  # (table topic, node) -> [type, strategy] the node reported, unlike ours
         self.collect_every_s = 1.0  # at most one collection per this many seconds (tests: 0)
         self._collected_at = None
         self._relay_wake = None
@@ -502,9 +503,20 @@ class Gateway:
         """Keep the table reports of a HELLO's ``tables`` capability (tables.md, "Reports
         at the gateway"): per table topic and node, the newest, and the newest usable one."""
         got = tables.read_reports(getattr(conn, "hello_capabilities", None))
-        for topic, (held, head) in got.items():
+        for topic, (held, head, settings) in got.items():
             if topic not in self.tables:
                 continue
+            mine = self.tables[topic].settings
+            if settings is not None and settings != (mine.type, mine.strategy):
+                # replicas that merge differently never converge: say so (the node's own
+                # writes are still stored and applied here by the gateway's settings)
+                self.table_mismatches[(topic, conn.node_id)] = list(settings)
+                self._warn_once(("table-settings", topic, conn.node_id) + settings,
+                                "gateway: node %s has table topic %r as type %s, conflict_resolution %s; the topics "
+                                "file says %s, %s: their replicas will not show the same table until they match"
+                                % (conn.node_id, topic, settings[0], settings[1], mine.type, mine.strategy))
+            else:
+                self.table_mismatches.pop((topic, conn.node_id), None)
             inc = incs.get(topic, LEGACY)
             slot = self._reports.setdefault((topic, conn.node_id), [None, None])
             if slot[0] is not None and (slot[0][2] != inc or slot[0][0] > held):
