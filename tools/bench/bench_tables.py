@@ -112,8 +112,8 @@ class SqliteContender:
 
     def run(self, k):
         g = max(1, int(round(self.group())))
-        sql = "INSERT INTO kv (key, value, ts) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value, " \
-              "ts = excluded.ts"
+        sql = ("INSERT INTO kv (key, value, ts) VALUES (?, ?, ?) "
+               "ON CONFLICT(key) DO UPDATE SET value = excluded.value, ts = excluded.ts")
         t0 = harness.now()
         done = 0
         while done < k:
