@@ -206,6 +206,16 @@ _PREFER = {LAST_WRITE_WINS: _prefer_last, FIRST_WRITE_WINS: _prefer_first,
            CLOUD_WINS: _prefer_cloud, EDGE_WINS: _prefer_edge}
 
 
+def chosen(strategy, sibs):
+    """The sibling a picking strategy (last_write_wins, first_write_wins, cloud_wins,
+    edge_wins) shows -- a tombstone means the key is absent -- or None for the others
+    (keep_both, custom_merge) and for no siblings."""
+    prefer = _PREFER.get(strategy)
+    if prefer is None or not sibs:
+        return None
+    return _pick(sibs, prefer)
+
+
 def ordered(sibs):
     """Siblings oldest first by (ts, writer): the order every strategy and merge sees."""
     out = list(sibs)
@@ -229,9 +239,9 @@ def resolve(strategy, sibs, merge=None, key=None):
     if len(sibs) == 1:
         v = sibs[0][3]
         return MISSING if v is TOMBSTONE else v
-    prefer = _PREFER.get(strategy)
-    if prefer is not None:
-        v = _pick(sibs, prefer)[3]
+    best = chosen(strategy, sibs)
+    if best is not None:
+        v = best[3]
         return MISSING if v is TOMBSTONE else v
     if strategy == CUSTOM_MERGE and merge is not None:
         try:

@@ -26,15 +26,26 @@ what the gateway and the edge agent share around it (they never import each othe
   downlink carries every writer's writes to every edge; ``apply_record`` applies a relay
   as the write it carries, with the original dot, so a relayed write is the same write
   everywhere (its writer receiving it back: a duplicate).
+* Tombstones (tables.md, "Tombstones and their collection"): ``Replica.collect(stable)``
+  drops the tombstones ``stable`` covers; ``stable_vector`` is the min over the
+  replicas' applied marks, and ``read_reports`` reads an edge's ``[held, head]`` per
+  topic from its HELLO's ``tables`` capability -- the gateway computes ``stable`` from
+  them (gateway.py), the agent sends them (service.py ``_table_reports``). The floor is
+  in memory: after a restart the replica holds the tombstones again until the next
+  collection (harmless: nothing concurrent with them can arrive any more).
 * Conflicts: the core reports each one where the siblings meet; the replica keeps one
   row per conflict identity ``(key, field, type, sorted sibling dots)`` -- each conflict
   once -- with the strategy's resolution as it stands (``conflicts_json``). The rows are
-  in memory and rebuilt with the replica: after a restart they are those the replay
-  meets.
+  kept in a ``ConflictLog`` file per topic (tables.md, "The conflict log file"), so a
+  restart lists the conflicts met before it (a replay meets only some again).
 """
 import asyncio
 import importlib
 import io
+import logging
+import os
+import struct
+import zlib
 
 import cbor2
 
@@ -42,6 +53,11 @@ from edgeline import codec
 from edgeline import table as T
 from edgeline.errors import ConfigError, EdgelineError
 
+from . import fastcbor
+
+log = logging.getLogger("edgeline.tables")
+
+CONFLICTS_DIRECTORY = "~table-conflicts"  # the agent's conflict logs, in its data_dir ("~": never a topic's)
 OP_RELAY = 4  # a relayed write in the cloud stream (tables.md, "Relayed writes")
 KIND_TABLE = "table"
 KIND_STREAM = "stream"
@@ -179,6 +195,32 @@ def _loads(value):
     return item
 
 
+def _dumps(obj):
+    """A record value as CBOR through cbor2 (C: a busy gateway forms many writes), the
+    same bytes as the core's codec; CodecError, like the core's, for what the core could
+    not carry or read back (invalid text, nesting deeper than it decodes)."""
+    if not _depth_ok(obj, codec.MAX_DEPTH):
+        raise codec.CodecError("CBOR nesting deeper than %d levels" % codec.MAX_DEPTH)
+    return fastcbor.dumps(obj)
+
+
+def _depth_ok(obj, room):
+    if isinstance(obj, (list, tuple)):
+        if room <= 0:
+            return False
+        for x in obj:
+            if isinstance(x, (list, tuple, dict)) and not _depth_ok(x, room - 1):
+                return False
+    elif isinstance(obj, dict):
+        if room <= 0:
+            return False
+        for k, x in obj.items():
+            if (isinstance(x, (list, tuple, dict)) and not _depth_ok(x, room - 1)) or \
+                    (isinstance(k, (list, tuple, dict)) and not _depth_ok(k, room - 1)):
+                return False
+    return True
+
+
 def writer_id(origin, incarnation_hex=LEGACY_INCARNATION):
     """The writer id of a record's origin and log incarnation (tables.md: a wiped node is
     a new writer): the origin for the legacy incarnation, else ``origin~incarnation``."""
@@ -231,6 +273,161 @@ def read_relay(data):
     return writer, seq, ts, value
 
 
+CAPABILITY = "tables"  # the HELLO capability carrying an edge's table reports (tables.md, "Tombstones")
+
+
+def read_reports(caps):
+    """{topic: (held, head, settings)} from a HELLO's capabilities (tables.md, "Reports
+    at the gateway"): ``settings`` is the edge's ``[type, strategy]`` for the topic, or
+    None if it sent none. What is not a well-formed report is left out (a report only
+    ever allows more collection, so a doubtful one is none)."""
+    raw = caps.get(CAPABILITY) if isinstance(caps, dict) else None
+    out = {}
+    if not isinstance(raw, dict):
+        return out
+    for topic, v in raw.items():
+        if isinstance(topic, str) and isinstance(v, (list, tuple)) and len(v) >= 2 and \
+                all(type(x) is int and 0 <= x < 1 << 64 for x in v[:2]):
+            settings = None
+            if len(v) >= 4 and isinstance(v[2], str) and isinstance(v[3], str):
+                settings = (v[2], v[3])
+            out[topic] = (v[0], v[1], settings)
+    return out
+
+
+def report_value(held, head, settings):
+    """An edge's report of one table topic: [held, head, type, strategy]."""
+    return [held, head, settings.type, settings.strategy]
+
+
+def stable_vector(marks):
+    """The stable vector (tables.md, "Stable vector"): ``marks`` is one {writer: seq}
+    per replica (this one included), each what that replica has applied; the result
+    is the flat vv of ``min over replicas``, writers at 0 left out. No replicas: ()."""
+    if not marks:
+        return ()
+    out = []
+    for w in sorted(marks[0]):
+        v = min(m.get(w, 0) for m in marks)
+        if v > 0:
+            out += [w, v]
+    return tuple(out)
+
+
+def _freeze(v):
+    # CBOR gives arrays back as lists; an identity holds them as the core does: tuples
+    return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
+
+
+class ConflictLog:
+    """A table topic's conflict rows on disk (tables.md, "The conflict log file"), so a
+    restart lists the conflicts met before it, not only those its replay meets again.
+
+    ``open`` reads the rows (``rows``: [(identity, row)], first met first) and cuts a
+    torn or corrupt tail; ``append`` adds one row, written and fsynced before it returns
+    (conflicts are rare: one fsync each). When the file holds twice ``max_rows`` it is
+    rewritten with the rows kept (tmp, fsync, rename, fsync of the folder)."""
+
+    MAGIC = b"ELCL"
+    VERSION = 1
+    HEADER = struct.Struct("<4sHHI")  # magic, version, flags, reserved; then CRC32 of those 12 bytes
+    MAX_ENTRY_BYTES = 1 << 20
+
+    def __init__(self, path, max_rows=MAX_CONFLICT_ROWS):
+        self.path = path
+        self.max_rows = max_rows
+        self.rows = []
+        self.entries = 0
+        self.cut_bytes = 0  # a torn or corrupt tail cut at open
+        self._f = None
+        self._open()
+
+    def _header(self):
+        h = self.HEADER.pack(self.MAGIC, self.VERSION, 0, 0)
+        return h + struct.pack("<I", zlib.crc32(h))
+
+    @staticmethod
+    def _entry(ident, row):
+        key, field, ctype, dots = ident
+        payload = cbor2.dumps([key, field, ctype, [x for d in dots for x in d], row])
+        head = struct.pack("<I", len(payload))
+        return head + payload + struct.pack("<I", zlib.crc32(head + payload))
+
+    def _open(self):
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        if os.path.exists(self.path + ".tmp"):
+            os.remove(self.path + ".tmp")  # the remains of a cut rewrite: the file itself is whole
+        if not os.path.exists(self.path):
+            self._rewrite([])
+        with open(self.path, "rb") as f:
+            data = f.read()
+        h = self._header()
+        if len(data) < 16 or data[:16] != h:
+            raise ConfigError("%s: not a conflict log of version %d (header %s); move it away to start a new one"
+                              % (self.path, self.VERSION, data[:16].hex()))
+        pos = 16
+        rows = {}
+        while pos + 8 <= len(data):
+            n = struct.unpack_from("<I", data, pos)[0]
+            end = pos + 4 + n + 4
+            if n == 0 or n > self.MAX_ENTRY_BYTES or end > len(data):
+                break
+            if struct.unpack_from("<I", data, end - 4)[0] != zlib.crc32(data[pos:end - 4]):
+                break
+            try:
+                item = cbor2.loads(data[pos + 4:end - 4])
+                key, field, ctype, flat, row = item
+                ident = (_freeze(key), _freeze(field), ctype,
+                         tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2)))
+                hash(ident)
+            except Exception:  # noqa: BLE001 - a checked entry that is not a row: cut like a torn one
+                break
+            rows.setdefault(ident, row)
+            self.entries += 1
+            pos = end
+        self.rows = list(rows.items())[-self.max_rows:]
+        self._f = open(self.path, "r+b")
+        if pos < len(data):
+            self.cut_bytes = len(data) - pos
+            self._f.truncate(pos)
+            os.fsync(self._f.fileno())
+        self._f.seek(pos)
+
+    def _rewrite(self, rows):
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(self._header() + b"".join(self._entry(i, r) for i, r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def append(self, ident, row, kept=None):
+        """Write one row durably; ``kept()`` (the rows kept now, asked for when the file
+        is to be rewritten) bounds the file."""
+        self._f.write(self._entry(ident, row))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.entries += 1
+        if kept is not None and self.entries >= 2 * self.max_rows:
+            kept = kept()[-self.max_rows:]
+            self._f.close()
+            self._rewrite(kept)
+            self.entries = len(kept)
+            self._f = open(self.path, "r+b")
+            self._f.seek(0, 2)
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
 class WriteError(Exception):
     """A local write the table cannot take (400/409 at the HTTP API): one line."""
 
@@ -242,17 +439,26 @@ class WriteError(Exception):
 class Replica:
     """One node's replica of one table topic, with its conflict log."""
 
-    def __init__(self, name, settings):
+    def __init__(self, name, settings, conflict_log=None):
         self.name = name
         self.settings = settings
         self.table = T.Table(settings.type, settings.strategy, settings.merge, on_conflict=self._on_conflict)
         self.lock = None  # an asyncio.Lock serialising local writes, made in the loop (write_lock)
         self.applied = 0  # writes that changed the state
+        self.collected = 0  # tombstones collected at causal stability (collect)
         self.ignored = 0  # duplicates and superseded writes
         self.malformed = 0  # records whose value is not a table write (kept stored, not applied)
         self.last_malformed = None
         self.rows = {}  # conflict identity -> row (insertion order: first met first)
         self._applying = None  # (writer, seq, ts) of the write being applied
+        self.conflict_log = conflict_log  # a ConflictLog: the rows survive a restart
+        self.conflict_log_errors = 0
+        if conflict_log is not None:
+            self.rows.update(conflict_log.rows)
+
+    def close(self):
+        if self.conflict_log is not None:
+            self.conflict_log.close()
 
     def write_lock(self):
         if self.lock is None:
@@ -332,9 +538,17 @@ class Replica:
         if len(self.rows) >= MAX_CONFLICT_ROWS:
             del self.rows[next(iter(self.rows))]
         w = self._applying
-        self.rows[ident] = {"key": _jsonable(key), "field": _jsonable(field), "type": ctype,
-                            "versions": [self._version_json(s) for s in T.ordered(sibs)],
-                            "found_by": None if w is None else [w[0], w[1]]}
+        row = self.rows[ident] = {"key": _jsonable(key), "field": _jsonable(field), "type": ctype,
+                                  "versions": [self._version_json(s) for s in T.ordered(sibs)],
+                                  "found_by": None if w is None else [w[0], w[1]]}
+        if self.conflict_log is not None:
+            try:
+                self.conflict_log.append(ident, row, kept=lambda: list(self.rows.items()))
+            except OSError as e:  # the row stays listed in memory; the table is not stopped by it
+                self.conflict_log_errors += 1
+                if self.conflict_log_errors == 1:
+                    log.warning("table topic %s: cannot write its conflict log %s: %s (the conflict is listed "
+                                "until a restart)", self.name, self.conflict_log.path, e)
 
     # ------------------------------------------------------------------ local writes
 
@@ -350,10 +564,10 @@ class Replica:
         kind = self.settings.type
         if kind == T.REGISTER:
             if delete:
-                return codec.dumps(T.write_value(T.OP_DELETE, t.context(key)))
+                return _dumps(T.write_value(T.OP_DELETE, t.context(key)))
             if body is None:
                 raise WriteError(400, "a table value cannot be null (null marks a delete, tables.md): DELETE the key")
-            return codec.dumps(T.write_value(T.OP_PUT, t.context(key), body))
+            return _dumps(T.write_value(T.OP_PUT, t.context(key), body))
         if kind == T.COUNTER:
             if delete:
                 raise WriteError(409, "a counter has no delete in table format 1 (tables.md)")
@@ -363,14 +577,14 @@ class Replica:
                 + body["add"]
             if pending is not None:
                 pending[key] = total
-            return codec.dumps(T.write_value(T.OP_COUNT, (), total))
+            return _dumps(T.write_value(T.OP_COUNT, (), total))
         ops = []
         if delete:
             for f in t.fields(key):
                 ops.append((f, T.OP_DELETE, t.context(key, f), None))
             if not ops:
                 raise WriteError(404, "key %r holds nothing to delete" % (key,))
-            return codec.dumps(T.field_value(ops))
+            return _dumps(T.field_value(ops))
         if kind == T.SET:
             names = ("add", "remove")
         else:
@@ -401,7 +615,7 @@ class Replica:
             ops.append((f, op, t.context(key, f), v))
         if not ops:
             raise WriteError(400, "the write changes nothing")
-        return codec.dumps(T.field_value(ops))
+        return _dumps(T.field_value(ops))
 
     # ------------------------------------------------------------------ reads
 
@@ -419,8 +633,18 @@ class Replica:
             out["value"] = _jsonable(s[3])
         return out
 
+    def collect(self, stable):
+        """Drop the tombstones whose whole vv is at or below ``stable`` (causally stable:
+        ``stable_vector``); their vvs join the table's floor, so a replay of a collected
+        write is ignored and the next write to the key supersedes what replicas that
+        have not collected still hold. Returns how many went."""
+        n = self.table.collect(stable) if stable else 0
+        self.collected += n
+        return n
+
     def describe(self):
         d = {"topic": self.name, "applied": self.applied, "ignored": self.ignored, "malformed": self.malformed,
+             "collected": self.collected,
              "conflicts": dict(self.table.conflicts)}
         d.update(self.settings.describe())
         if self.last_malformed:
@@ -474,8 +698,7 @@ class Replica:
             return "merged"
         if strategy == T.KEEP_BOTH:
             return "both"
-        prefer = T._PREFER[strategy]
-        best = T._pick(sibs, prefer)
+        best = T.chosen(strategy, sibs)
         if best[3] is T.TOMBSTONE:
             return "drop"
         return "use_cloud" if best[0] == T.CLOUD else "use_edge"

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from edgeline import codec, sync
+from edgeline import codec, fastpath, sync
 from edgeline import table as T
 from edgeline.errors import ConfigError
 from edgeline.inbox import append_data
@@ -193,3 +193,118 @@ def test_a_webassembly_merge_named_in_edge_yaml_runs_at_the_agent(tmp_path):
 
     k = asyncio.run(with_agent(cfg, fn))
     assert k["resolution"] == "merged" and isinstance(k["value"], int) and k["value"] > 40
+
+
+def test_after_a_write_error_the_replica_is_rebuilt_from_what_the_reopened_log_kept(tmp_path, monkeypatch):
+    """Writes appended while an fsync failed are applied to the replica; the reopened log
+    keeps only what reached the disk whole -- and so must the replica (never showing a
+    write the log dropped)."""
+    from edgeline_host.agent import service
+
+    calls = []
+
+    def failing(token):
+        calls.append(token)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return fastpath.sync_commit(token)
+
+    monkeypatch.setattr(service, "sync_commit", failing)
+    cfg = config(tmp_path, sync="group", group_ms="1h", group_records=1000000)
+
+    async def fn(agent, call):
+        st = agent.topics["inv"]
+        answers = await asyncio.gather(*[agent._table_write("inv", k, k.upper(), False) for k in "abc"],
+                                       return_exceptions=True)
+        assert all(isinstance(a, service.RequestError) and a.status == 500 for a in answers), answers
+        shown = [k["key"] for k in agent.tables["inv"].state_json()["keys"]]
+        assert agent.recover(st)
+        kept = [r.key for r in st.log.read(1, 10)]
+        s, state = await call("GET", "/v1/tables/inv")
+        s2, a = await call("PUT", "/v1/tables/inv/d", json="D")
+        s3, after = await call("GET", "/v1/tables/inv")
+        return shown, kept, state, s2, after
+
+    shown, kept, state, s2, after = asyncio.run(with_agent(cfg, fn))
+    assert shown == ["a", "b", "c"] and kept == [b"a"]  # a reached the file; b and c were in the buffer
+    assert [k["key"] for k in state["keys"]] == ["a"]
+    assert s2 == 200 and [(k["key"], k["value"]) for k in after["keys"]] == [("a", "A"), ("d", "D")]
+
+
+def test_the_hello_reports_what_the_replica_applied_and_what_this_node_wrote(tmp_path):
+    """tables.md, "Reports at the gateway": the uplink's HELLO carries [held, head] per
+    table topic, read when the HELLO is made; the gateway keeps it for collection."""
+    from edgeline_host.gateway.api import GatewayApi
+    from edgeline_host.gateway.gateway import Gateway
+    from edgeline_host.gateway.topics import parse_topics
+
+    keys = {"store-1": bytes.fromhex(KEY_HEX)}
+    gw = Gateway(str(tmp_path / "gw.db"), keys, topics=parse_topics(
+        {"inv": {"direction": "bidirectional", "kind": "table"}}, keys, "topics.yaml"))
+
+    async def main():
+        server = TestServer(GatewayApi(gw).app())
+        await server.start_server()
+        agent = Agent(config(tmp_path, {"cloud_endpoint": str(server.make_url("/v1/sync"))}),
+                      print_fn=lambda *_: None)
+        try:
+            st = agent.topics["inv"]
+            await agent._table_write("inv", "a", "A", False)
+            await agent._table_write("inv", "b", "B", False)
+            cloud_records(agent, [cloud_put(1, 1, "c", "C")])
+            report = agent._table_reports()
+            up = agent.uplink
+            await up.transport.start()
+            try:
+                await up._connect()
+            finally:
+                await up.transport.close()
+            return report, gw._reports.get(("inv", "store-1")), bytes(st.log.incarnation).hex()
+        finally:
+            agent.close()
+            await server.close()
+
+    report, kept, inc = asyncio.run(main())
+    assert report == {"tables": {"inv": [1, 2, "register", "last_write_wins"]}}
+    assert kept == [None, (1, 2, inc)]  # the gateway's settings are the same: no mismatch
+    # a cloud_to_edge table: the node writes nothing to it (its log is the cloud's stream)
+    down = Agent(config(tmp_path / "down", direction="cloud_to_edge"), print_fn=lambda *_: None)
+    try:
+        cloud_records(down, [cloud_put(1, 1, "c", "C"), cloud_put(2, 2, "d", "D")])
+        assert down._table_reports() == {"tables": {"inv": [2, 0, "register", "last_write_wins"]}}
+    finally:
+        down.close()
+
+
+def test_a_restart_lists_the_conflicts_met_before_it(tmp_path):
+    """The agent's own write and the cloud's meet (a conflict), then its next write
+    supersedes both. Its replay applies its own log first: the cloud's write arrives
+    superseded and meets nothing -- the list after the restart is the conflict log's."""
+    cfg = config(tmp_path)
+
+    async def fn(agent, call):
+        await call("PUT", "/v1/tables/inv/k", json="mine")
+        cloud_records(agent, [cloud_put(1, 2 ** 62, "k", "theirs")])
+        await call("PUT", "/v1/tables/inv/k", json="settled")
+        return (await call("GET", "/v1/tables/inv/conflicts"))[1]["conflicts"]
+
+    before = asyncio.run(with_agent(cfg, fn))
+    assert [(r["type"], r["resolution"]) for r in before] == [("concurrent_write", "superseded")]
+
+    async def again(agent, call):
+        return (await call("GET", "/v1/tables/inv/conflicts"))[1]["conflicts"]
+
+    assert asyncio.run(with_agent(cfg, again)) == before
+    assert (tmp_path / "data" / "~table-conflicts" / "inv.cl").exists()
+
+
+def test_a_conflict_log_it_cannot_read_stops_the_agent_in_one_line_leaving_nothing_open(tmp_path):
+    cfg = config(tmp_path)
+    folder = tmp_path / "data" / "~table-conflicts"
+    folder.mkdir(parents=True)
+    (folder / "inv.cl").write_bytes(b"not a conflict log at all")
+    with pytest.raises(ConfigError) as e:
+        Agent(cfg, print_fn=lambda *_: None)
+    assert "inv.cl: not a conflict log of version 1" in str(e.value) and "\n" not in str(e.value)
+    (folder / "inv.cl").unlink()
+    Agent(cfg, print_fn=lambda *_: None).close()  # the data directory's lock was released

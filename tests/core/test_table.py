@@ -6,7 +6,8 @@ from edgeline import codec
 from edgeline.table import (CLOUD_WINS, CONCURRENT_WRITE, COUNTER, CUSTOM_MERGE, DELETE_UPDATE, EDGE_WINS,
                             FIRST_WRITE_WINS, KEEP_BOTH, LAST_WRITE_WINS, MAP, MISSING, OP_COUNT, OP_DELETE,
                             OP_FIELDS, OP_PUT, ORDERING, SET, STRATEGIES, TOMBSTONE, UPDATE_DELETE, Siblings,
-                            Table, TableError, field_value, read_value, resolve, vv_get, vv_join, write_value)
+                            Table, TableError, chosen, field_value, read_value, resolve, vv_get, vv_join,
+                            write_value)
 from support import raises
 
 S1 = "store-1"
@@ -181,6 +182,17 @@ def test_resolve_is_a_function_of_the_sibling_set():
         assert resolve(EDGE_WINS, order) == "a"
         assert resolve(KEEP_BOTH, order) == Siblings(["b", "c", "a"])
         assert resolve(CUSTOM_MERGE, order, merge_join) == "b+c+a"
+
+
+def test_chosen_is_the_sibling_a_picking_strategy_shows():
+    sibs = [(S1, 1, 30, "a"), (S2, 1, 10, TOMBSTONE), (C, 1, 20, "c")]
+    for order in permutations(sibs):
+        assert chosen(LAST_WRITE_WINS, order) == sibs[0]
+        assert chosen(FIRST_WRITE_WINS, order) == sibs[1]
+        assert chosen(CLOUD_WINS, order) == sibs[2]
+        assert chosen(EDGE_WINS, order) == sibs[0]
+        assert chosen(KEEP_BOTH, order) is None and chosen(CUSTOM_MERGE, order) is None
+    assert chosen(LAST_WRITE_WINS, []) is None
 
 
 def test_counter_adds_up_every_writer_in_any_order():

@@ -64,3 +64,39 @@ def test_a_relayed_write_follows_the_layout_and_is_rewritten_byte_for_byte():
     assert (writer, seq, ts) == ("store-1", 7, 1000)
     assert read_value(codec.loads(value)) == [(None, OP_PUT, ("cloud", 3), {"qty": 5})]
     assert relay_value(writer, seq, ts, value) == data
+
+
+CONFLICT_IDENT = ("sku-1", None, "update_delete", (("cloud", 4), ("store-1~00000000000000a1", 3)))
+CONFLICT_ROW = {"key": "sku-1", "field": None, "type": "update_delete",
+                "versions": [{"writer": "cloud", "seq": 4, "ts": 7000, "deleted": True},
+                             {"writer": "store-1~00000000000000a1", "seq": 3, "ts": 7001, "value": {"qty": 5}}],
+                "found_by": ["store-1~00000000000000a1", 3]}
+
+
+def test_the_conflict_log_file_follows_the_layout(tmp_path):
+    """tables.md, "The conflict log file": header, one entry, read by struct and cbor2
+    alone; edgeline reads it and writes the same bytes."""
+    import struct
+    import zlib
+
+    from edgeline_host.tables import ConflictLog
+
+    with open(os.path.join(GOLDEN, "conflicts.cl"), "rb") as f:
+        data = f.read()
+    magic, version, flags, reserved, crc = struct.unpack_from("<4sHHII", data, 0)
+    assert (magic, version, flags, reserved) == (b"ELCL", 1, 0, 0) and crc == zlib.crc32(data[:12])
+    (n,) = struct.unpack_from("<I", data, 16)
+    assert len(data) == 16 + 4 + n + 4
+    assert struct.unpack_from("<I", data, 20 + n)[0] == zlib.crc32(data[16:20 + n])
+    key, field, ctype, dots, row = cbor2.loads(data[20:20 + n])
+    assert (key, field, ctype, dots) == ("sku-1", None, "update_delete", ["cloud", 4, "store-1~00000000000000a1", 3])
+    assert row == CONFLICT_ROW
+    p = tmp_path / "inv.cl"
+    p.write_bytes(data)
+    c = ConflictLog(str(p))
+    assert c.rows == [(CONFLICT_IDENT, CONFLICT_ROW)] and c.cut_bytes == 0
+    c.close()
+    fresh = ConflictLog(str(tmp_path / "new.cl"))
+    fresh.append(CONFLICT_IDENT, CONFLICT_ROW)
+    fresh.close()
+    assert (tmp_path / "new.cl").read_bytes() == data

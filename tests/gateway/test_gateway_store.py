@@ -266,6 +266,38 @@ def test_publish_numbers_records_and_pull_reads_them_back(tmp_path):
     st.close()
 
 
+def test_publishes_to_one_topic_in_one_group_are_stored_as_one_chunk(tmp_path):
+    """Concurrent publishers (cloud table writes) share a commit: each gets its own marks,
+    and a run of publishes to one topic costs one chunk (one statement), not one each --
+    a run ends at another topic, a ts going back, or 10,000 records."""
+    from edgeline.sync import CLOUD_ORIGIN
+    from edgeline_host.gateway.store import Delivered, Publish
+
+    p = str(tmp_path / "gw.db")
+    st = GatewayStore(p)
+    items = [(CLOUD_ORIGIN, Publish("t", [(100, b"a", b"1"), (101, b"b", b"2")])),
+             (CLOUD_ORIGIN, Publish("t", [(102, None, b"3")])),
+             (CLOUD_ORIGIN, Publish("t", [])),
+             (CLOUD_ORIGIN, Publish("u", [(103, None, b"x")])),
+             (CLOUD_ORIGIN, Publish("t", [(104, b"c", b"4")])),
+             (CLOUD_ORIGIN, Publish("t", [(50, None, b"5")])),  # a ts back: a chunk of its own
+             ("e1", Delivered("t", 1)),
+             (CLOUD_ORIGIN, Publish("t", [(105, None, b"6")]))]
+    assert st.commit(items, 10) == [2, 3, 3, 1, 4, 5, 1, 6]
+    assert st._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 5
+    st.close()
+    st = GatewayStore(p)
+    assert [(r.seq, r.ts, r.key, r.value) for r in st.pull("t", 0, 10)] == [
+        (1, 100, b"a", b"1"), (2, 101, b"b", b"2"), (3, 102, None, b"3"), (4, 104, b"c", b"4"), (5, 50, None, b"5"),
+        (6, 105, None, b"6")]
+    assert [r[2:] for r in st.stream_records("u")] == [(1, 103, None, b"x")]
+    big = [(CLOUD_ORIGIN, Publish("t", [(200 + i, None, b"v")] * 1)) for i in range(10001)]
+    assert st.commit(big, 11)[-1] == 10007
+    assert st._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 7
+    assert st.published("t") == 10007 and len(list(st.stream_records("t"))) == 10007
+    st.close()
+
+
 # ------------------------------------------------------------------ incarnations (schema 3)
 
 _GOLDEN_V2 = __import__("os").path.join(__import__("os").path.dirname(__import__("os").path.dirname(

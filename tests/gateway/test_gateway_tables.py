@@ -366,3 +366,189 @@ def test_a_webassembly_merge_that_cannot_run_is_refused_at_start(tmp_path, name,
     msg = str(ei.value)
     assert msg.startswith("topics.yaml: inv.conflict_resolution.custom_merge.wasm: ") and why in msg, msg
     assert "\n" not in msg
+
+
+def test_writes_are_formed_with_the_core_codecs_bytes_and_limits():
+    """form_write encodes through cbor2 (C): the same bytes as the core's codec, and a
+    value the core could not carry or read back is refused the same way."""
+    from edgeline.codec import CodecError
+
+    bodies = [0, -1, 2 ** 64, -(2 ** 70), 1.5, float("inf"), "sku", "ü€😀", b"\x00", True, None, [1, [2, {"a": [3]}]],
+              {"qty": 5, "loc": "A3", "tags": ["x", "y"], "n": {"m": 1.25}}, [[[]]] * 3]
+    for b in bodies:
+        assert tables._dumps(T.write_value(T.OP_PUT, ("cloud", 3, "edge-1~00", 9), b)) == codec.dumps(
+            T.write_value(T.OP_PUT, ("cloud", 3, "edge-1~00", 9), b)), b
+    def outcome(dumps, v):
+        try:
+            return dumps(T.write_value(T.OP_PUT, (), v))
+        except CodecError:
+            return "refused"
+
+    refused = 0
+    for levels in range(26, 38):  # around the core's limit, as lists and as maps
+        for wrap in (lambda x: [x], lambda x: {"f": x}):
+            deep = 1
+            for _ in range(levels):
+                deep = wrap(deep)
+            got = outcome(tables._dumps, deep)
+            assert got == outcome(codec.dumps, deep), levels
+            refused += got == "refused"
+    assert 0 < refused < 24
+    assert outcome(tables._dumps, "\ud800") == outcome(codec.dumps, "\ud800") == "refused"
+    rep = tables.Replica("inv", tables.TableSettings())
+    with pytest.raises(CodecError):
+        rep.form_write("k", "cloud", {"k": deep})
+
+
+def test_reports_in_the_hello_are_read_strictly():
+    assert tables.read_reports({"tables": {"inv": [3, 0], "bad": [1, -1], "t": [1], "u": "x", 7: [1, 2],
+                                           "s": [4, 5, "register", "cloud_wins", "later"], "o": [1, 1, 2]}}) == {
+        "inv": (3, 0, None), "s": (4, 5, ("register", "cloud_wins")), "o": (1, 1, None)}
+    assert tables.read_reports({"pull": True}) == {} and tables.read_reports(None) == {}
+    assert tables.stable_vector([{"cloud": 4, "b": 2}, {"cloud": 3, "b": 5, "c": 1}]) == ("b", 2, "cloud", 3)
+    assert tables.stable_vector([]) == ()
+
+
+def test_a_tombstone_is_collected_only_once_every_replica_reported_it_applied(tmp_path):
+    """tables.md, "Tombstones and their collection" (T6): the gateway collects a delete's
+    tombstone once the cloud and every node have applied it and every node's writes
+    made before that are at the gateway; a replay of a collected write is ignored; a
+    write concurrent with a delete, still in an edge's outbox when it reported, keeps
+    the tombstone."""
+    async def fn(gw, http, server):
+        gw.collect_every_s = 0
+        rep = gw.tables["inv"]
+
+        async def report(node, held, head):
+            c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), node, KEYS[node])
+            await c.connect({"inv": INC}, capabilities={"tables": {"inv": [held, head]}})
+            return c
+
+        e1 = await report("edge-1", 0, 0)
+        (ack,) = await e1.exchange(sync.batch_from_records("inv", [put(1, 1000, "a", "edge")]))
+        await settle(gw, 1)  # cloud:1 relays edge-1:1
+        await gw.table_write("inv", [("a", None, True)])  # cloud:2 deletes it, having seen it
+        assert rep.table.siblings("a")[0][3] is T.TOMBSTONE
+        await report("edge-1", 2, 1)  # edge-1 applied the delete
+        assert gw.stable("inv") == () and rep.collected == 0  # edge-2 never reported
+        await report("edge-2", 1, 0)  # edge-2 has not applied the delete yet
+        assert gw.stable("inv") == ("cloud", 1, W1, 1) and rep.collected == 0
+        assert rep.table.siblings("a")
+        await report("edge-2", 2, 0)
+        assert gw.stable("inv") == ("cloud", 2, W1, 1) and rep.collected == 1 and gw.collected == 1
+        assert not rep.table.siblings("a") and rep.table.floor == ("cloud", 2, W1, 1)
+        # a replay of the collected writes (a peer re-sending old log) is ignored
+        ignored = rep.ignored
+        assert not rep.apply_record(W1, 1, 1000, b"a", put(1, 1000, "a", "edge").value)
+        assert not rep.apply_record("cloud", 2, 1 << 40, b"a", codec.dumps(T.write_value(T.OP_DELETE, (W1, 1))))
+        assert rep.ignored == ignored + 2 and not rep.table.siblings("a")
+        # the next cloud write to the key takes the floor as its context (C2)
+        await gw.table_write("inv", [("a", "again", False)])
+        assert rep.table.context("a") == ("cloud", 3, W1, 1)
+
+        # key b: edge-1 writes it, the cloud deletes it; edge-1 reports head 3 while its
+        # write 3 (concurrent with the delete) is still in its outbox: not usable yet
+        (ack,) = await e1.exchange(sync.batch_from_records("inv", [put(2, 1001, "b", "edge")]))
+        await settle(gw, 2)  # cloud:4
+        await gw.table_write("inv", [("b", None, True)])  # cloud:5
+        await report("edge-2", 5, 0)
+        await report("edge-1", 5, 3)
+        assert gw.stable("inv") == ("cloud", 2, W1, 1) and rep.collected == 1  # edge-1's usable report: held 2
+        # the write arrives: the tombstone was kept, so it meets it as a sibling everywhere
+        e1 = await report("edge-1", 5, 3)
+        (ack,) = await e1.exchange(sync.batch_from_records("inv", [put(3, LATE, "b", "late", (W1, 2))]))
+        assert ack.seq == 3
+        assert len(rep.table.siblings("b")) == 2 and rep.collected == 1
+        assert gw.stable("inv") == ("cloud", 5, W1, 2)  # the report is usable now; b has two siblings: kept
+        st, k = await get(http, server, "/v1/tables/inv/b")
+        assert k["value"] == "late" and k["conflict"] == "update_delete"
+        # an edge whose table settings differ from the topics file is reported (one line, /healthz)
+        c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c.connect({"inv": INC}, capabilities={"tables": {"inv": [5, 0, "register", "cloud_wins"]}})
+        st, h = await get(http, server, "/healthz")
+        assert h["tombstones_collected"] == 1
+        assert h["table_settings_mismatch"] == [{"topic": "inv", "node": "edge-2", "type": "register",
+                                                 "conflict_resolution": "cloud_wins"}]
+        c = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c.connect({"inv": INC}, capabilities={"tables": {"inv": [5, 0, "register", "last_write_wins"]}})
+        st, h = await get(http, server, "/healthz")
+        assert h["table_settings_mismatch"] == []
+        st, d = await get(http, server, "/v1/tables")
+        return d["tables"][0]
+
+    d = asyncio.run(with_gateway(tmp_path, fn, topics()))
+    assert d["collected"] == 1
+
+
+def _conflict_log(tmp_path, rows=3):
+    p = tmp_path / "c.cl"
+    c = tables.ConflictLog(str(p), max_rows=rows)
+    return p, c
+
+
+def test_the_conflict_log_cuts_a_torn_tail_at_every_byte_and_refuses_another_version(tmp_path):
+    from edgeline.errors import ConfigError
+
+    p, c = _conflict_log(tmp_path)
+    idents = [("k%d" % i, None, "concurrent_write", (("cloud", i + 1), (W1, i + 1))) for i in range(2)]
+    for i, ident in enumerate(idents):
+        c.append(ident, {"key": "k%d" % i, "n": i})
+    c.close()
+    whole = p.read_bytes()
+    one = 16 + (len(whole) - 16) // 2  # both entries are the same size
+    for cut in range(16, len(whole) + 1):
+        p.write_bytes(whole[:cut])
+        c = tables.ConflictLog(str(p))
+        kept = 2 if cut == len(whole) else 1 if cut >= one else 0
+        assert [r[0] for r in c.rows] == idents[:kept], cut
+        assert c.cut_bytes == cut - (16 if kept == 0 else one if kept == 1 else len(whole))
+        c.append(("again", None, "ordering", ()), {"n": 9})  # appends after what it kept
+        c.close()
+        assert [r[0][0] for r in tables.ConflictLog(str(p)).rows] == [i[0] for i in idents[:kept]] + ["again"]
+    for junk in (b"\x00" * 40, b"\xff" * 40, whole[16:20] + b"\x00" * 10):  # erased space, a bad CRC
+        p.write_bytes(whole[:one] + junk)
+        assert len(tables.ConflictLog(str(p)).rows) == 1
+    p.write_bytes(b"ELCL\x02" + whole[5:])
+    with pytest.raises(ConfigError) as e:
+        tables.ConflictLog(str(p))
+    assert "not a conflict log of version 1" in str(e.value)
+    # a rewrite cut before its rename leaves <file>.tmp beside the whole file: removed
+    p.write_bytes(whole)
+    (tmp_path / "c.cl.tmp").write_bytes(whole[:20])
+    assert len(tables.ConflictLog(str(p)).rows) == 2 and not (tmp_path / "c.cl.tmp").exists()
+
+
+def test_the_conflict_log_is_rewritten_when_it_holds_twice_the_rows_kept(tmp_path):
+    p, c = _conflict_log(tmp_path, rows=3)
+    rep = tables.Replica("inv", tables.TableSettings(), c)
+    for i in range(7):  # each key: two concurrent writes, a conflict
+        rep.apply_record("a", 1, 10, b"k%d" % i, codec.dumps(T.write_value(T.OP_PUT, (), "x")))
+        rep.apply_record("b", 1, 11, b"k%d" % i, codec.dumps(T.write_value(T.OP_PUT, (), "y")))
+    rep.close()
+    again = tables.ConflictLog(str(p), max_rows=3)
+    assert again.entries < 6 and [r[1]["key"] for r in again.rows] == ["k4", "k5", "k6"]
+    assert not (tmp_path / "c.cl.tmp").exists()
+
+
+def test_a_restart_lists_the_conflicts_the_replay_does_not_meet_again(tmp_path):
+    """Two edges write a key concurrently (a conflict), then the cloud's write supersedes
+    both. A replay applies the cloud's stream first: the edges' writes arrive superseded
+    and meet nothing -- the list comes from the conflict log. (The relays are held back,
+    or the cloud stream would carry the edges' writes ahead of the cloud's.)"""
+    async def fn(gw, http, server):
+        gw._relay_task.cancel()
+        await edge_send(http, server, [put(1, 1000, "a", "one")])
+        await edge_send(http, server, [put(1, 1001, "a", "two")], node="edge-2")
+        await gw.table_write("inv", [("a", "cloud", False)])
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        return c["conflicts"]
+
+    before = asyncio.run(with_gateway(tmp_path, fn, topics()))
+    assert [(r["type"], r["resolution"]) for r in before] == [("concurrent_write", "superseded")]
+
+    async def again(gw, http, server):
+        st, c = await get(http, server, "/v1/tables/inv/conflicts")
+        return c["conflicts"]
+
+    assert asyncio.run(with_gateway(tmp_path, again, topics())) == before
+    assert (tmp_path / "gw.db.tables" / "inv.cl").exists()

@@ -212,9 +212,16 @@ class Agent:
             self.dirlock.release()
             raise
         self.tables = {}  # table topic -> tables.Replica
-        for name, st in self.topics.items():
-            if st.cfg.table is not None:
-                self.tables[name] = self._rebuild_table(st)
+        try:
+            for name, st in self.topics.items():
+                if st.cfg.table is not None:
+                    self.tables[name] = self._rebuild_table(st)
+        except BaseException:  # a conflict log it cannot read: one line, nothing left open
+            self._close_tables()
+            self.store.close()
+            self._close_windows()
+            self.dirlock.release()
+            raise
         self.disk_warning = self._check_disk()  # None, or the line printed (for health)
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
@@ -230,6 +237,8 @@ class Agent:
                 options["downlink"] = Downlink(receiving, interval_ms=cfg.sync.interval_ms,
                                                max_records=cfg.sync.batch_size, on_records=self._received,
                                                **options.pop("downlink_options", {}))
+            if self.tables:
+                options.setdefault("hello_capabilities", self._table_reports)
             self.uplink = from_config(cfg, sending, **options)
         self.housekeeping_ms = RETENTION_EVERY_MS  # tests shorten it
         self.recovered = 0  # logs reopened after a write error
@@ -245,6 +254,20 @@ class Agent:
         self._closed_logs = False  # shutdown settled the commits: no more start
         self._commit_pool = None  # the worker threads that fsync (made at the first commit)
 
+    def _table_reports(self):
+        """The HELLO's ``tables`` capability (tables.md, "Reports at the gateway"): per
+        table topic, ``[held, head]`` -- the durable end of its cloud
+        stream (applied to the replica as it arrived) and the end of its own log, read
+        together -- so the gateway can collect tombstones at causal stability."""
+        out = {}
+        for name in self.tables:
+            st = self.topics[name]
+            held = st.down.durable_seq if st.down is not None else 0
+            # a cloud_to_edge topic's log is the cloud's stream: this node writes nothing to it
+            out[name] = tables.report_value(held, 0 if st.cfg.direction == "cloud_to_edge" else st.log.last_seq,
+                                            st.cfg.table)
+        return {tables.CAPABILITY: out} if out else None
+
     def _own_writer(self, st):
         """The writer id of this node's writes to a table topic: its node id, with its
         log's incarnation (tables.writer_id)."""
@@ -252,7 +275,9 @@ class Agent:
 
     def _rebuild_table(self, st):
         """A topic's replica from its logs: this node's writes and the cloud's."""
-        rep = tables.Replica(st.cfg.name, st.cfg.table)
+        clog = tables.ConflictLog(os.path.join(self.cfg.data_dir, tables.CONFLICTS_DIRECTORY,
+                                               topic_dirname(st.cfg.name) + ".cl"))
+        rep = tables.Replica(st.cfg.name, st.cfg.table, clog)
         logs = []
         if st.cfg.direction != "cloud_to_edge":
             logs.append((self._own_writer(st), st.log))
@@ -332,9 +357,14 @@ class Agent:
         """Close the logs, the dedupe windows and the data directory's lock, without a
         final commit (``run`` commits before it closes; an Agent that never ran -- a test,
         a tool -- closes with this)."""
+        self._close_tables()
         self.store.close()
         self._close_windows()
         self.dirlock.release()
+
+    def _close_tables(self):
+        for rep in self.tables.values():
+            rep.close()
 
     def _close_windows(self):
         for w in self.windows:
@@ -702,6 +732,11 @@ class Agent:
             st.outbox = ob
             if self.uplink is not None:
                 self.uplink.reattach(name, lg, ob)
+        if name in self.tables:
+            # The replica took every write appended, but the reopened log keeps only what
+            # reached the disk whole: rebuilt from it, it never shows a write the log dropped.
+            self.tables[name].close()
+            self.tables[name] = self._rebuild_table(st)
         self.recovered += 1
         kept = ""
         if lg.last_seq > durable:

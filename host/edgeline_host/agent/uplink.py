@@ -159,7 +159,7 @@ class Uplink:
     def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_bytes_per_sec=0,
                  batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
                  rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20,
-                 downlink=None, transport=None):
+                 downlink=None, transport=None, hello_capabilities=None):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
         self.node_id = node_id
@@ -169,6 +169,7 @@ class Uplink:
         self.url = self.transport.url
         self._topics = [_Topic(name, lg, ob) for name, (lg, ob) in topics.items()]
         self.downlink = downlink  # a Downlink (downlink.py), or None: nothing to pull
+        self.hello_capabilities = hello_capabilities  # a callable: more HELLO capabilities (table reports)
         self._by_name = {t.name: t for t in self._topics}
         self.retry = retry if retry is not None else RetryPolicy()
         self.breaker = breaker if breaker is not None else CircuitBreaker()
@@ -463,6 +464,10 @@ class Uplink:
 
     async def _connect(self):
         caps = {"pull": True} if self.downlink is not None else None
+        if self.hello_capabilities is not None:
+            more = self.hello_capabilities()  # read now: a table report's two figures are of one moment
+            if more:
+                caps = dict(caps or {}, **more)
         # Each topic's log incarnation: the gateway keeps marks per (node, topic, incarnation),
         # so a wiped log's new seqs are never taken for the old log's (docs/spec/wire.md).
         incs = {t.name: t.log.incarnation for t in self._topics}

@@ -212,5 +212,8 @@ class GatewayApi:
                   "store_failures": gw.store_failures, "published": gw.published,
                   "pulls": gw.pulls, "refused_pulls": gw.refused_pulls,
                   "new_incarnations": gw.new_incarnations, "relayed": gw.relayed,
-                  "relays_pending": sum(len(v) for v in gw._relay_pending.values())})
+                  "relays_pending": sum(len(v) for v in gw._relay_pending.values()),
+                  "tombstones_collected": gw.collected,
+                  "table_settings_mismatch": [{"topic": t, "node": n, "type": v[0], "conflict_resolution": v[1]}
+                                              for (t, n), v in sorted(gw.table_mismatches.items())]})
         return web.json_response(h)

@@ -39,10 +39,19 @@ copy is made by a background task after the edge's batch was committed and ackno
 is known from the cloud stream itself: at start, an edge record of the store without its
 relay (the gateway stopped in between) is queued again, so each is relayed exactly once.
 
+Tombstone collection (tables.md, "Tombstones and their collection"): an edge's HELLO
+reports, per table topic, how far it holds the cloud stream and its own log's end
+(capability ``tables``); ``stable`` turns the reports into each node's applied marks
+(the cloud stream's relays say which edge writes lie below ``held``: ``_relay_index``)
+and takes the min with the gateway's own, once the gateway holds everything a node wrote
+before reporting; ``collect_tables`` drops the tombstones it covers, after a report or a
+batch (at most once per ``collect_every_s``).
+
 ``start()`` / ``close()`` run the committer and close the store; ``service.serve``
 wires the gateway, its HTTP API and the transports into one process.
 """
 import asyncio
+import bisect
 import collections
 import logging
 import os
@@ -53,6 +62,7 @@ import cbor2
 from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import LocalProtocolError, RemoteProtocolError
+from edgeline.store import topic_dirname
 from edgeline.table import COUNTER
 
 from .. import fastcbor
@@ -95,10 +105,19 @@ class Gateway:
                  topics=None, publish_token=None, health_window_s=HEALTH_WINDOW_S, monotonic=time.monotonic):
         check_keys(keys)
         self.store = GatewayStore(db_path)
+        # each table topic's conflict log (tables.md, "The conflict log file"), beside the store
+        self.tables_dir = None if db_path == ":memory:" else db_path + ".tables"
         self.keys = keys  # node_id -> 32-byte key
         self.tables = {}  # table topic -> tables.Replica (set with the topics)
         self._relayed = {}  # table topic -> {(writer, seq)} of the edge writes relayed or queued
         self._relay_pending = {}  # table topic -> [(writer, seq, ts, key, value)] to relay
+        self._relay_index = {}  # table topic -> {writer: ([cloud seq], [writer seq])} of the relays, in order
+        self._writers = {}  # table topic -> {(node, incarnation hex)} that have written to it
+        self._reports = {}  # (table topic, node) -> [usable report or None, newer report or None]
+        self.collected = 0  # tombstones collected at causal stability since start
+        self.table_mismatches = {}  # (table topic, node) -> [type, strategy] the node reported, unlike ours
+        self.collect_every_s = 1.0  # at most one collection per this many seconds (tests: 0)
+        self._collected_at = None
         self._relay_wake = None
         self._relay_task = None
         self.relayed = 0  # edge writes relayed into cloud streams since start
@@ -140,22 +159,33 @@ class Gateway:
         """The topics file's topics; a replica of each table topic is (re)built from the
         store."""
         self._topics = dict(topics or {})
+        for rep in getattr(self, "tables", {}).values():
+            rep.close()
         self.tables = {}
         self._relayed = {}
         self._relay_pending = {}
+        self._relay_index = {}
+        self._writers = {}
         for name, t in sorted(self._topics.items()):
             if t.table is not None:
                 self.tables[name] = self._rebuild(name, t)
 
     def _rebuild(self, name, topic):
-        rep = tables.Replica(name, topic.table)
+        clog = None
+        if self.tables_dir is not None:
+            clog = tables.ConflictLog(os.path.join(self.tables_dir, topic_dirname(name) + ".cl"))
+        rep = tables.Replica(name, topic.table, clog)
         relayed = set()
+        writers = self._writers[name] = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
             rep.apply_record(tables.writer_id(origin, inc), seq, ts, key, value)
             if origin == sync.CLOUD_ORIGIN:
                 dot = _relay_dot(value)
                 if dot is not None:
                     relayed.add(dot)
+                    self._index_relay(name, seq, dot[0], dot[1])
+            else:
+                writers.add((origin, inc))
         if topic.publishes:
             # an edge write stored but not relayed (the gateway stopped in between): again
             pending = []
@@ -191,6 +221,8 @@ class Gateway:
             except asyncio.CancelledError:
                 pass
             self._relay_task = None
+        for rep in self.tables.values():
+            rep.close()
         await self.committer.stop()
         self.store.close()
 
@@ -205,7 +237,7 @@ class Gateway:
                     todo = self._relay_pending[name][:self.max_batch_records]
                     values = [tables.relay_value(w, s, ts, v) for w, s, ts, _k, v in todo]
                     try:
-                        await self.publish(name, values, [k for _w, _s, _ts, k, _v in todo])
+                        first, _last = await self.publish(name, values, [k for _w, _s, _ts, k, _v in todo])
                     except asyncio.CancelledError:
                         raise
                     except Exception as e:  # noqa: BLE001 - kept queued, tried again
@@ -213,6 +245,8 @@ class Gateway:
                         await asyncio.sleep(self.relay_retry_s)
                         self._relay_wake.set()
                         break
+                    for i, (w, s, _ts, _k, _v) in enumerate(todo):
+                        self._index_relay(name, first + i, w, s)
                     del self._relay_pending[name][:len(todo)]
                     self.relayed += len(todo)
                 if not self._relay_pending.get(name):
@@ -230,6 +264,7 @@ class Gateway:
             codec=fastcbor.CODEC,  # the C-accelerated CBOR
         )
         conn.hello_node = None
+        conn.hello_capabilities = None
         return conn
 
     def protocol_error(self, conn, error):
@@ -335,10 +370,13 @@ class Gateway:
                 finished = True
                 break
             if cls is sync.Hello:
+                conn.hello_capabilities = ev.capabilities  # table reports are taken once authenticated
                 out += conn.send(sync.Challenge())
             elif cls is sync.Auth:
                 incs = self._incarnations(conn)
                 out += conn.send(sync.Welcome(marks=self.store.marks(conn.node_id, incs)))
+                if self.tables:
+                    self._take_reports(conn, incs)
             elif cls is sync.Batch or cls is sync.Gap:
                 items.append((conn.node_id, ev, conn.incarnation_hex.get(ev.topic, LEGACY)))
                 if ev.topic not in acks:
@@ -366,9 +404,13 @@ class Gateway:
                 out += conn.send(sync.Error(8, "could not store: %s" % (str(e).splitlines() or ["?"])[0]))
                 return bytes(out), True
             self.store_ok = True
+            fed = False
             for item, m in zip(items, marks):  # stored: the table replicas take them, answered or not
                 if type(item[1]) is sync.Batch and item[1].topic in self.tables:
                     self._feed(item[0], item[2], item[1], m)
+                    fed = True
+            if fed:
+                self.collect_tables()  # a batch may make a report usable
             if conn.state == "ERROR":
                 # Another exchange on this connection ended it while the commit ran
                 # (a transport that lets two run at once): no ACK can be sent. The
@@ -434,6 +476,7 @@ class Gateway:
         mark once it was committed) to the topic's replica; duplicates change nothing."""
         rep = self.tables[batch.topic]
         writer = tables.writer_id(node, inc)
+        self._writers.setdefault(batch.topic, set()).add((node, inc))
         first, base = batch.first_seq, batch.base_ts
         relayed = self._relayed.get(batch.topic)
         for i, e in enumerate(batch.entries):
@@ -447,6 +490,86 @@ class Gateway:
                 self._relay_pending.setdefault(batch.topic, []).append((writer, first + i, base + e[0], e[1], e[2]))
                 if self._relay_wake is not None:
                     self._relay_wake.set()
+
+    # ------------------------------------------------------------------ tombstone collection
+
+    def _index_relay(self, topic, cloud_seq, writer, seq):
+        cs, ss = self._relay_index.setdefault(topic, {}).setdefault(writer, ([], []))
+        if not cs or cloud_seq > cs[-1]:
+            cs.append(cloud_seq)
+            ss.append(max(seq, ss[-1]) if ss else seq)  # relays are in seq order; max keeps it a bound
+
+    def _take_reports(self, conn, incs):
+        """Keep the table reports of a HELLO's ``tables`` capability (tables.md, "Reports
+        at the gateway"): per table topic and node, the newest, and the newest usable one."""
+        got = tables.read_reports(getattr(conn, "hello_capabilities", None))
+        for topic, (held, head, settings) in got.items():
+            if topic not in self.tables:
+                continue
+            mine = self.tables[topic].settings
+            if settings is not None and settings != (mine.type, mine.strategy):
+                # replicas that merge differently never converge: say so (the node's own
+                # writes are still stored and applied here by the gateway's settings)
+                self.table_mismatches[(topic, conn.node_id)] = list(settings)
+                self._warn_once(("table-settings", topic, conn.node_id) + settings,
+                                "gateway: node %s has table topic %r as type %s, conflict_resolution %s; the topics "
+                                "file says %s, %s: their replicas will not show the same table until they match"
+                                % (conn.node_id, topic, settings[0], settings[1], mine.type, mine.strategy))
+            else:
+                self.table_mismatches.pop((topic, conn.node_id), None)
+            inc = incs.get(topic, LEGACY)
+            slot = self._reports.setdefault((topic, conn.node_id), [None, None])
+            if slot[0] is not None and (slot[0][2] != inc or slot[0][0] > held):
+                slot[0] = None  # the node's log or its cloud stream was wiped: what it reported before is gone
+            slot[1] = (held, head, inc)
+        if got:
+            self.collect_tables()
+
+    def collect_tables(self, force=False):
+        """Collect the causally stable tombstones of every table topic (at most once per
+        ``collect_every_s`` unless ``force``); returns how many went."""
+        now = self._monotonic()
+        if not force and self._collected_at is not None and now - self._collected_at < self.collect_every_s:
+            return 0
+        self._collected_at = now
+        n = 0
+        for name, rep in self.tables.items():
+            stable = self.stable(name)
+            if stable:
+                n += rep.collect(stable)
+        self.collected += n
+        return n
+
+    def stable(self, topic):
+        """The stable vector of a table topic (tables.md, "Stable vector"): () until every
+        replica -- the cloud, every node the topic is served to (its ``nodes``, else every
+        node with a key), every node that wrote to it -- has a usable report."""
+        store = self.store
+        writers = self._writers.get(topic, set())
+        own = {tables.writer_id(n, i): store.mark(n, topic, i) for n, i in writers}
+        own[sync.CLOUD_ORIGIN] = store.published(topic)
+        marks = [own]
+        index = self._relay_index.get(topic, {})
+        served = self.topics[topic].nodes
+        for node in sorted(set(self.keys if served is None else served) | set(n for n, _ in writers)):
+            slot = self._reports.get((topic, node))
+            if slot is None:
+                return ()
+            if slot[1] is not None and store.mark(node, topic, slot[1][2]) >= slot[1][1]:
+                slot[0], slot[1] = slot[1], None  # the gateway holds everything the node wrote before it
+            if slot[0] is None:
+                return ()
+            held, head, inc = slot[0]
+            mine = tables.writer_id(node, inc)
+            m = {sync.CLOUD_ORIGIN: held}
+            for w, (cs, ss) in index.items():
+                i = bisect.bisect_right(cs, held)
+                if i:
+                    m[w] = ss[i - 1]
+            if head:
+                m[mine] = max(head, m.get(mine, 0))
+            marks.append(m)
+        return tables.stable_vector(marks)
 
     def _incarnations(self, conn):
         """The HELLO's incarnations as hex ({topic: hex}), kept on the connection for its

@@ -261,8 +261,14 @@ class GatewayStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                run = None  # [stream, entries]: consecutive publishes to one topic, stored as one chunk
                 for item in items:
                     origin, ev = item[0], item[1]
+                    if run is not None and not (isinstance(ev, Publish) and ev.topic == run[2] and (
+                            not ev.entries or not run[1] or ev.entries[0][0] >= run[1][-1][0]) and
+                            len(run[1]) + len(ev.entries) <= _MAX_RUN_RECORDS):
+                        self._apply_publish(run[0], run[1], now_ms)
+                        run = None
                     if isinstance(ev, Delivered):
                         delivered[(origin, ev.topic)] = (ev.seq, now_ms)
                         out.append(ev.seq)
@@ -278,8 +284,16 @@ class GatewayStore:
                     elif isinstance(ev, Gap):
                         self._apply_gap(s, ev, now_ms)
                     else:
-                        self._apply_publish(s, ev, now_ms)
+                        # Concurrent publishers (table writes) commit together: their records
+                        # go in as one chunk, one statement for the run instead of two each.
+                        if run is None:
+                            run = [s, [], ev.topic, s[1]]
+                        run[1].extend(ev.entries)
+                        out.append(run[3] + len(run[1]))
+                        continue
                     out.append(s[1])
+                if run is not None:
+                    self._apply_publish(run[0], run[1], now_ms)
                 for s, old in saved.values():
                     if s[1] != old:
                         db.execute("UPDATE streams SET mark = ?, updated_ms = ? WHERE id = ?", (s[1], now_ms, s[0]))
@@ -316,17 +330,18 @@ class GatewayStore:
         self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (mark - s[1], sid))
         s[1] = mark
 
-    def _apply_publish(self, s, ev, now_ms):
-        # One chunk per publish: entries as in a BATCH, relative to the first record's ts.
-        if not ev.entries:
+    def _apply_publish(self, s, entries, now_ms):
+        # One chunk per run of publishes: entries as in a BATCH, relative to the first
+        # record's ts (the gateway's hybrid clock: later records never have smaller ts).
+        if not entries:
             return
         first = s[1] + 1
-        base = ev.entries[0][0]
-        n = len(ev.entries)
+        base = entries[0][0]
+        n = len(entries)
         self._db.execute(
             "INSERT INTO chunks (stream, first, last, base_ts, entries, stored_ms) VALUES (?, ?, ?, ?, ?, ?)",
             (s[0], first, first + n - 1, base,
-             _encode_entries([[ts - base, key, value] for ts, key, value in ev.entries]), now_ms),
+             _encode_entries([[ts - base, key, value] for ts, key, value in entries]), now_ms),
         )
         self._db.execute("UPDATE streams SET records = records + ? WHERE id = ?", (n, s[0]))
         s[1] += n
@@ -507,6 +522,9 @@ class GatewayStore:
 
 class StoreVersionError(EdgelineError):
     """The store file was written by a newer gateway (one line names both versions)."""
+
+
+_MAX_RUN_RECORDS = 10000  # records of publishes one chunk takes together (a chunk is read whole)
 
 
 def _encode_entries(entries):

@@ -178,11 +178,12 @@ class HttpEdgeClient:
                 return out
             out.append(ev)
 
-    async def connect(self, incarnations=None, version=None):
+    async def connect(self, incarnations=None, version=None, capabilities=None):
         """HELLO/CHALLENGE, AUTH/WELCOME; returns the gateway's marks (of the topics'
         incarnations: ``incarnations`` {topic: 8 bytes}, a topic not in it legacy;
-        ``version=1`` speaks as an edge from before incarnations)."""
-        evs = await self.exchange(sync.Hello(version=version, incarnations=incarnations))
+        ``version=1`` speaks as an edge from before incarnations; ``capabilities`` the
+        HELLO's, e.g. table reports)."""
+        evs = await self.exchange(sync.Hello(version=version, incarnations=incarnations, capabilities=capabilities))
         if not evs or type(evs[0]) is not sync.Challenge:
             raise LocalProtocolError("expected CHALLENGE, got %r" % (evs,))
         evs = await self.exchange(sync.Auth())
