@@ -16,6 +16,8 @@ so the same header never meets two keystreams and nothing of the header can be c
 without the tag failing. The envelope is one CBOR item, tag 58081 around a byte string
 ``01 | key id | ct | tag``, so everything that reads values as CBOR (the gateway's
 record API) still reads it. ``unseal`` checks the tag before it decrypts anything.
+A table write ``[version, op, ctx, value]`` has only its value sealed, the bytes before it
+(``prefix``) readable and authenticated: ``seal_table_write`` / ``unseal_table_write``.
 
 AES comes from the firmware: ``cryptolib.aes(key, 1)`` (ECB, on every MicroPython port),
 ``aesio`` on CircuitPython; a runtime with neither (CPython, which uses
@@ -207,6 +209,50 @@ def unseal(keys, origin, incarnation, seq, ts, key, envelope, prefix=b"") -> byt
     if not digest_equal(hmac_sha256(tkey.mac_key, ad + ct)[:TAG_BYTES], tag):
         raise E2EError("e2e: bad tag (tampered, moved, or another key)")
     return _ctr_xor(tkey._ecb, hmac_sha256(tkey.iv_key, ad)[:16], ct)
+
+
+def _split_table_write(write):
+    """(prefix, value item) of a register or counter write's bytes (spec E10); None for a
+    delete, which seals nothing."""
+    from edgeline import codec  # loaded anyway wherever tables are; not at e2e's import
+
+    buf = memoryview(write)
+    try:
+        # the writer's [version, op, ctx, value], or [version, 3, ops] of a set or map
+        if len(buf) < 1 or buf[0] not in (0x83, 0x84):
+            raise E2EError("e2e: not a table write [version, op, ctx, value]")
+        version, pos = codec.decode_prefix(buf, 1)
+        op, pos = codec.decode_prefix(buf, pos)
+        if op == 3:
+            raise E2EError("e2e: a set or map write cannot be sealed in version 1 (register and counter only)")
+        if buf[0] != 0x84:
+            raise E2EError("e2e: not a table write [version, op, ctx, value]")
+        _, pos = codec.decode_prefix(buf, pos)
+        value, end = codec.decode_prefix(buf, pos)
+    except codec.CodecError:
+        raise E2EError("e2e: not a table write (malformed CBOR)")
+    if end != len(buf) or version != 1 or op not in (0, 1, 2):
+        raise E2EError("e2e: not a table write of version 1 with op 0, 1 or 2")
+    if op == 1 and value is None:
+        return None
+    return bytes(buf[:pos]), bytes(buf[pos:])
+
+
+def seal_table_write(tkey, origin, incarnation, seq, ts, key, write) -> bytes:
+    """A register or counter write (the record's value bytes, tables.md "Encoding") with
+    its value sealed and the rest readable and authenticated (E10); a delete unchanged."""
+    split = _split_table_write(write)
+    if split is None:
+        return bytes(write)
+    return split[0] + seal(tkey, origin, incarnation, seq, ts, key, split[1], split[0])
+
+
+def unseal_table_write(keys, origin, incarnation, seq, ts, key, write) -> bytes:
+    """The write seal_table_write sealed, its value opened (a delete as it is)."""
+    split = _split_table_write(write)
+    if split is None:
+        return bytes(write)
+    return split[0] + unseal(keys, origin, incarnation, seq, ts, key, split[1], split[0])
 
 
 def key_id_of(envelope) -> int:

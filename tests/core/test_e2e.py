@@ -224,3 +224,39 @@ def test_one_record_one_keystream():  # E6: seqs never share a keystream; sealin
               seal(tk, "n", b"\x00" * 7 + b"\x01", 1, 5, None, value), seal(tk, "n", None, 1, 6, None, value))
     for b in others:
         assert a[6:26] != b[6:26]  # the ciphertext of zeros is the keystream itself
+
+
+def test_table_writes_keep_their_context_readable_and_authenticated():  # E10
+    from edgeline import codec, table
+    from edgeline.e2e import seal_table_write, unseal_table_write
+
+    v, tk = _table()
+    o, inc, seq, ts, key = _header(v)
+    write = _h(v["prefix"]) + _h(v["value"])
+    assert codec.loads(write) == [1, 0, ["cloud", 3, "store-1", 7], {"qty": 5}]
+    sealed = seal_table_write(tk, o, inc, seq, ts, key, write)
+    assert sealed == _h(v["prefix"]) + _h(v["envelope"])
+    assert unseal_table_write({1: tk}, o, inc, seq, ts, key, sealed) == write
+    # what a gateway without the key reads: version, op and ctx; the value is a tagged byte string
+    seen = codec.loads(sealed)
+    assert seen[:3] == [1, 0, ["cloud", 3, "store-1", 7]]
+    assert isinstance(seen[3], codec.CBORTag) and seen[3].tag == 58081
+    applied = table.read_value(seen)  # the gateway can still apply it as a write (tables.md)
+    assert len(applied) == 1 and applied[0][0] is None and applied[0][1] == 0
+    # a relay that rewrites the context (to hide a conflict) breaks the tag
+    forged = bytearray(sealed)
+    forged[sealed.index(b"store-1") + 7] = 8  # store-1: 7 -> 8
+    e = raises(E2EError, unseal_table_write, tk, o, inc, seq, ts, key, bytes(forged))
+    assert "bad tag" in str(e)
+    # a delete seals nothing; counter totals are sealed; set/map writes are refused by name
+    delete = codec.dumps(table.write_value(table.OP_DELETE, ["store-1", 7]))
+    assert seal_table_write(tk, o, inc, seq, ts, key, delete) == delete
+    counter = codec.dumps(table.write_value(table.OP_COUNT, [], 12))
+    c = seal_table_write(tk, o, inc, seq, ts, key, counter)
+    assert c != counter and unseal_table_write(tk, o, inc, seq, ts, key, c) == counter
+    fields = codec.dumps(table.field_value([["qty", table.OP_PUT, ["cloud", 1], 5]]))
+    e = raises(E2EError, seal_table_write, tk, o, inc, seq, ts, key, fields)
+    assert "set or map" in str(e)
+    raises(E2EError, seal_table_write, tk, o, inc, seq, ts, key, b"\x84\x01")
+    raises(E2EError, seal_table_write, tk, o, inc, seq, ts, key, _h(v["value"]))
+    raises(E2EError, unseal_table_write, tk, o, inc, seq, ts, key, write)  # not sealed
