@@ -30,7 +30,7 @@ encrypted). Every refusal is ``E2EError``: malformed envelope, unknown key id, b
 """
 import struct
 
-from edgeline.auth import digest_equal, hmac_sha256
+from edgeline.auth import digest_equal, hmac_sha256, sha256
 from edgeline.errors import EdgelineError
 
 try:
@@ -95,7 +95,23 @@ class TopicKey:
         okm = hkdf_sha256(bytes(secret), _SALT, struct.pack(">H", len(t)) + t + struct.pack(">I", key_id), 96)
         self.iv_key = okm[32:64]
         self.mac_key = okm[64:96]
+        self._iv_pads = _pads(self.iv_key)
+        self._mac_pads = _pads(self.mac_key)
         self._ecb = (aes or _native_aes or SoftAES)(okm[:32], 1)
+
+
+def _pads(key):
+    """HMAC's two padded keys (RFC 2104), made once per key rather than per record."""
+    k = key + bytes(64 - len(key))
+    return bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+
+
+def _hmac(pads, msg):
+    inner = sha256(pads[0])
+    inner.update(msg)
+    outer = sha256(pads[1])
+    outer.update(inner.digest())
+    return outer.digest()
 
 
 def associated_data(key_id, topic, origin, incarnation, seq, ts, key, prefix=b"") -> bytes:
@@ -192,8 +208,8 @@ def parse(envelope):
 def seal(tkey, origin, incarnation, seq, ts, key, value, prefix=b"") -> bytes:
     """The envelope of value (bytes: the CBOR of the record's value) for this record."""
     ad = associated_data(tkey.key_id, tkey.topic, origin, incarnation, seq, ts, key, prefix)
-    ct = _ctr_xor(tkey._ecb, hmac_sha256(tkey.iv_key, ad)[:16], value)
-    tag = hmac_sha256(tkey.mac_key, ad + ct)[:TAG_BYTES]
+    ct = _ctr_xor(tkey._ecb, _hmac(tkey._iv_pads, ad)[:16], value)
+    tag = _hmac(tkey._mac_pads, ad + ct)[:TAG_BYTES]
     body = bytes((VERSION,)) + _uint_head(tkey.key_id) + ct + tag
     return _HEAD + _bytes_head(len(body)) + body
 
@@ -206,9 +222,9 @@ def unseal(keys, origin, incarnation, seq, ts, key, envelope, prefix=b"") -> byt
     if tkey is None:
         raise E2EError("e2e: unknown key id %d" % key_id)
     ad = associated_data(key_id, tkey.topic, origin, incarnation, seq, ts, key, prefix)
-    if not digest_equal(hmac_sha256(tkey.mac_key, ad + ct)[:TAG_BYTES], tag):
+    if not digest_equal(_hmac(tkey._mac_pads, ad + ct)[:TAG_BYTES], tag):
         raise E2EError("e2e: bad tag (tampered, moved, or another key)")
-    return _ctr_xor(tkey._ecb, hmac_sha256(tkey.iv_key, ad)[:16], ct)
+    return _ctr_xor(tkey._ecb, _hmac(tkey._iv_pads, ad)[:16], ct)
 
 
 def _split_table_write(write):
