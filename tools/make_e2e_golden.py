@@ -68,7 +68,10 @@ def readme(vecs):
              "and `tests/shared/test_e2ecrypto.py` (both implementations, and the spec's copy of them).",
              "`vectors.json` is what the tests read; hex throughout, `null` for an absent field",
              "(incarnation: the legacy all-zero one). Never regenerated: a new format version gets",
-             "a new directory.", ""]
+             "a new directory.", "",
+             "`sensors%2Ftemp.e2e.json` beside them is an operator's topic key file of format 1",
+             "(spec, \"Key management\"; written by hand, not by this tool): key id 1 is the",
+             "\"stream\" vector's topic key, retired; 2 active; 3 revoked and purged.", ""]
     for v in vecs:
         lines += ["## %s" % v["name"], "", v["what"], "", "```"]
         for k in ("topic_key", "topic", "key_id", "origin", "incarnation", "seq", "ts", "key", "prefix",

@@ -86,3 +86,16 @@ def test_refusals_are_one_line(tmp_path):
         f.write("{not json")
     with pytest.raises(ConfigError, match="cannot read it"):
         topickeys.load(d, "t")
+
+
+def test_golden_key_file_of_format_1_opens_the_stream_vector():
+    """tests/golden/e2e-v1/sensors%2Ftemp.e2e.json: a key file of format 1 (docs/spec/e2e.md,
+    "Key management") with a retired, an active and a purged key; its key id 1 is the
+    topic key of the "stream" test vector."""
+    golden = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden", "e2e-v1")
+    keys, active = topickeys.topic_keys(golden, "sensors/temp")
+    assert active == 2 and sorted(keys.by_id) == [1, 2]
+    assert topickeys.describe(golden, "sensors/temp") == [(1, "retired"), (2, "active"), (3, "revoked, purged")]
+    with open(os.path.join(golden, "vectors.json")) as f:
+        v = {x["name"]: x for x in json.load(f)}["stream"]
+    assert keys.unseal(v["origin"], None, v["seq"], v["ts"], None, bytes.fromhex(v["envelope"])) == bytes.fromhex(v["value"])
