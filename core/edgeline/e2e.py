@@ -122,6 +122,8 @@ def associated_data(key_id, topic, origin, incarnation, seq, ts, key, prefix=b""
         incarnation = bytes(8)
     if len(t) > 0xFFFF or len(o) > 255 or len(incarnation) != 8:
         raise E2EError("e2e: header out of range (topic, origin or incarnation)")
+    if seq < 0 or ts < 0 or seq >> 64 or ts >> 64:  # struct would wrap or raise its own error
+        raise E2EError("e2e: seq or ts is not a uint below 2**64")
     if key is None:
         k = struct.pack(">H", _NO_KEY)
     elif len(key) >= _NO_KEY:

@@ -51,6 +51,8 @@ def associated_data(key_id, topic, origin, incarnation, seq, ts, key, prefix=b""
     inc = bytes(8) if incarnation is None else bytes(incarnation)
     if len(t) > 0xFFFF or len(o) > 255 or len(inc) != 8:
         raise E2EError("e2e: header out of range (topic, origin or incarnation)")
+    if not (0 <= seq < 1 << 64 and 0 <= ts < 1 << 64):
+        raise E2EError("e2e: seq or ts is not a uint below 2**64")
     if key is None:
         k = b"\xff\xff"
     elif len(key) >= 0xFFFF:

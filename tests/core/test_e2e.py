@@ -207,6 +207,9 @@ def test_bad_keys_and_headers_are_refused():
     tk = TopicKey("t", 1, bytes(32))
     raises(E2EError, seal, tk, "n", b"short", 1, 1, None, b"\x01")
     raises(E2EError, seal, tk, "n" * 256, None, 1, 1, None, b"\x01")
+    raises(E2EError, seal, tk, "n", None, -1, 1, None, b"\x01")
+    raises(E2EError, seal, tk, "n", None, 1, 1 << 64, None, b"\x01")
+    assert seal(tk, "n", None, (1 << 64) - 1, (1 << 64) - 1, None, b"\x01")
 
     class Long:  # a 64 KB key, without the 64 KB (a board's heap has not got them)
         def __len__(self):

@@ -110,6 +110,16 @@ def test_host_refuses_what_the_core_refuses():
             assert "bad tag" in str(e)
 
 
+def test_host_refuses_headers_out_of_range():
+    dk = e2ecrypto.DerivedKeys("t", 1, bytes(32))
+    for bad in ((-1, 0), (1, 1 << 64), (1 << 64, 1)):
+        try:
+            e2ecrypto.seal(dk, "n", None, bad[0], bad[1], None, b"\x01")
+            raise AssertionError(bad)
+        except E2EError as e:
+            assert "uint below 2**64" in str(e)
+
+
 def test_rotation_and_unknown_key_id_on_the_host():
     v, keys, hdr, env, prefix = _table()
     rotated = e2ecrypto.TopicKeys(v["topic"], {1: _h(v["topic_key"]), 2: bytes(range(100, 132))})
