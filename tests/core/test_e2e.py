@@ -7,7 +7,8 @@ them here is the two implementations agreeing byte for byte."""
 import json
 
 from edgeline import e2e
-from edgeline.e2e import E2EError, SoftAES, TopicKey, associated_data, hkdf_sha256, key_id_of, seal, unseal
+from edgeline.e2e import E2EError, TopicKey, associated_data, hkdf_sha256, key_id_of, seal, unseal
+from edgeline.softaes import SoftAES
 from support import raises
 
 
