@@ -160,5 +160,6 @@ def test_the_core_module_is_not_loaded_at_rest():
             "import edgeline.log, edgeline.outbox, edgeline.sync, edgeline.sender, edgeline.store, "
             "edgeline.inbox, edgeline.table, edgeline.auth\n"
             "import edgeline_app, uplink\n"
-            "assert 'edgeline.e2e' not in sys.modules, sorted(sys.modules)\n")
+            "assert 'edgeline.e2e' not in sys.modules, sorted(sys.modules)\n"
+            "assert 'edgeline.softaes' not in sys.modules, sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
