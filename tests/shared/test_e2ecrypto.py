@@ -163,3 +163,15 @@ def test_the_core_module_is_not_loaded_at_rest():
             "assert 'edgeline.e2e' not in sys.modules, sorted(sys.modules)\n"
             "assert 'edgeline.softaes' not in sys.modules, sorted(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60), st.sampled_from([b"", b"\x84", b"\x84\x01\x00\x80", b"\x83\x01", b"\x84\x01\x01\x80"]))
+def test_random_table_writes_raise_only_e2e_error(junk, head):
+    tk = e2e.TopicKey("inventory", 1, bytes(32))
+    data = head + junk
+    for fn in (e2e.seal_table_write, e2e.unseal_table_write):
+        try:
+            fn(tk, "store-1", None, 1, 1, b"k", data)
+        except E2EError:
+            pass
