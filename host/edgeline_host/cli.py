@@ -354,6 +354,79 @@ def keygen(path, force):
     click.echo(key)
 
 
+@cli.group()
+def key():
+    """Keys the operator holds (not the gateway): end-to-end topic keys (docs/spec/e2e.md)."""
+
+
+@key.group("topic")
+def key_topic():
+    """A topic's end-to-end keys, one file per topic in --dir (mode 0600). Handing them to
+    the nodes that may read the topic is not built yet (docs/spec/e2e.md, "Key management")."""
+
+
+_KEY_DIR = click.option("--dir", "key_dir", default="edgeline-keys", show_default=True, envvar="EDGELINE_KEY_DIR",
+                        show_envvar=True, help="The operator's directory of topic key files.")
+
+
+def _topic_keys_call(fn, *args):
+    from edgeline.errors import ConfigError
+
+    try:
+        return fn(*args)
+    except (ConfigError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@key_topic.command("create")
+@click.argument("topic")
+@_KEY_DIR
+def key_topic_create(topic, key_dir):
+    """Make TOPIC's first key (id 1, active)."""
+    from . import topickeys
+
+    path = _topic_keys_call(topickeys.create, key_dir, topic)
+    click.echo("topic %s: key id 1 active (%s)" % (topic, path))
+
+
+@key_topic.command("rotate")
+@click.argument("topic")
+@_KEY_DIR
+def key_topic_rotate(topic, key_dir):
+    """Make a new active key for TOPIC (the next id); the one before is kept, retired, to
+    read what was sealed under it."""
+    from . import topickeys
+
+    new_id = _topic_keys_call(topickeys.rotate, key_dir, topic)
+    click.echo("topic %s: key id %d active" % (topic, new_id))
+
+
+@key_topic.command("revoke")
+@click.argument("topic")
+@click.option("--id", "key_id", required=True, type=click.IntRange(1), help="The key id to revoke.")
+@click.option("--purge", is_flag=True, help="Also forget the key's bytes: what was sealed under it can no longer be read.")
+@_KEY_DIR
+def key_topic_revoke(topic, key_id, purge, key_dir):
+    """Revoke a key id of TOPIC: nothing is sealed under it again."""
+    from . import topickeys
+
+    left = _topic_keys_call(topickeys.revoke, key_dir, topic, key_id, purge)
+    click.echo("topic %s: key id %d revoked%s; %s" % (topic, key_id, " and purged" if purge else "",
+                                                    "key id %d active" % left if left else
+                                                    "no active key: rotate before anything is sealed"))
+
+
+@key_topic.command("list")
+@click.argument("topic")
+@_KEY_DIR
+def key_topic_list(topic, key_dir):
+    """TOPIC's key ids and their states (never the keys)."""
+    from . import topickeys
+
+    for key_id, state in _topic_keys_call(topickeys.describe, key_dir, topic):
+        click.echo("%d %s" % (key_id, state))
+
+
 # ---------------------------------------------------------------- edge: a running agent
 
 DEFAULT_AGENT = "http://127.0.0.1:8080"
