@@ -31,7 +31,10 @@ HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
 # The tests on the in-memory fault-injecting file system keep the "disk" itself in the
 # heap, which a board keeps in flash (test_crash also its crash snapshots: it needs about
 # 72 KB; test_inbox its crash copies). They get 64 KB plus room for that disk.
-HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k", "test_inbox.py": "96k"}
+# test_columnar.py: its ~75 edge-case values and golden records are the test's data, not a
+# board's (it passes at 72 KB); the board's own claim -- 100 records encoded and decoded
+# at 64 KB -- is test_columnar_board.py, which runs at the floor.
+HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k", "test_inbox.py": "96k", "test_columnar.py": "80k"}
 
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))
