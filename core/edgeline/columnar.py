@@ -11,8 +11,9 @@
 # * seqs: the first, then only the places where the step is not 1;
 # * ts (hybrid clock, ms << 16 | logical): the ms part as delta-of-delta, the logical
 #   counter as it is; both through the run-length int stream ("ints");
-# * every byte string (keys, text, bytes, map keys) goes into one per-batch dictionary
-#   and is referred to by its index;
+# * every byte string (keys, text, bytes, map keys) goes into one per-batch dictionary,
+#   in the order of first use, each entry perhaps sharing a prefix with a recent one; a
+#   column refers to a string by a code: 0 for its first use, else 1 + its index;
 # * each value is read as CBOR *without* decoding strings: an item whose bytes the
 #   decoder can rebuild exactly (shortest heads, definite lengths, float64) goes into a
 #   typed column -- ints as zigzag deltas, float64 as scaled decimals when every value
@@ -43,6 +44,7 @@ POSITIONS = const(8)  # array positions with a column of their own; the rest sha
 _MAX_VARINT = const(10)
 _CBOR_DEPTH = const(32)
 _CHUNK = const(128)  # floats are kept in pieces: no large block of a board's heap
+_WINDOW = const(32)  # dictionary entries a new one may share a prefix with
 
 # type codes of a column (spec: "Columns")
 _T_NULL = const(0)
@@ -162,12 +164,19 @@ class _Encoder:
         self.order = []
 
     def ref(self, raw):
+        # the dictionary index of raw; self.fresh: raw was not in it (its first use)
         i = self.words.get(raw)
+        self.fresh = i is None
         if i is None:
             i = len(self.order)
             self.words[raw] = i
             self.order.append(raw)
         return i
+
+    def code(self, raw):
+        # how a string column refers to raw: 0 its first use, else 1 + its index
+        i = self.ref(raw)
+        return 0 if self.fresh else i + 1
 
     # -- reading CBOR without decoding it
 
@@ -229,7 +238,7 @@ class _Encoder:
         elif major < 4:
             if n > end - after:
                 raise _Bad()
-            r = self.ref(bytes(mv[after:after + n]))
+            r = self.code(bytes(mv[after:after + n]))
             if major == 3:
                 t = _T_TEXT
                 if col.texts is None:
@@ -481,7 +490,7 @@ def encode(records) -> bytes:
         if key is None:
             k = 0
         elif isinstance(key, (bytes, bytearray, memoryview)):
-            k = enc.ref(bytes(key)) + 1
+            k = enc.code(bytes(key)) + 1
         else:
             raise ColumnarError("a key is bytes or None, not %s" % type(key).__name__)
         if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -508,9 +517,30 @@ def encode(records) -> bytes:
     out.extend(gaps)
     _uvarint(out, ms0)
     _uvarint(out, len(enc.order))
-    for raw in enc.order:
-        _uvarint(out, len(raw))
-        out.extend(raw)
+    order = enc.order
+    for i in range(len(order)):
+        raw = order[i]
+        # the longest prefix shared with one of the _WINDOW entries before it
+        shared = back = 0
+        if raw:
+            for j in range(i - 1, i - 1 - _WINDOW if i > _WINDOW else -1, -1):
+                prev = order[j]
+                if not prev or prev[0] != raw[0]:
+                    continue
+                top = min(len(prev), len(raw))
+                k = 0
+                while k < top and prev[k] == raw[k]:
+                    k += 1
+                if k > shared:
+                    shared, back = k, i - j
+        if shared >= 3:  # worth its two bytes: how far back, and how much
+            _uvarint(out, ((len(raw) - shared) << 1) | 1)
+            _uvarint(out, back)
+            _uvarint(out, shared)
+            out.extend(raw[shared:])
+        else:
+            _uvarint(out, len(raw) << 1)
+            out.extend(raw)
     dod.finish(out)
     logical.finish(out)
     keys.finish(out)
@@ -576,6 +606,7 @@ class _Decoder:
         self.items = max_items
         self.out_bytes = max_bytes
         self.words = []
+        self.fresh = 0  # the lowest dictionary entry no string has used yet
 
     def fail(self, what):
         raise ColumnarError("malformed columnar batch: %s at byte %d" % (what, self.pos))
@@ -696,10 +727,10 @@ class _Decoder:
             parts[_T_FLOAT] = self.floats(col, c)
         c = present[_T_TEXT]
         if c:
-            parts[_T_TEXT] = self.scan(c, 0, nw)
+            parts[_T_TEXT] = self.scan(c, 0, nw + 1)
         c = present[_T_BYTES]
         if c:
-            parts[_T_BYTES] = self.scan(c, 0, nw)
+            parts[_T_BYTES] = self.scan(c, 0, nw + 1)
         c = present[_T_ARRAY]
         if c:
             parts[_T_ARRAY] = self.arrays(c, depth)
@@ -847,7 +878,7 @@ class _Decoder:
             else:
                 buf.extend(self.gorilla(part).to_bytes(8, "big"))
         elif t == _T_TEXT or t == _T_BYTES:
-            w = self.words[self.next(part)]
+            w = self.words[self.word(self.next(part))]
             _put_head(buf, 0x60 if t == _T_TEXT else 0x40, len(w))
             self.copy(buf, w)
         elif t == _T_ARRAY:
@@ -860,6 +891,7 @@ class _Decoder:
             cols = part[2]
             _put_head(buf, 0xA0, len(s))
             for r in s:
+                self.used(r)
                 self.copy(buf, self.words[r])
                 self.put(buf, cols[r])
         else:
@@ -897,13 +929,26 @@ class _Decoder:
         nw = self.uvarint()
         if nw > self.end - self.pos:
             self.fail("%d dictionary entries past the end" % nw)
-        for _ in range(nw):
-            k = self.uvarint()
-            start = self.skip(k)
-            self.words.append(bytes(self.mv[start:start + k]))
+        words = self.words
+        for i in range(nw):
+            h = self.uvarint()
+            if h & 1:
+                back = self.uvarint()
+                shared = self.uvarint()
+                if back < 1 or back > i or back > _WINDOW or shared < 3 or shared > len(words[i - back]):
+                    self.fail("dictionary entry sharing %d bytes with entry -%d" % (shared, back))
+                start = self.skip(h >> 1)
+                w = words[i - back][:shared] + bytes(self.mv[start:start + (h >> 1)])
+            else:
+                start = self.skip(h >> 1)
+                w = bytes(self.mv[start:start + (h >> 1)])
+            self.out_bytes -= len(w)  # shared prefixes: a few input bytes, a long entry
+            if self.out_bytes < 0:
+                raise ColumnarError("columnar batch decodes to more bytes than the limit")
+            words.append(w)
         dod = self.scan(n - 1, None, None)
         logical = self.scan(n, 0, 0x10000)
-        keys = self.scan(n, 0, nw + 1)
+        keys = self.scan(n, 0, nw + 2)
         values = self.column(n, 0)
         self.done()
         out = [None] * n  # one allocation, not a list grown by steps
@@ -920,11 +965,29 @@ class _Decoder:
                 ms += d
             if seq >= _LIMIT64 or ms < 0 or ms >= 1 << 48:
                 self.fail("seq or ts of record %d out of range" % i)
+            k = self.next(keys)  # before the value: the order the writer first used strings in
+            key = None if k == 0 else self.words[self.word(k - 1)]
             buf = bytearray()
             self.put(buf, values)
-            k = self.next(keys)
-            out[i] = (seq, (ms << 16) | self.next(logical), None if k == 0 else self.words[k - 1], bytes(buf))
+            out[i] = (seq, (ms << 16) | self.next(logical), key, bytes(buf))
         return out
+
+    def word(self, code):
+        # a string reference as a column holds it -> the dictionary index. The dictionary
+        # is in the order of first use and records are rebuilt in the order they were
+        # written, so "first use" (code 0) is the lowest entry not used yet.
+        if code == 0:
+            i = self.fresh
+            if i >= len(self.words):
+                self.fail("a new string past the dictionary's %d entries" % len(self.words))
+        else:
+            i = code - 1
+        self.used(i)
+        return i
+
+    def used(self, i):
+        if i == self.fresh:
+            self.fresh += 1
 
     def done(self):
         if self.pos != self.end:

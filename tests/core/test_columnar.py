@@ -216,16 +216,29 @@ def test_hostile_counts_are_bounded():
     assert decode(small, MAX_RECORDS, 101)[0][3] == b"\x98\x64" + b"\xf6" * 100
     raises(ColumnarError, decode, one + uv(1) + uv(10 ** 6) + b"x" * 10)  # an entry past the end
     raises(ColumnarError, decode, one + b"\x00" + tail + uv(2 * 5) + b"\x00")  # type 5 with no floats
+    # a string's first use when every dictionary entry is used already: as the value, as the key
+    raises(ColumnarError, decode, one + b"\x00" + tail + b"\x00\x0c" + b"\x00\x00")
+    raises(ColumnarError, decode, one + b"\x00" + b"\x00\x00" + b"\x00\x02" + b"\x00\x00")
+    assert decode(one + b"\x01\x02k" + b"\x00\x00" + b"\x00\x02" + b"\x00\x00") == [(1, 0, b"k", b"\xf6")]
 
 
 def test_limits():
-    # 10 records of 4 items (an array and what it holds), 8 string bytes each
+    # 10 records of 4 items (an array and what it holds), 8 string bytes each, and the
+    # dictionary's 8 bytes
     recs = records([codec.dumps([i, "abcdef", b"xy"]) for i in range(10)])
     data = encode(recs)
-    assert decode(data, 10, 40, 80) == recs
+    assert decode(data, 10, 40, 88) == recs
     raises(ColumnarError, decode, data, 9)
     raises(ColumnarError, decode, data, 10, 39)
-    raises(ColumnarError, decode, data, 10, 40, 79)
+    raises(ColumnarError, decode, data, 10, 40, 87)
+    # a dictionary entry may share a prefix with an earlier one: a long entry from a few
+    # bytes, charged to the same budget
+    head = b"\x01\x01\x01\x00\x00"
+    body = b"\x00\x00" + b"\x00\x00" + b"\x00\x00"  # logical 0, key null, a null value
+    long_entry = uv(200 << 1) + b"a" * 200 + (uv(1) + uv(1) + uv(200)) * 3
+    assert decode(head + uv(4) + long_entry + body, 1, 10, 800)[0][3] == b"\xf6"
+    raises(ColumnarError, decode, head + uv(4) + long_entry + body, 1, 10, 799)
+    raises(ColumnarError, decode, head + uv(1) + uv(1) + uv(1) + uv(3) + body)  # shares with nothing
     raises(ColumnarError, encode, TooMany())
 
 

@@ -33,6 +33,7 @@ BENCHES = [
     ("bench_idempotency", [], ["--requests", "640", "--every-requests", "100", "--reps", "1"]),
     ("bench_producers", ["--seconds", "2", "--reps", "2"], ["--seconds", "0.5", "--reps", "1"]),
     ("bench_mqtt_endpoint", ["--reps", "1"], ["--records", "1000", "--reps", "1", "--inflight", "20", "--backlog", "0"]),
+    ("bench_columnar", [], ["--records", "200", "--reps", "1"]),
 ]
 
 
