@@ -37,8 +37,11 @@ HEAP = os.environ.get("EDGELINE_MP_HEAP", "64k")
 # keys); the 64 KB heap around it also held the harness and the ROMFS image's
 # fragmentation, which moved with core changes the table does not even import (it
 # passed at 63k, failed at 64k, passed at 65k), so it gets 8 KB of room for that.
+# test_columnar.py: its ~75 edge-case values and golden records are the test's data, not a
+# board's (it passes at 72 KB); the board's own claim -- 100 records encoded and decoded
+# at 64 KB -- is test_columnar_board.py, which runs at the floor.
 HEAP_FOR = {"test_crash.py": "96k", "test_full_disk.py": "96k", "test_inbox.py": "96k", "test_sync_bytes.py": "96k",
-            "test_table_heap.py": "72k"}
+            "test_table_heap.py": "72k", "test_columnar.py": "80k"}
 
 CORE_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "core", "test_*.py")))
 MP_FILES = sorted(glob.glob(os.path.join(ROOT, "tests", "mp", "test_*.py")))

@@ -34,6 +34,7 @@ BENCHES = [
     ("bench_producers", ["--seconds", "2", "--reps", "2"], ["--seconds", "0.5", "--reps", "1"]),
     ("bench_tables", [], ["--writes", "1000", "--updates", "4000", "--reps", "1"]),
     ("bench_mqtt_endpoint", ["--reps", "1"], ["--records", "1000", "--reps", "1", "--inflight", "20", "--backlog", "0"]),
+    ("bench_columnar", [], ["--records", "200", "--reps", "1"]),
 ]
 
 
