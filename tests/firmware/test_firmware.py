@@ -213,9 +213,9 @@ def test_build_for_a_micropython_board(tmp_path):
     cfg = profiles.board_config(p, "n1", KEY_HEX, ("h", 1), {"ssid": "s", "password": "p"})
     rep = build.build(p, str(tmp_path), cfg)
     files = sorted(rep["files"])
-    assert files == sorted(["edgeline/%s.mpy" % m for m in ("__init__", "auth", "clock", "codec", "crc", "crcnative", "e2e", "errors",
-                                                            "inbox", "log", "logformat", "outbox", "sender", "softaes", "storage",
-                                                            "store", "sync", "table")]
+    assert files == sorted(["edgeline/%s.mpy" % m for m in ("__init__", "auth", "clock", "codec", "columnar", "crc", "crcnative",
+                                                            "e2e", "errors", "inbox", "log", "logformat", "outbox", "sender",
+                                                            "softaes", "storage", "store", "sync", "table")]
                            + ["edgeline_app.mpy", "uplink.mpy", "wlan.mpy"])  # no CPython fast path
     for rel in files:
         with open(tmp_path / "lib" / rel, "rb") as f:
