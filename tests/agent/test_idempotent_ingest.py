@@ -516,8 +516,11 @@ def test_the_dedupe_windows_count_in_max_storage_and_the_logs_give_way(tmp_path)
     d = copy.deepcopy(EDGE)
     d.update(data_dir=str(tmp_path / "data"), resources={"max_storage": "64KiB"},
              local_topics=[{"topic": "t", "sync": "every", "segment_size": "1KiB"}])
-    agent = Agent(parse_config({"edge": d}, str(tmp_path / "edge.yaml")), print_fn=lambda *_: None)
+    printed = []
+    agent = Agent(parse_config({"edge": d}, str(tmp_path / "edge.yaml")), print_fn=printed.append)
     path = service.window_path(str(tmp_path / "data"), "t")
+    # 10,000 entries a window is more than this max_storage can spare: said at start
+    assert printed == [agent.dedupe_warning] and "ingest.dedupe.max_entries 10000" in printed[0]
 
     async def main():
         client = TestClient(TestServer(agent.app()))
@@ -546,3 +549,20 @@ def test_the_dedupe_windows_count_in_max_storage_and_the_logs_give_way(tmp_path)
     finally:
         agent.store.close()
         agent._close_windows()
+
+
+def test_dedupe_windows_that_fit_max_storage_are_not_warned_about(tmp_path):
+    for storage, entries, warned in (("64KiB", 20, False), ("64KiB", 50, True), (None, 10000, False)):
+        d = copy.deepcopy(EDGE)
+        d.update(data_dir=str(tmp_path / ("data-%d" % entries)), local_topics=[{"topic": "t", "segment_size": "1KiB"}])
+        d["ingest"]["dedupe"] = {"max_entries": entries}
+        if storage:
+            d["resources"] = {"max_storage": storage}
+        printed = []
+        agent = Agent(parse_config({"edge": d}, str(tmp_path / "edge.yaml")), print_fn=printed.append)
+        try:
+            assert bool(agent.dedupe_warning) == warned and printed == ([agent.dedupe_warning] if warned else [])
+        finally:
+            agent.store.close()
+            agent._close_windows()
+            agent.dirlock.release()

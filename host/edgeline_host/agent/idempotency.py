@@ -59,6 +59,13 @@ DEFAULT_MAX_AGE_S = 86400
 log = logging.getLogger("edgeline.agent")
 
 
+def window_max_bytes(max_entries, digest_bytes=16):
+    """About the most a window's file holds: ``2 * max_entries + COMPACT_SLACK`` entries
+    (and the one add that passes it) of the longest key, before compaction (a compaction
+    that fails on a full disk lets it grow on)."""
+    return HEADER_BYTES + (2 * max_entries + COMPACT_SLACK + 1) * (ENTRY_BYTES + MAX_KEY_BYTES + digest_bytes)
+
+
 class DedupeWindowError(EdgelineError):
     """The window file cannot be read (another version, a bad header)."""
 

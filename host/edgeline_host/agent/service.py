@@ -97,7 +97,8 @@ from .. import tables
 from ..dirlock import DirInUse, DirLock
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
-from .idempotency import DedupeWindow, StoreBesideWindows, SyncFirstStorage, producer_key, window_path
+from .idempotency import (DedupeWindow, StoreBesideWindows, SyncFirstStorage, producer_key, window_max_bytes,
+                          window_path)
 
 log = logging.getLogger("edgeline.agent")
 
@@ -218,6 +219,7 @@ class Agent:
             if st.cfg.table is not None:
                 self.tables[name] = self._rebuild_table(st)
         self.disk_warning = self._check_disk()  # None, or the line printed (for health)
+        self.dedupe_warning = self._check_dedupe_room()  # None, or the line printed
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
         self.uplink = None
@@ -327,6 +329,25 @@ class Agent:
                 "topics' full_policy acting; lower max_storage%s" % (
                     _size_text(budget), cfg.data_dir, _size_text(free), _size_text(held),
                     " and the budgets of %s" % ", ".join(over) if over else ""))
+        self.print(line)
+        log.warning("%s", line)
+        return line
+
+    def _check_dedupe_room(self):
+        """Warn (once, at start) when the dedupe windows may take more than half of
+        max_storage: they count in it, and the logs give way to them (docs/agent.md)."""
+        if not self.windows:
+            return None
+        cfg = self.cfg
+        n = len(self.windows)
+        bound = n * window_max_bytes(cfg.ingest.dedupe.max_entries)
+        budget = cfg.resources.max_storage_bytes
+        if 2 * bound <= budget:
+            return None
+        line = ("edgeline agent: warning: the ingest dedupe windows of %d topic(s) may take up to %s "
+                "(ingest.dedupe.max_entries %d each), more than half of resources.max_storage (%s): they count "
+                "in it, and the logs give way to them; lower ingest.dedupe.max_entries or raise max_storage" % (
+                    n, _size_text(bound), cfg.ingest.dedupe.max_entries, _size_text(budget)))
         self.print(line)
         log.warning("%s", line)
         return line
