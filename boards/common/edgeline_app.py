@@ -27,6 +27,9 @@ Failure modes first, then what is guaranteed:
   remembers the old one): nothing of that topic is sent, since the gateway would drop
   it as duplicates; each attempt says so in one line and backs off as above, and the
   other topics sync (edgeline.sender, docs/spec/wire.md "Sender rules");
+* a gateway from before log incarnations (wire version 1): the uplink speaks version 1
+  to it, and one line says so (``the gateway speaks wire version 1 only``); the summary's
+  ``wire_version`` is the version last spoken;
 * the log full: the topic's ``full_policy`` decides (``drop_oldest`` by default) and the
   loss is reported to the gateway as a gap; ``reject`` makes ``append`` refuse, and the
   reading is counted as rejected;
@@ -214,6 +217,7 @@ def run(cfg, sample, wall_ms, network_up=None, set_clock=None, watchdog=None, so
     limit = cfg.get("samples", 0)
     sample_ms = cfg["sample_ms"]
     backoff = s["backoff_min_ms"]
+    wire_version = up.wire_version if up is not None else None
     say("edgeline: node %s, topic %s from seq %d, %d owed; uplink %s"
         % (cfg["node_id"], first, lg.next_seq, ob.depth,
            "%s:%d" % (cfg["gateway"]["host"], cfg["gateway"]["port"]) if up else "none (log only)"))
@@ -275,6 +279,13 @@ def run(cfg, sample, wall_ms, network_up=None, set_clock=None, watchdog=None, so
                     say("edgeline: sync failed: %s; retry in %d ms" % (e, backoff))
                     next_sync = uptime + _jitter(backoff)
                     backoff = min(backoff * 2, s["backoff_max_ms"])
+                if up.wire_version != wire_version:  # said once per change, not per connect
+                    wire_version = up.wire_version
+                    if wire_version == 1:
+                        say("edgeline: the gateway speaks wire version 1 only: syncing without log "
+                            "incarnations; upgrade the gateway")
+                    else:
+                        say("edgeline: the gateway speaks wire version %d again" % wire_version)
             else:
                 next_sync = uptime + _jitter(backoff)
                 backoff = min(backoff * 2, s["backoff_max_ms"])
@@ -292,7 +303,8 @@ def run(cfg, sample, wall_ms, network_up=None, set_clock=None, watchdog=None, so
     if up is not None:
         up.close()
     result = {"taken": taken, "last_seq": lg.last_seq, "acked": ob.acked, "synced": synced,
-              "rejected": rejected, "errors": errors, "peak_alloc_bytes": peak}
+              "rejected": rejected, "errors": errors, "peak_alloc_bytes": peak,
+              "wire_version": wire_version}
     store.close()
     return result
 

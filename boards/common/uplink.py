@@ -28,6 +28,12 @@ Failure modes first, then what is guaranteed:
   wiped log has a new incarnation, which the HELLO names, and starts at mark 0):
   nothing of that topic is sent (the gateway would take its records for duplicates);
   the other topics sync, then ``sync_once`` raises ``UplinkError`` naming it;
+* the gateway is from before log incarnations (wire version 1) and answers the HELLO
+  with ERROR ``unsupported_version``: the board connects again speaking version 1
+  (``wire_version`` says 1; edgeline_app prints it once). Every topic is then the
+  gateway's legacy stream: a wiped log meets the mark-past-the-end rule above instead of
+  being told apart. Version 2 is tried first at every connect, so an upgraded gateway
+  gets it back by itself, at the cost of one extra connection per connect until then;
 * a local storage failure (``StorageError`` from the log or the outbox) is not a
   network error: the socket is closed and the error itself propagates.
 
@@ -101,6 +107,10 @@ class BoardUplink:
     acknowledged (records and reported gaps). ``pending`` is what the outboxes still owe.
     """
 
+    # The wire version the last connection spoke: 1 with a gateway from before
+    # incarnations (docs/boards.md). A class attribute: no RAM per board until it changes.
+    wire_version = sync.VERSION
+
     def __init__(self, node_id, key, host, port, topics, batch_records=8, batch_bytes=1024,
                  max_message_bytes=1024, timeout_s=10, nonce_source=None, socket_module=None):
         self.node_id = node_id
@@ -141,17 +151,37 @@ class BoardUplink:
         """Open the socket, authenticate, reconcile the outboxes with the marks."""
         self.close()
         try:
-            sm = self._socket_module
-            addr = sm.getaddrinfo(self.host, self.port, 0, sm.SOCK_STREAM)[0][-1]
-            s = sm.socket()
-            self._sock = s
-            s.settimeout(self.timeout_s)
-            s.connect(addr)
-            self._conn = sync.EdgeConnection(self.node_id, self.key, self._nonce_source, self.max_message_bytes)
-            # each topic's log incarnation: the gateway dedupes per (node, topic, incarnation)
-            topics = self.topics
-            self._send(sync.Hello(incarnations={name: topics[name][0].incarnation for name in topics}))
-            self._expect(sync.Challenge)
+            version = None  # this side's own (2) first; 1 if the gateway refuses it
+            while True:
+                sm = self._socket_module
+                addr = sm.getaddrinfo(self.host, self.port, 0, sm.SOCK_STREAM)[0][-1]
+                s = sm.socket()
+                self._sock = s
+                s.settimeout(self.timeout_s)
+                s.connect(addr)
+                self._conn = sync.EdgeConnection(self.node_id, self.key, self._nonce_source, self.max_message_bytes)
+                topics = self.topics
+                if version is None:
+                    # each topic's log incarnation: the gateway dedupes per (node, topic, incarnation)
+                    hello = sync.Hello(incarnations={name: topics[name][0].incarnation for name in topics})
+                else:
+                    hello = sync.Hello(version=1)  # no incarnations: every topic is its legacy stream
+                self._send(hello)
+                hello = None
+                ev = self._next()
+                if type(ev) is sync.Challenge:
+                    break
+                if version is not None or type(ev) is not sync.Error or ev.code != sync.ERR_UNSUPPORTED_VERSION:
+                    raise self._unexpected(ev, "CHALLENGE")
+                # A gateway from before incarnations (wire version 1), which has closed
+                # this connection: a new one speaking its version. Asked again at every
+                # connect, so an upgraded gateway gets version 2 back by itself.
+                ev = None
+                self.close()
+                version = 1
+            if version is not None or self.wire_version != sync.VERSION:
+                # an instance attribute only once a gateway has refused version 2
+                self.wire_version = sync.VERSION if version is None else version
             self._send(sync.Auth())
             self._expect(sync.Welcome)
             self._reconcile(self._conn.marks)

@@ -68,9 +68,11 @@ def test_bounds_and_compaction():
     fs = FaultStorage()
     clock = Clock()
     w = DedupeWindow(WIN, max_entries=5, max_age_s=10, storage=fs, clock=clock)
+    assert w.size_bytes == 0  # no file yet
     for i in range(1, 201):
         w.add(producer_key("p1", i), i, i, b"x")
         assert len(w) <= 5
+        assert w.size_bytes == len(fs.contents(WIN))  # what it takes of max_storage, through compactions
     assert w.floor("p1") == 195 and w.floor("p2") is None
     assert w.lookup(producer_key("p1", 196)) == (196, 196, b"x")
     assert w.lookup(producer_key("p1", 195)) is None
@@ -82,7 +84,9 @@ def test_bounds_and_compaction():
     assert len(w) == 1 and w.floor("p1") == 200
     w.close()
     w2 = DedupeWindow(WIN, max_entries=5, max_age_s=10, storage=fs, clock=clock)
+    assert w2.size_bytes == len(fs.contents(WIN))
     w2.recover(201)
+    assert w2.size_bytes == len(fs.contents(WIN))
     assert w2.floor("p1") == 200 and w2.lookup("k:new") == (201, 201, b"")
     assert not fs.exists(WIN + ".tmp")
 
@@ -156,8 +160,9 @@ def test_torn_tail_is_cut_at_every_byte():
         whole = sum(1 for e in ends[1:] if e <= cut)
         assert len(w) == whole, cut
         w.recover(10)
-        assert len(fs.contents(WIN)) == ends[whole]
+        assert len(fs.contents(WIN)) == ends[whole] == w.size_bytes
         w.add("k:9", 9, 9)  # appends after the cut, and reads back
+        assert w.size_bytes == len(fs.contents(WIN))
         w.close()
         assert len(DedupeWindow(WIN, storage=fs, clock=Clock(5.0))) == whole + 1
 

@@ -508,3 +508,61 @@ def test_a_request_cut_by_a_crash_and_overtaken_is_409_with_what_was_stored(tmp_
         assert s == 200 and (a["first_seq"], a["last_seq"]) == (3, 4)
 
     run(tmp_path, body)
+
+
+def test_the_dedupe_windows_count_in_max_storage_and_the_logs_give_way(tmp_path):
+    # Issue 9: the windows' files were outside resources.max_storage. Now the logs share
+    # max_storage less what the windows hold, and storage used counts both.
+    d = copy.deepcopy(EDGE)
+    d.update(data_dir=str(tmp_path / "data"), resources={"max_storage": "64KiB"},
+             local_topics=[{"topic": "t", "sync": "every", "segment_size": "1KiB"}])
+    printed = []
+    agent = Agent(parse_config({"edge": d}, str(tmp_path / "edge.yaml")), print_fn=printed.append)
+    path = service.window_path(str(tmp_path / "data"), "t")
+    # 10,000 entries a window is more than this max_storage can spare: said at start
+    assert printed == [agent.dedupe_warning] and "ingest.dedupe.max_entries 10000" in printed[0]
+
+    async def main():
+        client = TestClient(TestServer(agent.app()))
+        await client.start_server()
+        try:
+            for i in range(200):  # ~36 KB of window entries (128-character keys), ~66 KB of records
+                s, a = await post(client, "t", ["x" * 100] * 3, Idempotency_Key="%0128d" % i)
+                assert s == 200, a
+            h = await (await client.get("/v1/health")).json()
+            q = await (await client.get("/v1/queue")).json()
+            return h, q
+        finally:
+            await client.close()
+
+    try:
+        h, q = asyncio.run(main())
+        window_bytes = os.path.getsize(path)
+        logs_bytes = agent.store.size_bytes
+        assert window_bytes > 30000  # the window holds about half of max_storage here
+        assert h["storage"] == q["storage"] == {"used_bytes": logs_bytes + window_bytes, "budget_bytes": 64 * 1024,
+                                                "logs_bytes": logs_bytes, "dedupe_bytes": window_bytes}
+        # logs and window within max_storage, but for the room granted before the window grew
+        assert logs_bytes + window_bytes <= 64 * 1024 + 1024
+        assert agent.topics["t"].log.stats()["evicted"] > 0  # the log gave way, as full_policy says
+        assert "storage_full" in [r["code"] for r in h["reasons"]]  # over 90 % of max_storage, counting both
+    finally:
+        agent.store.close()
+        agent._close_windows()
+
+
+def test_dedupe_windows_that_fit_max_storage_are_not_warned_about(tmp_path):
+    for storage, entries, warned in (("64KiB", 20, False), ("64KiB", 50, True), (None, 10000, False)):
+        d = copy.deepcopy(EDGE)
+        d.update(data_dir=str(tmp_path / ("data-%d" % entries)), local_topics=[{"topic": "t", "segment_size": "1KiB"}])
+        d["ingest"]["dedupe"] = {"max_entries": entries}
+        if storage:
+            d["resources"] = {"max_storage": storage}
+        printed = []
+        agent = Agent(parse_config({"edge": d}, str(tmp_path / "edge.yaml")), print_fn=printed.append)
+        try:
+            assert bool(agent.dedupe_warning) == warned and printed == ([agent.dedupe_warning] if warned else [])
+        finally:
+            agent.store.close()
+            agent._close_windows()
+            agent.dirlock.release()

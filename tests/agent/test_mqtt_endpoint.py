@@ -346,6 +346,65 @@ def test_persistent_sessions_are_remembered_across_a_restart(tmp_path):
     asyncio.run(with_agent(cfg, second))
 
 
+def test_an_mqtt5_session_expires_its_interval_after_its_client_went(tmp_path):
+    """MQTT 5 Session Expiry Interval, timed by the endpoint's sweep: a session is kept
+    while its client is connected and for the interval after it went, then forgotten
+    (session present 0, gone from data_dir); 3.1.1's and longer intervals stay."""
+    port = free_port()
+    cfg = config(tmp_path, port=port)
+
+    def connect(version, cid, props=None):
+        s = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+        s.sendall(mp.encode_connect(version, cid, False, 60, properties=props))
+        return s, read_packet(s)[2]
+
+    def bye(s):
+        s.sendall(mp.encode_simple(mp.DISCONNECT))
+        s.close()
+
+    async def fn(agent):
+        ep = agent.mqtt_endpoint
+        one = {"session_expiry_interval": 1}
+        s, present = await asyncio.to_thread(connect, 5, "short", one)
+        assert present == 0
+        for cid, version, props in (("long", 5, {"session_expiry_interval": 600}), ("v311", 4, None)):
+            c, _ = await asyncio.to_thread(connect, version, cid, props)
+            bye(c)
+        await asyncio.sleep(1.5)  # connected all along: not expired
+        assert "short" in ep.sessions and ep.stats()["sessions_expired"] == 0
+        bye(s)
+        s, present = await asyncio.to_thread(connect, 5, "short", one)  # back within the interval
+        assert present == 1
+        bye(s)
+        await until(lambda: ep.stats()["sessions_expired"] == 1, what="the session to expire")
+        assert set(json.loads((tmp_path / "data" / STATE_FILE).read_text())["sessions"]) == {"long", "v311"}
+        s, present = await asyncio.to_thread(connect, 5, "short", one)
+        assert present == 0  # forgotten by the expiry, not by a clean start
+        bye(s)
+        for cid, version in (("long", 5), ("v311", 4)):
+            c, present = await asyncio.to_thread(connect, version, cid,
+                                                 {"session_expiry_interval": 600} if version == 5 else None)
+            assert present == 1, cid
+            bye(c)
+
+    agent = Agent(cfg, print_fn=lambda *_: None,
+                  mqtt_endpoint_options={"connect_timeout_s": 2, "session_sweep_s": 0.05})
+
+    async def main():
+        task = asyncio.ensure_future(agent.run(install_signals=False))
+        try:
+            await until(lambda: agent.mqtt_endpoint is not None and agent.mqtt_endpoint.port or task.done(),
+                        what="the endpoint")
+            if task.done():
+                task.result()
+            await fn(agent)
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    asyncio.run(main())
+
+
 def test_keepalive_garbage_and_a_silent_socket_are_closed(tmp_path):
     cfg = config(tmp_path)
 

@@ -30,7 +30,7 @@ import mpbuild  # noqa: E402
 from edgeline_host.firmware import mpy  # noqa: E402
 import uplink  # noqa: E402
 
-from edgeline import codec  # noqa: E402
+from edgeline import codec, sync  # noqa: E402
 from edgeline.log import RingLog  # noqa: E402
 from edgeline.outbox import Outbox  # noqa: E402
 from edgeline_host.gateway.gateway import Gateway  # noqa: E402
@@ -337,6 +337,96 @@ def test_cpython_pull_cut_before_store_resumes_exactly_once(gateway, tmp_path):
     assert held(down) == [(s, {"set": s}) for s in range(1, 41)]
 
 
+class WireV1Connection(sync.GatewayConnection):
+    """A gateway from before incarnations: it speaks wire version 1 only (as the agent's
+    test in tests/agent/test_uplink.py); it notes each HELLO's version in ``hellos``."""
+
+    hellos = None
+
+    def _received(self, event):
+        if type(event) is sync.Hello:
+            self.hellos.append(event.version)
+            if event.version != 1:
+                raise self._fail(sync.ERR_UNSUPPORTED_VERSION,
+                                 "HELLO version %d; this side speaks version 1" % event.version)
+        sync.GatewayConnection._received(self, event)
+
+
+def speak_version_1_only(g):
+    """Make ThreadGateway g a version-1 gateway; the list of HELLO versions it is sent."""
+    hellos = []
+
+    def new_connection():
+        conn = WireV1Connection(g.gw.keys.get, os.urandom)
+        conn.hellos = hellos
+        return conn
+
+    g.gw.new_connection = new_connection
+    return hellos
+
+
+def test_cpython_against_a_wire_version_1_gateway_the_board_speaks_version_1(gateway, tmp_path):
+    # upgrade order gone wrong: the board first. It connects again speaking version 1
+    # (every topic the legacy stream there) and syncs; the next connect tries 2 first.
+    hellos = speak_version_1_only(gateway)
+    lg, ob = open_topic(tmp_path / "temp")
+    append(lg, 1, 30)
+    up = uplink.BoardUplink("board-1", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
+    assert up.wire_version == 2 and "wire_version" not in up.__dict__  # no RAM until a gateway refuses 2
+    assert up.sync_once() == 30 and up.pending == 0
+    assert hellos == [2, 1] and up.wire_version == 1
+    assert [s for s, _ in stored(gateway)] == list(range(1, 31))
+    assert gateway.gw.store.incarnations_of("board-1", "temp") == ["0" * 16]
+    up.close()
+    append(lg, 31, 10)
+    assert up.sync_once() == 10 and hellos == [2, 1, 2, 1]
+    up.close()
+    # the gateway is upgraded: version 2 again, by itself
+    del gateway.gw.new_connection
+    append(lg, 41, 5)
+    assert up.sync_once() == 5 and up.wire_version == 2
+    assert [s for s, _ in stored(gateway)] == list(range(1, 46))
+    up.close()
+
+
+def test_cpython_a_version_1_gateway_refusing_the_key_is_one_error_not_a_loop(gateway, tmp_path):
+    hellos = speak_version_1_only(gateway)
+    lg, ob = open_topic(tmp_path / "temp")
+    append(lg, 1, 3)
+    up = uplink.BoardUplink("board-2", KEY, "127.0.0.1", gateway.port, {"temp": (lg, ob)})
+    with pytest.raises(uplink.UplinkError) as e:
+        up.sync_once()
+    assert "unknown_node" in str(e.value) and hellos == [2, 1] and not up.connected
+
+
+def test_cpython_board_loop_says_once_that_the_gateway_is_version_1(gateway, tmp_path, monkeypatch):
+    import edgeline_app
+
+    monkeypatch.setattr(edgeline_app.gc, "mem_alloc", lambda: 0, raising=False)  # MicroPython's
+
+    hellos = speak_version_1_only(gateway)
+    cfg = edgeline_app.check_settings({
+        "node_id": "board-1", "key": KEY.hex(), "data_dir": str(tmp_path / "data"), "storage_budget_bytes": 65536,
+        "sample_ms": 10, "samples": 20, "gateway": {"host": "127.0.0.1", "port": gateway.port},
+        "topics": {"temp": {"segment_bytes": 4096, "budget_bytes": 32768}},
+        "sync": {"interval_ms": 0, "batch_records": 4, "batch_bytes": 1024, "max_rounds": 2, "timeout_s": 10,
+                 "backoff_min_ms": 10, "backoff_max_ms": 100},
+    })
+    os.makedirs(cfg["data_dir"])
+    said = []
+
+    def say(line):
+        said.append(line)
+        if len(said) > 20:  # without the fallback the loop retries for ever
+            raise AssertionError("the board never synced: %s" % said[-1])
+
+    res = edgeline_app.run(cfg, lambda n: [n], lambda: 1700000000000, say=say)
+    assert res["acked"] == res["last_seq"] == 20 and res["wire_version"] == 1
+    old = [line for line in said if "wire version 1 only" in line]
+    assert len(old) == 1 and hellos.count(1) >= 1, said
+    assert [s for s, _ in stored(gateway)] == list(range(1, 21))
+
+
 # ------------------------------------------------------------ MicroPython, the proof
 
 BOARD_SCRIPT = '''
@@ -387,7 +477,8 @@ def main(log_dir, node, key_hex, host, port, count, stall_at):
         print("ACKED", ob.acked)
     up.close()
     gc.collect()
-    print("RESULT ok acked=%d last=%d peak_live=%d heap=%d" % (ob.acked, lg.last_seq, live, gc.mem_alloc() + gc.mem_free()))
+    print("RESULT ok acked=%d last=%d peak_live=%d heap=%d wire=%d" % (ob.acked, lg.last_seq, live,
+                                                                       gc.mem_alloc() + gc.mem_free(), up.wire_version))
 
 
 def pull(log_dir, node, key_hex, host, port, _count, _stall_at):
@@ -514,6 +605,19 @@ def test_micropython_board_killed_mid_sync_then_rerun(board_image, cli_gateway, 
     res = run_board(board_image, log_dir, cli_gateway.tcp_port, 100)
     assert res["acked"] == res["last"] == "600"
     check_once(cli_gateway, 600)
+
+
+def test_micropython_board_against_a_wire_version_1_gateway(board_image, gateway, tmp_path):
+    # the board's own code under MicroPython: a version-1 gateway refuses its HELLO, it
+    # connects again with version 1 and syncs every record once, twice (two runs)
+    hellos = speak_version_1_only(gateway)
+    log_dir = tmp_path / "board" / "temp"
+    res = run_board(board_image, log_dir, gateway.port, 100)
+    assert res["acked"] == res["last"] == "100" and res["wire"] == "1"
+    res = run_board(board_image, log_dir, gateway.port, 20)
+    assert res["acked"] == "120" and res["wire"] == "1" and hellos == [2, 1, 2, 1]
+    assert [s for s, _ in stored(gateway)] == list(range(1, 121))
+    assert gateway.gw.store.incarnations_of("board-1", "temp") == ["0" * 16]
 
 
 def test_micropython_board_pulls_cloud_to_edge_exactly_once(board_image, cli_gateway, tmp_path):

@@ -38,7 +38,7 @@ import zlib
 
 from edgeline.errors import EdgelineError
 from edgeline.storage import FileStorage
-from edgeline.store import topic_dirname
+from edgeline.store import Store, topic_dirname
 
 MAGIC = b"ELDW"
 VERSION = 1
@@ -58,6 +58,13 @@ DEFAULT_MAX_ENTRIES = 10000
 DEFAULT_MAX_AGE_S = 86400
 
 log = logging.getLogger("edgeline.agent")
+
+
+def window_max_bytes(max_entries, digest_bytes=16):
+    """About the most a window's file holds: ``2 * max_entries + COMPACT_SLACK`` entries
+    (and the one add that passes it) of the longest key, before compaction (a compaction
+    that fails on a full disk lets it grow on)."""
+    return HEADER_BYTES + (2 * max_entries + COMPACT_SLACK + 1) * (ENTRY_BYTES + MAX_KEY_BYTES + digest_bytes)
 
 
 class DedupeWindowError(EdgelineError):
@@ -141,6 +148,7 @@ class DedupeWindow:
         self._needs_rewrite = False
         self._compact_failed_at = 0  # _in_file when a compaction last failed: retried COMPACT_SLACK later
         self._closed = False
+        self.size_bytes = 0  # the file's bytes (what the window takes of max_storage: StoreBesideWindows)
         self._load()
 
     # ------------------------------------------------------------------ loading
@@ -169,6 +177,7 @@ class DedupeWindow:
         finally:
             h.close()
         del data[got:]
+        self.size_bytes = len(data)
         if len(data) < HEADER_BYTES or bytes(data[:HEADER_BYTES]) != pack_header():
             magic, version = bytes(data[:4]), (struct.unpack_from("<H", data, 4)[0] if len(data) >= 6 else None)
             if magic == MAGIC and version not in (None, VERSION):
@@ -191,6 +200,7 @@ class DedupeWindow:
                 self._floors[key] = (first, added)
         if end < len(data):
             st.truncate(self.path, end)  # D3: the torn tail
+            self.size_bytes = end
             self._needs_rewrite = True
         self._bound(self._now_ms())
 
@@ -356,7 +366,9 @@ class DedupeWindow:
             self._fh.write(entry, len(entry))
         except BaseException:
             self._needs_rewrite = True
+            self.size_bytes += len(entry)  # perhaps a part of it: counted whole until the rewrite
             raise
+        self.size_bytes += len(entry)
         self._written += 1
         self._in_file += count
 
@@ -431,6 +443,44 @@ class DedupeWindow:
                 pass
             raise
         st.rename(tmp, self.path)  # durable when it returns (the directory is synced)
+        self.size_bytes = len(data)
+
+
+class StoreBesideWindows(Store):
+    """The agent's Store: its logs share ``resources.max_storage`` less what the ingest
+    dedupe windows' files hold now, so logs and windows together stay within it (a log
+    asks the store for room against ``budget_bytes``, read at every ask). ``windows``
+    (the list the agent fills) are counted in ``used_total_bytes``: what the agent
+    reports as storage used. The room a log was granted (at most a segment) before a
+    window grew is not taken back: the sum may pass max_storage by what the windows grew
+    since, until that log next asks."""
+
+    def __init__(self, root, max_storage_bytes, windows, storage=None):
+        self.windows = windows
+        Store.__init__(self, root, max_storage_bytes, storage)
+
+    @property
+    def budget_bytes(self):
+        n = self.max_storage_bytes
+        for w in self.windows:
+            n -= w.size_bytes
+        return n
+
+    @budget_bytes.setter
+    def budget_bytes(self, value):
+        self.max_storage_bytes = value
+
+    @property
+    def windows_bytes(self):
+        n = 0
+        for w in self.windows:
+            n += w.size_bytes
+        return n
+
+    @property
+    def used_total_bytes(self):
+        """The logs' bytes and the windows' files: what the agent takes of max_storage."""
+        return self.size_bytes + self.windows_bytes
 
 
 class SyncFirstStorage:

@@ -72,7 +72,11 @@ that connected with a persistent session (3.1.1 clean session 0; MQTT 5 clean st
 with a session expiry) are kept in ``<data_dir>/mqtt-endpoint.json``, so the CONNACK's
 session present flag is true when such a client comes back, even after a crash, until it
 connects with a clean session. Its unacknowledged packet ids live in the publisher,
-which resends them; the dedupe window is what makes the resend harmless.
+which resends them; the dedupe window is what makes the resend harmless. An MQTT 5
+session expiry interval is timed by a sweep every ``SESSION_SWEEP_S``, off the message
+path: the session is forgotten once its client has been gone that long (counted from
+when the sweep first saw it gone, so never early; a restart starts every count again);
+3.1.1's and the interval 0xFFFFFFFF never expire.
 """
 import asyncio
 import hashlib
@@ -102,6 +106,7 @@ LINGER_STEP_S = 0.0002  # ...as long as bytes keep coming in every this often
 CONNECT_TIMEOUT_S = 10  # a connection that sends no CONNECT by then is closed
 STATE_FILE = "mqtt-endpoint.json"  # in data_dir: client ids with a persistent session
 _NEVER = 0xFFFFFFFF
+SESSION_SWEEP_S = 1.0  # how often stored sessions are checked for expiry
 _WKEY_HEAD = struct.Struct(">2sH")  # b"c:" and the packet id: the head of a message's dedupe window key
 _PUBACK_SUCCESS = mp._PUBACK_SUCCESS  # what encode_puback gives for reason code 0 (either version)
 
@@ -150,7 +155,7 @@ class MqttEndpoint:
     config's ``MqttIngest`` (its ``listen``, ``users``, ``map``)."""
 
     def __init__(self, agent, settings, window=WINDOW, max_packet_bytes=MAX_PACKET_BYTES,
-                 connect_timeout_s=CONNECT_TIMEOUT_S):
+                 connect_timeout_s=CONNECT_TIMEOUT_S, session_sweep_s=SESSION_SWEEP_S):
         self.agent = agent
         self.settings = settings
         self.listen = settings.listen
@@ -187,6 +192,10 @@ class MqttEndpoint:
         self._routes = {}  # MQTT topic -> route_message's answer (at most ROUTES_CACHED)
         self._state_path = os.path.join(agent.cfg.data_dir, STATE_FILE)
         self.sessions = self._read_state()  # client id -> session expiry (s)
+        self.sessions_expired = 0
+        self.session_sweep_s = session_sweep_s
+        self._gone_since = {}  # client id of a timed session -> loop time the sweep first saw it gone
+        self._sweeper = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -194,10 +203,14 @@ class MqttEndpoint:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(lambda: _Connection(self), self.listen.host, self.listen.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = self._loop.call_later(self.session_sweep_s, self._sweep_sessions)
 
     def pause(self):
         """Take nothing more: stop listening and reading; what is owed stays owed."""
         self._paused = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for c in list(self.connections):
@@ -232,6 +245,7 @@ class MqttEndpoint:
             "acks_lost": self.acks_lost,
             "commits": self.commits,
             "sessions": len(self.sessions),
+            "sessions_expired": self.sessions_expired,
             "refusals": dict(self.refusals),
             "last_refusal": self.last_refusal,
             "last_error": self.last_error,
@@ -269,6 +283,30 @@ class MqttEndpoint:
                 self.sessions.pop(client_id, None)
             self._write_state()
         return present
+
+    def _sweep_sessions(self):
+        """Forget the MQTT 5 sessions whose client has been gone longer than its session
+        expiry interval; a housekeeping timer, never on the message path."""
+        now = self._loop.time()
+        gone = self._gone_since
+        expired = []
+        for cid, expiry_s in self.sessions.items():
+            if expiry_s >= _NEVER or cid in self.clients:
+                gone.pop(cid, None)  # never expires, or connected: no count
+            elif now - gone.setdefault(cid, now) >= expiry_s:
+                expired.append(cid)
+        for cid in list(gone):
+            if cid not in self.sessions:
+                del gone[cid]  # ended by a clean start meanwhile
+        if expired:
+            for cid in expired:
+                del self.sessions[cid]
+                del gone[cid]
+            self.sessions_expired += len(expired)
+            self._write_state()
+            log.info("edgeline agent: MQTT endpoint: %d session(s) expired (%s)", len(expired),
+                     ", ".join(sorted(expired)[:5]) + (", ..." if len(expired) > 5 else ""))
+        self._sweeper = self._loop.call_later(self.session_sweep_s, self._sweep_sessions)
 
     # ------------------------------------------------------------------ accounting
 

@@ -91,13 +91,14 @@ from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.fastpath import begin_commit, end_commit, sync_commit, sync_from
 from edgeline.logformat import FRAME_OVERHEAD_BYTES, pack_segment_header
 from edgeline.outbox import Outbox
-from edgeline.store import Store, topic_dirname
+from edgeline.store import topic_dirname
 
 from .. import tables
 from ..dirlock import DirInUse, DirLock
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
-from .idempotency import DedupeWindow, SyncFirstStorage, producer_key, window_path
+from .idempotency import (DedupeWindow, StoreBesideWindows, SyncFirstStorage, producer_key, window_max_bytes,
+                          window_path)
 
 log = logging.getLogger("edgeline.agent")
 
@@ -182,12 +183,14 @@ class Agent:
         # docs/spec/ingest-dedupe.md), whichever path commits: flush, every, count, seal.
         self._storage = SyncFirstStorage()
         try:
-            self.store = Store(cfg.data_dir, cfg.resources.max_storage_bytes, storage=self._storage)
+            # the logs share max_storage less what the dedupe windows hold (docs/agent.md)
+            self.windows = []
+            self.store = StoreBesideWindows(cfg.data_dir, cfg.resources.max_storage_bytes, self.windows,
+                                            storage=self._storage)
         except BaseException:
             self.dirlock.release()
             raise
         self.topics = {}
-        self.windows = []
         dd = cfg.ingest.dedupe
         try:
             for t in cfg.topics:
@@ -223,6 +226,7 @@ class Agent:
             self.dirlock.release()
             raise
         self.disk_warning = self._check_disk()  # None, or the line printed (for health)
+        self.dedupe_warning = self._check_dedupe_room()  # None, or the line printed
         self.clock = HybridClock(last_ts=max([lg.last_ts for lg in self.store.logs.values()] or [0]))
         self._changed = None  # an asyncio.Event readers wait on; set (and dropped) when records become readable
         self.uplink = None
@@ -339,16 +343,36 @@ class Agent:
             free = shutil.disk_usage(cfg.data_dir).free
         except OSError:
             return None
-        room = free + self.store.size_bytes
+        held = self.store.used_total_bytes  # the logs and the dedupe windows
+        room = free + held
         budget = cfg.resources.max_storage_bytes
         if budget <= room:
             return None
         over = sorted(t.name for t in cfg.topics if t.budget_bytes > room and t.budget_bytes < budget)
         line = ("edgeline agent: warning: resources.max_storage (%s) is more than the disk of %s can hold "
-                "(%s free, %s in the logs): the disk fills first, and then appends fail (500) instead of the "
+                "(%s free, %s held): the disk fills first, and then appends fail (500) instead of the "
                 "topics' full_policy acting; lower max_storage%s" % (
-                    _size_text(budget), cfg.data_dir, _size_text(free), _size_text(self.store.size_bytes),
+                    _size_text(budget), cfg.data_dir, _size_text(free), _size_text(held),
                     " and the budgets of %s" % ", ".join(over) if over else ""))
+        self.print(line)
+        log.warning("%s", line)
+        return line
+
+    def _check_dedupe_room(self):
+        """Warn (once, at start) when the dedupe windows may take more than half of
+        max_storage: they count in it, and the logs give way to them (docs/agent.md)."""
+        if not self.windows:
+            return None
+        cfg = self.cfg
+        n = len(self.windows)
+        bound = n * window_max_bytes(cfg.ingest.dedupe.max_entries)
+        budget = cfg.resources.max_storage_bytes
+        if 2 * bound <= budget:
+            return None
+        line = ("edgeline agent: warning: the ingest dedupe windows of %d topic(s) may take up to %s "
+                "(ingest.dedupe.max_entries %d each), more than half of resources.max_storage (%s): they count "
+                "in it, and the logs give way to them; lower ingest.dedupe.max_entries or raise max_storage" % (
+                    n, _size_text(bound), cfg.ingest.dedupe.max_entries, _size_text(budget)))
         self.print(line)
         log.warning("%s", line)
         return line
@@ -1017,9 +1041,15 @@ class Agent:
         return {
             "node_id": self.cfg.node_id,
             "pending": sum(t["pending"] for t in topics.values()),
-            "storage": {"used_bytes": self.store.size_bytes, "budget_bytes": self.store.budget_bytes},
+            "storage": self._storage_figures(),
             "topics": topics,
         }
+
+    def _storage_figures(self):
+        """What the agent takes of resources.max_storage: the logs and the dedupe windows."""
+        s = self.store
+        return {"used_bytes": s.used_total_bytes, "budget_bytes": s.max_storage_bytes, "logs_bytes": s.size_bytes,
+                "dedupe_bytes": s.windows_bytes}
 
     async def handle_queue(self, _request):
         return web.json_response(self.queue())
@@ -1045,7 +1075,7 @@ class Agent:
                 n += st.down.stats()["corrupt"]
             corrupt[name] = n
         reasons += H.corrupt_records(corrupt)
-        reasons += H.storage_nearly_full(self.store.size_bytes, self.store.budget_bytes,
+        reasons += H.storage_nearly_full(self.store.used_total_bytes, self.store.max_storage_bytes,
                                          hc.storage_full_percent / 100.0)
         try:
             free = shutil.disk_usage(self.cfg.data_dir).free
@@ -1068,7 +1098,7 @@ class Agent:
             "ok": summary["status"] == H.OK,
             "node_id": self.cfg.node_id,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
-            "storage": {"used_bytes": self.store.size_bytes, "budget_bytes": self.store.budget_bytes},
+            "storage": self._storage_figures(),
             "uplink": up["state"],
             "pending": sum(st.outbox.depth for st in self.topics.values() if st.outbox is not None),
             "ingested": self.ingested,
