@@ -45,10 +45,11 @@ against a 32-bit unix-port build with the library really frozen (docs/boards.md)
 at rest 18,448 B; this emulation on a 32-bit build 27,088 B. Figures depend on where the
 pools of names stand at the baseline, so two runtimes can differ by up to one pool step.
 
-The gateway is a replay: the host first runs the same program on CPython against the
-core's ``GatewayConnection`` and records, for every ``sendall`` of the board, the bytes
-the gateway answered (the board's nonce is fixed, so its AUTH and the gateway's proofs
-are the same in the replay). On the MicroPython side a socket stand-in returns those
+The gateway is a replay: the host first runs the same program on CPython (a child
+process of this Python, so the board's modules never enter this one) against the core's
+``GatewayConnection`` and records, for every ``sendall`` of the board, the bytes the
+gateway answered (the board's nonce is fixed, so its AUTH and the gateway's proofs are
+the same in the replay). On the MicroPython side a socket stand-in returns those
 bytes from a file; it never allocates more than a read's buffer, and its class exists
 before the baseline.
 """
@@ -290,34 +291,42 @@ class _Recorder:
         return b[:n]
 
 
+# The recording run, on CPython in a child process: the recorder built first (so the
+# core it answers with is this installation's), then the probe, whose socket it becomes.
+_RECORD = '''
+import json, struct
+from edgeline_host.firmware.ramprobe import _Recorder
+with open(%(cfg)r) as f:
+    _rec = _Recorder(bytes.fromhex(json.load(f)["key"]))
+%(probe)s
+_sock = _rec
+for _ in _g:
+    pass
+with open(%(out)r, "wb") as f:
+    for r in _rec.replies:
+        f.write(struct.pack("<H", len(r)) + r)
+print("ramprobe " + json.dumps(_out))
+'''
+
+
 def record_replies(cfg_path, lib_dir, out_path, records=PROBE_RECORDS):
-    """Run the probe on this CPython against the core's gateway; write what the gateway
-    answered to each sendall to out_path (u16 length, bytes; per sendall)."""
-    with open(cfg_path) as f:
-        key = bytes.fromhex(json.load(f)["key"])
-    rec = _Recorder(key)
-    code = probe_code(cfg_path, None, "", lib_dir, records)
-    env = {"__name__": "ramprobe"}
-    saved = {k: sys.modules.pop(k) for k in ("edgeline_app", "uplink", "wlan") if k in sys.modules}
-    try:
-        exec(compile(code, "ramprobe", "exec"), env)
-        env["_sock"] = rec
-        try:
-            while True:
-                next(env["_g"])
-        except StopIteration:
-            pass
-    finally:
-        sys.path[:] = [p for p in sys.path if p != lib_dir]
-        for k in ("edgeline_app", "uplink", "wlan"):
-            sys.modules.pop(k, None)
-        sys.modules.update(saved)
-    out = env["_out"]
+    """Run the probe on CPython against the core's gateway; write what the gateway
+    answered to each sendall to out_path (u16 length, bytes; per sendall). The run is a
+    child process of this Python with the library's folder first on its path."""
+    import edgeline
+    import edgeline_host
+
+    code = _RECORD % {"cfg": cfg_path, "out": out_path, "probe": probe_code(cfg_path, None, "", lib_dir, records)}
+    # the child finds edgeline and edgeline_host where this process found them
+    roots = [os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (edgeline_host, edgeline)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(roots + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    if p.returncode != 0:
+        raise RuntimeError("the RAM probe's recording run exited %d: %s" % (p.returncode,
+                                                                           (p.stdout + p.stderr).strip()[-2000:]))
+    out = _parse(p.stdout)
     if out.get("acked") != records:
         raise RuntimeError("the recording run acknowledged %s of %d records" % (out.get("acked"), records))
-    with open(out_path, "wb") as f:
-        for r in rec.replies:
-            f.write(struct.pack("<H", len(r)) + r)
     return out
 
 
