@@ -10,8 +10,8 @@ pointer and GC block is twice as large. So the same probe -- one MicroPython pro
   way the profile deploys it (.mpy files in RAM, or a ROMFS image run in place);
 * **32-bit**: a 32-bit build of the unix port when ``$EDGELINE_MICROPYTHON32`` names one
   (not on any registry; docs/boards.md says how to build it): then as the 64-bit port,
-  every mode. Otherwise MicroPython's WebAssembly port run by node (tools/mp32/run.mjs,
-  the test suite's 32-bit lane; ``sys.maxsize == 2**31 - 1``). Its GC runs only between calls
+  every mode. Otherwise MicroPython's WebAssembly port run by node (wasmport.py, the
+  test suite's 32-bit lane; ``sys.maxsize == 2**31 - 1``). Its GC runs only between calls
   from JavaScript, and its heap grows, so heap *sizes* mean nothing there; but
   ``_mem()`` after a collection is the exact number of live bytes, and that is
   all the probe reads. It has no ROMFS (``vfs.VfsRom``) and no native emitter, so the
@@ -60,12 +60,8 @@ import subprocess
 import sys
 import tempfile
 
+from . import wasmport
 from .mpy import ToolMissing
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-RUN_MJS = os.path.join(ROOT, "tools", "mp32", "run.mjs")
-MP32_PACKAGE = os.path.join(ROOT, "tools", "mp32", "node_modules", "@micropython",
-                            "micropython-webassembly-pyscript", "micropython.mjs")
 
 # Records appended before the sync: enough for several full batches on every profile.
 PROBE_RECORDS = 64
@@ -409,21 +405,15 @@ def unix32_exe():
 
 
 def lane32_missing():
-    """Why the 32-bit lane cannot run here (one line), or None."""
-    import shutil
-
+    """Why the 32-bit lane cannot run here (one line), or None: $EDGELINE_MICROPYTHON32,
+    else the WebAssembly port (wasmport.missing; its npm package may still be installed on
+    first use, by measure)."""
     try:
         if unix32_exe():
             return None
     except ToolMissing as e:
         return str(e)
-    if not os.path.exists(RUN_MJS):
-        return "no 32-bit lane in this installation (tools/mp32 of a source checkout)"
-    if shutil.which("node") is None:
-        return "node not found: the 32-bit lane runs MicroPython's WebAssembly port with node (>= 16)"
-    if not os.path.exists(MP32_PACKAGE):
-        return "tools/mp32/node_modules is not installed: run `npm ci` in tools/mp32 (make venv does)"
-    return None
+    return wasmport.missing()
 
 
 def _parse(out):
@@ -470,6 +460,7 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
         exe = unix32_exe()
         wasm = exe is None
         if wasm:
+            modules = wasmport.ensure()
             mode = "mpy, names static" if static_names else "mpy"
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, extra = _setup(profile, tmp)
@@ -501,7 +492,7 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
             code = probe_code(_mp_path(cfg_path, mount), replies and _mp_path(replies, mount), extra,
                               "sys.path.insert(0, %r)" % _mp_path(lib, mount), records,
                               names and _mp_path(names, mount))
-            cmd = ["node", RUN_MJS, "--heap", "256k", "--copy", "%s:/probe" % tmp, "-c", code, "--loop", "_step()"]
+            cmd = wasmport.command(code, "_step()", "256k", [(tmp, "/probe")], modules)
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             out = p.stdout + p.stderr
             if p.returncode != 0:
