@@ -314,6 +314,11 @@ def stable_vector(marks):
     return tuple(out)
 
 
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0] if text else ""
+
+
 def _freeze(v):
     # CBOR gives arrays back as lists; an identity holds them as the core does: tuples
     return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
@@ -453,6 +458,7 @@ class Replica:
         self._applying = None  # (writer, seq, ts) of the write being applied
         self.conflict_log = conflict_log  # a ConflictLog: the rows survive a restart
         self.conflict_log_errors = 0
+        self._backstop_logged = False
         if conflict_log is not None:
             self.rows.update(conflict_log.rows)
 
@@ -487,6 +493,10 @@ class Replica:
             self.malformed += 1
             self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
             return False
+        except Exception as e:  # noqa: BLE001 - remote bytes: whatever a check raises is "malformed"
+            self.malformed += 1
+            self.last_malformed = "%s seq %d: %s: %s" % (writer, seq, type(e).__name__, _first_line(e))
+            return False
         self._applying = (writer, seq, ts)
         changed = False
         try:
@@ -499,6 +509,18 @@ class Replica:
         except T.TableError as e:
             self.malformed += 1
             self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
+            return False
+        except Exception as e:  # noqa: BLE001 - a backstop: a remote record never stops a replica
+            # What the checks above let through and the table still cannot take (a bug
+            # here, not the writer's): counted like a malformed record, logged once, so
+            # the gateway keeps answering and starting, and an agent keeps its replica.
+            self.malformed += 1
+            self.last_malformed = "%s seq %d: %s: %s" % (writer, seq, type(e).__name__, _first_line(e))
+            if not self._backstop_logged:
+                self._backstop_logged = True
+                log.error("table topic %s: record %s seq %d (key %r) could not be applied: %s (counted malformed; "
+                          "further ones are counted only)", self.name, writer, seq, k, self.last_malformed,
+                          exc_info=True)
             return False
         finally:
             self._applying = None
@@ -516,7 +538,7 @@ class Replica:
             if key is None or read_relay(data) is not None:
                 return False
             self._check_ops(T.read_value(data))
-        except EdgelineError:
+        except Exception:  # noqa: BLE001 - EdgelineError, or anything a check of remote bytes raises
             return False
         return True
 
@@ -530,6 +552,9 @@ class Replica:
                 raise T.TableError("a %s table takes no counter writes" % kind)
             elif (field is None) != (kind == T.REGISTER):
                 raise T.TableError("a %s write %s fields" % (kind, "has no" if field is None else "needs"))
+            elif field is not None and not T.field_ok(field):  # read_value checks it too: a map key, a list
+                raise T.TableError("an element or field is text, an integer or bytes (got a %s)"
+                                   % type(field).__name__)
 
     def _on_conflict(self, key, field, ctype, sibs):
         ident = (key, field, ctype, tuple(sorted((s[0], s[1]) for s in sibs)))

@@ -552,3 +552,58 @@ def test_a_restart_lists_the_conflicts_the_replay_does_not_meet_again(tmp_path):
 
     assert asyncio.run(with_gateway(tmp_path, again, topics())) == before
     assert (tmp_path / "gw.db.tables" / "inv.cl").exists()
+
+
+def _fields_write(seq, ts, key, *ops):
+    # a raw set/map write as an edge could send it: [1, 3, [[field, op, ctx, value], ...]]
+    import cbor2
+
+    return Record(seq, ts, key.encode(), cbor2.dumps([1, 3, [list(op) for op in ops]]))
+
+
+def test_an_edge_write_whose_element_is_not_text_or_an_int_is_malformed_acknowledged_and_never_relayed(tmp_path):
+    """A set element that is a map (or a list, a bool, a float) used to crash the feed
+    after the commit (no ACK: the edge resent it forever) and every start after it."""
+    tops = topics(type="set")
+    bad = [_fields_write(1, 1000, "k", ({"x": 1}, 0, [], True)), _fields_write(2, 1001, "k", ([1], 0, [], True)),
+           _fields_write(3, 1002, "k", (True, 0, [], True)), _fields_write(4, 1003, "k", (1.5, 0, [], True))]
+    good = [_fields_write(5, 1004, "j", ("e", 0, [], True)), _fields_write(6, 1005, "j", (1, 0, [], True))]
+
+    async def fn(gw, http, server):
+        (ack,) = await edge_send(http, server, bad + good)
+        assert ack.seq == 6
+        await settle(gw, 2)  # the good ones only
+        st, state = await get(http, server, "/v1/tables/inv")
+        assert st == 200 and state["malformed"] == 4 and "element or field" in state["last_malformed"]
+        assert [(x["key"], x["value"]) for x in state["keys"]] == [("j", [1, "e"])]
+        rows = gw.store.pull("inv", 0, 10)
+        assert [tables.read_relay(codec.loads(r.value))[:2] for r in rows] == [(W1, 5), (W1, 6)]
+        async with http.delete(server.make_url("/v1/tables/inv/j")) as r:
+            assert r.status == 200
+        return state
+
+    asyncio.run(with_gateway(tmp_path, fn, tops))
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)  # starts with them in the store
+    try:
+        d = gw.tables["inv"].describe()
+        assert d["malformed"] == 4 and gw._relay_pending == {}
+        assert gw.tables["inv"].state_json()["keys"] == []
+    finally:
+        gw.store.close()
+
+
+def test_a_record_the_table_cannot_apply_is_counted_malformed_never_raised(tmp_path, monkeypatch, caplog):
+    # the backstop: whatever the checks let through and the table still raises on
+    rep = tables.Replica("inv", tables.TableSettings())
+
+    def boom(*a, **k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(rep.table, "apply", boom)
+    value = codec.dumps(T.write_value(T.OP_PUT, (), "x"))
+    with caplog.at_level("ERROR"):
+        assert rep.apply_record(W1, 7, 10, b"k", value) is False
+        assert rep.apply_record(W1, 8, 10, b"k", value) is False
+    assert rep.malformed == 2 and rep.last_malformed.startswith(W1 + " seq 8: KeyError")
+    logged = [r.getMessage() for r in caplog.records if "could not be applied" in r.getMessage()]
+    assert len(logged) == 1 and (W1 + " seq 7") in logged[0]
