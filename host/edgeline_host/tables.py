@@ -344,6 +344,9 @@ class ConflictLog:
         self.rows = []
         self.entries = 0
         self.cut_bytes = 0  # a torn or corrupt tail cut at open
+        self.rewrite_errors = 0
+        self._rewrite_at = 0  # after a failed rewrite: the entries at which to try again
+        self._end = None  # the end of the last whole entry: where the next one goes
         self._f = None
         self._open()
 
@@ -398,6 +401,7 @@ class ConflictLog:
             self._f.truncate(pos)
             os.fsync(self._f.fileno())
         self._f.seek(pos)
+        self._end = pos
 
     def _rewrite(self, rows):
         tmp = self.path + ".tmp"
@@ -414,18 +418,64 @@ class ConflictLog:
 
     def append(self, ident, row, kept=None):
         """Write one row durably; ``kept()`` (the rows kept now, asked for when the file
-        is to be rewritten) bounds the file."""
-        self._f.write(self._entry(ident, row))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        is to be rewritten) bounds the file. Raises OSError if the row could not be
+        written: what a failed write left (a torn entry, bytes in a buffer) is cut when
+        the file is reopened, at the next append, so the rows after it are read back.
+        A failed rewrite leaves the file as it was (whole, only longer): it is counted
+        in ``rewrite_errors``, logged, and tried again ``max_rows`` appends later."""
+        entry = self._entry(ident, row)
+        if self._f is None:
+            self._reopen()
+        try:
+            self._f.write(entry)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except BaseException:
+            self._drop()
+            raise
+        self._end += len(entry)
         self.entries += 1
-        if kept is not None and self.entries >= 2 * self.max_rows:
+        if kept is not None and self.entries >= max(2 * self.max_rows, self._rewrite_at):
             kept = kept()[-self.max_rows:]
-            self._f.close()
-            self._rewrite(kept)
+            self._drop()
+            self._end = None  # the file is whole either way: the old one, or the new one renamed
+            try:
+                self._rewrite(kept)
+            except OSError as e:
+                self.rewrite_errors += 1
+                self._rewrite_at = self.entries + self.max_rows
+                try:
+                    os.remove(self.path + ".tmp")
+                except OSError:
+                    pass
+                log.warning("conflict log %s: cannot rewrite it: %s (it keeps growing; tried again %d rows on)",
+                            self.path, e, self.max_rows)
+                return
             self.entries = len(kept)
-            self._f = open(self.path, "r+b")
-            self._f.seek(0, 2)
+            self._rewrite_at = 0
+
+    def _reopen(self):
+        f = open(self.path, "r+b")
+        try:
+            if self._end is None:
+                f.seek(0, 2)
+                self._end = f.tell()
+            else:
+                f.truncate(self._end)  # what a failed append left after the last whole entry
+                f.seek(self._end)
+        except BaseException:
+            f.close()
+            raise
+        self._f = f
+
+    def _drop(self):
+        """Close the file after a failure; the next append reopens it (``_reopen``)."""
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()  # flushes what a failed write buffered: it may fail again, and is cut anyway
+            except (OSError, ValueError):
+                pass
 
     def close(self):
         if self._f is not None:
@@ -557,6 +607,17 @@ class Replica:
                                    % type(field).__name__)
 
     def _on_conflict(self, key, field, ctype, sibs):
+        # called by the core in the middle of applying a write it has already taken: what
+        # listing the conflict raises must not reach it (the record would count malformed)
+        try:
+            self._list_conflict(key, field, ctype, sibs)
+        except Exception as e:  # noqa: BLE001 - counted and logged once, like a conflict log failure
+            self.conflict_log_errors += 1
+            if self.conflict_log_errors == 1:
+                log.warning("table topic %s: cannot list a conflict on key %r: %s: %s", self.name, key,
+                            type(e).__name__, _first_line(e))
+
+    def _list_conflict(self, key, field, ctype, sibs):
         ident = (key, field, ctype, tuple(sorted((s[0], s[1]) for s in sibs)))
         if ident in self.rows:
             return
@@ -569,7 +630,8 @@ class Replica:
         if self.conflict_log is not None:
             try:
                 self.conflict_log.append(ident, row, kept=lambda: list(self.rows.items()))
-            except OSError as e:  # the row stays listed in memory; the table is not stopped by it
+            except Exception as e:  # noqa: BLE001 - the row stays listed in memory; the write it came
+                # with is stored and applied: a conflict log that cannot be written never fails it
                 self.conflict_log_errors += 1
                 if self.conflict_log_errors == 1:
                     log.warning("table topic %s: cannot write its conflict log %s: %s (the conflict is listed "
@@ -674,6 +736,8 @@ class Replica:
         d.update(self.settings.describe())
         if self.last_malformed:
             d["last_malformed"] = self.last_malformed
+        if self.conflict_log_errors:
+            d["conflict_log_errors"] = self.conflict_log_errors
         return d
 
     def state_json(self):

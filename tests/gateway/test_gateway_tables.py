@@ -607,3 +607,42 @@ def test_a_record_the_table_cannot_apply_is_counted_malformed_never_raised(tmp_p
     assert rep.malformed == 2 and rep.last_malformed.startswith(W1 + " seq 8: KeyError")
     logged = [r.getMessage() for r in caplog.records if "could not be applied" in r.getMessage()]
     assert len(logged) == 1 and (W1 + " seq 7") in logged[0]
+
+
+def test_a_conflict_log_write_that_fails_is_cut_and_the_next_rows_are_read_back(tmp_path):
+    import errno
+
+    p, c = _conflict_log(tmp_path, rows=100)
+    ident = lambda i: ("k%d" % i, None, "concurrent_write", (("cloud", i + 1),))  # noqa: E731
+    c.append(ident(0), {"n": 0})
+    real = c._f
+
+    class Torn:  # writes half the entry, then the disk is full
+        def write(self, b):
+            real.write(b[:len(b) // 2])
+            real.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            real.close()
+
+    c._f = Torn()
+    with pytest.raises(OSError):
+        c.append(ident(1), {"n": 1})
+    c.append(ident(2), {"n": 2})  # reopened, the torn half cut first
+    c.append(ident(3), {"n": 3})
+    c.close()
+    assert [r[0] for r in tables.ConflictLog(str(p)).rows] == [ident(0), ident(2), ident(3)]
+
+
+def test_a_conflict_the_log_cannot_take_never_fails_the_write_that_met_it(tmp_path):
+    rep = tables.Replica("inv", tables.TableSettings(), _conflict_log(tmp_path)[1])
+
+    def broken(*a, **k):
+        raise ValueError("I/O operation on closed file.")
+
+    rep.conflict_log.append = broken
+    assert rep.apply_record("a", 1, 10, b"k", codec.dumps(T.write_value(T.OP_PUT, (), "x")))
+    assert rep.apply_record("b", 1, 11, b"k", codec.dumps(T.write_value(T.OP_PUT, (), "y")))
+    assert rep.malformed == 0 and rep.conflict_log_errors == 1 and rep.describe()["conflict_log_errors"] == 1
+    assert [r["type"] for r in rep.conflicts_json()["conflicts"]] == ["concurrent_write"]
