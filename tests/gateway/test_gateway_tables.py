@@ -307,6 +307,12 @@ WAT = {
     "garbage": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\ff")%s
   (func (export "edgeline_merge") (param i32 i32) (result i64)
     (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 1))))''',
+    "true": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\81\\f5")%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 2))))''',
+    "false": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\82\\f4\\01")%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 3))))''',
     "outside": '''(module (memory (export "memory") 1)%s
   (func (export "edgeline_merge") (param i32 i32) (result i64)
     (i64.or (i64.shl (i64.const 65000) (i64.const 32)) (i64.const 4000))))''',
@@ -349,7 +355,8 @@ def test_a_webassembly_merge_gets_the_versions_and_its_answer_is_shown(tmp_path)
 
 
 @pytest.mark.parametrize("name, why", [("trap", "unreachable"), ("loop", "fuel"), ("garbage", "not one CBOR item"),
-                                       ("outside", "lies outside the module's memory")])
+                                       ("outside", "lies outside the module's memory"),
+                                       ("true", "[True] is neither"), ("false", "[False, 1] is neither")])
 def test_a_failing_webassembly_merge_leaves_the_siblings_and_is_reported(tmp_path, name, why):
     k, rows = asyncio.run(with_gateway(tmp_path, _concurrent, wasm_topics(tmp_path, name)))
     assert k["siblings"] == ["edge", "cloud"] and k["resolution"] == "merge_failed"
