@@ -259,6 +259,19 @@ def relay_value(writer, seq, ts, value):
     return cbor2.dumps([T.FORMAT_VERSION, OP_RELAY, writer, seq, ts, bytes(value)])
 
 
+def _head_bytes(n):
+    # the bytes of a CBOR head carrying n (RFC 8949 3.1: the shortest form)
+    return 1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 1 << 32 else 9
+
+
+def relay_record_bytes(key, writer, seq, ts, value_len):
+    """The size of the record relaying a write -- key plus ``relay_value`` -- counted as
+    the publish API counts a record against ``max_record_bytes``, without building it."""
+    w = len(writer.encode("utf-8"))
+    return (0 if key is None else len(key)) + 3 + _head_bytes(w) + w + _head_bytes(seq) + _head_bytes(ts) + \
+        _head_bytes(value_len) + value_len
+
+
 def read_relay(data):
     """(writer, seq, ts, value bytes) of a decoded relay item, or None when ``data`` is
     not one; TableError when it is one and malformed."""
@@ -494,8 +507,15 @@ class WriteError(Exception):
 class Replica:
     """One node's replica of one table topic, with its conflict log."""
 
-    def __init__(self, name, settings, conflict_log=None):
+    def __init__(self, name, settings, conflict_log=None, max_relay_bytes=None):
         self.name = name
+        # at the gateway, for a topic it relays: the largest relay record (key + value) the
+        # topic's pullers take, its max_record_bytes. An edge write whose relay would be
+        # larger is refused here (counted in too_large, kept stored, never applied nor
+        # relayed): applied here only, the cloud would show what no edge could ever get.
+        self.max_relay_bytes = max_relay_bytes
+        self.too_large = 0
+        self.last_too_large = None
         self.settings = settings
         self.table = T.Table(settings.type, settings.strategy, settings.merge, on_conflict=self._on_conflict)
         self.lock = None  # an asyncio.Lock serialising local writes, made in the loop (write_lock)
@@ -539,6 +559,8 @@ class Replica:
                 return self.apply_record(relay[0], relay[1], relay[2], key, relay[3], True)
             ops = T.read_value(data)
             self._check_ops(ops)
+            if not relayed and writer != T.CLOUD and self._too_large(key, writer, seq, ts, value):
+                return False
         except EdgelineError as e:
             self.malformed += 1
             self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
@@ -580,9 +602,10 @@ class Replica:
             self.ignored += 1
         return changed
 
-    def takes(self, key, value):
+    def takes(self, key, value, writer=None, seq=1, ts=0):
         """True when a record (key bytes, value bytes) is a table write this topic takes
-        (not a relay): what the gateway relays."""
+        (not a relay, and with ``writer``, its relay within ``max_relay_bytes``): what the
+        gateway relays."""
         try:
             data = _loads(value)
             if key is None or read_relay(data) is not None:
@@ -590,6 +613,18 @@ class Replica:
             self._check_ops(T.read_value(data))
         except Exception:  # noqa: BLE001 - EdgelineError, or anything a check of remote bytes raises
             return False
+        return writer is None or self.max_relay_bytes is None or \
+            relay_record_bytes(key, writer, seq, ts, len(value)) <= self.max_relay_bytes
+
+    def _too_large(self, key, writer, seq, ts, value):
+        if self.max_relay_bytes is None:
+            return False
+        n = relay_record_bytes(key, writer, seq, ts, len(value))
+        if n <= self.max_relay_bytes:
+            return False
+        self.too_large += 1
+        self.last_too_large = ("%s seq %d: its relay would be %d bytes, over the topic's max_record_bytes %d (kept "
+                               "stored, not applied nor relayed)" % (writer, seq, n, self.max_relay_bytes))
         return True
 
     def _check_ops(self, ops):
@@ -738,6 +773,9 @@ class Replica:
             d["last_malformed"] = self.last_malformed
         if self.conflict_log_errors:
             d["conflict_log_errors"] = self.conflict_log_errors
+        if self.too_large:
+            d["too_large"] = self.too_large
+            d["last_too_large"] = self.last_too_large
         return d
 
     def state_json(self):

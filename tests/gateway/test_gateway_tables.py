@@ -653,3 +653,83 @@ def test_a_conflict_the_log_cannot_take_never_fails_the_write_that_met_it(tmp_pa
     assert rep.apply_record("b", 1, 11, b"k", codec.dumps(T.write_value(T.OP_PUT, (), "y")))
     assert rep.malformed == 0 and rep.conflict_log_errors == 1 and rep.describe()["conflict_log_errors"] == 1
     assert [r["type"] for r in rep.conflicts_json()["conflicts"]] == ["concurrent_write"]
+
+
+def test_the_gateway_keeps_one_relay_mark_per_writer_and_reads_the_store_once_at_start(tmp_path, monkeypatch):
+    W2 = "edge-2~" + INC.hex()
+
+    async def fn(gw, http, server):
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (1, 2, 3)])
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (1, 2)], node="edge-2")
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (3, 4, 5)])  # 3: a duplicate
+        await settle(gw, 7)
+        assert gw._relayed == {"inv": {W1: 5, W2: 2}}  # one mark per writer, not one entry per write
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (1, 2, 3, 4, 5)])
+        await asyncio.sleep(0.05)
+        assert gw.relayed == 7
+        return [tables.read_relay(codec.loads(r.value))[:2] for r in gw.store.pull("inv", 0, 20)]
+
+    got = asyncio.run(with_gateway(tmp_path, fn, topics()))
+    assert sorted(got) == [(W1, s) for s in range(1, 6)] + [(W2, 1), (W2, 2)]
+    from edgeline_host.gateway.store import GatewayStore
+
+    calls = []
+    for name in ("stream_records", "records"):
+        real = getattr(GatewayStore, name)
+        monkeypatch.setattr(GatewayStore, name, lambda self, *a, _r=real, _n=name, **k: (calls.append(_n), _r(
+            self, *a, **k))[1])
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=topics())
+    try:
+        assert calls == ["stream_records"] and gw._relay_pending == {}
+        assert gw._relayed == {"inv": {W1: 5, W2: 2}}
+    finally:
+        gw.store.close()
+
+
+def test_an_edge_write_whose_relay_would_be_over_the_topics_max_record_bytes_is_refused_by_name(tmp_path):
+    """Relayed, it would be a record no edge limited to the topic's size could pull: the
+    puller's PULL was refused for ever (too_large). It is kept stored, acknowledged, and
+    neither applied at the gateway nor relayed; the count and the reason are shown."""
+    tops = topics(max_record_bytes=200)
+    small = put(1, 1000, "a", "x" * 100)
+    big = put(2, 1001, "b", "y" * 170)  # 185 bytes as the edge wrote it; relayed, over 200
+    assert len(big.key) + len(big.value) <= 200 < tables.relay_record_bytes(big.key, W1, 2, 1001, len(big.value))
+
+    async def fn(gw, http, server):
+        (ack,) = await edge_send(http, server, [small, big, put(3, 1002, "c", 1)])
+        assert ack.seq == 3
+        await settle(gw, 2)
+        st, state = await get(http, server, "/v1/tables/inv")
+        assert [x["key"] for x in state["keys"]] == ["a", "c"]
+        assert state["too_large"] == 1 and "over the topic's max_record_bytes 200" in state["last_too_large"]
+        assert state["last_too_large"].startswith(W1 + " seq 2:")
+        # a puller that takes the topic's records (200 bytes and a DATA's overhead) takes every relay
+        c2 = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c2.connect(capabilities={"max_message_bytes": 300})
+        got, after = [], 0
+        while True:
+            (d,) = await c2.exchange(sync.Pull("inv", after, 10))
+            assert type(d) is sync.Data, d
+            recs = list(sync.records_of(d))
+            if not recs:
+                break
+            got += [tables.read_relay(codec.loads(r.value))[:2] for r in recs]
+            after = recs[-1].seq
+        assert got == [(W1, 1), (W1, 3)]
+        return state["keys"]
+
+    before = asyncio.run(with_gateway(tmp_path, fn, tops))
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)
+    try:
+        d = gw.tables["inv"].state_json()
+        assert d["keys"] == before and d["too_large"] == 1 and gw._relay_pending == {}
+    finally:
+        gw.store.close()
+
+
+def test_the_size_of_a_relay_is_counted_without_building_it():
+    for writer in ("e", W1, "x" * 30, "é" * 200):
+        for seq, ts in ((1, 0), (23, 24), (255, 256), (65535, 65536), (1 << 32, 1 << 62)):
+            for n in (0, 23, 24, 255, 256, 70000):
+                want = 3 + len(tables.relay_value(writer, seq, ts, b"v" * n))
+                assert tables.relay_record_bytes(b"abc", writer, seq, ts, n) == want, (writer, seq, ts, n)
