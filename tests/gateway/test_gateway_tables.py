@@ -467,6 +467,10 @@ def test_a_tombstone_is_collected_only_once_every_replica_reported_it_applied(tm
         assert ack.seq == 3
         assert len(rep.table.siblings("b")) == 2 and rep.collected == 1
         assert gw.stable("inv") == ("cloud", 5, W1, 2)  # the report is usable now; b has two siblings: kept
+        # both nodes hold the cloud stream to 5: of the relay index only the last entry at or
+        # below it is kept (cloud:4 relays edge-1:2), it answers the same
+        assert gw._relay_index["inv"] == {W1: ([4], [2])}
+        assert gw.stable("inv") == ("cloud", 5, W1, 2)
         st, k = await get(http, server, "/v1/tables/inv/b")
         assert k["value"] == "late" and k["conflict"] == "update_delete"
         # an edge whose table settings differ from the topics file is reported (one line, /healthz)

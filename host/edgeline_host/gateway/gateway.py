@@ -115,7 +115,9 @@ class Gateway:
         self.tables = {}  # table topic -> tables.Replica (set with the topics)
         self._relayed = {}  # table topic -> {writer: the highest seq of it relayed, queued or refused}
         self._relay_pending = {}  # table topic -> [(writer, seq, ts, key, value)] to relay
-        self._relay_index = {}  # table topic -> {writer: ([cloud seq], [writer seq])} of the relays, in order
+        # table topic -> {writer: ([cloud seq], [writer seq])} of the relays, in order; the
+        # entries below what every node holds are dropped (``stable``)
+        self._relay_index = {}
         self._writers = {}  # table topic -> {(node, incarnation hex)} that have written to it
         self._reports = {}  # (table topic, node) -> [usable report or None, newer report or None]
         self.collected = 0  # tombstones collected at causal stability since start
@@ -590,6 +592,7 @@ class Gateway:
         own[sync.CLOUD_ORIGIN] = store.published(topic)
         marks = [own]
         index = self._relay_index.get(topic, {})
+        low = None  # the lowest held of the usable reports
         served = self.topics[topic].nodes
         for node in sorted(set(self.keys if served is None else served) | set(n for n, _ in writers)):
             slot = self._reports.get((topic, node))
@@ -609,6 +612,17 @@ class Gateway:
             if head:
                 m[mine] = max(head, m.get(mine, 0))
             marks.append(m)
+            low = held if low is None else min(low, held)
+        if low is not None:
+            # Every node holds the cloud stream up to ``low``: a later report names a held
+            # at or above it, except a wiped node's, for which the index then answers
+            # nothing below its first entry -- less is collected, never more. So the
+            # entries before the last one at or below ``low`` are never needed again.
+            for cs, ss in index.values():
+                i = bisect.bisect_right(cs, low)
+                if i > 1:
+                    del cs[:i - 1]
+                    del ss[:i - 1]
         return tables.stable_vector(marks)
 
     def _incarnations(self, conn):
