@@ -344,3 +344,25 @@ def test_a_conflict_log_that_cannot_be_written_never_fails_a_stored_write(tmp_pa
         return (await call("GET", "/v1/tables/inv/conflicts"))[1]["conflicts"]
 
     assert [r["key"] for r in asyncio.run(with_agent(cfg, again))] == [r["key"] for r in before]
+
+
+def test_a_relayed_write_with_an_element_a_replica_cannot_hold_is_malformed_and_the_agent_restarts(tmp_path):
+    """A gateway before this check relayed set writes whose element was a map: applying
+    one crashed the agent's downlink and every start while the relay was in its log."""
+    import cbor2
+
+    from edgeline_host import tables
+
+    cfg = config(tmp_path, type="set")
+    bad = cbor2.dumps([1, 3, [[{"x": 1}, 0, [], True]]])
+    good = cbor2.dumps([1, 3, [[1, 0, [], True], ["a", 0, [], True]]])
+
+    async def fn(agent, call):
+        cloud_records(agent, [Record(1, 5, b"s", tables.relay_value("store-2", 1, 5, bad)),
+                              Record(2, 6, b"s", tables.relay_value("store-2", 2, 6, good))])
+        s, d = await call("GET", "/v1/tables/inv")
+        return s, d
+
+    for _ in range(2):  # fed by the downlink, then rebuilt from the log at start
+        s, d = asyncio.run(with_agent(cfg, fn if _ == 0 else lambda a, call: call("GET", "/v1/tables/inv")))
+        assert s == 200 and d["malformed"] == 1 and d["keys"] == [{"key": "s", "value": [1, "a"]}], d
