@@ -97,6 +97,7 @@ from .. import tables
 from ..dirlock import DirInUse, DirLock
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
+from ..metrics import metrics_handler
 from .idempotency import (DedupeWindow, StoreBesideWindows, SyncFirstStorage, producer_key, window_max_bytes,
                           window_path)
 
@@ -148,6 +149,7 @@ class _TopicState:
         self.commit = None  # the token of the commit whose fsync is in flight in a worker thread
         self.urgent = False  # commit_now came during a commit: the next starts as it ends
         self.woke_seq = -1  # durable_seq at the last _wake
+        self.commit_started = 0.0  # perf_counter() when the commit in flight began (its latency: /metrics)
 
 
 class Agent:
@@ -253,6 +255,10 @@ class Agent:
         self.ingested = 0
         self.rejected = 0
         self.duplicates = 0  # keyed requests answered from the dedupe window, not stored again
+        self.ingest_requests = {}  # HTTP ingest requests by outcome (ok, duplicate, status code): /metrics
+        from .metrics import registry_for
+
+        self.metrics, self._commit_seconds = registry_for(self)  # GET /metrics (docs/metrics.md)
         self._stop = None
         self._closing = False
         self._closed_logs = False  # shutdown settled the commits: no more start
@@ -416,6 +422,7 @@ class Agent:
         app.router.add_post("/v1/sync/{action}", self.handle_sync_action)
         app.router.add_get("/v1/queue", self.handle_queue)
         app.router.add_get("/v1/health", self.handle_health)
+        app.router.add_get("/metrics", metrics_handler(self.metrics))
         tables.TableRoutes(lambda: self.tables, self._table_write).attach(app)
         return app
 
@@ -428,10 +435,16 @@ class Agent:
 
     async def handle_ingest(self, request):
         try:
-            return web.json_response(await self._ingest(request))
+            answer = await self._ingest(request)
         except RequestError as e:
             self.rejected += 1
+            self._count_request(str(e.status))
             return self._error(e.status, str(e), e.headers, e.detail)
+        self._count_request("duplicate" if answer.get("duplicate") else "ok")
+        return web.json_response(answer)
+
+    def _count_request(self, outcome):
+        self.ingest_requests[outcome] = self.ingest_requests.get(outcome, 0) + 1
 
     async def _ingest(self, request):
         if self.cfg.ingest.http is None:
@@ -841,6 +854,7 @@ class Agent:
             self._commit_pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.topics), 8)),
                                                    thread_name_prefix="edgeline-commit")
         st.commit = token
+        st.commit_started = time.perf_counter()
         self._commit_pool.submit(self._fsync, asyncio.get_running_loop(), st, token)
 
     def _fsync(self, loop, st, token):
@@ -858,6 +872,7 @@ class Agent:
 
     def _commit_done(self, st, token, error):
         st.commit = None
+        self._commit_seconds.observe(st.cfg.name, time.perf_counter() - st.commit_started)
         try:
             end_commit(st.log, token, error)
         except EdgelineError as e:
