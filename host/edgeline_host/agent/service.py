@@ -130,6 +130,27 @@ def _size_text(n):
     return "%d bytes" % n
 
 
+def check_before_open(cfg):
+    """What an agent checks of ``cfg`` before it opens anything (and ``edgeline agent
+    --check`` with it): the node key when it syncs, a cloud_endpoint it can use.
+    ConfigError, one line."""
+    syncs = cfg.sync.enabled and any(t.sends or t.receives for t in cfg.topics)
+    if syncs:
+        _check_key(cfg)
+    if syncs and cfg.gateway is not None and cfg.gateway.scheme == "mqtts":
+        raise ConfigError("%s: edge.cloud_endpoint: mqtts:// (MQTT over TLS) is not supported by the agent yet; "
+                          "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
+
+
+def _check_key(cfg):
+    if cfg.key is None and cfg.key_file and not os.path.exists(cfg.key_file):
+        raise ConfigError(
+            "%s: edge.key_file: %s does not exist; create it with `edgeline keygen %s` and add "
+            "'%s: <the printed hex>' to the gateway's keys file" % (cfg.source, cfg.key_file, cfg.key_file,
+                                                                    cfg.node_id))
+    cfg.node_key()  # a bad key file: ConfigError now, before anything is opened
+
+
 def wall_ms():
     return int(time.time() * 1000)
 
@@ -172,11 +193,7 @@ class Agent:
         self.print = print_fn
         self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
         self.receiving = cfg.sync.enabled and any(t.receives for t in cfg.topics)
-        if self.sending or self.receiving:
-            self._check_key()
-        if (self.sending or self.receiving) and cfg.gateway is not None and cfg.gateway.scheme == "mqtts":
-            raise ConfigError("%s: edge.cloud_endpoint: mqtts:// (MQTT over TLS) is not supported by the agent yet; "
-                              "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
+        check_before_open(cfg)
         from .downlink import log_options as down_options
 
         # One agent per data directory: a second one is refused here, before any log opens.
@@ -402,15 +419,6 @@ class Agent:
                 w.close()
             except OSError as e:
                 log.error("agent: closing %s: %s", w.path, e)
-
-    def _check_key(self):
-        cfg = self.cfg
-        if cfg.key is None and cfg.key_file and not os.path.exists(cfg.key_file):
-            raise ConfigError(
-                "%s: edge.key_file: %s does not exist; create it with `edgeline keygen %s` and add "
-                "'%s: <the printed hex>' to the gateway's keys file" % (cfg.source, cfg.key_file, cfg.key_file,
-                                                                        cfg.node_id))
-        cfg.node_key()  # a bad key file: ConfigError now, before anything is opened
 
     # ------------------------------------------------------------------ HTTP app
 
