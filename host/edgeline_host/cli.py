@@ -349,6 +349,25 @@ def agent(config_path, check):
     run_agent(config_path, print_fn=logsetup.service_print("edgeline.agent"))
 
 
+@cli.command("systemd-unit")
+@click.argument("service", type=click.Choice(["agent", "gateway"]))
+@click.option("--exe", default=None, help="The edgeline executable the unit runs (default: this one).")
+@click.option("--config", "config_path", default="/etc/edgeline/edge.yaml", show_default=True,
+              help="The agent's edge.yaml.")
+@click.option("--env-file", default="/etc/edgeline/gateway.env", show_default=True,
+              help="The gateway's settings (EDGELINE_GATEWAY_* lines).")
+@click.option("--user", default="edgeline", show_default=True, help="The user (and group) the service runs as.")
+def systemd_unit(service, exe, config_path, env_file, user):
+    """Print the systemd unit of the agent or the gateway (Type=notify, watchdog, --check before each
+    start, hardened; docs/operations.md)."""
+    from edgeline_host.systemdunits import unit
+
+    try:
+        click.echo(unit(service, exe=exe, config=config_path, env_file=env_file, user=user), nl=False)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @cli.command()
 @click.argument("path")
 @click.option("--force", is_flag=True, help="Replace an existing key file (the gateway must get the new key).")

@@ -1206,7 +1206,10 @@ class Agent:
             listen = HttpIngest().listen
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        uplink_task = housekeeping = None
+        uplink_task = housekeeping = keepalive = None
+        from ..sdnotify import Notifier
+
+        systemd = Notifier()  # Type=notify units (edgeline systemd-unit agent); nothing without $NOTIFY_SOCKET
         try:
             site = web.TCPSite(runner, listen.host, listen.port)
             await site.start()
@@ -1231,8 +1234,13 @@ class Agent:
                 await self.mqtt_endpoint.start()
                 self.print("edgeline agent: MQTT endpoint on %s:%d (MQTT 3.1.1 and 5, QoS 0 and 1)"
                            % (mqtt.listen.host, self.mqtt_endpoint.port))
+            systemd.notify("READY=1", "STATUS=serving on http://%s, %d topic(s)" % (listen, len(self.topics)))
+            keepalive = asyncio.ensure_future(systemd.keepalive())
             await self._stop.wait()
         finally:
+            systemd.notify("STOPPING=1")
+            if keepalive is not None:
+                keepalive.cancel()
             self._closing = True
             if self.mqtt is not None:
                 self.mqtt.pause()  # nothing more is appended; the commit below covers what was

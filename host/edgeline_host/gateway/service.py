@@ -6,9 +6,12 @@ aiohttp application, so they start after the gateway and stop before its store c
 then it runs until SIGINT/SIGTERM. It holds ``<db>.lock`` (dirlock.py) while it runs:
 a second gateway on the same store is refused with one line naming the holder.
 """
+import asyncio
+
 from aiohttp import web
 
 from ..dirlock import DirLock
+from ..sdnotify import Notifier
 from ..transports.mqtt import attach_mqtt
 from ..transports.tcp import attach_tcp
 from .api import GatewayApi
@@ -38,7 +41,26 @@ def serve(db_path, keys, host, port, print_fn=print, tcp=None, mqtt=None, topics
         attach_tcp(app, gw, tcp[0], tcp[1], print_fn)
     if mqtt is not None:
         attach_mqtt(app, gw, *mqtt, print_fn=print_fn)
+    systemd = Notifier()  # Type=notify units (edgeline systemd-unit gateway); nothing without $NOTIFY_SOCKET
+    app.cleanup_ctx.append(_watchdog(systemd))
+
+    def started(_banner):
+        # run_app prints its banner once every site listens (and the transports started
+        # with the app): the moment to tell systemd the gateway is ready.
+        systemd.notify("READY=1", "STATUS=serving on http://%s:%d, %d node(s)" % (host, port, len(keys)))
+
     try:
-        web.run_app(app, host=host, port=port, print=None, handle_signals=True)
+        web.run_app(app, host=host, port=port, print=started, handle_signals=True)
     finally:
+        systemd.notify("STOPPING=1")
         lock.release()
+
+
+def _watchdog(systemd):
+    async def ctx(_app):
+        task = asyncio.ensure_future(systemd.keepalive())
+        yield
+        systemd.notify("STOPPING=1")
+        task.cancel()
+
+    return ctx
