@@ -10,35 +10,55 @@ MQTT sources' counters, the gateway store's streams -- so the hot path does no e
 bookkeeping for them. The one exception is the agent's commit latency histogram, which
 observes once per group commit (not per record).
 
+prometheus_client is imported at the first scrape, not before: a node nobody scrapes
+(a Pi Zero) does not pay its import time and memory.
+
 ``GET /metrics`` answers in the text exposition format (version 0.0.4). Every family a
 service can expose is always listed (with its HELP and TYPE), with samples when there is
 something to count: a dashboard sees the same names on every node, and
 docs/metrics.md lists exactly those names (tests/agent/test_metrics.py checks it).
 """
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["CollectorRegistry", "counter", "gauge", "metrics_handler"]
+__all__ = ["new_registry", "counter", "gauge", "metrics_handler"]
 
 # What generate_latest writes (every name here is a legacy-valid one); Prometheus reads it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def new_registry(collector):
+    """A registry of its own (never the process-wide one) holding ``collector``."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
 def counter(name, documentation, labels=()):
     """A counter family; ``name`` without ``_total`` (the exposition adds it)."""
+    from prometheus_client.core import CounterMetricFamily
+
     return CounterMetricFamily(name, documentation, labels=list(labels))
 
 
 def gauge(name, documentation, labels=()):
+    from prometheus_client.core import GaugeMetricFamily
+
     return GaugeMetricFamily(name, documentation, labels=list(labels))
 
 
-def metrics_handler(registry):
-    """An aiohttp handler for ``GET /metrics`` of ``registry``."""
+def metrics_handler(make_registry):
+    """An aiohttp handler for ``GET /metrics``; ``make_registry()`` is called at the first
+    scrape (and prometheus_client imported then)."""
+    made = []
 
     async def handle_metrics(_request):
-        body = generate_latest(registry)
+        from prometheus_client import generate_latest
+
+        if not made:
+            made.append(make_registry())
+        body = generate_latest(made[0])
         # the type carries its charset: aiohttp wants it in the header as is
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

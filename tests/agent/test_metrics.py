@@ -302,3 +302,23 @@ def test_commit_latency_buckets_are_cumulative_and_inclusive():
                    ("edgeline_agent_commit_duration_seconds_bucket", "+Inf"): 3,
                    ("edgeline_agent_commit_duration_seconds_count", None): 3,
                    ("edgeline_agent_commit_duration_seconds_sum", None): 9.6}
+
+
+def test_prometheus_client_is_imported_at_the_first_scrape_only(tmp_path):
+    """A node nobody scrapes (a Pi Zero) pays neither its import time nor its memory."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asyncio\n"
+            "from edgeline_host.agent.config import parse_config\n"
+            "from edgeline_host.agent.service import Agent\n"
+            "import edgeline_host.gateway.api\n"
+            "cfg = parse_config({'edge': {'node_id': 'n1', 'data_dir': %r, 'sync': {'enabled': False},"
+            " 'local_topics': [{'topic': 'l', 'sync': 'group'}]}})\n"
+            "agent = Agent(cfg, print_fn=lambda *_: None)\n"
+            "agent.app()\n"
+            "asyncio.run(agent.ingest('l', [None], [b'\\x01']))\n"
+            "agent.close()\n"
+            "assert 'prometheus_client' not in sys.modules, 'prometheus_client loaded'\n" % str(tmp_path / "d"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -10,9 +10,8 @@ evicted, ...) restart with the process, as Prometheus counters may; ``appended``
 import time
 
 from edgeline.clock import ts_physical_ms
-from prometheus_client.core import HistogramMetricFamily
 
-from ..metrics import CollectorRegistry, counter, gauge
+from ..metrics import counter, gauge, new_registry
 
 # What Uplink.status()["state"] can be, and "disabled" (no uplink): edgeline_agent_uplink_state.
 UPLINK_STATES = ("disabled", "idle", "connecting", "connected", "backing_off", "open", "paused", "stopped")
@@ -33,11 +32,8 @@ _MQTT_COUNTERS = (
 
 
 def registry_for(agent):
-    """A new registry with ``agent``'s collector; returns (registry, commit latency)."""
-    reg = CollectorRegistry(auto_describe=False)
-    latency = CommitLatency()
-    reg.register(AgentCollector(agent, latency))
-    return reg, latency
+    """A new registry with ``agent``'s collector (at the first scrape)."""
+    return new_registry(AgentCollector(agent, agent.commit_latency))
 
 
 class CommitLatency:
@@ -62,6 +58,8 @@ class CommitLatency:
         h[1] += seconds
 
     def family(self):
+        from prometheus_client.core import HistogramMetricFamily
+
         fam = HistogramMetricFamily("edgeline_agent_commit_duration_seconds", "Group commits: from writing the buffer "
                                     "out to the end of its fsync, per topic", labels=["topic"])
         for topic in sorted(self.topics):

@@ -54,7 +54,6 @@ class GatewayApi:
     def __init__(self, gateway):
         self.gateway = gateway
         self.sync = HttpGatewayTransport(gateway)
-        self.metrics = registry_for(gateway, lambda: len(self.sync.sessions))  # GET /metrics (docs/metrics.md)
 
     def app(self):
         gw = self.gateway
@@ -67,7 +66,8 @@ class GatewayApi:
         app.router.add_get("/v1/gaps", self.handle_gaps)
         app.router.add_get("/healthz", self.handle_health)
         app.router.add_get("/v1/health", self.handle_health)
-        app.router.add_get("/metrics", metrics_handler(self.metrics))
+        # GET /metrics (docs/metrics.md); the registry is made at the first scrape
+        app.router.add_get("/metrics", metrics_handler(lambda: registry_for(gw, lambda: len(self.sync.sessions))))
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app

@@ -17,15 +17,13 @@ import time
 
 from edgeline.sync import CLOUD_ORIGIN
 
-from ..metrics import CollectorRegistry, counter, gauge
+from ..metrics import counter, gauge, new_registry
 
 HEALTH_STATES = ("ok", "degraded", "failing")
 
 
 def registry_for(gateway, sessions):
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(GatewayCollector(gateway, sessions))
-    return reg
+    return new_registry(GatewayCollector(gateway, sessions))
 
 
 class GatewayCollector:
