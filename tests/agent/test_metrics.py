@@ -322,3 +322,61 @@ def test_prometheus_client_is_imported_at_the_first_scrape_only(tmp_path):
             "assert 'prometheus_client' not in sys.modules, 'prometheus_client loaded'\n" % str(tmp_path / "d"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_mqtt_endpoint_metrics_count_what_its_stats_say(tmp_path):
+    """The agent as an MQTT endpoint: publishes from a real paho client, then the
+    endpoint's metrics equal its counters in /v1/health."""
+    import socket
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    def port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    http_port = port()
+    cfg = parse_config({"edge": {"node_id": NODE, "data_dir": str(tmp_path / "data"), "sync": {"enabled": False},
+                                 "local_topics": ["t"],
+                                 "ingest": {"http": {"listen": "127.0.0.1:%d" % http_port},
+                                            "mqtt": {"listen": "127.0.0.1:%d" % port(), "map": {"m/#": "t"}}}}},
+                       base_dir=str(tmp_path))
+
+    async def main():
+        agent = Agent(cfg, print_fn=lambda *_: None)
+        task = asyncio.ensure_future(agent.run(install_signals=False))
+        client = None
+        try:
+            async def serving():
+                return (agent.mqtt_endpoint is not None and agent.mqtt_endpoint.port) or task.done()
+
+            await until(serving, "the endpoint")
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pub")
+            client.connect("127.0.0.1", agent.mqtt_endpoint.port)
+            client.loop_start()
+            infos = [client.publish("m/x", b"%d" % i, qos=1) for i in range(5)]
+
+            async def acked():
+                return all(i.is_published() for i in infos)
+
+            await until(acked, "the PUBACKs")
+            base = "http://127.0.0.1:%d" % http_port
+            async with aiohttp.ClientSession() as http:
+                m = await scrape(http, base + "/metrics")
+                stats = (await get_json(http, base + "/v1/health"))["mqtt_endpoint"]
+            return m, stats
+        finally:
+            if client is not None:
+                client.disconnect()
+                client.loop_stop()
+            agent.stop()
+            await asyncio.wait_for(task, WAIT_S)
+
+    m, stats = asyncio.run(main())
+    assert m.value("edgeline_agent_mqtt_endpoint_stored_total") == stats["stored"] == 5
+    assert m.value("edgeline_agent_mqtt_endpoint_received_total") == stats["received"] == 5
+    assert m.value("edgeline_agent_mqtt_endpoint_connects_total") == stats["connects"] == 1
+    assert m.value("edgeline_agent_records_appended_total", topic="t") == 5
+    assert not m.has("edgeline_agent_mqtt_ingest_received_total")  # no broker ingest configured

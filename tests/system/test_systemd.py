@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edgeline_host.sdnotify import Notifier
 from edgeline_host.systemdunits import unit
@@ -89,6 +90,10 @@ def _service(tmp_path, args, port, health_path):
         # READY means serving: the first request after it is answered
         with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, health_path), timeout=10) as r:
             assert r.status == 200
+        # and the real process serves its metrics (docs/metrics.md)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+            names = {f.name for f in text_string_to_metric_families(r.read().decode())}
+        assert {"edgeline_agent_uplink_state", "edgeline_gateway_health"} & names
         ns.wait_for("WATCHDOG=1")
         ns.wait_for("WATCHDOG=1")  # again: it keeps the watchdog fed, every 0.1 s here
         proc.send_signal(signal.SIGTERM)
