@@ -185,6 +185,10 @@ def test_agent_and_gateway_metrics_match_their_apis(tmp_path):
         assert g.value("edgeline_gateway_stream_seq", node=NODE, topic="t") == 7
         assert g.value("edgeline_gateway_records_lost_total", node=NODE, topic="t") == 0
         assert 0 <= g.value("edgeline_gateway_stream_updated_age_seconds", node=NODE, topic="t") < WAIT_S
+        # the newest record (seq 7) was stamped before the sync: it is at least as old as the sync is
+        lag = g.value("edgeline_gateway_newest_record_age_seconds", node=NODE, topic="t")
+        assert lag >= g.value("edgeline_gateway_stream_updated_age_seconds", node=NODE, topic="t") - 0.01
+        assert lag >= 0.05 and lag < WAIT_S  # the uplink was paused after they were appended
         assert g.value("edgeline_gateway_records_published_total") == 3
         assert not g.has("edgeline_gateway_records_stored_total", node="cloud", topic="cmds")
 

@@ -7,14 +7,17 @@ table replicas' conflict rows; ``sessions`` is a callable giving the open HTTP s
 sessions. Nothing is counted twice on the hot path. The store's counts live in the
 database, so the per-stream counters carry on across gateway restarts.
 
-The gateway does not know how far behind an edge's own log it is (an edge says its head
-only for table topics): ``edgeline_gateway_stream_updated_age_seconds`` is how long
-since a stream last moved, and the edge's ``edgeline_agent_queue_records`` and
+The gateway does not know how far behind an edge's own log it is in seqs (an edge says
+its head only for table topics); in time it does: ``edgeline_gateway_newest_record_age_seconds``
+is how old the newest record it holds of a stream is (by the record's timestamp; the
+record is read once per new mark, then cached), ``edgeline_gateway_stream_updated_age_seconds``
+how long since the stream last moved, and the edge's ``edgeline_agent_queue_records`` and
 ``edgeline_agent_oldest_unsent_age_seconds`` are its lag. For the cloud-to-edge topics,
 the gateway does know each node's lag: ``edgeline_gateway_downlink_pending_records``.
 """
 import time
 
+from edgeline.clock import ts_physical_ms
 from edgeline.sync import CLOUD_ORIGIN
 
 from ..metrics import counter, gauge, new_registry
@@ -30,11 +33,12 @@ class GatewayCollector:
     def __init__(self, gateway, sessions):
         self.gateway = gateway
         self.sessions = sessions
+        self._newest = {}  # (node, topic, incarnation) -> (mark, wall ms of the record at it)
 
     def collect(self):
         gw = self.gateway
         p = "edgeline_gateway_"
-        yield from self._streams(gw, p)
+        yield from self._streams(gw, p, self._newest)
         yield from self._downlinks(gw, p)
         h = gw.health()
         health = gauge(p + "health", "1 for the gateway's health status (GET /healthz), 0 for the others", ["status"])
@@ -78,7 +82,7 @@ class GatewayCollector:
         yield from (pending, conflicts)
 
     @staticmethod
-    def _streams(gw, p):
+    def _streams(gw, p, newest):
         labels = ["node", "topic"]
         stored = counter(p + "records_stored", "Records stored from a node's topic (every log incarnation)", labels)
         lost = counter(p + "records_lost", "Records a node reported lost in gaps (evicted, expired, corrupt)", labels)
@@ -86,31 +90,37 @@ class GatewayCollector:
         age = gauge(p + "stream_updated_age_seconds", "Seconds since the gateway last stored anything of the "
                     "node's topic (records or a gap)", labels)
         gaps = counter(p + "gaps", "Gaps (seq ranges an edge reported lost) stored, by reason", labels + ["reason"])
+        lag = gauge(p + "newest_record_age_seconds", "Age of the newest record stored of the node's topic, by its "
+                    "timestamp: how far behind the node the gateway is, in time", labels)
         per = {}
         for s in gw.store.status():
+            if s["origin"] == CLOUD_ORIGIN:
+                continue  # the cloud's own streams: records_published, downlinks
             k = (s["origin"], s["topic"])
-            row = per.setdefault(k, [0, 0, 0, 0])
+            row = per.setdefault(k, [0, 0, 0, 0, None])
             row[0] += s["records"]
             row[1] += s["lost"]
             if s["current"]:
                 row[2] = s["mark"]
+                row[4] = s["incarnation"]
             row[3] = max(row[3], s["updated_ms"] or 0)
         now_ms = time.time() * 1000.0
-        for (node, topic), (n, nlost, m, updated) in sorted(per.items()):
-            if node == CLOUD_ORIGIN:
-                continue  # the cloud's own streams: records_published, downlinks
+        for (node, topic), (n, nlost, m, updated, inc) in sorted(per.items()):
             stored.add_metric([node, topic], n)
             lost.add_metric([node, topic], nlost)
             mark.add_metric([node, topic], m)
             if updated:
                 age.add_metric([node, topic], max(0.0, (now_ms - updated) / 1000.0))
+            newest_ms = _newest_ms(gw, newest, node, topic, inc, m)
+            if newest_ms is not None:
+                lag.add_metric([node, topic], max(0.0, (now_ms - newest_ms) / 1000.0))
         counts = {}
         for g in gw.store.gaps():
             k = (g["origin"], g["topic"], g["reason"])
             counts[k] = counts.get(k, 0) + 1
         for k, n in sorted(counts.items()):
             gaps.add_metric(list(k), n)
-        return stored, lost, mark, age, gaps
+        return stored, lost, mark, age, lag, gaps
 
     @staticmethod
     def _downlinks(gw, p):
@@ -124,3 +134,19 @@ class GatewayCollector:
             delivered.add_metric([d["node"], d["topic"]], d["delivered"])
         return pending, delivered
 
+
+
+def _newest_ms(gw, cache, node, topic, inc, mark):
+    """Wall ms of the record at seq ``mark`` of the stream (its newest), read once per
+    mark; None if the stream holds no record there (a gap at its end, or none yet)."""
+    key = (node, topic, inc)
+    hit = cache.get(key)
+    if hit is not None and hit[0] == mark:
+        return hit[1]
+    ms = None
+    if mark:
+        rows = gw.store.records(topic, origin=node, from_seq=mark, to_seq=mark, limit=1, incarnation=inc)
+        if rows:
+            ms = ts_physical_ms(rows[0]["ts"])
+    cache[key] = (mark, ms)
+    return ms
