@@ -105,8 +105,15 @@ def gateway(ctx, keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, to
     keys = load_keys(keys_file)
     topics = load_topics(topics_file, keys) if topics_file else None
     token = load_token(publish_token_file) if publish_token_file else None
+    def reload_keys():
+        # SIGHUP: the keys file again; the topics file must still agree with it (not reloaded)
+        new = load_keys(keys_file)
+        if topics_file:
+            load_topics(topics_file, new)
+        return new
+
     serve(db, keys, host, port, print_fn=logsetup.service_print("edgeline.gateway"), tcp=tcp, mqtt=mqtt,
-          topics=topics, publish_token=token)
+          topics=topics, publish_token=token, reload_keys=reload_keys)
 
 
 @gateway.command("health")

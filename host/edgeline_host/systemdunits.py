@@ -93,6 +93,7 @@ NotifyAccess=main
 EnvironmentFile={env_file}
 ExecStartPre={exe} gateway --check
 ExecStart={exe} gateway
+ExecReload=/bin/kill -HUP $MAINPID
 Environment=EDGELINE_LOG_FORMAT=json
 Restart=always
 RestartSec=5

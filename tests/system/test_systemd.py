@@ -157,3 +157,48 @@ def test_unit_refuses_paths_systemd_would_split():
     r = subprocess.run([EXE, "systemd-unit", "agent", "--config", "relative.yaml"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "absolute path" in r.stderr
+
+
+def test_gateway_reloads_its_keys_on_sighup(tmp_path):
+    """systemctl reload (ExecReload: SIGHUP): a node added to the keys file is served at
+    once, without a restart; a broken keys file changes nothing."""
+    import json
+
+    port = free_port()
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("n1: '%s'\n" % KEY_HEX)
+    (tmp_path / "topics.yaml").write_text("cmds: {direction: cloud_to_edge}\n")
+    ns = NotifySocket(tmp_path / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=ns.path)
+    proc = subprocess.Popen([EXE, "gateway", "--keys", str(keys), "--db", str(tmp_path / "gw.db"), "--topics",
+                             str(tmp_path / "topics.yaml"), "--listen", "127.0.0.1:%d" % port], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def nodes():
+        with urllib.request.urlopen("http://127.0.0.1:%d/v1/status" % port, timeout=10) as r:
+            return sorted(d["node"] for d in json.load(r)["downlinks"])
+
+    try:
+        ns.wait_for("READY=1")
+        assert nodes() == ["n1"]
+        keys.write_text("n1: '%s'\nn2: '%s'\n" % (KEY_HEX, "22" * 32))
+        proc.send_signal(signal.SIGHUP)
+        ns.wait_for("RELOADING=1")
+        ns.wait_for("READY=1")
+        assert nodes() == ["n1", "n2"]
+        keys.write_text("n1: not a key\n")
+        proc.send_signal(signal.SIGHUP)
+        ns.wait_for("RELOADING=1")
+        ns.wait_for("READY=1")
+        assert nodes() == ["n1", "n2"]  # kept
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == 0, err
+        text = out + err
+        assert "keys reloaded: 2 node(s); added n2" in text
+        assert "the keys were not reloaded (the 2 node(s) stay)" in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        ns.close()
