@@ -119,7 +119,8 @@ def test_agent_and_gateway_metrics_match_their_apis(tmp_path):
         status, _ = await post(http, abase + "/v1/topics/t/records", b"[1, 2, 3, 4, 5]")
         assert status == 200
         for _ in range(2):  # the second is answered from the dedupe window
-            status, answer = await post(http, abase + "/v1/topics/t/records", b'["a", "b"]', **{"Idempotency-Key": "k1"})
+            status, answer = await post(http, abase + "/v1/topics/t/records", b'["a", "b"]',
+                                        **{"Idempotency-Key": "k1"})
             assert status == 200
         assert answer["duplicate"] is True
         status, _ = await post(http, abase + "/v1/topics/t/records", b"[1, NaN]")

@@ -47,7 +47,6 @@ def test_agent_check_ok_creates_and_locks_nothing(tmp_path):
 
 
 def test_agent_check_beside_a_running_agent_takes_no_lock(tmp_path):
-    from edgeline.errors import ConfigError  # noqa: F401 - the import the agent makes too
     from edgeline_host.agent.config import load_config
     from edgeline_host.agent.service import Agent
 

@@ -107,8 +107,8 @@ class AgentCollector:
     def _topics(a):
         p = "edgeline_agent_"
         appended = counter(p + "records_appended", "Records appended to the topic's own log (its last seq)", ["topic"])
-        received = counter(p + "records_received", "Records of the cloud held in the topic's downlink log (its last seq)",
-                           ["topic"])
+        received = counter(p + "records_received", "Records of the cloud held in the topic's downlink log "
+                           "(its last seq)", ["topic"])
         durable = gauge(p + "durable_seq", "The last seq of the topic's own log known durable", ["topic"])
         synced = counter(p + "records_synced", "Records the gateway acknowledged (the outbox cursor's seq; "
                          "seqs reported as a gap count too)", ["topic"])
