@@ -855,6 +855,7 @@ class Agent:
         if st.commit is not None or self._closed_logs:
             return
         st.urgent = False
+        started = time.perf_counter()
         try:
             token = begin_commit(st.log, wall_ms())
         except EdgelineError as e:
@@ -867,7 +868,7 @@ class Agent:
             self._commit_pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.topics), 8)),
                                                    thread_name_prefix="edgeline-commit")
         st.commit = token
-        st.commit_started = time.perf_counter()
+        st.commit_started = started  # the commit's latency, from the write out (/metrics)
         self._commit_pool.submit(self._fsync, asyncio.get_running_loop(), st, token)
 
     def _fsync(self, loop, st, token):
