@@ -22,11 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WAIT_S = 20  # generous: a timeout here is a failure, never a measurement
 
 
-def agent_config(tmp_path, gateway_url, key_hex=KEY_HEX, node=NODE):
+def agent_config(tmp_path, gateway_url, key_hex=KEY_HEX, node=NODE, topics=()):
     e = {"node_id": node, "data_dir": str(tmp_path / ("data-" + node)), "key": key_hex, "cloud_endpoint": gateway_url,
          "sync": {"interval_secs": 0.05},
          "sync_topics": [{"topic": "t", "direction": "edge_to_cloud", "sync": "group"},
-                         {"topic": "cmds", "direction": "cloud_to_edge"}],
+                         {"topic": "cmds", "direction": "cloud_to_edge"}] + list(topics),
          "ingest": {"http": {"listen": "127.0.0.1:0"}}}
     return parse_config({"edge": e}, base_dir=str(tmp_path))
 
@@ -88,14 +88,14 @@ async def post(http, url, body, **headers):
         return r.status, await r.json()
 
 
-async def fleet(tmp_path, fn):
+async def fleet(tmp_path, fn, topics=()):
     """A gateway (in process, over HTTP) and a running agent syncing to it; fn(agent,
     agent_base, gateway_base, http)."""
     gw = make_gateway(tmp_path)
     server = TestServer(GatewayApi(gw).app())
     await server.start_server()
     gbase = str(server.make_url("")).rstrip("/")
-    agent = Agent(agent_config(tmp_path, gbase + "/v1/sync"), print_fn=lambda *_: None)
+    agent = Agent(agent_config(tmp_path, gbase + "/v1/sync", topics=topics), print_fn=lambda *_: None)
     runner = aiohttp.web.AppRunner(agent.app())
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
@@ -385,3 +385,46 @@ def test_mqtt_endpoint_metrics_count_what_its_stats_say(tmp_path):
     assert m.value("edgeline_agent_mqtt_endpoint_connects_total") == stats["connects"] == 1
     assert m.value("edgeline_agent_records_appended_total", topic="t") == 5
     assert not m.has("edgeline_agent_mqtt_ingest_received_total")  # no broker ingest configured
+
+
+def test_evictions_and_gaps_on_both_sides(tmp_path):
+    """A small drop_oldest topic filled while the uplink is paused: the agent counts what
+    it evicted and the gaps it reported, the gateway the gaps and the records lost --
+    each equal to the JSON APIs."""
+    small = {"topic": "small", "direction": "edge_to_cloud", "sync": "every", "segment_size": "1KB",
+             "budget": "4KB", "full_policy": "drop_oldest"}
+
+    async def fn(agent, abase, gbase, http):
+        await post(http, abase + "/v1/sync/pause", b"")
+        body = ("[" + ", ".join('"%s"' % ("x" * 100) for _ in range(10)) + "]").encode()
+        for _ in range(10):
+            status, _ = await post(http, abase + "/v1/topics/small/records", body)
+            assert status == 200
+        q = (await get_json(http, abase + "/v1/queue"))["topics"]["small"]
+        assert q["evicted"] > 0
+        m = await scrape(http, abase + "/metrics")
+        assert m.value("edgeline_agent_records_evicted_total", topic="small") == q["evicted"]
+        assert m.value("edgeline_agent_queue_records", topic="small") == q["pending"]
+        await post(http, abase + "/v1/sync/resume", b"")
+
+        async def synced():
+            return (await get_json(http, abase + "/v1/queue"))["topics"]["small"]["acked"] == 100
+
+        await until(synced, "the uplink to sync topic small")
+        m = await scrape(http, abase + "/metrics")
+        g = await scrape(http, gbase + "/metrics")
+        gaps = (await get_json(http, gbase + "/v1/gaps?origin=%s&topic=small" % NODE))["gaps"]
+        up = (await get_json(http, abase + "/v1/sync/status"))["topics"]["small"]
+        return m, g, gaps, up
+
+    m, g, gaps, up = asyncio.run(fleet(tmp_path, fn, topics=[small]))
+    assert gaps and up["gaps_sent"] >= 1
+    assert m.value("edgeline_agent_gaps_sent_total", topic="small") == up["gaps_sent"]
+    by_reason = {}
+    for gap in gaps:
+        by_reason[gap["reason"]] = by_reason.get(gap["reason"], 0) + 1
+    for reason, n in by_reason.items():
+        assert g.value("edgeline_gateway_gaps_total", node=NODE, topic="small", reason=reason) == n
+    lost = sum(gap["last"] - gap["first"] + 1 for gap in gaps)
+    assert g.value("edgeline_gateway_records_lost_total", node=NODE, topic="small") == lost
+    assert g.value("edgeline_gateway_records_stored_total", node=NODE, topic="small") == 100 - lost

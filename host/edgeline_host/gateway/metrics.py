@@ -114,11 +114,7 @@ class GatewayCollector:
             newest_ms = _newest_ms(gw, newest, node, topic, inc, m)
             if newest_ms is not None:
                 lag.add_metric([node, topic], max(0.0, (now_ms - newest_ms) / 1000.0))
-        counts = {}
-        for g in gw.store.gaps():
-            k = (g["origin"], g["topic"], g["reason"])
-            counts[k] = counts.get(k, 0) + 1
-        for k, n in sorted(counts.items()):
+        for k, n in sorted(gw.store.gap_counts().items()):
             gaps.add_metric(list(k), n)
         return stored, lost, mark, age, lag, gaps
 
