@@ -73,7 +73,7 @@ async def run_once(base, recs, compression, batch, tag):
     await server.start_server()
     link = FaultLink(0, "127.0.0.1", server.port)
     await link.start()
-    lg = RingLog(os.path.join(d, "log"), sync="none")
+    lg = RingLog(os.path.join(d, "log"), sync="none", budget_bytes=1 << 30)
     for _seq, ts, key, value in recs:
         lg.append(value, key=key, ts=ts)
     lg.flush()
