@@ -21,7 +21,9 @@ carries one batch (one topic).
 
 records/s: the time from starting the uplink to the last ACK, for --records records at
 batch 1000, the median of --reps; ratio against ``none`` in the same rep (the CPU the
-encoder costs shows here: on loopback the link is never the bottleneck).
+encoder costs shows here: on loopback the link is never the bottleneck). With --records
+5000 or more, once more with the uplink's bandwidth_limit at 1 Mbit/s (a slow link; up to
+10,000 records), none against zstd.
 """
 import argparse
 import asyncio
@@ -65,7 +67,7 @@ def json_bytes(recs, size):
     return total
 
 
-async def run_once(base, recs, compression, batch, tag):
+async def run_once(base, recs, compression, batch, tag, bandwidth=0):
     """(bytes up, bytes down, seconds) to send recs through the uplink."""
     d = harness.fresh_subdir(base, "%s-%s-%d" % (tag, compression, batch))
     gw = Gateway(os.path.join(d, "gw.db"), {NODE: KEY}, max_batch_records=10000)
@@ -81,7 +83,7 @@ async def run_once(base, recs, compression, batch, tag):
     up = Uplink(NODE, KEY, "http://127.0.0.1:%d/v1/sync" % link.port, {"t": (lg, ob)},
                 retry=RetryPolicy(initial_ms=20, max_ms=100, multiplier=2.0, jitter=0.2),
                 breaker=CircuitBreaker(failures=0, open_ms=1000), batch_records=batch, interval_ms=60000,
-                max_batch_bytes=1 << 20, compression=compression)
+                max_batch_bytes=1 << 20, compression=compression, bandwidth_bytes_per_sec=bandwidth)
     t0 = time.perf_counter()
     task = asyncio.create_task(up.run())
     try:
@@ -135,6 +137,16 @@ def main(argv=None):
             for c in SETTINGS[1:]:
                 res.add("sensors, batch 1000: %s, records/s" % c, harness.median(rates[c]), "rec/s", samples=rates[c],
                         baseline="sensors, batch 1000: none, records/s")
+            # a slow link: the uplink's bandwidth_limit at 1 Mbit/s (125,000 B/s; its
+            # bucket starts with one second's worth, so the run is made several seconds long)
+            slow = data["sensors"][:min(len(data["sensors"]), 10000)]
+            if len(slow) >= 5000:
+                for c in ("none", "zstd"):
+                    harness.progress("records/s at 1 Mbit/s, %s" % c)
+                    _, _, t = await run_once(base, slow, c, 1000, "slow", bandwidth=125000)
+                    case = "sensors, batch 1000, link 1 Mbit/s: %s, records/s" % c
+                    res.add(case, len(slow) / t, "rec/s",
+                            baseline=None if c == "none" else "sensors, batch 1000, link 1 Mbit/s: none, records/s")
 
     asyncio.run(go())
     res.note("B/rec: bytes on the TCP link (HTTP request lines, headers, bodies; handshakes included) / records; "
