@@ -6,6 +6,8 @@ import sys
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeline import codec, columnar, sync
 from edgeline.errors import LocalProtocolError, RemoteProtocolError
@@ -209,3 +211,33 @@ def test_bounds():
         e.send(sync.batch_from_records("t", recs))
     data, got = send_batch(e, g, sync.batch_from_records("t", recs[:2]))
     assert type(got) is sync.Batch and len(got.entries) == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=st.integers(1, 2 ** 40), base=st.integers(0, 2 ** 63),
+       entries=st.lists(st.tuples(st.integers(-2 ** 20, 2 ** 30), st.one_of(st.none(), st.binary(max_size=12)),
+                                  st.one_of(st.binary(max_size=40),
+                                            st.builds(codec.dumps, st.recursive(
+                                                st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                                                          st.text(max_size=8)),
+                                                lambda c: st.lists(c, max_size=4) | st.dictionaries(
+                                                    st.text(max_size=4), c, max_size=4), max_leaves=8)))),
+                        min_size=1, max_size=40),
+       compression=st.sampled_from(["zstd", "columnar"]))
+def test_any_batch_arrives_as_it_was_sent(first, base, entries, compression):
+    entries = [[d, k, v] for d, k, v in entries if 0 <= base + d < 2 ** 64]
+    if not entries:
+        return
+    e, g, ec, gc = pair(offer=wirecomp.offer(compression), compression=compression)
+    ev = sync.Batch("t", first, base, entries)
+    _, got = send_batch(e, g, ev)
+    # the same records (a CBATCH's BATCH takes the first record's ts as base_ts, C2)
+    assert type(got) is sync.Batch and got.topic == "t" and sync.records_of(got) == sync.records_of(ev)
+    # and through each encoding, whichever the edge would pick
+    msg = [5, "t", first, base, entries]
+    for enc in ("columnar-1", "zstd-columnar-1"):
+        out = wirecomp.compress_batch(msg, enc)
+        assert out[2] in ("columnar-1", enc)
+        back = wirecomp.expand(out, 1 << 24, 10 ** 5)
+        assert back[:2] == [5, "t"] and sync.records_of(sync.Batch(*back[1:])) == sync.records_of(ev)
+        assert back[3] == base + entries[0][0] and back[4][0][0] == 0
