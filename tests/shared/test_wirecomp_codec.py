@@ -241,3 +241,16 @@ def test_any_batch_arrives_as_it_was_sent(first, base, entries, compression):
         back = wirecomp.expand(out, 1 << 24, 10 ** 5)
         assert back[:2] == [5, "t"] and sync.records_of(sync.Batch(*back[1:])) == sync.records_of(ev)
         assert back[3] == base + entries[0][0] and back[4][0][0] == 0
+
+
+def test_without_zstandard_only_columnar(monkeypatch):
+    # a host whose Python lacks the zstandard package (it is a dependency; a Pi's
+    # hand-made environment may not have it): columnar-1 alone, offered and accepted
+    monkeypatch.setattr(wirecomp, "zstandard", None)
+    assert wirecomp.offer("zstd") == ["columnar-1"] and wirecomp.offer("columnar") == ["columnar-1"]
+    assert wirecomp.accepted({"encodings": ["zstd-columnar-1", "columnar-1"]}) == ["columnar-1"]
+    e, g, ec, gc = pair(offer=wirecomp.offer("zstd"))
+    assert ec.encoding == "columnar-1"
+    _, got = send_batch(e, g, batch(100))
+    assert got == batch(100) and gc.batches == {"columnar-1": 1}
+    _expect_malformed([11, "t", "zstd-columnar-1", b"\x28\xb5\x2f\xfd" + b"\x00" * 8], match="no zstandard")
