@@ -554,6 +554,8 @@ def edge_sync_status(agent_url, as_json):
         click.echo("uplink disabled: %s" % st.get("reason"))
         return
     line = "uplink %s -> %s (breaker %s" % (st["state"], st["gateway"], st["breaker"])
+    if st.get("encoding"):  # the session's batch encoding (sync.compression, as the gateway accepted it)
+        line += ", batches %s" % st["encoding"]
     if st.get("failures"):
         line += ", %d failure(s) in a row" % st["failures"]
     if st.get("next_attempt_in_ms") is not None:

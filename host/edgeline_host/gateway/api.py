@@ -215,7 +215,7 @@ class GatewayApi:
         h.update({"sessions": len(self.sync.sessions), "commits": gw.committer.commits,
                   "items": gw.committer.items, "rejected": gw.rejected,
                   "store_failures": gw.store_failures, "published": gw.published,
-                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls,
+                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls, "compressed_batches": dict(gw.cbatches),
                   "new_incarnations": gw.new_incarnations, "relayed": gw.relayed,
                   "relays_pending": sum(len(v) for v in gw._relay_pending.values()),
                   "tombstones_collected": gw.collected,
