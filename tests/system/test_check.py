@@ -97,6 +97,14 @@ def test_agent_check_a_data_dir_it_cannot_write(tmp_path):
     assert len(problems) == 1 and "cannot be created" in problems[0] and "not writable" in problems[0]
 
 
+def test_agent_check_a_data_dir_under_a_file(tmp_path):
+    # what even root cannot create: a directory whose parent is a file
+    write(tmp_path / "node.key", KEY_HEX + "\n")
+    write(tmp_path / "afile", "x\n")
+    problems, _ = check_agent(edge_yaml(tmp_path, data_dir=str(tmp_path / "afile" / "data")))
+    assert len(problems) == 1 and "cannot be created" in problems[0] and "is not a directory" in problems[0], problems
+
+
 def test_gateway_check(tmp_path):
     keys = write(tmp_path / "keys.yaml", "n1: '%s'\n" % KEY_HEX)
     topics = write(tmp_path / "topics.yaml", "cmds: {direction: cloud_to_edge}\n")
