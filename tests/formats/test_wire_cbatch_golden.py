@@ -89,7 +89,8 @@ def test_generator_still_writes_these_bytes():
     msgs = mk.messages()
     assert sorted(s + ".cbor" for s, _, _ in msgs) == sorted(n for n in os.listdir(GOLDEN) if n.endswith(".cbor"))
     for stem, _who, data in msgs:
-        if stem in ("cbatch-zstd", "cbatch-zstd-cbor"):  # zstd's bytes may change between library versions; what they hold may not
+        # zstd's bytes may change between library versions; what they hold may not
+        if stem in ("cbatch-zstd", "cbatch-zstd-cbor"):
             assert _expand(cbor2.loads(data)) == _expand(cbor2.loads(_read(stem)))
         else:
             assert data == _read(stem), stem

@@ -258,7 +258,8 @@ def test_bounds():
     _, g, _, _ = pair(max_batch_records=10)
     _expect_malformed([11, "t", "columnar-1", columnar.encode([(i, i, None, b"") for i in range(1, 12)])], g)
     _, g, _, _ = pair(max_batch_records=10)
-    over = zstandard.ZstdCompressor(write_content_size=True).compress(codec.dumps([1, 0, [[i, None, b""] for i in range(11)]]))
+    eleven = codec.dumps([1, 0, [[i, None, b""] for i in range(11)]])
+    over = zstandard.ZstdCompressor(write_content_size=True).compress(eleven)
     assert _expect_malformed([11, "t", "zstd-cbor-1", over], g).endswith("11 records, over max_batch_records 10")
     # the edge keeps to the gateway's limits: what it cannot send is a LocalProtocolError
     # (the uplink halves the batch), never a CBATCH the gateway refuses
