@@ -23,18 +23,20 @@ offer an encoding -- are untouched.
   every BATCH as a CBATCH once ``encoding`` is set (after WELCOME); everything else goes
   out as before (``fastcbor``). Settings: ``zstd`` offers ``zstd-cbor-1`` alone (so a
   gateway without it gets plain BATCHes, never the costly columnar encoder), ``columnar``
-  offers ``zstd-columnar-1`` then ``columnar-1``. Under ``zstd-columnar-1`` a batch whose zstd frame is
-  not smaller than its columnar bytes goes as ``columnar-1``, and a CBATCH that is not
-  smaller than the plain BATCH goes plain (a batch of a record or two: the encodings'
-  fixed costs -- the encoding's name, the columnar header, a zstd frame header --
-  outweigh what they save).
+  offers ``zstd-columnar-1`` then ``columnar-1``. Under ``zstd-cbor-1`` one CBOR encode
+  of ``[first_seq, base_ts, entries]`` gives both the frame's content and, spliced, the
+  plain BATCH's bytes. Under ``zstd-columnar-1`` a batch whose zstd frame is not smaller
+  than its columnar bytes goes as ``columnar-1``. A CBATCH that is not smaller than the
+  plain BATCH goes plain (a batch of a record or two: the encodings' fixed costs -- the
+  encoding's name, the columnar header, a zstd frame header -- outweigh what they save).
 * The gateway: ``GatewayCodec`` -- decodes a CBATCH into the BATCH it carries before the
   connection sees it; bounded (the body at most ``max_message_bytes`` once
   decompressed, at most ``max_batch_records`` records, the values' rebuilt bytes at most
-  ``max_message_bytes``) and only ``CodecError`` for anything wrong, which the
-  connection answers ERROR ``malformed`` -- so an exchange holding a bad CBATCH stores
-  nothing. A CBATCH before the handshake is over is a BATCH out of place (``unexpected``),
-  not decoded at all. A gateway accepts every encoding it knows from any edge, plain
+  ``max_message_bytes``; a zstd-cbor-1 body is one CBOR item, nothing after it, whose
+  fields the connection then checks as a BATCH's) and only ``CodecError`` for anything
+  wrong, which the connection answers ERROR ``malformed`` -- so an exchange holding a
+  bad CBATCH stores nothing. A CBATCH before the handshake is over is a BATCH out of
+  place (``unexpected``), not decoded at all. A gateway accepts every encoding it knows from any edge, plain
   BATCHes beside them.
 
 Not in this slice: trained zstd dictionaries (the frame must name none), compressed DATA
