@@ -1,6 +1,6 @@
 """Write the golden messages of compressed batches (docs/spec/wire.md, "Compressed batches").
 
-    python tools/make_wire_cbatch_golden.py [--out DIR] [--force]
+    python tools/make_wire_cbatch_golden.py [--out DIR] [--force | --add]
 
 Fixed inputs, as tests/golden/wire-v2/ (node, key, nonces, the edge's max_message_bytes
 16384, the gateway's defaults): a handshake through a real EdgeConnection and
@@ -10,11 +10,13 @@ encodings and the gateway accepts both, then
 * ``cbatch-columnar.cbor``: the golden BATCH of version 2 (tests/golden/wire-v2/batch.cbor)
   as a ``columnar-1`` CBATCH;
 * ``batch-sensors.cbor`` and ``cbatch-zstd.cbor``: 100 of the demo's sensor records
-  (tools/datasets/sensors.py, seed 1) as a plain BATCH and as a ``zstd-columnar-1`` CBATCH.
+  (tools/datasets/sensors.py, seed 1) as a plain BATCH and as a ``zstd-columnar-1`` CBATCH;
+* ``cbatch-zstd-cbor.cbor``: the same records as a ``zstd-cbor-1`` CBATCH (added later:
+  ``--add`` writes the files not yet there, and the README).
 
 The columnar bytes are the same on every run and runtime; a zstd frame's bytes may differ
 between zstd library versions, so tests/formats/test_wire_cbatch_golden.py checks the
-zstd file by what it decodes to, and the others byte for byte. Never regenerated (--force).
+zstd files by what they decode to, and the others byte for byte. Never regenerated (--force).
 """
 import argparse
 import os
@@ -66,13 +68,14 @@ def messages():
             out.append((stem, "gateway", bytes(data)))
         return got
 
-    hello = edge("hello", sync.Hello(capabilities={"encodings": wirecomp.offer("zstd")},
+    # the offer of edge.sync.compression: columnar (it was zstd's before zstd-cbor-1)
+    hello = edge("hello", sync.Hello(capabilities={"encodings": wirecomp.offer("columnar")},
                                      incarnations={"temp": bytes.fromhex("0123456789abcdef")}))
     gateway(None, sync.Challenge())
     edge(None, sync.Auth())
     welcome = gateway("welcome", sync.Welcome(marks={"temp": 2, "config": 0},
                                               limits=wirecomp.welcome_limits(g, hello.capabilities)))
-    ec.encoding = wirecomp.choose("zstd", welcome.limits)
+    ec.encoding = wirecomp.choose("columnar", welcome.limits)
     with open(os.path.join(_ROOT, "tests", "golden", "wire-v2", "batch.cbor"), "rb") as f:
         golden = cbor2.loads(f.read())
     # three records: sent plain by an edge (no smaller compressed), so written directly
@@ -85,6 +88,9 @@ def messages():
     out.append(("batch-sensors", "edge", sync.CORE_CODEC.dumps([sync.Batch.TYPE] + plain.values())))
     ec.encoding = wirecomp.ZSTD_COLUMNAR
     got = edge("cbatch-zstd", sync.batch_from_records("sensors", recs))
+    assert got == plain
+    ec.encoding = wirecomp.ZSTD_CBOR
+    got = edge("cbatch-zstd-cbor", sync.batch_from_records("sensors", recs))
     assert got == plain
     return out
 
@@ -107,6 +113,8 @@ def readme(msgs):
         "* `batch-sensors.cbor`: 100 sensor records (tools/datasets/sensors.py, seed 1) as a plain BATCH;",
         "  `cbatch-zstd.cbor`: the same records as a `zstd-columnar-1` CBATCH (its zstd bytes may",
         "  differ from another zstd version's; the test checks what they decode to).",
+        "* `cbatch-zstd-cbor.cbor`: the same records as a `zstd-cbor-1` CBATCH: one zstd frame of",
+        "  `[first_seq, base_ts, entries]` in the plain BATCH's own CBOR (added with that encoding).",
         "",
         "| file | sender | bytes |",
         "|---|---|---|",
@@ -114,7 +122,7 @@ def readme(msgs):
     for stem, who, data in msgs:
         out.append("| `%s.cbor` | %s | %d |" % (stem, who, len(data)))
     for stem, _who, data in msgs:
-        if stem in ("batch-sensors", "cbatch-zstd"):
+        if stem in ("batch-sensors", "cbatch-zstd", "cbatch-zstd-cbor"):
             continue
         out += ["", "### %s.cbor" % stem, "", "```", "  %r" % (cbor2.loads(data),)]
         for i in range(0, len(data), 16):
@@ -127,17 +135,23 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--force", action="store_true", help="overwrite existing golden files")
+    ap.add_argument("--add", action="store_true", help="write only the golden files not there yet (and the README)")
     a = ap.parse_args(argv)
-    if os.path.exists(os.path.join(a.out, "hello.cbor")) and not a.force:
+    if os.path.exists(os.path.join(a.out, "hello.cbor")) and not (a.force or a.add):
         sys.exit("%s holds golden files already: they are never regenerated (--force to overwrite)" % a.out)
     os.makedirs(a.out, exist_ok=True)
     msgs = messages()
+    n = 1
     for stem, _who, data in msgs:
-        with open(os.path.join(a.out, stem + ".cbor"), "wb") as f:
+        path = os.path.join(a.out, stem + ".cbor")
+        if a.add and os.path.exists(path):
+            continue
+        with open(path, "wb") as f:
             f.write(data)
+        n += 1
     with open(os.path.join(a.out, "README.md"), "w") as f:
         f.write(readme(msgs))
-    print("wrote %d files to %s" % (len(msgs) + 1, a.out))
+    print("wrote %d files to %s" % (n, a.out))
 
 
 if __name__ == "__main__":

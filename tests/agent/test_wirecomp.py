@@ -7,6 +7,7 @@ import os
 import sys
 
 import aiohttp
+import zstandard
 
 from edgeline import codec, columnar, sync
 from edgeline.log import Record
@@ -34,8 +35,8 @@ def stored(gw, topic):
 
 def test_each_compression_setting_over_http_exactly_once(tmp_path):
     sent = {"sensors": sensors.records(700), "pos": pos.records(300)}
-    want = {"none": ("plain", set()), "columnar": ("columnar-1", {"columnar-1"}),
-            "zstd": ("zstd-columnar-1", {"zstd-columnar-1"})}
+    want = {"none": ("plain", set()), "columnar": ("zstd-columnar-1", {"zstd-columnar-1", "columnar-1"}),
+            "zstd": ("zstd-cbor-1", {"zstd-cbor-1"})}
 
     async def main():
         sizes = {}
@@ -59,8 +60,9 @@ def test_each_compression_setting_over_http_exactly_once(tmp_path):
             finally:
                 await stopped(up, task)
                 await gw.stop()
-        # fewer bytes for the same records, handshakes included
-        assert sizes["zstd"] < sizes["columnar"] < sizes["none"] / 4, sizes
+        # fewer bytes for the same records, handshakes included: zstd (cheap) several-fold,
+        # columnar (the costly encoder) fewest
+        assert sizes["columnar"] < sizes["zstd"] < sizes["none"] / 3, sizes
 
     asyncio.run(main())
 
@@ -100,6 +102,44 @@ def test_a_gateway_that_ignores_the_offer_gets_plain_batches(tmp_path, caplog):
     assert len(lines) == 1, lines
 
 
+def test_a_gateway_without_zstd_cbor_gets_plain_batches_from_zstd(tmp_path, caplog):
+    # a gateway of the first compressed batches knows columnar-1 and zstd-columnar-1
+    # only: compression zstd falls back to plain BATCHes (never the costly columnar
+    # encoder); compression columnar still gets zstd-columnar-1 from it
+    orig = wirecomp.accepted
+
+    async def main():
+        gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
+        try:
+            for compression, want, used in (("zstd", "plain", {}), ("columnar", "zstd-columnar-1", None)):
+                lg, ob = open_topic(tmp_path / compression, compression)
+                recs = sensors.records(250)
+                fill(lg, recs)
+                up = make_uplink(gw.url, {compression: (lg, ob)}, batch_records=100, compression=compression)
+                task = asyncio.create_task(up.run())
+                try:
+                    await until(lambda: ob.acked == 250)
+                    assert stored(gw, compression) == [tuple(r) for r in recs]
+                    st = up.status()
+                    assert st["encoding"] == want and st["failures"] == 0
+                    if used is not None:
+                        assert st["batches_by_encoding"] == used
+                finally:
+                    await stopped(up, task)
+            assert set(gw.gw.cbatches) == {"zstd-columnar-1"}
+        finally:
+            await gw.stop()
+
+    wirecomp.accepted = lambda caps: [e for e in orig(caps) if e != "zstd-cbor-1"]  # the gateway's WELCOME
+    try:
+        with caplog.at_level("INFO", logger="edgeline.uplink"):
+            asyncio.run(main())
+    finally:
+        wirecomp.accepted = orig
+    assert [r.getMessage() for r in caplog.records if "accepts no compressed BATCH" in r.getMessage()] == \
+        ["uplink: the gateway accepts no compressed BATCH encoding (zstd-cbor-1 offered): sending plain BATCHes"]
+
+
 def test_a_malformed_cbatch_is_an_error_and_nothing_of_the_request_is_stored(tmp_path):
     async def main():
         gw = await GatewayProc(str(tmp_path / "gw.db"), free_port()).start()
@@ -109,8 +149,12 @@ def test_a_malformed_cbatch_is_an_error_and_nothing_of_the_request_is_stored(tmp
                 bodies = [
                     columnar.encode([tuple(r) for r in good])[:-3],  # truncated
                     b"\x28\xb5\x2f\xfd" + b"\x00" * 40,  # not a frame
+                    # a frame of [first_seq, base_ts, entries] with a byte after the CBOR
+                    zstandard.ZstdCompressor(write_content_size=True).compress(
+                        codec.dumps([6, 1006, [[0, None, b"\x01"]]]) + b"\x00"),
                 ]
                 for enc, body in (("columnar-1", bodies[0]), ("zstd-columnar-1", bodies[1]),
+                                  ("zstd-cbor-1", bodies[2]), ("zstd-cbor-1", bodies[1]),
                                   ("brotli-1", columnar.encode([tuple(r) for r in good]))):
                     ec = wirecomp.EdgeCodec()
                     c = HttpEdgeClient(http, gw.url, NODE, KEY, codec=ec.codec)
@@ -140,7 +184,14 @@ def test_a_malformed_cbatch_is_an_error_and_nothing_of_the_request_is_stored(tmp
                 assert gw.gw.cbatches == {"zstd-columnar-1": 1}  # GET /healthz: compressed_batches
                 async with http.get(gw.url.replace("/v1/sync", "/healthz")) as r:
                     assert (await r.json())["compressed_batches"] == {"zstd-columnar-1": 1}
-                assert gw.gw.errors_by_reason.get("malformed", 0) >= 3
+                # and zstd-cbor-1, the default's encoding
+                ec.encoding = "zstd-cbor-1"
+                last = [Record(r.seq + 200, r.ts, r.key, r.value) for r in more]
+                assert (await c.exchange(sync.batch_from_records("t", last)))[0] == sync.Ack("t", 405)
+                assert ec.batches == {"plain": 1, "zstd-columnar-1": 1, "zstd-cbor-1": 1}
+                assert stored(gw, "t") == [tuple(r) for r in good + more + last]
+                assert gw.gw.cbatches == {"zstd-columnar-1": 1, "zstd-cbor-1": 1}
+                assert gw.gw.errors_by_reason.get("malformed", 0) >= 5
         finally:
             await gw.stop()
 
@@ -169,7 +220,7 @@ def test_cbatch_over_tcp(tmp_path):
             assert type(await answer()) is sync.Challenge
             writer.write(conn.send(sync.Auth()))
             welcome = await answer()
-            assert welcome.limits["encodings"] == ["zstd-columnar-1", "columnar-1"]
+            assert welcome.limits["encodings"] == ["zstd-cbor-1"]
             ec.encoding = wirecomp.choose("zstd", welcome.limits)
             recs = sensors.records(300)
             for first in (1, 101, 201):
@@ -178,7 +229,7 @@ def test_cbatch_over_tcp(tmp_path):
             # a replay of the first batch changes nothing
             writer.write(conn.send(sync.batch_from_records("s", [Record(*r) for r in recs[:100]])))
             assert await answer() == sync.Ack("s", 300)
-            assert ec.batches == {"zstd-columnar-1": 4}
+            assert ec.batches == {"zstd-cbor-1": 4} and gw.gw.cbatches == {"zstd-cbor-1": 4}
             assert stored(gw, "s") == [tuple(r) for r in recs]
             writer.close()
         finally:

@@ -1,7 +1,8 @@
 """Golden compressed batches (tests/golden/wire-v2-cbatch/) against docs/spec/wire.md,
 "Compressed batches": read with cbor2 and zstandard, the columnar bodies with the core's
-decoder (its own golden files pin it: docs/spec/columnar.md), and the generator still
-writes the same bytes (the zstd frame: the same records)."""
+decoder (its own golden files pin it: docs/spec/columnar.md), a zstd-cbor-1 body as the
+BATCH's own CBOR, and the generator still writes the same bytes (the zstd frames: the
+same records)."""
 import importlib.util
 import os
 
@@ -25,13 +26,17 @@ def _expand(cbatch):
     assert cbatch[0] == 11 and len(cbatch) >= 4
     topic, encoding, body = cbatch[1], cbatch[2], cbatch[3]
     assert type(encoding) is str and type(body) is bytes
-    if encoding == "zstd-columnar-1":
+    if encoding in ("zstd-columnar-1", "zstd-cbor-1"):
         p = zstandard.get_frame_parameters(body)
         assert p.content_size != zstandard.CONTENTSIZE_UNKNOWN and p.dict_id == 0
         dobj = zstandard.ZstdDecompressor().decompressobj()
         body2 = dobj.decompress(body)
         assert dobj.eof and not dobj.unused_data and len(body2) == p.content_size
         body = body2
+        if encoding == "zstd-cbor-1":  # [first_seq, base_ts, entries], one CBOR item, as in BATCH
+            fields = cbor2.loads(body)
+            assert cbor2.dumps(fields) == body and type(fields) is list and len(fields) == 3
+            return [5, topic] + fields
     else:
         assert encoding == "columnar-1"
     recs = columnar.decode(body)
@@ -44,7 +49,7 @@ def test_handshake_offers_and_accepts():
     hello = cbor2.loads(_read("hello"))
     old = cbor2.loads(_read("hello", V2))
     assert hello[0] == 1 and hello[1] == 2
-    assert hello[4]["encodings"] == ["zstd-columnar-1", "columnar-1"]
+    assert hello[4]["encodings"] == ["zstd-columnar-1", "columnar-1"]  # compression: columnar
     assert {k: v for k, v in hello[4].items() if k != "encodings"} == {"max_message_bytes": 16384}
     assert hello[5] == old[5]
     welcome = cbor2.loads(_read("welcome"))
@@ -68,6 +73,13 @@ def test_cbatch_carries_the_golden_batch():
     assert zb[:3] == [11, "sensors", "zstd-columnar-1"]
     assert _expand(zb) == plain and len(plain[4]) == 100
     assert len(_read("cbatch-zstd")) * 10 < len(_read("batch-sensors"))
+    # the same as zstd-cbor-1: the plain BATCH's fields, byte for byte, in one zstd frame
+    zc = cbor2.loads(_read("cbatch-zstd-cbor"))
+    assert zc[:3] == [11, "sensors", "zstd-cbor-1"] and len(zc) == 4
+    assert _expand(zc) == plain
+    inner = zstandard.ZstdDecompressor().decompress(zc[3])
+    assert _read("batch-sensors") == b"\x85\x05" + cbor2.dumps("sensors") + inner[1:]
+    assert len(_read("cbatch-zstd-cbor")) * 4 < len(_read("batch-sensors"))
 
 
 def test_generator_still_writes_these_bytes():
@@ -77,7 +89,8 @@ def test_generator_still_writes_these_bytes():
     msgs = mk.messages()
     assert sorted(s + ".cbor" for s, _, _ in msgs) == sorted(n for n in os.listdir(GOLDEN) if n.endswith(".cbor"))
     for stem, _who, data in msgs:
-        if stem == "cbatch-zstd":  # zstd's bytes may change between library versions; what they hold may not
+        # zstd's bytes may change between library versions; what they hold may not
+        if stem in ("cbatch-zstd", "cbatch-zstd-cbor"):
             assert _expand(cbor2.loads(data)) == _expand(cbor2.loads(_read(stem)))
         else:
             assert data == _read(stem), stem

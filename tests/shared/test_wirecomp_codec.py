@@ -21,7 +21,7 @@ KEY = bytes(range(32))
 NODE = "edge-1"
 
 
-def pair(offer=("zstd-columnar-1", "columnar-1"), compression="zstd", max_message_bytes=1 << 20,
+def pair(offer=("zstd-columnar-1", "columnar-1"), compression="columnar", max_message_bytes=1 << 20,
          max_batch_records=1000, gateway_codec=True):
     """A handshaken (edge, gateway, edge codec, gateway codec) over the wirecomp codecs."""
     ec = wirecomp.EdgeCodec()
@@ -58,22 +58,28 @@ def send_batch(e, g, ev):
 
 def test_negotiation():
     assert wirecomp.offer("none") is None
-    assert wirecomp.offer("columnar") == ["columnar-1"]
-    assert wirecomp.offer("zstd") == ["zstd-columnar-1", "columnar-1"]
+    assert wirecomp.offer("columnar") == ["zstd-columnar-1", "columnar-1"]
+    assert wirecomp.offer("zstd") == ["zstd-cbor-1"]
     # the gateway answers the offer's encodings it knows, in the edge's order
-    assert wirecomp.accepted({"encodings": ["lz4-9", "columnar-1", "zstd-columnar-1"]}) == \
-        ["columnar-1", "zstd-columnar-1"]
+    assert wirecomp.accepted({"encodings": ["lz4-9", "columnar-1", "zstd-cbor-1", "zstd-columnar-1"]}) == \
+        ["columnar-1", "zstd-cbor-1", "zstd-columnar-1"]
     for caps in ({}, None, {"encodings": "columnar-1"}, {"encodings": [1, None]}, {"encodings": {}}):
         assert wirecomp.accepted(caps) == []
-    assert wirecomp.choose("zstd", {"encodings": ["columnar-1", "zstd-columnar-1"]}) == "zstd-columnar-1"
-    assert wirecomp.choose("zstd", {"encodings": ["columnar-1"]}) == "columnar-1"
-    assert wirecomp.choose("columnar", {"encodings": ["zstd-columnar-1"]}) is None
+    assert wirecomp.choose("columnar", {"encodings": ["columnar-1", "zstd-columnar-1"]}) == "zstd-columnar-1"
+    assert wirecomp.choose("columnar", {"encodings": ["columnar-1"]}) == "columnar-1"
+    assert wirecomp.choose("columnar", {"encodings": ["zstd-cbor-1"]}) is None
+    assert wirecomp.choose("zstd", {"encodings": ["zstd-cbor-1"]}) == "zstd-cbor-1"
+    # zstd never falls back to the costly columnar encoder: a gateway that knows only the
+    # columnar encodings gets plain BATCHes from it
+    assert wirecomp.choose("zstd", {"encodings": ["zstd-columnar-1", "columnar-1"]}) is None
     assert wirecomp.choose("none", {"encodings": ["columnar-1"]}) is None
     assert wirecomp.choose("zstd", {"max_message_bytes": 256, "max_batch_records": 1}) is None
     assert wirecomp.choose("zstd", {"encodings": "columnar-1"}) is None
     # over connections: the WELCOME names what was accepted; without an offer it is the old WELCOME
     e, g, ec, _ = pair()
     assert ec.encoding == "zstd-columnar-1"
+    e, g, ec, _ = pair(offer=("zstd-cbor-1",), compression="zstd")
+    assert ec.encoding == "zstd-cbor-1"
     e, g, ec, _ = pair(offer=("columnar-1",), compression="columnar")
     assert ec.encoding == "columnar-1"
     e, g, ec, _ = pair(offer=None)
@@ -85,7 +91,7 @@ def test_negotiation():
 
 
 def test_each_encoding_carries_the_batch_exactly():
-    for compression, want in (("zstd", {"zstd-columnar-1"}), ("columnar", {"columnar-1"}), ("none", set())):
+    for compression, want in (("zstd", {"zstd-cbor-1"}), ("columnar", {"zstd-columnar-1"}), ("none", set())):
         e, g, ec, gc = pair(offer=wirecomp.offer(compression) or (), compression=compression)
         ev = batch(100)
         data, got = send_batch(e, g, ev)
@@ -107,6 +113,27 @@ def test_each_encoding_carries_the_batch_exactly():
     data, got = send_batch(e, g, ev)
     assert got == ev and gc.batches == {"columnar-1": 1}
     assert cbor_first_fields(data)[:3] == [11, "sensors", "columnar-1"]
+
+
+def test_zstd_cbor_body_is_the_batch_fields_after_its_topic():
+    e, g, ec, gc = pair(offer=("zstd-cbor-1",), compression="zstd")
+    ev = batch(100)
+    plain = codec.dumps([5] + ev.values())
+    data, got = send_batch(e, g, ev)
+    assert got == ev and gc.batches == {"zstd-cbor-1": 1}  # base_ts and deltas as sent: not rebased
+    cb = cbor_first_fields(data)
+    assert cb[:3] == [11, "sensors", "zstd-cbor-1"] and len(cb) == 4
+    inner = zstandard.ZstdDecompressor().decompress(cb[3])
+    assert zstandard.get_frame_parameters(cb[3]).content_size == len(inner)
+    # the body is [first_seq, base_ts, entries] in the plain BATCH's own CBOR bytes
+    assert inner == codec.dumps(ev.values()[1:])
+    assert plain == b"\x85\x05" + codec.dumps("sensors") + inner[1:]
+    assert ec.plain_bytes == len(plain) and ec.sent_bytes == len(data)
+    # a batch no smaller compressed goes plain, in exactly the plain BATCH's bytes
+    for ev in (batch(1), sync.Batch("t", 2 ** 40, 2 ** 63, [[0, b"k", b"v"], [-5, None, b""]])):
+        data, got = send_batch(e, g, ev)
+        assert got == ev and data == codec.dumps([5] + ev.values())
+    assert ec.batches == {"zstd-cbor-1": 1, "plain": 2}
 
 
 def cbor_first_fields(data):
@@ -169,13 +196,35 @@ def test_bad_bodies_are_malformed():
     named = zstandard.ZstdCompressor(dict_data=d, write_dict_id=True, write_content_size=True).compress(good)
     assert zstandard.get_frame_parameters(named).dict_id == d.dict_id()
     _expect_malformed([11, "t", "zstd-columnar-1", named], match="names dictionary")
+    # zstd-cbor-1: the frame rules, then exactly one CBOR [first_seq, base_ts, entries]
+    # with 1..max_batch_records entries, then the BATCH's own checks
+    fields = [7, 1000, [[0, None, b"\x01"], [1, b"k", b"\x02"]]]
+    zc = z.compress(codec.dumps(fields))
+    _, g, _, _ = pair()
+    g.receive_data(codec.dumps([11, "t", "zstd-cbor-1", zc]))
+    assert g.next_event() == sync.Batch("t", *fields)
+    _expect_malformed([11, "t", "zstd-cbor-1", codec.dumps(fields)], match="not a zstd frame")
+    _expect_malformed([11, "t", "zstd-cbor-1", zc + b"x"], match="exactly one whole zstd frame")
+    _expect_malformed([11, "t", "zstd-cbor-1", z.compress(b"\xff\xfe")], match="not CBOR")
+    _expect_malformed([11, "t", "zstd-cbor-1", z.compress(codec.dumps(fields)[:-1])], match="not CBOR")
+    _expect_malformed([11, "t", "zstd-cbor-1", z.compress(codec.dumps(fields) + b"\x00")], match="1 bytes after")
+    for bad in (fields[:2], fields + [1], {"a": 1}, b"xx", [7, 1000, "entries"]):
+        _expect_malformed([11, "t", "zstd-cbor-1", z.compress(codec.dumps(bad))])
+    _expect_malformed([11, "t", "zstd-cbor-1", z.compress(codec.dumps([7, 1000, []]))], match="no records")
+    for bad in ([-1, 1000, fields[2]], ["7", 1000, fields[2]], [7, 1000, [[0, None, "text"]]], [7, 1000, [[0]]]):
+        _expect_malformed([11, "t", "zstd-cbor-1", z.compress(codec.dumps(bad))])  # the BATCH's checks
+    no_size = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    _expect_malformed([11, "t", "zstd-cbor-1", no_size.compress(codec.dumps(fields)) + no_size.flush()],
+                      match="does not declare its content size")
+    named_cbor = zstandard.ZstdCompressor(dict_data=d, write_dict_id=True, write_content_size=True)
+    _expect_malformed([11, "t", "zstd-cbor-1", named_cbor.compress(codec.dumps(fields))], match="names dictionary")
     # random garbage never raises anything but malformed
     rnd = __import__("random").Random(11)
     for _ in range(300):
         body = bytearray(good if rnd.random() < 0.5 else frame)
         for _ in range(rnd.randint(1, 4)):
             body[rnd.randrange(len(body))] = rnd.randrange(256)
-        enc = "columnar-1" if body[:4] != b"\x28\xb5\x2f\xfd" else "zstd-columnar-1"
+        enc = "columnar-1" if body[:4] != b"\x28\xb5\x2f\xfd" else rnd.choice(["zstd-columnar-1", "zstd-cbor-1"])
         _, g, _, _ = pair()
         g.receive_data(codec.dumps([11, "t", enc, bytes(body)]))
         try:
@@ -194,6 +243,11 @@ def test_bounds():
     assert len(z) < 2048
     _, g, _, _ = pair(max_message_bytes=4096)
     _expect_malformed([11, "t", "zstd-columnar-1", z], g, match="decompressed is over 4096")
+    zc = zstandard.ZstdCompressor(write_content_size=True).compress(
+        codec.dumps([1, 1000, [[i, None, bytes([i % 251]) * 200] for i in range(199)]]))
+    assert len(zc) < 2048
+    _, g, _, _ = pair(max_message_bytes=4096)
+    _expect_malformed([11, "t", "zstd-cbor-1", zc], g, match="decompressed is over 4096")
     # the rebuilt values are bounded too, whatever the body's size
     same = [(i, 1000 + i, None, codec.dumps("Z" * 3000)) for i in range(1, 4)]  # one dictionary entry
     small = columnar.encode(same)
@@ -203,14 +257,19 @@ def test_bounds():
     # records over max_batch_records
     _, g, _, _ = pair(max_batch_records=10)
     _expect_malformed([11, "t", "columnar-1", columnar.encode([(i, i, None, b"") for i in range(1, 12)])], g)
+    _, g, _, _ = pair(max_batch_records=10)
+    eleven = codec.dumps([1, 0, [[i, None, b""] for i in range(11)]])
+    over = zstandard.ZstdCompressor(write_content_size=True).compress(eleven)
+    assert _expect_malformed([11, "t", "zstd-cbor-1", over], g).endswith("11 records, over max_batch_records 10")
     # the edge keeps to the gateway's limits: what it cannot send is a LocalProtocolError
     # (the uplink halves the batch), never a CBATCH the gateway refuses
-    e, g, ec, _ = pair(max_message_bytes=4096)
     recs = [sync.Record(i, 1000 + i, None, b"\x5a" * 1500) for i in range(1, 4)]
-    with pytest.raises(LocalProtocolError, match="over the peer's max_message_bytes 4096"):
-        e.send(sync.batch_from_records("t", recs))
-    data, got = send_batch(e, g, sync.batch_from_records("t", recs[:2]))
-    assert type(got) is sync.Batch and len(got.entries) == 2
+    for offer, compression in ((("zstd-columnar-1", "columnar-1"), "columnar"), (("zstd-cbor-1",), "zstd")):
+        e, g, ec, _ = pair(offer=offer, compression=compression, max_message_bytes=4096)
+        with pytest.raises(LocalProtocolError, match="over the peer's max_message_bytes 4096"):
+            e.send(sync.batch_from_records("t", recs))
+        data, got = send_batch(e, g, sync.batch_from_records("t", recs[:2]))
+        assert type(got) is sync.Batch and len(got.entries) == 2 and ec.batches == {offer[0]: 1}
 
 
 @settings(max_examples=150, deadline=None)
@@ -235,6 +294,8 @@ def test_any_batch_arrives_as_it_was_sent(first, base, entries, compression):
     assert type(got) is sync.Batch and got.topic == "t" and sync.records_of(got) == sync.records_of(ev)
     # and through each encoding, whichever the edge would pick
     msg = [5, "t", first, base, entries]
+    back = wirecomp.expand(wirecomp.compress_batch(msg, "zstd-cbor-1"), 1 << 24, 10 ** 5)
+    assert back == msg  # zstd-cbor-1: the BATCH's fields exactly
     for enc in ("columnar-1", "zstd-columnar-1"):
         out = wirecomp.compress_batch(msg, enc)
         assert out[2] in ("columnar-1", enc)
@@ -245,12 +306,14 @@ def test_any_batch_arrives_as_it_was_sent(first, base, entries, compression):
 
 def test_without_zstandard_only_columnar(monkeypatch):
     # a host whose Python lacks the zstandard package (it is a dependency; a Pi's
-    # hand-made environment may not have it): columnar-1 alone, offered and accepted
+    # hand-made environment may not have it): columnar-1 alone, offered and accepted;
+    # zstd offers nothing (plain BATCHes: it never costs the columnar encoder's CPU)
     monkeypatch.setattr(wirecomp, "zstandard", None)
-    assert wirecomp.offer("zstd") == ["columnar-1"] and wirecomp.offer("columnar") == ["columnar-1"]
-    assert wirecomp.accepted({"encodings": ["zstd-columnar-1", "columnar-1"]}) == ["columnar-1"]
-    e, g, ec, gc = pair(offer=wirecomp.offer("zstd"))
+    assert wirecomp.offer("zstd") is None and wirecomp.offer("columnar") == ["columnar-1"]
+    assert wirecomp.accepted({"encodings": ["zstd-cbor-1", "zstd-columnar-1", "columnar-1"]}) == ["columnar-1"]
+    e, g, ec, gc = pair(offer=wirecomp.offer("columnar"))
     assert ec.encoding == "columnar-1"
     _, got = send_batch(e, g, batch(100))
     assert got == batch(100) and gc.batches == {"columnar-1": 1}
-    _expect_malformed([11, "t", "zstd-columnar-1", b"\x28\xb5\x2f\xfd" + b"\x00" * 8], match="no zstandard")
+    for enc in ("zstd-columnar-1", "zstd-cbor-1"):
+        _expect_malformed([11, "t", enc, b"\x28\xb5\x2f\xfd" + b"\x00" * 8], match="no zstandard")

@@ -47,9 +47,9 @@ request, a CBOR sequence of up to one message per topic, visiting the topics rou
 (the first topic of a round rotates, so a busy topic cannot starve the others): the
 topic's next message, a GAP or a BATCH. Connections use the C-accelerated CBOR
 (``fastcbor``) through ``wirecomp.EdgeCodec``: the HELLO offers the encodings of
-``compression`` (none, columnar, zstd), and once the WELCOME accepts one every BATCH
-goes out compressed (docs/spec/wire.md, "Compressed batches"); a gateway that accepts
-none gets plain BATCHes. The request body stays under ``max_batch_bytes`` (and
+``compression`` (none; zstd: zstd-cbor-1; columnar: zstd-columnar-1, columnar-1), and
+once the WELCOME accepts one every BATCH goes out compressed (docs/spec/wire.md,
+"Compressed batches"); a gateway that accepts none gets plain BATCHes. The request body stays under ``max_batch_bytes`` (and
 the gateway's ``max_message_bytes``); every ACK in the response acknowledges the
 outbox. The loop keeps sending rounds while anything is owed, and otherwise waits
 ``interval_ms`` -- or less, when ``notify()`` (new records) or ``sync_now()`` is called.
