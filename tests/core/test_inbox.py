@@ -6,7 +6,7 @@ functions; CPython and MicroPython (docs/spec/wire.md, "Cloud-to-edge topics").
 from emulator.faultfs import FaultStorage, PowerCut
 from edgeline.errors import LogFull, RemoteProtocolError
 from edgeline.log import Record, RingLog
-from edgeline.inbox import append_data
+from edgeline.inbox import PLACEHOLDER, append_data
 from edgeline.sync import Data, batch_from_records, data_window
 from support import raises, rmtree, tempdir
 
@@ -137,3 +137,32 @@ def test_inbox_power_cut_at_every_write_point():
             lg.close()
             runs += 1
     assert runs == 2 * total
+
+
+def test_a_compacted_data_keeps_the_seqs_with_placeholders():
+    # wire.md, "Compacted DATA": entry [ts_delta, key, value, skip] has skip seqs left
+    # out before it; the log gets a placeholder (key None, empty value) for each, so its
+    # seqs stay consecutive and a later PULL asks after the last seq covered.
+    d = tempdir("down")
+    try:
+        lg = RingLog(d + "/cmd", segment_bytes=512, budget_bytes=8192, sync="none")
+        data = Data("cmd", 1, 100, [[0, b"k", b"v3", 2], [1, b"k", b"v4"], [5, b"j", b"v9", 4]])
+        assert append_data(lg, data) == 9
+        recs = lg.read(1, 16, 1 << 16)
+        assert [r.seq for r in recs] == list(range(1, 10))
+        assert [(r.key, r.value) for r in recs if r.value != PLACEHOLDER] == [(b"k", b"v3"), (b"k", b"v4"),
+                                                                               (b"j", b"v9")]
+        assert [r.ts for r in recs] == [100, 100, 100, 101, 105, 105, 105, 105, 105]
+        assert all(r.key is None for r in recs if r.value == PLACEHOLDER)
+        # held up to 9: a DATA from 6 (a retry) appends only what is new, placeholders too
+        data = Data("cmd", 6, 100, [[0, b"j", b"v9", 3], [1, b"j", b"v12", 2]])
+        assert append_data(lg, data) == 3
+        assert lg.last_seq == 12 and lg.read(12, 1)[0].value == b"v12"
+        e = raises(RemoteProtocolError, append_data, lg, Data("cmd", 14, 0, [[0, None, b"x", 1]]))
+        assert "past 13" in str(e)
+        e = raises(RemoteProtocolError, append_data, lg, Data("cmd", 13, 0, [[0, None, b"x", -1]]))
+        assert "skip" in str(e)
+        assert lg.last_seq == 12
+        lg.close()
+    finally:
+        rmtree(d)

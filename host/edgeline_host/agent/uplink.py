@@ -463,7 +463,8 @@ class Uplink:
         return events
 
     async def _connect(self):
-        caps = {"pull": True} if self.downlink is not None else None
+        # "compaction": this agent takes compacted DATA of table topics (wire.md)
+        caps = {"pull": True, "compaction": True} if self.downlink is not None else None
         if self.hello_capabilities is not None:
             more = self.hello_capabilities()  # read now: a table report's two figures are of one moment
             if more:

@@ -68,6 +68,7 @@ from edgeline.table import COUNTER
 from .. import fastcbor
 from .. import tables
 from ..nodekeys import check_keys
+from . import compaction
 from .committer import Committer
 from .store import LEGACY, Delivered, GatewayStore, Publish
 
@@ -166,6 +167,7 @@ class Gateway:
         self._relay_pending = {}
         self._relay_index = {}
         self._writers = {}
+        self._compactors = {}  # table topic -> compaction.Compactor (what compacted DATA leaves out)
         for name, t in sorted(self._topics.items()):
             if t.table is not None:
                 self.tables[name] = self._rebuild(name, t)
@@ -175,6 +177,7 @@ class Gateway:
         if self.tables_dir is not None:
             clog = tables.ConflictLog(os.path.join(self.tables_dir, topic_dirname(name) + ".cl"))
         rep = tables.Replica(name, topic.table, clog)
+        self._compactors[name] = compaction.Compactor()
         relayed = set()
         writers = self._writers[name] = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
@@ -186,6 +189,7 @@ class Gateway:
                     self._index_relay(name, seq, dot[0], dot[1])
             else:
                 writers.add((origin, inc))
+        self._compactors[name].applied(1, self.store.published(name))
         if topic.publishes:
             # an edge write stored but not relayed (the gateway stopped in between): again
             pending = []
@@ -446,6 +450,8 @@ class Gateway:
                             "the store restored from an old backup?); it receives nothing until seqs pass %d"
                             % (node, name, after, published, after))
         n = min(ev.max_records, self.max_batch_records)
+        if name in self._compactors and compaction.CAPABILITY in (getattr(conn, "hello_capabilities", None) or {}):
+            return await self._pull_compacted(conn, name, after, published, n)
         rows = []
         if after < published and n > 0:
             rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull, name, after, n)
@@ -467,6 +473,35 @@ class Gateway:
                     r = rows[0]
                     self._warn_once(("large", node, name, r.seq), "gateway: node %s cannot take topic %r: %s"
                                     % (node, name, e))
+                    return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
+                                           "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
+                rows = rows[:len(rows) // 2]
+
+    async def _pull_compacted(self, conn, name, after, published, n):
+        """A compacted DATA (wire.md, "Compacted DATA"): the live records of a table topic
+        after ``after``, each with the count of superseded seqs left out before it."""
+        plan = self._compactors[name].plan(self.tables[name], self._relay_index.get(name, {}), after, published, n)
+        if not plan:
+            return conn.send(sync.Data(name, after + 1, 0, [])), None
+        seqs = [s for s, _k in plan]
+        rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull_seqs, name, seqs)
+        skips = [k for _s, k in plan]
+        limit = conn.peer_max_message_bytes or self.max_message_bytes
+        budget = limit - 32 - 3 * len(name)
+        size = 0
+        for k, r in enumerate(rows):
+            size += len(r.value) + (len(r.key) if r.key is not None else 0) + _ENTRY_OVERHEAD + 9
+            if size > budget and k:
+                rows = rows[:k]
+                break
+        while True:
+            try:
+                return conn.send(compaction.data_of(name, rows, skips[:len(rows)])), None
+            except LocalProtocolError as e:
+                if len(rows) == 1:
+                    r = rows[0]
+                    self._warn_once(("large", conn.node_id, name, r.seq), "gateway: node %s cannot take topic %r: %s"
+                                    % (conn.node_id, name, e))
                     return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
                                            "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
                 rows = rows[:len(rows) // 2]
@@ -617,6 +652,7 @@ class Gateway:
         if rep is not None:
             for i, (ts, k, v) in enumerate(entries):
                 rep.apply_record(sync.CLOUD_ORIGIN, first + i, ts, k, v)
+            self._compactors[topic].applied(first, marks[0])
         return first, marks[0]
 
     async def table_write(self, topic, writes, max_record_bytes=None):

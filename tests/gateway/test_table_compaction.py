@@ -1,0 +1,275 @@
+"""Compaction of a table topic's cloud stream at the gateway (docs/spec/tables.md,
+"Compaction of a table's cloud stream"; docs/spec/wire.md, "Compacted DATA"): an edge
+that pulls once after many writes ends with the state of one that pulled after each, and
+receives only the live records."""
+import asyncio
+import os
+import random
+import shutil
+import tempfile
+
+import aiohttp
+import cbor2
+import pytest
+from aiohttp.test_utils import TestServer
+
+from edgeline import codec, sync
+from edgeline import table as T
+from edgeline.inbox import PLACEHOLDER, append_data
+from edgeline.log import Record, RingLog
+from edgeline_host import tables
+from edgeline_host.gateway import compaction
+from edgeline_host.gateway.api import GatewayApi
+from edgeline_host.gateway.gateway import Gateway
+from edgeline_host.gateway.topics import parse_topics
+from edgeline_host.transports.http import HttpEdgeClient
+
+KEY = bytes(range(32))
+KEYS = {"edge-1": KEY, "edge-2": KEY[::-1], "edge-3": KEY[1:] + KEY[:1]}
+INC = bytes.fromhex("00000000000000a1")
+W1 = "edge-1~" + INC.hex()
+
+
+def topics(**settings):
+    s = {"direction": "bidirectional", "kind": "table"}
+    s.update(settings)
+    return parse_topics({"inv": s}, KEYS, "topics.yaml")
+
+
+class Edge:
+    """An edge's downlink half: its log of the topic's cloud records and a table replica
+    fed from it, as the agent keeps them (agent/service.py ``_feed_table``)."""
+
+    def __init__(self, http, server, node, settings, where, compacted=True, max_records=100):
+        self.client = HttpEdgeClient(http, str(server.make_url("/v1/sync")), node, KEYS[node])
+        self.log = RingLog(os.path.join(where, node), segment_bytes=1 << 16, budget_bytes=1 << 26, sync="none")
+        self.rep = tables.Replica("inv", settings)
+        self.caps = {"pull": True, compaction.CAPABILITY: True} if compacted else {"pull": True}
+        self.max_records = max_records
+        self.bytes = 0  # DATA bytes received (as encoded)
+        self.records = 0  # DATA entries received
+        self.connected = False
+
+    async def pull_all(self):
+        if not self.connected:
+            await self.client.connect({"inv": INC}, capabilities=self.caps)
+            self.connected = True
+        while True:
+            (data,) = await self.client.exchange(sync.Pull("inv", self.log.last_seq, self.max_records))
+            assert type(data) is sync.Data, data
+            if not data.entries:
+                return
+            self.bytes += len(codec.dumps([9, data.topic, data.first_seq, data.base_ts, data.entries]))
+            self.records += len(data.entries)
+            before = self.log.last_seq
+            n = append_data(self.log, data)
+            for r in self.log.read(before + 1, n, 1 << 26):
+                self.rep.apply_record(T.CLOUD, r.seq, r.ts, r.key, r.value)
+
+    def state(self):
+        return _state(self.rep)
+
+
+def _state(rep):
+    # every key's view, its context (the vv a next write carries), its siblings; per
+    # field for set and map
+    t = rep.table
+    out = []
+    for k in t.keys():
+        v = t.view(k)
+        v = sorted(v.items()) if isinstance(v, dict) else repr(v)
+        if t.kind == T.COUNTER:
+            out.append((k, v))
+            continue
+        fields = t.fields(k) or [None]
+        out.append((k, v, [(f, t.context(k, f), sorted(repr(s) for s in t.siblings(k, f))) for f in fields]))
+    return out
+
+
+async def _with(tmp_path, tops, fn):
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)
+    server = TestServer(GatewayApi(gw).app())
+    await server.start_server()
+    await gw.start()
+    where = tempfile.mkdtemp(dir=str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as http:
+            return await fn(gw, http, server, where)
+    finally:
+        await server.close()
+        await gw.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+async def _settle(gw):
+    for _ in range(500):
+        if not gw._relay_pending:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("relays pending")
+
+
+def _body(kind, rnd):
+    if kind == "counter":
+        return {"add": rnd.randint(-3, 5)}
+    if kind in ("set", "map"):
+        f = rnd.choice(["a", "b", "c"])
+        if kind == "set":
+            return {"add": [f]} if rnd.random() < 0.7 else {"remove": [f]}
+        return {"put": {f: rnd.randint(0, 9)}} if rnd.random() < 0.7 else {"delete": [f]}
+    return rnd.randint(0, 99)
+
+
+CASES = [("register", "last_write_wins"), ("register", "keep_both"), ("register", "first_write_wins"),
+         ("counter", None), ("set", None), ("map", None)]
+
+
+@pytest.mark.parametrize("kind, strategy", CASES)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_edge_that_pulls_once_ends_like_one_that_pulled_after_every_write(tmp_path, kind, strategy, seed):
+    """Random cloud writes and deletes, and edge writes (relayed; some concurrent with
+    the cloud's, from a stale context), on a few keys; edge-2 pulls compacted DATA after
+    every step, edge-3 once at the end (compacted, a few records per DATA), edge-1 (the
+    writer) plain DATA once at the end. All four replicas show the same state and
+    version vectors; edge-3 received fewer records, and its log holds every seq (no gap:
+    placeholders for the seqs left out)."""
+    settings = {"type": kind}
+    if strategy:
+        settings["conflict_resolution"] = strategy
+
+    async def fn(gw, http, server, where):
+        rnd = random.Random(seed)
+        rep = gw.tables["inv"]
+        s = rep.settings
+        eager = Edge(http, server, "edge-2", s, where)
+        lazy = Edge(http, server, "edge-3", s, where, max_records=7)
+        plain = Edge(http, server, "edge-1", s, where, compacted=False)
+        writer = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-1", KEYS["edge-1"])
+        await writer.connect({"inv": INC})
+        mine = plain.rep  # edge-1's replica: its own writes and what it pulled (the agent's)
+        seq = 0
+        for step in range(120):
+            key = rnd.choice(["k1", "k2", "k3", "k4"])
+            delete = kind == "register" and rnd.random() < 0.15
+            if rnd.random() < 0.6:
+                await gw.table_write("inv", [(key, None if delete else _body(kind, rnd), delete)])
+            else:
+                if rnd.random() < 0.5:  # edge-1 catches up first; else its context may be stale
+                    await plain.pull_all()
+                value = mine.form_write(key, W1, None if delete else _body(kind, rnd), delete)
+                seq += 1
+                rec = Record(seq, 1000 + step, key.encode(), value)
+                (ack,) = await writer.exchange(sync.batch_from_records("inv", [rec]))
+                assert ack.seq == seq
+                mine.apply_record(W1, seq, 1000 + step, key.encode(), value)
+                await _settle(gw)
+            if rnd.random() < 0.5:
+                await eager.pull_all()
+        await _settle(gw)
+        for e in (eager, lazy, plain):
+            await e.pull_all()
+        want = _state(rep)
+        assert eager.state() == want
+        assert lazy.state() == want
+        assert plain.state() == want
+        published = gw.store.published("inv")
+        assert lazy.log.last_seq == published and eager.log.last_seq == published
+        assert plain.records == published  # no capability: every record
+        assert lazy.records < published
+        assert lazy.rep.malformed == eager.rep.malformed == 0  # placeholders are not malformed records
+        # every seq is in the log: a record or a placeholder, never a hole
+        seen = [r.seq for r in lazy.log.read(1, published + 1, 1 << 26)]
+        assert seen == list(range(1, published + 1))
+        placeholders = sum(1 for r in lazy.log.read(1, published + 1, 1 << 26) if r.value == PLACEHOLDER)
+        assert placeholders == published - lazy.records
+        for e in (eager, lazy, plain):
+            e.log.close()
+        return published, lazy.records
+
+    published, sent = asyncio.run(_with(tmp_path, topics(**settings), fn))
+    assert sent <= published
+
+
+def test_a_catch_up_sends_only_the_live_record_of_each_key_and_a_restart_serves_the_same(tmp_path):
+    """1,000 writes to 10 keys while an edge is away: it receives one record per key
+    (the stream's last one included), with the seqs between left out; after a restart of
+    the gateway (the replica rebuilt from the store) a second edge receives the same."""
+    async def fn(gw, http, server, where):
+        for i in range(100):
+            await gw.table_write("inv", [("k%d" % j, i * 10 + j, False) for j in range(10)])
+        e = Edge(http, server, "edge-2", gw.tables["inv"].settings, where, max_records=1000)
+        await e.pull_all()
+        assert e.records == 10 and e.log.last_seq == 1000
+        assert sorted(e.rep.table.items()) == [("k%d" % j, 990 + j) for j in range(10)]
+        e.log.close()
+        return e.bytes
+
+    first = asyncio.run(_with(tmp_path, topics(), fn))
+
+    async def again(gw, http, server, where):
+        e = Edge(http, server, "edge-3", gw.tables["inv"].settings, where, max_records=1000)
+        await e.pull_all()
+        assert e.records == 10 and e.log.last_seq == 1000
+        e.log.close()
+        return e.bytes
+
+    assert asyncio.run(_with(tmp_path, topics(), again)) == first
+
+
+def test_the_horizon_and_the_end_of_the_stream():
+    """Compactor.plan: seqs above the horizon (committed, not yet applied) are always
+    sent; a DATA always ends in a record (the last one at or below the horizon when the
+    seqs up to it were left out); at most n."""
+    class Rep:
+        applied = collected = 0
+        table = T.Table()
+
+    rep = Rep()
+    rep.table.apply("a", "cloud", 2, 10, (), 1)
+    rep.table.apply("a", "cloud", 4, 10, (), 2)  # supersedes 2 (C1: a writer's later write)
+    rep.table.apply("b", "cloud", 3, 10, (), 3)
+    c = compaction.Compactor()
+    c.applied(1, 6)
+    assert c.live(rep, {}) == [3, 4]
+    assert c.plan(rep, {}, 0, 6, 10) == [(3, 2), (4, 0), (6, 1)]  # 5, 6 left out: 6 sent to end there
+    assert c.plan(rep, {}, 0, 6, 1) == [(3, 2)]
+    assert c.plan(rep, {}, 4, 6, 10) == [(6, 1)]
+    assert c.plan(rep, {}, 6, 6, 10) == []
+    assert c.plan(rep, {}, 0, 9, 10) == [(3, 2), (4, 0), (6, 1), (7, 0), (8, 0), (9, 0)]  # 7..9 not applied
+    c.applied(8, 9)  # out of order: the horizon waits for 7
+    assert c.horizon == 6
+    c.applied(7, 7)
+    assert c.horizon == 9
+    assert c.plan(rep, {}, 0, 9, 10) == [(3, 2), (4, 0), (9, 4)]
+    # a relay's dot maps to its cloud seq through the relay index
+    rep.table.apply("c", "edge-1", 5, 10, (), 7)
+    rep.applied += 1
+    assert c.live(rep, {"edge-1": ([8], [5])}) == [3, 4, 8]
+
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "table-v1", "data-compacted.cbor")
+
+
+def test_the_compacted_data_golden_file(tmp_path):
+    """wire.md, "Compacted DATA": the golden bytes are the spec's hex, read field by field
+    by cbor2, written by the gateway's encoder (compaction.data_of through a gateway
+    connection) and stored by the edge's reader under seqs 3 and 9, placeholders
+    between."""
+    with open(GOLDEN, "rb") as f:
+        raw = f.read()
+    assert raw.hex() == "850963696e76011903e8828400416141010284054162410205"
+    assert cbor2.loads(raw) == [9, "inv", 1, 1000, [[0, b"a", b"\x01", 2], [5, b"b", b"\x02", 5]]]
+    data = compaction.data_of("inv", [Record(3, 1000, b"a", b"\x01"), Record(9, 1005, b"b", b"\x02")], [2, 5])
+    gw = sync.GatewayConnection(lambda node: KEY, os.urandom)
+    gw.state = "READY"  # the handshake is test_sync's; only the DATA's bytes are checked here
+    assert gw.send(data) == raw
+    edge = sync.EdgeConnection("edge-1", KEY, os.urandom)
+    edge.state = "READY"
+    edge.receive_data(raw)
+    got = edge.next_event()
+    assert type(got) is sync.Data and got.entries == data.entries
+    lg = RingLog(str(tmp_path / "inv"), segment_bytes=4096, budget_bytes=1 << 16, sync="none")
+    assert append_data(lg, got) == 9
+    assert [(r.seq, r.ts, r.key, r.value) for r in lg.read(1, 20) if r.value != PLACEHOLDER] == \
+        [(3, 1000, b"a", b"\x01"), (9, 1005, b"b", b"\x02")]
+    lg.close()
