@@ -245,6 +245,11 @@ def test_the_horizon_and_the_end_of_the_stream():
     rep.table.apply("c", "edge-1", 5, 10, (), 7)
     rep.applied += 1
     assert c.live(rep, {"edge-1": ([8], [5])}) == [3, 4, 8]
+    # a live edge write waiting to be relayed is not in the stream yet; one neither in the
+    # index nor waiting cannot be placed: nothing is left out
+    assert c.live(rep, {}, [("edge-1", 5, 10, b"c", b"v")]) == [3, 4]
+    assert c.live(rep, {}) is None
+    assert c.plan(rep, {}, 0, 9, 10) == [(s, 0) for s in range(1, 10)]
 
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "table-v1", "data-compacted.cbor")

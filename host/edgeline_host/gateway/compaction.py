@@ -12,6 +12,8 @@ Failure modes first
 * A record the replica has not applied yet (committed, its apply not yet run) is never
   left out: only seqs at or below the *horizon* -- the highest cloud seq up to which every
   record has been applied to the replica -- are candidates, everything above is sent.
+* A live edge write whose relay the relay index cannot place (not waiting to be relayed
+  either) makes ``live`` unknown: that PULL is answered with every record, none left out.
 * An edge that does not send the capability (a board, an agent from before) gets every
   record, as before: the DATA it receives is byte for byte what it always was.
 
@@ -79,8 +81,8 @@ class Compactor:
     def __init__(self):
         self.horizon = 0  # every cloud seq at or below it is applied to the replica
         self._early = set()  # applied seqs above horizon + 1 (publishes that finished out of order)
-        self._live = None  # sorted live cloud seqs, None when to be recomputed
-        self._sig = None  # what the replica and the relays were when _live was computed
+        self._live = None  # sorted live cloud seqs (None: unknown, nothing may be left out)
+        self._sig = None  # what the replica and the relays were when _live was computed (None: never)
         self.left_out = 0  # seqs left out of compacted DATA since start (a count for status)
 
     def applied(self, first, last):
@@ -91,38 +93,50 @@ class Compactor:
             while self.horizon + 1 in self._early:
                 self.horizon += 1
                 self._early.discard(self.horizon)
-        self._live = None
+        self._sig = None
 
-    def live(self, rep, relay_index):
+    def live(self, rep, relay_index, pending=()):
         """Sorted cloud seqs of the live records, recomputed when the replica or the
-        relays changed since the last call."""
-        sig = (rep.applied, rep.collected, self.horizon, sum(len(cs) for cs, _ss in relay_index.values()))
-        if self._live is None or sig != self._sig:
+        relays changed since the last call; None when a live edge write is neither found
+        in the relay index nor waiting to be relayed (``pending``: the queued relays'
+        tuples, writer and seq first) -- then nothing may be left out."""
+        sig = (rep.applied, rep.collected, self.horizon, sum(len(cs) for cs, _ss in relay_index.values()),
+               len(pending))
+        if self._sig is None or sig != self._sig:
             self._sig = sig
             seqs = []
+            queued = None
             for w, s in live_dots(rep.table):
                 if w == sync.CLOUD_ORIGIN:
                     seqs.append(s)
                     continue
-                idx = relay_index.get(w)
-                if idx is None:
-                    continue  # an edge write not relayed yet: not in the stream
-                cs, ss = idx
+                cs, ss = relay_index.get(w, ((), ()))
                 i = bisect.bisect_left(ss, s)
                 if i < len(ss) and ss[i] == s:
                     seqs.append(cs[i])
-            seqs.sort()
+                    continue
+                if queued is None:
+                    queued = set((p[0], p[1]) for p in pending)
+                if (w, s) not in queued:  # relayed somewhere the index cannot say: send everything
+                    seqs = None
+                    break
+                # else an edge write not relayed yet: not in the stream
+            if seqs is not None:
+                seqs.sort()
             self._live = seqs
         return self._live
 
-    def plan(self, rep, relay_index, after, published, n):
+    def plan(self, rep, relay_index, after, published, n, pending=()):
         """The seqs a compacted DATA after ``after`` sends (at most ``n``, ascending), with
         the count of seqs left out before each: ``[(seq, skip)]``; empty when nothing is
-        after ``after``."""
+        after ``after``. Every seq, none left out, when ``live`` cannot tell."""
         if after >= published or n < 1:
             return []
-        live = self.live(rep, relay_index)
+        live = self.live(rep, relay_index, pending)
         horizon = min(self.horizon, published)
+        if live is None:
+            live = []
+            horizon = 0
         i = bisect.bisect_right(live, after)
         seqs = []
         while i < len(live) and len(seqs) < n and live[i] <= horizon:

@@ -480,7 +480,8 @@ class Gateway:
     async def _pull_compacted(self, conn, name, after, published, n):
         """A compacted DATA (wire.md, "Compacted DATA"): the live records of a table topic
         after ``after``, each with the count of superseded seqs left out before it."""
-        plan = self._compactors[name].plan(self.tables[name], self._relay_index.get(name, {}), after, published, n)
+        plan = self._compactors[name].plan(self.tables[name], self._relay_index.get(name, {}), after, published, n,
+                                           self._relay_pending.get(name, ()))
         if not plan:
             return conn.send(sync.Data(name, after + 1, 0, [])), None
         seqs = [s for s, _k in plan]
