@@ -230,26 +230,28 @@ def test_the_horizon_and_the_end_of_the_stream():
     rep.table.apply("b", "cloud", 3, 10, (), 3)
     c = compaction.Compactor()
     c.applied(1, 6)
-    assert c.live(rep, {}) == [3, 4]
-    assert c.plan(rep, {}, 0, 6, 10) == [(3, 2), (4, 0), (6, 1)]  # 5, 6 left out: 6 sent to end there
-    assert c.plan(rep, {}, 0, 6, 1) == [(3, 2)]
-    assert c.plan(rep, {}, 4, 6, 10) == [(6, 1)]
-    assert c.plan(rep, {}, 6, 6, 10) == []
-    assert c.plan(rep, {}, 0, 9, 10) == [(3, 2), (4, 0), (6, 1), (7, 0), (8, 0), (9, 0)]  # 7..9 not applied
+    assert c.live(rep) == [3, 4]
+    assert c.plan(rep, 0, 6, 10) == [(3, 2), (4, 0), (6, 1)]  # 5, 6 left out: 6 sent to end there
+    assert c.plan(rep, 0, 6, 1) == [(3, 2)]
+    assert c.plan(rep, 4, 6, 10) == [(6, 1)]
+    assert c.plan(rep, 6, 6, 10) == []
+    assert c.plan(rep, 0, 9, 10) == [(3, 2), (4, 0), (6, 1), (7, 0), (8, 0), (9, 0)]  # 7..9 not applied
     c.applied(8, 9)  # out of order: the horizon waits for 7
     assert c.horizon == 6
     c.applied(7, 7)
     assert c.horizon == 9
-    assert c.plan(rep, {}, 0, 9, 10) == [(3, 2), (4, 0), (9, 4)]
-    # a relay's dot maps to its cloud seq through the relay index
+    assert c.plan(rep, 0, 9, 10) == [(3, 2), (4, 0), (9, 4)]
+    # a relay's dot maps to its cloud seq as noted when it was relayed; a live edge write
+    # waiting to be relayed is not in the stream yet; one neither noted nor waiting cannot
+    # be placed: nothing is left out
     rep.table.apply("c", "edge-1", 5, 10, (), 7)
     rep.applied += 1
-    assert c.live(rep, {"edge-1": ([8], [5])}) == [3, 4, 8]
-    # a live edge write waiting to be relayed is not in the stream yet; one neither in the
-    # index nor waiting cannot be placed: nothing is left out
-    assert c.live(rep, {}, [("edge-1", 5, 10, b"c", b"v")]) == [3, 4]
-    assert c.live(rep, {}) is None
-    assert c.plan(rep, {}, 0, 9, 10) == [(s, 0) for s in range(1, 10)]
+    assert c.live(rep, [("edge-1", 5, 10, b"c", b"v")]) == [3, 4]
+    assert c.live(rep) is None
+    assert c.plan(rep, 0, 9, 10) == [(s, 0) for s in range(1, 10)]
+    c.note_relay(8, "edge-1", 5)
+    c.note_relay(6, "edge-1", 2)  # superseded by edge-1:5 (C1): forgotten at the next computation
+    assert c.live(rep) == [3, 4, 8] and c._relay_at == {("edge-1", 5): 8}
 
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "table-v1", "data-compacted.cbor")

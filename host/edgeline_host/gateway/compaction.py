@@ -83,6 +83,7 @@ class Compactor:
         self._early = set()  # applied seqs above horizon + 1 (publishes that finished out of order)
         self._live = None  # sorted live cloud seqs (None: unknown, nothing may be left out)
         self._sig = None  # what the replica and the relays were when _live was computed (None: never)
+        self._relay_at = {}  # (writer, seq) of a live (or newly relayed) edge write -> its relay's cloud seq
         self.left_out = 0  # seqs left out of compacted DATA since start (a count for status)
 
     def applied(self, first, last):
@@ -95,44 +96,54 @@ class Compactor:
                 self._early.discard(self.horizon)
         self._sig = None
 
-    def live(self, rep, relay_index, pending=()):
+    def note_relay(self, cloud_seq, writer, seq):
+        """The relay of edge write ``(writer, seq)`` is cloud seq ``cloud_seq`` (the gateway
+        calls it for every relay it stores or finds at start)."""
+        self._relay_at[(writer, seq)] = cloud_seq
+        self._sig = None
+
+    def live(self, rep, pending=()):
         """Sorted cloud seqs of the live records, recomputed when the replica or the
-        relays changed since the last call; None when a live edge write is neither found
-        in the relay index nor waiting to be relayed (``pending``: the queued relays'
-        tuples, writer and seq first) -- then nothing may be left out."""
-        sig = (rep.applied, rep.collected, self.horizon, sum(len(cs) for cs, _ss in relay_index.values()),
-               len(pending))
+        relays changed since the last call; None when a live edge write is neither a
+        relay noted here nor waiting to be relayed (``pending``: the queued relays'
+        tuples, writer and seq first) -- then nothing may be left out. The relays noted
+        are kept only while live: a superseded write never becomes live again."""
+        sig = (rep.applied, rep.collected, self.horizon, len(pending))
         if self._sig is None or sig != self._sig:
             self._sig = sig
             seqs = []
             queued = None
-            for w, s in live_dots(rep.table):
-                if w == sync.CLOUD_ORIGIN:
-                    seqs.append(s)
+            at = self._relay_at
+            keep = {}
+            for dot in live_dots(rep.table):
+                if dot[0] == sync.CLOUD_ORIGIN:
+                    seqs.append(dot[1])
                     continue
-                cs, ss = relay_index.get(w, ((), ()))
-                i = bisect.bisect_left(ss, s)
-                if i < len(ss) and ss[i] == s:
-                    seqs.append(cs[i])
+                cs = at.get(dot)
+                if cs is not None:
+                    seqs.append(cs)
+                    keep[dot] = cs
                     continue
                 if queued is None:
                     queued = set((p[0], p[1]) for p in pending)
-                if (w, s) not in queued:  # relayed somewhere the index cannot say: send everything
+                if dot not in queued:  # relayed somewhere this cannot say: send everything
                     seqs = None
+                    keep = at
                     break
                 # else an edge write not relayed yet: not in the stream
             if seqs is not None:
                 seqs.sort()
+            self._relay_at = keep
             self._live = seqs
         return self._live
 
-    def plan(self, rep, relay_index, after, published, n, pending=()):
+    def plan(self, rep, after, published, n, pending=()):
         """The seqs a compacted DATA after ``after`` sends (at most ``n``, ascending), with
         the count of seqs left out before each: ``[(seq, skip)]``; empty when nothing is
         after ``after``. Every seq, none left out, when ``live`` cannot tell."""
         if after >= published or n < 1:
             return []
-        live = self.live(rep, relay_index, pending)
+        live = self.live(rep, pending)
         horizon = min(self.horizon, published)
         if live is None:
             live = []

@@ -480,8 +480,7 @@ class Gateway:
     async def _pull_compacted(self, conn, name, after, published, n):
         """A compacted DATA (wire.md, "Compacted DATA"): the live records of a table topic
         after ``after``, each with the count of superseded seqs left out before it."""
-        plan = self._compactors[name].plan(self.tables[name], self._relay_index.get(name, {}), after, published, n,
-                                           self._relay_pending.get(name, ()))
+        plan = self._compactors[name].plan(self.tables[name], after, published, n, self._relay_pending.get(name, ()))
         if not plan:
             return conn.send(sync.Data(name, after + 1, 0, [])), None
         seqs = [s for s, _k in plan]
@@ -530,6 +529,9 @@ class Gateway:
     # ------------------------------------------------------------------ tombstone collection
 
     def _index_relay(self, topic, cloud_seq, writer, seq):
+        comp = self._compactors.get(topic)
+        if comp is not None:
+            comp.note_relay(cloud_seq, writer, seq)
         cs, ss = self._relay_index.setdefault(topic, {}).setdefault(writer, ([], []))
         if not cs or cloud_seq > cs[-1]:
             cs.append(cloud_seq)
