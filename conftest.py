@@ -9,6 +9,10 @@ collect_ignore_glob = ["tests/mp/test_*.py", "tests/mp/soak.py", "tests/mp/vfs_s
 
 import os
 
+# The 32-bit lane's npm package: the checkout's tools/mp32 (make venv installs it there),
+# for the product's code (edgeline_host.firmware.wasmport) as for tools/mp32test.py.
+os.environ.setdefault("EDGELINE_MP32_DIR", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tools", "mp32"))
+
 try:
     from hypothesis import settings
 except ImportError:  # hypothesis is a dev dependency; plain runs do without it

@@ -4,9 +4,11 @@
 
 The boards are 32-bit (small ints stop at 2**30 - 1); the unix port of the other lane
 (tools/mptest.py, tests/mp/micropython_test.py) is 64-bit. This driver compiles the test
-tree to .mpy (tools/mpbuild.py), and runs tools/mp32/run.mjs, which loads the port
-(npm package @micropython/micropython-webassembly-pyscript, pinned in
-tools/mp32/package-lock.json; `npm ci` there, which `make venv` does), copies the tree to
+tree to .mpy (tools/mpbuild.py), and runs the product's runner of that lane
+(edgeline_host/firmware/mp32/run.mjs, through edgeline_host.firmware.wasmport), which loads
+the port (npm package @micropython/micropython-webassembly-pyscript, pinned by the lock
+beside run.mjs; installed in $EDGELINE_MP32_DIR, by default tools/mp32 here, which
+`make venv` prepares -- or on first use when npm exists), copies the tree to
 /mpy and tests/golden to /tests/golden in the port's in-memory file system, and runs
 tools/mptest.py one test per call from JavaScript (the port collects garbage only
 between such calls). The core reaches the files through its storage interface
@@ -14,28 +16,27 @@ between such calls). The core reaches the files through its storage interface
 runner's: one line per failure, then "N passed, N failed"; exit status 1 on failure.
 """
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MP32 = os.path.join(ROOT, "tools", "mp32")
-RUN_MJS = os.path.join(MP32, "run.mjs")
-PACKAGE = os.path.join(MP32, "node_modules", "@micropython", "micropython-webassembly-pyscript", "micropython.mjs")
-DEFAULT_HEAP = "1m"
+sys.path.insert(0, os.path.join(ROOT, "host"))  # a checkout's tool: the product from its source
+from edgeline_host.firmware import wasmport  # noqa: E402
+from edgeline_host.firmware.mpy import ToolMissing  # noqa: E402
 
-
-def node_exe():
-    return shutil.which("node")
+# The checkout's install of the npm package (make venv), unless $EDGELINE_MP32_DIR says another.
+MP32 = os.environ.get("EDGELINE_MP32_DIR") or os.path.join(ROOT, "tools", "mp32")
+DEFAULT_HEAP = wasmport.DEFAULT_HEAP
 
 
 def missing():
-    """Why the lane cannot run here (a one-line reason), or None."""
-    if node_exe() is None:
-        return "node not found: the 32-bit lane runs MicroPython's WebAssembly port with node (>= 16)"
-    if not os.path.exists(PACKAGE):
-        return "tools/mp32/node_modules is not installed: run `npm ci` in tools/mp32 (make venv does)"
+    """Why the lane cannot run here (a one-line reason), or None; installs the npm package
+    into MP32 first if it is not there yet and npm is (one line on stderr)."""
+    try:
+        wasmport.ensure(MP32)
+    except ToolMissing as e:
+        return str(e)
     return None
 
 
@@ -51,14 +52,8 @@ def build_tree(out):
 
 def command(tree, code, loop=None, heap=DEFAULT_HEAP, copies=()):
     """The node command running code (then loop, see run.mjs) with tree at /mpy."""
-    cmd = [node_exe(), RUN_MJS, "--heap", heap, "--copy", "%s:/mpy" % tree,
-           "--copy", "%s:/tests/golden" % os.path.join(ROOT, "tests", "golden")]
-    for host, target in copies:
-        cmd += ["--copy", "%s:%s" % (host, target)]
-    cmd += ["-c", code]
-    if loop:
-        cmd += ["--loop", loop]
-    return cmd
+    copies = [(tree, "/mpy"), (os.path.join(ROOT, "tests", "golden"), "/tests/golden")] + list(copies)
+    return wasmport.command(code, loop, heap, copies, MP32)
 
 
 def test_command(tree, files, heap=DEFAULT_HEAP, flags=()):

@@ -286,6 +286,39 @@ def _sibs(st):
     return [st[i:i + 4] for i in range(1 + st[0], len(st), 4)]
 
 
+def field_ok(x):
+    """True for what may be a set element or a map field (tables.md, "Encoding"): text,
+    an integer (not a bool) or bytes -- hashable, and ordered by ``sort_items``."""
+    t = type(x)
+    return t is str or t is int or t is bytes
+
+
+def _rank(x):
+    # CBOR major type order: integers (0, 1), byte strings (2), text (3)
+    t = type(x)
+    if t is int:
+        return 0
+    if t is bytes:
+        return 1
+    return 2
+
+
+def sort_items(items):
+    """Sort keys, set elements or map fields in place in the one order every replica
+    shows (tables.md, "Order"): integers by value, then byte strings, then text, each
+    by value (text by code point: its UTF-8 bytes, so CPython and MicroPython agree).
+    A list of one type (the usual case) is sorted as it is, no key tuples made."""
+    t = None
+    for x in items:
+        if t is None:
+            t = type(x)
+        elif type(x) is not t:
+            items.sort(key=lambda x: (_rank(x), x))
+            return items
+    items.sort()
+    return items
+
+
 # -- the replica ---------------------------------------------------------------------------
 
 class Table:
@@ -381,6 +414,8 @@ class Table:
             raise TableError("a %s write %s a field" % (self.kind, "needs" if field is None else "has no"))
         if self.kind == SET and value is not TOMBSTONE and value is not True:
             raise TableError("a set write adds (True) or removes (TOMBSTONE) an element")
+        if field is not None and not field_ok(field):
+            raise TableError("an element or field is text, an integer or bytes (got a %s)" % type(field).__name__)
         ctx = vv_check(ctx)
         if seq <= vv_get(self.floor, writer):
             return False  # delivered everywhere and collected: a replay (tables.md, T6)
@@ -471,8 +506,7 @@ class Table:
                     out.append(f)
             if not out:
                 return MISSING
-            out.sort()
-            return out
+            return sort_items(out)
         out = {}
         for f in st:
             v = resolve(LAST_WRITE_WINS, _sibs(st[f]))
@@ -485,11 +519,7 @@ class Table:
         ks = []
         for d in self._keys:
             ks.extend(d)
-        try:
-            ks.sort()
-        except TypeError:  # keys of several types (text and ints): order by type first
-            ks.sort(key=lambda k: (type(k).__name__, k))
-        return ks
+        return sort_items(ks)
 
     def items(self):
         """Sorted (key, visible) pairs of the keys that show something."""
@@ -504,9 +534,7 @@ class Table:
         st = self._shard(key).get(key)
         if st is None or self.kind in (REGISTER, COUNTER):
             return []
-        fs = list(st)
-        fs.sort()
-        return fs
+        return sort_items(list(st))
 
     # -- tombstones --
 
@@ -566,6 +594,9 @@ def read_value(data):
         for item in data[2]:
             if type(item) is not list or len(item) != 4:
                 raise TableError("a field op is [field, op, ctx, value]")
+            if not field_ok(item[0]):
+                raise TableError("an element or field is text, an integer or bytes (got a %s)"
+                                 % type(item[0]).__name__)
             out.append(_one(item[0], item[1], item[2], item[3]))
         return out
     if len(data) != 4:

@@ -259,6 +259,19 @@ def relay_value(writer, seq, ts, value):
     return cbor2.dumps([T.FORMAT_VERSION, OP_RELAY, writer, seq, ts, bytes(value)])
 
 
+def _head_bytes(n):
+    # the bytes of a CBOR head carrying n (RFC 8949 3.1: the shortest form)
+    return 1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 1 << 32 else 9
+
+
+def relay_record_bytes(key, writer, seq, ts, value_len):
+    """The size of the record relaying a write -- key plus ``relay_value`` -- counted as
+    the publish API counts a record against ``max_record_bytes``, without building it."""
+    w = len(writer.encode("utf-8"))
+    return (0 if key is None else len(key)) + 3 + _head_bytes(w) + w + _head_bytes(seq) + _head_bytes(ts) + \
+        _head_bytes(value_len) + value_len
+
+
 def read_relay(data):
     """(writer, seq, ts, value bytes) of a decoded relay item, or None when ``data`` is
     not one; TableError when it is one and malformed."""
@@ -314,6 +327,11 @@ def stable_vector(marks):
     return tuple(out)
 
 
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0] if text else ""
+
+
 def _freeze(v):
     # CBOR gives arrays back as lists; an identity holds them as the core does: tuples
     return tuple(_freeze(x) for x in v) if isinstance(v, list) else v
@@ -339,6 +357,9 @@ class ConflictLog:
         self.rows = []
         self.entries = 0
         self.cut_bytes = 0  # a torn or corrupt tail cut at open
+        self.rewrite_errors = 0
+        self._rewrite_at = 0  # after a failed rewrite: the entries at which to try again
+        self._end = None  # the end of the last whole entry: where the next one goes
         self._f = None
         self._open()
 
@@ -393,6 +414,7 @@ class ConflictLog:
             self._f.truncate(pos)
             os.fsync(self._f.fileno())
         self._f.seek(pos)
+        self._end = pos
 
     def _rewrite(self, rows):
         tmp = self.path + ".tmp"
@@ -409,18 +431,64 @@ class ConflictLog:
 
     def append(self, ident, row, kept=None):
         """Write one row durably; ``kept()`` (the rows kept now, asked for when the file
-        is to be rewritten) bounds the file."""
-        self._f.write(self._entry(ident, row))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        is to be rewritten) bounds the file. Raises OSError if the row could not be
+        written: what a failed write left (a torn entry, bytes in a buffer) is cut when
+        the file is reopened, at the next append, so the rows after it are read back.
+        A failed rewrite leaves the file as it was (whole, only longer): it is counted
+        in ``rewrite_errors``, logged, and tried again ``max_rows`` appends later."""
+        entry = self._entry(ident, row)
+        if self._f is None:
+            self._reopen()
+        try:
+            self._f.write(entry)
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except BaseException:
+            self._drop()
+            raise
+        self._end += len(entry)
         self.entries += 1
-        if kept is not None and self.entries >= 2 * self.max_rows:
+        if kept is not None and self.entries >= max(2 * self.max_rows, self._rewrite_at):
             kept = kept()[-self.max_rows:]
-            self._f.close()
-            self._rewrite(kept)
+            self._drop()
+            self._end = None  # the file is whole either way: the old one, or the new one renamed
+            try:
+                self._rewrite(kept)
+            except OSError as e:
+                self.rewrite_errors += 1
+                self._rewrite_at = self.entries + self.max_rows
+                try:
+                    os.remove(self.path + ".tmp")
+                except OSError:
+                    pass
+                log.warning("conflict log %s: cannot rewrite it: %s (it keeps growing; tried again %d rows on)",
+                            self.path, e, self.max_rows)
+                return
             self.entries = len(kept)
-            self._f = open(self.path, "r+b")
-            self._f.seek(0, 2)
+            self._rewrite_at = 0
+
+    def _reopen(self):
+        f = open(self.path, "r+b")
+        try:
+            if self._end is None:
+                f.seek(0, 2)
+                self._end = f.tell()
+            else:
+                f.truncate(self._end)  # what a failed append left after the last whole entry
+                f.seek(self._end)
+        except BaseException:
+            f.close()
+            raise
+        self._f = f
+
+    def _drop(self):
+        """Close the file after a failure; the next append reopens it (``_reopen``)."""
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()  # flushes what a failed write buffered: it may fail again, and is cut anyway
+            except (OSError, ValueError):
+                pass
 
     def close(self):
         if self._f is not None:
@@ -439,8 +507,15 @@ class WriteError(Exception):
 class Replica:
     """One node's replica of one table topic, with its conflict log."""
 
-    def __init__(self, name, settings, conflict_log=None):
+    def __init__(self, name, settings, conflict_log=None, max_relay_bytes=None):
         self.name = name
+        # at the gateway, for a topic it relays: the largest relay record (key + value) the
+        # topic's pullers take, its max_record_bytes. An edge write whose relay would be
+        # larger is refused here (counted in too_large, kept stored, never applied nor
+        # relayed): applied here only, the cloud would show what no edge could ever get.
+        self.max_relay_bytes = max_relay_bytes
+        self.too_large = 0
+        self.last_too_large = None
         self.settings = settings
         self.table = T.Table(settings.type, settings.strategy, settings.merge, on_conflict=self._on_conflict)
         self.lock = None  # an asyncio.Lock serialising local writes, made in the loop (write_lock)
@@ -453,6 +528,7 @@ class Replica:
         self._applying = None  # (writer, seq, ts) of the write being applied
         self.conflict_log = conflict_log  # a ConflictLog: the rows survive a restart
         self.conflict_log_errors = 0
+        self._backstop_logged = False
         if conflict_log is not None:
             self.rows.update(conflict_log.rows)
 
@@ -487,9 +563,15 @@ class Replica:
                 return self.apply_record(relay[0], relay[1], relay[2], key, relay[3], True)
             ops = T.read_value(data)
             self._check_ops(ops)
+            if not relayed and writer != T.CLOUD and self._too_large(key, writer, seq, ts, value):
+                return False
         except EdgelineError as e:
             self.malformed += 1
             self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
+            return False
+        except Exception as e:  # noqa: BLE001 - remote bytes: whatever a check raises is "malformed"
+            self.malformed += 1
+            self.last_malformed = "%s seq %d: %s: %s" % (writer, seq, type(e).__name__, _first_line(e))
             return False
         self._applying = (writer, seq, ts)
         changed = False
@@ -504,6 +586,18 @@ class Replica:
             self.malformed += 1
             self.last_malformed = "%s seq %d: %s" % (writer, seq, e)
             return False
+        except Exception as e:  # noqa: BLE001 - a backstop: a remote record never stops a replica
+            # What the checks above let through and the table still cannot take (a bug
+            # here, not the writer's): counted like a malformed record, logged once, so
+            # the gateway keeps answering and starting, and an agent keeps its replica.
+            self.malformed += 1
+            self.last_malformed = "%s seq %d: %s: %s" % (writer, seq, type(e).__name__, _first_line(e))
+            if not self._backstop_logged:
+                self._backstop_logged = True
+                log.error("table topic %s: record %s seq %d (key %r) could not be applied: %s (counted malformed; "
+                          "further ones are counted only)", self.name, writer, seq, k, self.last_malformed,
+                          exc_info=True)
+            return False
         finally:
             self._applying = None
         if changed:
@@ -512,16 +606,29 @@ class Replica:
             self.ignored += 1
         return changed
 
-    def takes(self, key, value):
+    def takes(self, key, value, writer=None, seq=1, ts=0):
         """True when a record (key bytes, value bytes) is a table write this topic takes
-        (not a relay): what the gateway relays."""
+        (not a relay, and with ``writer``, its relay within ``max_relay_bytes``): what the
+        gateway relays."""
         try:
             data = _loads(value)
             if key is None or read_relay(data) is not None:
                 return False
             self._check_ops(T.read_value(data))
-        except EdgelineError:
+        except Exception:  # noqa: BLE001 - EdgelineError, or anything a check of remote bytes raises
             return False
+        return writer is None or self.max_relay_bytes is None or \
+            relay_record_bytes(key, writer, seq, ts, len(value)) <= self.max_relay_bytes
+
+    def _too_large(self, key, writer, seq, ts, value):
+        if self.max_relay_bytes is None:
+            return False
+        n = relay_record_bytes(key, writer, seq, ts, len(value))
+        if n <= self.max_relay_bytes:
+            return False
+        self.too_large += 1
+        self.last_too_large = ("%s seq %d: its relay would be %d bytes, over the topic's max_record_bytes %d (kept "
+                               "stored, not applied nor relayed)" % (writer, seq, n, self.max_relay_bytes))
         return True
 
     def _check_ops(self, ops):
@@ -534,8 +641,22 @@ class Replica:
                 raise T.TableError("a %s table takes no counter writes" % kind)
             elif (field is None) != (kind == T.REGISTER):
                 raise T.TableError("a %s write %s fields" % (kind, "has no" if field is None else "needs"))
+            elif field is not None and not T.field_ok(field):  # read_value checks it too: a map key, a list
+                raise T.TableError("an element or field is text, an integer or bytes (got a %s)"
+                                   % type(field).__name__)
 
     def _on_conflict(self, key, field, ctype, sibs):
+        # called by the core in the middle of applying a write it has already taken: what
+        # listing the conflict raises must not reach it (the record would count malformed)
+        try:
+            self._list_conflict(key, field, ctype, sibs)
+        except Exception as e:  # noqa: BLE001 - counted and logged once, like a conflict log failure
+            self.conflict_log_errors += 1
+            if self.conflict_log_errors == 1:
+                log.warning("table topic %s: cannot list a conflict on key %r: %s: %s", self.name, key,
+                            type(e).__name__, _first_line(e))
+
+    def _list_conflict(self, key, field, ctype, sibs):
         ident = (key, field, ctype, tuple(sorted((s[0], s[1]) for s in sibs)))
         if ident in self.rows:
             return
@@ -548,7 +669,8 @@ class Replica:
         if self.conflict_log is not None:
             try:
                 self.conflict_log.append(ident, row, kept=lambda: list(self.rows.items()))
-            except OSError as e:  # the row stays listed in memory; the table is not stopped by it
+            except Exception as e:  # noqa: BLE001 - the row stays listed in memory; the write it came
+                # with is stored and applied: a conflict log that cannot be written never fails it
                 self.conflict_log_errors += 1
                 if self.conflict_log_errors == 1:
                     log.warning("table topic %s: cannot write its conflict log %s: %s (the conflict is listed "
@@ -653,6 +775,11 @@ class Replica:
         d.update(self.settings.describe())
         if self.last_malformed:
             d["last_malformed"] = self.last_malformed
+        if self.conflict_log_errors:
+            d["conflict_log_errors"] = self.conflict_log_errors
+        if self.too_large:
+            d["too_large"] = self.too_large
+            d["last_too_large"] = self.last_too_large
         return d
 
     def state_json(self):

@@ -125,9 +125,10 @@ class WasmMerge:
             item = codec.loads(bytes(out))
         except EdgelineError as e:
             raise MergeFailed("the output is not one CBOR item: %s" % e) from None
-        if item == [1]:
+        # the tag is an integer, not a bool: [true] == [1] and false == 0 in Python
+        if type(item) is list and len(item) == 1 and type(item[0]) is int and item[0] == 1:
             return T.TOMBSTONE
-        if type(item) is list and len(item) == 2 and item[0] == 0:
+        if type(item) is list and len(item) == 2 and type(item[0]) is int and item[0] == 0:
             return item[1]
         raise MergeFailed("the output %r is neither [0, value] nor [1]" % (item,))
 

@@ -308,3 +308,61 @@ def test_a_conflict_log_it_cannot_read_stops_the_agent_in_one_line_leaving_nothi
     assert "inv.cl: not a conflict log of version 1" in str(e.value) and "\n" not in str(e.value)
     (folder / "inv.cl").unlink()
     Agent(cfg, print_fn=lambda *_: None).close()  # the data directory's lock was released
+
+
+def test_a_conflict_log_that_cannot_be_written_never_fails_a_stored_write(tmp_path):
+    """A rewrite of the conflict log that fails (ENOSPC) used to leave its file closed:
+    every later conflict raised ValueError out of applying the record that met it (the
+    agent's write answered 500 though stored; the downlink's records here). Each key
+    below is written here and by the cloud concurrently: one conflict per key."""
+    import errno
+
+    cfg = config(tmp_path)
+
+    async def fn(agent, call):
+        clog = agent.tables["inv"].conflict_log
+        clog.max_rows = 1  # every second row asks for a rewrite
+
+        def full(rows):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        clog._rewrite = full
+        for i in range(4):
+            s, j = await call("PUT", "/v1/tables/inv/k%d" % i, json="mine")
+            assert s == 200 and j["durable"], (i, s, j)
+            cloud_records(agent, [cloud_put(i + 1, 1, "k%d" % i, "theirs")])
+        s, j = await call("PUT", "/v1/tables/inv/k0", json="settled")
+        assert s == 200
+        s, c = await call("GET", "/v1/tables/inv/conflicts")
+        assert [(r["key"], r["type"]) for r in c["conflicts"]] == [("k%d" % i, "concurrent_write") for i in range(4)]
+        assert clog.rewrite_errors >= 1 and agent.tables["inv"].conflict_log_errors == 0
+        return c["conflicts"]
+
+    before = asyncio.run(with_agent(cfg, fn))
+
+    async def again(agent, call):  # every row was written, though the file was never rewritten
+        return (await call("GET", "/v1/tables/inv/conflicts"))[1]["conflicts"]
+
+    assert [r["key"] for r in asyncio.run(with_agent(cfg, again))] == [r["key"] for r in before]
+
+
+def test_a_relayed_write_with_an_element_a_replica_cannot_hold_is_malformed_and_the_agent_restarts(tmp_path):
+    """A gateway before this check relayed set writes whose element was a map: applying
+    one crashed the agent's downlink and every start while the relay was in its log."""
+    import cbor2
+
+    from edgeline_host import tables
+
+    cfg = config(tmp_path, type="set")
+    bad = cbor2.dumps([1, 3, [[{"x": 1}, 0, [], True]]])
+    good = cbor2.dumps([1, 3, [[1, 0, [], True], ["a", 0, [], True]]])
+
+    async def fn(agent, call):
+        cloud_records(agent, [Record(1, 5, b"s", tables.relay_value("store-2", 1, 5, bad)),
+                              Record(2, 6, b"s", tables.relay_value("store-2", 2, 6, good))])
+        s, d = await call("GET", "/v1/tables/inv")
+        return s, d
+
+    for _ in range(2):  # fed by the downlink, then rebuilt from the log at start
+        s, d = asyncio.run(with_agent(cfg, fn if _ == 0 else lambda a, call: call("GET", "/v1/tables/inv")))
+        assert s == 200 and d["malformed"] == 1 and d["keys"] == [{"key": "s", "value": [1, "a"]}], d

@@ -3,8 +3,9 @@
 The boards (ESP32, RP2040) are 32-bit: small ints stop at 2**30 - 1 and any larger int
 is a heap object. The unix port of tests/mp/micropython_test.py is 64-bit and hides
 that. Here every tests/core file and the heap_lock tests run under the WebAssembly port
-(sys.maxsize == 2**31 - 1), by node, through tools/mp32test.py and tools/mp32/run.mjs
-(npm package pinned in tools/mp32/package-lock.json; `make venv` runs `npm ci`). What
+(sys.maxsize == 2**31 - 1), by node, through tools/mp32test.py and the product's runner
+(edgeline_host/firmware/mp32/run.mjs; npm package pinned by the lock beside it, installed
+in tools/mp32 by `make venv`, or by the first use). What
 the port does differently from a board is in docs/boards.md ("The 32-bit lane").
 
 The heap_lock tests pass here as on the unix port: append, its CRC and the clock's

@@ -307,6 +307,12 @@ WAT = {
     "garbage": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\ff")%s
   (func (export "edgeline_merge") (param i32 i32) (result i64)
     (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 1))))''',
+    "true": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\81\\f5")%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 2))))''',
+    "false": '''(module (memory (export "memory") 1) (data (i32.const 1024) "\\82\\f4\\01")%s
+  (func (export "edgeline_merge") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 1024) (i64.const 32)) (i64.const 3))))''',
     "outside": '''(module (memory (export "memory") 1)%s
   (func (export "edgeline_merge") (param i32 i32) (result i64)
     (i64.or (i64.shl (i64.const 65000) (i64.const 32)) (i64.const 4000))))''',
@@ -349,7 +355,8 @@ def test_a_webassembly_merge_gets_the_versions_and_its_answer_is_shown(tmp_path)
 
 
 @pytest.mark.parametrize("name, why", [("trap", "unreachable"), ("loop", "fuel"), ("garbage", "not one CBOR item"),
-                                       ("outside", "lies outside the module's memory")])
+                                       ("outside", "lies outside the module's memory"),
+                                       ("true", "[True] is neither"), ("false", "[False, 1] is neither")])
 def test_a_failing_webassembly_merge_leaves_the_siblings_and_is_reported(tmp_path, name, why):
     k, rows = asyncio.run(with_gateway(tmp_path, _concurrent, wasm_topics(tmp_path, name)))
     assert k["siblings"] == ["edge", "cloud"] and k["resolution"] == "merge_failed"
@@ -460,6 +467,10 @@ def test_a_tombstone_is_collected_only_once_every_replica_reported_it_applied(tm
         assert ack.seq == 3
         assert len(rep.table.siblings("b")) == 2 and rep.collected == 1
         assert gw.stable("inv") == ("cloud", 5, W1, 2)  # the report is usable now; b has two siblings: kept
+        # both nodes hold the cloud stream to 5: of the relay index only the last entry at or
+        # below it is kept (cloud:4 relays edge-1:2), it answers the same
+        assert gw._relay_index["inv"] == {W1: ([4], [2])}
+        assert gw.stable("inv") == ("cloud", 5, W1, 2)
         st, k = await get(http, server, "/v1/tables/inv/b")
         assert k["value"] == "late" and k["conflict"] == "update_delete"
         # an edge whose table settings differ from the topics file is reported (one line, /healthz)
@@ -552,3 +563,177 @@ def test_a_restart_lists_the_conflicts_the_replay_does_not_meet_again(tmp_path):
 
     assert asyncio.run(with_gateway(tmp_path, again, topics())) == before
     assert (tmp_path / "gw.db.tables" / "inv.cl").exists()
+
+
+def _fields_write(seq, ts, key, *ops):
+    # a raw set/map write as an edge could send it: [1, 3, [[field, op, ctx, value], ...]]
+    import cbor2
+
+    return Record(seq, ts, key.encode(), cbor2.dumps([1, 3, [list(op) for op in ops]]))
+
+
+def test_an_edge_write_whose_element_is_not_text_or_an_int_is_malformed_acknowledged_and_never_relayed(tmp_path):
+    """A set element that is a map (or a list, a bool, a float) used to crash the feed
+    after the commit (no ACK: the edge resent it forever) and every start after it."""
+    tops = topics(type="set")
+    bad = [_fields_write(1, 1000, "k", ({"x": 1}, 0, [], True)), _fields_write(2, 1001, "k", ([1], 0, [], True)),
+           _fields_write(3, 1002, "k", (True, 0, [], True)), _fields_write(4, 1003, "k", (1.5, 0, [], True))]
+    good = [_fields_write(5, 1004, "j", ("e", 0, [], True)), _fields_write(6, 1005, "j", (1, 0, [], True))]
+
+    async def fn(gw, http, server):
+        (ack,) = await edge_send(http, server, bad + good)
+        assert ack.seq == 6
+        await settle(gw, 2)  # the good ones only
+        st, state = await get(http, server, "/v1/tables/inv")
+        assert st == 200 and state["malformed"] == 4 and "element or field" in state["last_malformed"]
+        assert [(x["key"], x["value"]) for x in state["keys"]] == [("j", [1, "e"])]
+        rows = gw.store.pull("inv", 0, 10)
+        assert [tables.read_relay(codec.loads(r.value))[:2] for r in rows] == [(W1, 5), (W1, 6)]
+        async with http.delete(server.make_url("/v1/tables/inv/j")) as r:
+            assert r.status == 200
+        return state
+
+    asyncio.run(with_gateway(tmp_path, fn, tops))
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)  # starts with them in the store
+    try:
+        d = gw.tables["inv"].describe()
+        assert d["malformed"] == 4 and gw._relay_pending == {}
+        assert gw.tables["inv"].state_json()["keys"] == []
+    finally:
+        gw.store.close()
+
+
+def test_a_record_the_table_cannot_apply_is_counted_malformed_never_raised(tmp_path, monkeypatch, caplog):
+    # the backstop: whatever the checks let through and the table still raises on
+    rep = tables.Replica("inv", tables.TableSettings())
+
+    def boom(*a, **k):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(rep.table, "apply", boom)
+    value = codec.dumps(T.write_value(T.OP_PUT, (), "x"))
+    with caplog.at_level("ERROR"):
+        assert rep.apply_record(W1, 7, 10, b"k", value) is False
+        assert rep.apply_record(W1, 8, 10, b"k", value) is False
+    assert rep.malformed == 2 and rep.last_malformed.startswith(W1 + " seq 8: KeyError")
+    logged = [r.getMessage() for r in caplog.records if "could not be applied" in r.getMessage()]
+    assert len(logged) == 1 and (W1 + " seq 7") in logged[0]
+
+
+def test_a_conflict_log_write_that_fails_is_cut_and_the_next_rows_are_read_back(tmp_path):
+    import errno
+
+    p, c = _conflict_log(tmp_path, rows=100)
+    ident = lambda i: ("k%d" % i, None, "concurrent_write", (("cloud", i + 1),))  # noqa: E731
+    c.append(ident(0), {"n": 0})
+    real = c._f
+
+    class Torn:  # writes half the entry, then the disk is full
+        def write(self, b):
+            real.write(b[:len(b) // 2])
+            real.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            real.close()
+
+    c._f = Torn()
+    with pytest.raises(OSError):
+        c.append(ident(1), {"n": 1})
+    c.append(ident(2), {"n": 2})  # reopened, the torn half cut first
+    c.append(ident(3), {"n": 3})
+    c.close()
+    assert [r[0] for r in tables.ConflictLog(str(p)).rows] == [ident(0), ident(2), ident(3)]
+
+
+def test_a_conflict_the_log_cannot_take_never_fails_the_write_that_met_it(tmp_path):
+    rep = tables.Replica("inv", tables.TableSettings(), _conflict_log(tmp_path)[1])
+
+    def broken(*a, **k):
+        raise ValueError("I/O operation on closed file.")
+
+    rep.conflict_log.append = broken
+    assert rep.apply_record("a", 1, 10, b"k", codec.dumps(T.write_value(T.OP_PUT, (), "x")))
+    assert rep.apply_record("b", 1, 11, b"k", codec.dumps(T.write_value(T.OP_PUT, (), "y")))
+    assert rep.malformed == 0 and rep.conflict_log_errors == 1 and rep.describe()["conflict_log_errors"] == 1
+    assert [r["type"] for r in rep.conflicts_json()["conflicts"]] == ["concurrent_write"]
+
+
+def test_the_gateway_keeps_one_relay_mark_per_writer_and_reads_the_store_once_at_start(tmp_path, monkeypatch):
+    W2 = "edge-2~" + INC.hex()
+
+    async def fn(gw, http, server):
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (1, 2, 3)])
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (1, 2)], node="edge-2")
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (3, 4, 5)])  # 3: a duplicate
+        await settle(gw, 7)
+        assert gw._relayed == {"inv": {W1: 5, W2: 2}}  # one mark per writer, not one entry per write
+        await edge_send(http, server, [put(i, 1000 + i, "k%d" % i, i) for i in (1, 2, 3, 4, 5)])
+        await asyncio.sleep(0.05)
+        assert gw.relayed == 7
+        return [tables.read_relay(codec.loads(r.value))[:2] for r in gw.store.pull("inv", 0, 20)]
+
+    got = asyncio.run(with_gateway(tmp_path, fn, topics()))
+    assert sorted(got) == [(W1, s) for s in range(1, 6)] + [(W2, 1), (W2, 2)]
+    from edgeline_host.gateway.store import GatewayStore
+
+    calls = []
+    for name in ("stream_records", "records"):
+        real = getattr(GatewayStore, name)
+        monkeypatch.setattr(GatewayStore, name, lambda self, *a, _r=real, _n=name, **k: (calls.append(_n), _r(
+            self, *a, **k))[1])
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=topics())
+    try:
+        assert calls == ["stream_records"] and gw._relay_pending == {}
+        assert gw._relayed == {"inv": {W1: 5, W2: 2}}
+    finally:
+        gw.store.close()
+
+
+def test_an_edge_write_whose_relay_would_be_over_the_topics_max_record_bytes_is_refused_by_name(tmp_path):
+    """Relayed, it would be a record no edge limited to the topic's size could pull: the
+    puller's PULL was refused for ever (too_large). It is kept stored, acknowledged, and
+    neither applied at the gateway nor relayed; the count and the reason are shown."""
+    tops = topics(max_record_bytes=200)
+    small = put(1, 1000, "a", "x" * 100)
+    big = put(2, 1001, "b", "y" * 170)  # 185 bytes as the edge wrote it; relayed, over 200
+    assert len(big.key) + len(big.value) <= 200 < tables.relay_record_bytes(big.key, W1, 2, 1001, len(big.value))
+
+    async def fn(gw, http, server):
+        (ack,) = await edge_send(http, server, [small, big, put(3, 1002, "c", 1)])
+        assert ack.seq == 3
+        await settle(gw, 2)
+        st, state = await get(http, server, "/v1/tables/inv")
+        assert [x["key"] for x in state["keys"]] == ["a", "c"]
+        assert state["too_large"] == 1 and "over the topic's max_record_bytes 200" in state["last_too_large"]
+        assert state["last_too_large"].startswith(W1 + " seq 2:")
+        # a puller that takes the topic's records (200 bytes and a DATA's overhead) takes every relay
+        c2 = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-2", KEYS["edge-2"])
+        await c2.connect(capabilities={"max_message_bytes": 300})
+        got, after = [], 0
+        while True:
+            (d,) = await c2.exchange(sync.Pull("inv", after, 10))
+            assert type(d) is sync.Data, d
+            recs = list(sync.records_of(d))
+            if not recs:
+                break
+            got += [tables.read_relay(codec.loads(r.value))[:2] for r in recs]
+            after = recs[-1].seq
+        assert got == [(W1, 1), (W1, 3)]
+        return state["keys"]
+
+    before = asyncio.run(with_gateway(tmp_path, fn, tops))
+    gw = Gateway(str(tmp_path / "gw.db"), KEYS, topics=tops)
+    try:
+        d = gw.tables["inv"].state_json()
+        assert d["keys"] == before and d["too_large"] == 1 and gw._relay_pending == {}
+    finally:
+        gw.store.close()
+
+
+def test_the_size_of_a_relay_is_counted_without_building_it():
+    for writer in ("e", W1, "x" * 30, "é" * 200):
+        for seq, ts in ((1, 0), (23, 24), (255, 256), (65535, 65536), (1 << 32, 1 << 62)):
+            for n in (0, 23, 24, 255, 256, 70000):
+                want = 3 + len(tables.relay_value(writer, seq, ts, b"v" * n))
+                assert tables.relay_record_bytes(b"abc", writer, seq, ts, n) == want, (writer, seq, ts, n)

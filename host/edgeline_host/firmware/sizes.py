@@ -9,8 +9,8 @@ syncs are measured by ramprobe.py, on both word sizes:
 * **64-bit**: the MicroPython unix port with the profile's heap, the library loaded the
   way the profile deploys it (.mpy files in RAM; ROMFS in place; frozen: in place with
   its names interned before the baseline, as a frozen firmware keeps them in flash);
-* **32-bit**: MicroPython's WebAssembly port by node (the test suite's 32-bit lane), the
-  boards' word size; the library always as .mpy loaded into RAM (that port has neither
+* **32-bit**: MicroPython's WebAssembly port by node (wasmport.py; the test suite's
+  32-bit lane), the boards' word size; the library always as .mpy loaded into RAM (that port has neither
   ROMFS nor a native emitter), names static for a frozen profile. Or, when
   ``$EDGELINE_MICROPYTHON32`` names a 32-bit build of the unix port, that: every mode.
 
@@ -65,7 +65,8 @@ def _pick(row, deploy):
 def measure(names=None, word_sizes=(64, 32)):
     """One row per MCU profile: sizes, RAM per word size, the figures checked, budgets,
     ok and a verdict. ``word_sizes``: the lanes to run (the 32-bit one is skipped, with
-    its reason in ``lane32``, where node or tools/mp32 is missing)."""
+    its reason in ``lane32``, where node, or npm to install the WebAssembly port on first
+    use, is missing: wasmport.py)."""
     profs = [load_profile(n) for n in names] if names else load_all(runtimes=MCU_RUNTIMES)
     lane32 = ramprobe.lane32_missing() if 32 in word_sizes else "not asked for"
     rows = []
@@ -94,8 +95,8 @@ def measure(names=None, word_sizes=(64, 32)):
             if 32 in word_sizes and lane32 is None:
                 try:
                     row["ram32"] = ramprobe.measure(p, mode, 32)
-                except ToolMissing as e:
-                    row["lane32"] = str(e)
+                except ToolMissing as e:  # e.g. its npm install failed: not tried again per profile
+                    row["lane32"] = lane32 = str(e)
             if row["ram64"] is None and row["ram32"] is None:
                 raise ValueError("no word size to measure RAM on: %s" % row["lane32"])
             if row["ram64"] is None:

@@ -14,8 +14,8 @@ survives the process and a later run (a reboot) finds the logs where the last on
 them.
 
 ``install`` copies a tree (``build.build``'s output) onto the image, as ``mpremote cp``
-does onto a board; ``run_main`` boots it; ``measure_ram`` reports what the library holds
-in RAM at rest (ramprobe.py, which also measures on the 32-bit lane). The unix port is
+does onto a board; ``run_main`` boots it. What the library holds in RAM is measured by
+ramprobe.py (on this port with ``_run`` and ``heap_for``, and on the 32-bit lane). The unix port is
 64-bit: its objects are larger than on a 32-bit MCU (a GC block is 32 bytes, not 16),
 so RAM figures here are upper bounds for the boards, and a program that fits a
 board-sized heap here fits the board. What this does not
@@ -260,15 +260,3 @@ def run_main(image, profile, romfs=None, heap=None, timeout=300):
         raise RuntimeError("main.py did not finish in %d s: %s" % (timeout, out[-2000:])) from None
     return proc.returncode, out
 
-
-def measure_ram(profile, mode="mpy"):
-    """RAM the library holds at rest on the profile's heap (unix port, 64-bit: an upper
-    bound). ``mode``: ``mpy`` (.mpy files in /lib: bytecode loaded into RAM), ``rom``
-    (ROMFS, run in place), ``frozen`` (in place, names in flash), ``py`` (sources
-    compiled at import, as CircuitPython does). Returns {"code_bytes", "rest_bytes"}:
-    after the imports, and with the logs, outboxes and uplink of the default settings
-    open. ramprobe.py is the probe (also while syncing, and on the 32-bit lane)."""
-    from . import ramprobe
-
-    res = ramprobe.measure(profile, mode, 64, records=0)
-    return {"code_bytes": res["code_bytes"], "rest_bytes": res["rest_bytes"]}

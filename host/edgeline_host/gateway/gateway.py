@@ -36,8 +36,12 @@ publishes is copied, once, into the topic's cloud stream as a relay record carry
 dot, ts and value, so every edge that pulls the topic receives every writer's writes. The
 copy is made by a background task after the edge's batch was committed and acknowledged
 (``_relay_pending``; a failed store is retried a second later). Which dots were relayed
-is known from the cloud stream itself: at start, an edge record of the store without its
-relay (the gateway stopped in between) is queued again, so each is relayed exactly once.
+is known from the cloud stream itself: relays follow each writer's seq order, so the
+highest relayed seq per writer says it (``_relayed``); at start, an edge record of the
+store above it (the gateway stopped in between) is queued again, so each is relayed
+exactly once. An edge write whose relay would be over the topic's ``max_record_bytes``
+is refused by the replica (``too_large``): neither applied nor relayed, so no puller is
+ever refused a relay.
 
 Tombstone collection (tables.md, "Tombstones and their collection"): an edge's HELLO
 reports, per table topic, how far it holds the cloud stream and its own log's end
@@ -110,9 +114,11 @@ class Gateway:
         self.tables_dir = None if db_path == ":memory:" else db_path + ".tables"
         self.keys = keys  # node_id -> 32-byte key
         self.tables = {}  # table topic -> tables.Replica (set with the topics)
-        self._relayed = {}  # table topic -> {(writer, seq)} of the edge writes relayed or queued
+        self._relayed = {}  # table topic -> {writer: the highest seq of it relayed, queued or refused}
         self._relay_pending = {}  # table topic -> [(writer, seq, ts, key, value)] to relay
-        self._relay_index = {}  # table topic -> {writer: ([cloud seq], [writer seq])} of the relays, in order
+        # table topic -> {writer: ([cloud seq], [writer seq])} of the relays, in order; the
+        # entries below what every node holds are dropped (``stable``)
+        self._relay_index = {}
         self._writers = {}  # table topic -> {(node, incarnation hex)} that have written to it
         self._reports = {}  # (table topic, node) -> [usable report or None, newer report or None]
         self.collected = 0  # tombstones collected at causal stability since start
@@ -176,28 +182,37 @@ class Gateway:
         clog = None
         if self.tables_dir is not None:
             clog = tables.ConflictLog(os.path.join(self.tables_dir, topic_dirname(name) + ".cl"))
-        rep = tables.Replica(name, topic.table, clog)
+        rep = tables.Replica(name, topic.table, clog,
+                             max_relay_bytes=topic.max_record_bytes if topic.publishes else None)
         self._compactors[name] = compaction.Compactor()
-        relayed = set()
+        relayed = {}  # writer -> highest seq relayed
+        last = {}  # (origin, incarnation) -> its last stored seq
         writers = self._writers[name] = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
             rep.apply_record(tables.writer_id(origin, inc), seq, ts, key, value)
             if origin == sync.CLOUD_ORIGIN:
                 dot = _relay_dot(value)
                 if dot is not None:
-                    relayed.add(dot)
+                    if dot[1] > relayed.get(dot[0], 0):
+                        relayed[dot[0]] = dot[1]
                     self._index_relay(name, seq, dot[0], dot[1])
             else:
                 writers.add((origin, inc))
+                last[(origin, inc)] = seq  # stream by stream in seq order: the last is the highest
         self._compactors[name].applied(1, self.store.published(name))
         if topic.publishes:
-            # an edge write stored but not relayed (the gateway stopped in between): again
+            # an edge write stored but not relayed (the gateway stopped in between): again.
+            # Relays are made in each writer's seq order (``_feed``), so what lies above the
+            # highest relayed seq is what was not relayed: only that tail is read again.
             pending = []
-            for origin, inc, seq, ts, key, value in self.store.stream_records(name):
+            for (origin, inc), top in sorted(last.items()):
                 writer = tables.writer_id(origin, inc)
-                if origin != sync.CLOUD_ORIGIN and (writer, seq) not in relayed and rep.takes(key, value):
-                    relayed.add((writer, seq))
-                    pending.append((writer, seq, ts, key, value))
+                after = relayed.get(writer, 0)
+                if top > after:
+                    for seq, ts, key, value in self._stream_tail(name, origin, inc, after):
+                        if rep.takes(key, value, writer, seq, ts):
+                            pending.append((writer, seq, ts, key, value))
+                    relayed[writer] = top
             self._relayed[name] = relayed
             if pending:
                 self._relay_pending[name] = pending
@@ -206,7 +221,20 @@ class Gateway:
         if rep.malformed:
             log.warning("gateway: table topic %r: %d stored record(s) are not table writes (left out of the table; "
                         "last: %s)", name, rep.malformed, rep.last_malformed)
+        if rep.too_large:
+            log.warning("gateway: table topic %r: %d stored edge write(s) would be relayed over the topic's "
+                        "max_record_bytes (left out of the table; last: %s)", name, rep.too_large, rep.last_too_large)
         return rep
+
+    def _stream_tail(self, topic, origin, inc, after):
+        """(seq, ts, key, value) of one edge stream's stored records above ``after``."""
+        while True:
+            rows = self.store.records(topic, origin, from_seq=after + 1, limit=1000, incarnation=inc)
+            for r in rows:
+                yield r["seq"], r["ts"], r["key"], r["value"]
+            if len(rows) < 1000:
+                return
+            after = rows[-1]["seq"]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -508,23 +536,37 @@ class Gateway:
 
     def _feed(self, node, inc, batch, mark):
         """Apply the stored entries of an edge's batch (those at or below the stream's
-        mark once it was committed) to the topic's replica; duplicates change nothing."""
+        mark once it was committed) to the topic's replica; duplicates change nothing.
+        Each entry above the writer's highest relayed seq is queued for relaying unless
+        the replica refused it (malformed, or its relay over the topic's limit).
+
+        Relays follow each writer's seq order: a stream's seqs are stored in order (the
+        store takes a batch only from its mark on), the committer answers its groups in
+        commit order, and each exchange feeds its batches as soon as its commit returns,
+        before the loop runs anything else -- so the highest seq relayed per writer is
+        all that needs keeping (``_relayed``), not every dot."""
         rep = self.tables[batch.topic]
         writer = tables.writer_id(node, inc)
         self._writers.setdefault(batch.topic, set()).add((node, inc))
         first, base = batch.first_seq, batch.base_ts
         relayed = self._relayed.get(batch.topic)
         for i, e in enumerate(batch.entries):
-            if first + i > mark:
+            seq = first + i
+            if seq > mark:
                 break
-            bad = rep.malformed
-            rep.apply_record(writer, first + i, base + e[0], e[1], e[2])
-            # relayed unless malformed (an edge's record is never a relay: that is malformed too)
-            if relayed is not None and rep.malformed == bad and (writer, first + i) not in relayed:
-                relayed.add((writer, first + i))
-                self._relay_pending.setdefault(batch.topic, []).append((writer, first + i, base + e[0], e[1], e[2]))
-                if self._relay_wake is not None:
-                    self._relay_wake.set()
+            refused = rep.malformed + rep.too_large
+            rep.apply_record(writer, seq, base + e[0], e[1], e[2])
+            # relayed unless refused (an edge's record is never a relay: that is malformed too)
+            if relayed is not None and seq > relayed.get(writer, 0):
+                relayed[writer] = seq
+                if rep.malformed + rep.too_large == refused:
+                    self._relay_pending.setdefault(batch.topic, []).append((writer, seq, base + e[0], e[1], e[2]))
+                    if self._relay_wake is not None:
+                        self._relay_wake.set()
+                elif rep.too_large and rep.last_too_large.startswith("%s seq %d:" % (writer, seq)):
+                    self._warn_once(("relay-too-large", batch.topic, writer),
+                                    "gateway: table topic %r: %s; further ones of this writer are counted in "
+                                    "too_large (GET /v1/tables)" % (batch.topic, rep.last_too_large))
 
     # ------------------------------------------------------------------ tombstone collection
 
@@ -588,6 +630,7 @@ class Gateway:
         own[sync.CLOUD_ORIGIN] = store.published(topic)
         marks = [own]
         index = self._relay_index.get(topic, {})
+        low = None  # the lowest held of the usable reports
         served = self.topics[topic].nodes
         for node in sorted(set(self.keys if served is None else served) | set(n for n, _ in writers)):
             slot = self._reports.get((topic, node))
@@ -607,6 +650,17 @@ class Gateway:
             if head:
                 m[mine] = max(head, m.get(mine, 0))
             marks.append(m)
+            low = held if low is None else min(low, held)
+        if low is not None:
+            # Every node holds the cloud stream up to ``low``: a later report names a held
+            # at or above it, except a wiped node's, for which the index then answers
+            # nothing below its first entry -- less is collected, never more. So the
+            # entries before the last one at or below ``low`` are never needed again.
+            for cs, ss in index.values():
+                i = bisect.bisect_right(cs, low)
+                if i > 1:
+                    del cs[:i - 1]
+                    del ss[:i - 1]
         return tables.stable_vector(marks)
 
     def _incarnations(self, conn):

@@ -1,6 +1,11 @@
 // Runs Python code under MicroPython's WebAssembly port (32-bit: sys.maxsize == 2**31-1).
 //
-//   node tools/mp32/run.mjs [--heap 1m] [--fixed-heap] [--copy HOST_DIR:MP_DIR]... -c CODE [--loop CODE2]
+//   node run.mjs [--modules DIR] [--heap 1m] [--fixed-heap] [--copy HOST_DIR:MP_DIR]... -c CODE [--loop CODE2]
+//
+// The one runner of the 32-bit lane, shipped in edgeline_host/firmware/mp32/ (wasmport.py
+// drives it; tools/mp32test.py too). --modules DIR (default $EDGELINE_MP32_DIR) is the folder
+// whose node_modules holds the npm package pinned by package-lock.json beside this file
+// (wasmport.ensure installs it there: npm ci).
 //
 // Like `micropython -X heapsize=N -c CODE` of the unix port: --heap is the MicroPython
 // heap (k/m suffixes), --copy copies a host directory tree into the port's in-memory file
@@ -31,7 +36,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const PKG = path.join(HERE, "node_modules", "@micropython", "micropython-webassembly-pyscript", "micropython.mjs");
+const PKG_PATH = ["node_modules", "@micropython", "micropython-webassembly-pyscript", "micropython.mjs"];
 const SLACK_BYTES = 8 * 1024;
 
 function parseSize(s) {
@@ -41,7 +46,7 @@ function parseSize(s) {
 }
 
 function usage(msg) {
-  process.stderr.write(`run.mjs: ${msg}\nusage: node run.mjs [--heap SIZE] [--fixed-heap] [--copy HOST_DIR:MP_DIR]... -c CODE [--loop CODE]\n`);
+  process.stderr.write(`run.mjs: ${msg}\nusage: node run.mjs [--modules DIR] [--heap SIZE] [--fixed-heap] [--copy HOST_DIR:MP_DIR]... -c CODE [--loop CODE]\n`);
   process.exit(2);
 }
 
@@ -49,6 +54,7 @@ let heap = 1024 * 1024;
 let loop = null;
 let code = null;
 let fixed = false;
+let modules = process.env.EDGELINE_MP32_DIR || null;
 const copies = [];
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
@@ -60,13 +66,17 @@ for (let i = 0; i < argv.length; i++) {
     if (j <= 0) usage(`--copy ${spec}: expected HOST_DIR:MP_DIR`);
     copies.push([spec.slice(0, j), spec.slice(j + 1)]);
   } else if (a === "--fixed-heap") fixed = true;
+  else if (a === "--modules") modules = argv[++i] ?? usage("--modules needs a folder");
   else if (a === "--loop") loop = argv[++i] ?? usage("--loop needs code");
   else if (a === "-c") code = argv[++i] ?? usage("-c needs code");
   else usage(`unknown argument ${a}`);
 }
 if (code === null) usage("-c CODE is required");
+if (modules === null) usage("--modules DIR (or $EDGELINE_MP32_DIR) is required");
+const PKG = path.join(path.resolve(modules), ...PKG_PATH);
 if (!fs.existsSync(PKG)) {
-  process.stderr.write(`run.mjs: ${PKG} is missing: run npm ci in ${HERE}\n`);
+  process.stderr.write(`run.mjs: ${PKG} is missing: npm ci in ${modules} with package.json and package-lock.json of ${HERE}` +
+    ` (python -m edgeline_host.firmware.wasmport ${modules} does)\n`);
   process.exit(2);
 }
 
