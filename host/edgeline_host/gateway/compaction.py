@@ -6,14 +6,16 @@ Failure modes first
 -------------------
 * Compaction is *logical*: nothing in the store is rewritten or removed. What a PULL of
   an edge that said it takes compacted DATA (HELLO capability ``"compaction"``) leaves
-  out is computed from the gateway's replica of the table when the PULL is answered, so a
-  crash at any moment loses nothing and leaves nothing half done: the replica is rebuilt
-  from the store at start, and the next PULL is answered from it again.
-* A record the replica has not applied yet (committed, its apply not yet run) is never
-  left out: only seqs at or below the *horizon* -- the highest cloud seq up to which every
-  record has been applied to the replica -- are candidates, everything above is sent.
-* A live edge write whose relay the relay index cannot place (not waiting to be relayed
-  either) makes ``live`` unknown: that PULL is answered with every record, none left out.
+  out is computed, when the PULL is answered, from a replica of the topic's cloud stream
+  alone that the ``Compactor`` keeps, so a crash at any moment loses nothing and leaves
+  nothing half done: it is fed the stream again at start.
+* A record not fed yet (committed, its feed not yet run) is never left out: only seqs at
+  or below the *horizon* -- the highest cloud seq up to which every record was fed --
+  are candidates; everything above is sent.
+* A record is left out only when a later record *of the stream* supersedes it: an edge
+  write the gateway has applied but not yet relayed supersedes nothing here, so an edge
+  that pulls in between holds, at every moment, the state of an edge that pulled every
+  record up to the same seq.
 * An edge that does not send the capability (a board, an agent from before) gets every
   record, as before: the DATA it receives is byte for byte what it always was.
 
@@ -21,16 +23,15 @@ Theory of operation
 -------------------
 A record of the cloud stream is *live* when its dot -- ``(cloud, seq)`` for a cloud write,
 the relayed ``(writer, seq)`` for a relay -- is a current sibling of some key (of some
-field, for set and map), or a counter writer's latest entry of a key. Every other record
-is superseded by a write the replica applied (its context covers the record's dot), was
-a tombstone collected at causal stability, or is not a table write (malformed: an edge
-ignores it anyway). A replica that applies only the live records ends with the same
-state as one that applied them all: ``apply`` is a function of the set of writes, a
-superseded write changes nothing once its superseder is applied, and the superseder's
-context carries the superseded dot (a writer's context is its whole vv of the key, which
-holds every dot it superseded), so the vv agrees too. Collected tombstones: every replica
-the topic is served to had applied them (that is what "stable" means), so only a replica
-that never had the key misses them, and for it the key is absent either way.
+field, for set and map) in the stream's replica, or a counter writer's latest entry of a
+key. Every other record is superseded by a later record of the stream (whose context
+covers its dot), or is not a table write (malformed: an edge ignores it anyway). A
+replica that applies only the live records ends with the same state as one that applied
+them all: ``apply`` is a function of the set of writes, a superseded write changes
+nothing once its superseder is applied, and the superseder's context carries the
+superseded dot (a writer's context is its whole vv of the key, which holds every dot it
+superseded), so the vv agrees too. The stream's replica does not collect tombstones: a
+live tombstone is sent until a later write replaces it.
 
 A compacted DATA sends the live records after ``after_seq`` and says how many seqs were
 left out before each (the entry's fourth element, ``skip``). It always ends with a record:
@@ -38,14 +39,18 @@ when the seqs after the last live one up to the stream's end were all left out, 
 record of the stream is sent as well (one record at most), so the edge's position moves
 to the stream's end and no trailing hole needs a field of its own.
 
-Cost: the live set is recomputed from the replica when it changed (O(keys + siblings)),
-then each PULL is a bisection in it and one read of the chunks that hold the records
-sent.
+Cost: a second replica of the table in memory (the stream's), each published record
+applied to it too; the live set is recomputed when it changed (O(keys + siblings)), then
+each PULL is a bisection in it and one read of the chunks that hold the records sent.
 """
 import bisect
 
+import cbor2
+
 from edgeline import sync
 from edgeline import table as T
+
+from .. import tables
 
 CAPABILITY = "compaction"  # the HELLO capability of an edge that takes compacted DATA
 
@@ -70,84 +75,71 @@ def live_dots(table):
     return out
 
 
+def relay_dot(value):
+    """(writer, seq) of the edge write a cloud-stream record relays, or None."""
+    try:
+        r = tables.read_relay(cbor2.loads(value))
+    except Exception:  # noqa: BLE001 - not a relay (or not CBOR): a cloud write, or malformed
+        return None
+    return None if r is None else (r[0], r[1])
+
+
 class Compactor:
-    """The live cloud seqs of one table topic, kept from its replica.
+    """What a compacted DATA of one table topic leaves out.
 
-    ``applied(first, last)``: the replica has applied cloud seqs first..last (the gateway
-    calls it after each publish, and once after the rebuild at start); ``plan`` answers a
-    PULL. The live set is recomputed when the replica's counts of applied writes and
-    collected tombstones, the horizon or the relays changed."""
+    It keeps its own replica of the topic fed with the cloud stream alone -- what an edge
+    that pulled every record holds -- so a record is left out only when a *later record of
+    the stream* supersedes it (an edge write the gateway has applied but not yet relayed
+    supersedes nothing here). ``feed(seq, ts, key, value)``: a record of the stream is
+    durable (the gateway calls it for every publish, relays included, and for the stream
+    at start; in any order: apply is order-free); ``plan`` answers a PULL. The live set is
+    recomputed when the stream's replica changed since the last PULL."""
 
-    def __init__(self):
-        self.horizon = 0  # every cloud seq at or below it is applied to the replica
-        self._early = set()  # applied seqs above horizon + 1 (publishes that finished out of order)
-        self._live = None  # sorted live cloud seqs (None: unknown, nothing may be left out)
-        self._sig = None  # what the replica and the relays were when _live was computed (None: never)
-        self._relay_at = {}  # (writer, seq) of a live (or newly relayed) edge write -> its relay's cloud seq
+    def __init__(self, settings):
+        self.replica = tables.Replica("compaction", settings)  # the cloud stream's replica, nothing else
+        self.horizon = 0  # every cloud seq at or below it is fed
+        self._early = set()  # fed seqs above horizon + 1 (publishes that finished out of order)
+        self._live = []  # sorted live cloud seqs
+        self._sig = None  # (applied, horizon) of the replica when _live was computed (None: never)
+        self._at = {}  # dot -> the cloud seq of its record, for the records fed since, and the live ones
         self.left_out = 0  # seqs left out of compacted DATA since start (a count for status)
 
-    def applied(self, first, last):
-        if first > self.horizon + 1:
-            self._early.update(range(first, last + 1))
-        else:
-            self.horizon = max(self.horizon, last)
+    def feed(self, seq, ts, key, value):
+        dot = relay_dot(value) or (sync.CLOUD_ORIGIN, seq)
+        self._at[dot] = seq
+        self.replica.apply_record(sync.CLOUD_ORIGIN, seq, ts, key, value)
+        if seq > self.horizon + 1:
+            self._early.add(seq)
+        elif seq == self.horizon + 1:
+            self.horizon = seq
             while self.horizon + 1 in self._early:
                 self.horizon += 1
                 self._early.discard(self.horizon)
-        self._sig = None
 
-    def note_relay(self, cloud_seq, writer, seq):
-        """The relay of edge write ``(writer, seq)`` is cloud seq ``cloud_seq`` (the gateway
-        calls it for every relay it stores or finds at start)."""
-        self._relay_at[(writer, seq)] = cloud_seq
-        self._sig = None
-
-    def live(self, rep, pending=()):
-        """Sorted cloud seqs of the live records, recomputed when the replica or the
-        relays changed since the last call; None when a live edge write is neither a
-        relay noted here nor waiting to be relayed (``pending``: the queued relays'
-        tuples, writer and seq first) -- then nothing may be left out. The relays noted
-        are kept only while live: a superseded write never becomes live again."""
-        sig = (rep.applied, rep.collected, self.horizon, len(pending))
-        if self._sig is None or sig != self._sig:
+    def live(self):
+        """Sorted cloud seqs of the live records. The dots kept are pruned to the live
+        ones: a superseded write never becomes live again."""
+        sig = (self.replica.applied, self.horizon)
+        if sig != self._sig:
             self._sig = sig
-            seqs = []
-            queued = None
-            at = self._relay_at
+            at = self._at
             keep = {}
-            for dot in live_dots(rep.table):
-                if dot[0] == sync.CLOUD_ORIGIN:
-                    seqs.append(dot[1])
-                    continue
+            for dot in live_dots(self.replica.table):
                 cs = at.get(dot)
-                if cs is not None:
-                    seqs.append(cs)
+                if cs is not None:  # always: every dot of this replica came from a record fed
                     keep[dot] = cs
-                    continue
-                if queued is None:
-                    queued = set((p[0], p[1]) for p in pending)
-                if dot not in queued:  # relayed somewhere this cannot say: send everything
-                    seqs = None
-                    keep = at
-                    break
-                # else an edge write not relayed yet: not in the stream
-            if seqs is not None:
-                seqs.sort()
-            self._relay_at = keep
-            self._live = seqs
+            self._at = keep
+            self._live = sorted(keep.values())
         return self._live
 
-    def plan(self, rep, after, published, n, pending=()):
+    def plan(self, after, published, n):
         """The seqs a compacted DATA after ``after`` sends (at most ``n``, ascending), with
         the count of seqs left out before each: ``[(seq, skip)]``; empty when nothing is
-        after ``after``. Every seq, none left out, when ``live`` cannot tell."""
+        after ``after``."""
         if after >= published or n < 1:
             return []
-        live = self.live(rep, pending)
+        live = self.live()
         horizon = min(self.horizon, published)
-        if live is None:
-            live = []
-            horizon = 0
         i = bisect.bisect_right(live, after)
         seqs = []
         while i < len(live) and len(seqs) < n and live[i] <= horizon:

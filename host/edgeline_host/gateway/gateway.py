@@ -184,13 +184,14 @@ class Gateway:
             clog = tables.ConflictLog(os.path.join(self.tables_dir, topic_dirname(name) + ".cl"))
         rep = tables.Replica(name, topic.table, clog,
                              max_relay_bytes=topic.max_record_bytes if topic.publishes else None)
-        self._compactors[name] = compaction.Compactor()
+        comp = self._compactors[name] = compaction.Compactor(topic.table)
         relayed = {}  # writer -> highest seq relayed
         last = {}  # (origin, incarnation) -> its last stored seq
         writers = self._writers[name] = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
             rep.apply_record(tables.writer_id(origin, inc), seq, ts, key, value)
             if origin == sync.CLOUD_ORIGIN:
+                comp.feed(seq, ts, key, value)
                 dot = _relay_dot(value)
                 if dot is not None:
                     if dot[1] > relayed.get(dot[0], 0):
@@ -199,7 +200,6 @@ class Gateway:
             else:
                 writers.add((origin, inc))
                 last[(origin, inc)] = seq  # stream by stream in seq order: the last is the highest
-        self._compactors[name].applied(1, self.store.published(name))
         if topic.publishes:
             # an edge write stored but not relayed (the gateway stopped in between): again.
             # Relays are made in each writer's seq order (``_feed``), so what lies above the
@@ -508,7 +508,7 @@ class Gateway:
     async def _pull_compacted(self, conn, name, after, published, n):
         """A compacted DATA (wire.md, "Compacted DATA"): the live records of a table topic
         after ``after``, each with the count of superseded seqs left out before it."""
-        plan = self._compactors[name].plan(self.tables[name], after, published, n, self._relay_pending.get(name, ()))
+        plan = self._compactors[name].plan(after, published, n)
         if not plan:
             return conn.send(sync.Data(name, after + 1, 0, [])), None
         seqs = [s for s, _k in plan]
@@ -571,9 +571,6 @@ class Gateway:
     # ------------------------------------------------------------------ tombstone collection
 
     def _index_relay(self, topic, cloud_seq, writer, seq):
-        comp = self._compactors.get(topic)
-        if comp is not None:
-            comp.note_relay(cloud_seq, writer, seq)
         cs, ss = self._relay_index.setdefault(topic, {}).setdefault(writer, ([], []))
         if not cs or cloud_seq > cs[-1]:
             cs.append(cloud_seq)
@@ -709,7 +706,9 @@ class Gateway:
         if rep is not None:
             for i, (ts, k, v) in enumerate(entries):
                 rep.apply_record(sync.CLOUD_ORIGIN, first + i, ts, k, v)
-            self._compactors[topic].applied(first, marks[0])
+            comp = self._compactors[topic]
+            for i, (ts, k, v) in enumerate(entries):
+                comp.feed(first + i, ts, k, v)
         return first, marks[0]
 
     async def table_write(self, topic, writes, max_record_bytes=None):
