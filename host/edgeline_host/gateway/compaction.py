@@ -97,6 +97,7 @@ class Compactor:
 
     def __init__(self, settings):
         self.replica = tables.Replica("compaction", settings)  # the cloud stream's replica, nothing else
+        self.replica.table.on_conflict = None  # the gateway's own replica lists the conflicts
         self.horizon = 0  # every cloud seq at or below it is fed
         self._early = set()  # fed seqs above horizon + 1 (publishes that finished out of order)
         self._live = []  # sorted live cloud seqs
