@@ -247,6 +247,10 @@ def test_the_horizon_and_the_end_of_the_stream():
     # the edge's next write to c supersedes the relayed one; its own relay comes later
     c.feed(10, 10, b"c", tables.relay_value(W1, 6, 10, _put((), 8)))
     assert c.live() == [3, 4, 9, 10] and sorted(c._at) == [("cloud", 3), ("cloud", 4), ("cloud", 9), (W1, 6)]
+    # with no PULL at all, what it remembers stays bounded by the live dots
+    for seq in range(11, 20011):
+        c.feed(seq, 10, b"k%d" % (seq % 10), _put((), seq))
+    assert len(c._at) < 9000 and c.live()[-10:] == list(range(20001, 20011))
 
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "table-v1", "data-compacted.cbor")

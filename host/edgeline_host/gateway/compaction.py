@@ -104,11 +104,15 @@ class Compactor:
         self._sig = None  # (applied, horizon) of the replica when _live was computed (None: never)
         self._at = {}  # dot -> the cloud seq of its record, for the records fed since, and the live ones
         self.left_out = 0  # seqs left out of compacted DATA since start (a count for status)
+        self._prune_at = 4096  # _at is pruned to the live dots when it grows past this
 
     def feed(self, seq, ts, key, value):
         dot = relay_dot(value) or (sync.CLOUD_ORIGIN, seq)
         self._at[dot] = seq
         self.replica.apply_record(sync.CLOUD_ORIGIN, seq, ts, key, value)
+        if len(self._at) > self._prune_at:  # no PULL for a while: forget the superseded dots now
+            self.live()
+            self._prune_at = 2 * len(self._at) + 4096
         if seq > self.horizon + 1:
             self._early.add(seq)
         elif seq == self.horizon + 1:
