@@ -201,6 +201,8 @@ def test_a_catch_up_sends_only_the_live_record_of_each_key_and_a_restart_serves_
         await e.pull_all()
         assert e.records == 10 and e.log.last_seq == 1000
         assert sorted(e.rep.table.items()) == [("k%d" % j, 990 + j) for j in range(10)]
+        async with http.get(server.make_url("/healthz")) as r:
+            assert (await r.json())["table_seqs_left_out"] == 990
         e.log.close()
         return e.bytes
 
