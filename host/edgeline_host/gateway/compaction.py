@@ -103,7 +103,7 @@ class Compactor:
         self._live = []  # sorted live cloud seqs
         self._sig = None  # (applied, horizon) of the replica when _live was computed (None: never)
         self._at = {}  # dot -> the cloud seq of its record, for the records fed since, and the live ones
-        self.left_out = 0  # seqs left out of compacted DATA since start (a count for status)
+        self.left_out = 0  # seqs left out of the compacted DATA sent since start (the gateway counts them)
         self._prune_at = 4096  # _at is pruned to the live dots when it grows past this
 
     def feed(self, seq, ts, key, value):
@@ -165,7 +165,6 @@ class Compactor:
         prev = after
         for s in seqs:
             out.append((s, s - prev - 1))
-            self.left_out += s - prev - 1
             prev = s
         return out
 

@@ -524,7 +524,9 @@ class Gateway:
                 break
         while True:
             try:
-                return conn.send(compaction.data_of(name, rows, skips[:len(rows)])), None
+                out = conn.send(compaction.data_of(name, rows, skips[:len(rows)]))
+                self._compactors[name].left_out += sum(skips[:len(rows)])
+                return out, None
             except LocalProtocolError as e:
                 if len(rows) == 1:
                     r = rows[0]
