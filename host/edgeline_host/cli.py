@@ -75,13 +75,21 @@ def demo(seconds, data_dir, as_json):
               help="YAML file of the cloud-to-edge topics the gateway publishes (docs/gateway.md).")
 @click.option("--publish-token-file", default=None, envvar="EDGELINE_GATEWAY_PUBLISH_TOKEN_FILE", show_envvar=True,
               help="File holding the token the publish API requires (default: loopback clients only).")
+@click.option("--check", is_flag=True, help="Check the options and their files without starting (exit 0, or 2 "
+              "with one line per problem).")
 @click.pass_context
-def gateway(ctx, keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file):
+def gateway(ctx, keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, topics_file, publish_token_file, check):
     """Run the cloud gateway: accepts edges over HTTP (and TCP, MQTT), stores records exactly once,
     publishes cloud-to-edge topics. Each option can come from its EDGELINE_GATEWAY_* variable
     (boards/x86-gateway/gateway.env); an option given overrides it. `edgeline gateway health`
     asks a running one how it is."""
     if ctx.invoked_subcommand is not None:
+        return
+    if check:
+        from edgeline_host.configcheck import check_gateway
+
+        _report_check("gateway", check_gateway(keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix,
+                                               topics_file, publish_token_file))
         return
     if keys_file is None:
         raise click.UsageError("Missing option '--keys' (or EDGELINE_GATEWAY_KEYS).")
@@ -97,8 +105,15 @@ def gateway(ctx, keys_file, db, listen, tcp_listen, mqtt_broker, mqtt_prefix, to
     keys = load_keys(keys_file)
     topics = load_topics(topics_file, keys) if topics_file else None
     token = load_token(publish_token_file) if publish_token_file else None
+    def reload_keys():
+        # SIGHUP: the keys file again; the topics file must still agree with it (not reloaded)
+        new = load_keys(keys_file)
+        if topics_file:
+            load_topics(topics_file, new)
+        return new
+
     serve(db, keys, host, port, print_fn=logsetup.service_print("edgeline.gateway"), tcp=tcp, mqtt=mqtt,
-          topics=topics, publish_token=token)
+          topics=topics, publish_token=token, reload_keys=reload_keys)
 
 
 @gateway.command("health")
@@ -312,15 +327,52 @@ def _host_port(option, text):
     return host, int(port)
 
 
+def _report_check(what, result):
+    """``--check``: the problems, one line each, and exit 2; or the notes, exit 0."""
+    problems, notes = result
+    if problems:
+        for line in problems:
+            click.echo("edgeline %s --check: %s" % (what, line), err=True)
+        sys.exit(2)
+    for line in notes:
+        click.echo("edgeline %s --check: %s" % (what, line))
+
+
 @cli.command()
 @click.option("--config", "config_path", required=True, help="The node's edge.yaml (docs/config.md).")
-def agent(config_path):
+@click.option("--check", is_flag=True, help="Check the config and its files without starting (exit 0, or 2 with "
+              "one line per problem).")
+def agent(config_path, check):
     """Run the edge agent: HTTP ingest into the logs, uplink to the gateway, control API."""
+    if check:
+        from edgeline_host.configcheck import check_agent
+
+        _report_check("agent", check_agent(config_path))
+        return
     from edgeline_host import logsetup
     from edgeline_host.agent.service import run_agent
 
     _setup_logging()
     run_agent(config_path, print_fn=logsetup.service_print("edgeline.agent"))
+
+
+@cli.command("systemd-unit")
+@click.argument("service", type=click.Choice(["agent", "gateway"]))
+@click.option("--exe", default=None, help="The edgeline executable the unit runs (default: this one).")
+@click.option("--config", "config_path", default="/etc/edgeline/edge.yaml", show_default=True,
+              help="The agent's edge.yaml.")
+@click.option("--env-file", default="/etc/edgeline/gateway.env", show_default=True,
+              help="The gateway's settings (EDGELINE_GATEWAY_* lines).")
+@click.option("--user", default="edgeline", show_default=True, help="The user (and group) the service runs as.")
+def systemd_unit(service, exe, config_path, env_file, user):
+    """Print the systemd unit of the agent or the gateway (Type=notify, watchdog, --check before each
+    start, hardened; docs/operations.md)."""
+    from edgeline_host.systemdunits import unit
+
+    try:
+        click.echo(unit(service, exe=exe, config=config_path, env_file=env_file, user=user), nl=False)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @cli.command()
@@ -502,6 +554,8 @@ def edge_sync_status(agent_url, as_json):
         click.echo("uplink disabled: %s" % st.get("reason"))
         return
     line = "uplink %s -> %s (breaker %s" % (st["state"], st["gateway"], st["breaker"])
+    if st.get("encoding"):  # the session's batch encoding (sync.compression, as the gateway accepted it)
+        line += ", batches %s" % st["encoding"]
     if st.get("failures"):
         line += ", %d failure(s) in a row" % st["failures"]
     if st.get("next_attempt_in_ms") is not None:

@@ -340,7 +340,10 @@ def test_cli_against_a_running_agent(node):
     assert tel[:5] == ["telemetry", "edge_to_cloud", "3", "3", "0"]
     st = json.loads(agent.cli("edge", "sync", "status", "--json").stdout)
     assert st["state"] == "connected" and st["topics"]["telemetry"]["acked"] == 3
-    assert "uplink connected" in agent.cli("edge", "sync", "status").stdout
+    # sync.compression's default (zstd), as the gateway accepted it (wire.md, "Compressed batches")
+    assert st["compression"] == "zstd" and st["encoding"] == "zstd-columnar-1"
+    human = agent.cli("edge", "sync", "status").stdout
+    assert "uplink connected" in human and "batches zstd-columnar-1" in human
 
     # Pause: records accumulate; resume: they leave.
     p = agent.cli("edge", "sync", "pause")

@@ -115,8 +115,7 @@ def doc_yaml_blocks():
 
 
 # The seed's keys that nothing acts on yet: refused, by name (docs/config.md, "not yet").
-SEED_NOT_YET = {"location": None, "mesh": None,
-                "sync": ("compression",), "resources": ("max_memory", "max_cpu_percent")}
+SEED_NOT_YET = {"location": None, "mesh": None, "resources": ("max_memory", "max_cpu_percent")}
 
 
 def seed_today():
@@ -159,7 +158,8 @@ def test_seed_example_without_what_is_not_implemented_parses_with_every_value():
     g = c.gateway
     assert (g.scheme, g.host, g.port, g.path, g.transport, g.tls) == (
         "https", "streamline.example.com", 443, "/", "http", True)
-    assert c.sync == SyncSettings(enabled=True, interval_ms=30000, batch_size=1000, bandwidth_bytes_per_sec=1048576)
+    assert c.sync == SyncSettings(enabled=True, interval_ms=30000, batch_size=1000, bandwidth_bytes_per_sec=1048576,
+                                  compression="zstd")
     assert c.resources == ResourceLimits(max_storage_bytes=4 * GiB, eviction_policy="oldest")
     assert [(t.name, t.direction) for t in c.topics] == [
         ("pos.transactions", "edge_to_cloud"),
@@ -759,6 +759,7 @@ ACTING = {
     "node_id": "n-acts",
     "cloud_endpoint": "http://127.0.0.1:9/edge",
     "sync": {"interval_secs": 7, "batch_size": 33, "bandwidth_limit": "2KB/s", "max_queue_size": 3,
+             "compression": "columnar",
              "retry": {"initial_ms": 70, "max_ms": "9s", "multiplier": 3, "jitter": 0.5},
              "circuit_breaker": {"failures": 4, "open_secs": 11}},
     "resources": {"max_storage": "8MiB", "eviction_policy": "priority"},
@@ -813,6 +814,7 @@ def test_agent_uplink_takes_the_sync_settings(tmp_path):
         up = agent.uplink
         assert (up.node_id, up.url) == ("n-acts", "http://127.0.0.1:9/edge")
         assert (up.interval_ms, up.batch_records, up.bandwidth_bytes_per_sec) == (7000, 33, 2 * KiB)
+        assert up.compression == "columnar"  # edge.sync.compression: what the HELLO offers (test_wirecomp.py)
         assert up.retry == RetryPolicy(initial_ms=70, max_ms=9000, multiplier=3.0, jitter=0.5)
         assert up.breaker == CircuitBreaker(failures=4, open_ms=11000)
         assert (up.downlink.interval_ms, up.downlink.max_records) == (7000, 33)
@@ -826,6 +828,15 @@ def test_agent_uplink_takes_the_sync_settings(tmp_path):
     agent.store.close()
     with pytest.raises(ConfigError, match="edge.key_file: .* does not exist"):
         acting_agent(tmp_path, key_file=str(tmp_path / "none.key"), data_dir="var4")
+    # sync.compression: the default is zstd (falling back to what the gateway accepts); other values refused
+    agent = acting_agent(tmp_path, key=KEY_HEX, data_dir="var6", sync={"interval_secs": 7})
+    try:
+        assert agent.uplink.compression == "zstd"
+    finally:
+        agent.store.close()
+    for bad in ("gzip", "ZSTD", True, 3):
+        with pytest.raises(ConfigError, match=r"edge.sync.compression: must be one of none, columnar, zstd"):
+            acting_agent(tmp_path, data_dir="var7", sync={"compression": bad})
     # sync.enabled: false, no uplink and nothing owed
     agent = acting_agent(tmp_path, data_dir="var5", sync={"enabled": False})
     try:

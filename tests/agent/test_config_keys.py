@@ -49,7 +49,6 @@ SCHEMA = {
 # anyway" or None, the issue that will implement the key)
 REFUSED = {
     "edge.location": ({"lat": 37.7749, "lon": -122.4194, "name": "Store #001"}, None, 12),
-    "edge.sync.compression": ("zstd", "none", 11),
     "edge.resources.max_memory": ("256MB", 0, 13),
     "edge.resources.max_cpu_percent": (80, 100, 13),
     "edge.resources.max_file_descriptors": (1024, 0, 13),
@@ -88,6 +87,8 @@ ACTED_ON = {
     "edge.sync.enabled": [_UPLINK],
     "edge.sync.interval_secs": [_UPLINK, "tests/agent/test_uplink.py::test_interval_finds_records_nobody_notified_about"],
     "edge.sync.batch_size": [_UPLINK, "tests/agent/test_uplink.py::test_from_config"],
+    "edge.sync.compression": [_UPLINK,
+                              "tests/agent/test_wirecomp.py::test_each_compression_setting_over_http_exactly_once"],
     "edge.sync.bandwidth_limit": [_UPLINK, "tests/agent/test_uplink.py::test_bandwidth_limit_is_respected"],
     "edge.sync.max_queue_size": [_C + "test_max_queue_size_refuses_ingest_beyond_it"],
     "edge.sync.retry": _RETRY,

@@ -61,6 +61,7 @@ edge:
   sync:
     interval_secs: 0
     batch_size: %(batch_size)d
+    compression: %(compression)s
     retry: {initial_ms: 50, max_ms: 200, multiplier: 2, jitter: 0.2}
     circuit_breaker: {failures: 1000, open_secs: 1}
   resources:
@@ -130,7 +131,7 @@ class Procs:
 class Fleet:
     """One gateway (maybe not started yet) and one agent, in dir d."""
 
-    def __init__(self, procs, d, batch_size=5000):
+    def __init__(self, procs, d, batch_size=5000, compression="zstd"):
         self.procs = procs
         self.d = d
         os.makedirs(d, exist_ok=True)
@@ -146,7 +147,7 @@ class Fleet:
         self.url = "http://127.0.0.1:%d" % self.port
         with open(os.path.join(d, "edge.yaml"), "w") as f:
             f.write(AGENT_CONFIG % {"node": "edge-1", "gw_port": self.gw_port, "port": self.port,
-                                    "batch_size": batch_size})
+                                    "batch_size": batch_size, "compression": compression})
         self.gateway = self.agent = None
         self.exe = [sys.executable, "-m", "edgeline_host.cli"]
 
@@ -404,7 +405,7 @@ async def one_rep(base, rep, a, out, mqtt_ok):
                                  timeout=aiohttp.ClientTimeout(total=120))
     try:
         # (1) + (3, edgeline side): one gateway, one agent
-        fl = Fleet(procs, harness.fresh_subdir(base, "live-%d" % rep))
+        fl = Fleet(procs, harness.fresh_subdir(base, "live-%d" % rep), compression=a.compression)
         await fl.start_gateway(http)
         await fl.start_agent(http)
         await fl.post(http, [value(0)])  # warm up: handshake with the gateway
@@ -422,7 +423,7 @@ async def one_rep(base, rep, a, out, mqtt_ok):
             procs.stop_all()
         # (2) backlog with the gateway down
         harness.progress("rep %d: backlog of %d records, gateway down" % (rep + 1, a.backlog))
-        fb = Fleet(procs, harness.fresh_subdir(base, "backlog-%d" % rep))
+        fb = Fleet(procs, harness.fresh_subdir(base, "backlog-%d" % rep), compression=a.compression)
         await fb.start_agent(http)
         out["backlog"].append(await backlog(fb, http, a.backlog))
     finally:
@@ -437,6 +438,8 @@ def main(argv=None):
     ap.add_argument("--per-post", type=int, default=100, help="records per ingest post in the latency run")
     ap.add_argument("--backlog", type=int, default=200000, help="records queued while the gateway is down")
     ap.add_argument("--records", type=int, default=50000, help="records for the throughput comparison")
+    ap.add_argument("--compression", choices=("none", "columnar", "zstd"), default="zstd",
+                    help="the agent's sync.compression (default zstd, the agent's default)")
     ap.set_defaults(reps=1)
     a = ap.parse_args(argv)
     mqtt_note = None
@@ -451,7 +454,8 @@ def main(argv=None):
         "edge agent -> gateway sync, real processes on loopback: latency, backlog drain, throughput vs paho-mqtt",
         {"reps": a.reps, "offered": "%d rec/s (%d per post every %g ms)" % (a.rate, a.per_post,
                                                                         1000.0 * a.per_post / a.rate),
-         "seconds": a.seconds, "backlog": a.backlog, "records": a.records, "agent": GROUP % 5000},
+         "seconds": a.seconds, "backlog": a.backlog, "records": a.records, "agent": GROUP % 5000,
+         "compression": a.compression},
     )
     out = {"latency": [], "edgeline": [], "paho": [], "backlog": []}
     with harness.scratch_dir() as base:

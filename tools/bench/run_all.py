@@ -35,6 +35,7 @@ BENCHES = [
     ("bench_tables", [], ["--writes", "1000", "--updates", "4000", "--reps", "1"]),
     ("bench_mqtt_endpoint", ["--reps", "1"], ["--records", "1000", "--reps", "1", "--inflight", "20", "--backlog", "0"]),
     ("bench_columnar", [], ["--records", "200", "--reps", "1"]),
+    ("bench_wire", [], ["--records", "200", "--reps", "1"]),
     ("bench_table_catchup", [], ["--writes", "2000", "--keys", "100", "--reps", "1"]),
 ]
 

@@ -16,7 +16,7 @@ topic both synced and local, budgets against the device's storage, the endpoint 
 topic needs, topics named by the MQTT ingest map.
 
 Never pretend. A key the edge-first proposal's ``edge.yaml`` names but nothing in edgeline
-acts on yet (``_NOT_YET_BY_KEY``: compression, conflicts, the mesh, resource limits other
+acts on yet (``_NOT_YET_BY_KEY``: conflicts, the mesh, resource limits other
 than storage) is refused by name, in one line that names the issue that will bring it and
 says what to do instead; only the one value that means what edgeline does today (``none``,
 ``0``, ``enabled: false``) is accepted. Values not implemented yet of keys that do act
@@ -87,6 +87,9 @@ SYNC_POLICIES = ("every", "group", "none")
 FULL_POLICIES = ("drop_oldest", "reject", "drop_newest")
 EVICTION_POLICIES = ("oldest", "priority")
 GATEWAY_SCHEMES = ("http", "https", "mqtt", "mqtts")
+# edge.sync.compression: how BATCHes travel (docs/spec/wire.md, "Compressed batches");
+# each falls back to what the gateway accepts (an older gateway: plain BATCH)
+COMPRESSIONS = ("none", "columnar", "zstd")
 
 # Keys that nothing in edgeline acts on yet, refused by name (see the module doc):
 # (section, key) -> (the value that means what edgeline does today and is accepted, or
@@ -95,7 +98,6 @@ _NO_VALUE = object()
 _MESH_LATER = "remove the mesh section (the node syncs with its gateway only)"
 _NOT_YET_BY_KEY = {
     ("edge", "location"): (_NO_VALUE, 12, "remove the key (a node's location is not used yet)"),
-    ("edge.sync", "compression"): ("none", 11, "remove the key (records are sent uncompressed)"),
     ("edge.resources", "max_memory"): (0, 13, "remove the key (the agent's memory is not capped)"),
     ("edge.resources", "max_cpu_percent"): (100, 13, "remove the key (the agent's CPU use is not capped)"),
     ("edge.resources", "max_file_descriptors"): (0, 13, "remove the key (the system's limit applies)"),
@@ -255,6 +257,7 @@ class SyncSettings:
     interval_ms: int = 30000
     batch_size: int = 1000
     bandwidth_bytes_per_sec: int = 0  # 0: unlimited
+    compression: str = "zstd"  # one of COMPRESSIONS
     max_queue_records: int = 0  # 0: bounded only by the topics' budgets
     retry: RetryPolicy = RetryPolicy()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
@@ -740,6 +743,7 @@ def _parse_sync(ctx, value):
                                     _SECOND, 0, 7 * _DAY),
         batch_size=_int(ctx, path + ".batch_size", m.get("batch_size"), d.batch_size, 1, 100000),
         bandwidth_bytes_per_sec=_size_field(ctx, path + ".bandwidth_limit", bw, d.bandwidth_bytes_per_sec, 0),
+        compression=_choice(ctx, path + ".compression", m.get("compression"), d.compression, COMPRESSIONS),
         max_queue_records=_int(ctx, path + ".max_queue_size", queue, d.max_queue_records, 0, 10 ** 12),
         retry=_parse_retry(ctx, m.get("retry")),
         circuit_breaker=_parse_breaker(ctx, m.get("circuit_breaker")),

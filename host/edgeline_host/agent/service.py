@@ -97,6 +97,7 @@ from .. import tables
 from ..dirlock import DirInUse, DirLock
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, record_to_json
+from ..metrics import metrics_handler
 from .idempotency import (DedupeWindow, StoreBesideWindows, SyncFirstStorage, producer_key, window_max_bytes,
                           window_path)
 
@@ -129,6 +130,27 @@ def _size_text(n):
     return "%d bytes" % n
 
 
+def check_before_open(cfg):
+    """What an agent checks of ``cfg`` before it opens anything (and ``edgeline agent
+    --check`` with it): the node key when it syncs, a cloud_endpoint it can use.
+    ConfigError, one line."""
+    syncs = cfg.sync.enabled and any(t.sends or t.receives for t in cfg.topics)
+    if syncs:
+        _check_key(cfg)
+    if syncs and cfg.gateway is not None and cfg.gateway.scheme == "mqtts":
+        raise ConfigError("%s: edge.cloud_endpoint: mqtts:// (MQTT over TLS) is not supported by the agent yet; "
+                          "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
+
+
+def _check_key(cfg):
+    if cfg.key is None and cfg.key_file and not os.path.exists(cfg.key_file):
+        raise ConfigError(
+            "%s: edge.key_file: %s does not exist; create it with `edgeline keygen %s` and add "
+            "'%s: <the printed hex>' to the gateway's keys file" % (cfg.source, cfg.key_file, cfg.key_file,
+                                                                    cfg.node_id))
+    cfg.node_key()  # a bad key file: ConfigError now, before anything is opened
+
+
 def wall_ms():
     return int(time.time() * 1000)
 
@@ -148,6 +170,7 @@ class _TopicState:
         self.commit = None  # the token of the commit whose fsync is in flight in a worker thread
         self.urgent = False  # commit_now came during a commit: the next starts as it ends
         self.woke_seq = -1  # durable_seq at the last _wake
+        self.commit_started = 0.0  # perf_counter() when the commit in flight began (its latency: /metrics)
 
 
 class Agent:
@@ -170,11 +193,7 @@ class Agent:
         self.print = print_fn
         self.sending = cfg.sync.enabled and any(t.sends for t in cfg.topics)
         self.receiving = cfg.sync.enabled and any(t.receives for t in cfg.topics)
-        if self.sending or self.receiving:
-            self._check_key()
-        if (self.sending or self.receiving) and cfg.gateway is not None and cfg.gateway.scheme == "mqtts":
-            raise ConfigError("%s: edge.cloud_endpoint: mqtts:// (MQTT over TLS) is not supported by the agent yet; "
-                              "use mqtt:// to a broker on a network you trust, or https://" % cfg.source)
+        check_before_open(cfg)
         from .downlink import log_options as down_options
 
         # One agent per data directory: a second one is refused here, before any log opens.
@@ -253,6 +272,10 @@ class Agent:
         self.ingested = 0
         self.rejected = 0
         self.duplicates = 0  # keyed requests answered from the dedupe window, not stored again
+        self.ingest_requests = {}  # HTTP ingest requests by outcome (ok, duplicate, status code): /metrics
+        from .metrics import CommitLatency
+
+        self.commit_latency = CommitLatency()  # group commits' latency histogram: /metrics
         self._stop = None
         self._closing = False
         self._closed_logs = False  # shutdown settled the commits: no more start
@@ -397,15 +420,6 @@ class Agent:
             except OSError as e:
                 log.error("agent: closing %s: %s", w.path, e)
 
-    def _check_key(self):
-        cfg = self.cfg
-        if cfg.key is None and cfg.key_file and not os.path.exists(cfg.key_file):
-            raise ConfigError(
-                "%s: edge.key_file: %s does not exist; create it with `edgeline keygen %s` and add "
-                "'%s: <the printed hex>' to the gateway's keys file" % (cfg.source, cfg.key_file, cfg.key_file,
-                                                                        cfg.node_id))
-        cfg.node_key()  # a bad key file: ConfigError now, before anything is opened
-
     # ------------------------------------------------------------------ HTTP app
 
     def app(self):
@@ -416,8 +430,14 @@ class Agent:
         app.router.add_post("/v1/sync/{action}", self.handle_sync_action)
         app.router.add_get("/v1/queue", self.handle_queue)
         app.router.add_get("/v1/health", self.handle_health)
+        app.router.add_get("/metrics", metrics_handler(self._metrics_registry))  # made at the first scrape
         tables.TableRoutes(lambda: self.tables, self._table_write).attach(app)
         return app
+
+    def _metrics_registry(self):
+        from .metrics import registry_for
+
+        return registry_for(self)  # docs/metrics.md
 
     @staticmethod
     def _error(status, message, headers=None, detail=None):
@@ -428,10 +448,16 @@ class Agent:
 
     async def handle_ingest(self, request):
         try:
-            return web.json_response(await self._ingest(request))
+            answer = await self._ingest(request)
         except RequestError as e:
             self.rejected += 1
+            self._count_request(str(e.status))
             return self._error(e.status, str(e), e.headers, e.detail)
+        self._count_request("duplicate" if answer.get("duplicate") else "ok")
+        return web.json_response(answer)
+
+    def _count_request(self, outcome):
+        self.ingest_requests[outcome] = self.ingest_requests.get(outcome, 0) + 1
 
     async def _ingest(self, request):
         if self.cfg.ingest.http is None:
@@ -829,6 +855,7 @@ class Agent:
         if st.commit is not None or self._closed_logs:
             return
         st.urgent = False
+        started = time.perf_counter()
         try:
             token = begin_commit(st.log, wall_ms())
         except EdgelineError as e:
@@ -841,6 +868,7 @@ class Agent:
             self._commit_pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.topics), 8)),
                                                    thread_name_prefix="edgeline-commit")
         st.commit = token
+        st.commit_started = started  # the commit's latency, from the write out (/metrics)
         self._commit_pool.submit(self._fsync, asyncio.get_running_loop(), st, token)
 
     def _fsync(self, loop, st, token):
@@ -858,6 +886,7 @@ class Agent:
 
     def _commit_done(self, st, token, error):
         st.commit = None
+        self.commit_latency.observe(st.cfg.name, time.perf_counter() - st.commit_started)
         try:
             end_commit(st.log, token, error)
         except EdgelineError as e:
@@ -1183,7 +1212,10 @@ class Agent:
             listen = HttpIngest().listen
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        uplink_task = housekeeping = None
+        uplink_task = housekeeping = keepalive = None
+        from ..sdnotify import Notifier
+
+        systemd = Notifier()  # Type=notify units (edgeline systemd-unit agent); nothing without $NOTIFY_SOCKET
         try:
             site = web.TCPSite(runner, listen.host, listen.port)
             await site.start()
@@ -1208,8 +1240,13 @@ class Agent:
                 await self.mqtt_endpoint.start()
                 self.print("edgeline agent: MQTT endpoint on %s:%d (MQTT 3.1.1 and 5, QoS 0 and 1)"
                            % (mqtt.listen.host, self.mqtt_endpoint.port))
+            systemd.notify("READY=1", "STATUS=serving on http://%s, %d topic(s)" % (listen, len(self.topics)))
+            keepalive = asyncio.ensure_future(systemd.keepalive())
             await self._stop.wait()
         finally:
+            systemd.notify("STOPPING=1")
+            if keepalive is not None:
+                keepalive.cancel()
             self._closing = True
             if self.mqtt is not None:
                 self.mqtt.pause()  # nothing more is appended; the commit below covers what was

@@ -46,7 +46,10 @@ each topic's outbox is reconciled with the gateway's mark. Then each *round* bui
 request, a CBOR sequence of up to one message per topic, visiting the topics round robin
 (the first topic of a round rotates, so a busy topic cannot starve the others): the
 topic's next message, a GAP or a BATCH. Connections use the C-accelerated CBOR
-(``fastcbor.CODEC``). The request body stays under ``max_batch_bytes`` (and
+(``fastcbor``) through ``wirecomp.EdgeCodec``: the HELLO offers the encodings of
+``compression`` (none, columnar, zstd), and once the WELCOME accepts one every BATCH
+goes out compressed (docs/spec/wire.md, "Compressed batches"); a gateway that accepts
+none gets plain BATCHes. The request body stays under ``max_batch_bytes`` (and
 the gateway's ``max_message_bytes``); every ACK in the response acknowledges the
 outbox. The loop keeps sending rounds while anything is owed, and otherwise waits
 ``interval_ms`` -- or less, when ``notify()`` (new records) or ``sync_now()`` is called.
@@ -77,7 +80,7 @@ from edgeline import sync
 from edgeline.errors import EdgelineError, LocalProtocolError, RemoteProtocolError
 from edgeline.sender import ACKNOWLEDGE, GATEWAY_BEHIND, GATEWAY_LOST, PAST_END, TopicSender
 
-from .. import fastcbor
+from .. import wirecomp
 from .config import CircuitBreaker, RetryPolicy
 from ..transports import TransportError
 from ..transports.http import HttpEdgeTransport
@@ -159,9 +162,11 @@ class Uplink:
     def __init__(self, node_id, key, url, topics, retry=None, breaker=None, bandwidth_bytes_per_sec=0,
                  batch_records=1000, max_batch_bytes=256 * 1024, http=None, now_ms=_monotonic_ms,
                  rand=random.random, interval_ms=30000, request_timeout_ms=30000, max_message_bytes=1 << 20,
-                 downlink=None, transport=None, hello_capabilities=None):
+                 downlink=None, transport=None, hello_capabilities=None, compression="zstd"):
         if batch_records < 1 or max_batch_bytes < 1:
             raise ValueError("batch_records and max_batch_bytes must be at least 1")
+        if compression not in wirecomp.OFFERS:
+            raise ValueError("compression must be one of %s, not %r" % (", ".join(wirecomp.OFFERS), compression))
         self.node_id = node_id
         self._key = bytes(key)
         sync.EdgeConnection(node_id, self._key, os.urandom)  # checks node_id and key now, not at the first connect
@@ -202,6 +207,10 @@ class Uplink:
         self.requests = 0
         self.sessions = 0
         self.old_gateway = False  # the gateway speaks wire version 1 only (no incarnations)
+        self.compression = compression  # edge.sync.compression: none, columnar, zstd (wirecomp.OFFERS)
+        self.encoding = None  # the BATCH encoding of the current session (None: plain BATCH)
+        self._wirecodec = None  # the session's wirecomp.EdgeCodec
+        self.batches_by_encoding = {}  # compressed BATCHes sent, by encoding, since start
 
     # ------------------------------------------------------------------ control
 
@@ -270,6 +279,9 @@ class Uplink:
             "requests": self.requests,
             "sessions": self.sessions,
             "old_gateway": self.old_gateway,
+            "compression": self.compression,
+            "encoding": self.encoding,  # plain, or the negotiated encoding; None before a WELCOME
+            "batches_by_encoding": self._batches_by_encoding(),
             "bandwidth_bytes_per_sec": self.bandwidth_bytes_per_sec,
             "topics": {
                 t.name: {
@@ -422,6 +434,7 @@ class Uplink:
 
     def _drop_session(self):
         self._conn = None
+        self._count_encodings()
         for t in self._topics:
             t.sender.end_session()
             t.limit = None
@@ -465,6 +478,9 @@ class Uplink:
     async def _connect(self):
         # "compaction": this agent takes compacted DATA of table topics (wire.md)
         caps = {"pull": True, "compaction": True} if self.downlink is not None else None
+        encodings = wirecomp.offer(self.compression)  # compressed BATCHes (wire.md, "Compressed batches")
+        if encodings:
+            caps = dict(caps or {}, encodings=encodings)
         if self.hello_capabilities is not None:
             more = self.hello_capabilities()  # read now: a table report's two figures are of one moment
             if more:
@@ -475,8 +491,11 @@ class Uplink:
         for version in (None, 1):
             self.state = "connecting"
             self.transport.new_session()
+            self._count_encodings()
+            self._wirecodec = wirecomp.EdgeCodec()  # fastcbor's bytes; BATCHes compressed once negotiated
             self._conn = sync.EdgeConnection(self.node_id, self._key, os.urandom,
-                                             max_message_bytes=self.max_message_bytes, codec=fastcbor.CODEC)
+                                             max_message_bytes=self.max_message_bytes, codec=self._wirecodec.codec)
+            self._wirecodec.conn = self._conn
             evs = await self._exchange(self._conn.send(sync.Hello(version=version, capabilities=caps,
                                                                   incarnations=incs)), errors_ok=True)
             if evs and type(evs[0]) is sync.Error:
@@ -502,6 +521,14 @@ class Uplink:
             raise UplinkError("expected WELCOME, got %s" % _names(evs))
         self.sessions += 1
         self.refused = None
+        # the first of our encodings the gateway's WELCOME accepts; none (an older
+        # gateway ignores the offer): plain BATCHes, as before
+        encoding = wirecomp.choose(self.compression, evs[0].limits)
+        if encoding is None and self.compression != "none" and self.encoding != "plain":
+            log.info("uplink: the gateway accepts no compressed BATCH encoding (%s offered): sending plain BATCHes",
+                     ", ".join(encodings or ()))
+        self._wirecodec.encoding = encoding
+        self.encoding = encoding or "plain"
         marks = self._conn.marks or {}
         for t in self._topics:
             self._heard(t, t.sender.welcome(marks.get(t.name, 0)), "WELCOME")
@@ -622,6 +649,21 @@ class Uplink:
                          t.name, n, e)
 
 
+    def _batches_by_encoding(self):
+        out = dict(self.batches_by_encoding)
+        if self._wirecodec is not None:  # the current session's
+            for name, n in self._wirecodec.batches.items():
+                out[name] = out.get(name, 0) + n
+        return out
+
+    def _count_encodings(self):
+        wc = self._wirecodec
+        if wc is not None:
+            for name, n in wc.batches.items():
+                self.batches_by_encoding[name] = self.batches_by_encoding.get(name, 0) + n
+            wc.batches = {}
+
+
 def _names(events):
     return ", ".join(type(e).__name__.upper() for e in events) or "nothing"
 
@@ -641,6 +683,7 @@ def from_config(cfg, topics, http=None, mqtt_options=None, **kwargs):
     s = cfg.sync
     kwargs.setdefault("interval_ms", s.interval_ms)
     kwargs.setdefault("batch_records", s.batch_size)
+    kwargs.setdefault("compression", s.compression)
     if gw.transport == "mqtt":
         options = dict(mqtt_options or {})
         options.setdefault("request_timeout_ms", kwargs.get("request_timeout_ms", MQTT_ANSWER_TIMEOUT_MS))

@@ -21,7 +21,8 @@ around the gateway:
   (records of an origin's topic with two or more log incarnations carry theirs),
   ``GET /v1/status[?origin=O]``, ``GET /v1/gaps[?origin=O][&topic=T]``,
   ``GET /healthz`` (and ``GET /v1/health``, the same: ``status`` ok/degraded/failing with
-  its ``reasons``, ``ok``, the counters, edges' protocol errors per reason, refused nodes).
+  its ``reasons``, ``ok``, the counters, edges' protocol errors per reason, refused nodes),
+  ``GET /metrics`` (Prometheus text format; gateway/metrics.py, docs/metrics.md).
   A record is given in the form of the agent's read API (``jsonrecords.row_to_json``): key
   as text, value decoded from CBOR, either as base64 beside it (``key_base64``,
   ``value_base64``) when it is not UTF-8 / CBOR.
@@ -39,7 +40,9 @@ from edgeline import sync
 from .. import tables
 from ..httperrors import json_errors
 from ..jsonrecords import RequestError, parse_records, row_to_json
+from ..metrics import metrics_handler
 from ..transports.http import HttpGatewayTransport
+from .metrics import registry_for
 
 MAX_PUBLISH_BODY_BYTES = 1 << 20  # a publish request's body; larger is 413
 MAX_QUERY_RECORDS = 100000
@@ -63,6 +66,8 @@ class GatewayApi:
         app.router.add_get("/v1/gaps", self.handle_gaps)
         app.router.add_get("/healthz", self.handle_health)
         app.router.add_get("/v1/health", self.handle_health)
+        # GET /metrics (docs/metrics.md); the registry is made at the first scrape
+        app.router.add_get("/metrics", metrics_handler(lambda: registry_for(gw, lambda: len(self.sync.sessions))))
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -210,7 +215,7 @@ class GatewayApi:
         h.update({"sessions": len(self.sync.sessions), "commits": gw.committer.commits,
                   "items": gw.committer.items, "rejected": gw.rejected,
                   "store_failures": gw.store_failures, "published": gw.published,
-                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls,
+                  "pulls": gw.pulls, "refused_pulls": gw.refused_pulls, "compressed_batches": dict(gw.cbatches),
                   "new_incarnations": gw.new_incarnations, "relayed": gw.relayed,
                   "relays_pending": sum(len(v) for v in gw._relay_pending.values()),
                   "tombstones_collected": gw.collected,

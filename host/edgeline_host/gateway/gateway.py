@@ -69,8 +69,8 @@ from edgeline.errors import LocalProtocolError, RemoteProtocolError
 from edgeline.store import topic_dirname
 from edgeline.table import COUNTER
 
-from .. import fastcbor
 from .. import tables
+from .. import wirecomp
 from ..nodekeys import check_keys
 from . import compaction
 from .committer import Committer
@@ -141,6 +141,7 @@ class Gateway:
         self.published = 0  # records published since start
         self.pulls = 0  # PULLs answered with DATA
         self.refused_pulls = 0  # PULLs answered with ERROR (topic not served to the node, record too large)
+        self.cbatches = {}  # compressed BATCHes decoded since start, by encoding (wirecomp.GatewayCodec counts)
         self.new_incarnations = 0  # topics an edge came back to with a new log (wiped, replaced)
         self._last_pull_ms = {}  # (node, topic) -> wall ms of its last PULL
         self._warned = set()
@@ -291,10 +292,15 @@ class Gateway:
             conn.hello_node = node_id  # the node a HELLO named, known or not (refusals name it)
             return self.keys.get(node_id)
 
+        # the C-accelerated CBOR, and compressed BATCHes decoded (wirecomp: wire.md "Compressed batches")
+        wc = wirecomp.GatewayCodec()
+        wc.batches = self.cbatches
         conn = sync.GatewayConnection(
             lookup, os.urandom, max_message_bytes=self.max_message_bytes, max_batch_records=self.max_batch_records,
-            codec=fastcbor.CODEC,  # the C-accelerated CBOR
+            codec=wc.codec,
         )
+        wc.conn = conn
+        conn.wirecodec = wc
         conn.hello_node = None
         conn.hello_capabilities = None
         return conn
@@ -406,7 +412,9 @@ class Gateway:
                 out += conn.send(sync.Challenge())
             elif cls is sync.Auth:
                 incs = self._incarnations(conn)
-                out += conn.send(sync.Welcome(marks=self.store.marks(conn.node_id, incs)))
+                # limits name the BATCH encodings of the HELLO's offer this gateway accepts
+                out += conn.send(sync.Welcome(marks=self.store.marks(conn.node_id, incs),
+                                              limits=wirecomp.welcome_limits(conn, conn.hello_capabilities)))
                 if self.tables:
                     self._take_reports(conn, incs)
             elif cls is sync.Batch or cls is sync.Gap:

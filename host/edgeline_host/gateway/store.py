@@ -478,6 +478,14 @@ class GatewayStore:
                 for i, e in enumerate(cbor2.loads(blob)):
                     yield o, inc, first + i, base + e[0], e[1], e[2]
 
+    def gap_counts(self):
+        """{(origin, topic, reason): number of gaps}, every incarnation (for /metrics:
+        one grouped query, however many gaps there are)."""
+        with self._lock:
+            rows = self._db.execute("SELECT s.origin, s.topic, g.reason, count(*) FROM gaps g JOIN streams s ON "
+                                    "s.id = g.stream GROUP BY s.origin, s.topic, g.reason").fetchall()
+        return {(o, t, r): n for o, t, r, n in rows}
+
     def gaps(self, origin=None, topic=None):
         """Reported gaps: [{origin, topic, first, last, reason, reported_ms}]."""
         sql = (

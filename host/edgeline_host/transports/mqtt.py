@@ -102,6 +102,7 @@ from paho.mqtt.properties import Properties
 from edgeline import sync
 
 from . import TransportError
+from ..wirecomp import CBATCH
 
 log = logging.getLogger("edgeline.gateway.mqtt")
 
@@ -447,7 +448,7 @@ def attach_mqtt(app, gateway, host, port, prefix="edgeline", print_fn=print, **o
 
 
 _LOST = object()  # in the inbox: the broker connection broke
-_READY_TYPES = (sync.Batch.TYPE, sync.Gap.TYPE, sync.Pull.TYPE)
+_READY_TYPES = (sync.Batch.TYPE, sync.Gap.TYPE, sync.Pull.TYPE, CBATCH)  # CBATCH: a compressed BATCH (wirecomp)
 
 
 class MqttEdgeTransport:
