@@ -18,6 +18,7 @@ is held and doubles nothing.
 """
 import struct
 
+from .errors import RemoteProtocolError
 from .sync import TS_BYTES, data_window
 
 
@@ -58,6 +59,9 @@ def append_data(log, data, now_ms=None):
     """
     entries = data.entries
     base = data.base_ts
+    for e in entries:
+        if len(e) > 3:
+            return _append_compacted(log, data, now_ms)
     st = _Stamp(base) if TS_BYTES[0] and entries else None
     n = 0
     try:
@@ -67,6 +71,45 @@ def append_data(log, data, now_ms=None):
                 st.delta = e[0]
             if not log.append(e[2], base + e[0] if st is None else st, e[1], now_ms):
                 break
+            n += 1
+    finally:
+        if n:
+            log.flush(now_ms)
+    return n
+
+
+PLACEHOLDER = b""  # the value of a seq a compacted DATA left out (key None): never a record's
+
+
+def _append_compacted(log, data, now_ms):
+    # A compacted DATA (wire.md, "Compacted DATA"): entry i is [ts_delta, key, value,
+    # skip], skip seqs left out before it (superseded table writes). The log's seqs stay
+    # consecutive (log.md, I1): each left-out seq above what the log holds is appended as
+    # a placeholder frame (key None, value empty) with the next record's ts, which a
+    # table replica ignores. Returns the records and placeholders appended.
+    held = log.last_seq
+    first = data.first_seq
+    if data.entries and first > held + 1:
+        raise RemoteProtocolError("DATA for %s starts at seq %d, past %d: records would be missing"
+                                  % (data.topic, first, held + 1))
+    base = data.base_ts
+    seq = first - 1
+    n = 0
+    try:
+        for e in data.entries:
+            skip = e[3] if len(e) > 3 else 0
+            if type(skip) is not int or skip < 0:
+                raise RemoteProtocolError("DATA for %s: an entry's skip is %r, not a uint" % (data.topic, skip))
+            ts = base + e[0]
+            seq += skip + 1
+            if seq <= held:
+                continue
+            for _ in range(max(seq - skip, held + 1), seq):
+                if not log.append(PLACEHOLDER, ts, None, now_ms):
+                    return n
+                n += 1
+            if not log.append(e[2], ts, e[1], now_ms):
+                return n
             n += 1
     finally:
         if n:

@@ -547,6 +547,10 @@ class Replica:
         """Apply one stored record of the topic (key bytes, value CBOR bytes). Returns
         True if it changed the state; a malformed record is counted, not raised. A relay
         (from the cloud) is applied as the write it carries."""
+        if key is None and not value:
+            # a seq a compacted DATA left out (edgeline.inbox.PLACEHOLDER): nothing to apply
+            self.ignored += 1
+            return False
         k = key_text(key)
         try:
             if k is None:

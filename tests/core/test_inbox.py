@@ -6,7 +6,7 @@ functions; CPython and MicroPython (docs/spec/wire.md, "Cloud-to-edge topics").
 from emulator.faultfs import FaultStorage, PowerCut
 from edgeline.errors import LogFull, RemoteProtocolError
 from edgeline.log import Record, RingLog
-from edgeline.inbox import append_data
+from edgeline.inbox import PLACEHOLDER, append_data
 from edgeline.sync import Data, batch_from_records, data_window
 from support import raises, rmtree, tempdir
 
@@ -137,3 +137,109 @@ def test_inbox_power_cut_at_every_write_point():
             lg.close()
             runs += 1
     assert runs == 2 * total
+
+
+def test_a_compacted_data_keeps_the_seqs_with_placeholders():
+    # wire.md, "Compacted DATA": entry [ts_delta, key, value, skip] has skip seqs left
+    # out before it; the log gets a placeholder (key None, empty value) for each, so its
+    # seqs stay consecutive and a later PULL asks after the last seq covered.
+    d = tempdir("down")
+    try:
+        lg = RingLog(d + "/cmd", segment_bytes=512, budget_bytes=8192, sync="none")
+        data = Data("cmd", 1, 100, [[0, b"k", b"v3", 2], [1, b"k", b"v4"], [5, b"j", b"v9", 4]])
+        assert append_data(lg, data) == 9
+        recs = lg.read(1, 16, 1 << 16)
+        assert [r.seq for r in recs] == list(range(1, 10))
+        assert [(r.key, r.value) for r in recs if r.value != PLACEHOLDER] == [(b"k", b"v3"), (b"k", b"v4"),
+                                                                               (b"j", b"v9")]
+        assert [r.ts for r in recs] == [100, 100, 100, 101, 105, 105, 105, 105, 105]
+        assert all(r.key is None for r in recs if r.value == PLACEHOLDER)
+        # held up to 9: a DATA from 6 (a retry) appends only what is new, placeholders too
+        data = Data("cmd", 6, 100, [[0, b"j", b"v9", 3], [1, b"j", b"v12", 2]])
+        assert append_data(lg, data) == 3
+        assert lg.last_seq == 12 and lg.read(12, 1)[0].value == b"v12"
+        e = raises(RemoteProtocolError, append_data, lg, Data("cmd", 14, 0, [[0, None, b"x", 1]]))
+        assert "past 13" in str(e)
+        e = raises(RemoteProtocolError, append_data, lg, Data("cmd", 13, 0, [[0, None, b"x", -1]]))
+        assert "skip" in str(e)
+        assert lg.last_seq == 12
+        lg.close()
+    finally:
+        rmtree(d)
+
+
+_LIVE = (3, 4, 9, 15, 20)  # a compacted stream of 20 seqs: the others were left out
+
+
+def _compacted_data(after, n):
+    # What the gateway sends to an edge that takes compacted DATA: the live seqs after
+    # `after`, at most n, each with the count of seqs left out before it.
+    entries = []
+    prev = after
+    base = None
+    for seq in _LIVE:
+        if seq <= after or len(entries) >= n:
+            continue
+        r = _published(seq)
+        if base is None:
+            base = r.ts
+        e = [r.ts - base, r.key, r.value]
+        if seq - prev - 1:
+            e.append(seq - prev - 1)
+        entries.append(e)
+        prev = seq
+    return Data("cmd", after + 1, base or 0, entries)
+
+
+def _check_compacted(lg, last):
+    seq = 1
+    while seq <= last:
+        recs = lg.read(seq, 16, 1 << 16)
+        assert recs, "nothing at %d" % seq
+        for r in recs:
+            assert r.seq == seq
+            if seq in _LIVE:
+                assert (r.key, r.value) == (_published(seq).key, _published(seq).value), (r, seq)
+            else:
+                assert r.key is None and r.value == PLACEHOLDER, (r, seq)
+            seq += 1
+    assert lg.last_seq == last
+
+
+def _pull_compacted(fs, acked):
+    lg = RingLog("/d/cmd", storage=fs, segment_bytes=160, budget_bytes=4096, sync="none")
+    while True:
+        after = lg.last_seq
+        acked[0] = max(acked[0], after)
+        if after >= _LIVE[-1]:
+            break
+        append_data(lg, _compacted_data(after, 2))
+    lg.close()
+
+
+def test_a_compacted_pull_power_cut_at_every_write_point():
+    # The placeholders and records of a compacted DATA are committed together before the
+    # next PULL: a cut anywhere loses nothing acknowledged, doubles nothing, and the
+    # restarted edge pulls after what it holds (placeholder or record) to the same log.
+    probe = FaultStorage()
+    _pull_compacted(probe, [0])
+    total = probe.write_points
+    assert total > 5
+    for n in range(1, total + 1):
+        fs = FaultStorage(cut_at=n)
+        acked = [0]
+        try:
+            _pull_compacted(fs, acked)
+            raise AssertionError("write point %d was not cut" % n)
+        except PowerCut:
+            pass
+        for mode in ("torn", "lost"):
+            after = fs.crash(mode)
+            lg = RingLog("/d/cmd", storage=after, segment_bytes=160, budget_bytes=4096, sync="none")
+            assert lg.last_seq >= acked[0], (n, mode, lg.last_seq, acked[0])
+            _check_compacted(lg, lg.last_seq)
+            lg.close()
+            _pull_compacted(after, [0])
+            lg = RingLog("/d/cmd", storage=after, segment_bytes=160, budget_bytes=4096, sync="none")
+            _check_compacted(lg, _LIVE[-1])
+            lg.close()

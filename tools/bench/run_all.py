@@ -36,6 +36,7 @@ BENCHES = [
     ("bench_mqtt_endpoint", ["--reps", "1"], ["--records", "1000", "--reps", "1", "--inflight", "20", "--backlog", "0"]),
     ("bench_columnar", [], ["--records", "200", "--reps", "1"]),
     ("bench_wire", [], ["--records", "200", "--reps", "1"]),
+    ("bench_table_catchup", [], ["--writes", "2000", "--keys", "100", "--reps", "1"]),
 ]
 
 

@@ -476,7 +476,8 @@ class Uplink:
         return events
 
     async def _connect(self):
-        caps = {"pull": True} if self.downlink is not None else None
+        # "compaction": this agent takes compacted DATA of table topics (wire.md)
+        caps = {"pull": True, "compaction": True} if self.downlink is not None else None
         encodings = wirecomp.offer(self.compression)  # compressed BATCHes (wire.md, "Compressed batches")
         if encodings:
             caps = dict(caps or {}, encodings=encodings)

@@ -219,6 +219,7 @@ class GatewayApi:
                   "new_incarnations": gw.new_incarnations, "relayed": gw.relayed,
                   "relays_pending": sum(len(v) for v in gw._relay_pending.values()),
                   "tombstones_collected": gw.collected,
+                  "table_seqs_left_out": sum(c.left_out for c in gw._compactors.values()),
                   "table_settings_mismatch": [{"topic": t, "node": n, "type": v[0], "conflict_resolution": v[1]}
                                               for (t, n), v in sorted(gw.table_mismatches.items())]})
         return web.json_response(h)

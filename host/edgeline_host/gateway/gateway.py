@@ -72,6 +72,7 @@ from edgeline.table import COUNTER
 from .. import tables
 from .. import wirecomp
 from ..nodekeys import check_keys
+from . import compaction
 from .committer import Committer
 from .store import LEGACY, Delivered, GatewayStore, Publish
 
@@ -173,6 +174,7 @@ class Gateway:
         self._relay_pending = {}
         self._relay_index = {}
         self._writers = {}
+        self._compactors = {}  # table topic -> compaction.Compactor (what compacted DATA leaves out)
         for name, t in sorted(self._topics.items()):
             if t.table is not None:
                 self.tables[name] = self._rebuild(name, t)
@@ -183,12 +185,14 @@ class Gateway:
             clog = tables.ConflictLog(os.path.join(self.tables_dir, topic_dirname(name) + ".cl"))
         rep = tables.Replica(name, topic.table, clog,
                              max_relay_bytes=topic.max_record_bytes if topic.publishes else None)
+        comp = self._compactors[name] = compaction.Compactor(topic.table)
         relayed = {}  # writer -> highest seq relayed
         last = {}  # (origin, incarnation) -> its last stored seq
         writers = self._writers[name] = set()
         for origin, inc, seq, ts, key, value in self.store.stream_records(name):
             rep.apply_record(tables.writer_id(origin, inc), seq, ts, key, value)
             if origin == sync.CLOUD_ORIGIN:
+                comp.feed(seq, ts, key, value)
                 dot = _relay_dot(value)
                 if dot is not None:
                     if dot[1] > relayed.get(dot[0], 0):
@@ -482,6 +486,8 @@ class Gateway:
                             "the store restored from an old backup?); it receives nothing until seqs pass %d"
                             % (node, name, after, published, after))
         n = min(ev.max_records, self.max_batch_records)
+        if name in self._compactors and compaction.CAPABILITY in (getattr(conn, "hello_capabilities", None) or {}):
+            return await self._pull_compacted(conn, name, after, published, n)
         rows = []
         if after < published and n > 0:
             rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull, name, after, n)
@@ -503,6 +509,37 @@ class Gateway:
                     r = rows[0]
                     self._warn_once(("large", node, name, r.seq), "gateway: node %s cannot take topic %r: %s"
                                     % (node, name, e))
+                    return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
+                                           "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
+                rows = rows[:len(rows) // 2]
+
+    async def _pull_compacted(self, conn, name, after, published, n):
+        """A compacted DATA (wire.md, "Compacted DATA"): the live records of a table topic
+        after ``after``, each with the count of superseded seqs left out before it."""
+        plan = self._compactors[name].plan(after, published, n)
+        if not plan:
+            return conn.send(sync.Data(name, after + 1, 0, [])), None
+        seqs = [s for s, _k in plan]
+        rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull_seqs, name, seqs)
+        skips = [k for _s, k in plan]
+        limit = conn.peer_max_message_bytes or self.max_message_bytes
+        budget = limit - 32 - 3 * len(name)
+        size = 0
+        for k, r in enumerate(rows):
+            size += len(r.value) + (len(r.key) if r.key is not None else 0) + _ENTRY_OVERHEAD + 9
+            if size > budget and k:
+                rows = rows[:k]
+                break
+        while True:
+            try:
+                out = conn.send(compaction.data_of(name, rows, skips[:len(rows)]))
+                self._compactors[name].left_out += sum(skips[:len(rows)])
+                return out, None
+            except LocalProtocolError as e:
+                if len(rows) == 1:
+                    r = rows[0]
+                    self._warn_once(("large", conn.node_id, name, r.seq), "gateway: node %s cannot take topic %r: %s"
+                                    % (conn.node_id, name, e))
                     return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
                                            "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
                 rows = rows[:len(rows) // 2]
@@ -679,6 +716,9 @@ class Gateway:
         if rep is not None:
             for i, (ts, k, v) in enumerate(entries):
                 rep.apply_record(sync.CLOUD_ORIGIN, first + i, ts, k, v)
+            comp = self._compactors[topic]
+            for i, (ts, k, v) in enumerate(entries):
+                comp.feed(first + i, ts, k, v)
         return first, marks[0]
 
     async def table_write(self, topic, writes, max_record_bytes=None):

@@ -372,6 +372,34 @@ class GatewayStore:
         return [Record(r["seq"], r["ts"], r["key"], r["value"])
                 for r in self.records(topic, CLOUD_ORIGIN, from_seq=after_seq + 1, limit=max_records)]
 
+    def pull_seqs(self, topic, seqs):
+        """The published Records of topic at ``seqs`` (ascending), for a compacted DATA
+        (gateway/compaction.py): only the chunks holding one of them are decoded."""
+        s = self._streams.get((CLOUD_ORIGIN, topic, LEGACY))
+        if s is None or not seqs:
+            return []
+        out = []
+        want = iter(seqs)
+        nxt = next(want)
+        with self._lock:
+            start = self._db.execute("SELECT max(first) FROM chunks WHERE stream = ? AND first <= ?",
+                                     (s[0], nxt)).fetchone()[0]
+            cur = self._db.execute("SELECT first, last, base_ts, entries FROM chunks WHERE stream = ? AND first >= ? "
+                                   "AND first <= ? ORDER BY first", (s[0], start if start is not None else nxt,
+                                                                     seqs[-1]))
+            for first, last, base, blob in cur:
+                if nxt is None:
+                    break
+                if nxt > last:
+                    continue
+                ents = cbor2.loads(blob)
+                while nxt is not None and nxt <= last:
+                    if nxt >= first:
+                        e = ents[nxt - first]
+                        out.append(Record(nxt, base + e[0], e[1], e[2]))
+                    nxt = next(want, None)
+        return out
+
     def last_published_ts(self):
         """The newest timestamp of any published record (0 if none): seeds the
         gateway's clock so published timestamps keep increasing across restarts."""
