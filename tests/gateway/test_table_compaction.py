@@ -25,7 +25,7 @@ from edgeline_host.gateway.topics import parse_topics
 from edgeline_host.transports.http import HttpEdgeClient
 
 KEY = bytes(range(32))
-KEYS = {"edge-1": KEY, "edge-2": KEY[::-1], "edge-3": KEY[1:] + KEY[:1]}
+KEYS = {"edge-1": KEY, "edge-2": KEY[::-1], "edge-3": KEY[1:] + KEY[:1], "edge-4": KEY[2:] + KEY[:2]}
 INC = bytes.fromhex("00000000000000a1")
 W1 = "edge-1~" + INC.hex()
 
@@ -40,12 +40,13 @@ class Edge:
     """An edge's downlink half: its log of the topic's cloud records and a table replica
     fed from it, as the agent keeps them (agent/service.py ``_feed_table``)."""
 
-    def __init__(self, http, server, node, settings, where, compacted=True, max_records=100):
+    def __init__(self, http, server, node, settings, where, compacted=True, max_records=100, gw=None):
         self.client = HttpEdgeClient(http, str(server.make_url("/v1/sync")), node, KEYS[node])
         self.log = RingLog(os.path.join(where, node), segment_bytes=1 << 16, budget_bytes=1 << 26, sync="none")
         self.rep = tables.Replica("inv", settings)
         self.caps = {"pull": True, compaction.CAPABILITY: True} if compacted else {"pull": True}
         self.max_records = max_records
+        self.gw = gw  # given: after every DATA, the state equals the whole stream's up to there (K2)
         self.bytes = 0  # DATA bytes received (as encoded)
         self.records = 0  # DATA entries received
         self.connected = False
@@ -65,6 +66,11 @@ class Edge:
             n = append_data(self.log, data)
             for r in self.log.read(before + 1, n, 1 << 26):
                 self.rep.apply_record(T.CLOUD, r.seq, r.ts, r.key, r.value)
+            if self.gw is not None:
+                ref = tables.Replica("inv", self.rep.settings)
+                for r in self.gw.store.pull("inv", 0, self.log.last_seq):
+                    ref.apply_record(T.CLOUD, r.seq, r.ts, r.key, r.value)
+                assert self.state() == _state(ref), "after a DATA ending at seq %d" % self.log.last_seq
 
     def state(self):
         return _state(self.rep)
@@ -142,7 +148,8 @@ def test_an_edge_that_pulls_once_ends_like_one_that_pulled_after_every_write(tmp
         rep = gw.tables["inv"]
         s = rep.settings
         eager = Edge(http, server, "edge-2", s, where)
-        lazy = Edge(http, server, "edge-3", s, where, max_records=7)
+        lazy = Edge(http, server, "edge-3", s, where, max_records=7, gw=gw)  # pages: each a true state
+        once = Edge(http, server, "edge-4", s, where, max_records=1000)  # the rest fits one DATA
         plain = Edge(http, server, "edge-1", s, where, compacted=False)
         writer = HttpEdgeClient(http, str(server.make_url("/v1/sync")), "edge-1", KEYS["edge-1"])
         await writer.connect({"inv": INC})
@@ -166,23 +173,24 @@ def test_an_edge_that_pulls_once_ends_like_one_that_pulled_after_every_write(tmp
             if rnd.random() < 0.5:
                 await eager.pull_all()
         await _settle(gw)
-        for e in (eager, lazy, plain):
+        for e in (eager, lazy, plain, once):
             await e.pull_all()
         want = _state(rep)
         assert eager.state() == want
         assert lazy.state() == want
+        assert once.state() == want
         assert plain.state() == want
         published = gw.store.published("inv")
         assert lazy.log.last_seq == published and eager.log.last_seq == published
         assert plain.records == published  # no capability: every record
-        assert lazy.records < published
+        assert once.records < published and lazy.records <= published
         assert lazy.rep.malformed == eager.rep.malformed == 0  # placeholders are not malformed records
         # every seq is in the log: a record or a placeholder, never a hole
         seen = [r.seq for r in lazy.log.read(1, published + 1, 1 << 26)]
         assert seen == list(range(1, published + 1))
         placeholders = sum(1 for r in lazy.log.read(1, published + 1, 1 << 26) if r.value == PLACEHOLDER)
         assert placeholders == published - lazy.records
-        for e in (eager, lazy, plain):
+        for e in (eager, lazy, plain, once):
             e.log.close()
         return published, lazy.records
 

@@ -486,8 +486,16 @@ class Gateway:
                             "the store restored from an old backup?); it receives nothing until seqs pass %d"
                             % (node, name, after, published, after))
         n = min(ev.max_records, self.max_batch_records)
-        if name in self._compactors and compaction.CAPABILITY in (getattr(conn, "hello_capabilities", None) or {}):
-            return await self._pull_compacted(conn, name, after, published, n)
+        if name in self._compactors and (getattr(conn, "hello_capabilities", None) or {}).get(
+                compaction.CAPABILITY) is True:
+            out = await self._pull_compacted(conn, name, after, published, n)
+            if out is not None:
+                return out
+        return await self._pull_plain(conn, name, after, published, n)
+
+    async def _pull_plain(self, conn, name, after, published, n):
+        """A DATA of every record after ``after`` (as many as fit), or a refusal."""
+        node = conn.node_id
         rows = []
         if after < published and n > 0:
             rows = await asyncio.get_running_loop().run_in_executor(None, self.store.pull, name, after, n)
@@ -515,8 +523,17 @@ class Gateway:
 
     async def _pull_compacted(self, conn, name, after, published, n):
         """A compacted DATA (wire.md, "Compacted DATA"): the live records of a table topic
-        after ``after``, each with the count of superseded seqs left out before it."""
-        plan = self._compactors[name].plan(after, published, n)
+        after ``after``, each with the count of superseded seqs left out before it -- or
+        None when the live records up to the horizon do not fit one DATA: a seq is left
+        out because a record up to the horizon supersedes it, so a page ending before the
+        horizon could leave the edge holding a state that never was (K2); such a pull is
+        answered with plain records (``_pull_plain``), and compaction resumes once the rest
+        fits one DATA."""
+        comp = self._compactors[name]
+        reach = min(comp.horizon, published)  # the live set covers the stream up to here
+        plan = comp.plan(after, published, n)
+        if plan and plan[-1][0] < reach:
+            return None  # cut by the record count before the horizon
         if not plan:
             return conn.send(sync.Data(name, after + 1, 0, [])), None
         seqs = [s for s, _k in plan]
@@ -530,19 +547,14 @@ class Gateway:
             if size > budget and k:
                 rows = rows[:k]
                 break
-        while True:
-            try:
-                out = conn.send(compaction.data_of(name, rows, skips[:len(rows)]))
-                self._compactors[name].left_out += sum(skips[:len(rows)])
-                return out, None
-            except LocalProtocolError as e:
-                if len(rows) == 1:
-                    r = rows[0]
-                    self._warn_once(("large", conn.node_id, name, r.seq), "gateway: node %s cannot take topic %r: %s"
-                                    % (conn.node_id, name, e))
-                    return b"", sync.Error(sync.ERR_TOO_LARGE, "topic %r seq %d (%d bytes) is over this node's "
-                                           "max_message_bytes %d" % (name, r.seq, len(r.value), limit))
-                rows = rows[:len(rows) // 2]
+        if rows[-1].seq < reach:
+            return None  # cut by the message's size before the horizon
+        try:
+            out = conn.send(compaction.data_of(name, rows, skips[:len(rows)]))
+        except LocalProtocolError:
+            return None  # over the peer's limit whole: plain pages instead
+        comp.left_out += sum(skips[:len(rows)])
+        return out, None
 
     def _feed(self, node, inc, batch, mark):
         """Apply the stored entries of an edge's batch (those at or below the stream's
