@@ -89,6 +89,7 @@ from edgeline import sync
 from edgeline.clock import HybridClock
 from edgeline.errors import ConfigError, EdgelineError, LogFull
 from edgeline.fastpath import begin_commit, end_commit, sync_commit, sync_from
+from edgeline.inbox import PLACEHOLDER
 from edgeline.logformat import FRAME_OVERHEAD_BYTES, pack_segment_header
 from edgeline.outbox import Outbox
 from edgeline.store import topic_dirname
@@ -1017,12 +1018,16 @@ class Agent:
                 await asyncio.wait_for(changed.wait(), left)
             except asyncio.TimeoutError:
                 pass
+        shown = recs
+        if origin == sync.CLOUD_ORIGIN and request.match_info["topic"] in self.tables:
+            # a compacted pull's placeholders (no key, empty value) are seqs, not records
+            shown = [r for r in recs if r.key is not None or r.value != PLACEHOLDER]
         return {
             "topic": lg.topic,
             "origin": origin,
             "first_seq": lg.first_seq,
             "last_seq": durable,
-            "records": [record_to_json(r) for r in recs],
+            "records": [record_to_json(r) for r in shown],
             "next_after": recs[-1].seq if recs else max(after, 0),
         }
 
